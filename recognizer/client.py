@@ -1,0 +1,94 @@
+"""A small typed client over the generated stubs, used by the CLI, tests and benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recognizer.service.interceptors import API_KEY_HEADER
+from recognizer.v1 import (
+    gate_pb2_grpc,
+    identity_pb2_grpc,
+    recognition_pb2_grpc,
+)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+@dataclass(slots=True)
+class Client:
+    """Stubs bound to one channel; every call carries the API key."""
+
+    channel: grpc.Channel
+    api_key: str = ""
+
+    @classmethod
+    def connect(
+        cls,
+        target: str = DEFAULT_TARGET,
+        api_key: str = "",
+        *,
+        ca_cert: Path | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
+        max_message_bytes: int = 32 * 1024 * 1024,
+    ) -> Client:
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if ca_cert is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=ca_cert.read_bytes(),
+                private_key=client_key.read_bytes() if client_key else None,
+                certificate_chain=client_cert.read_bytes() if client_cert else None,
+            )
+            channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(target, options=options)
+        return cls(channel, api_key)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((API_KEY_HEADER, self.api_key),) if self.api_key else ()
+
+    @property
+    def identity(self) -> identity_pb2_grpc.IdentityServiceStub:
+        return identity_pb2_grpc.IdentityServiceStub(self.channel)
+
+    @property
+    def recognition(self) -> recognition_pb2_grpc.RecognitionServiceStub:
+        return recognition_pb2_grpc.RecognitionServiceStub(self.channel)
+
+    @property
+    def gate(self) -> gate_pb2_grpc.GateServiceStub:
+        return gate_pb2_grpc.GateServiceStub(self.channel)
+
+    @property
+    def admin(self) -> gate_pb2_grpc.AdminServiceStub:
+        return gate_pb2_grpc.AdminServiceStub(self.channel)
+
+    def health(self, service: str = "", timeout: float = 5.0) -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_serving(self, timeout: float = 120.0) -> bool:
+        """Poll health until SERVING (models loaded) or the timeout passes."""
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if self.health(timeout=2.0) == "SERVING":
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        self.channel.close()

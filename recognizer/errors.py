@@ -1,0 +1,37 @@
+"""Domain errors raised by vision, gallery and fusion code; the service maps them to gRPC codes.
+
+They carry no gRPC types so pure-numpy code can raise them; `service/errors.py` does the
+mapping in one place (DESIGN.md, "Errors").
+"""
+
+from __future__ import annotations
+
+
+class RecognizerError(Exception):
+    """Base class. `field` names the request field at fault, for BadRequest details."""
+
+    def __init__(self, message: str, *, field: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.reason = reason
+
+
+class InvalidArgument(RecognizerError):
+    """Bad or oversized input, or no face/plate where one is required."""
+
+
+class FailedPrecondition(RecognizerError):
+    """Quality too low, models or index not ready."""
+
+
+class NotFound(RecognizerError):
+    """Unknown identity, template or binding."""
+
+
+class AlreadyExists(RecognizerError):
+    """Duplicate enrolment, or a plate already bound elsewhere."""
+
+    def __init__(self, message: str, *, identity_id: str = "", field: str = "") -> None:
+        super().__init__(message, field=field)
+        self.identity_id = identity_id

@@ -1,0 +1,268 @@
+"""Server interceptors: metrics+logging, auth, admission (deadline and in-flight limits), errors.
+
+Each wraps the unary handler so the servicers stay thin and never see auth or accounting.
+Order, outermost first: Observe -> Auth -> Admission -> Errors -> servicer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+
+from recognizer.config import ApiKey, Role, hash_key
+from recognizer.onnx import thread_inference_seconds
+from recognizer.service.errors import build_status, status_for_exception
+
+log = logging.getLogger("recognizer.access")
+
+API_KEY_HEADER = "x-api-key"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _wrap(
+    continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+    details: grpc.HandlerCallDetails,
+    wrapper: Callable[[Behavior, grpc.HandlerCallDetails], Behavior],
+) -> grpc.RpcMethodHandler | None:
+    handler = continuation(details)
+    if handler is None or handler.unary_unary is None:
+        return handler  # the API is unary only; reflection streams pass through untouched
+    return handler._replace(unary_unary=wrapper(handler.unary_unary, details))
+
+
+def _aborted(context: grpc.ServicerContext) -> bool:
+    return context.code() not in (None, grpc.StatusCode.OK)
+
+
+# --- metrics and access log -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MethodStats:
+    calls: int = 0
+    errors: int = 0
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class Metrics:
+    methods: dict[str, MethodStats] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, method: str, ok: bool, wall: float, cpu: float, inference: float) -> None:
+        with self.lock:
+            s = self.methods.setdefault(method, MethodStats())
+            s.calls += 1
+            s.errors += 0 if ok else 1
+            s.wall_seconds += wall
+            s.cpu_seconds += cpu
+            s.inference_seconds += inference
+
+    def snapshot(self) -> dict[str, MethodStats]:
+        with self.lock:
+            return {k: replace(v) for k, v in self.methods.items()}
+
+
+class ObserveInterceptor(grpc.ServerInterceptor):
+    """One structured log line and one metrics record per call. Never logs payloads."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+            def observed(request: Any, context: grpc.ServicerContext) -> Any:
+                t0, c0, i0 = time.perf_counter(), time.thread_time(), thread_inference_seconds()
+                ok = False
+                try:
+                    response = behavior(request, context)
+                    ok = not _aborted(context)
+                    return response
+                finally:
+                    wall = time.perf_counter() - t0
+                    cpu = time.thread_time() - c0
+                    inf = thread_inference_seconds() - i0
+                    self._metrics.record(d.method, ok, wall, cpu, inf)
+                    code = context.code() or grpc.StatusCode.OK
+                    log.info(
+                        "rpc",
+                        extra={
+                            "fields": {
+                                "method": d.method,
+                                "code": code.name,
+                                "ms": round(wall * 1000, 2),
+                                "peer": context.peer(),
+                            }
+                        },
+                    )
+
+            return observed
+
+        return _wrap(continuation, details, wrapper)
+
+
+# --- authentication and roles ------------------------------------------------------------
+
+_R = Role
+# Which roles may call each method. Anything not listed is admin-only.
+METHOD_ROLES: Mapping[str, frozenset[Role]] = {
+    "/recognizer.v1.IdentityService/GetIdentity": frozenset({_R.ADMIN, _R.VERIFIER}),
+    "/recognizer.v1.IdentityService/ListIdentities": frozenset({_R.ADMIN, _R.VERIFIER}),
+    "/recognizer.v1.IdentityService/LookupPlate": frozenset({_R.ADMIN, _R.VERIFIER}),
+    "/recognizer.v1.RecognitionService/DetectFaces": frozenset({_R.ADMIN, _R.VERIFIER}),
+    "/recognizer.v1.RecognitionService/VerifyFace": frozenset({_R.ADMIN, _R.VERIFIER}),
+    "/recognizer.v1.RecognitionService/IdentifyFace": frozenset({_R.ADMIN, _R.VERIFIER}),
+    "/recognizer.v1.RecognitionService/ReadPlates": frozenset({_R.ADMIN, _R.VERIFIER, _R.GATE}),
+    "/recognizer.v1.GateService/Authorize": frozenset({_R.ADMIN, _R.GATE}),
+}
+ANY_ROLE_PREFIXES = ("/grpc.reflection.",)
+
+
+def roles_for(method: str) -> frozenset[Role]:
+    if method.startswith(ANY_ROLE_PREFIXES):
+        return frozenset(Role)
+    return METHOD_ROLES.get(method, frozenset({Role.ADMIN}))
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """API key in `x-api-key` metadata; keys are compared as sha256 hashes."""
+
+    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+        self._keys = keys
+
+    def role_of(self, presented: str) -> Role | None:
+        digest = hash_key(presented)
+        role = None
+        for k in self._keys:  # compare against every key: no early exit to time
+            if hmac.compare_digest(digest, k.sha256):
+                role = k.role
+        return role
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        if details.method.startswith(HEALTH_PREFIX):
+            return continuation(details)  # probes carry no key
+        presented = ""
+        for key, value in details.invocation_metadata or ():
+            if key == API_KEY_HEADER:
+                presented = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        role = self.role_of(presented) if presented else None
+        allowed = roles_for(details.method)
+        if role is not None and role in allowed:
+            return continuation(details)
+
+        if role is None:
+            status = build_status(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"missing or unknown API key (send it in the '{API_KEY_HEADER}' metadata)",
+                reason="API_KEY_INVALID" if presented else "API_KEY_MISSING",
+            )
+        else:
+            status = build_status(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"role '{role}' may not call {details.method}",
+                reason="ROLE_NOT_ALLOWED",
+            )
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort_with_status(status)
+
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=deny)
+        if handler.stream_stream is not None:  # reflection
+
+            def deny_stream(request_iter: Any, context: grpc.ServicerContext) -> Any:
+                context.abort_with_status(status)
+
+            return handler._replace(stream_stream=deny_stream)
+        return handler
+
+
+# --- admission: deadlines and in-flight limits -------------------------------------------
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):
+    """Refuse work that cannot finish in time, and bound in-flight calls per method.
+
+    Beyond the bound the caller gets RESOURCE_EXHAUSTED with RetryInfo at once, instead of
+    queueing without bound in the thread pool.
+    """
+
+    def __init__(self, max_in_flight: int, min_deadline_ms: int) -> None:
+        self._max = max_in_flight
+        self._min_deadline = min_deadline_ms / 1000.0
+        self._sems: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def _sem(self, method: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            sem = self._sems.get(method)
+            if sem is None:
+                sem = self._sems[method] = threading.BoundedSemaphore(self._max)
+            return sem
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+            sem = self._sem(d.method)
+
+            def admitted(request: Any, context: grpc.ServicerContext) -> Any:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining < self._min_deadline:
+                    context.abort_with_status(
+                        build_status(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "the deadline ran out before work started",
+                            reason="DEADLINE_TOO_SHORT",
+                        )
+                    )
+                if not sem.acquire(blocking=False):
+                    context.abort_with_status(
+                        build_status(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"too many in-flight calls to {d.method} (limit {self._max})",
+                            reason="OVERLOADED",
+                            retry_after_s=0.05,
+                        )
+                    )
+                try:
+                    return behavior(request, context)
+                finally:
+                    sem.release()
+
+            return admitted
+
+        return _wrap(continuation, details, wrapper)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Domain exceptions -> rich status; unexpected ones -> INTERNAL without a trace."""
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+            def mapped(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return behavior(request, context)
+                except Exception as exc:
+                    if _aborted(context):
+                        raise  # the servicer already chose a status
+                    context.abort_with_status(status_for_exception(exc))
+
+            return mapped
+
+        return _wrap(continuation, details, wrapper)

@@ -1,0 +1,154 @@
+"""Server assembly: interceptors, servicers, health, reflection; graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recognizer.config import Config
+from recognizer.service.interceptors import (
+    AdmissionInterceptor,
+    AuthInterceptor,
+    ErrorInterceptor,
+    Metrics,
+    ObserveInterceptor,
+)
+from recognizer.service.runtime import Runtime
+from recognizer.service.servicers import (
+    AdminServicer,
+    GateServicer,
+    IdentityServicer,
+    RecognitionServicer,
+)
+from recognizer.v1 import (
+    gate_pb2,
+    gate_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    recognition_pb2,
+    recognition_pb2_grpc,
+)
+
+log = logging.getLogger("recognizer.server")
+
+SERVICE_NAMES = (
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    recognition_pb2.DESCRIPTOR.services_by_name["RecognitionService"].full_name,
+    gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name,
+    gate_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass(slots=True)
+class RunningServer:
+    server: grpc.Server
+    port: int
+    runtime: Runtime
+    health: health.HealthServicer
+    metrics: Metrics
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop accepting calls, let in-flight ones finish, then persist and close."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.runtime.close()
+
+
+def _credentials(config: Config) -> grpc.ServerCredentials | None:
+    tls = config.tls
+    if not tls.enabled:
+        return None
+    assert tls.cert is not None and tls.key is not None
+    pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]
+    if tls.client_ca is not None:
+        return grpc.ssl_server_credentials(
+            pair, root_certificates=tls.client_ca.read_bytes(), require_client_auth=True
+        )
+    return grpc.ssl_server_credentials(pair)
+
+
+def create_server(config: Config, runtime: Runtime | None = None) -> RunningServer:
+    """Build and start a server; port 0 picks a free port (see RunningServer.port).
+
+    Models load in the background; health reports NOT_SERVING until they are ready.
+    """
+    runtime = runtime or Runtime(config)
+    metrics = Metrics()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        interceptors=[
+            ObserveInterceptor(metrics),
+            AuthInterceptor(config.api_keys),
+            AdmissionInterceptor(config.max_in_flight, config.min_deadline_ms),
+            ErrorInterceptor(),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.max_workers * 8,
+    )
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(runtime), server)
+    recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(
+        RecognitionServicer(runtime), server
+    )
+    gate_pb2_grpc.add_GateServiceServicer_to_server(GateServicer(runtime), server)
+    gate_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime, metrics), server)
+
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def on_ready(ok: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            health_servicer.set(name, status)
+
+    runtime.on_change(on_ready)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    address = f"{config.host}:{config.port}"
+    creds = _credentials(config)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    server.start()
+    runtime.load_in_background()
+    log.info(
+        "listening",
+        extra={"fields": {"address": f"{config.host}:{port}", "tls": config.tls.enabled}},
+    )
+    return RunningServer(server, port, runtime, health_servicer, metrics)
+
+
+def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully."""
+    if not config.api_keys:
+        log.warning("no API keys configured: every call except health will be refused")
+    running = create_server(config)
+    done = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping gracefully", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    done.wait()
+    running.stop(grace=10.0)
+    log.info("stopped")
