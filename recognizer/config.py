@@ -16,6 +16,7 @@ from typing import Any
 
 from recognizer.imaging import ImageLimits
 from recognizer.models import DEFAULT_MODELS_DIR, PROFILES
+from recognizer.policy import PolicySet
 
 
 class Role(StrEnum):
@@ -57,6 +58,7 @@ class Config:
     api_keys: tuple[ApiKey, ...] = ()
     tls: TlsConfig = field(default_factory=TlsConfig)
     image_limits: ImageLimits = field(default_factory=ImageLimits)
+    policies: PolicySet = field(default_factory=PolicySet)
     max_message_bytes: int = 16 * 1024 * 1024
     max_workers: int = 8
     max_in_flight: int = 16  # per method; beyond it RESOURCE_EXHAUSTED
@@ -108,7 +110,7 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    simple = {f.name for f in fields(Config)} - {"api_keys", "tls", "image_limits"}
+    simple = {f.name for f in fields(Config)} - {"api_keys", "tls", "image_limits", "policies"}
     changes: dict[str, Any] = {}
     for name in simple:
         if name in data:
@@ -128,6 +130,8 @@ def load_config(
         )
     if "image_limits" in data:
         changes["image_limits"] = ImageLimits(**data["image_limits"])
+    if "policies" in data:
+        changes["policies"] = PolicySet.from_config(data["policies"])
     changes.update(overrides)
     cfg = replace(cfg, **changes)
     if cfg.profile not in PROFILES:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from google.protobuf import timestamp_pb2
 
+from recognizer.errors import InvalidArgument
 from recognizer.face.types import Face, Quality, Selection
+from recognizer.gate import Decision, Direction, Outcome
 from recognizer.plate.types import PlateResult, PlateType
 from recognizer.v1 import common_pb2 as pb
+from recognizer.v1 import gate_pb2, identity_pb2
 
 _PLATE_TYPES = {
     PlateType.UNKNOWN: pb.PLATE_TYPE_UNSPECIFIED,
@@ -87,3 +92,115 @@ def model_versions(items: Iterable[Any]) -> list[pb.ModelVersion]:
         )
         for m in items
     ]
+
+
+# --- identities, bindings, decisions -----------------------------------------------------
+
+FACTORS = {
+    identity_pb2.FACTOR_UNSPECIFIED: "plate_and_face",  # the safe choice when unset
+    identity_pb2.FACTOR_PLATE: "plate",
+    identity_pb2.FACTOR_FACE: "face",
+    identity_pb2.FACTOR_PLATE_AND_FACE: "plate_and_face",
+}
+_FACTOR_ENUM = {
+    "plate": identity_pb2.FACTOR_PLATE,
+    "face": identity_pb2.FACTOR_FACE,
+    "plate_and_face": identity_pb2.FACTOR_PLATE_AND_FACE,
+}
+DIRECTIONS = {
+    gate_pb2.DIRECTION_UNSPECIFIED: Direction.UNSPECIFIED,
+    gate_pb2.DIRECTION_ENTRY: Direction.ENTRY,
+    gate_pb2.DIRECTION_EXIT: Direction.EXIT,
+}
+_DIRECTION_ENUM = {v: k for k, v in DIRECTIONS.items()}
+_OUTCOMES = {
+    Outcome.ALLOW: gate_pb2.OUTCOME_ALLOW,
+    Outcome.STEP_UP: gate_pb2.OUTCOME_STEP_UP,
+    Outcome.DENY: gate_pb2.OUTCOME_DENY,
+}
+
+
+def factor_name(value: int) -> str:
+    if value not in FACTORS:
+        raise InvalidArgument("unknown factors value", field="factors", reason="BAD_ENUM")
+    return FACTORS[value]
+
+
+def label(template_id: str) -> int:
+    try:
+        return int(template_id)
+    except ValueError:
+        raise InvalidArgument(
+            "template_id must be the id EnrollFace returned", field="template_id"
+        ) from None
+
+
+def timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(epoch * 1e9))
+    return ts
+
+
+def payment(row: Any) -> identity_pb2.PaymentBinding:
+    return identity_pb2.PaymentBinding(
+        binding_id=row.binding_id,
+        identity_id=row.identity_id,
+        payment_ref=row.payment_ref,
+        factors=_FACTOR_ENUM.get(row.factors, identity_pb2.FACTOR_UNSPECIFIED),
+        ceiling_minor=row.ceiling_minor,
+        created_at=timestamp(row.created_at),
+    )
+
+
+def identity(
+    row: Any, labels: Iterable[int], plates: Iterable[str], payments: Iterable[Any]
+) -> identity_pb2.Identity:
+    ids = [str(x) for x in labels]
+    return identity_pb2.Identity(
+        identity_id=row.identity_id,
+        display_name=row.display_name,
+        external_ref=row.external_ref,
+        metadata=dict(row.metadata),
+        created_at=timestamp(row.created_at),
+        face_count=len(ids),
+        template_ids=ids,
+        plates=list(plates),
+        payments=[payment(p) for p in payments],
+    )
+
+
+def decision(d: Decision, models: Iterable[Any]) -> gate_pb2.AuthorizeResponse:
+    msg = gate_pb2.AuthorizeResponse(
+        outcome=_OUTCOMES[d.outcome],
+        identity_id=d.identity_id,
+        payment_ref=d.payment_ref,
+        face_score=d.face_score if d.face_score is not None else 0.0,
+        plate_llr=d.fusion.plate_llr,
+        face_llr=d.fusion.face_llr,
+        fused_llr=d.fusion.fused_llr,
+        estimated_far=d.fusion.estimated_far,
+        reasons=[pb.Reason(code=r.code, message=r.message) for r in d.reasons],
+        policy_id=d.policy_id,
+        models=model_versions(models),
+        decided_at=timestamp(d.decided_at),
+        decision_id=d.decision_id,
+    )
+    if d.plate is not None:
+        msg.plate.CopyFrom(plate(d.plate))
+    if d.face is not None:
+        msg.face.CopyFrom(face(d.face.face, d.face.quality))
+    return msg
+
+
+def decision_record(row: Any) -> gate_pb2.DecisionRecord:
+    inputs = json.loads(row.inputs) if isinstance(row.inputs, str) else dict(row.inputs)
+    return gate_pb2.DecisionRecord(
+        decision_id=row.decision_id,
+        gate_id=row.gate_id,
+        event_id=row.event_id,
+        response=gate_pb2.AuthorizeResponse.FromString(row.payload),
+        vehicle_image_sha256=inputs.get("vehicle_image_sha256", ""),
+        face_image_sha256=inputs.get("face_image_sha256", ""),
+        amount_minor=int(inputs.get("amount_minor", 0)),
+        direction=_DIRECTION_ENUM.get(Direction(inputs.get("direction", "unspecified")), 0),
+    )

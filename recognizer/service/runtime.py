@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from recognizer.config import Config
@@ -26,21 +27,69 @@ class Engines:
     faces: Any  # recognizer.face.pipeline.FacePipeline
     plates: Any  # recognizer.plate.pipeline.PlateRecognizer
     gallery: Any = None  # recognizer.gallery.gallery.Gallery
-    face_calibration: Any = None  # recognizer.face.calibration.FaceCalibration
+    identity: Any = None  # recognizer.identity.FaceIdentity
     gate: Any = None  # recognizer.gate.GateEngine
+    normalize_plate: Callable[[str], str] = str.upper
+
+    @property
+    def model_versions(self) -> tuple[Any, ...]:
+        return (*self.faces.model_versions, *self.plates.model_versions)
 
 
 EngineFactory = Callable[[Config], Engines]
 
 
+def face_calibration_path(config: Config) -> Path:
+    return config.models_dir / f"face_calibration_{config.profile}.json"
+
+
+def fusion_path(config: Config) -> Path:
+    return config.models_dir / f"fusion_{config.profile}.json"
+
+
 def default_engines(config: Config) -> Engines:
     # Imported here so that `recognizer models fetch` and the CLI client never load models.
+    from recognizer.face.calibration import FaceCalibration
     from recognizer.face.pipeline import build_face_pipeline
+    from recognizer.fusion import FusionModel
+    from recognizer.gallery.crypto import cipher_from_env
+    from recognizer.gallery.gallery import Gallery
+    from recognizer.gallery.store import SqliteStore
+    from recognizer.gate import GateEngine
+    from recognizer.identity import FaceIdentity
+    from recognizer.plate.grammar import normalize
     from recognizer.plate.pipeline import build_plate_recognizer
 
     faces = build_face_pipeline(config.profile, config.models_dir)
     plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
-    return Engines(faces=faces, plates=plates)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(config.db_path, cipher=cipher_from_env())
+    gallery = Gallery(
+        store,
+        model=faces.embedding_model_name,
+        dim=faces.dim,
+        index_path=config.index_path,
+        flat_max=config.flat_max,
+    )
+    gallery.open()
+    calibration = FaceCalibration.load(face_calibration_path(config))
+    identity = FaceIdentity(
+        faces,
+        gallery,
+        calibration,
+        threshold_bounds=(config.face_threshold_min, config.face_threshold_max),
+    )
+    gate = None
+    if fusion_path(config).is_file():
+        gate = GateEngine(
+            plates=plates,
+            identity=identity,
+            store=store,
+            fusion=FusionModel.load(fusion_path(config)),
+            policies=config.policies,
+            normalize_plate=normalize,
+        )
+    return Engines(faces, plates, gallery, identity, gate, normalize)
 
 
 class Runtime:
@@ -51,6 +100,7 @@ class Runtime:
         self._error: Exception | None = None
         self._ready = threading.Event()
         self._listeners: list[Callable[[bool], None]] = []
+        self._stop = threading.Event()
 
     def on_change(self, listener: Callable[[bool], None]) -> None:
         self._listeners.append(listener)
@@ -89,7 +139,26 @@ class Runtime:
             )
         return self._engines
 
+    def start_checkpoints(self) -> None:
+        """Persist the index now and then, so a restart replays little."""
+
+        def loop() -> None:
+            while not self._stop.wait(self.config.checkpoint_seconds):
+                eng = self._engines
+                if eng is not None and eng.gallery is not None:
+                    try:
+                        eng.gallery.checkpoint()
+                    except Exception as exc:  # a failed checkpoint must not kill the server
+                        log.error("checkpoint failed: %s", exc)
+
+        threading.Thread(target=loop, name="checkpoint", daemon=True).start()
+
     def close(self) -> None:
+        self._stop.set()
         eng = self._engines
-        if eng is not None and eng.gallery is not None:
+        if eng is None:
+            return
+        if eng.gate is not None:
+            eng.gate.close()
+        if eng.gallery is not None:
             eng.gallery.close()

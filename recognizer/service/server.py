@@ -129,6 +129,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         raise RuntimeError(f"could not bind {address}")
     server.start()
     runtime.load_in_background()
+    runtime.start_checkpoints()
     log.info(
         "listening",
         extra={"fields": {"address": f"{config.host}:{port}", "tls": config.tls.enabled}},

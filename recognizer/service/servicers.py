@@ -1,4 +1,4 @@
-"""Thin servicers: decode, call one pipeline or gallery function, convert the result.
+"""Thin servicers: decode, call one domain function, convert the result.
 
 All validation and domain logic lives below; errors are mapped by ErrorInterceptor.
 """
@@ -9,6 +9,8 @@ import time
 
 import grpc
 
+from recognizer.errors import FailedPrecondition, InvalidArgument
+from recognizer.gate import GateEvent, sha256_hex
 from recognizer.imaging import decode
 from recognizer.service import convert
 from recognizer.service.interceptors import Metrics
@@ -16,10 +18,13 @@ from recognizer.service.runtime import Runtime
 from recognizer.v1 import (
     gate_pb2,
     gate_pb2_grpc,
+    identity_pb2,
     identity_pb2_grpc,
     recognition_pb2,
     recognition_pb2_grpc,
 )
+
+Ctx = grpc.ServicerContext
 
 
 class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
@@ -28,7 +33,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         self._limits = runtime.config.image_limits
 
     def DetectFaces(
-        self, request: recognition_pb2.DetectFacesRequest, context: grpc.ServicerContext
+        self, request: recognition_pb2.DetectFacesRequest, context: Ctx
     ) -> recognition_pb2.DetectFacesResponse:
         image = decode(request.image, self._limits, "image")
         faces = self._rt.engines.faces
@@ -41,9 +46,11 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         )
 
     def ReadPlates(
-        self, request: recognition_pb2.ReadPlatesRequest, context: grpc.ServicerContext
+        self, request: recognition_pb2.ReadPlatesRequest, context: Ctx
     ) -> recognition_pb2.ReadPlatesResponse:
         image = decode(request.image, self._limits, "image")
+        if not 0 <= request.max_candidates <= 20:
+            raise InvalidArgument("max_candidates must be within 0..20", field="max_candidates")
         plates = self._rt.engines.plates
         reads = plates.read(image, max_candidates=request.max_candidates or 5)
         return recognition_pb2.ReadPlatesResponse(
@@ -53,15 +60,236 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             models=convert.model_versions(plates.model_versions),
         )
 
+    def VerifyFace(
+        self, request: recognition_pb2.VerifyFaceRequest, context: Ctx
+    ) -> recognition_pb2.VerifyFaceResponse:
+        image = decode(request.image, self._limits, "image")
+        eng = self._rt.engines
+        threshold = request.threshold if request.HasField("threshold") else None
+        r = eng.identity.verify(request.identity_id, image, threshold)
+        return recognition_pb2.VerifyFaceResponse(
+            score=r.score,
+            match=r.match,
+            estimated_fmr=r.estimated_fmr,
+            threshold=r.threshold,
+            face=convert.face(r.face, r.quality),
+            models=convert.model_versions(eng.faces.model_versions),
+        )
+
+    def IdentifyFace(
+        self, request: recognition_pb2.IdentifyFaceRequest, context: Ctx
+    ) -> recognition_pb2.IdentifyFaceResponse:
+        image = decode(request.image, self._limits, "image")
+        eng = self._rt.engines
+        threshold = request.threshold if request.HasField("threshold") else None
+        r = eng.identity.identify(image, request.top_k, threshold)
+        return recognition_pb2.IdentifyFaceResponse(
+            candidates=[
+                recognition_pb2.IdentifyCandidate(
+                    identity_id=c.identity_id,
+                    display_name=c.display_name,
+                    score=c.score,
+                    estimated_fmr=c.estimated_fmr,
+                )
+                for c in r.candidates
+            ],
+            unknown=r.unknown,
+            threshold=r.threshold,
+            face=convert.face(r.face, r.quality),
+            best_score=r.best_score,
+            models=convert.model_versions(eng.faces.model_versions),
+        )
+
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
+        self._limits = runtime.config.image_limits
+
+    def _identity(self, identity_id: str) -> identity_pb2.Identity:
+        store = self._rt.engines.gallery.store
+        return convert.identity(
+            store.get_identity(identity_id),
+            store.template_labels(identity_id),
+            store.plates_for(identity_id),
+            store.payments_for(identity_id),
+        )
+
+    def CreateIdentity(
+        self, request: identity_pb2.CreateIdentityRequest, context: Ctx
+    ) -> identity_pb2.Identity:
+        store = self._rt.engines.gallery.store
+        row = store.create_identity(
+            request.display_name, request.external_ref, dict(request.metadata)
+        )
+        store.audit("admin", "create_identity", row.identity_id, {})
+        return self._identity(row.identity_id)
+
+    def GetIdentity(
+        self, request: identity_pb2.GetIdentityRequest, context: Ctx
+    ) -> identity_pb2.Identity:
+        return self._identity(request.identity_id)
+
+    def ListIdentities(
+        self, request: identity_pb2.ListIdentitiesRequest, context: Ctx
+    ) -> identity_pb2.ListIdentitiesResponse:
+        if not 0 <= request.page_size <= 1000:
+            raise InvalidArgument("page_size must be within 0..1000", field="page_size")
+        size = request.page_size or 100
+        rows = self._rt.engines.gallery.store.list_identities(size, request.page_token)
+        return identity_pb2.ListIdentitiesResponse(
+            identities=[self._identity(r.identity_id) for r in rows],
+            next_page_token=rows[-1].identity_id if len(rows) == size else "",
+        )
+
+    def DeleteIdentity(
+        self, request: identity_pb2.DeleteIdentityRequest, context: Ctx
+    ) -> identity_pb2.DeleteIdentityResponse:
+        gallery = self._rt.engines.gallery
+        counts = gallery.delete_identity(request.identity_id)
+        gallery.store.audit("admin", "delete_identity", request.identity_id, {})
+        return identity_pb2.DeleteIdentityResponse(
+            templates_removed=counts.templates,
+            plates_removed=counts.plates,
+            payments_removed=counts.payments,
+        )
+
+    def EnrollFace(
+        self, request: identity_pb2.EnrollFaceRequest, context: Ctx
+    ) -> identity_pb2.EnrollFaceResponse:
+        images = [
+            decode(data, self._limits, f"images[{i}]") for i, data in enumerate(request.images)
+        ]
+        eng = self._rt.engines
+        enrolled = eng.identity.enroll(
+            request.identity_id, images, force=request.force, source=request.source
+        )
+        eng.gallery.store.audit(
+            "admin",
+            "enroll_face",
+            request.identity_id,
+            {"templates": [e.template_id for e in enrolled], "force": request.force},
+        )
+        return identity_pb2.EnrollFaceResponse(
+            identity_id=request.identity_id,
+            faces=[
+                identity_pb2.EnrolledFace(
+                    template_id=str(e.template_id),
+                    face=convert.face(e.face, e.quality),
+                    image_index=e.image_index,
+                )
+                for e in enrolled
+            ],
+            models=convert.model_versions(eng.faces.model_versions),
+        )
+
+    def RemoveFace(
+        self, request: identity_pb2.RemoveFaceRequest, context: Ctx
+    ) -> identity_pb2.RemoveFaceResponse:
+        gallery = self._rt.engines.gallery
+        remaining = gallery.remove_template(request.identity_id, convert.label(request.template_id))
+        gallery.store.audit(
+            "admin", "remove_face", request.identity_id, {"template": request.template_id}
+        )
+        return identity_pb2.RemoveFaceResponse(remaining=remaining)
+
+    def _plate(self, text: str) -> str:
+        return self._rt.engines.normalize_plate(text)
+
+    def BindPlate(
+        self, request: identity_pb2.BindPlateRequest, context: Ctx
+    ) -> identity_pb2.PlateBinding:
+        store = self._rt.engines.gallery.store
+        plate = self._plate(request.plate)
+        store.bind_plate(request.identity_id, plate, self._rt.config.allow_shared_plates)
+        store.audit("admin", "bind_plate", request.identity_id, {"plate": plate})
+        return identity_pb2.PlateBinding(identity_id=request.identity_id, plate=plate)
+
+    def UnbindPlate(
+        self, request: identity_pb2.UnbindPlateRequest, context: Ctx
+    ) -> identity_pb2.UnbindPlateResponse:
+        store = self._rt.engines.gallery.store
+        plate = self._plate(request.plate)
+        store.unbind_plate(request.identity_id, plate)
+        store.audit("admin", "unbind_plate", request.identity_id, {"plate": plate})
+        return identity_pb2.UnbindPlateResponse()
+
+    def LookupPlate(
+        self, request: identity_pb2.LookupPlateRequest, context: Ctx
+    ) -> identity_pb2.LookupPlateResponse:
+        plate = self._plate(request.plate)
+        ids = self._rt.engines.gallery.store.identities_for_plate(plate)
+        return identity_pb2.LookupPlateResponse(plate=plate, identity_ids=ids)
+
+    def BindPayment(
+        self, request: identity_pb2.BindPaymentRequest, context: Ctx
+    ) -> identity_pb2.PaymentBinding:
+        if not request.payment_ref:
+            raise InvalidArgument("payment_ref is required", field="payment_ref")
+        if request.ceiling_minor < 0:
+            raise InvalidArgument("ceiling_minor must be >= 0", field="ceiling_minor")
+        factors = convert.factor_name(request.factors)
+        store = self._rt.engines.gallery.store
+        store.get_identity(request.identity_id)
+        row = store.bind_payment(
+            request.identity_id, request.payment_ref, factors, request.ceiling_minor
+        )
+        store.audit(
+            "admin",
+            "bind_payment",
+            request.identity_id,
+            {"binding": row.binding_id, "factors": factors},
+        )
+        return convert.payment(row)
+
+    def UnbindPayment(
+        self, request: identity_pb2.UnbindPaymentRequest, context: Ctx
+    ) -> identity_pb2.UnbindPaymentResponse:
+        store = self._rt.engines.gallery.store
+        store.unbind_payment(request.identity_id, request.binding_id)
+        store.audit("admin", "unbind_payment", request.identity_id, {"binding": request.binding_id})
+        return identity_pb2.UnbindPaymentResponse()
 
 
 class GateServicer(gate_pb2_grpc.GateServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
+        self._limits = runtime.config.image_limits
+
+    def Authorize(
+        self, request: gate_pb2.AuthorizeRequest, context: Ctx
+    ) -> gate_pb2.AuthorizeResponse:
+        if request.direction not in gate_pb2.Direction.values():
+            raise InvalidArgument("unknown direction", field="direction", reason="BAD_ENUM")
+        event = GateEvent(
+            gate_id=request.gate_id,
+            event_id=request.event_id,
+            vehicle_image=decode(request.vehicle_image, self._limits, "vehicle_image")
+            if request.vehicle_image
+            else None,
+            plate_text=request.plate_text,
+            face_image=decode(request.face_image, self._limits, "face_image")
+            if request.face_image
+            else None,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            direction=convert.DIRECTIONS[request.direction],
+            observed_at=request.observed_at.ToSeconds() if request.HasField("observed_at") else 0,
+            vehicle_sha256=sha256_hex(request.vehicle_image),
+            face_sha256=sha256_hex(request.face_image),
+        )
+        eng = self._rt.engines
+        if eng.gate is None:
+            raise FailedPrecondition(
+                "no fusion calibration for this profile; run scripts/calibrate_fusion.py",
+                reason="FUSION_NOT_CALIBRATED",
+            )
+        result = eng.gate.authorize(
+            event, lambda d: convert.decision(d, eng.model_versions).SerializeToString()
+        )
+        response = gate_pb2.AuthorizeResponse.FromString(result.payload)
+        response.replayed = result.replayed
+        return response
 
 
 class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
@@ -69,8 +297,22 @@ class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
         self._rt = runtime
         self._metrics = metrics
 
+    def ListDecisions(
+        self, request: gate_pb2.ListDecisionsRequest, context: Ctx
+    ) -> gate_pb2.ListDecisionsResponse:
+        if not 0 <= request.limit <= 1000:
+            raise InvalidArgument("limit must be within 0..1000", field="limit")
+        since = request.since.ToSeconds() if request.HasField("since") else 0.0
+        rows = self._rt.engines.gallery.store.list_decisions(
+            gate_id=request.gate_id,
+            identity_id=request.identity_id,
+            since=since,
+            limit=request.limit or 100,
+        )
+        return gate_pb2.ListDecisionsResponse(decisions=[convert.decision_record(r) for r in rows])
+
     def GetMetrics(
-        self, request: gate_pb2.GetMetricsRequest, context: grpc.ServicerContext
+        self, request: gate_pb2.GetMetricsRequest, context: Ctx
     ) -> gate_pb2.GetMetricsResponse:
         return gate_pb2.GetMetricsResponse(
             methods=[

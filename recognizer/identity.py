@@ -1,0 +1,183 @@
+"""Face identity operations: enrol, verify 1:1, identify 1:N. Pure Python + numpy.
+
+One function call per servicer method; the servicer only decodes and converts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recognizer.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledFace:
+    template_id: int
+    face: Face
+    quality: Quality
+    image_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    score: float
+    match: bool
+    estimated_fmr: float
+    threshold: float
+    face: Face
+    quality: Quality
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    identity_id: str
+    display_name: str
+    score: float
+    estimated_fmr: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyResult:
+    candidates: tuple[Candidate, ...]
+    unknown: bool
+    threshold: float
+    best_score: float
+    face: Face
+    quality: Quality
+
+
+class FaceIdentity:
+    """Binds the face pipeline, the gallery and the score calibration together."""
+
+    def __init__(
+        self,
+        faces: Any,
+        gallery: Any,
+        calibration: Any,
+        *,
+        threshold_bounds: tuple[float, float] = (0.2, 0.95),
+    ) -> None:
+        self.faces = faces
+        self.gallery = gallery
+        self.calibration = calibration
+        self.bounds = threshold_bounds
+
+    def threshold(self, override: float | None = None) -> float:
+        if override is None:
+            return float(self.calibration.threshold)
+        lo, hi = self.bounds
+        if not lo <= override <= hi:
+            raise InvalidArgument(
+                f"threshold {override} is outside the allowed range [{lo}, {hi}]",
+                field="threshold",
+                reason="THRESHOLD_OUT_OF_BOUNDS",
+            )
+        return float(override)
+
+    def probe(self, image: np.ndarray, field: str = "image") -> AnalyzedFace:
+        """The largest face of an image, or INVALID_ARGUMENT when there is none."""
+        found = self.faces.analyze(image, Selection.LARGEST)
+        if not found:
+            raise InvalidArgument(f"{field}: no face found", field=field, reason="NO_FACE")
+        return found[0]
+
+    def enroll(
+        self,
+        identity_id: str,
+        images: Sequence[np.ndarray],
+        *,
+        force: bool = False,
+        source: str = "",
+    ) -> list[EnrolledFace]:
+        """All images pass the quality gate and the duplicate check, or nothing is stored."""
+        if not images:
+            raise InvalidArgument(
+                "at least one image is required", field="images", reason="NO_IMAGES"
+            )
+        self.gallery.store.get_identity(identity_id)  # NOT_FOUND before any model work
+        probes = [self.probe(img, f"images[{i}]") for i, img in enumerate(images)]
+        for i, p in enumerate(probes):
+            if not p.quality.acceptable:
+                raise FailedPrecondition(
+                    f"images[{i}]: face quality too low ({', '.join(p.quality.reasons)})",
+                    field=f"images[{i}]",
+                    reason="QUALITY_TOO_LOW",
+                )
+        if not force:
+            threshold = self.threshold()
+            for i, p in enumerate(probes):
+                for m in self.gallery.identify(p.embedding, 1):
+                    if m.identity_id != identity_id and m.score >= threshold:
+                        raise AlreadyExists(
+                            f"images[{i}]: this face already matches identity {m.identity_id} "
+                            f"(score {m.score:.3f}); set force to enrol anyway",
+                            identity_id=m.identity_id,
+                            field=f"images[{i}]",
+                        )
+        vectors = np.stack([p.embedding for p in probes]).astype(np.float32)
+        quality = float(min(p.quality.score for p in probes))
+        rows = self.gallery.enroll(identity_id, vectors, source=source, quality=quality)
+        return [
+            EnrolledFace(int(r.label), p.face, p.quality, i)
+            for i, (r, p) in enumerate(zip(rows, probes, strict=True))
+        ]
+
+    def verify(
+        self, identity_id: str, image: np.ndarray, threshold: float | None = None
+    ) -> VerifyResult:
+        t = self.threshold(threshold)
+        self.gallery.store.get_identity(identity_id)
+        probe = self.probe(image)
+        score = self.score_identity(identity_id, probe.embedding)
+        if score is None:
+            raise FailedPrecondition(
+                f"identity {identity_id} has no enrolled face",
+                field="identity_id",
+                reason="NO_TEMPLATES",
+            )
+        return VerifyResult(
+            score=score,
+            match=score >= t,
+            estimated_fmr=float(self.calibration.fmr_at(score)),
+            threshold=t,
+            face=probe.face,
+            quality=probe.quality,
+        )
+
+    def score_identity(self, identity_id: str, embedding: np.ndarray) -> float | None:
+        """Similarity of a probe to one identity; None when it has no enrolled face."""
+        if not self.gallery.store.template_labels(identity_id):
+            return None
+        return float(self.gallery.verify(identity_id, embedding))
+
+    def identify(
+        self, image: np.ndarray, top_k: int = 5, threshold: float | None = None
+    ) -> IdentifyResult:
+        if not 0 <= top_k <= 100:
+            raise InvalidArgument(
+                "top_k must be within 1..100", field="top_k", reason="TOP_K_OUT_OF_RANGE"
+            )
+        t = self.threshold(threshold)
+        probe = self.probe(image)
+        matches = self.gallery.identify(probe.embedding, top_k or 5)
+        best = float(matches[0].score) if matches else -1.0
+        above = [m for m in matches if m.score >= t]
+        names = {
+            m.identity_id: self.gallery.store.get_identity(m.identity_id).display_name
+            for m in above
+        }
+        candidates = tuple(
+            Candidate(
+                m.identity_id,
+                names[m.identity_id],
+                float(m.score),
+                float(self.calibration.fmr_at(m.score)),
+            )
+            for m in above
+        )
+        return IdentifyResult(candidates, not candidates, t, best, probe.face, probe.quality)
