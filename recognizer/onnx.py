@@ -16,6 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 _tls = threading.local()
+# Some exported graphs (SFace) warn once per initializer while loading; keep errors only.
+ort.set_default_logger_severity(3)
 
 
 def thread_inference_seconds() -> float:

@@ -1,0 +1,63 @@
+"""5-point similarity alignment to the standard ArcFace 112x112 template."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from recognizer.face.detector import to_bgr3  # shared gray/BGRA handling
+
+ALIGNED_SIZE = 112
+
+# Where the eyes, nose tip and mouth corners of a frontal face sit in a 112x112 crop, in the
+# order the detectors emit them (image-left eye first). Both SFace and ArcFace were trained
+# on crops made with this template.
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float32,
+)
+
+
+def similarity_transform(landmarks: np.ndarray) -> np.ndarray:
+    """2x3 matrix (rotation, uniform scale, translation) taking landmarks onto the template."""
+    src = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
+    # LMEDS, not RANSAC: with 5 points there is nothing to vote out, and it is deterministic.
+    matrix, _ = cv2.estimateAffinePartial2D(src, ARCFACE_TEMPLATE, method=cv2.LMEDS)
+    if matrix is None:  # degenerate landmarks (all equal): fall back to least squares
+        matrix = _umeyama(src, ARCFACE_TEMPLATE)
+    return matrix.astype(np.float32)
+
+
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama 1991); tolerates degenerate input."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    var = (s**2).sum() / len(src)
+    scale = float((sig * np.diag(sign)).sum() / var) if var > 0 else 1.0
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]])
+
+
+def align(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The 112x112x3 BGR face crop for 5 landmarks given in image pixels."""
+    matrix = similarity_transform(landmarks)
+    return cv2.warpAffine(
+        to_bgr3(image_bgr),
+        matrix,
+        (ALIGNED_SIZE, ALIGNED_SIZE),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )

@@ -1,0 +1,122 @@
+"""detect -> align -> quality -> embed, wired by constructor injection.
+
+`build_face_pipeline` is the only place that knows which model files make up a profile;
+tests build :class:`FacePipeline` directly from fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from recognizer import models as model_store
+from recognizer.face.align import align
+from recognizer.face.detector import ScrfdDetector, YuNetDetector, to_bgr3
+from recognizer.face.embedder import ArcFaceEmbedder, SFaceEmbedder
+from recognizer.face.quality import DEFAULT_QUALITY, QualityConfig, assess
+from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
+from recognizer.models import DEFAULT_MODELS_DIR
+from recognizer.onnx import OnnxModel
+
+# profile -> (detector model, embedder model) names in models/manifest.toml
+PROFILE_MODELS: dict[str, tuple[str, str]] = {
+    "default": ("yunet", "sface"),
+    "insightface": ("scrfd", "arcface_mbf"),
+}
+
+
+class Detector(Protocol):
+    def detect(self, image_bgr: np.ndarray) -> list[Face]: ...
+
+
+class Embedder(Protocol):
+    dim: int
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+class FacePipeline:
+    def __init__(
+        self,
+        detector: Detector,
+        embedder: Embedder,
+        quality_config: QualityConfig = DEFAULT_QUALITY,
+        model_versions: tuple[Any, ...] = (),
+        embedding_model_name: str = "",
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.quality_config = quality_config
+        self.model_versions = model_versions  # ModelInfo-like, reported in responses
+        self.embedding_model_name = embedding_model_name or type(embedder).__name__.lower()
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedder.dim)
+
+    def _select(self, faces: list[Face], selection: Selection) -> list[Face]:
+        # Detectors return largest first; sorting again keeps fakes honest too.
+        ordered = sorted(faces, key=lambda f: f.area, reverse=True)
+        return ordered[:1] if selection is Selection.LARGEST else ordered
+
+    def _detect_aligned(
+        self, image_bgr: np.ndarray, selection: Selection
+    ) -> list[tuple[Face, Quality, np.ndarray]]:
+        img = to_bgr3(image_bgr)
+        out = []
+        for face in self._select(self.detector.detect(img), selection):
+            crop = align(img, face.landmarks)
+            out.append((face, assess(img, face, crop, self.quality_config), crop))
+        return out
+
+    def detect(self, image_bgr: np.ndarray, selection: Selection) -> list[tuple[Face, Quality]]:
+        return [(f, q) for f, q, _ in self._detect_aligned(image_bgr, selection)]
+
+    def analyze(self, image_bgr: np.ndarray, selection: Selection) -> list[AnalyzedFace]:
+        found = self._detect_aligned(image_bgr, selection)
+        if not found:
+            return []
+        vectors = self.embedder.embed([crop for _, _, crop in found])  # one call for all
+        return [
+            AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32))
+            for (face, quality, _), vec in zip(found, vectors, strict=True)
+        ]
+
+
+def _load(name: str, models_dir: Path) -> tuple[OnnxModel, model_store.ModelEntry]:
+    entry = model_store.find_entry(name, models_dir)
+    path = model_store.require(entry, models_dir)
+    model = OnnxModel(path, sha256=entry.sha256, name=entry.name, version=entry.version)
+    return model, entry
+
+
+def build_face_pipeline(
+    profile: str = "default",
+    models_dir: Path = DEFAULT_MODELS_DIR,
+    quality_config: QualityConfig = DEFAULT_QUALITY,
+) -> FacePipeline:
+    """The real pipeline of a profile: "default" (YuNet + SFace) or "insightface"."""
+    if profile not in PROFILE_MODELS:
+        raise ValueError(f"unknown face profile {profile!r}; choose from {sorted(PROFILE_MODELS)}")
+    det_name, emb_name = PROFILE_MODELS[profile]
+    det_model, det_entry = _load(det_name, models_dir)
+    emb_model, emb_entry = _load(emb_name, models_dir)
+    detector: Detector
+    embedder: Embedder
+    if det_name == "yunet":
+        detector = YuNetDetector(det_model)
+        embedder = SFaceEmbedder(emb_model)
+    else:
+        detector = ScrfdDetector(det_model)
+        embedder = ArcFaceEmbedder(emb_model)
+    return FacePipeline(
+        detector,
+        embedder,
+        quality_config,
+        model_versions=(model_store.info(det_entry), model_store.info(emb_entry)),
+        # Gallery templates are tagged with this, so vectors of two models never mix.
+        embedding_model_name=f"{emb_entry.name}-{emb_entry.version}",
+    )
