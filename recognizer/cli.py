@@ -256,5 +256,136 @@ def detect_faces(image: Path, all_faces: bool, target: str, api_key: str) -> Non
     click.echo(_table(["#", "score", "box", "size", "quality ok", "reasons"], rows))
 
 
+@main.command()
+@click.argument("name")
+@click.argument(
+    "images", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False)
+)
+@click.option("--force", is_flag=True, help="Enrol even if the face matches another identity.")
+@click.option("--plate", default="", help="Also bind this plate to the new identity.")
+@target_option
+@key_option
+def enroll(
+    name: str, images: tuple[Path, ...], force: bool, plate: str, target: str, api_key: str
+) -> None:
+    """Create identity NAME and enrol the face in each IMAGE."""
+    from recognizer.v1 import identity_pb2
+
+    with _client(target, api_key) as c:
+        ident = c.identity.CreateIdentity(
+            identity_pb2.CreateIdentityRequest(display_name=name), metadata=c.metadata
+        )
+        try:
+            resp = c.identity.EnrollFace(
+                identity_pb2.EnrollFaceRequest(
+                    identity_id=ident.identity_id,
+                    images=[p.read_bytes() for p in images],
+                    force=force,
+                    source="cli",
+                ),
+                metadata=c.metadata,
+            )
+        except Exception:
+            # Leave nothing half-made behind: an identity without the faces asked for.
+            c.identity.DeleteIdentity(
+                identity_pb2.DeleteIdentityRequest(identity_id=ident.identity_id),
+                metadata=c.metadata,
+            )
+            raise
+        if plate:
+            c.identity.BindPlate(
+                identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=plate),
+                metadata=c.metadata,
+            )
+    click.echo(
+        f"identity {ident.identity_id} ({name}): "
+        f"{len(resp.faces)} face(s) enrolled" + (f", plate {plate} bound" if plate else "")
+    )
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--top-k", type=int, default=5, show_default=True)
+@target_option
+@key_option
+def identify(image: Path, top_k: int, target: str, api_key: str) -> None:
+    """Identify the largest face in IMAGE against the gallery (1:N)."""
+    from recognizer.v1 import recognition_pb2
+
+    with _client(target, api_key) as c:
+        r = c.recognition.IdentifyFace(
+            recognition_pb2.IdentifyFaceRequest(image=image.read_bytes(), top_k=top_k),
+            metadata=c.metadata,
+        )
+    if r.unknown:
+        click.echo(f"unknown (best score {r.best_score:.3f} < threshold {r.threshold:.3f})")
+        return
+    click.echo(
+        _table(
+            ["identity", "name", "score", "est. FMR"],
+            [
+                (x.identity_id, x.display_name, f"{x.score:.3f}", f"{x.estimated_fmr:.1e}")
+                for x in r.candidates
+            ],
+        )
+    )
+
+
+@main.command()
+@click.argument("identity_id")
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@target_option
+@key_option
+def verify(identity_id: str, image: Path, target: str, api_key: str) -> None:
+    """Verify that the face in IMAGE belongs to IDENTITY_ID (1:1)."""
+    from recognizer.v1 import recognition_pb2
+
+    with _client(target, api_key) as c:
+        r = c.recognition.VerifyFace(
+            recognition_pb2.VerifyFaceRequest(identity_id=identity_id, image=image.read_bytes()),
+            metadata=c.metadata,
+        )
+    click.echo(
+        f"{'MATCH' if r.match else 'NO MATCH'}  score {r.score:.3f}  "
+        f"threshold {r.threshold:.3f}  estimated FMR {r.estimated_fmr:.1e}"
+    )
+
+
+@main.command()
+@click.option("--gate", "gate_id", default="", help="Only this gate.")
+@click.option("--identity", "identity_id", default="", help="Only this identity.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@target_option
+@key_option
+def decisions(gate_id: str, identity_id: str, limit: int, target: str, api_key: str) -> None:
+    """List recent gate decision records (admin)."""
+    from recognizer.v1 import gate_pb2
+
+    with _client(target, api_key) as c:
+        r = c.admin.ListDecisions(
+            gate_pb2.ListDecisionsRequest(gate_id=gate_id, identity_id=identity_id, limit=limit),
+            metadata=c.metadata,
+        )
+    rows = [
+        (
+            d.response.decided_at.ToDatetime().isoformat(timespec="seconds"),
+            d.gate_id,
+            d.event_id,
+            gate_pb2.Outcome.Name(d.response.outcome).removeprefix("OUTCOME_"),
+            d.response.identity_id[:12],
+            d.response.plate.text,
+            f"{d.response.estimated_far:.1e}",
+            ",".join(x.code for x in d.response.reasons),
+        )
+        for d in r.decisions
+    ]
+    click.echo(
+        _table(
+            ["decided", "gate", "event", "outcome", "identity", "plate", "est. FAR", "reasons"],
+            rows,
+        )
+    )
+
+
 if __name__ == "__main__":
     main()
