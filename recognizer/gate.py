@@ -334,7 +334,10 @@ class GateEngine:
                 )
             else:
                 reasons.append(
-                    Reason("FACE_MISMATCH", "the face does not match the plate's payers")
+                    Reason(
+                        "FACE_BELOW_THRESHOLD",
+                        "the face scores below the 1:1 threshold against the plate's payers",
+                    )
                 )
 
         soft = self._fraud_signals(event, read, policy, reasons)
@@ -353,11 +356,18 @@ class GateEngine:
         face_required = policy.face_required(event.amount_minor)
         if identity_id:
             payment_ref, need_face, why = self._choose_payment(
-                identity_id, event.amount_minor, plate_ok, face_ok
+                identity_id,
+                event.amount_minor,
+                plate_ok,
+                face_ok,
+                # A frame or plate text was presented, even if nothing could be read in it.
+                both_seen=probe is not None
+                and (event.vehicle_image is not None or bool(event.plate_text)),
             )
             face_required = face_required or need_face
             if why:
                 reasons.append(why)
+                soft = True  # no binding allows a senseless payment: the driver confirms
         if face_required and probe is None:
             reasons.append(Reason("FACE_REQUIRED", "this amount or binding needs the face"))
         target = policy.target_far if face_required else policy.plate_only_target_far
@@ -372,7 +382,7 @@ class GateEngine:
 
         if not identity_id or not payment_ref or blocking:
             outcome = Outcome.DENY
-        elif fused.estimated_far <= target and not soft and not (face_required and not face_ok):
+        elif fused.estimated_far <= target and not soft and not (face_required and probe is None):
             outcome = Outcome.ALLOW
         elif fused.estimated_far <= policy.step_up_far or (soft and fused.fused_llr > 0):
             outcome = Outcome.STEP_UP
@@ -400,20 +410,28 @@ class GateEngine:
         )
 
     def _choose_payment(
-        self, identity_id: str, amount: int, plate_ok: bool, face_ok: bool
+        self, identity_id: str, amount: int, plate_ok: bool, face_ok: bool, both_seen: bool
     ) -> tuple[str, bool, Reason | None]:
-        """The first binding whose ceiling and factors fit; else why none does."""
+        """The first binding whose ceiling and factors fit, and whether it needs the face.
+
+        PLATE: the plate must match; FACE: the face must match; PLATE_AND_FACE: both were
+        presented and their *fused* evidence decides (a misread plate can be carried by a
+        strong face and vice versa; the fused FAR target still has to hold). When nothing
+        fits, a binding the driver may confirm (STEP_UP) and the reason."""
         payments = self.store.payments_for(identity_id)
         if not payments:
             return "", False, Reason("NO_PAYMENT_BINDING", "the identity has no payment binding")
         within = [p for p in payments if not p.ceiling_minor or amount <= p.ceiling_minor]
         if not within:
-            return "", False, Reason("AMOUNT_ABOVE_CEILING", "every binding's ceiling is lower")
+            return (
+                payments[0].payment_ref,
+                True,
+                Reason("AMOUNT_ABOVE_CEILING", "every binding's ceiling is below the amount"),
+            )
+        fits = {"plate": plate_ok, "face": face_ok, "plate_and_face": both_seen}
         for p in within:
-            needs_face = p.factors in ("face", "plate_and_face")
-            needs_plate = p.factors in ("plate", "plate_and_face")
-            if (not needs_face or face_ok) and (not needs_plate or plate_ok):
-                return p.payment_ref, needs_face, None
+            if fits.get(p.factors, False):
+                return p.payment_ref, p.factors != "plate", None
         p = within[0]
         return (
             p.payment_ref,

@@ -157,7 +157,7 @@ def identity(
 ) -> identity_pb2.Identity:
     ids = [str(x) for x in labels]
     return identity_pb2.Identity(
-        identity_id=row.identity_id,
+        identity_id=row.id,
         display_name=row.display_name,
         external_ref=row.external_ref,
         metadata=dict(row.metadata),

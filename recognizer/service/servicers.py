@@ -122,8 +122,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         row = store.create_identity(
             request.display_name, request.external_ref, dict(request.metadata)
         )
-        store.audit("admin", "create_identity", row.identity_id, {})
-        return self._identity(row.identity_id)
+        store.audit("admin", "create_identity", row.id, {})
+        return self._identity(row.id)
 
     def GetIdentity(
         self, request: identity_pb2.GetIdentityRequest, context: Ctx
@@ -138,8 +138,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         size = request.page_size or 100
         rows = self._rt.engines.gallery.store.list_identities(size, request.page_token)
         return identity_pb2.ListIdentitiesResponse(
-            identities=[self._identity(r.identity_id) for r in rows],
-            next_page_token=rows[-1].identity_id if len(rows) == size else "",
+            identities=[self._identity(r.id) for r in rows],
+            next_page_token=rows[-1].id if len(rows) == size else "",
         )
 
     def DeleteIdentity(
