@@ -387,5 +387,64 @@ def decisions(gate_id: str, identity_id: str, limit: int, target: str, api_key: 
     )
 
 
+# --- maintenance -------------------------------------------------------------------------
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var"),
+    show_default=True,
+    help="The server's data directory.",
+)
+
+
+def _maintenance(fn: Callable[[], Any]) -> Any:
+    from recognizer.errors import RecognizerError
+
+    try:
+        return fn()
+    except RecognizerError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@main.command()
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+@data_dir_option
+def backup(dest: Path, data_dir: Path) -> None:
+    """Take a consistent online snapshot of the store and index into DEST."""
+    from recognizer import maintenance
+
+    info = _maintenance(lambda: maintenance.backup(data_dir, dest))
+    click.echo(f"backup at {info.path}: store seq {info.store_seq}, {len(info.files)} files")
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@data_dir_option
+def restore(src: Path, data_dir: Path) -> None:
+    """Restore a backup into the data directory (stop the server first)."""
+    from recognizer import maintenance
+
+    info = _maintenance(lambda: maintenance.restore(src, data_dir))
+    click.echo(f"restored store seq {info.store_seq} into {data_dir}")
+
+
+@main.command()
+@click.option(
+    "--older-than-days", type=float, default=None, help="Default: the configured retention_days."
+)
+@data_dir_option
+def purge(older_than_days: float | None, data_dir: Path) -> None:
+    """Delete decision records (and plate sightings) older than N days."""
+    from recognizer import maintenance
+    from recognizer.config import load_config
+
+    days = older_than_days if older_than_days is not None else load_config().retention_days
+    decisions, sightings = _maintenance(lambda: maintenance.purge(data_dir, days))
+    click.echo(
+        f"purged {decisions} decision records and {sightings} sightings older than {days:g} days"
+    )
+
+
 if __name__ == "__main__":
     main()

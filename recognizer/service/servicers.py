@@ -5,6 +5,7 @@ All validation and domain logic lives below; errors are mapped by ErrorIntercept
 
 from __future__ import annotations
 
+import os
 import time
 
 import grpc
@@ -327,4 +328,29 @@ class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
                 for name, s in sorted(self._metrics.snapshot().items())
             ],
             process_cpu_seconds=time.process_time(),
+            gallery=self._gallery_stats(),
+            rss_bytes=_rss_bytes(),
         )
+
+    def _gallery_stats(self) -> gate_pb2.GalleryStats | None:
+        if not self._rt.wait(0) or self._rt.engines.gallery is None:
+            return None
+        st = self._rt.engines.gallery.stats()
+        return gate_pb2.GalleryStats(
+            model=st.model,
+            index_kind=st.kind,
+            index_size=st.ntotal,
+            store_templates=st.store_templates,
+            identities=st.identities,
+            index_watermark=st.watermark,
+            store_seq=st.store_seq,
+            consistent=st.consistent,
+        )
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,105 @@
+"""Operations on a data directory: online backup, offline restore, retention purge.
+
+A backup is consistent: the FAISS index files are copied first (each is replaced atomically by
+its writer, so a copy is always a whole file), then the SQLite store through sqlite3's online
+backup API. The index therefore never reflects more than the store; on start the gallery
+replays the store's changes past the index watermark (or rebuilds), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from recognizer.errors import FailedPrecondition, InvalidArgument
+from recognizer.gallery.store import SqliteStore
+from recognizer.onnx import sha256_file
+
+DB_NAME = "recognizer.db"
+MANIFEST = "backup.json"
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    path: Path
+    store_seq: int
+    files: dict[str, str]  # name -> sha256
+    created_at: float
+
+
+def backup(data_dir: Path, dest: Path) -> BackupInfo:
+    """Online snapshot of a data directory (the server may be running)."""
+    db = data_dir / DB_NAME
+    if not db.is_file():
+        raise InvalidArgument(f"no store at {db}", field="data_dir")
+    if dest.exists() and any(dest.iterdir()):
+        raise InvalidArgument(f"{dest} exists and is not empty", field="dest")
+    dest.mkdir(parents=True, exist_ok=True)
+    for index in sorted(data_dir.glob("*.faiss")):
+        shutil.copy2(index, dest / index.name)  # before the store: index <= store, always
+    store = SqliteStore(db)
+    try:
+        store.backup(dest / DB_NAME)
+        seq = store.current_seq()
+    finally:
+        store.close()
+    files = {p.name: sha256_file(p) for p in sorted(dest.iterdir()) if p.name != MANIFEST}
+    info = BackupInfo(dest, seq, files, time.time())
+    (dest / MANIFEST).write_text(
+        json.dumps({"store_seq": seq, "files": files, "created_at": info.created_at}, indent=1)
+    )
+    return info
+
+
+def restore(src: Path, data_dir: Path) -> BackupInfo:
+    """Replace a data directory's store and index with a verified backup (server stopped).
+
+    The files it replaces are kept beside it as `pre-restore-<time>/`."""
+    manifest = src / MANIFEST
+    if not manifest.is_file():
+        raise InvalidArgument(f"{src} is not a backup (no {MANIFEST})", field="src")
+    meta = json.loads(manifest.read_text())
+    for name, digest in meta["files"].items():
+        if sha256_file(src / name) != digest:
+            raise FailedPrecondition(f"backup file {name} fails its sha256 check")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    aside = data_dir / f"pre-restore-{stamp}"
+    current = [
+        p
+        for p in data_dir.iterdir()
+        if p.is_file() and (p.suffix == ".faiss" or p.name.startswith(DB_NAME))
+    ]
+    if current:
+        aside.mkdir()
+        for p in current:
+            p.rename(aside / p.name)
+    for name in meta["files"]:
+        shutil.copy2(src / name, data_dir / name)
+    return BackupInfo(
+        data_dir, int(meta["store_seq"]), dict(meta["files"]), float(meta["created_at"])
+    )
+
+
+def purge(data_dir: Path, older_than_days: float) -> tuple[int, int]:
+    """Retention: delete decision records and plate sightings older than N days."""
+    if older_than_days < 0:
+        raise InvalidArgument("older_than_days must be >= 0", field="older_than_days")
+    cutoff = time.time() - older_than_days * 86400
+    store = SqliteStore(data_dir / DB_NAME)
+    try:
+        decisions = store.purge_decisions(cutoff)
+        sightings = store.purge_sightings(cutoff)
+        store.audit(
+            "admin",
+            "purge",
+            str(data_dir),
+            {"older_than_days": older_than_days, "decisions": decisions, "sightings": sightings},
+        )
+    finally:
+        store.close()
+    return decisions, sightings
