@@ -1,0 +1,360 @@
+"""FAISS index derived from the store: inner product over L2-normalised float32, id-mapped.
+
+Labels are the store's template labels (int64). The kind is chosen by size when the index is
+(re)built: exact flat up to `flat_max` vectors, IVF above it (by default with the vectors
+held as float16, "ivf_fp16": half the memory and ~1.4x faster scans than IVF-Flat, with the
+same recall in the benchmark). IVF is used rather than HNSW because it can really remove ids
+(`remove_ids`), which "delete really deletes" needs; HNSW could only hide them until a
+rebuild. The benchmark (benchmarks/index_bench.py) checks recall against flat.
+
+Persistence is one file: a small JSON header (watermark, kind, dim, sha256 of the payload)
+followed by the serialised index. It is written to a temp file, fsynced and renamed, so a
+crash leaves either the old file or the new one; a file that fails its checksum is treated
+as missing and the gallery rebuilds from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+log = logging.getLogger("recognizer.gallery.index")
+
+FLAT = "flat"
+IVF_FLAT = "ivf_flat"
+IVF_FP16 = "ivf_fp16"
+KINDS = (FLAT, IVF_FLAT, IVF_FP16)
+APPROXIMATE = (IVF_FLAT, IVF_FP16)
+
+_MAGIC = b"RECOGIDX"
+_FORMAT = 1
+_HEADER = struct.Struct("<8sII")  # magic, format version, header JSON length
+
+
+def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """A C-contiguous float32 (N, dim) copy, L2-normalised so inner product is cosine."""
+    x = np.array(vectors, dtype=np.float32, copy=True, order="C")
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (N, {dim}), got {np.shape(vectors)}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("vectors contain NaN or infinity")
+    faiss.normalize_L2(x)
+    return x
+
+
+def _as_labels(labels: np.ndarray | list[int], n: int | None = None) -> np.ndarray:
+    ids = np.ascontiguousarray(np.asarray(labels, dtype=np.int64).reshape(-1))
+    if n is not None and ids.shape[0] != n:
+        raise ValueError(f"{ids.shape[0]} labels for {n} vectors")
+    return ids
+
+
+def default_nlist(n: int) -> int:
+    """About 4*sqrt(n) lists, as a power of two: ~1k at 100k vectors, 4k at 1M."""
+    target = 4.0 * math.sqrt(max(n, 1))
+    return int(min(65_536, max(64, 2 ** round(math.log2(target)))))
+
+
+def default_nprobe(nlist: int, ntotal: int, scan_budget: int = 65_536) -> int:
+    """Lists per query so that about `scan_budget` vectors are scanned (~2 ms at 128-d on
+    one core), as a power of two: 256 of 4096 lists at 1M, 512 of 1024 at 100k."""
+    per_list = max(ntotal, 1) / max(nlist, 1)
+    want = 2 ** round(math.log2(max(1.0, scan_budget / per_list)))
+    return int(min(nlist, max(16, want)))
+
+
+class VectorIndex:
+    """Thread-compatible, not thread-safe: the Gallery serialises mutation against search."""
+
+    def __init__(
+        self,
+        dim: int,
+        flat_max: int = 100_000,
+        hnsw_m: int = 32,
+        ivf_nlist: int | None = None,
+        nprobe: int | None = None,
+        ef_search: int = 128,
+        hnsw_coarse_above: int = 16_384,
+        train_points_per_list: int = 64,
+        scan_budget: int = 65_536,
+        approx: str = IVF_FP16,
+    ) -> None:
+        if approx not in APPROXIMATE:
+            raise ValueError(f"approx must be one of {APPROXIMATE}, got {approx!r}")
+        if dim <= 0:
+            raise ValueError("dim must be positive")
+        self.dim = dim
+        self.flat_max = flat_max
+        self.hnsw_m = hnsw_m  # M of the HNSW coarse quantizer, used for very large nlist
+        self.ivf_nlist = ivf_nlist  # None: chosen from the size at build time
+        self.hnsw_coarse_above = hnsw_coarse_above  # nlist above which flat coarse is too slow
+        self.train_points_per_list = train_points_per_list
+        self.scan_budget = scan_budget  # vectors scanned per query when nprobe is automatic
+        self.approx = approx  # the kind chosen above flat_max
+        self._nprobe = nprobe
+        self._ef_search = ef_search
+        self.tag = ""  # set by load(): what the saved index was built from
+        self._index: Any = self._new_flat()
+
+    # --- construction -------------------------------------------------------------------------
+
+    def _new_flat(self) -> Any:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def _new_ivf(self, nlist: int, kind: str) -> Any:
+        if nlist > self.hnsw_coarse_above:
+            # Assigning to tens of thousands of centroids by brute force would dominate.
+            quantizer = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            quantizer.hnsw.efSearch = self._ef_search
+        else:
+            quantizer = faiss.IndexFlatIP(self.dim)
+        if kind == IVF_FP16:
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                faiss.METRIC_INNER_PRODUCT,
+            )  # fmt: skip
+            index.by_residual = False  # fp16 is precise enough; residuals only cost time
+        else:
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        # The C++ index owns its quantizer, so it cannot be freed under it from Python.
+        quantizer.this.disown()
+        index.own_fields = True
+        index.cp.spherical = True  # centroids on the unit sphere, like the data
+        index.cp.niter = 10
+        index.cp.max_points_per_centroid = self.train_points_per_list
+        return index
+
+    def wanted_kind(self, n: int) -> str:
+        return FLAT if n <= self.flat_max else self.approx
+
+    def rebuild(self, labels: np.ndarray, vectors: np.ndarray, kind: str | None = None) -> str:
+        """Replace the contents; the kind is chosen by size unless forced. Returns the kind."""
+        ids = _as_labels(labels)
+        x = _as_matrix(vectors, self.dim) if len(ids) else np.zeros((0, self.dim), np.float32)
+        if x.shape[0] != ids.shape[0]:
+            raise ValueError(f"{ids.shape[0]} labels for {x.shape[0]} vectors")
+        kind = kind or self.wanted_kind(len(ids))
+        if kind == FLAT:
+            index = self._new_flat()
+        elif kind in APPROXIMATE:
+            nlist = self.ivf_nlist or default_nlist(len(ids))
+            if len(ids) < nlist:
+                raise ValueError(f"IVF with {nlist} lists needs at least {nlist} vectors")
+            index = self._new_ivf(nlist, kind)
+            index.train(x)
+        else:
+            raise ValueError(f"unknown index kind {kind!r}")
+        if len(ids):
+            index.add_with_ids(x, ids)
+        self._index = index
+        self._apply_tuning()
+        return kind
+
+    # --- tuning -------------------------------------------------------------------------------
+
+    def _ivf(self) -> Any | None:
+        return faiss.extract_index_ivf(self._index) if self.kind != FLAT else None
+
+    def _apply_tuning(self) -> None:
+        ivf = self._ivf()
+        if ivf is None:
+            return
+        auto = default_nprobe(ivf.nlist, ivf.ntotal, self.scan_budget)
+        ivf.nprobe = min(ivf.nlist, self._nprobe or auto)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            quantizer.hnsw.efSearch = self._ef_search
+
+    @property
+    def nprobe(self) -> int:
+        ivf = self._ivf()
+        return int(ivf.nprobe) if ivf is not None else 0
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._nprobe = int(value)
+        self._apply_tuning()
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef_search = int(value)
+        self._apply_tuning()
+
+    @property
+    def nlist(self) -> int:
+        ivf = self._ivf()
+        return int(ivf.nlist) if ivf is not None else 0
+
+    # --- data ---------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return _kind_of(self._index)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, labels: np.ndarray | list[int], vectors: np.ndarray) -> None:
+        x = _as_matrix(vectors, self.dim)
+        ids = _as_labels(labels, x.shape[0])
+        if len(ids):
+            self._index.add_with_ids(x, ids)
+
+    def remove(self, labels: np.ndarray | list[int]) -> int:
+        ids = _as_labels(labels)
+        if not len(ids):
+            return 0
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (N,k) float32, labels (N,k) int64); missing slots are -1 with score -inf."""
+        q = _as_matrix(queries, self.dim)
+        if k <= 0:
+            raise ValueError("k must be positive")
+        if self.ntotal == 0:
+            return (
+                np.full((q.shape[0], k), -np.inf, np.float32),
+                np.full((q.shape[0], k), -1, np.int64),
+            )
+        scores, labels = self._index.search(q, k)
+        scores = np.asarray(scores, np.float32)
+        scores[labels < 0] = -np.inf
+        return scores, np.asarray(labels, np.int64)
+
+    def labels(self) -> np.ndarray:
+        """Every stored label (for consistency checks and tests)."""
+        if self.kind == FLAT:
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        ivf = self._ivf()
+        invlists = ivf.invlists
+        parts = []
+        for i in range(ivf.nlist):
+            size = invlists.list_size(i)
+            if size:
+                ptr = invlists.get_ids(i)
+                parts.append(faiss.rev_swig_ptr(ptr, size).copy())
+                invlists.release_ids(i, ptr)
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def serialized_size(self) -> int:
+        return int(faiss.serialize_index(self._index).nbytes)
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def save(self, path: Path, watermark: int, tag: str = "") -> None:
+        """Atomically write the index and the store seq it reflects (temp, fsync, rename).
+
+        `tag` names what the index was built from (store and model); `load` returns it on
+        the index so a file from another store or model is not replayed onto.
+        """
+        path = Path(path)
+        payload = faiss.serialize_index(self._index)
+        header = json.dumps(
+            {
+                "watermark": int(watermark),
+                "tag": tag,
+                "kind": self.kind,
+                "dim": self.dim,
+                "ntotal": self.ntotal,
+                "nbytes": int(payload.nbytes),
+                "sha256": hashlib.sha256(memoryview(payload)).hexdigest(),
+            }
+        ).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_HEADER.pack(_MAGIC, _FORMAT, len(header)))
+                f.write(header)
+                f.write(memoryview(payload))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _fsync_dir(path.parent)
+
+    @classmethod
+    def load(cls, path: Path, **params: Any) -> tuple[VectorIndex, int] | None:
+        """(index, watermark), or None if the file is missing or fails any check."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("index file %s unreadable (%s); it will be rebuilt", path, exc)
+            return None
+        try:
+            magic, version, hlen = _HEADER.unpack_from(data, 0)
+            if magic != _MAGIC or version != _FORMAT:
+                raise ValueError("bad magic or format version")
+            start = _HEADER.size
+            header = json.loads(data[start : start + hlen])
+            payload = memoryview(data)[start + hlen :]
+            if len(payload) != header["nbytes"]:
+                raise ValueError("truncated payload")
+            if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+                raise ValueError("checksum mismatch")
+            raw = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
+            vi = cls(int(header["dim"]), **params)
+            if raw.d != vi.dim or raw.metric_type != faiss.METRIC_INNER_PRODUCT:
+                raise ValueError("dimension or metric does not match the header")
+            if isinstance(raw, faiss.IndexIDMap2):
+                vi._index = raw
+            else:
+                # deserialize_index already returns the concrete class; downcasting again
+                # would make a second owner of the same C++ object.
+                if _kind_of(raw) not in APPROXIMATE:
+                    raise ValueError(f"unexpected index type {type(raw).__name__}")
+                vi._index = raw
+            if vi.kind != header["kind"] or vi.ntotal != int(header["ntotal"]):
+                raise ValueError("contents do not match the header")
+            vi._apply_tuning()
+            vi.tag = str(header.get("tag", ""))
+            return vi, int(header["watermark"])
+        except Exception as exc:  # corrupt file of any shape: never fatal, rebuild instead
+            log.warning("index file %s is corrupt (%s); it will be rebuilt", path, exc)
+            return None
+
+
+def _kind_of(index: Any) -> str:
+    if isinstance(index, faiss.IndexIDMap2):
+        return FLAT
+    if isinstance(index, faiss.IndexIVFFlat):
+        return IVF_FLAT
+    if isinstance(index, faiss.IndexIVFScalarQuantizer):
+        return IVF_FP16
+    return type(index).__name__
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
