@@ -10,7 +10,8 @@ PROFILE ?= default
 DEV_KEYS ?= admin:dev-admin-key,verifier:dev-verifier-key,gate:dev-gate-key
 PYTEST_ARGS ?=
 
-.PHONY: all setup install models models-all protos fonts serve test test-slow lint clean
+.PHONY: all setup install models models-all protos fonts serve test test-slow lint clean \
+	bench bench-quick bench-deps
 
 all: setup
 
@@ -55,6 +56,35 @@ test: install models-all protos fonts
 
 test-slow: install models-all protos fonts
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Benchmarks write benchmarks/results/<name>/ and regenerate benchmarks/RESULTS.md.
+BENCH_OUT := benchmarks/results
+BENCH := $(BIN)/recognizer bench
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps \
+	  face-recognition==1.3.0 rapidocr-onnxruntime==1.4.4
+	touch $@
+
+bench-deps: $(BENCH_STAMP)
+
+bench: setup models-all bench-deps
+	$(BENCH) faces --out $(BENCH_OUT)/faces
+	$(BENCH) plates --out $(BENCH_OUT)/plates
+	$(BENCH) fusion --out $(BENCH_OUT)/fusion
+	$(BENCH) index --out $(BENCH_OUT)/index
+	$(BENCH) service --out $(BENCH_OUT)/service
+	$(BENCH) results --command "make bench"
+
+bench-quick: setup models-all bench-deps
+	$(BENCH) faces --quick --out $(BENCH_OUT)/faces
+	$(BENCH) plates --quick --out $(BENCH_OUT)/plates
+	$(BENCH) fusion --quick --out $(BENCH_OUT)/fusion
+	$(BENCH) index --quick --out $(BENCH_OUT)/index
+	$(BENCH) service --quick --out $(BENCH_OUT)/service
+	$(BENCH) results --command "make bench-quick"
 
 lint: install
 	$(BIN)/ruff check recognizer scripts benchmarks tests

@@ -16,7 +16,6 @@ finds an enrolled payer above the default threshold; fused accepts when Authoriz
 from __future__ import annotations
 
 import math
-import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -177,10 +176,9 @@ def events_for(
 def run(
     faces_root: Path, plates_root: Path, out: Path, *, quick: bool = False, profile: str = "default"
 ) -> Report:
+    from benchmarks.service import inprocess_server
     from recognizer.client import Client
-    from recognizer.config import load_config
     from recognizer.policy import PolicySet
-    from recognizer.service.server import create_server
     from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 
     people = _people(faces_root)
@@ -188,113 +186,101 @@ def run(
     owned, held, unbound = plan(people, vehicles, max_people=24 if quick else None)
     if quick:
         unbound = unbound[:12]
-    key = "bench-admin"
-    with tempfile.TemporaryDirectory(prefix="bench-fusion-") as tmp:
-        cfg = load_config(
-            env={"RECOGNIZER_API_KEYS": f"admin:{key}"},
-            port=0,
-            data_dir=Path(tmp),
-            profile=profile,
-            policies=PolicySet.from_config([POLICY]),
-        )
-        running = create_server(cfg)
-        try:
-            if not running.runtime.wait(300):
-                raise RuntimeError("server failed to load its models")
-            c = Client.connect(f"127.0.0.1:{running.port}", key)
-            md = c.metadata
-            ids: dict[str, str] = {}
-            for person, (_, plate) in progress(list(owned.items()), "enrol"):
-                ident = c.identity.CreateIdentity(
-                    identity_pb2.CreateIdentityRequest(display_name=person), metadata=md
-                )
-                try:
-                    c.identity.EnrollFace(
-                        identity_pb2.EnrollFaceRequest(
-                            identity_id=ident.identity_id,
-                            images=[people[person][0].read_bytes()],
-                            force=True,
-                        ),
-                        metadata=md,
-                    )
-                    c.identity.BindPlate(
-                        identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=plate),
-                        metadata=md,
-                    )
-                except Exception:  # no usable face, or a plate two sample frames share
-                    c.identity.DeleteIdentity(
-                        identity_pb2.DeleteIdentityRequest(identity_id=ident.identity_id),
-                        metadata=md,
-                    )
-                    continue
-                c.identity.BindPayment(
-                    identity_pb2.BindPaymentRequest(
+    with inprocess_server(
+        profile, face_threshold_min=0.2, policies=PolicySet.from_config([POLICY])
+    ) as (port, key):
+        c = Client.connect(f"127.0.0.1:{port}", key)
+        md = c.metadata
+        ids: dict[str, str] = {}
+        for person, (_, plate) in progress(list(owned.items()), "enrol"):
+            ident = c.identity.CreateIdentity(
+                identity_pb2.CreateIdentityRequest(display_name=person), metadata=md
+            )
+            try:
+                c.identity.EnrollFace(
+                    identity_pb2.EnrollFaceRequest(
                         identity_id=ident.identity_id,
-                        payment_ref=f"pay-{uuid.uuid4().hex[:8]}",
-                        factors=identity_pb2.FACTOR_PLATE_AND_FACE,
+                        images=[people[person][0].read_bytes()],
+                        force=True,
                     ),
                     metadata=md,
                 )
-                ids[person] = ident.identity_id
-            owned = {p: v for p, v in owned.items() if p in ids}
-            # Misreads that map to another bound plate: bind an unbound car's alternative
-            # reading to a payer, so that car's read lands on that payer as a candidate.
-            misread: dict[Path, str] = {}
-            payers = sorted(ids)
-            for k, (car, _) in enumerate(progress(unbound[: len(unbound) // 2], "misread")):
-                r = c.recognition.ReadPlates(
-                    recognition_pb2.ReadPlatesRequest(image=car.read_bytes()), metadata=md
-                )
-                alts = [x.text for p in r.plates for x in p.candidates[1:]]
-                if not alts:
-                    continue
-                owner = payers[k % len(payers)]
-                try:
-                    c.identity.BindPlate(
-                        identity_pb2.BindPlateRequest(identity_id=ids[owner], plate=alts[0]),
-                        metadata=md,
-                    )
-                except Exception:
-                    continue
-                misread[car] = owner
-            events = events_for(people, owned, held, unbound, misread)
-            outcomes = []
-            for ev in progress(events, "authorize"):
-                resp = c.gate.Authorize(
-                    gate_pb2.AuthorizeRequest(
-                        gate_id=GATE,
-                        event_id=uuid.uuid4().hex,
-                        vehicle_image=ev.vehicle.read_bytes(),
-                        face_image=ev.face.read_bytes(),
-                        amount_minor=1000,
-                        currency="CNY",
-                    ),
+                c.identity.BindPlate(
+                    identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=plate),
                     metadata=md,
                 )
-                ident = c.recognition.IdentifyFace(
-                    recognition_pb2.IdentifyFaceRequest(image=ev.face.read_bytes(), top_k=1),
+            except Exception:  # no usable face, or a plate two sample frames share
+                c.identity.DeleteIdentity(
+                    identity_pb2.DeleteIdentityRequest(identity_id=ident.identity_id),
                     metadata=md,
                 )
-                codes = tuple(r.code for r in resp.reasons)
-                outcomes.append(
-                    Outcome(
-                        event=ev,
-                        present=ids.get(ev.person, ""),
-                        outcome=gate_pb2.Outcome.Name(resp.outcome).removeprefix("OUTCOME_"),
-                        identity_id=resp.identity_id,
-                        plate_exact="PLATE_EXACT_MATCH" in codes,
-                        plate_llr=resp.plate_llr,
-                        face_llr=resp.face_llr,
-                        fused_llr=resp.fused_llr,
-                        estimated_far=resp.estimated_far,
-                        face_top1="" if ident.unknown else ident.candidates[0].identity_id,
-                        face_score=ident.best_score,
-                        reasons=codes,
-                    )
+                continue
+            c.identity.BindPayment(
+                identity_pb2.BindPaymentRequest(
+                    identity_id=ident.identity_id,
+                    payment_ref=f"pay-{uuid.uuid4().hex[:8]}",
+                    factors=identity_pb2.FACTOR_PLATE_AND_FACE,
+                ),
+                metadata=md,
+            )
+            ids[person] = ident.identity_id
+        owned = {p: v for p, v in owned.items() if p in ids}
+        # Misreads that map to another bound plate: bind an unbound car's alternative
+        # reading to a payer, so that car's read lands on that payer as a candidate.
+        misread: dict[Path, str] = {}
+        payers = sorted(ids)
+        for k, (car, _) in enumerate(progress(unbound[: len(unbound) // 2], "misread")):
+            r = c.recognition.ReadPlates(
+                recognition_pb2.ReadPlatesRequest(image=car.read_bytes()), metadata=md
+            )
+            alts = [x.text for p in r.plates for x in p.candidates[1:]]
+            if not alts:
+                continue
+            owner = payers[k % len(payers)]
+            try:
+                c.identity.BindPlate(
+                    identity_pb2.BindPlateRequest(identity_id=ids[owner], plate=alts[0]),
+                    metadata=md,
                 )
-            c.close()
-        finally:
-            running.stop()
+            except Exception:
+                continue
+            misread[car] = owner
+        events = events_for(people, owned, held, unbound, misread)
+        outcomes = []
+        for ev in progress(events, "authorize"):
+            resp = c.gate.Authorize(
+                gate_pb2.AuthorizeRequest(
+                    gate_id=GATE,
+                    event_id=uuid.uuid4().hex,
+                    vehicle_image=ev.vehicle.read_bytes(),
+                    face_image=ev.face.read_bytes(),
+                    amount_minor=1000,
+                    currency="CNY",
+                ),
+                metadata=md,
+            )
+            ident = c.recognition.IdentifyFace(
+                recognition_pb2.IdentifyFaceRequest(image=ev.face.read_bytes(), top_k=1),
+                metadata=md,
+            )
+            codes = tuple(r.code for r in resp.reasons)
+            outcomes.append(
+                Outcome(
+                    event=ev,
+                    present=ids.get(ev.person, ""),
+                    outcome=gate_pb2.Outcome.Name(resp.outcome).removeprefix("OUTCOME_"),
+                    identity_id=resp.identity_id,
+                    plate_exact="PLATE_EXACT_MATCH" in codes,
+                    plate_llr=resp.plate_llr,
+                    face_llr=resp.face_llr,
+                    fused_llr=resp.fused_llr,
+                    estimated_far=resp.estimated_far,
+                    face_top1="" if ident.unknown else ident.candidates[0].identity_id,
+                    face_score=ident.best_score,
+                    reasons=codes,
+                )
+            )
+        c.close()
     return report(outcomes, out, profile)
 
 

@@ -446,5 +446,16 @@ def purge(older_than_days: float | None, data_dir: Path) -> None:
     )
 
 
+def _mount_benchmarks() -> None:
+    # The benchmarks ship beside the package in a checkout; an installed wheel has them too.
+    try:
+        from benchmarks.cli import bench
+    except ImportError:
+        return
+    main.add_command(bench, "bench")
+
+
+_mount_benchmarks()
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,211 @@
+"""`python -m benchmarks` / `recognizer bench`: faces, plates and service benchmarks.
+
+Model code and the peers load inside each command, never at import of this module, so the
+CLI starts fast and `recognizer bench --help` works without any model present.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from benchmarks.report import DATASETS, REPO_ROOT
+
+
+def _default_dir(sub: str) -> Path | None:
+    path = DATASETS / sub
+    return path if path.is_dir() else None
+
+
+def _resolve(dataset: Path | None, sub: str) -> Path:
+    path = dataset or _default_dir(sub)
+    if path is None:
+        raise click.UsageError(
+            f"no dataset given and {DATASETS / sub} is absent; pass a folder as DIR"
+        )
+    return path
+
+
+def _out(out: Path | None, name: str) -> Path:
+    path = out or REPO_ROOT / "benchmarks" / "out" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+quick_option = click.option("--quick", is_flag=True, help="Smaller counts, for a fast look.")
+
+
+def out_option(name: str):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--out",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help=f"Output folder (default benchmarks/out/{name}).",
+    )
+
+
+def _done(report_path: Path) -> None:
+    click.echo(f"report: {report_path}", err=sys.stderr.isatty())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def bench() -> None:
+    """Accuracy and throughput benchmarks; each writes report.md, results.json and plots."""
+
+
+@bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@out_option("faces")
+@quick_option
+@click.option("--no-peer", is_flag=True, help="Skip the face_recognition (dlib) peer.")
+@click.option("--no-identify", is_flag=True, help="Skip identification through gRPC.")
+def faces(
+    dataset: Path | None, out: Path | None, quick: bool, no_peer: bool, no_identify: bool
+) -> None:
+    """Face verification, degraded variants, latency and gRPC identification.
+
+    DATASET is a folder of identity folders, or a folder of such datasets
+    (default ../shared/datasets/faces)."""
+    from benchmarks import faces as bench_faces
+
+    dest = _out(out, "faces")
+    bench_faces.run(
+        _resolve(dataset, "faces"), dest, quick=quick, peer=not no_peer, identify=not no_identify
+    )
+    _done(dest / "report.md")
+
+
+@bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@out_option("plates")
+@quick_option
+@click.option("--no-grpc", is_flag=True, help="Skip the ReadPlates check through gRPC.")
+def plates(dataset: Path | None, out: Path | None, quick: bool, no_grpc: bool) -> None:
+    """Plate accuracy by type, confusions, stage latency, RapidOCR side by side.
+
+    DATASET holds CCPD frames, crops named by plate, or a labels.jsonl folder, or several
+    such folders (default ../shared/datasets/plates: scenes, crops, street)."""
+    from benchmarks import plates as bench_plates
+
+    dest = _out(out, "plates")
+    bench_plates.run(_resolve(dataset, "plates"), dest, quick=quick, grpc_check=not no_grpc)
+    _done(dest / "report.md")
+
+
+@bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--target", default=None, help="127.0.0.1:PORT of a running server (else one is started)."
+)
+@click.option("--api-key", default="", envvar="RECOGNIZER_API_KEY", help="Admin key for --target.")
+@click.option(
+    "--requests",
+    "n_requests",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Requests per method and concurrency level (default 64, quick 16).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["default", "insightface"]),
+    default="default",
+    help="Profile of the server started when no --target is given.",
+)
+@out_option("service")
+@quick_option
+def service(
+    dataset: Path | None,
+    target: str | None,
+    api_key: str,
+    n_requests: int | None,
+    profile: str,
+    out: Path | None,
+    quick: bool,
+) -> None:
+    """gRPC load ramp (1..32 callers) over IdentifyFace, ReadPlates and Authorize.
+
+    DATASET is the datasets root holding faces/ and plates/ (default ../shared/datasets)."""
+    from benchmarks import service as bench_service
+
+    if target is not None:
+        try:
+            bench_service.check_target(target)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--target") from exc
+    root = dataset or DATASETS
+    faces_dir = root / "faces" / "lfw10" if (root / "faces" / "lfw10").is_dir() else root / "faces"
+    dest = _out(out, "service")
+    bench_service.run(
+        target,
+        api_key,
+        dest,
+        requests=n_requests or (16 if quick else 64),
+        quick=quick,
+        faces_dir=faces_dir,
+        plates_dir=root / "plates" / "scenes",
+        profile=profile,
+    )
+    _done(dest / "report.md")
+
+
+@bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.option("--profile", type=click.Choice(["default", "insightface"]), default="default")
+@out_option("fusion")
+@quick_option
+def fusion(dataset: Path | None, profile: str, out: Path | None, quick: bool) -> None:
+    """Gate events from real faces and plate frames through Authorize: plate-only, face-only
+    and fused FAR/FRR with 95% intervals and a DET plot.
+
+    DATASET is the datasets root holding faces/ and plates/ (default ../shared/datasets)."""
+    from benchmarks import fusion as bench_fusion
+
+    root = dataset or DATASETS
+    dest = _out(out, "fusion")
+    bench_fusion.run(root / "faces", root / "plates", dest, quick=quick, profile=profile)
+    _done(dest / "report.md")
+
+
+@bench.command()
+@click.option(
+    "--sizes", default="100000,1000000", show_default=True, help="Comma-separated gallery sizes."
+)
+@click.option("--dim", type=int, default=128, show_default=True)
+@click.option("--queries", type=int, default=1000, show_default=True)
+@out_option("index")
+@quick_option
+def index(sizes: str, dim: int, queries: int, out: Path | None, quick: bool) -> None:
+    """Synthetic seeded templates: build time, memory, recall@1 against flat, latency."""
+    from benchmarks import index_bench
+
+    dest = _out(out, "index")
+    counts = (100_000,) if quick else tuple(int(s) for s in sizes.split(","))
+    result = index_bench.run_index_bench(
+        sizes=counts,
+        dim=dim,
+        queries=200 if quick else queries,
+        out_dir=dest,
+        nprobes=(128, 256) if quick else (64, 128, 256, 512, 1024),
+        kinds=("ivf_fp16",) if quick else index_bench.APPROXIMATE,
+    )
+    (dest / "report.md").write_text("# Index benchmark\n\n" + index_bench.markdown(result))
+    _done(dest / "report.md")
+
+
+@bench.command()
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=REPO_ROOT / "benchmarks" / "results",
+    show_default=True,
+)
+@click.option("--command", "commands", multiple=True, help="The commands that made them.")
+def results(results_dir: Path, commands: tuple[str, ...]) -> None:
+    """Collect every report under RESULTS into benchmarks/RESULTS.md."""
+    from benchmarks.report import collect_results
+
+    path = collect_results(results_dir, REPO_ROOT / "benchmarks" / "RESULTS.md", commands)
+    _done(path)

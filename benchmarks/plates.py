@@ -1,0 +1,532 @@
+"""Plate benchmark: exact and character accuracy by plate type, confusions, stage latency,
+RapidOCR side by side on the same images, and ReadPlates through the real gRPC API.
+
+Ground truth comes from the data itself, detected per folder:
+- CCPD frames: the file name encodes the plate (indices into the CCPD lookup tables);
+- crops: the file stem is the plate text (a ``_N`` duplicate suffix is stripped);
+- street photos: ``labels.jsonl`` lists every plate in each file, with its colour.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.metrics import percentiles, wilson_ci
+from benchmarks.report import Report, pct, plot_bars, progress
+from benchmarks.stats import GAP, char_accuracy, confusions, edit_distance, median, ratio
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# CCPD lookup tables, as published in the CCPD README (detectRecog/CCPD). "O" is the
+# dataset's placeholder for "no character" and never appears on a real plate.
+CCPD_PROVINCES = (
+    "皖", "沪", "津", "渝", "冀", "晋", "蒙", "辽", "吉", "黑", "苏", "浙", "京", "闽", "赣",
+    "鲁", "豫", "鄂", "湘", "粤", "桂", "琼", "川", "贵", "云", "藏", "陕", "甘", "青", "宁",
+    "新", "警", "学", "O",
+)  # fmt: skip
+CCPD_ALPHABETS = (*"ABCDEFGHJKLMNPQRSTUVWXYZ", "O")
+CCPD_ADS = (*"ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", "O")
+
+_CCPD_INDICES = re.compile(r"^\d+(?:_\d+){6,7}$")
+_DUP_SUFFIX = re.compile(r"_\d+$")
+# Separators a general OCR puts inside a plate: the middle dot, spaces, dashes.
+_SEPARATORS = re.compile(r"[\s.·•・\-_:：,，'\"]")
+_PROVINCE_CHARS = "京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
+_PLATE_LIKE = re.compile(
+    rf"^[{_PROVINCE_CHARS}][A-Z][A-Z0-9]{{4,6}}[警学挂港澳领]?$|^使\d{{6}}$|^\d{{6}}使$"
+)
+
+
+# --- ground truth --------------------------------------------------------------------------
+
+
+def parse_ccpd_name(name: str) -> str | None:
+    """Plate text of a CCPD file name, or None when the name is not CCPD-shaped.
+
+    ``area-tilt-bbox-corners-indices-brightness-blur.jpg``: the indices are
+    ``province_alphabet_ad_ad_ad_ad_ad[_ad]`` into the three tables above."""
+    fields = Path(name).stem.split("-")
+    if len(fields) != 7 or not _CCPD_INDICES.match(fields[4]):
+        return None
+    idx = [int(x) for x in fields[4].split("_")]
+    try:
+        chars = [CCPD_PROVINCES[idx[0]], CCPD_ALPHABETS[idx[1]], *(CCPD_ADS[i] for i in idx[2:])]
+    except IndexError:
+        return None
+    text = "".join(chars)
+    return None if "O" in text else text
+
+
+def parse_crop_name(name: str) -> str:
+    """The plate text of a crop file: its stem without a ``_N`` duplicate suffix."""
+    return _DUP_SUFFIX.sub("", Path(name).stem)
+
+
+def truth_type(text: str, colour: str | None = None) -> str:
+    """A coarse plate type from the ground truth (colour from labels when there is one)."""
+    if text.endswith("学"):
+        return "learner"
+    if text.endswith("警"):
+        return "white_police"
+    if text.endswith(("港", "澳")):
+        return "black"
+    if text.endswith("挂"):
+        return "yellow"
+    if len(text) == 8:
+        return "green_new_energy"
+    if colour:
+        return {"green": "green_new_energy", "white": "white_other"}.get(colour, colour)
+    return "ordinary_7"
+
+
+def normalize_ocr(lines: Sequence[str]) -> str:
+    """The plate in a general OCR's text lines: separators stripped, upper-cased, the line
+    that looks like a plate (or two adjacent lines that do: a two-row plate read as two
+    boxes); else the longest line. Empty when there is no text at all."""
+    clean = [_SEPARATORS.sub("", s).upper() for s in lines]
+    clean = [s for s in clean if s]
+    if not clean:
+        return ""
+    for s in clean:
+        if _PLATE_LIKE.match(s):
+            return s
+    for a, b in itertools.pairwise(clean):
+        if _PLATE_LIKE.match(a + b):
+            return a + b
+    # A plate-shaped substring inside a longer line (e.g. a border read as a letter).
+    for s in clean:
+        for n in (8, 7):
+            for k in range(len(s) - n + 1):
+                if _PLATE_LIKE.match(s[k : k + n]):
+                    return s[k : k + n]
+    return max(clean, key=len)
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlateSample:
+    path: Path
+    plates: tuple[str, ...]  # every plate in the image; the first is the named one
+    colour: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlateSet:
+    name: str
+    kind: str  # "ccpd" | "crops" | "street"
+    samples: tuple[PlateSample, ...]
+
+    @property
+    def is_crops(self) -> bool:
+        return self.kind == "crops"
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def load_plate_set(folder: Path) -> PlateSet | None:
+    """Detect the folder's kind from its contents; None when it holds no labelled images."""
+    labels = folder / "labels.jsonl"
+    if labels.is_file():
+        samples = []
+        for line in labels.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                samples.append(
+                    PlateSample(folder / row["file"], tuple(row["plates"]), row.get("color"))
+                )
+        return PlateSet(folder.name, "street", tuple(samples))
+    images = _images(folder)
+    if not images:
+        return None
+    ccpd = [(p, parse_ccpd_name(p.name)) for p in images]
+    if sum(t is not None for _, t in ccpd) * 2 > len(images):
+        return PlateSet(folder.name, "ccpd", tuple(PlateSample(p, (t,)) for p, t in ccpd if t))
+    return PlateSet(
+        folder.name, "crops", tuple(PlateSample(p, (parse_crop_name(p.name),)) for p in images)
+    )
+
+
+def discover_plate_sets(root: Path) -> list[PlateSet]:
+    """``root`` itself when it is a dataset folder, else each dataset subfolder of it."""
+    if (root / "labels.jsonl").is_file() or _images(root):
+        found = load_plate_set(root)
+        return [found] if found else []
+    order = {"scenes": 0, "crops": 1, "street": 2}
+    subs = sorted(
+        (d for d in root.iterdir() if d.is_dir()), key=lambda d: (order.get(d.name, 9), d)
+    )
+    return [s for s in (load_plate_set(d) for d in subs) if s is not None]
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlateOutcome:
+    """One ground-truth plate and what a system read for it."""
+
+    file: str
+    truth: str
+    predicted: str
+    truth_type: str
+    predicted_type: str
+
+    @property
+    def exact(self) -> bool:
+        return self.truth == self.predicted
+
+
+@dataclass(frozen=True, slots=True)
+class SystemRun:
+    """One system over one set: outcomes, extra (unmatched) reads and per-stage latencies."""
+
+    system: str
+    outcomes: tuple[PlateOutcome, ...]
+    extra_reads: int
+    latency_ms: dict[str, tuple[float, ...]]  # stage -> per-image latency
+    failures: int  # images that could not be decoded
+
+
+def match_reads(truths: Sequence[str], reads: Sequence[str]) -> list[str]:
+    """Pair each true plate with the closest unused read ('' when none is left)."""
+    left = list(reads)
+    out = []
+    for t in truths:
+        if not left:
+            out.append("")
+            continue
+        best = min(left, key=lambda r: edit_distance(t, r))
+        left.remove(best)
+        out.append(best)
+    return out
+
+
+def _decode(path: Path) -> np.ndarray | None:
+    """The same decoder the server uses, so the benchmark sees what a request would."""
+    from recognizer.errors import InvalidArgument
+    from recognizer.imaging import decode
+
+    try:
+        return decode(path.read_bytes(), field=path.name)
+    except InvalidArgument:
+        return None
+
+
+ReadFn = Callable[[np.ndarray], tuple[list[tuple[str, str]], dict[str, float]]]
+
+
+def run_system(system: str, pset: PlateSet, read: ReadFn) -> SystemRun:
+    """`read(image) -> ([(text, type)], {stage: seconds})` over every sample of a set."""
+    outcomes: list[PlateOutcome] = []
+    lat: dict[str, list[float]] = defaultdict(list)
+    extra = failures = 0
+    for s in progress(pset.samples, f"{system} {pset.name}"):
+        img = _decode(s.path)
+        if img is None:
+            failures += 1
+            reads: list[tuple[str, str]] = []
+        else:
+            reads, stages = read(img)
+            for k, v in stages.items():
+                lat[k].append(v * 1000.0)
+        texts = [t for t, _ in reads]
+        types = dict(reads)
+        matched = match_reads(s.plates, texts)
+        extra += max(0, len(texts) - len(s.plates))
+        outcomes += [
+            PlateOutcome(s.path.name, t, m, truth_type(t, s.colour), types.get(m, ""))
+            for t, m in zip(s.plates, matched, strict=True)
+        ]
+    return SystemRun(
+        system, tuple(outcomes), extra, {k: tuple(v) for k, v in lat.items()}, failures
+    )
+
+
+def ours_reader(recognizer: Any, crops: bool) -> ReadFn:
+    """Time the detector on its own, then the whole read; the difference is
+    rectify + read + classify (the detector runs twice, which the timing accounts for)."""
+
+    def read(img: np.ndarray) -> tuple[list[tuple[str, str]], dict[str, float]]:
+        if crops:
+            t0 = time.perf_counter()
+            r = recognizer.read_crop(img)
+            dt = time.perf_counter() - t0
+            return ([(r.text, str(r.plate_type))] if r.text else []), {"read": dt}
+        stages: dict[str, float] = {}
+        det = getattr(recognizer, "detector", None)
+        if det is not None:
+            t0 = time.perf_counter()
+            det.detect(img)
+            stages["detect"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = recognizer.read(img)
+        stages["read"] = time.perf_counter() - t0
+        if "detect" in stages:
+            stages["rectify+classify"] = max(0.0, stages["read"] - stages["detect"])
+        return [(r.text, str(r.plate_type)) for r in results], stages
+
+    return read
+
+
+def rapidocr_engine() -> Any | str:
+    """RapidOCR with every session single-threaded; a message when it is not installed."""
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as exc:
+        return f"RapidOCR skipped: rapidocr-onnxruntime==1.4.4 is not installed ({exc})"
+    return RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1)
+
+
+def rapidocr_reader(engine: Any, crops: bool) -> ReadFn:
+    """Frames: RapidOCR's full pipeline (det + cls + rec). Crops: recognition only, the
+    same job our read_crop does (its text detector upsizes a 94x24 crop to 736 px and
+    then finds nothing, which would compare nothing useful)."""
+
+    def read(img: np.ndarray) -> tuple[list[tuple[str, str]], dict[str, float]]:
+        t0 = time.perf_counter()
+        if crops:
+            result, _ = engine(img, use_det=False, use_cls=False, use_rec=True)
+            lines = [r[0] for r in result or []]
+        else:
+            result, _ = engine(img)
+            lines = [r[1] for r in result or []]
+        dt = time.perf_counter() - t0
+        text = normalize_ocr(lines)
+        return ([(text, "")] if text else []), {"read": dt}
+
+    return read
+
+
+@dataclass(frozen=True, slots=True)
+class Accuracy:
+    n: int
+    exact: float
+    exact_ci: tuple[float, float]
+    char: float
+
+
+def accuracy(outcomes: Sequence[PlateOutcome]) -> Accuracy:
+    n = len(outcomes)
+    if not n:
+        return Accuracy(0, float("nan"), (0.0, 1.0), float("nan"))
+    k = sum(o.exact for o in outcomes)
+    lo, hi = wilson_ci(n - k, n)
+    char = float(np.mean([char_accuracy(o.truth, o.predicted) for o in outcomes]))
+    return Accuracy(n, k / n, (1.0 - hi, 1.0 - lo), char)
+
+
+def by_type(outcomes: Sequence[PlateOutcome]) -> dict[str, Accuracy]:
+    groups: dict[str, list[PlateOutcome]] = defaultdict(list)
+    for o in outcomes:
+        groups[o.truth_type].append(o)
+    return {k: accuracy(v) for k, v in sorted(groups.items())}
+
+
+def top_confusions(outcomes: Sequence[PlateOutcome], n: int = 15) -> list[tuple[str, str, int]]:
+    counts: Counter[tuple[str, str]] = confusions(
+        (o.truth, o.predicted) for o in outcomes if o.predicted
+    )
+    return [(a, b, c) for (a, b), c in counts.most_common(n)]
+
+
+# --- gRPC ----------------------------------------------------------------------------------
+
+
+def grpc_exact(pset: PlateSet, port: int, api_key: str) -> tuple[list[str], int]:
+    """ReadPlates over the set through a real server: the matched texts and error count."""
+    import grpc
+
+    from recognizer.client import Client
+    from recognizer.v1 import recognition_pb2
+
+    client = Client.connect(f"127.0.0.1:{port}", api_key)
+    texts: list[str] = []
+    errors = 0
+    try:
+        for s in progress(pset.samples, f"gRPC {pset.name}"):
+            try:
+                resp = client.recognition.ReadPlates(
+                    recognition_pb2.ReadPlatesRequest(image=s.path.read_bytes()),
+                    metadata=client.metadata,
+                    timeout=60,
+                )
+                reads = [p.text for p in resp.plates]
+            except grpc.RpcError:
+                errors += 1
+                reads = []
+            texts += match_reads(s.plates, reads)
+    finally:
+        client.close()
+    return texts, errors
+
+
+# --- the bench ------------------------------------------------------------------------------
+
+
+def _lat_row(name: str, lat: dict[str, tuple[float, ...]]) -> list[list[Any]]:
+    rows = []
+    for stage, vals in lat.items():
+        p = percentiles(vals, (50, 99))
+        rows.append([name, stage, len(vals), p["p50"], p["p99"]])
+    return rows
+
+
+def run(root: Path, out: Path, *, quick: bool = False, grpc_check: bool = True) -> Report:
+    import cv2
+
+    from recognizer.plate.pipeline import build_plate_recognizer
+
+    cv2.setNumThreads(1)  # single-threaded for both systems: a fair per-core comparison
+    sets = discover_plate_sets(root)
+    if not sets:
+        raise SystemExit(f"no plate dataset found under {root}")
+    if quick:
+        sets = [
+            PlateSet(s.name, s.kind, s.samples[: 16 if s.kind != "crops" else 100]) for s in sets
+        ]
+    rep = Report("Plate benchmark")
+    rep.p(
+        f"Data: `{root}`; sets: "
+        + ", ".join(f"{s.name} ({s.kind}, {len(s.samples)} images)" for s in sets)
+        + (" — QUICK mode (subsets)." if quick else ".")
+        + " Latency is single-threaded (onnxruntime intra/inter-op 1, cv2 1 thread), "
+        "measured while other jobs ran on the machine: compare medians and ratios from the "
+        "same run, not absolute numbers across runs."
+    )
+    recognizer = build_plate_recognizer()
+    peer = rapidocr_engine()
+    if isinstance(peer, str):
+        rep.p(f"**{peer}**")
+    results: dict[str, Any] = {"sets": {}}
+    acc_rows: list[list[Any]] = []
+    type_rows: list[list[Any]] = []
+    lat_rows: list[list[Any]] = []
+    conf_sections: list[tuple[str, list[tuple[str, str, int]]]] = []
+    bar_labels: list[str] = []
+    bar_ours: list[float] = []
+    bar_peer: list[float] = []
+    goals: list[list[Any]] = []
+    for pset in sets:
+        ours = run_system("ours", pset, ours_reader(recognizer, pset.is_crops))
+        runs = [ours]
+        if not isinstance(peer, str):
+            runs.append(run_system("RapidOCR", pset, rapidocr_reader(peer, pset.is_crops)))
+        set_res: dict[str, Any] = {"kind": pset.kind, "systems": {}}
+        for r in runs:
+            a = accuracy(r.outcomes)
+            med = median(list(r.latency_ms.get("read", ())))
+            acc_rows.append(
+                [pset.name, r.system, a.n, pct(a.exact),
+                 f"{pct(a.exact_ci[0])}–{pct(a.exact_ci[1])}", pct(a.char), r.extra_reads,
+                 r.failures, med]
+            )  # fmt: skip
+            for t, ta in by_type(r.outcomes).items():
+                type_rows.append([pset.name, r.system, t, ta.n, pct(ta.exact), pct(ta.char)])
+            lat_rows += _lat_row(f"{pset.name} / {r.system}", r.latency_ms)
+            set_res["systems"][r.system] = {
+                "accuracy": a,
+                "by_type": by_type(r.outcomes),
+                "latency_ms": {k: percentiles(v, (50, 95, 99)) for k, v in r.latency_ms.items()},
+                "extra_reads": r.extra_reads,
+                "decode_failures": r.failures,
+                "outcomes": [o for o in r.outcomes if not o.exact],
+            }
+        conf_sections.append((f"{pset.name} / ours", top_confusions(ours.outcomes)))
+        a_ours = accuracy(ours.outcomes)
+        bar_labels.append(pset.name)
+        bar_ours.append(a_ours.exact)
+        med_ours = median(list(ours.latency_ms.get("read", ())))
+        if len(runs) > 1:
+            a_peer = accuracy(runs[1].outcomes)
+            bar_peer.append(a_peer.exact)
+            med_peer = median(list(runs[1].latency_ms.get("read", ())))
+            lat_ratio = ratio(med_ours, med_peer)
+            set_res["latency_ratio_ours_over_rapidocr"] = lat_ratio
+            goals.append(
+                [pset.name, "median latency ours / RapidOCR ≤ 0.5", f"{lat_ratio:.2f}",
+                 lat_ratio <= 0.5]
+            )  # fmt: skip
+            goals.append(
+                [pset.name, "exact accuracy above RapidOCR", f"{pct(a_ours.exact)} vs "
+                 f"{pct(a_peer.exact)}", a_ours.exact > a_peer.exact]
+            )  # fmt: skip
+        target = {"ccpd": 0.97, "crops": 0.98}.get(pset.kind)
+        if target is not None:
+            goals.append(
+                [pset.name, f"exact ≥ {pct(target, 0)}", pct(a_ours.exact), a_ours.exact >= target]
+            )
+        results["sets"][pset.name] = set_res
+
+    grpc_rows: list[list[Any]] = []
+    scenes = [s for s in sets if s.kind == "ccpd"]
+    if grpc_check and scenes:
+        from benchmarks.service import inprocess_server
+
+        with inprocess_server() as (port, key):
+            for pset in scenes:
+                texts, errors = grpc_exact(pset, port, key)
+                truths = [t for s in pset.samples for t in s.plates]
+                inproc = results["sets"][pset.name]["systems"]["ours"]["accuracy"]
+                g_exact = float(np.mean([a == b for a, b in zip(truths, texts, strict=True)]))
+                same = g_exact == inproc.exact
+                grpc_rows.append([pset.name, pct(g_exact), pct(inproc.exact), errors, same])
+                results["sets"][pset.name]["grpc"] = {
+                    "exact": g_exact,
+                    "errors": errors,
+                    "equals_inprocess": same,
+                }
+
+    rep.h("Accuracy")
+    rep.p(
+        "Exact = the whole plate right; char = 1 − edit distance / length, averaged over "
+        "plates. Frames: each true plate is paired with the closest read; reads left over "
+        "are 'extra'. 95% Wilson interval on exact accuracy."
+    )
+    rep.table(
+        ["set", "system", "plates", "exact", "exact 95% CI", "char", "extra reads",
+         "undecodable", "median ms"],
+        acc_rows,
+    )  # fmt: skip
+    plot = plot_bars(
+        out / "plates_exact.png",
+        bar_labels,
+        {"ours": bar_ours, **({"RapidOCR": bar_peer} if bar_peer else {})},
+        "exact plate accuracy",
+        "Exact plate accuracy",
+    )
+    rep.image(plot, "exact accuracy")
+    if goals:
+        rep.h("Plate-issue goals")
+        rep.table(["set", "goal", "measured", "met"], goals)
+    rep.h("By plate type (ground truth)")
+    rep.table(["set", "system", "type", "plates", "exact", "char"], type_rows)
+    rep.h("Latency (ms per image)")
+    rep.p(
+        "`detect` times the detector alone; `read` the whole call; `rectify+classify` is "
+        "read − detect per image (rectification, reading and grammar). Crops have no detector."
+    )
+    rep.table(["set / system", "stage", "n", "p50", "p99"], lat_rows)
+    rep.h("Top character confusions (ours)")
+    for name, conf in conf_sections:
+        rep.p(f"**{name}** ({GAP} = missing or extra character)")
+        rep.table(["truth", "read", "count"], conf or [["–", "–", 0]])
+    if grpc_rows:
+        rep.h("Through the gRPC API (ReadPlates)")
+        rep.table(["set", "exact via gRPC", "exact in-process", "RPC errors", "equal"], grpc_rows)
+    rep.results = results
+    rep.write(out)
+    return rep

@@ -1,0 +1,148 @@
+"""Known-answer tests of the benchmark helpers: no model runs, no network, well under 5 s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.faces import FaceImage, pair_scores
+from benchmarks.plates import (
+    PlateOutcome,
+    accuracy,
+    match_reads,
+    normalize_ocr,
+    parse_ccpd_name,
+    parse_crop_name,
+    top_confusions,
+    truth_type,
+)
+from benchmarks.report import Report, fmt, md_table, to_jsonable
+from benchmarks.service import check_target
+from benchmarks.stats import GAP, align, char_accuracy, confusions, edit_distance, median, ratio
+
+
+def test_ccpd_name_decoding() -> None:
+    # The example of the CCPD README: indices 0_0_22_27_27_33_16 are 皖AY339S.
+    name = "025-95_113-154&383_386&473-386&473_177&454_154&383_363&402-0_0_22_27_27_33_16-37-15.jpg"
+    assert parse_ccpd_name(name) == "皖AY339S"
+    assert parse_ccpd_name("01-89_92-300&547_485&612-496&612_301&613_297&552_492&551-"
+                           "0_0_28_32_30_31_33-140-41.jpg") == "皖A48679"  # fmt: skip
+    # An eight-character (new energy) name and a province index past 皖.
+    assert parse_ccpd_name("1-2_3-1&2_3&4-1&2_3&4_5&6_7&8-12_1_3_24_25_26_27_28-1-1.jpg") == (
+        "京BD01234"
+    )
+    assert parse_ccpd_name("皖AD12345.jpg") is None
+    assert parse_ccpd_name("a-b-c-d-0_0_99_1_1_1_1-1-1.jpg") is None  # index out of range
+
+
+def test_crop_name_parsing() -> None:
+    assert parse_crop_name("皖AD12345.jpg") == "皖AD12345"
+    assert parse_crop_name("川X90621_2.jpg") == "川X90621"
+    assert parse_crop_name(Path("/x/京PL3N67_10.png").name) == "京PL3N67"
+
+
+def test_rapidocr_normalisation() -> None:
+    assert normalize_ocr(["皖A·D1234 5"]) == "皖AD12345"
+    assert normalize_ocr(["PARKING", "粤B.5PQ23", "12:30"]) == "粤B5PQ23"
+    assert normalize_ocr(["皖A", "12345"]) == "皖A12345"  # a two-row plate read as two boxes
+    assert normalize_ocr(["X皖AT789S"]) == "皖AT789S"  # plate inside a longer line
+    assert normalize_ocr(["hello", "ab"]) == "HELLO"  # nothing plate-like: the longest line
+    assert normalize_ocr([]) == ""
+    assert normalize_ocr([" ", "·"]) == ""
+
+
+def test_alignment_and_char_accuracy() -> None:
+    assert align("AB1", "AB1") == [("A", "A"), ("B", "B"), ("1", "1")]
+    assert align("皖A123", "皖A128") == [
+        ("皖", "皖"),
+        ("A", "A"),
+        ("1", "1"),
+        ("2", "2"),
+        ("3", "8"),
+    ]
+    assert align("AB", "A") == [("A", "A"), ("B", GAP)]
+    assert align("A", "AB") == [("A", "A"), (GAP, "B")]
+    assert edit_distance("kitten", "sitting") == 3
+    assert char_accuracy("ABCD", "ABCE") == pytest.approx(0.75)
+    assert char_accuracy("ABCD", "") == 0.0
+    assert char_accuracy("AB", "XYZW") == 0.0  # floored at zero
+
+
+def test_confusion_counting() -> None:
+    c = confusions([("皖A0D12", "皖AOD12"), ("皖A0D13", "皖AOD1"), ("京B1", "京B1")])
+    assert c[("0", "O")] == 2
+    assert c[("3", GAP)] == 1
+    assert sum(c.values()) == 3
+    outs = [
+        PlateOutcome("a", "皖A0D12", "皖AOD12", "ordinary_7", ""),
+        PlateOutcome("b", "皖A0D13", "皖AOD13", "ordinary_7", ""),
+        PlateOutcome("c", "皖A8D13", "", "ordinary_7", ""),  # no read: no confusion counted
+        PlateOutcome("d", "皖A8D13", "皖A8D13", "ordinary_7", ""),
+    ]
+    assert top_confusions(outs) == [("0", "O", 2)]
+    acc = accuracy(outs)
+    assert acc.n == 4 and acc.exact == 0.25
+    assert acc.char == pytest.approx((5 / 6 + 5 / 6 + 0 + 1) / 4)
+    assert acc.exact_ci[0] < 0.25 < acc.exact_ci[1]
+
+
+def test_truth_type_and_matching() -> None:
+    assert truth_type("皖AD12345") == "green_new_energy"
+    assert truth_type("粤B1234学") == "learner"
+    assert truth_type("粤B12345", "yellow") == "yellow"
+    assert truth_type("粤B12345") == "ordinary_7"
+    assert match_reads(["粤B12345", "京A11111"], ["京A11112", "粤B12345", "X"]) == [
+        "粤B12345",
+        "京A11112",
+    ]
+    assert match_reads(["粤B12345"], []) == [""]
+
+
+def test_pair_scores_known_answer() -> None:
+    e = {Path(p): np.array(v, np.float32) for p, v in
+         {"a1": [1, 0], "a2": [0.6, 0.8], "b1": [0, 1]}.items()}  # fmt: skip
+    imgs = [FaceImage("a", Path("a1")), FaceImage("a", Path("a2")), FaceImage("b", Path("b1")),
+            FaceImage("b", Path("missing"))]  # fmt: skip
+    gen, imp = pair_scores(imgs, e)
+    assert gen.tolist() == pytest.approx([0.6])
+    assert sorted(imp.tolist()) == pytest.approx([0.0, 0.8])
+    gen_d, _ = pair_scores(imgs, e, distance=True)
+    assert gen_d.tolist() == pytest.approx([1 - np.sqrt(0.16 + 0.64)])
+
+
+def test_target_must_be_loopback() -> None:
+    assert check_target("127.0.0.1:50051") == ("127.0.0.1", 50051)
+    for bad in ("10.0.0.1:50051", "example.com:443", "127.0.0.1", "127.0.0.1:0", ":1"):
+        with pytest.raises(ValueError):
+            check_target(bad)
+
+
+def test_report_writing(tmp_path: Path) -> None:
+    assert md_table(["a", "b"], [[1, 0.5], ["x|y", float("nan")]]) == (
+        "| a | b |\n|---|---|\n| 1 | 0.5 |\n| x\\|y | – |"
+    )
+    assert fmt(1.23456e-5) == "1.23e-05" and fmt(None) == "n/a" and fmt(True) == "yes"
+    assert to_jsonable({"x": np.float32(1.5), "n": float("nan"), "p": Path("/a")}) == {
+        "x": 1.5,
+        "n": None,
+        "p": "/a",
+    }
+    rep = Report("T", machine={"cpu": "c", "cores": 2, "python": "3", "onnxruntime": "1",
+                               "numpy": "2", "faiss": "1", "opencv": "5", "date": "d"})  # fmt: skip
+    rep.h("S")
+    rep.table(["k"], [[1]])
+    rep.results = {"v": np.arange(2)}
+    rep.write(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# T\n\nMachine: c, 2 cores") and "## S" in md and "| 1 |" in md
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == {"v": [0, 1]}
+
+
+def test_small_helpers() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([1.0, 2.0, 3.0, 4.0]) == 2.5
+    assert np.isnan(median([]))
+    assert ratio(1.0, 4.0) == 0.25 and np.isnan(ratio(1.0, 0.0))
