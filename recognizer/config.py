@@ -60,8 +60,11 @@ class Config:
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     policies: PolicySet = field(default_factory=PolicySet)
     max_message_bytes: int = 16 * 1024 * 1024
-    max_workers: int = 8
-    max_in_flight: int = 16  # per method; beyond it RESOURCE_EXHAUSTED
+    # Handler threads are cheap while idle; the admission bounds below are what limit work.
+    max_workers: int = 48
+    max_in_flight: int = 4  # per method, running at once (2 cores: more only adds latency)
+    max_queue: int = 8  # per method, waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
+    max_queue_wait_s: float = 5.0
     min_deadline_ms: int = 5  # a call with less time left is refused before work starts
     flat_max: int = 100_000
     face_threshold_min: float = 0.2  # per-request threshold overrides must stay in bounds

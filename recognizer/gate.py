@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from recognizer import accounting
 from recognizer.errors import InvalidArgument
 from recognizer.face.types import AnalyzedFace, Selection
 from recognizer.fusion import FusionModel, FusionResult, PlateEvidence
 from recognizer.identity import FaceIdentity
-from recognizer.onnx import thread_inference_seconds
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 from recognizer.policy import GatePolicy, PolicySet
 
@@ -87,21 +87,8 @@ class Authorized:
     replayed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Work:
-    value: Any
-    cpu: float
-    inference: float
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest() if data else ""
-
-
-def _timed(fn: Callable[[], Any]) -> _Work:
-    c0, i0 = time.thread_time(), thread_inference_seconds()
-    value = fn()
-    return _Work(value, time.thread_time() - c0, thread_inference_seconds() - i0)
 
 
 def _text_read(text: str) -> PlateResult:
@@ -142,8 +129,6 @@ class GateEngine:
         self._inflight: dict[tuple[str, str], Future[Authorized]] = {}
         self._lock = threading.Lock()
         self._threshold_cache: dict[tuple[float, bool, bool], float] = {}
-        # Extra CPU / inference seconds spent in branch threads, per call (for metrics).
-        self.last_branch_work = threading.local()
 
     # --- idempotent entry point -----------------------------------------------------------
 
@@ -228,12 +213,9 @@ class GateEngine:
 
     def _run_branches(self, event: GateEvent) -> tuple[list[PlateResult], AnalyzedFace | None]:
         # Both branches run at once; the face branch runs in this thread to save a hop.
-        plate_future = self._pool.submit(_timed, lambda: self._plate_branch(event))
+        plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event))
         face = self._face_branch(event)
-        plate_work = plate_future.result()
-        self.last_branch_work.cpu = plate_work.cpu
-        self.last_branch_work.inference = plate_work.inference
-        return plate_work.value, face
+        return plate_future.result(), face
 
     def _resolve_plate(
         self, reads: Sequence[PlateResult]

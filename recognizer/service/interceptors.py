@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 
+from recognizer import accounting
 from recognizer.config import ApiKey, Role, hash_key
-from recognizer.onnx import thread_inference_seconds
 from recognizer.service.errors import build_status, status_for_exception
 
 log = logging.getLogger("recognizer.access")
@@ -83,7 +83,8 @@ class ObserveInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
             def observed(request: Any, context: grpc.ServicerContext) -> Any:
-                t0, c0, i0 = time.perf_counter(), time.thread_time(), thread_inference_seconds()
+                t0, c0 = time.perf_counter(), time.thread_time()
+                usage, token = accounting.begin()
                 ok = False
                 try:
                     response = behavior(request, context)
@@ -91,9 +92,9 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                     return response
                 finally:
                     wall = time.perf_counter() - t0
-                    cpu = time.thread_time() - c0
-                    inf = thread_inference_seconds() - i0
-                    self._metrics.record(d.method, ok, wall, cpu, inf)
+                    cpu = time.thread_time() - c0 + usage.cpu
+                    accounting.end(token)
+                    self._metrics.record(d.method, ok, wall, cpu, usage.inference)
                     code = context.code() or grpc.StatusCode.OK
                     log.info(
                         "rpc",
@@ -194,53 +195,115 @@ class AuthInterceptor(grpc.ServerInterceptor):
 # --- admission: deadlines and in-flight limits -------------------------------------------
 
 
-class AdmissionInterceptor(grpc.ServerInterceptor):
-    """Refuse work that cannot finish in time, and bound in-flight calls per method.
+class _MethodGate:
+    """At most `limit` calls run; at most `queue` more wait for a slot; the rest are refused."""
 
-    Beyond the bound the caller gets RESOURCE_EXHAUSTED with RetryInfo at once, instead of
-    queueing without bound in the thread pool.
+    def __init__(self, limit: int, queue: int) -> None:
+        self.limit = limit
+        self.queue = queue
+        self.running = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    def enter(self, timeout: float) -> str:
+        """ "ok", "full" (refuse at once) or "timeout" (no slot before the deadline)."""
+        with self._cond:
+            if self.running < self.limit and not self.waiting:
+                self.running += 1
+                return "ok"
+            if self.waiting >= self.queue:
+                return "full"
+            self.waiting += 1
+            try:
+                if not self._cond.wait_for(lambda: self.running < self.limit, timeout):
+                    return "timeout"
+                self.running += 1
+                return "ok"
+            finally:
+                self.waiting -= 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self.running -= 1
+            self._cond.notify()
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):
+    """Refuse work that cannot finish in time, and bound in-flight and queued calls per method.
+
+    Beyond the bounds the caller gets RESOURCE_EXHAUSTED with RetryInfo at once, instead of
+    queueing without bound; a call whose deadline passes while queued is never started.
     """
 
-    def __init__(self, max_in_flight: int, min_deadline_ms: int) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        min_deadline_ms: int,
+        max_queue: int = 8,
+        max_queue_wait_s: float = 5.0,
+    ) -> None:
         self._max = max_in_flight
+        self._queue = max_queue
+        self._max_wait = max_queue_wait_s
         self._min_deadline = min_deadline_ms / 1000.0
-        self._sems: dict[str, threading.BoundedSemaphore] = {}
+        self._gates: dict[str, _MethodGate] = {}
         self._lock = threading.Lock()
 
-    def _sem(self, method: str) -> threading.BoundedSemaphore:
+    def _gate(self, method: str) -> _MethodGate:
         with self._lock:
-            sem = self._sems.get(method)
-            if sem is None:
-                sem = self._sems[method] = threading.BoundedSemaphore(self._max)
-            return sem
+            gate = self._gates.get(method)
+            if gate is None:
+                gate = self._gates[method] = _MethodGate(self._max, self._queue)
+            return gate
+
+    def _deadline_exceeded(self, context: grpc.ServicerContext) -> None:
+        context.abort_with_status(
+            build_status(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the deadline ran out before work started",
+                reason="DEADLINE_TOO_SHORT",
+            )
+        )
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
-            sem = self._sem(d.method)
+            gate = self._gate(d.method)
 
             def admitted(request: Any, context: grpc.ServicerContext) -> Any:
                 remaining = context.time_remaining()
                 if remaining is not None and remaining < self._min_deadline:
-                    context.abort_with_status(
-                        build_status(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            "the deadline ran out before work started",
-                            reason="DEADLINE_TOO_SHORT",
-                        )
-                    )
-                if not sem.acquire(blocking=False):
+                    self._deadline_exceeded(context)
+                wait = (
+                    self._max_wait
+                    if remaining is None
+                    else min(self._max_wait, remaining - self._min_deadline)
+                )
+                verdict = gate.enter(wait)
+                if verdict == "full":
                     context.abort_with_status(
                         build_status(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"too many in-flight calls to {d.method} (limit {self._max})",
+                            f"too many calls to {d.method} (running {self._max}, "
+                            f"queued {self._queue})",
                             reason="OVERLOADED",
-                            retry_after_s=0.05,
+                            retry_after_s=0.1,
+                        )
+                    )
+                if verdict == "timeout":
+                    if remaining is not None and remaining - self._max_wait < self._min_deadline:
+                        self._deadline_exceeded(context)
+                    context.abort_with_status(
+                        build_status(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"no slot for {d.method} within {self._max_wait:.1f}s",
+                            reason="OVERLOADED",
+                            retry_after_s=0.5,
                         )
                     )
                 try:
                     return behavior(request, context)
                 finally:
-                    sem.release()
+                    gate.leave()
 
             return admitted
 

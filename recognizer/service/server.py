@@ -86,7 +86,12 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         interceptors=[
             ObserveInterceptor(metrics),
             AuthInterceptor(config.api_keys),
-            AdmissionInterceptor(config.max_in_flight, config.min_deadline_ms),
+            AdmissionInterceptor(
+                config.max_in_flight,
+                config.min_deadline_ms,
+                config.max_queue,
+                config.max_queue_wait_s,
+            ),
             ErrorInterceptor(),
         ],
         options=[
@@ -94,7 +99,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
-        maximum_concurrent_rpcs=config.max_workers * 8,
+        maximum_concurrent_rpcs=config.max_workers * 4,  # a backstop behind admission
     )
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(runtime), server)
     recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(
