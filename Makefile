@@ -44,11 +44,12 @@ serve: setup
 
 # Tests need both model profiles (the insightface one is non-commercial; used for tests only)
 # and CJK fonts for the synthetic plates.
+FONT_PKG := fonts-wqy-zenhei
 fonts:
-	@fc-list 2>/dev/null | grep -qiE 'noto sans cjk|wenquanyi' || \
-	  (command -v apt-get >/dev/null && (apt-get install -y -q fonts-noto-cjk >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q fonts-noto-cjk >/dev/null)) || \
-	   echo "fonts-noto-cjk not installed: synthetic plate tests will skip")
+	@test -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc || ls /usr/share/fonts/opentype/noto/NotoSansCJK* >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null && (apt-get install -y -q $(FONT_PKG) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q $(FONT_PKG) >/dev/null)) || \
+	   echo "$(FONT_PKG) not installed: synthetic plate tests will skip")
 
 test: install models-all protos fonts
 	$(BIN)/ruff check recognizer scripts benchmarks tests

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from recognizer.onnx import ModelError, sha256_file
+from recognizer.onnx import ModelError, OnnxModel, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_DIR = REPO_ROOT / "models"
@@ -183,3 +183,11 @@ class ModelInfo:
 
 def info(entry: ModelEntry) -> ModelInfo:
     return ModelInfo(entry.role, entry.name, entry.version, entry.sha256)
+
+
+def load(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> tuple[OnnxModel, ModelInfo]:
+    """A verified model by manifest name, as a session plus what responses report of it."""
+    entry = find_entry(name, models_dir)
+    path = require(entry, models_dir)
+    model = OnnxModel(path, sha256=entry.sha256, name=entry.name, version=entry.version)
+    return model, info(entry)

@@ -19,7 +19,6 @@ from recognizer.face.embedder import ArcFaceEmbedder, SFaceEmbedder
 from recognizer.face.quality import DEFAULT_QUALITY, QualityConfig, assess
 from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
 from recognizer.models import DEFAULT_MODELS_DIR
-from recognizer.onnx import OnnxModel
 
 # profile -> (detector model, embedder model) names in models/manifest.toml
 PROFILE_MODELS: dict[str, tuple[str, str]] = {
@@ -86,13 +85,6 @@ class FacePipeline:
         ]
 
 
-def _load(name: str, models_dir: Path) -> tuple[OnnxModel, model_store.ModelEntry]:
-    entry = model_store.find_entry(name, models_dir)
-    path = model_store.require(entry, models_dir)
-    model = OnnxModel(path, sha256=entry.sha256, name=entry.name, version=entry.version)
-    return model, entry
-
-
 def build_face_pipeline(
     profile: str = "default",
     models_dir: Path = DEFAULT_MODELS_DIR,
@@ -102,8 +94,8 @@ def build_face_pipeline(
     if profile not in PROFILE_MODELS:
         raise ValueError(f"unknown face profile {profile!r}; choose from {sorted(PROFILE_MODELS)}")
     det_name, emb_name = PROFILE_MODELS[profile]
-    det_model, det_entry = _load(det_name, models_dir)
-    emb_model, emb_entry = _load(emb_name, models_dir)
+    det_model, det_info = model_store.load(det_name, models_dir)
+    emb_model, emb_info = model_store.load(emb_name, models_dir)
     detector: Detector
     embedder: Embedder
     if det_name == "yunet":
@@ -116,7 +108,7 @@ def build_face_pipeline(
         detector,
         embedder,
         quality_config,
-        model_versions=(model_store.info(det_entry), model_store.info(emb_entry)),
+        model_versions=(det_info, emb_info),
         # Gallery templates are tagged with this, so vectors of two models never mix.
-        embedding_model_name=f"{emb_entry.name}-{emb_entry.version}",
+        embedding_model_name=f"{emb_info.name}-{emb_info.version}",
     )

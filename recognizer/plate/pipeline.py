@@ -1,0 +1,282 @@
+"""Plate pipeline: detect -> rectify -> (split two-row) -> read -> grammar -> classify."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo, find_entry, require
+from recognizer.models import load as load_model
+from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
+from recognizer.plate.detector import PlateDetection, PlateDetector
+from recognizer.plate.grammar import PLATE_ALPHABET, Mode, is_valid, normalize, rank_plates
+from recognizer.plate.reader import CtcReader, Reading, load_charset_lines
+from recognizer.plate.rectify import (
+    SURELY_TWO_ROW_ASPECT,
+    TWO_ROW_MAX_ASPECT,
+    TWO_ROW_SIZE,
+    corner_aspect,
+    split_two_row,
+    to_single_row_line,
+    warp_plate,
+)
+from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
+
+
+class Detector(Protocol):
+    def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
+
+
+class Reader(Protocol):
+    name: str
+
+    def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    text: str
+    char_probs: tuple[float, ...]
+    candidates: tuple[PlateCandidate, ...]
+    valid: bool
+    reader: str
+    score: float  # for comparing two readers' answers
+    clean: bool  # the reader's own greedy text is a valid plate (no grammar repair)
+
+
+def _crop_corners(w: int, h: int) -> np.ndarray:
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+
+
+def _layouts(aspect: float, plate_bgr: np.ndarray) -> tuple[bool, ...]:
+    """Row layouts worth reading (False = single row, True = two rows), likelier first.
+
+    Only yellow plates are two-row, but perspective (or a rotated crop with background
+    around it) makes a single-row plate look as narrow as a two-row one, so a narrowish
+    yellow plate is read both ways and the better reading wins (ties go to the first);
+    only a nearly square plate is taken as two-row outright.
+    """
+    if aspect < SURELY_TWO_ROW_ASPECT:
+        return (True,)
+    if aspect < TWO_ROW_MAX_ASPECT and dominant_colour(plate_bgr) == "yellow":
+        return (True, False) if aspect < TWO_ROW_CROP_ASPECT else (False, True)
+    return (False,)
+
+
+# Digit -> letter pairs both readers confuse. Measured on crops + CCPD + synthetic where the
+# two readers disagree at one position: when PP-OCRv4 reads the digit and clp_v2_c the
+# letter, the letter was right 6 times of 6 (0/D, 0/Q, 1/T, 6/G, 7/T); when PP-OCRv4 reads
+# the letter and clp the digit, PP-OCRv4 was right 39 of 40. Both lean towards digits, so a
+# letter either of them sees is usually there. U, C, Z, S, B complete the look-alikes.
+_DIGIT_TO_LETTERS = {"0": "DQUC", "1": "T", "2": "Z", "5": "S", "6": "G", "7": "TZ", "8": "B"}
+
+
+def _letter_fix(main: _Choice, alt: _Choice, mode: Mode) -> _Choice:
+    """Take the alternative reader's letter where the main reader saw a look-alike digit."""
+    if len(main.text) != len(alt.text) or len(main.char_probs) != len(alt.char_probs):
+        return main
+    chars, probs = list(main.text), list(main.char_probs)
+    for i in range(2, len(chars)):
+        if alt.text[i] in _DIGIT_TO_LETTERS.get(chars[i], ""):
+            chars[i], probs[i] = alt.text[i], alt.char_probs[i]
+    text = "".join(chars)
+    if text == main.text or not is_valid(text, mode):
+        return main
+    p = float(np.prod(probs))
+    cands = (PlateCandidate(text, p), *(c for c in main.candidates if c.text != text))
+    return _Choice(text, tuple(probs), cands[: len(main.candidates)], True, main.reader, p, True)
+
+
+def _variants(line: np.ndarray) -> list[np.ndarray]:
+    """Test-time variants of a plate line: wider context, horizontal stretch, trimmed rows."""
+    h, w = line.shape[:2]
+    pad = round(w * 0.15)
+    trim = round(h * 0.08)
+    return [
+        cv2.copyMakeBorder(line, 0, 0, pad, pad, cv2.BORDER_REPLICATE),
+        cv2.resize(line, (round(w * 1.3), h), interpolation=cv2.INTER_LINEAR),
+        line[trim : h - trim] if h - 2 * trim >= 8 else line,
+    ]
+
+
+class PlateRecognizer:
+    def __init__(
+        self,
+        detector: Detector | None,
+        reader: Reader,
+        alt_reader: Reader | None = None,
+        mode: Mode = "cn",
+        model_versions: tuple[ModelInfo, ...] = (),
+        cross_check: bool = True,
+        min_unverified_score: float = 0.5,
+    ) -> None:
+        self.detector = detector
+        self.reader = reader
+        self.alt_reader = alt_reader
+        self.mode: Mode = mode
+        self.model_versions = tuple(model_versions)  # reported in responses
+        self.cross_check = cross_check and alt_reader is not None
+        self.min_unverified_score = min_unverified_score
+
+    # -- reading -------------------------------------------------------------------------
+    def _choose(self, reading: Reading, n: int) -> _Choice:
+        greedy = normalize(reading.text, self.mode)
+        ranked = rank_plates(
+            reading.alternatives, n, self.mode, leading=reading.leading, trailing=reading.trailing
+        )
+        if ranked:
+            best = ranked[0]
+            cands = tuple(PlateCandidate(r.text, r.probability) for r in ranked)
+            # A valid greedy read is trusted as is; otherwise the grammar's repair is
+            # scored lower so an alternative reader's clean valid read can beat it.
+            score = best.probability if best.text == greedy else best.probability * 0.5
+            clean = best.text == greedy
+            return _Choice(best.text, best.char_probs, cands, True, reading.reader, score, clean)
+        probs = reading.char_probs if len(greedy) == len(reading.char_probs) else ()
+        cands = (PlateCandidate(greedy, float(np.prod(probs)) if probs else 0.0),)
+        valid = is_valid(greedy, self.mode)
+        return _Choice(greedy, probs, cands if greedy else (), valid, reading.reader, 0.0, False)
+
+    def _read_lines(self, lines: Sequence[np.ndarray], n: int) -> list[_Choice]:
+        main = [self._choose(r, n) for r in self.reader.read_batch(lines)]
+        # The alternative reader runs when the main read is not a plate as read, and, with
+        # cross_check, on every line to settle digit/letter confusions (see _letter_fix).
+        redo = [i for i, c in enumerate(main) if not c.clean or self.cross_check]
+        if self.alt_reader is not None and redo:
+            alt = self.alt_reader.read_batch([lines[i] for i in redo])
+            for i, reading in zip(redo, alt, strict=True):
+                other = self._choose(reading, n)
+                if main[i].clean:
+                    if other.clean:
+                        main[i] = _letter_fix(main[i], other, self.mode)
+                elif other.valid and (not main[i].valid or other.score > main[i].score):
+                    main[i] = other
+        # Still no clean read: re-read with a little context or stretch. PP-OCR drops an
+        # edge character of tight or squeezed crops; on the crops and synthetic sets these
+        # variants recover about half of the reads that no reader got as a valid plate.
+        redo = [i for i, c in enumerate(main) if not c.clean]
+        if redo:
+            batch = [v for i in redo for v in _variants(lines[i])]
+            k = len(batch) // len(redo)
+            readings = self.reader.read_batch(batch)
+            for j, i in enumerate(redo):
+                opts = [self._choose(r, n) for r in readings[j * k : (j + 1) * k]]
+                clean = [o for o in opts if o.clean]
+                if clean:
+                    # Agreement between variants beats a single confident read.
+                    votes = {o.text: sum(c.text == o.text for c in clean) for o in clean}
+                    main[i] = max(clean, key=lambda o: (votes[o.text], o.score))
+        return main
+
+    def _results(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray],
+        corners: Sequence[np.ndarray],
+        scores: Sequence[float],
+        n: int,
+        *,
+        warp: bool,
+    ) -> list[PlateResult]:
+        lines: list[np.ndarray] = []
+        owner: list[tuple[int, bool, np.ndarray]] = []  # plate index, two-row, plate image
+        for i, (img, cor) in enumerate(zip(images, corners, strict=True)):
+            single = warp_plate(img, cor) if warp else img
+            h, w = img.shape[:2]
+            aspect = corner_aspect(cor) if warp else w / max(h, 1)
+            for two_row in _layouts(aspect, single):
+                plate = single
+                if two_row:
+                    plate = warp_plate(img, cor, TWO_ROW_SIZE) if warp else img
+                if two_row:
+                    lines.append(split_two_row(plate))
+                else:
+                    lines.append(plate if warp else to_single_row_line(plate))
+                owner.append((i, two_row, plate))
+        choices = self._read_lines(lines, n)
+        best: dict[int, tuple[_Choice, bool, np.ndarray]] = {}
+        for (i, two_row, plate), ch in zip(owner, choices, strict=True):
+            cur = best.get(i)
+            if cur is None or (ch.valid, ch.score) > (cur[0].valid, cur[0].score):
+                best[i] = (ch, two_row, plate)
+        out = []
+        for i in range(len(images)):
+            ch, two_row, plate = best[i]
+            ptype = (
+                classify(plate, ch.text, two_row=two_row)
+                if self.mode == "cn"
+                else PlateType.GENERIC
+            )
+            out.append(
+                PlateResult(
+                    text=ch.text,
+                    confidence=float(np.prod(ch.char_probs)) if ch.char_probs else 0.0,
+                    char_confidences=tuple(float(p) for p in ch.char_probs),
+                    candidates=ch.candidates,
+                    box=np.asarray(boxes[i], np.float32),
+                    corners=np.asarray(corners[i], np.float32),
+                    plate_type=ptype,
+                    pattern_valid=ch.valid,
+                    detector_score=float(scores[i]),
+                    reader=ch.reader,
+                )
+            )
+        return out
+
+    # -- public API ------------------------------------------------------------------------
+    def read(self, image_bgr: np.ndarray, max_candidates: int = 5) -> list[PlateResult]:
+        """Every plate in a frame, in detector order (most confident first); [] if none."""
+        if self.detector is None:
+            raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
+        dets = self.detector.detect(image_bgr)
+        if not dets:
+            return []
+        results = self._results(
+            [image_bgr] * len(dets),
+            [d.box for d in dets],
+            [d.corners for d in dets],
+            [d.score for d in dets],
+            max_candidates,
+            warp=True,
+        )
+        # A detection that reads as nothing is not a plate the caller can use, and a weak
+        # one counts only when its text is a valid plate (the detector was trained on blue
+        # CCPD plates and scores white and black plates low).
+        return [
+            r
+            for r in results
+            if r.text and (r.detector_score >= self.min_unverified_score or r.pattern_valid)
+        ]
+
+    def read_crop(self, crop_bgr: np.ndarray, max_candidates: int = 5) -> PlateResult:
+        """Read an already cropped, roughly upright plate (no detector)."""
+        h, w = crop_bgr.shape[:2]
+        box = np.array([0, 0, w, h], np.float32)
+        corners = _crop_corners(w, h)
+        return self._results([crop_bgr], [box], [corners], [1.0], max_candidates, warp=False)[0]
+
+
+def build_plate_recognizer(
+    models_dir: Path = DEFAULT_MODELS_DIR, mode: Mode = "cn", detector_size: int = 576
+) -> PlateRecognizer:
+    """The production configuration: clp_det + PP-OCRv4 rec, clp_v2_c as the fallback."""
+    models_dir = Path(models_dir)
+    det, det_info = load_model("plate_det", models_dir)
+    ppocr, ppocr_info = load_model("ppocr_rec", models_dir)
+    clp, clp_info = load_model("clp_rec", models_dir)
+    clp_dict = require(find_entry("clp_dict", models_dir), models_dir)
+    # PP-OCR's dictionary lives in its metadata: class 0 is the blank, the last the space.
+    pp_chars = load_charset_lines(ppocr.metadata["character"])
+    # PaddleOCR feeds cv2's BGR straight in; measured on the crops BGR reads better.
+    main = CtcReader(ppocr, pp_chars, 48, rgb=False, candidate_chars=PLATE_ALPHABET)
+    clp_chars = load_charset_lines(clp_dict.read_text(encoding="utf-8"))
+    alt = CtcReader(clp, clp_chars, 32, rgb=False, fixed_width=160, candidate_chars=PLATE_ALPHABET)
+    versions = (det_info, ppocr_info, clp_info)
+    return PlateRecognizer(
+        PlateDetector(det, input_size=detector_size, score_threshold=0.2), main, alt, mode, versions
+    )

@@ -1,0 +1,177 @@
+"""CTC text-line reader shared by PP-OCRv4 rec and the clp_v2_c plate recogniser.
+
+Both models are CRNN-style: a fixed-height line image in, a (T, C) softmax out, class 0 the
+CTC blank. They differ only in input height, colour order, width policy and charset, so one
+class with a config covers both and the pre/post-processing exists once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from recognizer.onnx import OnnxModel
+
+# Characters a plate never holds but readers emit: PP-OCRv4 reads the separator dot (and
+# sometimes a middle dot or hyphen) and a space class sits at the end of its output.
+DROP_CHARS = frozenset(" .·•-_'\"、,，:：")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    text: str  # greedy CTC decode with DROP_CHARS removed
+    char_probs: tuple[float, ...]  # one per character of text
+    # Per character of text: the top alternatives (char, prob) at that position, best first,
+    # restricted to the reader's candidate alphabet when it has one.
+    alternatives: tuple[tuple[tuple[str, float], ...], ...]
+    probs: np.ndarray  # (T, C) float32 per-timestep class probabilities
+    reader: str  # model name
+    # Best (char, prob) hidden in the blank frames before the first / after the last
+    # character: where a faint province or suffix the greedy path skipped would be.
+    leading: tuple[tuple[str, float], ...] = ()
+    trailing: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def confidence(self) -> float:
+        return float(np.prod(self.char_probs)) if self.char_probs else 0.0
+
+
+def load_charset_lines(text: str) -> list[str]:
+    """One character per line; trailing empty lines (file end) are not characters."""
+    lines = text.split("\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    return [ln.rstrip("\r") for ln in lines]
+
+
+def ctc_greedy(probs: np.ndarray, blank: int = 0) -> list[tuple[int, float, int, int]]:
+    """Best-path decode: collapse repeats, drop blanks.
+
+    Returns (class, prob, first_t, last_t) per emitted symbol; prob is the segment's peak
+    probability for that class (the frame where the model is most sure).
+    """
+    best = probs.argmax(axis=1)
+    out: list[tuple[int, float, int, int]] = []
+    prev = -1
+    for t, c in enumerate(best.tolist()):
+        if c != blank:
+            if c != prev:
+                out.append((c, float(probs[t, c]), t, t))
+            else:
+                cls, p, t0, _ = out[-1]
+                out[-1] = (cls, max(p, float(probs[t, c])), t0, t)
+        prev = c
+    return out
+
+
+class CtcReader:
+    """Reads one plate line image into text with per-character probabilities.
+
+    ``charset[i]`` is the label of output class ``i + 1`` (class 0 is the blank); a class
+    past the charset (PP-OCR's trailing space) decodes as a space and is dropped.
+    """
+
+    def __init__(
+        self,
+        model: OnnxModel,
+        charset: Sequence[str],
+        input_height: int,
+        *,
+        name: str | None = None,
+        rgb: bool = True,
+        mean: float = 0.5,
+        std: float = 0.5,
+        max_width: int = 320,
+        fixed_width: int | None = None,
+        width_ratio: float = 1.0,
+        candidate_chars: Iterable[str] | None = None,
+        top_k: int = 6,
+    ) -> None:
+        self.model = model
+        self.charset = list(charset)
+        self.labels = ["", *self.charset]
+        self.input_height = input_height
+        self.name = name or model.name
+        self.rgb = rgb
+        self.mean = mean
+        self.std = std
+        self.max_width = max_width
+        self.fixed_width = fixed_width
+        self.width_ratio = width_ratio
+        self.top_k = top_k
+        self._cand_idx: np.ndarray | None = None
+        if candidate_chars is not None:
+            wanted = set(candidate_chars)
+            idx = [i for i, ch in enumerate(self.labels) if ch in wanted]
+            self._cand_idx = np.array(idx, dtype=np.int64)
+
+    def _label(self, cls: int) -> str:
+        return self.labels[cls] if cls < len(self.labels) else " "
+
+    def _target_width(self, crop: np.ndarray) -> int:
+        if self.fixed_width is not None:
+            return self.fixed_width
+        h, w = crop.shape[:2]
+        width = round(self.input_height * w / max(h, 1) * self.width_ratio)
+        return int(np.clip(width, self.input_height, self.max_width))
+
+    def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Resize every crop to the model height and pad them on the right to one width."""
+        widths = [self._target_width(c) for c in crops]
+        batch_w = max(widths)
+        # Zero after normalisation == mid-grey, which the models saw as padding in training.
+        out = np.zeros((len(crops), 3, self.input_height, batch_w), np.float32)
+        for i, (crop, w) in enumerate(zip(crops, widths, strict=True)):
+            img = crop if crop.ndim == 3 else cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
+            img = cv2.resize(img, (w, self.input_height), interpolation=cv2.INTER_LINEAR)
+            if self.rgb:
+                img = img[..., ::-1]
+            x = (img.astype(np.float32) / 255.0 - self.mean) / self.std
+            out[i, :, :, :w] = x.transpose(2, 0, 1)
+        return out
+
+    def decode(self, probs: np.ndarray) -> Reading:
+        """Greedy CTC plus per-position alternatives for candidate ranking."""
+        chars: list[str] = []
+        cprobs: list[float] = []
+        alts: list[tuple[tuple[str, float], ...]] = []
+        first_t, last_t = probs.shape[0], -1
+        for cls, p, t0, t1 in ctc_greedy(probs):
+            ch = self._label(cls)
+            if ch in DROP_CHARS:
+                continue
+            first_t, last_t = min(first_t, t0), max(last_t, t1)
+            # The segment's peak frame carries the model's belief about this character.
+            seg = probs[t0 : t1 + 1]
+            frame = seg[int(seg[:, cls].argmax())]
+            alts.append(self._alternatives(frame))
+            chars.append(ch)
+            cprobs.append(p)
+        lead = self._alternatives(probs[:first_t].max(0)) if 0 < first_t < probs.shape[0] else ()
+        trail = (
+            self._alternatives(probs[last_t + 1 :].max(0))
+            if 0 <= last_t < probs.shape[0] - 1
+            else ()
+        )
+        return Reading("".join(chars), tuple(cprobs), tuple(alts), probs, self.name, lead, trail)
+
+    def _alternatives(self, frame: np.ndarray) -> tuple[tuple[str, float], ...]:
+        idx = self._cand_idx if self._cand_idx is not None else np.arange(frame.shape[0])
+        idx = idx[idx < frame.shape[0]]
+        vals = frame[idx]
+        k = min(self.top_k, len(idx))
+        top = np.argpartition(-vals, k - 1)[:k]
+        top = top[np.argsort(-vals[top])]
+        return tuple((self._label(int(idx[j])), float(vals[j])) for j in top)
+
+    def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
+        if not crops:
+            return []
+        (out,) = self.model.run(self.preprocess(crops))
+        return [self.decode(out[i]) for i in range(out.shape[0])]
+
+    def read(self, crop_bgr: np.ndarray) -> Reading:
+        return self.read_batch([crop_bgr])[0]

@@ -1,0 +1,345 @@
+"""Plate pipeline: grammar, CTC decoding, geometry, colour, orchestration, real models."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from recognizer.plate import grammar
+from recognizer.plate.classify import classify
+from recognizer.plate.detector import PlateDetection
+from recognizer.plate.pipeline import PlateRecognizer
+from recognizer.plate.reader import CtcReader, Reading, ctc_greedy
+from recognizer.plate.rectify import split_two_row, warp_plate
+from recognizer.plate.types import PlateResult, PlateType
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+DATA = REPO.parent / "shared" / "datasets" / "plates"
+
+
+# -- grammar ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    [
+        "皖A12345",
+        "京AD12345",
+        "粤B12345F",
+        "粤A1234警",
+        "川A123L学",
+        "粤Z1234港",
+        "使014578",
+        "京O12345",
+    ],
+)
+def test_valid_cn_formats(text: str) -> None:
+    assert grammar.is_valid(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "皖A1234",
+        "皖A123456",
+        "AA12345",
+        "皖1A2345",
+        "皖AI2345",
+        "皖AO2345",
+        "京AZ12345",
+        "皖A12警45",
+    ],
+)
+def test_invalid_cn_formats(text: str) -> None:
+    assert not grammar.is_valid(text)
+
+
+def test_normalize_position_aware_and_dot() -> None:
+    assert grammar.normalize("皖A·O1I2Q") == "皖A0112Q"  # O/I fixed from position 3 on
+    assert grammar.normalize("京O.12345") == "京O12345"  # the issuer O is kept
+    assert grammar.normalize("皖A 12Q45") == "皖A12Q45"  # Q is never mapped to 0
+    assert grammar.normalize("ｂj１２３") == "BJ123"  # full-width folded
+
+
+def test_generic_mode() -> None:
+    assert grammar.is_valid("ABC1234", "generic")
+    assert not grammar.is_valid("皖A12345", "generic")
+    assert grammar.normalize("ab-O12", "generic") == "ABO12"  # no cn O/I fixes
+
+
+def _alts(*positions: Sequence[tuple[str, float]]) -> list[list[tuple[str, float]]]:
+    return [list(p) for p in positions]
+
+
+def test_rank_candidates_applies_grammar() -> None:
+    pos = _alts(
+        [("第", 0.7), ("皖", 0.2)],
+        [("A", 0.9), ("4", 0.1)],
+        [("O", 0.6), ("D", 0.4)],
+        [("1", 1.0)],
+        [("2", 1.0)],
+        [("Q", 0.9), ("0", 0.1)],
+        [("8", 1.0)],
+    )
+    cands = grammar.rank_candidates(pos, n=3)
+    assert cands[0].text == "皖A012Q8"  # province forced, O->0 at position 3, Q kept
+    assert cands[1].text == "皖AD12Q8"
+    assert all(grammar.is_valid(c.text) for c in cands)
+    assert cands[0].probability >= cands[1].probability
+
+
+def test_rank_candidates_new_energy_and_drop() -> None:
+    nev = _alts(*[[(c, 0.9)] for c in "京AD12345"])
+    assert grammar.rank_candidates(nev)[0].text == "京AD12345"
+    # A spurious low-confidence leading symbol is dropped.
+    extra = _alts([("1", 0.2)], *[[(c, 0.95)] for c in "皖A12345"])
+    assert grammar.rank_candidates(extra)[0].text == "皖A12345"
+
+
+# -- CTC ----------------------------------------------------------------------------------
+def _onehot(seq: Sequence[int], n_cls: int, p: float = 0.9) -> np.ndarray:
+    m = np.full((len(seq), n_cls), (1 - p) / (n_cls - 1), np.float32)
+    m[np.arange(len(seq)), seq] = p
+    return m
+
+
+class _FakeModel:
+    name = "fake"
+    version = "0"
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs = probs
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return [np.repeat(self.probs[None], x.shape[0], 0)]
+
+
+def test_ctc_decode_known_matrix() -> None:
+    charset = ["A", "1", "1x", "."]
+    # blank=0; frames: A A _ 1 1 _ 1 . _ -> "A", "1", "1", "." (dot dropped later)
+    seq = [1, 1, 0, 2, 2, 0, 2, 4, 0]
+    probs = _onehot(seq, 5)
+    assert [c for c, *_ in ctc_greedy(probs)] == [1, 2, 2, 4]
+    reader = CtcReader(_FakeModel(probs), charset, 32)  # type: ignore[arg-type]
+    r = reader.read(np.zeros((20, 80, 3), np.uint8))
+    assert r.text == "A11"  # repeats split by a blank stay, the separator dot is stripped
+    assert len(r.char_probs) == 3 and all(abs(p - 0.9) < 1e-6 for p in r.char_probs)
+    assert r.alternatives[0][0] == ("A", pytest.approx(0.9))
+    assert r.probs.shape == (9, 5)
+
+
+def test_reader_trailing_space_class_dropped() -> None:
+    probs = _onehot([1, 0, 3, 0, 2], 4)  # class 3 is past the charset: PP-OCR's space
+    r = CtcReader(_FakeModel(probs), ["A", "B"], 48).read(np.zeros((24, 94, 3), np.uint8))  # type: ignore[arg-type]
+    assert r.text == "AB"
+
+
+# -- geometry and colour -----------------------------------------------------------------
+def test_split_two_row_geometry() -> None:
+    plate = np.zeros((100, 200, 3), np.uint8)
+    plate[:40] = (255, 0, 0)  # top row area blue
+    plate[40:] = (0, 0, 255)  # bottom row red
+    line = split_two_row(plate)
+    assert line.shape[0] == 67  # the bottom row's height (rows 33..99)
+    assert line.shape[1] > 200  # top row placed left of the full-width bottom row
+    assert (line[:, : line.shape[1] - 200] == (255, 0, 0)).all(axis=-1).mean() > 0.9
+    assert (line[:, -200:][10:] == (0, 0, 255)).all()
+
+
+def test_warp_plate_upright() -> None:
+    img = np.zeros((200, 300, 3), np.uint8)
+    corners = np.array([[50, 60], [250, 40], [260, 100], [60, 120]], np.float32)
+    cv2.fillConvexPoly(img, corners.astype(np.int32), (255, 255, 255))
+    out = warp_plate(img, corners, (160, 48))
+    assert out.shape == (48, 160, 3)
+    assert out[4:-4, 4:-4].min() > 200  # the whole output is inside the plate
+
+
+@pytest.mark.parametrize(
+    ("bgr", "text", "shape", "expected"),
+    [
+        ((160, 70, 15), "皖A12345", (48, 160), PlateType.BLUE),
+        ((20, 185, 235), "皖A12345", (48, 160), PlateType.YELLOW),
+        ((20, 185, 235), "皖A12345", (80, 160), PlateType.YELLOW_TWO_ROW),
+        ((90, 190, 60), "京AD12345", (48, 170), PlateType.GREEN_NEW_ENERGY),
+        ((240, 240, 240), "粤A1234警", (48, 160), PlateType.WHITE_POLICE),
+        ((240, 240, 240), "粤A12345", (48, 160), PlateType.WHITE_OTHER),
+        ((25, 25, 25), "粤Z1234港", (48, 160), PlateType.BLACK),
+        ((20, 185, 235), "粤A1234学", (48, 160), PlateType.LEARNER),
+    ],
+)
+def test_classify_colours(
+    bgr: tuple[int, int, int], text: str, shape: tuple[int, int], expected: PlateType
+) -> None:
+    plate = np.empty((*shape, 3), np.uint8)
+    plate[:] = bgr
+    plate[shape[0] // 3 : shape[0] // 2, ::7] = 128  # a few "characters"
+    assert classify(plate, text) is expected
+
+
+def test_synth_plates_classified() -> None:
+    synth = pytest.importorskip("recognizer.plate.synth")
+    try:
+        synth.find_cjk_font()
+    except synth.FontNotFoundError as exc:
+        pytest.skip(str(exc))
+    for ptype in (PlateType.BLUE, PlateType.YELLOW, PlateType.GREEN_NEW_ENERGY):
+        clean = synth.render_plate(
+            "皖A12345" if ptype is not PlateType.GREEN_NEW_ENERGY else "皖AD12345", ptype
+        )
+        text = grammar.normalize("皖AD12345" if ptype is PlateType.GREEN_NEW_ENERGY else "皖A12345")
+        assert classify(clean, text) is ptype
+    s = synth.generate(np.random.default_rng(0), PlateType.YELLOW_TWO_ROW)
+    assert grammar.is_valid(s.text) and s.image.ndim == 3
+
+
+# -- orchestration with fakes -------------------------------------------------------------
+class _FakeDetector:
+    def __init__(self, dets: list[PlateDetection]) -> None:
+        self.dets = dets
+
+    def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]:
+        return self.dets
+
+
+class _FakeReader:
+    def __init__(self, name: str, texts: Sequence[str], p: float = 0.9) -> None:
+        self.name, self.texts, self.p, self.calls = name, list(texts), p, 0
+
+    def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
+        out = []
+        for _ in crops:
+            text = self.texts[self.calls % len(self.texts)]
+            self.calls += 1
+            alts = tuple(((c, self.p),) for c in text)
+            out.append(Reading(text, (self.p,) * len(text), alts, np.zeros((1, 1)), self.name))
+        return out
+
+
+def _det(x: float) -> PlateDetection:
+    c = np.array([[x, 10], [x + 90, 10], [x + 90, 40], [x, 40]], np.float32)
+    return PlateDetection(np.array([x, 10, x + 90, 40], np.float32), c, 0.9)
+
+
+def _blue_frame() -> np.ndarray:
+    img = np.zeros((60, 320, 3), np.uint8)
+    img[:] = (160, 70, 15)
+    return img
+
+
+def test_pipeline_with_fakes_reads_every_plate() -> None:
+    main = _FakeReader("main", ["皖A·12345", "京AD12345"])
+    rec = PlateRecognizer(_FakeDetector([_det(10), _det(200)]), main, None)
+    res = rec.read(_blue_frame())
+    assert [r.text for r in res] == ["皖A12345", "京AD12345"]
+    r = res[0]
+    assert isinstance(r, PlateResult) and r.pattern_valid and r.reader == "main"
+    assert r.candidates[0].text == r.text
+    assert r.confidence == pytest.approx(0.9**7)
+    assert r.corners.shape == (4, 2) and r.box.shape == (4,)
+    assert res[1].plate_type is PlateType.GREEN_NEW_ENERGY
+
+
+def test_pipeline_alt_reader_used_when_main_invalid() -> None:
+    main = _FakeReader("main", ["A1234"])
+    alt = _FakeReader("alt", ["粤B12345"])
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), main, alt)
+    (r,) = rec.read(_blue_frame())
+    assert (r.text, r.reader, r.pattern_valid) == ("粤B12345", "alt", True)
+    main_ok = _FakeReader("main", ["粤B12345"])
+    alt2 = _FakeReader("alt", ["粤B99999"])
+    rec2 = PlateRecognizer(None, main_ok, alt2, cross_check=False)
+    assert rec2.read_crop(_blue_frame()).reader == "main"
+    assert alt2.calls == 0  # without cross-checking a valid main read never pays for alt
+
+
+def test_pipeline_cross_check_prefers_letters() -> None:
+    main = _FakeReader("main", ["皖A59031"])
+    alt = _FakeReader("alt", ["皖A59D31"])  # clp sees a D where PP-OCR saw a 0
+    r = PlateRecognizer(None, main, alt).read_crop(_blue_frame())
+    assert r.text == "皖A59D31" and r.candidates[0].text == r.text
+    main2 = _FakeReader("main", ["皖AU5031"])
+    alt2 = _FakeReader("alt", ["皖A05031"])  # the main reader's letter is kept
+    assert PlateRecognizer(None, main2, alt2).read_crop(_blue_frame()).text == "皖AU5031"
+
+
+def test_pipeline_no_plate_and_two_row() -> None:
+    rec = PlateRecognizer(_FakeDetector([]), _FakeReader("m", ["x"]), None)
+    assert rec.read(_blue_frame()) == []
+    seen: list[tuple[int, int]] = []
+
+    class Spy(_FakeReader):
+        def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
+            seen.extend(c.shape[:2] for c in crops)
+            return super().read_batch(crops)
+
+    square = np.zeros((100, 200, 3), np.uint8)
+    square[:] = (20, 185, 235)
+    r = PlateRecognizer(None, Spy("m", ["粤B12345"]), None).read_crop(square)
+    assert seen[0][1] > 200  # the two-row plate reached the reader as one wide line
+    assert r.plate_type is PlateType.YELLOW_TWO_ROW
+
+
+# -- real models --------------------------------------------------------------------------
+_REQUIRED = ["clp_det.onnx", "ch_PP-OCRv4_rec_infer.onnx", "clp_v2_c_rec.onnx", "clp_dict.txt"]
+needs_models = pytest.mark.skipif(
+    not all((MODELS / f).is_file() for f in _REQUIRED),
+    reason="plate models absent from models/; run `recognizer models fetch`",
+)
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"sample plate datasets absent at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> PlateRecognizer:
+    from recognizer.plate.pipeline import build_plate_recognizer
+
+    return build_plate_recognizer()
+
+
+def _imread(p: Path) -> np.ndarray:
+    img = cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None, p
+    return img
+
+
+@needs_models
+def test_blank_frame_has_no_plate(recognizer: PlateRecognizer) -> None:
+    assert recognizer.read(np.full((480, 640, 3), 127, np.uint8)) == []
+    assert {m.name for m in recognizer.model_versions} == {"plate_det", "ppocr_rec", "clp_rec"}
+
+
+@needs_models
+@needs_data
+def test_ccpd_scene_read_exactly(recognizer: PlateRecognizer) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "plate_accuracy", REPO / "scripts" / "plate_accuracy.py"
+    )
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    files = sorted((DATA / "scenes").glob("*.jpg"))[:3]
+    for f in files:
+        res = recognizer.read(_imread(f))
+        assert res and res[0].text == mod.ccpd_text(f.name), f.name
+        assert res[0].pattern_valid and res[0].plate_type is PlateType.BLUE
+
+
+@needs_models
+@needs_data
+def test_crops_read_exactly(recognizer: PlateRecognizer) -> None:
+    files = sorted((DATA / "crops").glob("*.jpg"))[:12]
+    hits = sum(recognizer.read_crop(_imread(f)).text == re.sub(r"_\d+$", "", f.stem) for f in files)
+    assert hits >= 11
+
+
+def test_rank_candidates_inserts_faint_province() -> None:
+    # The greedy path skipped a faint province; the blank frames before the text hold it.
+    pos = _alts(*[[(c, 0.95)] for c in "HJS834"])
+    cands = grammar.rank_candidates(pos, leading=[("津", 0.05), ("湘", 0.01)])
+    assert cands[0].text == "津HJS834"
