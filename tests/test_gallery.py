@@ -481,3 +481,17 @@ def test_gallery_switches_kind_by_size(tmp_path: Path) -> None:
     g = open_gallery(tmp_path, flat_max=1000)  # the approximate index loads and stays
     assert g.index.kind == IVF_FP16 and g.stats().consistent and g.index.ntotal == 1596
     g.close()
+
+
+def test_stats_compare_label_sets_not_counts(tmp_path: Path) -> None:
+    g = open_gallery(tmp_path)
+    enrol(g, people(2, 2, seed=5))
+    assert g.stats().consistent
+    labels = np.sort(g.index.labels())
+    # Swap one real label for a bogus one: the counts still agree, the sets do not.
+    g.index.remove(labels[:1])
+    g.index.add(np.array([10_000], np.int64), people(1, 1, seed=6)[0])
+    st = g.stats()
+    assert st.ntotal == st.store_templates
+    assert not st.consistent
+    g.close()

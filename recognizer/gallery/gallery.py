@@ -396,10 +396,18 @@ class Gallery:
         return _aggregate(sims, self.aggregate)
 
     def stats(self) -> GalleryStats:
-        with self._lock.read():
-            kind, ntotal = self._index.kind, self._index.ntotal
-            nprobe, nlist, watermark = self._index.nprobe, self._index.nlist, self._watermark
-        store_templates = self.store.count_templates(self.model)
+        for _ in range(3):
+            # A concurrent write lands in the store a moment before the index: catch up first,
+            # and look again if one slipped in between.
+            self._sync()
+            with self._lock.read():
+                kind, ntotal = self._index.kind, self._index.ntotal
+                nprobe, nlist, watermark = self._index.nprobe, self._index.nlist, self._watermark
+                index_labels = np.sort(self._index.labels())
+                store_labels = self.store.labels_for_model(self.model)
+            if np.array_equal(index_labels, store_labels):
+                break
+        store_templates = len(store_labels)
         return GalleryStats(
             model=self.model,
             dim=self.dim,
@@ -413,5 +421,7 @@ class Gallery:
             nprobe=nprobe,
             nlist=nlist,
             last_checkpoint_at=self._last_checkpoint_at,
-            consistent=ntotal == store_templates,
+            # The same label sets, not just the same counts: an orphan vector and a missing
+            # one would cancel out in a count.
+            consistent=bool(np.array_equal(index_labels, store_labels)),
         )

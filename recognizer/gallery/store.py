@@ -476,6 +476,14 @@ class SqliteStore:
                 c.execute("SELECT COUNT(*) FROM templates WHERE model = ?", (model,)).fetchone()[0]
             )
 
+    def labels_for_model(self, model: str) -> np.ndarray:
+        """Every template label of a model, sorted (for consistency checks)."""
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT label FROM templates WHERE model = ? ORDER BY label", (model,)
+            ).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     def vectors_for_labels(self, labels: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(labels, vectors) of those labels that still exist, for replaying 'add' changes."""
         wanted = sorted({int(x) for x in labels})

@@ -313,12 +313,46 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
 # --- errors ------------------------------------------------------------------------------
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message (bad UTF-8, truncation).
+
+    gRPC would answer INTERNAL for a deserializer exception, before any interceptor runs;
+    deserializing leniently lets ErrorInterceptor answer INVALID_ARGUMENT instead."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises
+            return Undecodable(type(exc).__name__)
+
+    return parse
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Domain exceptions -> rich status; unexpected ones -> INTERNAL without a trace."""
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
             def mapped(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, Undecodable):
+                    context.abort_with_status(
+                        build_status(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid message for {d.method} "
+                            f"({request.error}); check string fields are UTF-8",
+                            reason="MALFORMED_REQUEST",
+                        )
+                    )
                 try:
                     return behavior(request, context)
                 except Exception as exc:
@@ -328,4 +362,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             return mapped
 
-        return _wrap(continuation, details, wrapper)
+        handler = _wrap(continuation, details, wrapper)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return handler._replace(request_deserializer=_lenient(handler.request_deserializer))
