@@ -60,6 +60,9 @@ def default_engines(config: Config) -> Engines:
     from recognizer.plate.grammar import normalize
     from recognizer.plate.pipeline import build_plate_recognizer
 
+    def normalize_plate(text: str) -> str:
+        return normalize(text, config.plate_mode)  # bound plates follow the reader's mode
+
     faces = build_face_pipeline(config.profile, config.models_dir)
     plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +90,9 @@ def default_engines(config: Config) -> Engines:
             store=store,
             fusion=FusionModel.load(fusion_path(config)),
             policies=config.policies,
-            normalize_plate=normalize,
+            normalize_plate=normalize_plate,
         )
-    return Engines(faces, plates, gallery, identity, gate, normalize)
+    return Engines(faces, plates, gallery, identity, gate, normalize_plate)
 
 
 class Runtime:
