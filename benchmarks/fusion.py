@@ -107,10 +107,20 @@ def _people(faces_root: Path) -> dict[str, list[Path]]:
 
 
 def _vehicles(plates_root: Path) -> list[tuple[Path, str]]:
+    """Real frames with their first plate; frames the server cannot decode are left out
+    (the street set holds one truncated camera JPEG)."""
+    from recognizer.errors import InvalidArgument
+    from recognizer.imaging import decode
+
     out = []
     for pset in discover_plate_sets(plates_root):
         if pset.kind in ("ccpd", "street"):
-            out += [(s.path, s.plates[0]) for s in pset.samples]
+            for s in pset.samples:
+                try:
+                    decode(s.path.read_bytes())  # the server's own intake
+                except InvalidArgument:
+                    continue
+                out.append((s.path, s.plates[0]))
     return out
 
 
