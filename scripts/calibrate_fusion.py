@@ -3,15 +3,17 @@
 - Face: genuine and impostor cosine scores from models/face_calibration_<profile>.json (made by
   scripts/calibrate_faces.py on the real sample faces) -> a linear LLR by prior-balanced
   logistic regression, and the impostor tail (empirical, Gaussian beyond the data).
-- Plate: the real reader on the real plate crops (file name = plate text):
-  P(category | genuine) = how often the true plate is the best read (exact), among the other
-  candidates (candidate), or neither (no_match);
+- Plate: the real reader on the real plate crops (file name = plate text) and on seeded
+  synthetic plates pasted into frames (so the detector's misses count too), the two sources
+  weighted equally: P(category | genuine) = how often the true plate is the best read (exact),
+  among the other candidates (candidate), or neither (no_match);
   P(exact | impostor) = the clone prior (a cloned plate reads exactly; OCR cannot see it) plus
   the measured rate at which a read lands exactly on another plate of the set;
   P(candidate | impostor) = the measured rate at which another plate of the set appears among
   a read's candidates (rule of succession, so never 0).
 
-Usage: python scripts/calibrate_fusion.py [--profile default] [--crops DIR] [--clone-rate 0.05]
+Usage: python scripts/calibrate_fusion.py [--profile default] [--crops DIR] [--frames 300]
+       [--clone-rate 0.05]
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ sys.path.insert(0, str(ROOT))
 from recognizer.face.calibration import FaceCalibration  # noqa: E402
 from recognizer.fusion import FusionModel, ImpostorTail, PlateModel, fit_linear_llr  # noqa: E402
 from recognizer.plate.grammar import normalize  # noqa: E402
-from recognizer.plate.pipeline import build_plate_recognizer  # noqa: E402
+from recognizer.plate.pipeline import PlateRecognizer, build_plate_recognizer  # noqa: E402
+from recognizer.plate.synth import SynthConfig, generate_dataset  # noqa: E402
+
+Read = tuple[str, list[str], list[str]]  # truth, best reads, other candidates
 
 DEFAULT_CROPS = ROOT.parent / "shared" / "datasets" / "plates" / "crops"
 
@@ -46,37 +51,72 @@ def expand(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(values, counts)
 
 
-def plate_model(crops: Path, clone_rate: float, limit: int | None) -> tuple[PlateModel, dict]:
-    recognizer = build_plate_recognizer()
+def _crop_reads(recognizer: PlateRecognizer, crops: Path, limit: int | None) -> list[Read]:
     files = sorted(p for p in crops.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:limit]
-    truths = [crop_truth(p) for p in files]
-    bound = set(truths)
-    exact = cand = misread_exact = misread_cand = 0
-    for path, truth in tqdm(list(zip(files, truths, strict=True)), desc="plates", unit="crop"):
+    out = []
+    for path in tqdm(files, desc="crops", unit="crop"):
         image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
         read = recognizer.read_crop(image, max_candidates=5)
-        others = [c.text for c in read.candidates[1:]]
-        if read.text == truth:
-            exact += 1
-        elif truth in others:
-            cand += 1
-        if read.text != truth and read.text in bound:
-            misread_exact += 1  # this vehicle would have matched someone else's plate
-        if any(t != truth and t in bound for t in others):
-            misread_cand += 1
-    n = len(files)
-    genuine = {"exact": exact / n, "candidate": cand / n, "no_match": (n - exact - cand) / n}
-    # Floors keep every LLR finite: one pseudo-count per category.
-    genuine = {k: max(v, 1 / (n + 1)) for k, v in genuine.items()}
-    imp_exact = clone_rate + (misread_exact + 1) / (n + 1)
-    imp_cand = (misread_cand + 1) / (n + 1)
+        out.append((crop_truth(path), [read.text], [c.text for c in read.candidates[1:]]))
+    return out
+
+
+def _frame_reads(recognizer: PlateRecognizer, n: int, seed: int) -> list[Read]:
+    """Synthetic plates pasted into frames, read like a gate frame (detector included)."""
+    out = []
+    config = SynthConfig(scene=True)
+    for plate in tqdm(generate_dataset(n, seed, config), total=n, desc="frames", unit="frame"):
+        reads = recognizer.read(plate.image, max_candidates=5)
+        out.append(
+            (plate.text, [r.text for r in reads], [c.text for r in reads for c in r.candidates[1:]])
+        )
+    return out
+
+
+def _rates(reads: list[Read], bound: set[str]) -> dict[str, float]:
+    n = len(reads)
+    exact = sum(truth in tops for truth, tops, _ in reads)
+    cand = sum(truth not in tops and truth in alts for truth, tops, alts in reads)
+    return {
+        "exact": exact / n,
+        "candidate": cand / n,
+        "no_match": (n - exact - cand) / n,
+        # a read landing exactly / among the candidates on someone else's bound plate
+        "misread_exact": sum(
+            any(t != truth and t in bound for t in tops) for truth, tops, _ in reads
+        )
+        / n,
+        "misread_candidate": sum(
+            any(t != truth and t in bound for t in alts) for truth, _, alts in reads
+        )
+        / n,
+    }
+
+
+def plate_model(
+    crops: Path, clone_rate: float, limit: int | None, frames: int, seed: int
+) -> tuple[PlateModel, dict]:
+    """Genuine rates averaged over real crops and synthetic gate frames (the frames carry
+    the detector's misses, which crops alone would hide)."""
+    recognizer = build_plate_recognizer()
+    sources = {"crops": _crop_reads(recognizer, crops, limit)}
+    if frames:
+        sources["synthetic_frames"] = _frame_reads(recognizer, frames, seed)
+    bound = {truth for reads in sources.values() for truth, _, _ in reads}
+    rates = {name: _rates(reads, bound) for name, reads in sources.items()}
+    total = sum(len(r) for r in sources.values())
+    floor = 1 / (total + 1)  # one pseudo-count keeps every LLR finite
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rates.values()]))
+
+    genuine = {k: max(mean(k), floor) for k in ("exact", "candidate", "no_match")}
+    imp_exact = clone_rate + max(mean("misread_exact"), floor)
+    imp_cand = max(mean("misread_candidate"), floor)
     impostor = {"exact": imp_exact, "candidate": imp_cand, "no_match": 1 - imp_exact - imp_cand}
     stats = {
-        "crops": n,
-        "exact": exact,
-        "candidate": cand,
-        "misread_exact": misread_exact,
-        "misread_candidate": misread_cand,
+        "sources": {k: len(v) for k, v in sources.items()},
+        "rates": rates,
         "bound_plates": len(bound),
     }
     return PlateModel(genuine, impostor), stats
@@ -94,6 +134,8 @@ def main() -> None:
         "assumption 'plate alone errs about 1 in 20'",
     )
     ap.add_argument("--limit", type=int, default=None, help="use only the first N crops")
+    ap.add_argument("--frames", type=int, default=300, help="synthetic gate frames to read")
+    ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if not args.crops.is_dir():
@@ -101,7 +143,7 @@ def main() -> None:
     face = FaceCalibration.load(ROOT / "models" / f"face_calibration_{args.profile}.json")
     genuine = expand(face.genuine_values, face.genuine_counts)
     impostor = expand(face.impostor_values, face.impostor_counts)
-    plate, stats = plate_model(args.crops, args.clone_rate, args.limit)
+    plate, stats = plate_model(args.crops, args.clone_rate, args.limit, args.frames, args.seed)
     model = FusionModel(
         face_llr=fit_linear_llr(genuine, impostor),
         face_tail=ImpostorTail.fit(impostor),
