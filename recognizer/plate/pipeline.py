@@ -273,7 +273,7 @@ def build_plate_recognizer(
     # PP-OCR's dictionary lives in its metadata: class 0 is the blank, the last the space.
     pp_chars = load_charset_lines(ppocr.metadata["character"])
     # PaddleOCR feeds cv2's BGR straight in; measured on the crops BGR reads better.
-    main = CtcReader(ppocr, pp_chars, 48, rgb=False, candidate_chars=PLATE_ALPHABET)
+    main = CtcReader(ppocr, pp_chars, 48, rgb=False, candidate_chars=PLATE_ALPHABET, pad_to=320)
     clp_chars = load_charset_lines(clp_dict.read_text(encoding="utf-8"))
     alt = CtcReader(clp, clp_chars, 32, rgb=False, fixed_width=160, candidate_chars=PLATE_ALPHABET)
     versions = (det_info, ppocr_info, clp_info)
