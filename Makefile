@@ -77,7 +77,7 @@ bench: setup models-all bench-deps
 	$(BENCH) fusion --out $(BENCH_OUT)/fusion
 	$(BENCH) index --out $(BENCH_OUT)/index
 	$(BENCH) service --out $(BENCH_OUT)/service
-	$(BENCH) results --command "make bench"
+	$(BENCH) results --results $(BENCH_OUT) --command "make bench"
 
 bench-quick: setup models-all bench-deps
 	$(BENCH) faces --quick --out $(BENCH_OUT)/faces
@@ -85,7 +85,7 @@ bench-quick: setup models-all bench-deps
 	$(BENCH) fusion --quick --out $(BENCH_OUT)/fusion
 	$(BENCH) index --quick --out $(BENCH_OUT)/index
 	$(BENCH) service --quick --out $(BENCH_OUT)/service
-	$(BENCH) results --command "make bench-quick"
+	$(BENCH) results --results $(BENCH_OUT) --command "make bench-quick"
 
 lint: install
 	$(BIN)/ruff check recognizer scripts benchmarks tests
