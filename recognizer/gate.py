@@ -128,7 +128,6 @@ class GateEngine:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-branch")
         self._inflight: dict[tuple[str, str], Future[Authorized]] = {}
         self._lock = threading.Lock()
-        self._threshold_cache: dict[tuple[float, bool, bool], float] = {}
 
     # --- idempotent entry point -----------------------------------------------------------
 
@@ -234,14 +233,6 @@ class GateEngine:
                     return read, PlateEvidence.CANDIDATE, payers
         best = max(reads, key=lambda r: r.confidence)
         return best, PlateEvidence.NO_MATCH, []
-
-    def threshold(self, target: float, face: bool, plate: bool) -> float:
-        key = (target, face, plate)
-        if key not in self._threshold_cache:
-            self._threshold_cache[key] = self.fusion.threshold_for(
-                target, face_present=face, plate_present=plate
-            )
-        return self._threshold_cache[key]
 
     def decide(self, event: GateEvent) -> Decision:
         policy = self.policies.for_gate(event.gate_id)
