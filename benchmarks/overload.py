@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 
+from benchmarks.metrics import percentiles
+from benchmarks.service import check_target
 from recognizer.service.interceptors import API_KEY_HEADER
 from recognizer.v1 import recognition_pb2
 
@@ -36,21 +38,6 @@ METHODS = {
     "ReadPlates": recognition_pb2.ReadPlatesRequest,
 }
 MAX_OUTSTANDING = 2_000  # a hard cap on calls in the air, whatever the offered rate
-
-
-def check_target(target: str) -> str:
-    host, sep, port = target.rpartition(":")
-    if not sep or host != "127.0.0.1" or not port.isdigit():
-        raise ValueError(f"refusing target {target!r}: only 127.0.0.1:PORT is allowed")
-    return target
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[k]
 
 
 def measure_capacity(
@@ -168,10 +155,10 @@ def run_overload(
             "rejected": len(rejected),
             "codes": dict(codes),
             "admitted_rps": len(admitted) / offered_s,
-            "p50_admitted_ms": _percentile(admitted, 50) * 1000,
-            "p99_admitted_ms": _percentile(admitted, 99) * 1000,
+            "p50_admitted_ms": percentiles(admitted, (50,))["p50"] * 1000,
+            "p99_admitted_ms": percentiles(admitted, (99,))["p99"] * 1000,
             "max_admitted_ms": max(admitted, default=float("nan")) * 1000,
-            "p99_rejected_ms": _percentile(rejected, 99) * 1000,
+            "p99_rejected_ms": percentiles(rejected, (99,))["p99"] * 1000,
             "drained": drained,
         }
     finally:
@@ -209,85 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     image = (args.image or _default_image()).read_bytes()
 
-    proc = None
-    tmp = None
-    target, key = args.target, args.api_key
-    if target is None:
-        import subprocess
-        import tempfile
+    if args.target is not None:
+        check_target(args.target)
+        result = run_overload(
+            args.target, args.api_key, image, args.method, args.seconds, args.factor
+        )
+    else:
+        from benchmarks.service import subprocess_server
 
-        tmp = tempfile.TemporaryDirectory(prefix="overload-")
-        key = "overload-admin-key"
         env = {
-            **os.environ,
-            "RECOGNIZER_API_KEYS": f"admin:{key}",
             "RECOGNIZER_MAX_IN_FLIGHT": str(args.max_in_flight),
             "RECOGNIZER_MAX_QUEUE": str(args.max_queue),
         }
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "recognizer.cli",
-                "serve",
-                "--port",
-                "0",
-                "--data-dir",
-                tmp.name,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        target = _wait_listening(proc)
-    try:
-        check_target(target)
-        if proc is not None:
-            _wait_serving(target)
-        result = run_overload(target, key, image, args.method, args.seconds, args.factor)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
-        if tmp is not None:
-            tmp.cleanup()
+        with subprocess_server(env=env) as (target, key):
+            result = run_overload(target, key, image, args.method, args.seconds, args.factor)
     print(json.dumps(result, indent=1) if args.json else format_result(result))
     return 0
-
-
-def _wait_listening(proc: Any, timeout: float = 60.0) -> str:
-    assert proc.stderr is not None
-    box: list[str] = []
-    found = threading.Event()
-
-    def pump() -> None:
-        for line in proc.stderr:
-            if not box:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if entry.get("msg") == "listening":
-                    box.append(entry["address"])
-                    found.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not found.wait(timeout):
-        proc.kill()
-        raise RuntimeError("the server did not start")
-    return box[0]
-
-
-def _wait_serving(target: str, timeout: float = 180.0) -> None:
-    from recognizer.client import Client
-
-    c = Client.connect(target)
-    try:
-        if not c.wait_serving(timeout):
-            raise RuntimeError("the server never became SERVING")
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def subprocess_server(
-    profile: str = "default", timeout: float = 300.0
+    profile: str = "default", timeout: float = 300.0, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, str]]:
     """`recognizer serve` in a child process; yields (target, admin key), then SIGTERMs it."""
     from recognizer.client import Client
@@ -102,7 +102,7 @@ def subprocess_server(
              "--data-dir", str(Path(tmp) / "data"), "--profile", profile],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RECOGNIZER_API_KEYS": f"admin:{key}"},
+            env={**os.environ, **(env or {}), "RECOGNIZER_API_KEYS": f"admin:{key}"},
         )  # fmt: skip
         target = f"127.0.0.1:{port}"
         try:

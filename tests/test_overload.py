@@ -246,4 +246,4 @@ def test_overload_refuses_non_loopback_targets() -> None:
     for bad in ("10.0.0.1:50051", "localhost:50051", "example.com:443", "127.0.0.1"):
         with pytest.raises(ValueError):
             check_target(bad)
-    assert check_target("127.0.0.1:50051") == "127.0.0.1:50051"
+    assert check_target("127.0.0.1:50051") == ("127.0.0.1", 50051)
