@@ -32,7 +32,7 @@ from benchmarks.metrics import (
     roc_auc,
     supports_fmr,
 )
-from benchmarks.report import Report, pct, plot_det, progress
+from benchmarks.report import Report, decode_file, pct, plot_det, progress
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp")
 FMRS = (1e-2, 1e-3, 1e-4)
@@ -73,22 +73,11 @@ def _identity_images(folder: Path) -> list[FaceImage]:
     return out
 
 
-def _decode(path: Path) -> np.ndarray | None:
-    """The server's own decoder, so the benchmark sees exactly what a request would."""
-    from recognizer.errors import InvalidArgument
-    from recognizer.imaging import decode
-
-    try:
-        return decode(path.read_bytes(), field=path.name)
-    except InvalidArgument:
-        return None
-
-
 def is_grayscale(paths: Sequence[Path], sample: int = 6) -> bool:
     """True when every sampled image has identical channels (or one channel)."""
     seen = 0
     for p in paths[:: max(1, len(paths) // sample)][:sample]:
-        img = _decode(p)
+        img = decode_file(p)
         if img is None:
             continue
         seen += 1
@@ -199,7 +188,7 @@ def vga_latency(
     decoded = [
         (img.shape[0] * img.shape[1], img)
         for im in images[:50]
-        if (img := _decode(im.path)) is not None
+        if (img := decode_file(im.path)) is not None
     ]
     frame = cv2.resize(max(decoded, key=lambda t: t[0])[1], (640, 480))
     out = {}
@@ -212,6 +201,11 @@ def vga_latency(
             times.append((time.perf_counter() - t0) * 1000)
         out[name] = percentiles(times, (50, 99))
     return out
+
+
+def _load(im: FaceImage, transform: Transform | None) -> np.ndarray | None:
+    img = decode_file(im.path)
+    return transform(img, im.path) if img is not None and transform is not None else img
 
 
 def embed_ours(
@@ -227,9 +221,7 @@ def embed_ours(
     lat: dict[str, list[float]] = defaultdict(list)
     iod: dict[Path, float] = {}
     for im in progress(images, f"embed {name}"):
-        img = _decode(im.path)
-        if img is not None and transform is not None:
-            img = transform(img, im.path)
+        img = _load(im, transform)
         if img is None:
             no_face.append(im.path)
             continue
@@ -286,9 +278,7 @@ def embed_peer(images: Sequence[FaceImage], transform: Transform | None = None) 
     no_face: list[Path] = []
     lat: dict[str, list[float]] = defaultdict(list)
     for im in progress(images, f"embed {PEER}"):
-        img = _decode(im.path)
-        if img is not None and transform is not None:
-            img = transform(img, im.path)
+        img = _load(im, transform)
         if img is None:
             no_face.append(im.path)
             continue

@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.faces import discover_face_sets
 from benchmarks.metrics import wilson_ci
 from benchmarks.plates import discover_plate_sets
-from benchmarks.report import Report, pct, plot_det, progress
+from benchmarks.report import Report, decode_file, pct, plot_det, progress
 
 GATE = "bench-gate-1"
 POLICY = {
@@ -109,18 +109,10 @@ def _people(faces_root: Path) -> dict[str, list[Path]]:
 def _vehicles(plates_root: Path) -> list[tuple[Path, str]]:
     """Real frames with their first plate; frames the server cannot decode are left out
     (the street set holds one truncated camera JPEG)."""
-    from recognizer.errors import InvalidArgument
-    from recognizer.imaging import decode
-
     out = []
     for pset in discover_plate_sets(plates_root):
         if pset.kind in ("ccpd", "street"):
-            for s in pset.samples:
-                try:
-                    decode(s.path.read_bytes())  # the server's own intake
-                except InvalidArgument:
-                    continue
-                out.append((s.path, s.plates[0]))
+            out += [(s.path, s.plates[0]) for s in pset.samples if decode_file(s.path) is not None]
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.metrics import percentiles, wilson_ci
-from benchmarks.report import Report, pct, plot_bars, progress
+from benchmarks.report import Report, decode_file, pct, plot_bars, progress
 from benchmarks.stats import GAP, char_accuracy, confusions, edit_distance, median, ratio
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -215,17 +215,6 @@ def match_reads(truths: Sequence[str], reads: Sequence[str]) -> list[str]:
     return out
 
 
-def _decode(path: Path) -> np.ndarray | None:
-    """The same decoder the server uses, so the benchmark sees what a request would."""
-    from recognizer.errors import InvalidArgument
-    from recognizer.imaging import decode
-
-    try:
-        return decode(path.read_bytes(), field=path.name)
-    except InvalidArgument:
-        return None
-
-
 ReadFn = Callable[[np.ndarray], tuple[list[tuple[str, str]], dict[str, float]]]
 
 
@@ -235,7 +224,7 @@ def run_system(system: str, pset: PlateSet, read: ReadFn) -> SystemRun:
     lat: dict[str, list[float]] = defaultdict(list)
     extra = failures = 0
     for s in progress(pset.samples, f"{system} {pset.name}"):
-        img = _decode(s.path)
+        img = decode_file(s.path)
         if img is None:
             failures += 1
             reads: list[tuple[str, str]] = []

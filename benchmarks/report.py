@@ -168,6 +168,21 @@ class Report:
         return out_dir / "report.md"
 
 
+# --- images ------------------------------------------------------------------------------
+
+
+def decode_file(path: Path) -> np.ndarray | None:
+    """The server's own intake, so a benchmark sees exactly what a request would; None for a
+    file the server would refuse (the street set holds one truncated camera JPEG)."""
+    from recognizer.errors import InvalidArgument
+    from recognizer.imaging import decode
+
+    try:
+        return decode(path.read_bytes(), field=path.name)
+    except InvalidArgument:
+        return None
+
+
 # --- progress ----------------------------------------------------------------------------
 
 
@@ -190,6 +205,13 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_det(
@@ -221,10 +243,7 @@ def plot_det(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_bars(
@@ -247,10 +266,7 @@ def plot_bars(
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_lines(
@@ -274,10 +290,7 @@ def plot_lines(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # --- RESULTS.md ---------------------------------------------------------------------------

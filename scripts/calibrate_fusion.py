@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.plates import parse_crop_name  # noqa: E402
 from recognizer.face.calibration import FaceCalibration  # noqa: E402
 from recognizer.fusion import FusionModel, ImpostorTail, PlateModel, fit_linear_llr  # noqa: E402
 from recognizer.plate.grammar import normalize  # noqa: E402
@@ -43,8 +43,7 @@ DEFAULT_CROPS = ROOT.parent / "shared" / "datasets" / "plates" / "crops"
 
 
 def crop_truth(path: Path) -> str:
-    # "皖AD12345_1.jpg" -> "皖AD12345": a suffix tells duplicates apart.
-    return normalize(re.sub(r"_\d+$", "", path.stem))
+    return normalize(parse_crop_name(path.name))
 
 
 def expand(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
