@@ -278,10 +278,9 @@ class GateEngine:
         identity_id, fused = "", self.fusion.fuse(evidence, None)
         if payers:
             # Several payers can share a plate (a family car): the best-supported one pays.
-            identity_id = max(
-                payers, key=lambda pid: self.fusion.fuse(evidence, scores.get(pid)).fused_llr
-            )
-            fused = self.fusion.fuse(evidence, scores.get(identity_id))
+            fusions = {pid: self.fusion.fuse(evidence, scores.get(pid)) for pid in payers}
+            identity_id = max(fusions, key=lambda pid: fusions[pid].fused_llr)
+            fused = fusions[identity_id]
         else:
             reasons.append(Reason("UNKNOWN_VEHICLE", "no payer is bound to this plate or face"))
 

@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2
 from recognizer.errors import InvalidArgument
 from recognizer.face.types import Face, Quality, Selection
 from recognizer.gate import Decision, Direction, Outcome
+from recognizer.models import ModelInfo
 from recognizer.plate.types import PlateResult, PlateType
 from recognizer.v1 import common_pb2 as pb
 from recognizer.v1 import gate_pb2, identity_pb2
@@ -81,15 +82,9 @@ def plate(p: PlateResult) -> pb.PlateRead:
     )
 
 
-def model_versions(items: Iterable[Any]) -> list[pb.ModelVersion]:
-    """Accepts ModelInfo-like objects (role, name, version, sha256)."""
+def model_versions(items: Iterable[ModelInfo]) -> list[pb.ModelVersion]:
     return [
-        pb.ModelVersion(
-            role=getattr(m, "role", ""),
-            name=getattr(m, "name", ""),
-            version=getattr(m, "version", ""),
-            sha256=getattr(m, "sha256", "")[:12],
-        )
+        pb.ModelVersion(role=m.role, name=m.name, version=m.version, sha256=m.sha256[:12])
         for m in items
     ]
 
