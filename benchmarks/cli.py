@@ -179,6 +179,7 @@ def fusion(dataset: Path | None, profile: str, out: Path | None, quick: bool) ->
 def index(sizes: str, dim: int, queries: int, out: Path | None, quick: bool) -> None:
     """Synthetic seeded templates: build time, memory, recall@1 against flat, latency."""
     from benchmarks import index_bench
+    from recognizer.gallery.index import IVF_PQFS
 
     dest = _out(out, "index")
     counts = (100_000,) if quick else tuple(int(s) for s in sizes.split(","))
@@ -187,8 +188,8 @@ def index(sizes: str, dim: int, queries: int, out: Path | None, quick: bool) -> 
         dim=dim,
         queries=200 if quick else queries,
         out_dir=dest,
-        nprobes=(128, 256) if quick else (64, 128, 256, 512, 1024),
-        kinds=("ivf_fp16",) if quick else index_bench.APPROXIMATE,
+        nprobes=(128, 256) if quick else (64, 128, 256, 512, 1024, 1536, 2048),
+        kinds=(IVF_PQFS,) if quick else index_bench.APPROXIMATE,
     )
     (dest / "report.md").write_text("# Index benchmark\n\n" + index_bench.markdown(result))
     _done(dest / "report.md")

@@ -145,7 +145,7 @@ def run_index_bench(
     seed: int = 0,
     out_dir: Path = Path("var/bench/index"),
     threads: int = 1,
-    nprobes: tuple[int, ...] = (64, 128, 256, 512, 1024),
+    nprobes: tuple[int, ...] = (64, 128, 256, 512, 1024, 1536, 2048),
     flat_b1_queries: int = 200,
     kinds: tuple[str, ...] = APPROXIMATE,
 ) -> dict:
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--nprobes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    ap.add_argument("--nprobes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 1536, 2048])
     ap.add_argument("--kinds", nargs="+", default=list(APPROXIMATE), choices=list(APPROXIMATE))
     ap.add_argument("--out", type=Path, default=Path("var/bench/index"))
     args = ap.parse_args(argv)

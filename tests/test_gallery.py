@@ -16,7 +16,7 @@ import pytest
 from recognizer.gallery.crypto import AesGcmCipher, CipherError, NullCipher, cipher_from_env
 from recognizer.gallery.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from recognizer.gallery.gallery import Gallery
-from recognizer.gallery.index import APPROXIMATE, FLAT, IVF_FP16, VectorIndex
+from recognizer.gallery.index import APPROXIMATE, FLAT, IVF_PQFS, VectorIndex, _as_matrix
 from recognizer.gallery.store import DecisionRow, SqliteStore
 
 DIM = 32
@@ -466,6 +466,34 @@ def test_approximate_kind_recall_and_remove(kind: str) -> None:
     assert not np.isin(approx.labels(), gone).any()
 
 
+def test_pqfs_scores_are_exact_and_a_delete_leaves_no_copy(tmp_path: Path) -> None:
+    vecs, probes = _clustered(seed=12)
+    x = _as_matrix(vecs.reshape(-1, DIM), DIM)  # the rows exactly as the index stores them
+    labels = np.arange(1, len(x) + 1, dtype=np.int64)
+    index = VectorIndex(DIM, flat_max=0, nprobe=64)
+    assert index.rebuild(labels, x) == IVF_PQFS
+    scores, got = index.search(probes, 5)
+    # Re-ranked from the float32 copy: the very cosines, not 4-bit estimates.
+    want = np.einsum("qkd,qd->qk", x[got - 1], probes.astype(np.float32))
+    np.testing.assert_allclose(scores, want, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+    gone = got[:3, 0]
+    assert index.remove(gone) == 3
+    path = tmp_path / "faces.faiss"
+    index.save(path, watermark=7)
+    raw = path.read_bytes()
+    # The removed templates' float32 bytes are in neither section of the saved file.
+    kept = next(label for label in labels if label not in gone)
+    assert x[kept - 1].tobytes() in raw
+    assert not any(x[g - 1].tobytes() in raw for g in gone)
+    loaded = VectorIndex.load(path, nprobe=64)
+    assert loaded is not None and loaded[1] == 7
+    again = loaded[0]
+    assert again.kind == IVF_PQFS and again.ntotal == len(labels) - 3
+    np.testing.assert_array_equal(again.search(probes, 5)[1], index.search(probes, 5)[1])
+
+
 def test_gallery_switches_kind_by_size(tmp_path: Path) -> None:
     vecs, _ = _clustered(seed=14)
     g = open_gallery(tmp_path, flat_max=1000)
@@ -473,13 +501,13 @@ def test_gallery_switches_kind_by_size(tmp_path: Path) -> None:
     assert g.index.kind == FLAT and g.index.ntotal == 1600
     g.close()
     g = open_gallery(tmp_path, flat_max=1000)  # chosen by size at (re)build
-    assert g.index.kind == IVF_FP16
+    assert g.index.kind == IVF_PQFS
     victim = g.identify(vecs[7][0], 1)[0].identity_id
     g.delete_identity(victim)
     assert all(m.identity_id != victim for m in g.identify(vecs[7][0], 5))
     g.close()
     g = open_gallery(tmp_path, flat_max=1000)  # the approximate index loads and stays
-    assert g.index.kind == IVF_FP16 and g.stats().consistent and g.index.ntotal == 1596
+    assert g.index.kind == IVF_PQFS and g.stats().consistent and g.index.ntotal == 1596
     g.close()
 
 
