@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ from recognizer.plate import grammar
 from recognizer.plate.classify import classify
 from recognizer.plate.detector import PlateDetection
 from recognizer.plate.pipeline import PlateRecognizer
-from recognizer.plate.reader import CtcReader, Reading, ctc_greedy
+from recognizer.plate.reader import CtcReader, Reading, ctc_greedy, ctc_log_likelihoods
 from recognizer.plate.rectify import split_two_row, warp_plate
 from recognizer.plate.types import PlateResult, PlateType
 
@@ -138,6 +139,39 @@ def test_reader_trailing_space_class_dropped() -> None:
     assert r.text == "AB"
 
 
+def _brute_force_ctc(probs: np.ndarray, labels: Sequence[int]) -> float:
+    """Sum over every frame path that collapses to `labels` (tiny inputs only)."""
+    total = 0.0
+    for path in itertools.product(range(probs.shape[1]), repeat=probs.shape[0]):
+        collapsed = [c for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
+        if collapsed == list(labels):
+            total += float(np.prod(probs[np.arange(len(path)), path]))
+    return float(np.log(total))
+
+
+def test_ctc_log_likelihoods_sum_all_alignments() -> None:
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=5)  # 5 frames, blank + 2 classes
+    texts: list[list[int]] = [[], [1], [1, 2], [2, 2], [1, 1, 2]]
+    labels = np.zeros((len(texts), 3), np.int64)
+    for k, t in enumerate(texts):
+        labels[k, : len(t)] = t
+    got = ctc_log_likelihoods(probs, labels, np.array([len(t) for t in texts]), probs[:, 0])
+    want = [_brute_force_ctc(probs, t) for t in texts]
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_reader_likelihood_ignores_separator_dot() -> None:
+    charset = ["A", "1", "."]
+    probs = _onehot([1, 0, 3, 0, 2, 0], 4)  # "A", dot, "1"
+    reader = CtcReader(_FakeModel(probs), charset, 32)  # type: ignore[arg-type]
+    r = reader.read(np.zeros((20, 80, 3), np.uint8))
+    ll = reader.log_likelihoods(r, ["A1", "1A", "A", "AZ"])
+    assert r.text == "A1" and int(np.argmax(ll)) == 0
+    assert ll[0] > np.log(0.5)  # the dot's frame counts as a blank, not a missing symbol
+    assert ll[3] < ll[2] < ll[0]  # a character outside the charset is all but impossible
+
+
 # -- geometry and colour -----------------------------------------------------------------
 def test_split_two_row_geometry() -> None:
     plate = np.zeros((100, 200, 3), np.uint8)
@@ -207,8 +241,21 @@ class _FakeDetector:
 
 
 class _FakeReader:
-    def __init__(self, name: str, texts: Sequence[str], p: float = 0.9) -> None:
+    def __init__(
+        self,
+        name: str,
+        texts: Sequence[str],
+        p: float = 0.9,
+        trailing: Sequence[tuple[str, float]] = (),
+        likelihoods: Mapping[str, float] | None = None,
+    ) -> None:
         self.name, self.texts, self.p, self.calls = name, list(texts), p, 0
+        self.trailing = tuple(trailing)
+        self.likelihoods = dict(likelihoods or {})
+
+    def log_likelihoods(self, reading: Reading, texts: Sequence[str]) -> np.ndarray:
+        own = {grammar.normalize(reading.text): self.p ** len(reading.text)}
+        return np.log([self.likelihoods.get(t, own.get(t, 1e-3)) for t in texts])
 
     def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
         out = []
@@ -216,7 +263,17 @@ class _FakeReader:
             text = self.texts[self.calls % len(self.texts)]
             self.calls += 1
             alts = tuple(((c, self.p),) for c in text)
-            out.append(Reading(text, (self.p,) * len(text), alts, np.zeros((1, 1)), self.name))
+            out.append(
+                Reading(
+                    text,
+                    (self.p,) * len(text),
+                    alts,
+                    np.zeros((1, 1)),
+                    self.name,
+                    (),
+                    self.trailing,
+                )
+            )
         return out
 
 
@@ -265,6 +322,20 @@ def test_pipeline_cross_check_prefers_letters() -> None:
     main2 = _FakeReader("main", ["皖AU5031"])
     alt2 = _FakeReader("alt", ["皖A05031"])  # the main reader's letter is kept
     assert PlateRecognizer(None, main2, alt2).read_crop(_blue_frame()).text == "皖AU5031"
+
+
+def test_pipeline_main_likelihood_settles_unclean_reads() -> None:
+    # PP-OCR misses a faint suffix (it sits in the trailing frames); clp reads it as a digit
+    # with confidence. The main reader's own likelihood of each valid candidate decides.
+    main = _FakeReader("main", ["粤A1234"], trailing=[("警", 0.3)], likelihoods={"粤A1234警": 0.3})
+    alt = _FakeReader("alt", ["粤A12347"])
+    r = PlateRecognizer(None, main, alt).read_crop(_blue_frame())
+    assert (r.text, r.reader, r.pattern_valid) == ("粤A1234警", "main", True)
+    assert {c.text for c in r.candidates} == {"粤A1234警", "粤A12347"}
+    assert r.candidates[0].probability == pytest.approx(0.3)
+    # The same reads with a main reader that does not believe the suffix keep clp's digit.
+    main2 = _FakeReader("main", ["粤A1234"], trailing=[("警", 0.3)], likelihoods={"粤A12347": 0.5})
+    assert PlateRecognizer(None, main2, alt).read_crop(_blue_frame()).text == "粤A12347"
 
 
 def test_pipeline_no_plate_and_two_row() -> None:

@@ -14,7 +14,14 @@ from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo, find_entry, require
 from recognizer.models import load as load_model
 from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
 from recognizer.plate.detector import PlateDetection, PlateDetector
-from recognizer.plate.grammar import PLATE_ALPHABET, Mode, is_valid, normalize, rank_plates
+from recognizer.plate.grammar import (
+    PLATE_ALPHABET,
+    Mode,
+    RankedPlate,
+    is_valid,
+    normalize,
+    rank_plates,
+)
 from recognizer.plate.reader import CtcReader, Reading, load_charset_lines
 from recognizer.plate.rectify import (
     SURELY_TWO_ROW_ASPECT,
@@ -37,6 +44,8 @@ class Reader(Protocol):
 
     def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]: ...
 
+    def log_likelihoods(self, reading: Reading, texts: Sequence[str]) -> np.ndarray: ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Choice:
@@ -47,6 +56,7 @@ class _Choice:
     reader: str
     score: float  # for comparing two readers' answers
     clean: bool  # the reader's own greedy text is a valid plate (no grammar repair)
+    ranked: tuple[RankedPlate, ...] = ()  # every valid plate the grammar found, best first
 
 
 def _crop_corners(w: int, h: int) -> np.ndarray:
@@ -132,18 +142,45 @@ class PlateRecognizer:
         if ranked:
             best = ranked[0]
             cands = tuple(PlateCandidate(r.text, r.probability) for r in ranked)
-            # A valid greedy read is trusted as is; otherwise the grammar's repair is
-            # scored lower so an alternative reader's clean valid read can beat it.
+            # A valid greedy read is trusted as is; a grammar repair is scored lower and is
+            # re-ranked against the other readers and views by _rescore.
             score = best.probability if best.text == greedy else best.probability * 0.5
             clean = best.text == greedy
-            return _Choice(best.text, best.char_probs, cands, True, reading.reader, score, clean)
+            return _Choice(
+                best.text, best.char_probs, cands, True, reading.reader, score, clean, tuple(ranked)
+            )
         probs = reading.char_probs if len(greedy) == len(reading.char_probs) else ()
         cands = (PlateCandidate(greedy, float(np.prod(probs)) if probs else 0.0),)
         valid = is_valid(greedy, self.mode)
         return _Choice(greedy, probs, cands if greedy else (), valid, reading.reader, 0.0, False)
 
+    def _rescore(self, views: Sequence[Reading], opts: Sequence[_Choice], n: int) -> _Choice | None:
+        """The valid plate the main reader finds likeliest over all views of a line.
+
+        The pool is every reader's and view's grammar-valid candidates; each is scored by
+        the main reader's CTC likelihood (all alignments, not one greedy path) averaged in
+        log space over the views. On plates no reader got clean this beats trusting a
+        weaker reader's clean read: clp_v2_c reads a red 警 or a faint 学 as a digit with
+        high confidence, while PP-OCRv4 still gives the suffix far more mass than the digit.
+        """
+        pool: dict[str, tuple[RankedPlate, str]] = {}
+        for opt in opts:
+            for r in opt.ranked:
+                pool.setdefault(r.text, (r, opt.reader))
+        if not pool:
+            return None
+        texts = list(pool)
+        loglik = sum(self.reader.log_likelihoods(v, texts) for v in views) / len(views)
+        order = np.argsort(-np.asarray(loglik), kind="stable")[:n]
+        cands = tuple(PlateCandidate(texts[j], float(np.exp(loglik[j]))) for j in order)
+        best, reader = pool[cands[0].text]
+        p = cands[0].probability
+        return _Choice(best.text, best.char_probs, cands, True, reader, p, False, (best,))
+
     def _read_lines(self, lines: Sequence[np.ndarray], n: int) -> list[_Choice]:
-        main = [self._choose(r, n) for r in self.reader.read_batch(lines)]
+        readings = self.reader.read_batch(lines)
+        main = [self._choose(r, n) for r in readings]
+        others: dict[int, list[_Choice]] = {}  # the alternative reader's unclean-line reads
         # The alternative reader runs when the main read is not a plate as read, and, with
         # cross_check, on every line to settle digit/letter confusions (see _letter_fix).
         redo = [i for i, c in enumerate(main) if not c.clean or self.cross_check]
@@ -154,23 +191,19 @@ class PlateRecognizer:
                 if main[i].clean:
                     if other.clean:
                         main[i] = _letter_fix(main[i], other, self.mode)
-                elif other.valid and (not main[i].valid or other.score > main[i].score):
-                    main[i] = other
-        # Still no clean read: re-read with a little context or stretch. PP-OCR drops an
-        # edge character of tight or squeezed crops; on the crops and synthetic sets these
-        # variants recover about half of the reads that no reader got as a valid plate.
+                else:
+                    others[i] = [other]
+        # Still no clean read: re-read with a little context or stretch (PP-OCR drops an
+        # edge character of tight or squeezed crops) and let the views vote by likelihood.
         redo = [i for i, c in enumerate(main) if not c.clean]
         if redo:
             batch = [v for i in redo for v in _variants(lines[i])]
             k = len(batch) // len(redo)
-            readings = self.reader.read_batch(batch)
+            extra = self.reader.read_batch(batch)
             for j, i in enumerate(redo):
-                opts = [self._choose(r, n) for r in readings[j * k : (j + 1) * k]]
-                clean = [o for o in opts if o.clean]
-                if clean:
-                    # Agreement between variants beats a single confident read.
-                    votes = {o.text: sum(c.text == o.text for c in clean) for o in clean}
-                    main[i] = max(clean, key=lambda o: (votes[o.text], o.score))
+                views = [readings[i], *extra[j * k : (j + 1) * k]]
+                opts = [main[i], *others.get(i, ()), *(self._choose(r, n) for r in views[1:])]
+                main[i] = self._rescore(views, opts, n) or main[i]
         return main
 
     def _results(

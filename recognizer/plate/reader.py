@@ -67,6 +67,43 @@ def ctc_greedy(probs: np.ndarray, blank: int = 0) -> list[tuple[int, float, int,
     return out
 
 
+def ctc_log_likelihoods(
+    probs: np.ndarray, labels: np.ndarray, lengths: np.ndarray, blank: np.ndarray
+) -> np.ndarray:
+    """log P(label sequence | probs) for K sequences at once (the CTC forward algorithm).
+
+    ``probs`` is (T, C); ``labels`` (K, L) class indices, row k valid up to ``lengths[k]``;
+    ``blank`` (T,) the per-frame probability of emitting nothing. Unlike the greedy path
+    this sums over every alignment, so it can rank texts the greedy decode never produced.
+    """
+    p = probs.astype(np.float64)
+    k, n = labels.shape
+    s = 2 * n + 1
+    emit = np.empty((p.shape[0], k, s))
+    emit[:, :, 0::2] = blank[:, None, None]
+    emit[:, :, 1::2] = p[:, labels]
+    np.maximum(emit, 1e-12, out=emit)
+    # A label may be skipped to only from a blank between two different labels.
+    skip = np.zeros((k, s), bool)
+    skip[:, 3::2] = labels[:, 1:] != labels[:, :-1]
+    alpha = np.zeros((k, s))
+    alpha[:, :2] = emit[0, :, :2]
+    log_scale = np.zeros(k)
+    for t in range(1, p.shape[0]):
+        nxt = alpha.copy()
+        nxt[:, 1:] += alpha[:, :-1]
+        nxt[:, 2:] += np.where(skip[:, 2:], alpha[:, :-2], 0.0)
+        alpha = nxt * emit[t]
+        norm = np.maximum(alpha.sum(1, keepdims=True), 1e-300)  # rescale against underflow
+        alpha /= norm
+        log_scale += np.log(norm[:, 0])
+    rows = np.arange(k)
+    # A path ends on the last label or on the blank after it (an empty text: the blank).
+    last = np.where(lengths > 0, alpha[rows, np.maximum(2 * lengths - 1, 0)], 0.0)
+    end = alpha[rows, 2 * lengths] + last
+    return log_scale + np.log(np.maximum(end, 1e-300))
+
+
 class CtcReader:
     """Reads one plate line image into text with per-character probabilities.
 
@@ -106,6 +143,12 @@ class CtcReader:
         # most D/0, G/6 and Q/0 confusions on the real crops (97.7% -> 98.8% exact).
         self.pad_to = pad_to
         self.top_k = top_k
+        self._class_of = {ch: i for i, ch in enumerate(self.labels) if ch}
+        # Classes the decoder drops (separator dots, PP-OCR's trailing space) count as blank
+        # when scoring a text: the plate string never contains them.
+        self._silent = np.array(
+            [i for i, ch in enumerate(self.labels) if ch in DROP_CHARS], dtype=np.int64
+        )
         self._cand_idx: np.ndarray | None = None
         if candidate_chars is not None:
             wanted = set(candidate_chars)
@@ -170,6 +213,23 @@ class CtcReader:
         top = np.argpartition(-vals, k - 1)[:k]
         top = top[np.argsort(-vals[top])]
         return tuple((self._label(int(idx[j])), float(vals[j])) for j in top)
+
+    def log_likelihoods(self, reading: Reading, texts: Sequence[str]) -> np.ndarray:
+        """log P(text | reading) for each text under this reader's CTC output."""
+        probs = reading.probs
+        if not texts:
+            return np.zeros(0)
+        # A character outside the charset maps to an extra all-but-impossible class.
+        probs = np.concatenate([probs, np.full((probs.shape[0], 1), 1e-12, probs.dtype)], 1)
+        missing = probs.shape[1] - 1
+        n = max(len(t) for t in texts)
+        labels = np.zeros((len(texts), max(n, 1)), np.int64)
+        for k, text in enumerate(texts):
+            labels[k, : len(text)] = [self._class_of.get(ch, missing) for ch in text]
+        past_charset = probs[:, len(self.labels) : missing].sum(1)  # PP-OCR's space
+        blank = probs[:, 0] + probs[:, self._silent].sum(1) + past_charset
+        lengths = np.array([len(t) for t in texts], np.int64)
+        return ctc_log_likelihoods(probs, labels, lengths, blank)
 
     def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
         if not crops:
