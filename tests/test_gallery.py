@@ -16,7 +16,14 @@ import pytest
 from recognizer.gallery.crypto import AesGcmCipher, CipherError, NullCipher, cipher_from_env
 from recognizer.gallery.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from recognizer.gallery.gallery import Gallery
-from recognizer.gallery.index import APPROXIMATE, FLAT, IVF_PQFS, VectorIndex, _as_matrix
+from recognizer.gallery.index import (
+    APPROXIMATE,
+    FLAT,
+    IVF_FP16,
+    IVF_PQFS,
+    VectorIndex,
+    _as_matrix,
+)
 from recognizer.gallery.store import DecisionRow, SqliteStore
 
 DIM = 32
@@ -508,6 +515,10 @@ def test_gallery_switches_kind_by_size(tmp_path: Path) -> None:
     g.close()
     g = open_gallery(tmp_path, flat_max=1000)  # the approximate index loads and stays
     assert g.index.kind == IVF_PQFS and g.stats().consistent and g.index.ntotal == 1596
+    g.close()
+    # A build configured for another approximate kind rebuilds the saved index in its own.
+    g = open_gallery(tmp_path, flat_max=1000, index_params={"approx": IVF_FP16})
+    assert g.index.kind == IVF_FP16 and g.stats().consistent and g.index.ntotal == 1596
     g.close()
 
 

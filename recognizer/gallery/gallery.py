@@ -217,8 +217,8 @@ class Gallery:
         """Kind by size, with hysteresis so a gallery near flat_max does not flip-flop."""
         if self._index.kind == FLAT:
             return count > self.flat_max
-        if count < self.flat_max // 2:
-            return True
+        if count < self.flat_max // 2 or self._index.kind != self._index.approx:
+            return True  # too small, or saved by a build with another approximate kind
         # IVF trained for a much smaller (or larger) gallery has badly sized lists.
         nlist = self._index.nlist
         wanted = self._index.ivf_nlist or default_nlist(count)
