@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from recognizer import models as model_store
-from recognizer.face.align import ALIGNED_SIZE, ARCFACE_TEMPLATE, align
+from recognizer.face.align import ALIGNED_SIZE, ARCFACE_TEMPLATE, align, similarity_transform
 from recognizer.face.calibration import FaceCalibration, compact
 from recognizer.face.detector import ScrfdDetector, YuNetDetector
+from recognizer.face.embedder import ArcFaceEmbedder, SFaceEmbedder, l2_normalize, to_blob
 from recognizer.face.pipeline import FacePipeline, build_face_pipeline
 from recognizer.face.quality import QualityConfig, assess, estimate_pose
 from recognizer.face.types import Face, Selection
@@ -227,6 +228,21 @@ def test_align_maps_the_template_onto_itself() -> None:
     assert align(np.zeros((50, 60), np.uint8), ARCFACE_TEMPLATE).shape == (112, 112, 3)
 
 
+def test_align_area_averages_a_face_shrunk_more_than_twice() -> None:
+    # One-pixel stripes on a face 8x the crop's size: a plain bilinear warp samples one
+    # phase of them (aliasing: all white here); area averaging gives their mean, flat grey.
+    stripes = np.zeros((1200, 1200, 3), np.uint8)
+    stripes[:, ::2] = 255
+    landmarks = ARCFACE_TEMPLATE * 8 + np.array([100, 100], np.float32)
+    crop = align(stripes, landmarks)
+    direct = cv2.warpAffine(stripes, similarity_transform(landmarks), (112, 112))
+    assert abs(float(direct.mean()) - 127.5) > 60
+    assert crop.std() < 5 and abs(float(crop.mean()) - 127.5) < 5
+    # Part of the crop outside the image stays black, as with a plain warp.
+    edge = align(stripes, ARCFACE_TEMPLATE * 8 - np.array([300, 0], np.float32))
+    assert edge[:, :20].max() == 0 and edge[:, -20:].std() < 5
+
+
 def test_pose_from_landmarks() -> None:
     frontal = estimate_pose(ARCFACE_TEMPLATE)
     assert abs(frontal.yaw_deg) < 1 and abs(frontal.pitch_deg) < 1 and abs(frontal.roll_deg) < 1
@@ -274,6 +290,53 @@ class FakeEmbedder:
         out = np.zeros((len(crops), self.dim), np.float32)
         out[np.arange(len(crops)), np.arange(len(crops)) % self.dim] = 1
         return out
+
+
+class LinearModel:
+    """A stand-in ONNX model: a fixed random projection, not mirror-symmetric."""
+
+    def __init__(self, dim: int = 8, batch: int | None = None) -> None:
+        self.weights = np.random.default_rng(3).normal(size=(3 * 112 * 112, dim))
+        self.batch = batch
+        self.calls: list[int] = []
+
+    def run(self, blob: np.ndarray) -> list[np.ndarray]:
+        assert self.batch is None or len(blob) == self.batch
+        self.calls.append(len(blob))
+        return [blob.reshape(len(blob), -1).astype(np.float64) @ self.weights]
+
+
+@pytest.mark.parametrize("cls", [SFaceEmbedder, ArcFaceEmbedder])
+def test_flip_embedding_sums_a_crop_and_its_mirror(cls: type[SFaceEmbedder]) -> None:
+    model = LinearModel(batch=None if cls.batched else 1)
+    rng = np.random.default_rng(4)
+    crops = [rng.integers(0, 255, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    mirrors = [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+    flip, plain = cls(model), cls(model, flip=False)  # type: ignore[arg-type]
+    assert (flip.recipe, plain.recipe) == ("+flip", "")
+
+    model.calls.clear()
+    vectors = flip.embed(crops)
+    # Batched models see originals and mirrors in one run; batch-1 models one run per view.
+    assert model.calls == ([6] if cls.batched else [1] * 6)
+
+    def view(c: np.ndarray) -> np.ndarray:
+        return model.run(to_blob([c], cls.preprocess))[0]
+
+    raw = np.concatenate([view(c) + view(m) for c, m in zip(crops, mirrors, strict=True)])
+    np.testing.assert_allclose(vectors, l2_normalize(raw), atol=1e-5)
+    np.testing.assert_allclose(flip.embed(mirrors), vectors, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(plain.embed(mirrors), plain.embed(crops), atol=1e-3)
+
+
+def test_real_embedders_see_a_face_and_its_mirror_as_one(default_pipeline: FacePipeline) -> None:
+    img = images_of("lfw10", 1)[0][1]
+    face = default_pipeline.detector.detect(img)[0]
+    crop = align(img, face.landmarks)
+    same = default_pipeline.embedder.embed([crop, cv2.flip(crop, 1)])
+    np.testing.assert_allclose(same[0], same[1], atol=1e-5)
+    assert default_pipeline.embedding_model_name.endswith("+flip")
 
 
 def fake_face(x: float, size: float, score: float = 0.9) -> Face:

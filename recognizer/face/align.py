@@ -8,6 +8,10 @@ import numpy as np
 from recognizer.face.detector import to_bgr3  # shared gray/BGRA handling
 
 ALIGNED_SIZE = 112
+# A bilinear warp reads 2x2 source pixels per output pixel, so shrinking by more than 2x
+# skips detail and aliases (large photos of near faces). Below this scale the face region is
+# first shrunk by area averaging, and the warp then only has to shrink by about 1x.
+MAX_DIRECT_DOWNSCALE = 0.5
 
 # Where the eyes, nose tip and mouth corners of a frontal face sit in a 112x112 crop, in the
 # order the detectors emit them (image-left eye first). Both SFace and ArcFace were trained
@@ -50,12 +54,44 @@ def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rot, t[:, None]])
 
 
+def warp_scale(matrix: np.ndarray) -> float:
+    """The uniform scale of a similarity matrix (output pixels per input pixel)."""
+    return float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+
+
+def _prescale(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The face region shrunk by area averaging to the crop's scale, with its landmarks;
+    the input unchanged when a direct warp does not alias."""
+    lm = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
+    matrix = similarity_transform(lm)
+    scale = warp_scale(matrix)
+    if scale >= MAX_DIRECT_DOWNSCALE:
+        return image, lm
+    # Only the pixels the crop can see (plus a little for the filter) are resized.
+    corners = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float32) * ALIGNED_SIZE
+    src = cv2.transform(corners[None], cv2.invertAffineTransform(matrix))[0]
+    margin = 2.0 / scale
+    h, w = image.shape[:2]
+    x0, y0 = (max(0, int(np.floor(v - margin))) for v in src.min(0))
+    x1, y1 = (
+        min(w, int(np.ceil(src[:, 0].max() + margin))),
+        min(h, int(np.ceil(src[:, 1].max() + margin))),
+    )
+    if x1 - x0 < 2 or y1 - y0 < 2:  # the crop lies outside the image: nothing to shrink
+        return image, lm
+    region = image[y0:y1, x0:x1]
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    small = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+    factor = np.array([size[0] / (x1 - x0), size[1] / (y1 - y0)], np.float32)
+    return small, (lm - np.array([x0, y0], np.float32)) * factor
+
+
 def align(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The 112x112x3 BGR face crop for 5 landmarks given in image pixels."""
-    matrix = similarity_transform(landmarks)
+    image, lm = _prescale(to_bgr3(image_bgr), landmarks)
     return cv2.warpAffine(
-        to_bgr3(image_bgr),
-        matrix,
+        image,
+        similarity_transform(lm),
         (ALIGNED_SIZE, ALIGNED_SIZE),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,

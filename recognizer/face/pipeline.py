@@ -97,7 +97,7 @@ def build_face_pipeline(
     det_model, det_info = model_store.load(det_name, models_dir)
     emb_model, emb_info = model_store.load(emb_name, models_dir)
     detector: Detector
-    embedder: Embedder
+    embedder: SFaceEmbedder | ArcFaceEmbedder
     if det_name == "yunet":
         detector = YuNetDetector(det_model)
         embedder = SFaceEmbedder(emb_model)
@@ -109,6 +109,7 @@ def build_face_pipeline(
         embedder,
         quality_config,
         model_versions=(det_info, emb_info),
-        # Gallery templates are tagged with this, so vectors of two models never mix.
-        embedding_model_name=f"{emb_info.name}-{emb_info.version}",
+        # Gallery templates are tagged with this, so vectors of two models (or of two ways of
+        # running one model) never mix.
+        embedding_model_name=f"{emb_info.name}-{emb_info.version}{embedder.recipe}",
     )
