@@ -188,7 +188,7 @@ def index(sizes: str, dim: int, queries: int, out: Path | None, quick: bool) -> 
         dim=dim,
         queries=200 if quick else queries,
         out_dir=dest,
-        nprobes=(128, 256) if quick else (64, 128, 256, 512, 1024, 1536, 2048),
+        nprobes=(128, 256) if quick else index_bench.NPROBES,
         kinds=(IVF_PQFS,) if quick else index_bench.APPROXIMATE,
     )
     (dest / "report.md").write_text("# Index benchmark\n\n" + index_bench.markdown(result))
