@@ -60,13 +60,13 @@ def warp_scale(matrix: np.ndarray) -> float:
 
 
 def _prescale(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The face region shrunk by area averaging to the crop's scale, with its landmarks;
-    the input unchanged when a direct warp does not alias."""
+    """(image, warp matrix to the crop): the face region shrunk by area averaging to the
+    crop's scale when a direct warp would alias, else the input as it is."""
     lm = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
     matrix = similarity_transform(lm)
     scale = warp_scale(matrix)
     if scale >= MAX_DIRECT_DOWNSCALE:
-        return image, lm
+        return image, matrix
     # Only the pixels the crop can see (plus a little for the filter) are resized.
     corners = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float32) * ALIGNED_SIZE
     src = cv2.transform(corners[None], cv2.invertAffineTransform(matrix))[0]
@@ -78,20 +78,20 @@ def _prescale(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.
         min(h, int(np.ceil(src[:, 1].max() + margin))),
     )
     if x1 - x0 < 2 or y1 - y0 < 2:  # the crop lies outside the image: nothing to shrink
-        return image, lm
+        return image, matrix
     region = image[y0:y1, x0:x1]
     size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
     small = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
     factor = np.array([size[0] / (x1 - x0), size[1] / (y1 - y0)], np.float32)
-    return small, (lm - np.array([x0, y0], np.float32)) * factor
+    return small, similarity_transform((lm - np.array([x0, y0], np.float32)) * factor)
 
 
 def align(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The 112x112x3 BGR face crop for 5 landmarks given in image pixels."""
-    image, lm = _prescale(to_bgr3(image_bgr), landmarks)
+    image, matrix = _prescale(to_bgr3(image_bgr), landmarks)
     return cv2.warpAffine(
         image,
-        similarity_transform(lm),
+        matrix,
         (ALIGNED_SIZE, ALIGNED_SIZE),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
