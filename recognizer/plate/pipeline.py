@@ -180,7 +180,7 @@ class PlateRecognizer:
     def _read_lines(self, lines: Sequence[np.ndarray], n: int) -> list[_Choice]:
         readings = self.reader.read_batch(lines)
         main = [self._choose(r, n) for r in readings]
-        others: dict[int, list[_Choice]] = {}  # the alternative reader's unclean-line reads
+        others: dict[int, _Choice] = {}  # the alternative reader's reads of unclean lines
         # The alternative reader runs when the main read is not a plate as read, and, with
         # cross_check, on every line to settle digit/letter confusions (see _letter_fix).
         redo = [i for i, c in enumerate(main) if not c.clean or self.cross_check]
@@ -192,7 +192,7 @@ class PlateRecognizer:
                     if other.clean:
                         main[i] = _letter_fix(main[i], other, self.mode)
                 else:
-                    others[i] = [other]
+                    others[i] = other
         # Still no clean read: re-read with a little context or stretch (PP-OCR drops an
         # edge character of tight or squeezed crops) and let the views vote by likelihood.
         redo = [i for i, c in enumerate(main) if not c.clean]
@@ -202,7 +202,8 @@ class PlateRecognizer:
             extra = self.reader.read_batch(batch)
             for j, i in enumerate(redo):
                 views = [readings[i], *extra[j * k : (j + 1) * k]]
-                opts = [main[i], *others.get(i, ()), *(self._choose(r, n) for r in views[1:])]
+                alt = [others[i]] if i in others else []
+                opts = [main[i], *alt, *(self._choose(r, n) for r in views[1:])]
                 main[i] = self._rescore(views, opts, n) or main[i]
         return main
 
