@@ -1,7 +1,7 @@
 """Domain errors raised by vision, gallery and fusion code; the service maps them to gRPC codes.
 
 They carry no gRPC types so pure-numpy code can raise them; `service/errors.py` does the
-mapping in one place (DESIGN.md, "Errors").
+mapping in one place (the status table in the README's API section).
 """
 
 from __future__ import annotations
@@ -30,8 +30,18 @@ class NotFound(RecognizerError):
 
 
 class AlreadyExists(RecognizerError):
-    """Duplicate enrolment, or a plate already bound elsewhere."""
+    """Duplicate enrolment, a plate already bound elsewhere, or an event id reused."""
 
-    def __init__(self, message: str, *, identity_id: str = "", field: str = "") -> None:
-        super().__init__(message, field=field)
+    def __init__(
+        self, message: str, *, identity_id: str = "", field: str = "", reason: str = ""
+    ) -> None:
+        super().__init__(message, field=field, reason=reason)
         self.identity_id = identity_id
+
+
+class PermissionDenied(RecognizerError):
+    """The caller's key may not act on this resource (e.g. a gate outside its scope)."""
+
+
+class DeadlineExceeded(RecognizerError):
+    """The caller's deadline ran out, or it cancelled, before the next stage could start."""

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +33,12 @@ import numpy as np
 from recognizer.gallery.crypto import NullCipher, TemplateCipher
 from recognizer.gallery.errors import AlreadyExists, InvalidArgument, NotFound
 
-SCHEMA_VERSION = 1
 _NULL_CIPHER = NullCipher()
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 
-_SCHEMA = """
+# Version 1 as release 0.1.0 created it; later versions are the migrations below, applied in
+# order on every open (a new database runs them too, so there is one path to each version).
+_BASELINE = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (
     id TEXT PRIMARY KEY,
@@ -109,6 +110,27 @@ CREATE TABLE IF NOT EXISTS sightings (
 );
 CREATE INDEX IF NOT EXISTS sightings_plate ON sightings(plate, at);
 """
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _v2_decision_digest(c: sqlite3.Connection) -> None:
+    """Decisions keep a digest of their inputs, so a replay can prove the inputs are the same.
+    Rows of 0.1.0 get the digest of what they recorded."""
+    from recognizer.gate.inputs import legacy_digest  # the one definition of the digest
+
+    c.execute("ALTER TABLE decisions ADD COLUMN input_digest TEXT NOT NULL DEFAULT ''")
+    rows = c.execute("SELECT rowid, gate_id, event_id, inputs FROM decisions").fetchall()
+    for rowid, gate_id, event_id, inputs in rows:
+        digest = legacy_digest(gate_id, event_id, json.loads(inputs or "{}"))
+        c.execute("UPDATE decisions SET input_digest = ? WHERE rowid = ?", (digest, rowid))
+
+
+# version -> the step that brings version-1 to it. Append only; never edit a shipped step.
+MIGRATIONS: dict[int, Migration] = {
+    2: _v2_decision_digest,
+}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 # --- rows -------------------------------------------------------------------------------------
@@ -216,14 +238,35 @@ class SqliteStore:
         self._conns_lock = threading.Lock()
         self._closed = False
         self._shared = self._open() if self._memory else None
-        with self._conn() as c:
-            c.executescript(_SCHEMA)
-            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.schema_upgraded_from = self._migrate()
+        with self._tx() as c:
             # A random id per database, so an index file built from another store is refused.
             c.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
             self.store_id: str = c.execute(
                 "SELECT value FROM meta WHERE key = 'store_id'"
             ).fetchone()[0]
+
+    def _migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION, one transaction per step; returns the version
+        found (0 for a new database). A database from a newer release is refused untouched."""
+        with self._tx() as c:
+            found = int(c.execute("PRAGMA user_version").fetchone()[0])
+            if found > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {found}, newer than this release's "
+                    f"{SCHEMA_VERSION}: upgrade recognizer, or restore a backup"
+                )
+            if found == 0:
+                for statement in filter(str.strip, _BASELINE.split(";")):
+                    c.execute(statement)
+                c.execute("PRAGMA user_version = 1")
+        version = max(found, 1)
+        for target in sorted(v for v in MIGRATIONS if v > version):
+            with self._tx() as c:
+                MIGRATIONS[target](c)
+                c.execute(f"PRAGMA user_version = {int(target)}")
+            version = target
+        return found
 
     # --- connections and transactions ---------------------------------------------------------
 

@@ -23,6 +23,8 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ModelError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 
