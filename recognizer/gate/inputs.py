@@ -34,7 +34,10 @@ class EventInputs:
 
     def digest(self) -> str:
         body = json.dumps(
-            [DIGEST_VERSION, asdict(self)], sort_keys=True, ensure_ascii=False, separators=(",", ":")
+            [DIGEST_VERSION, asdict(self)],
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
         )
         return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
@@ -66,5 +69,5 @@ def legacy_digest(gate_id: str, event_id: str, inputs: dict[str, Any]) -> str:
         amount_minor=int(inputs.get("amount_minor", 0)),
         currency=str(inputs.get("currency", "")),
         direction=str(inputs.get("direction", "unspecified")),
-        observed_at_ns=int(round(float(inputs.get("observed_at", 0) or 0) * 1e9)),
+        observed_at_ns=round(float(inputs.get("observed_at", 0) or 0) * 1e9),
     ).digest()

@@ -30,7 +30,9 @@ def main(out: Path) -> None:
         d = out / name
         d.mkdir(parents=True)
         store = SqliteStore(d / "recognizer.db", cipher=cipher)
-        g = Gallery(store, model="sface-2021dec+flip", dim=128, index_path=d / "faces-default.faiss")
+        g = Gallery(
+            store, model="sface-2021dec+flip", dim=128, index_path=d / "faces-default.faiss"
+        )
         g.open()
         ids = []
         for k in range(3):
