@@ -7,10 +7,10 @@
   synthetic plates pasted into frames (so the detector's misses count too), the two sources
   weighted equally: P(category | genuine) = how often the true plate is the best read (exact),
   among the other candidates (candidate), or neither (no_match);
-  P(exact | impostor) = the clone prior (a cloned plate reads exactly; OCR cannot see it) plus
-  the measured rate at which a read lands exactly on another plate of the set;
-  P(candidate | impostor) = the measured rate at which another plate of the set appears among
-  a read's candidates (rule of succession, so never 0).
+  misread rates = how often a read lands exactly on / has among its candidates another plate
+  of the set (rule of succession, so never 0). The impostor side is derived from them and the
+  clone prior q (a cloned plate is read like the genuine one; OCR cannot tell them apart):
+  P(c | impostor) = q * P(c | genuine) + (1 - q) * misread(c); see recognizer/fusion.py.
 
 Usage: python scripts/calibrate_fusion.py [--profile default] [--crops DIR] [--frames 300]
        [--clone-rate 0.05]
@@ -110,15 +110,16 @@ def plate_model(
         return float(np.mean([r[key] for r in rates.values()]))
 
     genuine = {k: max(mean(k), floor) for k in ("exact", "candidate", "no_match")}
-    imp_exact = clone_rate + max(mean("misread_exact"), floor)
-    imp_cand = max(mean("misread_candidate"), floor)
-    impostor = {"exact": imp_exact, "candidate": imp_cand, "no_match": 1 - imp_exact - imp_cand}
+    misread = {
+        "exact": max(mean("misread_exact"), floor),
+        "candidate": max(mean("misread_candidate"), floor),
+    }
     stats = {
         "sources": {k: len(v) for k, v in sources.items()},
         "rates": rates,
         "bound_plates": len(bound),
     }
-    return PlateModel(genuine, impostor), stats
+    return PlateModel(genuine, misread, clone_rate), stats
 
 
 def main() -> None:
@@ -158,7 +159,8 @@ def main() -> None:
             "clone_rate": args.clone_rate,
             "note": "Face LLR: prior-balanced logistic regression on cosine scores; the impostor "
             "tail beyond the last 10 impostor scores is a Gaussian fit (extrapolation). "
-            "Plate impostor 'exact' = clone prior + measured misread rate.",
+            "Plate impostor rate of a category = clone prior x genuine rate + (1 - clone prior)"
+            " x measured misread rate; the clone prior is a site parameter (policy clone_prior).",
         },
     )
     out = args.out or ROOT / "models" / f"fusion_{args.profile}.json"
@@ -166,7 +168,7 @@ def main() -> None:
     for target in (1e-2, 1e-3, 1e-5):
         t = model.threshold_for(target)
         print(f"target FAR {target:.0e}: fused LLR threshold {t:.2f}")
-    print(f"plate genuine {plate.genuine}\nplate impostor {plate.impostor}\nwrote {out}")
+    print(f"plate genuine {plate.genuine}\nplate impostor {plate.impostor()}\nwrote {out}")
 
 
 if __name__ == "__main__":
