@@ -6,6 +6,7 @@ API keys are kept as sha256 hashes. Plain keys only ever arrive through the envi
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import tomllib
@@ -34,6 +35,11 @@ class ApiKey:
     sha256: str
     role: Role
     name: str = ""
+    # Gate keys: gate_id glob patterns this key may act for (Authorize). Empty: any gate.
+    gates: tuple[str, ...] = ()
+
+    def may_act_for(self, gate_id: str) -> bool:
+        return not self.gates or any(fnmatch.fnmatchcase(gate_id, p) for p in self.gates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,7 @@ class Config:
     face_threshold_min: float = 0.2  # per-request threshold overrides must stay in bounds
     face_threshold_max: float = 0.95
     allow_shared_plates: bool = False
+    max_clock_skew_s: float = 600.0  # Authorize observed_at further from server time: refused
     checkpoint_seconds: float = 30.0
     retention_days: int = 365
     store_images: bool = False
@@ -84,12 +91,17 @@ class Config:
 
 
 def _parse_env_keys(raw: str) -> tuple[ApiKey, ...]:
+    """`ROLE:KEY` or, for gate keys scoped to gates, `gate@PATTERN|PATTERN:KEY`."""
     keys = []
     for item in filter(None, (p.strip() for p in raw.split(","))):
-        role, sep, key = item.partition(":")
+        head, sep, key = item.partition(":")
+        role, _, scope = head.partition("@")
         if not sep or not key:
-            raise ValueError("RECOGNIZER_API_KEYS entries look like ROLE:KEY")
-        keys.append(ApiKey(hash_key(key), Role(role), name=f"env-{role}"))
+            raise ValueError("RECOGNIZER_API_KEYS entries look like ROLE:KEY or gate@P1-*|P2-*:KEY")
+        gates = tuple(filter(None, scope.split("|")))
+        digest = hash_key(key)
+        # Each key gets its own name (logs, audit), never the key itself.
+        keys.append(ApiKey(digest, Role(role), name=f"env-{role}-{digest[:8]}", gates=gates))
     return tuple(keys)
 
 
@@ -122,7 +134,8 @@ def load_config(
         if env_name in env:
             changes[name] = _coerce(cfg, name, env[env_name])
     keys = [
-        ApiKey(k["sha256"], Role(k["role"]), k.get("name", "")) for k in data.get("api_keys", [])
+        ApiKey(k["sha256"], Role(k["role"]), k.get("name", ""), tuple(k.get("gates", ())))
+        for k in data.get("api_keys", [])
     ]
     keys.extend(_parse_env_keys(env.get("RECOGNIZER_API_KEYS", "")))
     changes["api_keys"] = tuple(keys)

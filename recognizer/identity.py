@@ -13,6 +13,7 @@ import numpy as np
 
 from recognizer.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
+from recognizer.fusion import one_to_n
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,8 @@ class Candidate:
     identity_id: str
     display_name: str
     score: float
-    estimated_fmr: float
+    estimated_fmr: float  # 1:1
+    estimated_fpir: float  # 1:N over the gallery's identities
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class IdentifyResult:
     best_score: float
     face: Face
     quality: Quality
+    gallery_size: int = 0  # identities searched
 
 
 class FaceIdentity:
@@ -171,13 +174,15 @@ class FaceIdentity:
             m.identity_id: self.gallery.store.get_identity(m.identity_id).display_name
             for m in above
         }
-        candidates = tuple(
-            Candidate(
-                m.identity_id,
-                names[m.identity_id],
-                float(m.score),
-                float(self.calibration.fmr_at(m.score)),
+        n = self.gallery.store.count_identities()
+        candidates = []
+        for m in above:
+            fmr = float(self.calibration.fmr_at(m.score))
+            candidates.append(
+                Candidate(
+                    m.identity_id, names[m.identity_id], float(m.score), fmr, one_to_n(fmr, n)
+                )
             )
-            for m in above
+        return IdentifyResult(
+            tuple(candidates), not candidates, t, best, probe.face, probe.quality, n
         )
-        return IdentifyResult(candidates, not candidates, t, best, probe.face, probe.quality)

@@ -2,10 +2,19 @@
 
 Policies come from the config file (`[[policies]]` with `gates = ["P1-*", ...]` glob patterns);
 the first match wins, and an unknown gate gets the safe default: face and plate for any amount.
+
+Plate-only payment (amounts up to `plate_only_max_minor`, on a PLATE binding) is a site's
+accepted risk: `plate_only_target_far` is the false-accept probability the site accepts for
+small amounts, and `clone_prior` is the site's estimate of how often an impostor vehicle
+carries a cloned plate (a clone reads like the real plate, so it bounds what any plate read
+can prove). An exact read's estimated FAR is about `clone_prior` times the reader's exact-read
+rate, so the target must sit above that for the tier to be reachable: `GateEngine` checks
+each policy against the fusion calibration at start and refuses one whose tier never allows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +33,22 @@ class GatePolicy:
     directions: tuple[str, ...] = ("entry", "exit")
     min_travel_seconds: float = 120.0  # the same plate at two gates sooner than this: a clone?
     track_presence: bool = True  # flag entry twice without exit, exit without entry
+    clone_prior: float | None = None  # None: the fusion calibration's (0.05 as shipped)
+
+    def __post_init__(self) -> None:
+        for name in ("target_far", "plate_only_target_far", "step_up_far"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"policy {self.policy_id}: {name} must be within (0, 1)")
+        if self.target_far > self.step_up_far:
+            raise ValueError(f"policy {self.policy_id}: target_far must be <= step_up_far")
+        if self.plate_only_max_minor < 0 or self.min_travel_seconds < 0:
+            raise ValueError(f"policy {self.policy_id}: amounts and times must be >= 0")
+        if self.clone_prior is not None and not 0.0 <= self.clone_prior < 1.0:
+            raise ValueError(f"policy {self.policy_id}: clone_prior must be within [0, 1)")
+        unknown = set(self.directions) - {"entry", "exit"}
+        if unknown:
+            raise ValueError(f"policy {self.policy_id}: unknown directions {sorted(unknown)}")
 
     def matches(self, gate_id: str) -> bool:
         return any(fnmatch.fnmatchcase(gate_id, pattern) for pattern in self.gates)
@@ -48,11 +73,18 @@ class PolicySet:
 
     @classmethod
     def from_config(cls, items: Iterable[Mapping[str, Any]]) -> PolicySet:
+        known = {f.name for f in dataclasses.fields(GatePolicy)}
         policies = []
         for item in items:
             fields = dict(item)
+            unknown = sorted(set(fields) - known)
+            if unknown:
+                raise ValueError(f"unknown policy settings {unknown}; known: {sorted(known)}")
             for key in ("gates", "directions"):
                 if key in fields:
                     fields[key] = tuple(fields[key])
             policies.append(GatePolicy(**fields))
         return cls(tuple(policies))
+
+    def all(self) -> tuple[GatePolicy, ...]:
+        return (*self.policies, self.default)

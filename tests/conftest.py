@@ -33,8 +33,11 @@ def require_models(profile: str = "default") -> None:
             pytest.skip(f"model {entry.name} not fetched; run `recognizer models fetch`")
 
 
-def start_server(tmp: Path, runtime_factory=None, **overrides) -> RunningServer:  # type: ignore[no-untyped-def]
-    config = load_config(env={"RECOGNIZER_API_KEYS": ENV_KEYS}, port=0, data_dir=tmp, **overrides)
+def start_server(
+    tmp: Path, runtime_factory=None, extra_keys: str = "", **overrides
+) -> RunningServer:  # type: ignore[no-untyped-def]
+    keys = ",".join(filter(None, (ENV_KEYS, extra_keys)))
+    config = load_config(env={"RECOGNIZER_API_KEYS": keys}, port=0, data_dir=tmp, **overrides)
     runtime = Runtime(config, runtime_factory) if runtime_factory else Runtime(config)
     return create_server(config, runtime)
 

@@ -192,6 +192,7 @@ class DecisionRow:
     identity_id: str = ""
     inputs: str = "{}"  # JSON text
     created_at: float = 0.0
+    input_digest: str = ""  # sha256 of the inputs (recognizer.gate.inputs): replay compares it
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,12 +696,13 @@ class SqliteStore:
     # --- decisions ----------------------------------------------------------------------------
 
     _DECISION_COLS = (
-        "decision_id, gate_id, event_id, outcome, payload, identity_id, inputs, created_at"
+        "decision_id, gate_id, event_id, outcome, payload, identity_id, inputs, created_at,"
+        " input_digest"
     )
 
     @staticmethod
     def _decision(r: tuple[Any, ...]) -> DecisionRow:
-        return DecisionRow(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7])
+        return DecisionRow(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7], r[8])
 
     def get_decision(self, gate_id: str, event_id: str) -> DecisionRow | None:
         with self._conn() as c:
@@ -710,11 +712,19 @@ class SqliteStore:
             ).fetchone()
         return self._decision(r) if r else None
 
-    def put_decision(self, row: DecisionRow | None = None, /, **fields: Any) -> DecisionRow:
+    def put_decision(
+        self,
+        row: DecisionRow | None = None,
+        /,
+        sighting: tuple[str, str, str, float] | None = None,
+        **fields: Any,
+    ) -> DecisionRow:
         """Store a decision once per (gate_id, event_id); returns the row that stands.
 
         If the pair is already stored (a retry, or a concurrent writer that won), the existing
-        row is returned unchanged. Accepts a DecisionRow or its fields as keywords.
+        row is returned unchanged. Accepts a DecisionRow or its fields as keywords. The plate
+        `sighting` (plate, gate_id, direction, at) is recorded in the same transaction, and
+        only when this call's decision is the one stored.
         """
         if row is None:
             if isinstance(fields.get("inputs"), dict):
@@ -725,9 +735,9 @@ class SqliteStore:
             raise InvalidArgument("gate_id and event_id are required", field="event_id")
         created = row.created_at or time.time()
         with self._tx() as c:
-            c.execute(
-                f"INSERT INTO decisions ({self._DECISION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (gate_id, event_id) DO NOTHING",
+            inserted = c.execute(
+                f"INSERT INTO decisions ({self._DECISION_COLS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gate_id, event_id) DO NOTHING",
                 (
                     row.decision_id,
                     row.gate_id,
@@ -737,8 +747,11 @@ class SqliteStore:
                     row.identity_id,
                     row.inputs,
                     created,
+                    row.input_digest,
                 ),
-            )
+            ).rowcount
+            if inserted and sighting is not None:
+                self._insert_sighting(c, *sighting)
             r = c.execute(
                 f"SELECT {self._DECISION_COLS} FROM decisions WHERE gate_id = ? AND event_id = ?",
                 (row.gate_id, row.event_id),
@@ -767,12 +780,17 @@ class SqliteStore:
 
     # --- plate sightings (clone / presence checks at the gate) --------------------------------
 
+    @staticmethod
+    def _insert_sighting(
+        c: sqlite3.Connection, plate: str, gate_id: str, direction: str, at: float
+    ) -> None:
+        c.execute(
+            "INSERT INTO sightings VALUES (?, ?, ?, ?)", (plate, gate_id, str(direction), float(at))
+        )
+
     def record_sighting(self, plate: str, gate_id: str, direction: str, at: float) -> None:
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO sightings VALUES (?, ?, ?, ?)",
-                (plate, gate_id, str(direction), float(at)),
-            )
+            self._insert_sighting(c, plate, gate_id, direction, at)
 
     def last_sighting(self, plate: str) -> SightingRow | None:
         with self._conn() as c:

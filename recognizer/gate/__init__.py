@@ -1,22 +1,25 @@
 """The parking-gate decision: inputs and replay, evidence gathering, pure rules, the engine."""
 
-from recognizer.gate.engine import (
+from recognizer.gate.engine import GateEngine
+from recognizer.gate.inputs import EventInputs, sha256_hex
+from recognizer.gate.types import (
     Authorized,
     Decision,
     Direction,
-    GateEngine,
     GateEvent,
+    GateRequest,
     Outcome,
     Reason,
-    sha256_hex,
 )
 
 __all__ = [
     "Authorized",
     "Decision",
     "Direction",
+    "EventInputs",
     "GateEngine",
     "GateEvent",
+    "GateRequest",
     "Outcome",
     "Reason",
     "sha256_hex",

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from recognizer.errors import InvalidArgument
 from recognizer.plate.types import PlateCandidate
 
 Mode = Literal["cn", "generic"]
@@ -75,6 +76,45 @@ def normalize(text: str, mode: Mode = "cn") -> str:
     position-aware O/I fixes in cn mode."""
     text = _STRIP.sub("", unicodedata.normalize("NFKC", text)).upper()
     return "".join(_fix_char(ch, i, mode) for i, ch in enumerate(text))
+
+
+# What a client may type between plate characters (the dot PP-OCR and plate printers use).
+SEPARATORS = " .·-"
+MAX_PLATE_TEXT = 32  # characters as sent, separators included
+_TYPED = {
+    "cn": frozenset(PLATE_ALPHABET + LETTERS.lower() + SEPARATORS),
+    "generic": frozenset(LETTERS + LETTERS.lower() + DIGITS + SEPARATORS),
+}
+
+
+def parse_plate(text: str, mode: Mode = "cn", field: str = "plate") -> str:
+    """A plate sent by a client (BindPlate, LookupPlate, Authorize.plate_text), validated and
+    normalised, or InvalidArgument naming the field.
+
+    After NFKC (full-width forms fold to ASCII) every character must be from the plate
+    alphabet or a separator: format and bidi controls, combining marks, look-alike letters of
+    other scripts and other punctuation are refused, not stripped, so two spellings can never
+    name one plate. The result must then be a plate of the mode's grammar."""
+    if len(text) > MAX_PLATE_TEXT:
+        raise InvalidArgument(
+            f"{field} is longer than {MAX_PLATE_TEXT} characters", field=field, reason="TOO_LONG"
+        )
+    folded = unicodedata.normalize("NFKC", text)
+    bad = sorted({ch for ch in folded if ch not in _TYPED[mode]})
+    if bad:
+        shown = ", ".join(f"U+{ord(ch):04X}" for ch in bad[:5])
+        raise InvalidArgument(
+            f"{field} holds characters no plate has ({shown})",
+            field=field,
+            reason="PLATE_CHARACTERS",
+        )
+    plate = normalize(folded, mode)
+    if not is_valid(plate, mode):
+        what = "a GA 36 plate" if mode == "cn" else "2 to 10 letters and digits"
+        raise InvalidArgument(
+            f"{field} {plate!r} is not {what}", field=field, reason="PLATE_FORMAT"
+        )
+    return plate
 
 
 def plate_format(text: str) -> str | None:

@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from recognizer.errors import InvalidArgument
 from recognizer.face.types import Face, Quality, Selection
-from recognizer.gate import Decision, Direction, Outcome
+from recognizer.gate import Decision, Direction, EventInputs, GateRequest, Outcome, sha256_hex
 from recognizer.models import ModelInfo
 from recognizer.plate.types import PlateResult, PlateType
 from recognizer.v1 import common_pb2 as pb
@@ -121,13 +121,52 @@ def factor_name(value: int) -> str:
     return FACTORS[value]
 
 
+_INT64_MAX = 2**63 - 1
+# google.protobuf.Timestamp's own range: 0001-01-01 to 9999-12-31.
+_TS_MIN, _TS_MAX = -62135596800, 253402300799
+
+
 def label(template_id: str) -> int:
     try:
-        return int(template_id)
+        value = int(template_id)
     except ValueError:
+        value = -1
+    if not 0 < value <= _INT64_MAX:
+        raise InvalidArgument("template_id must be the id EnrollFace returned", field="template_id")
+    return value
+
+
+def timestamp_ns(ts: timestamp_pb2.Timestamp, field: str) -> int:
+    """Nanoseconds since the epoch, or INVALID_ARGUMENT outside Timestamp's valid range."""
+    if not (_TS_MIN <= ts.seconds <= _TS_MAX and 0 <= ts.nanos <= 999_999_999):
         raise InvalidArgument(
-            "template_id must be the id EnrollFace returned", field="template_id"
-        ) from None
+            f"{field} is not a valid timestamp (years 1 to 9999)",
+            field=field,
+            reason="OUT_OF_RANGE",
+        )
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def gate_request(request: gate_pb2.AuthorizeRequest) -> GateRequest:
+    """The request's inputs, with the frames hashed and left undecoded (replay comes first)."""
+    if request.direction not in DIRECTIONS:
+        raise InvalidArgument("unknown direction", field="direction", reason="BAD_ENUM")
+    vehicle = (request.vehicle_image,) if request.vehicle_image else ()
+    face = (request.face_image,) if request.face_image else ()
+    inputs = EventInputs(
+        gate_id=request.gate_id,
+        event_id=request.event_id,
+        vehicle_sha256=tuple(sha256_hex(b) for b in vehicle),
+        face_sha256=tuple(sha256_hex(b) for b in face),
+        plate_text=request.plate_text,
+        amount_minor=request.amount_minor,
+        currency=request.currency,
+        direction=DIRECTIONS[request.direction].value,
+        observed_at_ns=timestamp_ns(request.observed_at, "observed_at")
+        if request.HasField("observed_at")
+        else 0,
+    )
+    return GateRequest(inputs, vehicle, face)
 
 
 def timestamp(epoch: float) -> timestamp_pb2.Timestamp:

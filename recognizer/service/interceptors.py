@@ -15,9 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from recognizer import accounting
 from recognizer.config import ApiKey, Role, hash_key
+from recognizer.service import limits, principal
 from recognizer.service.errors import build_status, status_for_exception
 
 log = logging.getLogger("recognizer.access")
@@ -142,13 +144,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, keys: tuple[ApiKey, ...]) -> None:
         self._keys = keys
 
-    def role_of(self, presented: str) -> Role | None:
+    def key_of(self, presented: str) -> ApiKey | None:
         digest = hash_key(presented)
-        role = None
+        found = None
         for k in self._keys:  # compare against every key: no early exit to time
             if hmac.compare_digest(digest, k.sha256):
-                role = k.role
-        return role
+                found = k
+        return found
+
+    def role_of(self, presented: str) -> Role | None:
+        key = self.key_of(presented)
+        return key.role if key is not None else None
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         if details.method.startswith(HEALTH_PREFIX):
@@ -157,10 +163,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         for key, value in details.invocation_metadata or ():
             if key == API_KEY_HEADER:
                 presented = value if isinstance(value, str) else value.decode("utf-8", "replace")
-        role = self.role_of(presented) if presented else None
+        key = self.key_of(presented) if presented else None
+        role = key.role if key is not None else None
         allowed = roles_for(details.method)
-        if role is not None and role in allowed:
-            return continuation(details)
+        if key is not None and role in allowed:
+            return _wrap(continuation, details, lambda behavior, _d: principal.bind(behavior, key))
 
         if role is None:
             status = build_status(
@@ -354,6 +361,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                         )
                     )
                 try:
+                    if isinstance(request, Message):
+                        limits.check(request)
                     return behavior(request, context)
                 except Exception as exc:
                     if _aborted(context):

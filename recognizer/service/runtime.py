@@ -29,7 +29,8 @@ class Engines:
     gallery: Any = None  # recognizer.gallery.gallery.Gallery
     identity: Any = None  # recognizer.identity.FaceIdentity
     gate: Any = None  # recognizer.gate.GateEngine
-    normalize_plate: Callable[[str], str] = str.upper
+    normalize_plate: Callable[[str], str] = str.upper  # lenient: readers' output, unbinding
+    parse_plate: Callable[[str, str], str] = lambda text, field: text.upper()  # (text, field)
 
     @property
     def model_versions(self) -> tuple[Any, ...]:
@@ -56,12 +57,17 @@ def default_engines(config: Config) -> Engines:
     from recognizer.gallery.gallery import Gallery
     from recognizer.gallery.store import SqliteStore
     from recognizer.gate import GateEngine
+    from recognizer.gate.evidence import EvidenceGatherer
     from recognizer.identity import FaceIdentity
-    from recognizer.plate.grammar import normalize
+    from recognizer.imaging import decode
+    from recognizer.plate.grammar import normalize, parse_plate
     from recognizer.plate.pipeline import build_plate_recognizer
 
     def normalize_plate(text: str) -> str:
         return normalize(text, config.plate_mode)  # bound plates follow the reader's mode
+
+    def parse_client_plate(text: str, field: str) -> str:
+        return parse_plate(text, config.plate_mode, field)
 
     faces = build_face_pipeline(config.profile, config.models_dir)
     plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
@@ -85,14 +91,15 @@ def default_engines(config: Config) -> Engines:
     gate = None
     if fusion_path(config).is_file():
         gate = GateEngine(
-            plates=plates,
-            identity=identity,
+            evidence=EvidenceGatherer(plates=plates, identity=identity, store=store),
             store=store,
             fusion=FusionModel.load(fusion_path(config)),
             policies=config.policies,
-            normalize_plate=normalize_plate,
+            decode=lambda data, field: decode(data, config.image_limits, field),
+            parse_plate=parse_client_plate,
+            max_clock_skew_s=config.max_clock_skew_s,
         )
-    return Engines(faces, plates, gallery, identity, gate, normalize_plate)
+    return Engines(faces, plates, gallery, identity, gate, normalize_plate, parse_client_plate)
 
 
 class Runtime:

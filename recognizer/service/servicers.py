@@ -11,9 +11,8 @@ import time
 import grpc
 
 from recognizer.errors import FailedPrecondition, InvalidArgument
-from recognizer.gate import GateEvent, sha256_hex
 from recognizer.imaging import decode
-from recognizer.service import convert
+from recognizer.service import convert, principal
 from recognizer.service.interceptors import Metrics
 from recognizer.service.runtime import Runtime
 from recognizer.v1 import (
@@ -91,6 +90,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
                     display_name=c.display_name,
                     score=c.score,
                     estimated_fmr=c.estimated_fmr,
+                    estimated_fpir=c.estimated_fpir,
+                    gallery_size=r.gallery_size,
                 )
                 for c in r.candidates
             ],
@@ -194,14 +195,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         )
         return identity_pb2.RemoveFaceResponse(remaining=remaining)
 
-    def _plate(self, text: str) -> str:
-        return self._rt.engines.normalize_plate(text)
-
     def BindPlate(
         self, request: identity_pb2.BindPlateRequest, context: Ctx
     ) -> identity_pb2.PlateBinding:
         store = self._rt.engines.gallery.store
-        plate = self._plate(request.plate)
+        plate = self._rt.engines.parse_plate(request.plate, "plate")
         store.bind_plate(request.identity_id, plate, self._rt.config.allow_shared_plates)
         store.audit("admin", "bind_plate", request.identity_id, {"plate": plate})
         return identity_pb2.PlateBinding(identity_id=request.identity_id, plate=plate)
@@ -210,7 +208,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.UnbindPlateRequest, context: Ctx
     ) -> identity_pb2.UnbindPlateResponse:
         store = self._rt.engines.gallery.store
-        plate = self._plate(request.plate)
+        # Lenient on purpose: a malformed plate bound by an older release can still be removed.
+        plate = self._rt.engines.normalize_plate(request.plate)
         store.unbind_plate(request.identity_id, plate)
         store.audit("admin", "unbind_plate", request.identity_id, {"plate": plate})
         return identity_pb2.UnbindPlateResponse()
@@ -218,7 +217,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def LookupPlate(
         self, request: identity_pb2.LookupPlateRequest, context: Ctx
     ) -> identity_pb2.LookupPlateResponse:
-        plate = self._plate(request.plate)
+        plate = self._rt.engines.parse_plate(request.plate, "plate")
         ids = self._rt.engines.gallery.store.identities_for_plate(plate)
         return identity_pb2.LookupPlateResponse(plate=plate, identity_ids=ids)
 
@@ -260,25 +259,8 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
     def Authorize(
         self, request: gate_pb2.AuthorizeRequest, context: Ctx
     ) -> gate_pb2.AuthorizeResponse:
-        if request.direction not in gate_pb2.Direction.values():
-            raise InvalidArgument("unknown direction", field="direction", reason="BAD_ENUM")
-        event = GateEvent(
-            gate_id=request.gate_id,
-            event_id=request.event_id,
-            vehicle_image=decode(request.vehicle_image, self._limits, "vehicle_image")
-            if request.vehicle_image
-            else None,
-            plate_text=request.plate_text,
-            face_image=decode(request.face_image, self._limits, "face_image")
-            if request.face_image
-            else None,
-            amount_minor=request.amount_minor,
-            currency=request.currency,
-            direction=convert.DIRECTIONS[request.direction],
-            observed_at=request.observed_at.ToSeconds() if request.HasField("observed_at") else 0,
-            vehicle_sha256=sha256_hex(request.vehicle_image),
-            face_sha256=sha256_hex(request.face_image),
-        )
+        principal.require_gate(request.gate_id)
+        gate_request = convert.gate_request(request)
         eng = self._rt.engines
         if eng.gate is None:
             raise FailedPrecondition(
@@ -286,7 +268,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
                 reason="FUSION_NOT_CALIBRATED",
             )
         result = eng.gate.authorize(
-            event, lambda d: convert.decision(d, eng.model_versions).SerializeToString()
+            gate_request, lambda d: convert.decision(d, eng.model_versions).SerializeToString()
         )
         response = gate_pb2.AuthorizeResponse.FromString(result.payload)
         response.replayed = result.replayed
@@ -303,7 +285,9 @@ class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
     ) -> gate_pb2.ListDecisionsResponse:
         if not 0 <= request.limit <= 1000:
             raise InvalidArgument("limit must be within 0..1000", field="limit")
-        since = request.since.ToSeconds() if request.HasField("since") else 0.0
+        since = (
+            convert.timestamp_ns(request.since, "since") / 1e9 if request.HasField("since") else 0.0
+        )
         rows = self._rt.engines.gallery.store.list_decisions(
             gate_id=request.gate_id,
             identity_id=request.identity_id,

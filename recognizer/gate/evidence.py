@@ -1,0 +1,166 @@
+"""Gathering a gate event's evidence: the I/O half of the decision.
+
+Reads the plate and the face (both branches at once), finds the payers the plate names, scores
+the face against them 1:1, or searches the gallery 1:N when the plate names no payer, and
+loads their bindings and the plate's last sighting. Everything it returns is plain data for
+`rules.decide`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import numpy as np
+
+from recognizer import accounting, deadline
+from recognizer.face.types import AnalyzedFace, Selection
+from recognizer.fusion import PlateEvidence
+from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, Sighting
+from recognizer.identity import FaceIdentity
+from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
+
+
+class GateStore(Protocol):
+    """The store reads the gate needs."""
+
+    def identities_for_plate(self, plate: str) -> list[str]: ...
+    def payments_for(self, identity_id: str) -> list[Any]: ...
+    def last_sighting(self, plate: str) -> Any: ...
+    def count_identities(self) -> int: ...
+
+
+def text_read(text: str) -> PlateResult:
+    """A plate the gate's own camera read and sent as text: no box, no alternatives."""
+    return PlateResult(
+        text=text,
+        confidence=1.0,
+        char_confidences=(),
+        candidates=(PlateCandidate(text, 1.0),),
+        box=np.zeros(4, np.float32),
+        corners=np.zeros((4, 2), np.float32),
+        plate_type=PlateType.UNKNOWN,
+        pattern_valid=True,
+        detector_score=0.0,
+        reader="gate",
+    )
+
+
+class EvidenceGatherer:
+    def __init__(
+        self,
+        *,
+        plates: Any,
+        identity: FaceIdentity,
+        store: GateStore,
+        workers: int = 2,
+        search_k: int = 10,
+    ) -> None:
+        self.plates = plates
+        self.identity = identity
+        self.store = store
+        self.search_k = search_k
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-branch")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- branches -----------------------------------------------------------------------------
+
+    def _plate_branch(self, event: GateEvent) -> list[PlateResult]:
+        if event.vehicle_image is not None:
+            deadline.check("reading the plate")
+            return list(self.plates.read(event.vehicle_image))
+        if event.plate_text:
+            return [text_read(event.plate_text)]
+        return []
+
+    def _face_branch(self, event: GateEvent) -> AnalyzedFace | None:
+        if event.face_image is None:
+            return None
+        deadline.check("analysing the face")
+        found = self.identity.faces.analyze(event.face_image, Selection.LARGEST)
+        return found[0] if found else None
+
+    def _run_branches(self, event: GateEvent) -> tuple[list[PlateResult], AnalyzedFace | None]:
+        # Both branches run at once; the face branch runs in this thread to save a hop.
+        plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event))
+        face = self._face_branch(event)
+        return plate_future.result(), face
+
+    # --- plate payers -------------------------------------------------------------------------
+
+    def _plate_payers(
+        self, reads: Sequence[PlateResult]
+    ) -> tuple[PlateResult | None, dict[str, PlateEvidence]]:
+        """The read to report and, per identity, whether a read names its plate exactly or
+        among the candidates. An identity matched both ways counts as exact."""
+        found: dict[str, PlateEvidence] = {}
+        shown: PlateResult | None = None
+        for read in reads:
+            for pid in self.store.identities_for_plate(read.text):
+                found[pid] = PlateEvidence.EXACT
+                shown = shown or read
+        for read in reads:
+            for cand in read.candidates[1:]:
+                for pid in self.store.identities_for_plate(cand.text):
+                    if pid not in found:
+                        found[pid] = PlateEvidence.CANDIDATE
+                        shown = shown or read
+        if shown is None and reads:
+            shown = max(reads, key=lambda r: r.confidence)
+        return shown, found
+
+    def _bindings(self, identity_id: str) -> tuple[Binding, ...]:
+        return tuple(
+            Binding(p.binding_id, p.payment_ref, Factors(p.factors), p.ceiling_minor)
+            for p in self.store.payments_for(identity_id)
+        )
+
+    # --- the whole event ----------------------------------------------------------------------
+
+    def gather(
+        self, event: GateEvent, now: float
+    ) -> tuple[Evidence, PlateResult | None, AnalyzedFace | None]:
+        reads, probe = self._run_branches(event)
+        deadline.check("matching the evidence")
+        read, by_plate = self._plate_payers(reads)
+        threshold = self.identity.threshold()
+        payers: list[Payer] = []
+        face_elsewhere = False
+        for pid, plate in by_plate.items():
+            score = None
+            if probe is not None:
+                score = self.identity.score_identity(pid, probe.embedding)
+            payers.append(Payer(pid, plate, score, 0, self._bindings(pid)))
+        if probe is not None:
+            matches = self.identity.gallery.identify(probe.embedding, self.search_k)
+            face_elsewhere = any(
+                m.score >= threshold and m.identity_id not in by_plate for m in matches
+            )
+            if not by_plate and matches and matches[0].score >= threshold:
+                # The plate names no payer: the face's best match, judged 1:N. Any plate that
+                # was read is not this payer's (else the plate would have named them).
+                top = matches[0]
+                bindings = self._bindings(top.identity_id)
+                if bindings:
+                    plate = PlateEvidence.NO_MATCH if read is not None else PlateEvidence.ABSENT
+                    searched = max(1, self.store.count_identities())
+                    payers.append(Payer(top.identity_id, plate, top.score, searched, bindings))
+        last = self.store.last_sighting(read.text) if read is not None else None
+        evidence = Evidence(
+            gate_id=event.gate_id,
+            amount_minor=event.amount_minor,
+            direction=event.direction,
+            now=now,
+            vehicle_sent=event.vehicle_image is not None,
+            plate_read=read is not None,
+            face_sent=event.face_image is not None,
+            face_found=probe is not None,
+            face_threshold=threshold,
+            payers=tuple(payers),
+            face_elsewhere=face_elsewhere,
+            last_sighting=Sighting(last.gate_id, last.direction, last.at) if last else None,
+        )
+        return evidence, read, probe

@@ -1,0 +1,207 @@
+"""The gate decision as a pure function of the evidence, the gate policy and the fusion model.
+
+No store, no model, no clock: `decide(evidence, policy, fusion)` maps what was gathered to
+ALLOW / STEP_UP / DENY with machine-readable reasons. A factor counts only when it matches:
+a plate is evidence *for* a payer only when a read (or its candidates) names a plate bound to
+that payer, and a face found by a 1:N search is judged by the 1:N false-accept rate.
+"""
+
+from __future__ import annotations
+
+from recognizer.fusion import FusionModel, PlateEvidence
+from recognizer.gate.types import (
+    Binding,
+    Direction,
+    Evidence,
+    Factors,
+    Outcome,
+    Payer,
+    Reason,
+    Verdict,
+)
+from recognizer.policy import GatePolicy
+
+# Every reason code a decision can carry, with what it means (the API documents these).
+REASONS: dict[str, str] = {
+    "PLATE_NOT_FOUND": "no plate could be read in the vehicle frame",
+    "FACE_NOT_FOUND": "no face in the face frame",
+    "UNKNOWN_VEHICLE": "no payer is bound to the plate, and the face identifies no payer",
+    "PLATE_EXACT_MATCH": "the plate read equals a plate bound to the payer",
+    "PLATE_CANDIDATE_MATCH": "a plate bound to the payer is among the read's candidates",
+    "PLATE_NO_MATCH": "a plate was read, and it is not one bound to the payer",
+    "FACE_MATCH": "the face matches the payer at the 1:1 threshold",
+    "FACE_IDENTIFIED_AMONG_PAYERS": "the plate gave no payer; the face identified one 1:N",
+    "FACE_1N_ESTIMATE": "the estimate is the 1:N false-accept rate over the identities searched",
+    "FACE_BELOW_THRESHOLD": "the face scores below the 1:1 threshold against the plate's payers",
+    "FACE_NOT_AMONG_PAYERS": "the face matches an identity that is not a payer of this plate",
+    "FACE_REQUIRED": "this amount or binding needs the face",
+    "NO_PAYMENT_BINDING": "the identity has no payment binding",
+    "AMOUNT_ABOVE_CEILING": "every binding's ceiling is below the amount",
+    "BINDING_FACTORS_MISSING": "no binding's factors are all matched",
+    "PLATE_ONLY_TIER": "the amount is within the plate-only ceiling: the site's plate-only "
+    "target applies",
+    "DIRECTION_NOT_ALLOWED": "the gate policy does not allow this direction",
+    "PLATE_CLONE_SUSPECTED": "the plate was at another gate closer than the travel time",
+    "ENTRY_WITHOUT_EXIT": "the plate entered twice without an exit",
+    "EXIT_WITHOUT_ENTRY": "exit without a matching entry",
+    "FAR_ABOVE_TARGET": "the estimated false-accept probability is above the policy target",
+}
+
+_MATCHED = (PlateEvidence.EXACT, PlateEvidence.CANDIDATE)
+_PLATE_REASON = {
+    PlateEvidence.EXACT: "PLATE_EXACT_MATCH",
+    PlateEvidence.CANDIDATE: "PLATE_CANDIDATE_MATCH",
+    PlateEvidence.NO_MATCH: "PLATE_NO_MATCH",
+}
+
+
+class _Reasons(list[Reason]):
+    def add(self, code: str, message: str = "") -> None:
+        self.append(Reason(code, message or REASONS[code]))
+
+
+def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
+    reasons = _Reasons()
+    if ev.vehicle_sent and not ev.plate_read:
+        reasons.add("PLATE_NOT_FOUND")
+    if ev.face_sent and not ev.face_found:
+        reasons.add("FACE_NOT_FOUND")
+    fused = {
+        p.identity_id: fusion.fuse(
+            p.plate, p.face_score, searched=p.searched, clone_prior=policy.clone_prior
+        )
+        for p in ev.payers
+    }
+    if not ev.payers:
+        reasons.add("UNKNOWN_VEHICLE")
+        plate = PlateEvidence.NO_MATCH if ev.plate_read else PlateEvidence.ABSENT
+        none = fusion.fuse(plate, None, clone_prior=policy.clone_prior)
+        return Verdict(Outcome.DENY, "", "", none, tuple(reasons), None)
+
+    # Several payers can share a plate (a family car): the best-supported one pays.
+    payer = max(ev.payers, key=lambda p: (fused[p.identity_id].fused_llr, p.identity_id))
+    result = fused[payer.identity_id]
+    if payer.searched:
+        reasons.add("FACE_IDENTIFIED_AMONG_PAYERS")
+        reasons.add(
+            "FACE_1N_ESTIMATE",
+            f"the estimated FAR is the 1:N rate over {payer.searched} identities searched",
+        )
+    if payer.plate in _PLATE_REASON:
+        reasons.add(_PLATE_REASON[payer.plate])
+    face_ok = payer.face_score is not None and payer.face_score >= ev.face_threshold
+    if face_ok:
+        reasons.add("FACE_MATCH")
+
+    blocking = _face_conflict(ev, reasons)
+    soft = _fraud_signals(ev, policy, reasons)
+    if ev.direction is not Direction.UNSPECIFIED and ev.direction.value not in policy.directions:
+        reasons.add("DIRECTION_NOT_ALLOWED", f"gate policy {policy.policy_id} does not allow it")
+        blocking = True
+
+    binding, fits = _choose_binding(payer, ev, face_ok, reasons)
+    if binding is None:
+        return Verdict(Outcome.DENY, payer.identity_id, "", result, tuple(reasons), None)
+    plate_only = (
+        fits and binding.factors is Factors.PLATE and ev.amount_minor <= policy.plate_only_max_minor
+    )
+    if plate_only:
+        reasons.add("PLATE_ONLY_TIER")
+    elif not ev.face_found:
+        reasons.add("FACE_REQUIRED")
+        soft = True
+    target = policy.plate_only_target_far if plate_only else policy.target_far
+    soft = soft or not fits
+
+    far = result.estimated_far
+    if blocking:
+        outcome = Outcome.DENY
+    elif far <= target and not soft:
+        outcome = Outcome.ALLOW
+    elif far <= policy.step_up_far or (soft and result.fused_llr > 0):
+        outcome = Outcome.STEP_UP
+    else:
+        outcome = Outcome.DENY
+    if outcome is not Outcome.ALLOW and far > target:
+        reasons.add("FAR_ABOVE_TARGET", f"estimated FAR {far:.2e} > target {target:.0e}")
+    return Verdict(
+        outcome,
+        payer.identity_id,
+        binding.payment_ref if outcome is not Outcome.DENY else "",
+        result,
+        tuple(reasons),
+        payer.face_score,
+    )
+
+
+def _face_conflict(ev: Evidence, reasons: _Reasons) -> bool:
+    """The face fails every payer of the read plate: blocking when it is someone else's."""
+    by_plate = [p for p in ev.payers if not p.searched]
+    scored = [p.face_score for p in by_plate if p.face_score is not None]
+    if not (ev.face_found and scored) or max(scored) >= ev.face_threshold:
+        return False
+    if ev.face_elsewhere:
+        reasons.add("FACE_NOT_AMONG_PAYERS")
+        return True
+    reasons.add("FACE_BELOW_THRESHOLD")
+    return False
+
+
+def _choose_binding(
+    payer: Payer, ev: Evidence, face_ok: bool, reasons: _Reasons
+) -> tuple[Binding | None, bool]:
+    """The first binding within its ceiling whose factors all matched, and True; otherwise a
+    binding the driver may confirm (STEP_UP) and False; None when there is no binding.
+
+    PLATE needs the plate to match; FACE the face; PLATE_AND_FACE a matching plate and a face
+    whose fused evidence then has to meet the target."""
+    if not payer.bindings:
+        reasons.add("NO_PAYMENT_BINDING")
+        return None, False
+    within = [
+        b for b in payer.bindings if not b.ceiling_minor or ev.amount_minor <= b.ceiling_minor
+    ]
+    if not within:
+        reasons.add("AMOUNT_ABOVE_CEILING")
+        return payer.bindings[0], False
+    plate_ok = payer.plate in _MATCHED
+    matched = {
+        Factors.PLATE: plate_ok,
+        Factors.FACE: face_ok,
+        Factors.PLATE_AND_FACE: plate_ok and ev.face_found,
+    }
+    for b in within:
+        if matched[b.factors]:
+            return b, True
+    b = within[0]
+    reasons.add("BINDING_FACTORS_MISSING", f"binding {b.binding_id} needs {b.factors.value}")
+    return b, False
+
+
+def _fraud_signals(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> bool:
+    """Clone and presence checks against the plate's last sighting. True if any fired."""
+    if not ev.plate_read:
+        return False
+    last = ev.last_sighting
+    if last is None:
+        if ev.direction is Direction.EXIT and policy.track_presence:
+            reasons.add("EXIT_WITHOUT_ENTRY", "no entry recorded for this plate")
+            return True
+        return False
+    fired = False
+    gap = abs(ev.now - last.at)
+    if last.gate_id != ev.gate_id and gap < policy.min_travel_seconds:
+        reasons.add(
+            "PLATE_CLONE_SUSPECTED",
+            f"the plate was at gate {last.gate_id} {gap:.0f}s ago, closer than the "
+            f"{policy.min_travel_seconds:.0f}s travel time",
+        )
+        fired = True
+    if policy.track_presence and ev.direction is not Direction.UNSPECIFIED:
+        if ev.direction is Direction.ENTRY and last.direction == Direction.ENTRY:
+            reasons.add("ENTRY_WITHOUT_EXIT")
+            fired = True
+        if ev.direction is Direction.EXIT and last.direction == Direction.EXIT:
+            reasons.add("EXIT_WITHOUT_ENTRY")
+            fired = True
+    return fired

@@ -1,0 +1,141 @@
+"""The gate's data: one event's evidence as plain values, and the decision made from it.
+
+Evidence is what the I/O side gathered (reads, scores, bindings, the last sighting); the rules
+turn it into a Verdict without touching a model or the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from recognizer.face.types import AnalyzedFace
+from recognizer.fusion import FusionResult, PlateEvidence
+from recognizer.gate.inputs import EventInputs
+from recognizer.plate.types import PlateResult
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    STEP_UP = "step_up"
+    DENY = "deny"
+
+
+class Direction(StrEnum):
+    UNSPECIFIED = "unspecified"
+    ENTRY = "entry"
+    EXIT = "exit"
+
+
+class Factors(StrEnum):
+    """What a payment binding needs before it may be charged without a tap."""
+
+    PLATE = "plate"
+    FACE = "face"
+    PLATE_AND_FACE = "plate_and_face"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class GateRequest:
+    """One Authorize call as received: the inputs (hashed, for replay) and the raw frames."""
+
+    inputs: EventInputs
+    vehicle_images: tuple[bytes, ...] = field(default=(), repr=False)
+    face_images: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GateEvent:
+    """One event, decoded: images as numpy arrays, plate text validated and normalised."""
+
+    gate_id: str
+    event_id: str
+    vehicle_image: np.ndarray | None = field(default=None, repr=False)
+    plate_text: str = ""
+    face_image: np.ndarray | None = field(default=None, repr=False)
+    amount_minor: int = 0
+    currency: str = ""
+    direction: Direction = Direction.UNSPECIFIED
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    binding_id: str
+    payment_ref: str
+    factors: Factors
+    ceiling_minor: int  # 0: no ceiling
+
+
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """One identity the event could be charged to, with the evidence for it."""
+
+    identity_id: str
+    plate: PlateEvidence  # this payer's bound plates against what was read
+    face_score: float | None  # None: no face, or the identity has no enrolled face
+    searched: int  # 0: scored 1:1 as a payer of the read plate; N: identified 1:N among N
+    bindings: tuple[Binding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    gate_id: str
+    direction: str
+    at: float  # server time
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    gate_id: str
+    amount_minor: int
+    direction: Direction
+    now: float  # server time of the decision
+    vehicle_sent: bool
+    plate_read: bool  # a plate was read in the frame or sent as text
+    face_sent: bool
+    face_found: bool
+    face_threshold: float
+    payers: tuple[Payer, ...]
+    face_elsewhere: bool  # the face matches an identity outside the plate's payers
+    last_sighting: Sighting | None  # of the plate read, before this event
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    identity_id: str
+    payment_ref: str
+    fusion: FusionResult
+    reasons: tuple[Reason, ...]
+    face_score: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    identity_id: str
+    payment_ref: str
+    plate: PlateResult | None
+    face: AnalyzedFace | None
+    face_score: float | None
+    fusion: FusionResult
+    reasons: tuple[Reason, ...]
+    policy_id: str
+    decision_id: str
+    decided_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    """What the servicer returns: the stored response bytes and whether this was a replay."""
+
+    payload: bytes
+    replayed: bool

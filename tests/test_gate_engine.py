@@ -1,0 +1,193 @@
+"""GateEngine's idempotency and validation order, with a fake evidence gatherer and a real
+in-memory store (no models): replay only for the same inputs, EVENT_ID_REUSED otherwise (also
+for a caller joining a computation in flight), nothing stored for a caller whose deadline ran
+out, and the replay check before the clock check and before any decode."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from recognizer import deadline
+from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
+from recognizer.gallery.store import SqliteStore
+from recognizer.gate import EventInputs, GateEngine, GateRequest
+from recognizer.gate.types import Decision, Evidence, GateEvent
+from recognizer.policy import PolicySet
+from tests.test_gate_rules import FUSION, evidence, payer
+
+NOW = 1_800_000_000.0
+
+
+class FakeGatherer:
+    """Evidence for one matching payer; counts calls and can block until released."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = threading.Event()
+
+    def gather(self, event: GateEvent, now: float) -> tuple[Evidence, None, None]:
+        self.calls += 1
+        self.entered.set()
+        self.release.wait(10)
+        return evidence(payer(), now=now), None, None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture()
+def store() -> Iterator[SqliteStore]:
+    s = SqliteStore(":memory:")
+    yield s
+    s.close()
+
+
+def engine(store: SqliteStore, gatherer: FakeGatherer, decoded: list[str]) -> GateEngine:
+    def decode(data: bytes, field: str) -> np.ndarray:
+        decoded.append(field)
+        return np.zeros((8, 8, 3), np.uint8)
+
+    return GateEngine(
+        evidence=gatherer,  # type: ignore[arg-type]
+        store=store,
+        fusion=FUSION,
+        policies=PolicySet(),
+        decode=decode,
+        parse_plate=lambda text, field: text,
+        clock=lambda: NOW,
+    )
+
+
+def encode(d: Decision) -> bytes:
+    return f"{d.decision_id}|{d.outcome.value}".encode()
+
+
+def request(**changes: object) -> GateRequest:
+    inputs = EventInputs(
+        gate_id="G-1",
+        event_id="E-1",
+        vehicle_sha256=("aa",),
+        face_sha256=("bb",),
+        amount_minor=100,
+        currency="CNY",
+    )
+    inputs = dataclasses.replace(inputs, **changes)  # type: ignore[arg-type]
+    return GateRequest(inputs, (b"vehicle",) if inputs.vehicle_sha256 else (), (b"face",))
+
+
+def test_same_inputs_replay_other_inputs_are_refused(store: SqliteStore) -> None:
+    g = FakeGatherer()
+    eng = engine(store, g, [])
+    first = eng.authorize(request(), encode)
+    assert not first.replayed
+    again = eng.authorize(request(), encode)
+    assert again.replayed and again.payload == first.payload and g.calls == 1
+    for change in (
+        {"amount_minor": 99_999_999},
+        {"face_sha256": ("cc",)},
+        {"vehicle_sha256": ()},
+        {"direction": "exit"},
+        {"currency": "USD"},
+        {"plate_text": "京A12345"},
+        {"observed_at_ns": int(NOW * 1e9)},
+    ):
+        with pytest.raises(AlreadyExists) as err:
+            eng.authorize(request(**change), encode)
+        assert err.value.reason == "EVENT_ID_REUSED"
+    assert g.calls == 1 and len(store.list_decisions()) == 1
+
+
+def test_replay_comes_before_the_clock_and_decoding(store: SqliteStore) -> None:
+    decoded: list[str] = []
+    eng = engine(store, FakeGatherer(), decoded)
+    eng.authorize(request(), encode)
+    assert decoded == ["vehicle_image", "face_image"]
+    decoded.clear()
+    eng._clock = lambda: NOW + 10 * 365 * 86400  # the server's clock moved on: still a replay
+    assert eng.authorize(request(), encode).replayed
+    assert decoded == []
+
+
+def test_a_joiner_with_other_inputs_is_refused_while_the_event_is_computed(
+    store: SqliteStore,
+) -> None:
+    g = FakeGatherer()
+    g.release.clear()
+    eng = engine(store, g, [])
+    results: list[object] = []
+    owner = threading.Thread(target=lambda: results.append(eng.authorize(request(), encode)))
+    owner.start()
+    assert g.entered.wait(5)
+    with pytest.raises(AlreadyExists) as err:
+        eng.authorize(request(amount_minor=5), encode)
+    assert err.value.reason == "EVENT_ID_REUSED"
+    joined: list[object] = []
+    joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request(), encode)))
+    joiner.start()
+    time.sleep(0.05)
+    g.release.set()
+    owner.join(5)
+    joiner.join(5)
+    assert g.calls == 1 and joined[0].replayed and joined[0].payload == results[0].payload
+
+
+def test_a_caller_whose_deadline_ran_out_stores_nothing(store: SqliteStore) -> None:
+    g = FakeGatherer()
+    eng = engine(store, g, [])
+    with deadline.running(deadline.Budget.after(-1.0)), pytest.raises(DeadlineExceeded):
+        eng.authorize(request(), encode)
+    assert store.list_decisions() == [] and store.last_sighting("京A12345") is None
+    fresh = eng.authorize(request(), encode)  # the retry computes afresh
+    assert not fresh.replayed and g.calls == 1
+
+
+def test_a_cancelled_caller_stores_nothing(store: SqliteStore) -> None:
+    g = FakeGatherer()
+    eng = engine(store, g, [])
+    cancelled = deadline.Budget(None, cancelled=lambda: True)
+    with deadline.running(cancelled), pytest.raises(DeadlineExceeded) as err:
+        eng.authorize(request(), encode)
+    assert err.value.reason == "CANCELLED" and store.list_decisions() == []
+
+
+@pytest.mark.parametrize("skew_s", [-601, 601, 10 * 365 * 86400])
+def test_observed_at_far_from_the_server_clock_is_refused(
+    store: SqliteStore, skew_s: float
+) -> None:
+    eng = engine(store, FakeGatherer(), [])
+    with pytest.raises(InvalidArgument) as err:
+        eng.authorize(request(observed_at_ns=int((NOW + skew_s) * 1e9)), encode)
+    assert err.value.field == "observed_at"
+    assert store.list_decisions() == []
+    ok = eng.authorize(request(event_id="E-2", observed_at_ns=int((NOW - 30) * 1e9)), encode)
+    assert not ok.replayed
+
+
+def test_a_decision_from_the_previous_release_replays_for_its_inputs(
+    store: SqliteStore,
+) -> None:
+    from recognizer.gate.inputs import legacy_digest
+
+    recorded = {"face_image_sha256": "bb", "amount_minor": 100, "currency": "CNY"}
+    store.put_decision(
+        gate_id="G-1",
+        event_id="E-1",
+        decision_id="old",
+        outcome="allow",
+        payload=b"old-decision",
+        inputs=recorded,
+        input_digest=legacy_digest("G-1", "E-1", recorded),
+    )
+    eng = engine(store, FakeGatherer(), [])
+    r = eng.authorize(request(vehicle_sha256=()), encode)
+    assert r.replayed and r.payload == b"old-decision"
+    with pytest.raises(AlreadyExists):
+        eng.authorize(request(), encode)

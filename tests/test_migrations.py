@@ -1,0 +1,112 @@
+"""Schema migrations: data directories written by release 0.1.0 (tests/data/release-0.1.0,
+made by tests/data/make_release_0_1_0.py) open, upgrade in place, and serve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from recognizer.gallery.crypto import AesGcmCipher
+from recognizer.gallery.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from recognizer.gate.inputs import legacy_digest
+from recognizer.service.server import RunningServer
+from recognizer.v1 import gate_pb2, identity_pb2
+from tests.conftest import client_for, require_models, start_server
+
+RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
+MODEL = "sface-2021dec+flip"
+
+
+def copy_of(name: str, tmp_path: Path) -> Path:
+    dest = tmp_path / name
+    shutil.copytree(RELEASE / name, dest)
+    return dest
+
+
+def user_version(db: Path) -> int:
+    with sqlite3.connect(db) as c:
+        return int(c.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_the_fixture_is_the_previous_release() -> None:
+    assert user_version(RELEASE / "plain" / "recognizer.db") == 1
+    assert user_version(RELEASE / "encrypted" / "recognizer.db") == 1
+    assert SCHEMA_VERSION == max(MIGRATIONS) >= 2
+
+
+@pytest.mark.parametrize("name", ["plain", "encrypted"])
+def test_a_release_0_1_0_store_upgrades_and_keeps_its_data(name: str, tmp_path: Path) -> None:
+    data = copy_of(name, tmp_path)
+    cipher = AesGcmCipher(bytes(range(32))) if name == "encrypted" else None
+    store = SqliteStore(data / "recognizer.db", **({"cipher": cipher} if cipher else {}))
+    try:
+        assert store.schema_upgraded_from == 1
+        ids = json.loads((RELEASE / f"{name}-ids.json").read_text())
+        vectors = np.load(RELEASE / "vectors.npy")
+        for k, identity_id in enumerate(ids):
+            assert store.get_identity(identity_id).display_name == f"person-{k}"
+            got = np.stack([r.vector for r in store.templates(identity_id, MODEL)])
+            np.testing.assert_allclose(got, vectors[2 * k : 2 * k + 2], atol=1e-6)
+            assert store.plates_for(identity_id) == [f"京A1000{k}"]
+        row = store.get_decision("G-1", "evt-1")
+        assert row is not None and row.payload == b"\x08\x01"
+        assert row.input_digest == legacy_digest("G-1", "evt-1", json.loads(row.inputs))
+        assert store.last_sighting("京A10000") is not None
+    finally:
+        store.close()
+    assert user_version(data / "recognizer.db") == SCHEMA_VERSION
+    again = SqliteStore(data / "recognizer.db", **({"cipher": cipher} if cipher else {}))
+    assert again.schema_upgraded_from == SCHEMA_VERSION  # nothing left to do
+    again.close()
+
+
+def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
+    db = copy_of("plain", tmp_path) / "recognizer.db"
+    with sqlite3.connect(db) as c:
+        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = db.read_bytes()
+    with pytest.raises(RuntimeError, match="newer"):
+        SqliteStore(db)
+    assert db.read_bytes() == before
+
+
+@pytest.fixture()
+def upgraded_server(tmp_path: Path) -> Iterator[tuple[RunningServer, list[str]]]:
+    require_models("default")
+    data = copy_of("plain", tmp_path)
+    running = start_server(data)
+    assert running.runtime.wait(180), "models failed to load"
+    yield running, json.loads((RELEASE / "plain-ids.json").read_text())
+    running.stop(grace=1.0)
+
+
+def test_the_server_serves_an_upgraded_data_directory(
+    upgraded_server: tuple[RunningServer, list[str]],
+) -> None:
+    running, ids = upgraded_server
+    c = client_for(running, "admin")
+    try:
+        ident = c.identity.GetIdentity(
+            identity_pb2.GetIdentityRequest(identity_id=ids[0]), metadata=c.metadata
+        )
+        assert ident.face_count == 2 and list(ident.plates) == ["京A10000"]
+        records = c.admin.ListDecisions(
+            gate_pb2.ListDecisionsRequest(gate_id="G-1"), metadata=c.metadata
+        ).decisions
+        assert [r.event_id for r in records] == ["evt-1"]
+        # The old event keeps its record: other inputs under its id are refused.
+        with pytest.raises(grpc.RpcError) as err:
+            c.gate.Authorize(
+                gate_pb2.AuthorizeRequest(gate_id="G-1", event_id="evt-1", plate_text="京A10000"),
+                metadata=c.metadata,
+            )
+        assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        c.close()
