@@ -155,7 +155,16 @@ def service(
 @click.option("--profile", type=click.Choice(["default", "insightface"]), default="default")
 @out_option("fusion")
 @quick_option
-def fusion(dataset: Path | None, profile: str, out: Path | None, quick: bool) -> None:
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="results.json of an earlier run (e.g. the previous release): list the events whose "
+    "outcome moved, with their reasons.",
+)
+def fusion(
+    dataset: Path | None, profile: str, out: Path | None, quick: bool, baseline: Path | None
+) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
 
@@ -164,7 +173,9 @@ def fusion(dataset: Path | None, profile: str, out: Path | None, quick: bool) ->
 
     root = dataset or DATASETS
     dest = _out(out, "fusion")
-    bench_fusion.run(root / "faces", root / "plates", dest, quick=quick, profile=profile)
+    bench_fusion.run(
+        root / "faces", root / "plates", dest, quick=quick, profile=profile, baseline=baseline
+    )
     _done(dest / "report.md")
 
 

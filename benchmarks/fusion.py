@@ -7,14 +7,22 @@ Events (every image and frame is real; every read and score comes from the real 
 - cloned plate: a payer's vehicle frame with the face of a person never enrolled;
 - misread: an unbound vehicle whose read's alternative candidate is bound to a payer, with
   a face that is not that payer's;
-- unknown: an unbound vehicle with a never-enrolled face.
+- unknown: an unbound vehicle with a never-enrolled face;
+- stranger, no plate: a never-enrolled face and no vehicle at all, against the whole gallery
+  (the 1:N path: every third payer also holds a FACE binding, so a face alone could pay);
+- payer, no plate: an enrolled payer's own face and no vehicle (reported apart: the 1:N path's
+  genuine side, not part of the FRR, since a PLATE_AND_FACE binding rightly needs the plate).
 
 Plate-only accepts when the read equals a bound plate; face-only accepts when IdentifyFace
 finds an enrolled payer above the default threshold; fused accepts when Authorize says ALLOW.
+An ALLOW charged to a PLATE_AND_FACE binding whose bound plate was neither the read nor among
+its candidates counts as a false accept, even when the payer's own face was shown: the
+decision claimed a factor it did not have.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections import defaultdict
@@ -37,15 +45,23 @@ POLICY = {
     "target_far": 1e-5,
     "track_presence": False,
 }
-KINDS = ("genuine", "wrong_face", "cloned_plate", "misread", "unknown")
+IMPOSTOR_KINDS = ("wrong_face", "cloned_plate", "misread", "unknown", "stranger_no_plate")
+KINDS = ("genuine", *IMPOSTOR_KINDS)
+ASIDE_KINDS = ("payer_no_plate",)  # reported on their own, in neither FAR nor FRR
+FACE_BINDING_EVERY = 3  # every third payer also holds a FACE binding (the 1:N path)
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     kind: str
     person: str  # who is really there ("" for nobody enrolled)
-    vehicle: Path
+    vehicle: Path | None  # None: no vehicle frame was sent
     face: Path
+
+    def key(self) -> str:
+        """Names the event by file names only, so runs on two machines compare."""
+        car = self.vehicle.name if self.vehicle else "-"
+        return f"{self.kind}|{car}|{self.face.parent.name}/{self.face.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +80,21 @@ class Outcome:
     face_top1: str  # IdentifyFace's rank-1 identity above the default threshold, or ""
     face_score: float  # IdentifyFace's best score
     reasons: tuple[str, ...]
+    binding: str = ""  # factors of the binding Authorize charged ("" when none)
+    bound_plate_read: bool = False  # a plate bound to the charged identity was read
+
+    @property
+    def claims_missing_plate(self) -> bool:
+        """ALLOW on a PLATE_AND_FACE binding without its bound plate read or a candidate."""
+        return (
+            self.outcome == "ALLOW"
+            and self.binding == "plate_and_face"
+            and not self.bound_plate_read
+        )
+
+    @property
+    def via_1n(self) -> bool:
+        return "FACE_IDENTIFIED_AMONG_PAYERS" in self.reasons
 
     def charged(self, system: str) -> str:
         """The identity this system would charge without a tap, or "" for none."""
@@ -172,11 +203,19 @@ def events_for(
             continue
         p = str(rng.choice(held))
         out.append(Event("unknown", "", car, people[p][0]))
+    out += [Event("stranger_no_plate", "", None, img) for p in held for img in people[p]]
+    out += [Event("payer_no_plate", person, None, people[person][1]) for person in enrolled]
     return out
 
 
 def run(
-    faces_root: Path, plates_root: Path, out: Path, *, quick: bool = False, profile: str = "default"
+    faces_root: Path,
+    plates_root: Path,
+    out: Path,
+    *,
+    quick: bool = False,
+    profile: str = "default",
+    baseline: Path | None = None,
 ) -> Report:
     from benchmarks.service import inprocess_server
     from recognizer.client import Client
@@ -194,6 +233,8 @@ def run(
         c = Client.connect(f"127.0.0.1:{port}", key)
         md = c.metadata
         ids: dict[str, str] = {}
+        refs: dict[str, str] = {}  # payment_ref -> factors
+        plates_of: dict[str, set[str]] = defaultdict(set)
         for person, (_, plate) in progress(list(owned.items()), "enrol"):
             ident = c.identity.CreateIdentity(
                 identity_pb2.CreateIdentityRequest(display_name=person), metadata=md
@@ -217,15 +258,20 @@ def run(
                     metadata=md,
                 )
                 continue
-            c.identity.BindPayment(
-                identity_pb2.BindPaymentRequest(
-                    identity_id=ident.identity_id,
-                    payment_ref=f"pay-{uuid.uuid4().hex[:8]}",
-                    factors=identity_pb2.FACTOR_PLATE_AND_FACE,
-                ),
-                metadata=md,
-            )
+            bindings = [("plate_and_face", identity_pb2.FACTOR_PLATE_AND_FACE)]
+            if len(ids) % FACE_BINDING_EVERY == 0:
+                bindings.append(("face", identity_pb2.FACTOR_FACE))
+            for name, factors in bindings:
+                ref = f"{name}-{uuid.uuid4().hex[:8]}"
+                c.identity.BindPayment(
+                    identity_pb2.BindPaymentRequest(
+                        identity_id=ident.identity_id, payment_ref=ref, factors=factors
+                    ),
+                    metadata=md,
+                )
+                refs[ref] = name
             ids[person] = ident.identity_id
+            plates_of[ident.identity_id].add(plate)
         owned = {p: v for p, v in owned.items() if p in ids}
         # Misreads that map to another bound plate: bind an unbound car's alternative
         # reading to a payer, so that car's read lands on that payer as a candidate.
@@ -247,6 +293,7 @@ def run(
             except Exception:
                 continue
             misread[car] = owner
+            plates_of[ids[owner]].add(alts[0])
         events = events_for(people, owned, held, unbound, misread)
         outcomes = []
         for ev in progress(events, "authorize"):
@@ -254,13 +301,14 @@ def run(
                 gate_pb2.AuthorizeRequest(
                     gate_id=GATE,
                     event_id=uuid.uuid4().hex,
-                    vehicle_image=ev.vehicle.read_bytes(),
+                    vehicle_image=ev.vehicle.read_bytes() if ev.vehicle else b"",
                     face_image=ev.face.read_bytes(),
                     amount_minor=1000,
                     currency="CNY",
                 ),
                 metadata=md,
             )
+            read = {resp.plate.text, *(x.text for x in resp.plate.candidates)} - {""}
             ident = c.recognition.IdentifyFace(
                 recognition_pb2.IdentifyFaceRequest(image=ev.face.read_bytes(), top_k=1),
                 metadata=md,
@@ -280,17 +328,21 @@ def run(
                     face_top1="" if ident.unknown else ident.candidates[0].identity_id,
                     face_score=ident.best_score,
                     reasons=codes,
+                    binding=refs.get(resp.payment_ref, ""),
+                    bound_plate_read=bool(read & plates_of.get(resp.identity_id, set())),
                 )
             )
         c.close()
-    return report(outcomes, out, profile)
+    return report(outcomes, out, profile, baseline=baseline)
 
 
 def _accepts(o: Outcome, system: str) -> bool:
-    """Genuine: the payer present is charged. Impostor: someone else is charged."""
+    """Genuine: the payer present is charged, on evidence the binding really had. Impostor:
+    someone else is charged."""
     charged = o.charged(system)
     if o.event.kind == "genuine":
-        return bool(charged) and charged == o.present
+        valid = not (system == "fused" and o.claims_missing_plate)
+        return bool(charged) and charged == o.present and valid
     return bool(charged) and charged != o.present
 
 
@@ -302,10 +354,14 @@ def _score(o: Outcome, system: str) -> float:
 SYSTEMS = ("plate-only", "face-only", "fused")
 
 
-def report(outcomes: Sequence[Outcome], out: Path, profile: str) -> Report:
+def report(
+    outcomes: Sequence[Outcome], out: Path, profile: str, baseline: Path | None = None
+) -> Report:
     rep = Report(f"Fusion benchmark ({profile} profile)")
     gen = [o for o in outcomes if o.event.kind == "genuine"]
-    imp = [o for o in outcomes if o.event.kind != "genuine"]
+    imp = [o for o in outcomes if o.event.kind in IMPOSTOR_KINDS]
+    aside = [o for o in outcomes if o.event.kind in ASIDE_KINDS]
+    claimed = [o for o in gen if o.claims_missing_plate]
     rep.p(
         f"{len(gen)} genuine and {len(imp)} impostor gate events through the real Authorize "
         f"RPC ({', '.join(f'{k}: {sum(o.event.kind == k for o in outcomes)}' for k in KINDS)}). "
@@ -314,7 +370,9 @@ def report(outcomes: Sequence[Outcome], out: Path, profile: str) -> Report:
     )
     rows, results = [], {}
     for system in SYSTEMS:
-        fa = rate(sum(_accepts(o, system) for o in imp), len(imp))
+        # A genuine event charged through a factor it lacked is a false accept, not a success.
+        extra = claimed if system == "fused" else []
+        fa = rate(sum(_accepts(o, system) for o in imp) + len(extra), len(imp) + len(extra))
         fr = rate(sum(not _accepts(o, system) for o in gen), len(gen))
         results[system] = {"far": fa, "frr": fr}
         rows.append(
@@ -332,8 +390,12 @@ def report(outcomes: Sequence[Outcome], out: Path, profile: str) -> Report:
     rep.table(
         ["decision", "false accepts", "FAR", "95% CI", "false rejects", "FRR", "95% CI"], rows
     )
+    rep.p(
+        f"Genuine events ALLOWed through a PLATE_AND_FACE binding whose bound plate was not "
+        f"read (counted above as false accepts, and not as correct accepts): {len(claimed)}."
+    )
     by_kind = []
-    for kind in KINDS[1:]:
+    for kind in IMPOSTOR_KINDS:
         sub = [o for o in imp if o.event.kind == kind]
         by_kind.append([kind, len(sub)] + [sum(_accepts(o, s) for o in sub) for s in SYSTEMS])
     rep.h("Impostor accepts by attack", 3)
@@ -346,9 +408,12 @@ def report(outcomes: Sequence[Outcome], out: Path, profile: str) -> Report:
         ["kind", "ALLOW", "STEP_UP", "DENY"],
         [
             [k, outcomes_tbl[(k, "ALLOW")], outcomes_tbl[(k, "STEP_UP")], outcomes_tbl[(k, "DENY")]]
-            for k in KINDS
+            for k in (*KINDS, *ASIDE_KINDS)
         ],
     )
+    results["one_to_n"] = _one_to_n_section(rep, outcomes, aside)
+    if baseline is not None:
+        results["moved"] = _moved_section(rep, outcomes, baseline)
     allowed = [o.estimated_far for o in gen if o.outcome == "ALLOW"]
     results["model"] = {
         "max_estimated_far_of_allowed_genuine": max(allowed) if allowed else None,
@@ -375,3 +440,69 @@ def report(outcomes: Sequence[Outcome], out: Path, profile: str) -> Report:
     rep.results = {"systems": results, "events": list(outcomes)}
     rep.write(out)
     return rep
+
+
+def _one_to_n_section(
+    rep: Report, outcomes: Sequence[Outcome], aside: Sequence[Outcome]
+) -> dict[str, object]:
+    """Decisions where the plate named no payer and the face identified one 1:N."""
+    via = [o for o in outcomes if o.via_1n]
+    allowed = [o for o in via if o.outcome == "ALLOW"]
+    strangers = [o for o in outcomes if o.event.kind == "stranger_no_plate"]
+    rep.h("The 1:N path", 3)
+    rep.p(
+        f"{len(via)} decisions identified the payer 1:N (the plate named nobody); "
+        f"{len(allowed)} of them were ALLOWed"
+        + (
+            f", with estimated FAR {', '.join(f'{o.estimated_far:.2e}' for o in allowed)}"
+            if allowed
+            else ""
+        )
+        + f". Strangers' faces with no plate against the whole gallery: {len(strangers)} events, "
+        f"{sum(o.outcome == 'ALLOW' for o in strangers)} ALLOWed. Payers' own faces with no "
+        f"plate: {len(aside)} events, {sum(o.outcome == 'ALLOW' for o in aside)} ALLOWed, "
+        f"{sum(o.outcome == 'STEP_UP' for o in aside)} STEP_UP."
+    )
+    return {
+        "decisions": len(via),
+        "allowed": [{"event": o.event.key(), "estimated_far": o.estimated_far} for o in allowed],
+        "stranger_events": len(strangers),
+        "stranger_allowed": sum(o.outcome == "ALLOW" for o in strangers),
+        "payer_no_plate_events": len(aside),
+        "payer_no_plate_allowed": sum(o.outcome == "ALLOW" for o in aside),
+    }
+
+
+def _moved_section(rep: Report, outcomes: Sequence[Outcome], baseline: Path) -> list[dict]:
+    """Events whose Authorize outcome differs from a baseline run's (results.json)."""
+    before = {
+        e["event"]["kind"]
+        + "|"
+        + (Path(e["event"]["vehicle"]).name if e["event"]["vehicle"] else "-")
+        + "|"
+        + "/".join(Path(e["event"]["face"]).parts[-2:]): e
+        for e in json.loads(baseline.read_text(encoding="utf-8"))["results"]["events"]
+    }
+    moved = []
+    for o in outcomes:
+        old = before.get(o.event.key())
+        if old is not None and old["outcome"] != o.outcome:
+            moved.append(
+                {
+                    "event": o.event.key(),
+                    "before": old["outcome"],
+                    "after": o.outcome,
+                    "reasons_before": old["reasons"],
+                    "reasons_after": list(o.reasons),
+                }
+            )
+    rep.h("Events that moved against the baseline run", 3)
+    counts: dict[tuple[str, str, str], int] = defaultdict(int)
+    for m in moved:
+        counts[(m["event"].split("|")[0], m["before"], m["after"])] += 1
+    rep.table(
+        ["kind", "before", "after", "events"],
+        [[k, b, a, n] for (k, b, a), n in sorted(counts.items())],
+    )
+    rep.p(f"{len(moved)} events moved; each with its reasons is in results.json (`moved`).")
+    return moved
