@@ -20,7 +20,9 @@ from recognizer.policy import PolicySet
 from recognizer.service.runtime import fusion_path
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
-from tests.conftest import client_for, dataset, require_models, start_server
+from tests import helpers
+from tests.conftest import client_for, require_models, start_server
+from tests.helpers import lfw_face as face
 
 POLICY = {
     "policy_id": "test-gates",
@@ -33,17 +35,8 @@ POLICY = {
 _plates = (f"京A{n:05d}" for n in itertools.count(10000))
 
 
-def face(name: str, k: int) -> bytes:
-    return sorted(dataset("faces", "lfw10", name).iterdir())[k].read_bytes()
-
-
 def scene() -> tuple[bytes, str]:
-    from benchmarks.plates import parse_ccpd_name
-
-    path = sorted(dataset("plates", "scenes").iterdir())[0]
-    truth = parse_ccpd_name(path.name)
-    assert truth
-    return path.read_bytes(), truth
+    return helpers.scene(0)
 
 
 @pytest.fixture(scope="module")
@@ -66,30 +59,8 @@ def c(server: RunningServer) -> Iterator[Client]:
     client.close()
 
 
-def payer(
-    c: Client, name: str, plates: list[str], factors: int = identity_pb2.FACTOR_PLATE_AND_FACE
-) -> str:
-    md = c.metadata
-    ident = c.identity.CreateIdentity(
-        identity_pb2.CreateIdentityRequest(display_name=name), metadata=md
-    )
-    c.identity.EnrollFace(
-        identity_pb2.EnrollFaceRequest(
-            identity_id=ident.identity_id, images=[face(name, 0)], force=True
-        ),
-        metadata=md,
-    )
-    for p in plates:
-        c.identity.BindPlate(
-            identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=p), metadata=md
-        )
-    c.identity.BindPayment(
-        identity_pb2.BindPaymentRequest(
-            identity_id=ident.identity_id, payment_ref=f"ref-{name}", factors=factors
-        ),
-        metadata=md,
-    )
-    return ident.identity_id
+def payer(c: Client, name: str, plates: list[str]) -> str:
+    return helpers.make_payer(c, name, plates, payment_ref=f"ref-{name}")
 
 
 def authorize(

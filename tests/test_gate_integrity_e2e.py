@@ -12,14 +12,16 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from recognizer.client import Client
 from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
-from tests.conftest import client_for, dataset, require_models, start_server
+from tests.conftest import client_for, require_models, start_server
+from tests.helpers import error_reason as reason
+from tests.helpers import lfw_face as face
+from tests.helpers import make_payer as payer
+from tests.helpers import scene
 
 POLICY = {
     "policy_id": "integrity",
@@ -40,29 +42,6 @@ ALLOW, STEP_UP, DENY = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_STEP_UP, gate_pb
 _plates = (f"京D{n:05d}" for n in itertools.count(20000))
 
 
-def face(name: str, k: int) -> bytes:
-    return sorted(dataset("faces", "lfw10", name).iterdir())[k].read_bytes()
-
-
-def scene(k: int) -> tuple[bytes, str]:
-    from benchmarks.plates import parse_ccpd_name
-
-    path = sorted(dataset("plates", "scenes").iterdir())[k]
-    truth = parse_ccpd_name(path.name)
-    assert truth
-    return path.read_bytes(), truth
-
-
-def reason(err: grpc.RpcError) -> str:
-    status = rpc_status.from_call(err)
-    for d in status.details if status else ():
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            return info.reason
-    return ""
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     require_models("default")
@@ -81,31 +60,6 @@ def c(server: RunningServer) -> Iterator[Client]:
     client = client_for(server, "admin")
     yield client
     client.close()
-
-
-def payer(c: Client, name: str | None, plates: list[str], factors: int) -> str:
-    md = c.metadata
-    ident = c.identity.CreateIdentity(
-        identity_pb2.CreateIdentityRequest(display_name=name or "plate-only"), metadata=md
-    )
-    if name:
-        c.identity.EnrollFace(
-            identity_pb2.EnrollFaceRequest(
-                identity_id=ident.identity_id, images=[face(name, 0)], force=True
-            ),
-            metadata=md,
-        )
-    for p in plates:
-        c.identity.BindPlate(
-            identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=p), metadata=md
-        )
-    c.identity.BindPayment(
-        identity_pb2.BindPaymentRequest(
-            identity_id=ident.identity_id, payment_ref=f"ref-{ident.identity_id}", factors=factors
-        ),
-        metadata=md,
-    )
-    return ident.identity_id
 
 
 def request(gate: str = "I-1", **fields: object) -> gate_pb2.AuthorizeRequest:

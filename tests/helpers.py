@@ -1,0 +1,72 @@
+"""Helpers shared by the end-to-end tests: sample images, payers, rich-status details."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from recognizer.client import Client
+from recognizer.v1 import identity_pb2
+from tests.conftest import dataset
+
+
+def lfw_face(name: str, k: int) -> bytes:
+    """The k-th photo of an lfw10 identity."""
+    return sorted(dataset("faces", "lfw10", name).iterdir())[k].read_bytes()
+
+
+def scene(k: int) -> tuple[bytes, str]:
+    """The k-th CCPD frame and the plate its file name records."""
+    from benchmarks.plates import parse_ccpd_name
+
+    path = sorted(dataset("plates", "scenes").iterdir())[k]
+    truth = parse_ccpd_name(path.name)
+    assert truth, f"{path.name} holds no CCPD plate record"
+    return path.read_bytes(), truth
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call, or ""."""
+    status = rpc_status.from_call(err)
+    for d in status.details if status else ():
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            return info.reason
+    return ""
+
+
+def make_payer(
+    c: Client,
+    name: str | None,
+    plates: list[str],
+    factors: int = identity_pb2.FACTOR_PLATE_AND_FACE,
+    payment_ref: str = "",
+) -> str:
+    """An identity with the first lfw10 photo of `name` enrolled (none for name=None), the
+    plates bound, and one payment binding; returns its id."""
+    md = c.metadata
+    ident = c.identity.CreateIdentity(
+        identity_pb2.CreateIdentityRequest(display_name=name or "no face"), metadata=md
+    )
+    if name:
+        c.identity.EnrollFace(
+            identity_pb2.EnrollFaceRequest(
+                identity_id=ident.identity_id, images=[lfw_face(name, 0)], force=True
+            ),
+            metadata=md,
+        )
+    for p in plates:
+        c.identity.BindPlate(
+            identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=p), metadata=md
+        )
+    c.identity.BindPayment(
+        identity_pb2.BindPaymentRequest(
+            identity_id=ident.identity_id,
+            payment_ref=payment_ref or f"ref-{ident.identity_id}",
+            factors=factors,
+        ),
+        metadata=md,
+    )
+    return ident.identity_id
