@@ -162,8 +162,19 @@ def service(
     help="results.json of an earlier run (e.g. the previous release): list the events whose "
     "outcome moved, with their reasons.",
 )
+@click.option(
+    "--from-results",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Report again the events of this results.json instead of running them.",
+)
 def fusion(
-    dataset: Path | None, profile: str, out: Path | None, quick: bool, baseline: Path | None
+    dataset: Path | None,
+    profile: str,
+    out: Path | None,
+    quick: bool,
+    baseline: Path | None,
+    from_results: Path | None,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -173,9 +184,13 @@ def fusion(
 
     root = dataset or DATASETS
     dest = _out(out, "fusion")
-    bench_fusion.run(
-        root / "faces", root / "plates", dest, quick=quick, profile=profile, baseline=baseline
-    )
+    if from_results is not None:
+        outcomes = bench_fusion.outcomes_from_json(from_results)
+        bench_fusion.report(outcomes, dest, profile, baseline=baseline)
+    else:
+        bench_fusion.run(
+            root / "faces", root / "plates", dest, quick=quick, profile=profile, baseline=baseline
+        )
     _done(dest / "report.md")
 
 
