@@ -424,9 +424,9 @@ def report(
             for k in (*KINDS, *ASIDE_KINDS)
         ],
     )
-    results["one_to_n"] = _one_to_n_section(rep, outcomes, aside)
+    extra: dict[str, object] = {"one_to_n": _one_to_n_section(rep, outcomes, aside)}
     if baseline is not None:
-        results["moved"] = _moved_section(rep, outcomes, baseline)
+        extra["moved"] = _moved_section(rep, outcomes, baseline)
     allowed = [o.estimated_far for o in gen if o.outcome == "ALLOW"]
     results["model"] = {
         "max_estimated_far_of_allowed_genuine": max(allowed) if allowed else None,
@@ -450,7 +450,7 @@ def report(
         curves[system] = (np.where(np.isfinite(g), g, lo), np.where(np.isfinite(i), i, lo))
     out.mkdir(parents=True, exist_ok=True)
     rep.image(plot_det(out / "fusion_det.png", curves, "Gate decisions: DET"), "DET")
-    rep.results = {"systems": results, "events": list(outcomes)}
+    rep.results = {"systems": results, **extra, "events": list(outcomes)}
     rep.write(out)
     return rep
 
