@@ -191,3 +191,32 @@ def test_a_decision_from_the_previous_release_replays_for_its_inputs(
     assert r.replayed and r.payload == b"old-decision"
     with pytest.raises(AlreadyExists):
         eng.authorize(request(), encode)
+
+
+def test_a_joiner_decides_itself_when_the_first_caller_gave_up(store: SqliteStore) -> None:
+    g = FakeGatherer()
+    g.release.clear()
+    eng = engine(store, g, [])
+    # The first caller leaves while its evidence is being gathered.
+    gone = deadline.Budget(None, cancelled=g.release.is_set)
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        with deadline.running(gone):
+            try:
+                eng.authorize(request(), encode)
+            except DeadlineExceeded as exc:
+                errors.append(exc)
+
+    owner = threading.Thread(target=first)
+    owner.start()
+    assert g.entered.wait(5)
+    joined: list[object] = []
+    joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request(), encode)))
+    joiner.start()
+    time.sleep(0.05)
+    g.release.set()
+    owner.join(5)
+    joiner.join(5)
+    assert errors and joined and not joined[0].replayed  # decided afresh, then stored once
+    assert g.calls == 2 and len(store.list_decisions()) == 1

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from recognizer import deadline
-from recognizer.errors import AlreadyExists, InvalidArgument
+from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 from recognizer.fusion import FusionModel, PlateEvidence
 from recognizer.gallery.store import DecisionRow
 from recognizer.gate import rules
@@ -68,20 +68,25 @@ class GateEngine:
         if not inputs.event_id:
             raise InvalidArgument("event_id is required", field="event_id", reason="MISSING")
         digest = inputs.digest()
-        stored = self.store.get_decision(inputs.gate_id, inputs.event_id)
-        if stored is not None:
-            return Authorized(_same_event(stored, digest).payload, True)
         key = (inputs.gate_id, inputs.event_id)
-        with self._lock:
-            running = self._inflight.get(key)
-            owner = running is None
+        while True:
+            stored = self.store.get_decision(inputs.gate_id, inputs.event_id)
+            if stored is not None:
+                return Authorized(_same_event(stored, digest).payload, True)
+            with self._lock:
+                running = self._inflight.get(key)
+                owner = running is None
+                if owner:
+                    running = self._inflight[key] = (digest, Future())
+            assert running is not None
             if owner:
-                running = self._inflight[key] = (digest, Future())
-        assert running is not None
-        if not owner:
+                break
             if running[0] != digest:
                 raise _reused(inputs.gate_id, inputs.event_id)
-            return Authorized(running[1].result().payload, True)
+            try:
+                return Authorized(running[1].result().payload, True)
+            except DeadlineExceeded:
+                continue  # the first caller gave up and stored nothing: decide for this one
         try:
             result = self._decide_and_record(request, digest, encode)
             running[1].set_result(result)

@@ -69,12 +69,15 @@ class EvidenceGatherer:
     # --- branches -----------------------------------------------------------------------------
 
     def _plate_branch(self, event: GateEvent) -> list[PlateResult]:
+        """The frame's reads, and the gate's own read when it sent one (trusted as much as a
+        plate_text alone would be)."""
+        reads = []
         if event.vehicle_image is not None:
             deadline.check("reading the plate")
-            return list(self.plates.read(event.vehicle_image))
+            reads = list(self.plates.read(event.vehicle_image))
         if event.plate_text:
-            return [text_read(event.plate_text)]
-        return []
+            reads.append(text_read(event.plate_text))
+        return reads
 
     def _face_branch(self, event: GateEvent) -> AnalyzedFace | None:
         if event.face_image is None:
