@@ -60,7 +60,7 @@ test-slow: install models-all protos fonts
 
 # Benchmarks write benchmarks/results/<name>/ and regenerate benchmarks/RESULTS.md.
 BENCH_OUT := benchmarks/results
-BENCH := $(BIN)/recognizer bench
+BENCH := $(BIN)/python -m benchmarks
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(BENCH_STAMP): $(STAMP)

@@ -1,4 +1,5 @@
-"""`python -m benchmarks` / `recognizer bench`: faces, plates and service benchmarks.
+"""`python -m benchmarks` (or `recognizer bench` where installed): faces, plates, fusion, index,
+service and overload benchmarks.
 
 Model code and the peers load inside each command, never at import of this module, so the
 CLI starts fast and `recognizer bench --help` works without any model present.

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.datasets import FaceImage, FaceSet, discover_face_sets
 from benchmarks.metrics import (
     bootstrap_ci,
     eer,
@@ -32,84 +33,13 @@ from benchmarks.metrics import (
     roc_auc,
     supports_fmr,
 )
-from benchmarks.report import Report, decode_file, pct, plot_det, progress
+from benchmarks.report import Report, decode_file, pct, plot_det, progress, shown
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp")
 FMRS = (1e-2, 1e-3, 1e-4)
 FPIRS = (0.1, 0.05, 0.01)
 ACCEPTANCE_SETS = ("lfw10", "misc")
 PEER = "face_recognition"
 NOT_SUPPORTED = "not supported by {n} impostor pairs"
-
-
-# --- datasets ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FaceImage:
-    identity: str
-    path: Path
-
-
-@dataclass(frozen=True, slots=True)
-class FaceSet:
-    name: str
-    images: tuple[FaceImage, ...]
-    grayscale: bool
-
-    @property
-    def identities(self) -> list[str]:
-        return sorted({i.identity for i in self.images})
-
-
-def _identity_images(folder: Path) -> list[FaceImage]:
-    out = []
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-        out += [
-            FaceImage(d.name, f)
-            for f in sorted(d.iterdir())
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTS
-        ]
-    return out
-
-
-def is_grayscale(paths: Sequence[Path], sample: int = 6) -> bool:
-    """True when every sampled image has identical channels (or one channel)."""
-    seen = 0
-    for p in paths[:: max(1, len(paths) // sample)][:sample]:
-        img = decode_file(p)
-        if img is None:
-            continue
-        seen += 1
-        if (
-            img.ndim == 3
-            and img.shape[2] >= 3
-            and not (
-                np.array_equal(img[..., 0], img[..., 1])
-                and np.array_equal(img[..., 1], img[..., 2])
-            )
-        ):
-            return False
-    return seen > 0
-
-
-def discover_face_sets(root: Path, max_identities: int | None = None) -> list[FaceSet]:
-    """``root`` itself when its subfolders hold images, else each dataset folder under it."""
-
-    def make(name: str, folder: Path) -> FaceSet | None:
-        images = _identity_images(folder)
-        if max_identities is not None:
-            keep = sorted({i.identity for i in images})[:max_identities]
-            images = [i for i in images if i.identity in keep]
-        if not images:
-            return None
-        return FaceSet(name, tuple(images), is_grayscale([i.path for i in images]))
-
-    direct = make(root.name, root)
-    if direct is not None:
-        return [direct]
-    sets = [make(d.name, d) for d in sorted(p for p in root.iterdir() if p.is_dir())]
-    return [s for s in sets if s is not None]
 
 
 def groups_of(sets: Sequence[FaceSet]) -> dict[str, list[FaceSet]]:
@@ -698,7 +628,7 @@ def run(
     all_images = [im for s in sets for im in s.images]
     rep = Report("Face benchmark")
     rep.p(
-        f"Data: `{root}`: "
+        f"Data: `{shown(root)}`: "
         + ", ".join(
             f"{s.name} ({len(s.identities)} identities, {len(s.images)} images"
             f"{', grayscale' if s.grayscale else ''})"

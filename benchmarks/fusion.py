@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.faces import discover_face_sets
+from benchmarks.datasets import discover_face_sets, discover_plate_sets
 from benchmarks.metrics import wilson_ci
-from benchmarks.plates import discover_plate_sets
 from benchmarks.report import Report, decode_file, pct, plot_det, progress
 
 GATE = "bench-gate-1"

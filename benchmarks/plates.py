@@ -10,7 +10,6 @@ Ground truth comes from the data itself, detected per folder:
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections import Counter, defaultdict
@@ -21,72 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.datasets import PlateSet, discover_plate_sets, truth_type
 from benchmarks.metrics import percentiles, wilson_ci
-from benchmarks.report import Report, decode_file, pct, plot_bars, progress
+from benchmarks.report import Report, decode_file, pct, plot_bars, progress, shown
 from benchmarks.stats import GAP, char_accuracy, confusions, edit_distance, median, ratio
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-# CCPD lookup tables, as published in the CCPD README (detectRecog/CCPD). "O" is the
-# dataset's placeholder for "no character" and never appears on a real plate.
-CCPD_PROVINCES = (
-    "皖", "沪", "津", "渝", "冀", "晋", "蒙", "辽", "吉", "黑", "苏", "浙", "京", "闽", "赣",
-    "鲁", "豫", "鄂", "湘", "粤", "桂", "琼", "川", "贵", "云", "藏", "陕", "甘", "青", "宁",
-    "新", "警", "学", "O",
-)  # fmt: skip
-CCPD_ALPHABETS = (*"ABCDEFGHJKLMNPQRSTUVWXYZ", "O")
-CCPD_ADS = (*"ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", "O")
-
-_CCPD_INDICES = re.compile(r"^\d+(?:_\d+){6,7}$")
-_DUP_SUFFIX = re.compile(r"_\d+$")
 # Separators a general OCR puts inside a plate: the middle dot, spaces, dashes.
 _SEPARATORS = re.compile(r"[\s.·•・\-_:：,，'\"]")
 _PROVINCE_CHARS = "京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
 _PLATE_LIKE = re.compile(
     rf"^[{_PROVINCE_CHARS}][A-Z][A-Z0-9]{{4,6}}[警学挂港澳领]?$|^使\d{{6}}$|^\d{{6}}使$"
 )
-
-
-# --- ground truth --------------------------------------------------------------------------
-
-
-def parse_ccpd_name(name: str) -> str | None:
-    """Plate text of a CCPD file name, or None when the name is not CCPD-shaped.
-
-    ``area-tilt-bbox-corners-indices-brightness-blur.jpg``: the indices are
-    ``province_alphabet_ad_ad_ad_ad_ad[_ad]`` into the three tables above."""
-    fields = Path(name).stem.split("-")
-    if len(fields) != 7 or not _CCPD_INDICES.match(fields[4]):
-        return None
-    idx = [int(x) for x in fields[4].split("_")]
-    try:
-        chars = [CCPD_PROVINCES[idx[0]], CCPD_ALPHABETS[idx[1]], *(CCPD_ADS[i] for i in idx[2:])]
-    except IndexError:
-        return None
-    text = "".join(chars)
-    return None if "O" in text else text
-
-
-def parse_crop_name(name: str) -> str:
-    """The plate text of a crop file: its stem without a ``_N`` duplicate suffix."""
-    return _DUP_SUFFIX.sub("", Path(name).stem)
-
-
-def truth_type(text: str, colour: str | None = None) -> str:
-    """A coarse plate type from the ground truth (colour from labels when there is one)."""
-    if text.endswith("学"):
-        return "learner"
-    if text.endswith("警"):
-        return "white_police"
-    if text.endswith(("港", "澳")):
-        return "black"
-    if text.endswith("挂"):
-        return "yellow"
-    if len(text) == 8:
-        return "green_new_energy"
-    if colour:
-        return {"green": "green_new_energy", "white": "white_other"}.get(colour, colour)
-    return "ordinary_7"
 
 
 def normalize_ocr(lines: Sequence[str]) -> str:
@@ -110,66 +54,6 @@ def normalize_ocr(lines: Sequence[str]) -> str:
                 if _PLATE_LIKE.match(s[k : k + n]):
                     return s[k : k + n]
     return max(clean, key=len)
-
-
-# --- datasets -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PlateSample:
-    path: Path
-    plates: tuple[str, ...]  # every plate in the image; the first is the named one
-    colour: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PlateSet:
-    name: str
-    kind: str  # "ccpd" | "crops" | "street"
-    samples: tuple[PlateSample, ...]
-
-    @property
-    def is_crops(self) -> bool:
-        return self.kind == "crops"
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
-def load_plate_set(folder: Path) -> PlateSet | None:
-    """Detect the folder's kind from its contents; None when it holds no labelled images."""
-    labels = folder / "labels.jsonl"
-    if labels.is_file():
-        samples = []
-        for line in labels.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                samples.append(
-                    PlateSample(folder / row["file"], tuple(row["plates"]), row.get("color"))
-                )
-        return PlateSet(folder.name, "street", tuple(samples))
-    images = _images(folder)
-    if not images:
-        return None
-    ccpd = [(p, parse_ccpd_name(p.name)) for p in images]
-    if sum(t is not None for _, t in ccpd) * 2 > len(images):
-        return PlateSet(folder.name, "ccpd", tuple(PlateSample(p, (t,)) for p, t in ccpd if t))
-    return PlateSet(
-        folder.name, "crops", tuple(PlateSample(p, (parse_crop_name(p.name),)) for p in images)
-    )
-
-
-def discover_plate_sets(root: Path) -> list[PlateSet]:
-    """``root`` itself when it is a dataset folder, else each dataset subfolder of it."""
-    if (root / "labels.jsonl").is_file() or _images(root):
-        found = load_plate_set(root)
-        return [found] if found else []
-    order = {"scenes": 0, "crops": 1, "street": 2}
-    subs = sorted(
-        (d for d in root.iterdir() if d.is_dir()), key=lambda d: (order.get(d.name, 9), d)
-    )
-    return [s for s in (load_plate_set(d) for d in subs) if s is not None]
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -389,7 +273,7 @@ def run(root: Path, out: Path, *, quick: bool = False, grpc_check: bool = True) 
         ]
     rep = Report("Plate benchmark")
     rep.p(
-        f"Data: `{root}`; sets: "
+        f"Data: `{shown(root)}`; sets: "
         + ", ".join(f"{s.name} ({s.kind}, {len(s.samples)} images)" for s in sets)
         + (" — QUICK mode (subsets)." if quick else ".")
         + " Latency is single-threaded (onnxruntime intra/inter-op 1, cv2 1 thread), "
@@ -531,7 +415,7 @@ def synthetic_section(
     rep: Report, results: dict[str, Any], recognizer: Any, n: int, seed: int = 1
 ) -> None:
     """Seeded synthetic crops of every type in fixed proportions, read by our pipeline."""
-    from recognizer.plate.synth import FontNotFoundError, generate_dataset
+    from benchmarks.synth_plates import FontNotFoundError, generate_dataset
 
     try:
         plates = list(generate_dataset(n, seed))
@@ -560,7 +444,7 @@ def synthetic_section(
     results["synthetic"] = {"seed": seed, "types": res}
     rep.h("Synthetic plates (seeded, fixed type proportions)")
     rep.p(
-        f"{n} crops from `recognizer.plate.synth` (seed {seed}): rendered with a CJK font, "
+        f"{n} crops from `benchmarks.synth_plates` (seed {seed}): rendered with a CJK font, "
         "then perspective, blur, noise, lighting and JPEG; exact ground truth."
     )
     rep.table(["type", "plates", "exact", "goal", "met"], rows)

@@ -27,6 +27,18 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
+
+def shown(path: Path | str) -> str:
+    """A path as reports print it: relative to the checkout when beside it (the shared
+    datasets), else from the dataset folder's own name, never a machine's absolute path."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    for base, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")):
+        if p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+    return ".../" + p.name
+
 T = TypeVar("T")
 
 
@@ -119,7 +131,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Path):
-        return str(obj)
+        return shown(obj)
     return obj
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.metrics import percentiles
-from benchmarks.report import DATASETS, Report, plot_lines, progress
+from benchmarks.report import DATASETS, Report, plot_lines, progress, shown
 from benchmarks.stats import ratio
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
@@ -381,9 +381,9 @@ def run(
     rep.p(
         f"Server: {where}. Load generator: this process, one thread per concurrent caller, "
         f"{requests} requests per level (at least one per caller), at most {max_seconds:.0f} s "
-        "per level. Faces from "
-        f"`{faces_dir}`, frames from `{plates_dir}`. Measured while other jobs ran on the "
-        "machine: the ratios matter more than the absolute numbers."
+        f"per level. Faces from `{shown(faces_dir)}`, frames from `{shown(plates_dir)}`. "
+        "Measured while other jobs ran on the machine: the ratios matter more than the "
+        "absolute numbers."
     )
     for n in notes:
         rep.p(f"- {n}")

@@ -447,10 +447,23 @@ def purge(older_than_days: float | None, data_dir: Path) -> None:
 
 
 def _mount_benchmarks() -> None:
-    # The benchmarks ship beside the package in a checkout; an installed wheel has them too.
+    # The benchmarks are development code: not in the product wheel. Where someone installed
+    # them (or runs from a checkout's root), `recognizer bench` is theirs.
     try:
         from benchmarks.cli import bench
     except ImportError:
+
+        @main.command(
+            "bench",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )
+        def bench_missing() -> None:
+            """Benchmarks (from a checkout: `python -m benchmarks` or `make bench`)."""
+            raise click.ClickException(
+                "the benchmarks are not installed with the product; from a checkout run "
+                "`.venv/bin/python -m benchmarks ...` or `make bench`"
+            )
+
         return
     main.add_command(bench, "bench")
 

@@ -30,12 +30,12 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.plates import parse_crop_name  # noqa: E402
+from benchmarks.datasets import parse_crop_name  # noqa: E402
+from benchmarks.synth_plates import SynthConfig, generate_dataset  # noqa: E402
 from recognizer.face.calibration import FaceCalibration  # noqa: E402
 from recognizer.fusion import FusionModel, ImpostorTail, PlateModel, fit_linear_llr  # noqa: E402
 from recognizer.plate.grammar import normalize  # noqa: E402
 from recognizer.plate.pipeline import PlateRecognizer, build_plate_recognizer  # noqa: E402
-from recognizer.plate.synth import SynthConfig, generate_dataset  # noqa: E402
 
 Read = tuple[str, list[str], list[str]]  # truth, best reads, other candidates
 

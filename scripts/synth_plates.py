@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recognizer.plate.synth import SynthConfig, generate_dataset
+from benchmarks.synth_plates import SynthConfig, generate_dataset
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ def lfw_face(name: str, k: int) -> bytes:
 
 def scene(k: int) -> tuple[bytes, str]:
     """The k-th CCPD frame and the plate its file name records."""
-    from benchmarks.plates import parse_ccpd_name
+    from benchmarks.datasets import parse_ccpd_name
 
     path = sorted(dataset("plates", "scenes").iterdir())[k]
     truth = parse_ccpd_name(path.name)

@@ -8,16 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.faces import FaceImage, pair_scores
+from benchmarks.datasets import FaceImage, parse_ccpd_name, parse_crop_name, truth_type
+from benchmarks.faces import pair_scores
 from benchmarks.plates import (
     PlateOutcome,
     accuracy,
     match_reads,
     normalize_ocr,
-    parse_ccpd_name,
-    parse_crop_name,
     top_confusions,
-    truth_type,
 )
 from benchmarks.report import Report, fmt, md_table, to_jsonable
 from benchmarks.service import check_target
@@ -125,10 +123,18 @@ def test_report_writing(tmp_path: Path) -> None:
         "| a | b |\n|---|---|\n| 1 | 0.5 |\n| x\\|y | – |"
     )
     assert fmt(1.23456e-5) == "1.23e-05" and fmt(None) == "n/a" and fmt(True) == "yes"
-    assert to_jsonable({"x": np.float32(1.5), "n": float("nan"), "p": Path("/a")}) == {
+    # Reports never print a machine's absolute paths: the shared data relative to the checkout,
+    # anything else by its own name.
+    from benchmarks.report import DATASETS
+
+    assert to_jsonable([Path("/elsewhere/my-faces"), DATASETS / "faces"]) == [
+        ".../my-faces",
+        "../shared/datasets/faces",
+    ]
+    assert to_jsonable({"x": np.float32(1.5), "n": float("nan"), "p": Path("a/b")}) == {
         "x": 1.5,
         "n": None,
-        "p": "/a",
+        "p": "a/b",
     }
     rep = Report("T", machine={"cpu": "c", "cores": 2, "python": "3", "onnxruntime": "1",
                                "numpy": "2", "faiss": "1", "opencv": "5", "date": "d"})  # fmt: skip

@@ -216,7 +216,7 @@ def test_classify_colours(
 
 
 def test_synth_plates_classified() -> None:
-    synth = pytest.importorskip("recognizer.plate.synth")
+    synth = pytest.importorskip("benchmarks.synth_plates")
     try:
         synth.find_cjk_font()
     except synth.FontNotFoundError as exc:
@@ -386,7 +386,7 @@ def test_blank_frame_has_no_plate(recognizer: PlateRecognizer) -> None:
 @needs_models
 @needs_data
 def test_ccpd_scene_read_exactly(recognizer: PlateRecognizer) -> None:
-    from benchmarks.plates import parse_ccpd_name
+    from benchmarks.datasets import parse_ccpd_name
 
     files = sorted((DATA / "scenes").glob("*.jpg"))[:3]
     for f in files:
