@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -19,18 +21,37 @@ KEYS = {"admin": "test-admin-key", "verifier": "test-verifier-key", "gate": "tes
 ENV_KEYS = ",".join(f"{role}:{key}" for role, key in KEYS.items())
 
 
+# Set by .ci/run: there a missing model or sample data is a failure that names it, never a
+# quiet skip that lets a green run prove nothing.
+STRICT_ENV = "RECOGNIZER_TESTS_STRICT"
+
+
+def missing(what: str) -> NoReturn:
+    """Skip for want of `what` (a model, sample data, a font); fail instead under CI."""
+    if os.environ.get(STRICT_ENV) == "1":
+        pytest.fail(f"missing in CI ({STRICT_ENV}=1): {what}", pytrace=False)
+    pytest.skip(what)
+
+
 def dataset(*parts: str) -> Path:
-    """A path under ../shared/datasets, or a skip saying it is absent."""
+    """A path under ../shared/datasets, or `missing` saying it is absent."""
     path = DATASETS.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"sample data {path} is absent (expected ../shared/datasets beside the repo)")
+        missing(f"sample data {path} is absent (expected ../shared/datasets beside the repo)")
     return path
+
+
+def files_in(folder: Path, pattern: str = "*") -> list[Path]:
+    """The folder's files, sorted; a test that would loop over none fails instead."""
+    found = sorted(p for p in folder.glob(pattern) if p.is_file())
+    assert found, f"no files matching {pattern!r} in {folder}"
+    return found
 
 
 def require_models(profile: str = "default") -> None:
     for entry in model_store.entries_for([profile]):
         if model_store.state(entry) is not model_store.ModelState.OK:
-            pytest.skip(f"model {entry.name} not fetched; run `recognizer models fetch`")
+            missing(f"model {entry.name} not fetched; run `recognizer models fetch`")
 
 
 def start_server(

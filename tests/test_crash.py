@@ -26,7 +26,7 @@ from recognizer.gallery.index import VectorIndex
 from recognizer.models import DEFAULT_MODELS_DIR
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests import procserver
-from tests.conftest import dataset, require_models
+from tests.conftest import dataset, files_in, require_models
 
 GATE = "G-crash"
 # Codes a call may end with when the server dies under it: not acknowledged, not an error.
@@ -45,7 +45,7 @@ RPC_TIMEOUT = 30.0
 
 def face_photos() -> list[bytes]:
     root = dataset("faces", "lfw10")
-    return [p.read_bytes() for d in sorted(root.iterdir()) for p in sorted(d.iterdir())]
+    return [p.read_bytes() for d in sorted(root.iterdir()) for p in files_in(d)]
 
 
 @dataclass

@@ -21,6 +21,7 @@ from recognizer.face.pipeline import FacePipeline, build_face_pipeline
 from recognizer.face.quality import QualityConfig, assess, estimate_pose
 from recognizer.face.types import Face, Selection
 from recognizer.onnx import ModelError
+from tests.conftest import files_in, missing
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -31,7 +32,7 @@ PROFILE_MODELS = {"default": ("yunet", "sface"), "insightface": ("scrfd", "arcfa
 def need_faces(*parts: str) -> Path:
     path = FACES.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"sample faces {path} absent (expected ../shared/datasets beside the repo)")
+        missing(f"sample faces {path} absent (expected ../shared/datasets beside the repo)")
     return path
 
 
@@ -39,15 +40,13 @@ def need_models(profile: str) -> None:
     for name in PROFILE_MODELS[profile]:
         entry = model_store.find_entry(name)
         if model_store.state(entry) is not model_store.ModelState.OK:
-            pytest.skip(
-                f"model {name} ({entry.file}) not in models/; run `recognizer models fetch`"
-            )
+            missing(f"model {name} ({entry.file}) not in models/; run `recognizer models fetch`")
 
 
 def images_of(dataset: str, per_identity: int) -> list[tuple[str, np.ndarray]]:
     out = []
     for ident in sorted(p for p in need_faces(dataset).iterdir() if p.is_dir()):
-        for img in sorted(ident.iterdir())[:per_identity]:
+        for img in files_in(ident)[:per_identity]:
             out.append((ident.name, cv2.imread(str(img), cv2.IMREAD_UNCHANGED)))
     return out
 
@@ -420,7 +419,7 @@ def test_compact_scores_give_the_same_rates(tmp_path: Path) -> None:
 def test_shipped_calibration_loads(profile: str) -> None:
     path = REPO / "models" / f"face_calibration_{profile}.json"
     if not path.is_file():
-        pytest.skip(f"{path.name} absent; run scripts/calibrate_faces.py")
+        missing(f"{path.name} absent; run scripts/calibrate_faces.py")
     cal = FaceCalibration.load(path)
     assert 0.2 < cal.threshold < 0.95
     assert cal.fmr_at(cal.threshold) <= 1e-4

@@ -21,7 +21,7 @@ from recognizer.service.runtime import fusion_path
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests import helpers
-from tests.conftest import client_for, require_models, start_server
+from tests.conftest import client_for, missing, require_models, start_server
 from tests.helpers import lfw_face as face
 
 POLICY = {
@@ -47,7 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     assert running.runtime.wait(180)
     if not fusion_path(running.runtime.config).is_file():
-        pytest.skip("no fusion calibration; run scripts/calibrate_fusion.py")
+        missing("no fusion calibration; run scripts/calibrate_fusion.py")
     yield running
     running.stop(grace=1.0)
 

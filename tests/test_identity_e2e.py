@@ -16,15 +16,14 @@ from grpc_status import rpc_status
 from recognizer.client import Client
 from recognizer.service.server import RunningServer
 from recognizer.v1 import identity_pb2, recognition_pb2
-from tests.conftest import client_for, dataset, require_models, start_server
+from tests.conftest import client_for, dataset, files_in, require_models, start_server
 
 PEOPLE = ("Colin_Powell", "Arnold_Schwarzenegger", "Hugo_Chavez")
 OUTSIDER = "Tony_Blair"
 
 
 def photos(name: str) -> list[bytes]:
-    folder = dataset("faces", "lfw10", name)
-    return [p.read_bytes() for p in sorted(folder.iterdir())]
+    return [p.read_bytes() for p in files_in(dataset("faces", "lfw10", name))]
 
 
 def blank_jpeg() -> bytes:

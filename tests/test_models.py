@@ -11,6 +11,7 @@ import pytest
 
 from recognizer import models as m
 from recognizer.onnx import ModelError, OnnxModel
+from tests.conftest import missing
 
 REPO = Path(__file__).resolve().parents[1]
 # The smallest member of the manifest, so the download test stays quick.
@@ -61,7 +62,7 @@ def test_fetch_reextracts_from_cache_without_download(tmp_path: Path) -> None:
         calls.append(e.name)
         real = m._cached_wheel(e, m.DEFAULT_CACHE_DIR)
         if real is None:
-            pytest.skip("the wheel cache is empty; run `make models` first")
+            missing("the wheel cache is empty; run `make models` first")
         cache_dir.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy(real, cache_dir))
 
@@ -87,7 +88,7 @@ def test_corrupt_model_is_named_and_repaired(tmp_path: Path) -> None:
     entry = m.load_manifest(models_dir)[0]
     real = m.DEFAULT_MODELS_DIR / entry.file
     if m.state(entry) is not m.ModelState.OK:
-        pytest.skip("models not fetched; run `make models`")
+        missing("models not fetched; run `make models`")
     target = models_dir / entry.file
     target.write_bytes(real.read_bytes()[:-3] + b"bad")
 
@@ -106,7 +107,7 @@ def test_corrupt_model_is_named_and_repaired(tmp_path: Path) -> None:
 def test_onnx_loader_refuses_wrong_hash(tmp_path: Path) -> None:
     entry = m.find_entry("yunet")
     if m.state(entry) is not m.ModelState.OK:
-        pytest.skip("models not fetched; run `make models`")
+        missing("models not fetched; run `make models`")
     copy = tmp_path / entry.file
     data = bytearray(m.require(entry).read_bytes())
     data[len(data) // 2] ^= 0xFF

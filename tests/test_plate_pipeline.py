@@ -18,6 +18,7 @@ from recognizer.plate.pipeline import PlateRecognizer
 from recognizer.plate.reader import CtcReader, Reading, ctc_greedy, ctc_log_likelihoods
 from recognizer.plate.rectify import split_two_row, warp_plate
 from recognizer.plate.types import PlateResult, PlateType
+from tests.conftest import files_in, missing
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -220,7 +221,7 @@ def test_synth_plates_classified() -> None:
     try:
         synth.find_cjk_font()
     except synth.FontNotFoundError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     for ptype in (PlateType.BLUE, PlateType.YELLOW, PlateType.GREEN_NEW_ENERGY):
         clean = synth.render_plate(
             "皖A12345" if ptype is not PlateType.GREEN_NEW_ENERGY else "皖AD12345", ptype
@@ -357,15 +358,26 @@ def test_pipeline_no_plate_and_two_row() -> None:
 
 # -- real models --------------------------------------------------------------------------
 _REQUIRED = ["clp_det.onnx", "ch_PP-OCRv4_rec_infer.onnx", "clp_v2_c_rec.onnx", "clp_dict.txt"]
-needs_models = pytest.mark.skipif(
-    not all((MODELS / f).is_file() for f in _REQUIRED),
-    reason="plate models absent from models/; run `recognizer models fetch`",
-)
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"sample plate datasets absent at {DATA}")
 
 
 @pytest.fixture(scope="module")
-def recognizer() -> PlateRecognizer:
+def plate_models() -> None:
+    if not all((MODELS / f).is_file() for f in _REQUIRED):
+        missing("plate models absent from models/; run `recognizer models fetch`")
+
+
+@pytest.fixture()
+def plate_data() -> None:
+    if not DATA.is_dir():
+        missing(f"sample plate datasets absent at {DATA}")
+
+
+needs_models = pytest.mark.usefixtures("plate_models")
+needs_data = pytest.mark.usefixtures("plate_data")
+
+
+@pytest.fixture(scope="module")
+def recognizer(plate_models: None) -> PlateRecognizer:
     from recognizer.plate.pipeline import build_plate_recognizer
 
     return build_plate_recognizer()
@@ -388,7 +400,7 @@ def test_blank_frame_has_no_plate(recognizer: PlateRecognizer) -> None:
 def test_ccpd_scene_read_exactly(recognizer: PlateRecognizer) -> None:
     from benchmarks.datasets import parse_ccpd_name
 
-    files = sorted((DATA / "scenes").glob("*.jpg"))[:3]
+    files = files_in(DATA / "scenes", "*.jpg")[:3]
     for f in files:
         res = recognizer.read(_imread(f))
         assert res and res[0].text == parse_ccpd_name(f.name), f.name
@@ -398,7 +410,7 @@ def test_ccpd_scene_read_exactly(recognizer: PlateRecognizer) -> None:
 @needs_models
 @needs_data
 def test_crops_read_exactly(recognizer: PlateRecognizer) -> None:
-    files = sorted((DATA / "crops").glob("*.jpg"))[:12]
+    files = files_in(DATA / "crops", "*.jpg")[:12]
     hits = sum(recognizer.read_crop(_imread(f)).text == re.sub(r"_\d+$", "", f.stem) for f in files)
     assert hits >= 11
 
