@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from recognizer.face.detector import to_bgr3  # shared gray/BGRA handling
+from recognizer.vision import to_bgr3  # shared gray/BGRA handling
 
 ALIGNED_SIZE = 112
 # A bilinear warp reads 2x2 source pixels per output pixel, so shrinking by more than 2x

@@ -14,49 +14,12 @@ import numpy as np
 
 from recognizer.face.types import Face
 from recognizer.onnx import OnnxModel
+from recognizer.vision import letterbox, nms, to_bgr3
 
 # A face that fills the frame is seen again with this much border on every side (fraction
 # of the longer image side); 0.5 makes the face about half the padded frame.
 RETRY_PAD_FRACTION = 0.5
 _STRIDES = (8, 16, 32)
-
-
-def to_bgr3(image: np.ndarray) -> np.ndarray:
-    """Any decoded image (gray 2-D, 1, 3 or 4 channels) as contiguous uint8 BGR."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.ndim != 3:
-        raise ValueError(f"expected an image of 2 or 3 dimensions, got shape {img.shape}")
-    channels = img.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if channels == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    if channels == 3:
-        return np.ascontiguousarray(img)
-    raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
-
-
-@dataclass(frozen=True, slots=True)
-class Letterbox:
-    """An image resized into a canvas at the top-left; divide by `scale` to map back."""
-
-    canvas: np.ndarray  # (H, W, 3) uint8
-    scale: float
-
-
-def letterbox(image: np.ndarray, height: int, width: int) -> Letterbox:
-    h, w = image.shape[:2]
-    scale = min(width / w, height / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    canvas = np.zeros((height, width, 3), np.uint8)
-    canvas[:nh, :nw] = resized
-    return Letterbox(canvas, scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +34,7 @@ class _Raw:
 def _nms(raw: _Raw, score_threshold: float, nms_threshold: float, top_k: int) -> _Raw:
     keep = raw.scores >= score_threshold
     boxes, lms, scores = raw.boxes[keep], raw.landmarks[keep], raw.scores[keep]
-    if len(scores) == 0:
-        return _Raw(boxes, lms, scores)
-    xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).tolist()
-    idx = cv2.dnn.NMSBoxes(xywh, scores.tolist(), score_threshold, nms_threshold, top_k=top_k)
-    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    idx = nms(boxes, scores, nms_threshold, top_k)
     return _Raw(boxes[idx], lms[idx], scores[idx])
 
 

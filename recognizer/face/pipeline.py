@@ -14,11 +14,12 @@ import numpy as np
 
 from recognizer import models as model_store
 from recognizer.face.align import align
-from recognizer.face.detector import ScrfdDetector, YuNetDetector, to_bgr3
+from recognizer.face.detector import ScrfdDetector, YuNetDetector
 from recognizer.face.embedder import ArcFaceEmbedder, SFaceEmbedder
 from recognizer.face.quality import DEFAULT_QUALITY, QualityConfig, assess
 from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
 from recognizer.models import DEFAULT_MODELS_DIR
+from recognizer.vision import to_bgr3
 
 # profile -> (detector model, embedder model) names in models/manifest.toml
 PROFILE_MODELS: dict[str, tuple[str, str]] = {

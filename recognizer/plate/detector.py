@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import cv2
 import numpy as np
 
 from recognizer.onnx import OnnxModel
+from recognizer.vision import letterbox, nms, to_bgr3
 
-_MEAN = np.array([104.0, 117.0, 123.0], np.float32)
+_MEAN_FILL = (104, 117, 123)
+_MEAN = np.array(_MEAN_FILL, np.float32)
 _LEVELS = ((8, (24.0, 48.0)), (16, (96.0, 192.0)), (32, (384.0, 768.0)))
 _VARIANCE = (0.1, 0.2)
 _CORNER_ORDER = (2, 3, 0, 1)  # model BR, BL, TL, TR -> TL, TR, BR, BL
@@ -45,24 +46,6 @@ def _priors(height: int, width: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
-    order = scores.argsort()[::-1]
-    keep: list[int] = []
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-        iou = inter / (area[i] + area[rest] - inter + 1e-9)
-        order = rest[iou <= thr]
-    return keep
-
-
 class PlateDetector:
     def __init__(
         self,
@@ -83,12 +66,9 @@ class PlateDetector:
         scale = self.input_size / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
-        img = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(img, (nw, nh), interpolation=interp).astype(np.float32)
         # Padding is the mean colour, i.e. zero after normalisation.
-        x = np.zeros((ph, pw, 3), np.float32)
-        x[:nh, :nw] = resized - _MEAN
+        lb = letterbox(to_bgr3(image_bgr), ph, pw, scale=scale, fill=_MEAN_FILL)
+        x = lb.canvas.astype(np.float32) - _MEAN
         return x.transpose(2, 0, 1)[None], scale
 
     def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]:
@@ -107,7 +87,7 @@ class PlateDetector:
         corners = corners[:, _CORNER_ORDER]
         h, w = image_bgr.shape[:2]
         boxes = np.clip(boxes, 0, [w, h, w, h])
-        keep = _nms(boxes, scores[idx], self.nms_threshold)[: self.max_plates]
+        keep = nms(boxes, scores[idx], self.nms_threshold, self.max_plates)
         return [
             PlateDetection(
                 boxes[k].astype(np.float32), corners[k].astype(np.float32), float(scores[idx][k])
