@@ -434,9 +434,11 @@ def report(
     rep.h("Model-based FAR (score-level extrapolation)")
     rep.p(
         "Authorize ALLOWs only when the fused LLR gives an estimated false-accept probability "
-        "at or below the policy target (1e-5). That estimate multiplies the calibrated plate "
-        "impostor rate (clone prior + measured misreads) with the face impostor tail: "
-        "empirical while at least 10 impostor scores lie above, a Gaussian fit beyond. "
+        "at or below the policy target (1e-5). That estimate combines the calibrated plate "
+        "impostor rates (clone prior x the reader's genuine rate + the measured misread rate, "
+        "per category) with the face impostor tail: empirical while at least 10 impostor "
+        "scores lie above, a Gaussian fit beyond; for a payer identified 1:N, the best of N "
+        "impostors, with no comparison rarer than 1/(n+1). "
         f"Allowed genuine events had estimated FAR median "
         f"{results['model']['median_estimated_far_of_allowed_genuine']} and max "
         f"{results['model']['max_estimated_far_of_allowed_genuine']}."

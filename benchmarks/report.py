@@ -39,6 +39,7 @@ def shown(path: Path | str) -> str:
             return prefix + p.relative_to(base).as_posix()
     return ".../" + p.name
 
+
 T = TypeVar("T")
 
 
