@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -504,6 +505,20 @@ def reseal_file(path: Path, cipher: Any) -> bool:
         return False
     _write_file(Path(path), read.header, [read.body], cipher)
     return True
+
+
+def copy_file(src: Path, dest: Path, cipher: Any) -> None:
+    """Copy an index file as a private file; with an encrypting cipher a file not sealed
+    with its current key is sealed on the way (a backup never holds a plaintext index)."""
+    if getattr(cipher, "encrypted", False):
+        read = _read_file(Path(src), cipher)
+        if read.sealed_with != cipher.primary_id:
+            _write_file(Path(dest), read.header, [read.body], cipher)
+            return
+    with open(src, "rb") as f, files.open_private(Path(dest)) as out:
+        shutil.copyfileobj(f, out, CHUNK_BYTES)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _rerank(

@@ -288,17 +288,28 @@ def _unlock(c: sqlite3.Connection, cipher: TemplateCipher) -> keys.Unlocked:
     return keys.unlock(keys.read_state(c), ring, lambda: _legacy_view(c))
 
 
+def _peek(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Any:
+    # Reads only: closing the last connection then leaves the files as they were.
+    c = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        return read(c)
+    finally:
+        c.close()
+
+
 def check_key(path: Path | str, cipher: TemplateCipher) -> keys.Unlocked:
-    """Check `cipher` against an existing store without writing anything (for a boot or a
-    command to refuse early); raises TemplateKeyError. A missing store passes."""
+    """Check `cipher` against a store without writing anything (for a boot or a command to
+    refuse early); raises TemplateKeyError. A missing store passes (it will be created)."""
     path = Path(path)
     if not path.is_file():
         return keys.unlock(None, cipher, lambda: keys.Legacy("empty", lambda _: 0))  # type: ignore[arg-type]
-    c = sqlite3.connect(str(path), isolation_level=None)  # reads only: closing leaves no trace
-    try:
-        return _unlock(c, cipher)
-    finally:
-        c.close()
+    return _peek(path, lambda c: _unlock(c, cipher))  # type: ignore[no-any-return]
+
+
+def read_key_state(path: Path | str) -> keys.KeyState | None:
+    """The key records of a store (None if there is none), without writing anything."""
+    path = Path(path)
+    return _peek(path, keys.read_state) if path.is_file() else None
 
 
 class SqliteStore:
