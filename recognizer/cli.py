@@ -484,12 +484,16 @@ def _env_keys() -> tuple[bytes | None, bytes | None]:
     return _maintenance(keys_from_env)  # type: ignore[no-any-return]
 
 
-def _rekey(data_dir: Path, current: bytes | None, target: bytes, batch: int) -> None:
+def _rekey(
+    data_dir: Path, current: bytes | None, target: bytes, batch: int, progress: bool
+) -> None:
     from recognizer.gallery.rekey import rekey
 
     os.umask(0o077)
     db = data_dir / "recognizer.db"
-    r = _maintenance(lambda: rekey(db, sorted(data_dir.glob("*.faiss")), current, target, batch))
+    indexes = sorted(data_dir.glob("*.faiss"))
+    report = (lambda n: click.echo(f"resealed {n}")) if progress else None
+    r = _maintenance(lambda: rekey(db, indexes, current, target, batch, report))
     if r.already_done:
         click.echo(f"store already encrypted under key id {r.key_id}: nothing to do")
         return
@@ -499,28 +503,29 @@ def _rekey(data_dir: Path, current: bytes | None, target: bytes, batch: int) -> 
     )
 
 
-batch_option = click.option(
-    "--batch", type=int, default=1000, show_default=True, help="Templates per transaction."
-)
+def rekey_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option(
+        "--batch", type=int, default=1000, show_default=True, help="Templates per transaction."
+    )(fn)
+    fn = click.option("--progress", is_flag=True, help="Print the count after each batch.")(fn)
+    return data_dir_option(fn)
 
 
 @keys.command("encrypt")
-@data_dir_option
-@batch_option
-def keys_encrypt(data_dir: Path, batch: int) -> None:
+@rekey_options
+def keys_encrypt(data_dir: Path, batch: int, progress: bool) -> None:
     """Encrypt a plaintext store with RECOGNIZER_TEMPLATE_KEY (resumable: rerun after a crash)."""
     from recognizer.gallery.crypto import KEY_ENV
 
     current, new = _env_keys()
     if current is None or new is not None:
         raise click.ClickException(f"set {KEY_ENV} (only) to the key to encrypt with")
-    _rekey(data_dir, None, current, batch)
+    _rekey(data_dir, None, current, batch, progress)
 
 
 @keys.command("rotate")
-@data_dir_option
-@batch_option
-def keys_rotate(data_dir: Path, batch: int) -> None:
+@rekey_options
+def keys_rotate(data_dir: Path, batch: int, progress: bool) -> None:
     """Re-encrypt from RECOGNIZER_TEMPLATE_KEY to RECOGNIZER_TEMPLATE_KEY_NEW (resumable)."""
     from recognizer.gallery.crypto import KEY_ENV, NEW_KEY_ENV
 
@@ -529,7 +534,7 @@ def keys_rotate(data_dir: Path, batch: int) -> None:
         raise click.ClickException(
             f"set {KEY_ENV} to the current key and {NEW_KEY_ENV} to the new one"
         )
-    _rekey(data_dir, current, new, batch)
+    _rekey(data_dir, current, new, batch, progress)
 
 
 @keys.command("check")

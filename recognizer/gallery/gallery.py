@@ -21,7 +21,7 @@ import numpy as np
 
 from recognizer.gallery import files
 from recognizer.gallery.errors import FailedPrecondition, InvalidArgument
-from recognizer.gallery.index import FLAT, VectorIndex, default_nlist
+from recognizer.gallery.index import FLAT, VectorIndex, default_nlist, remove_stale_temps
 from recognizer.gallery.store import AuditEntry, Change, DeleteCounts, SqliteStore, TemplateRow
 
 log = logging.getLogger("recognizer.gallery")
@@ -198,6 +198,7 @@ class Gallery:
         loaded = None
         if self.index_path is not None:
             files.tighten(self.index_path)  # written 0644 by release 0.1.0
+            remove_stale_temps(self.index_path)
             loaded = VectorIndex.load(
                 self.index_path,
                 cipher=self.store.cipher,

@@ -494,9 +494,20 @@ def _peek_prefix(f: BinaryIO) -> bytes:
     return prefix
 
 
+def remove_stale_temps(path: Path) -> int:
+    """Delete temp files of writers of `path` that died mid-write (call with no writer
+    running, e.g. before the gallery opens). Returns how many."""
+    stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return len(stale)
+
+
 def reseal_file(path: Path, cipher: Any) -> bool:
     """Rewrite an index file sealed with the cipher's primary key (from plaintext or another
     key it holds). False if it already was, or there is no file."""
+    remove_stale_temps(Path(path))
     try:
         read = _read_file(Path(path), cipher)
     except FileNotFoundError:
