@@ -328,6 +328,7 @@ class SqliteStore:
         self._conns_lock = threading.Lock()
         self._closed = False
         if not self._memory:
+            Path(self.path).parent.mkdir(mode=files.DIR_MODE, parents=True, exist_ok=True)
             files.create_private(Path(self.path))
         self._shared = self._open() if self._memory else None
         try:
@@ -338,7 +339,7 @@ class SqliteStore:
             self.close()
             raise
         self.cipher: TemplateCipher = unlocked.cipher
-        if not self._memory:
+        if not self._memory:  # files of release 0.1.0 were 0644
             for suffix in ("", "-wal", "-shm"):
                 files.tighten(Path(self.path + suffix))
         self.schema_upgraded_from = self._migrate()
