@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from recognizer import maintenance
+from recognizer.gallery import index as index_module
 from recognizer.gallery.crypto import KEY_ENV, NEW_KEY_ENV, AesGcmCipher
 from recognizer.gallery.gallery import Gallery
 from recognizer.gallery.index import VectorIndex
@@ -252,3 +253,32 @@ def test_modes_of_a_new_data_dir(tmp_path: Path) -> None:
     assert set(files.values()) == {0o600}, files
     assert data.stat().st_mode & 0o777 == 0o700
     g.close()
+
+
+# --- the sealed index file --------------------------------------------------------------------
+
+
+def test_sealed_index_file_is_chunked_and_authenticated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "CHUNK_BYTES", 1000)  # many chunks from a small index
+    vi = VectorIndex(DIM)
+    vecs = unit(np.random.default_rng(8).standard_normal((50, DIM)))
+    vi.add(np.arange(50), vecs)
+    path = tmp_path / "faces.faiss"
+    vi.save(path, 7, tag="t", cipher=AesGcmCipher(KEY))
+    assert not scan(tmp_path, list(vecs))
+    loaded = VectorIndex.load(path, cipher=AesGcmCipher(KEY))
+    assert loaded is not None and loaded[1] == 7 and loaded[0].ntotal == 50
+    np.testing.assert_array_equal(loaded[0].search(vecs[:3], 1)[1][:, 0], [0, 1, 2])
+
+    data = path.read_bytes()
+    assert VectorIndex.load(path, cipher=AesGcmCipher(bytes(32))) is None  # another key
+    flipped = bytearray(data)
+    flipped[-100] ^= 1  # inside the last chunk
+    path.write_bytes(bytes(flipped))
+    assert VectorIndex.load(path, cipher=AesGcmCipher(KEY)) is None
+    path.write_bytes(data.replace(b'"watermark": 7', b'"watermark": 9'))  # header is bound
+    assert VectorIndex.load(path, cipher=AesGcmCipher(KEY)) is None
+    path.write_bytes(data[:-1500])  # a chunk short
+    assert VectorIndex.load(path, cipher=AesGcmCipher(KEY)) is None

@@ -76,9 +76,13 @@ def _refuse(message: str, reason: str) -> TemplateKeyError:
     return TemplateKeyError(message, reason=reason)
 
 
-def unlock(state: KeyState | None, ring: Cipher, legacy: Callable[[], Legacy]) -> Unlocked:
+def unlock(
+    state: KeyState | None, ring: Cipher, legacy: Callable[[], Legacy] | None = None
+) -> Unlocked:
+    """The cipher to use with a store in `state` (None: a new store), or TemplateKeyError.
+    `legacy` describes the templates of a store without records (release 0.1.0)."""
     held = dict(ring.kcvs) if isinstance(ring, AesGcmCipher) else {}
-    if state is not None and not state.scheme:
+    if state is not None and not state.scheme and legacy is not None:
         view = legacy()
         if view.kind == "plain":
             return _unlock_recorded(KeyState(SCHEME_NONE), ring, held, records(SCHEME_NONE))

@@ -281,11 +281,14 @@ def _legacy_view(c: sqlite3.Connection) -> keys.Legacy:
     return keys.Legacy("plain" if len(first[1]) == 4 * int(first[0]) else "sealed", failures)
 
 
-def _unlock(c: sqlite3.Connection, cipher: TemplateCipher) -> keys.Unlocked:
-    ring = cipher if isinstance(cipher, AesGcmCipher | NullCipher) else NullCipher()
-    if cipher.encrypted and not isinstance(cipher, AesGcmCipher):
+def _ring(cipher: TemplateCipher) -> AesGcmCipher | NullCipher:
+    if not isinstance(cipher, AesGcmCipher | NullCipher):
         raise TypeError(f"unsupported cipher {type(cipher).__name__}")
-    return keys.unlock(keys.read_state(c), ring, lambda: _legacy_view(c))
+    return cipher
+
+
+def _unlock(c: sqlite3.Connection, cipher: TemplateCipher) -> keys.Unlocked:
+    return keys.unlock(keys.read_state(c), _ring(cipher), lambda: _legacy_view(c))
 
 
 def _peek(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -302,7 +305,7 @@ def check_key(path: Path | str, cipher: TemplateCipher) -> keys.Unlocked:
     refuse early); raises TemplateKeyError. A missing store passes (it will be created)."""
     path = Path(path)
     if not path.is_file():
-        return keys.unlock(None, cipher, lambda: keys.Legacy("empty", lambda _: 0))  # type: ignore[arg-type]
+        return keys.unlock(None, _ring(cipher))
     return _peek(path, lambda c: _unlock(c, cipher))  # type: ignore[no-any-return]
 
 
