@@ -457,10 +457,9 @@ def purge(older_than_days: float | None, data_dir: Path) -> None:
     """Delete decision records (and plate sightings) older than N days."""
     from recognizer import maintenance
     from recognizer.config import load_config
-
-    days = older_than_days if older_than_days is not None else load_config().retention_days
     from recognizer.gallery.crypto import cipher_from_env
 
+    days = older_than_days if older_than_days is not None else load_config().retention_days
     decisions, sightings = _maintenance(
         lambda: maintenance.purge(data_dir, days, cipher_from_env())
     )
@@ -541,6 +540,7 @@ def keys_rotate(data_dir: Path, batch: int, progress: bool) -> None:
 @data_dir_option
 def keys_check(data_dir: Path) -> None:
     """Check the key(s) in the environment against the store; exit 2 if they do not fit."""
+    from recognizer.gallery.keys import SCHEME_AES
     from recognizer.gallery.store import read_key_state
 
     db = data_dir / "recognizer.db"
@@ -548,7 +548,7 @@ def keys_check(data_dir: Path) -> None:
     state = read_key_state(db)
     if state is None:
         click.echo(f"no store at {db}: a new one will be created with the key given")
-    elif state.scheme == "aes-256-gcm" or (not state.scheme and _env_keys()[0] is not None):
+    elif state.scheme == SCHEME_AES or (not state.scheme and _env_keys()[0] is not None):
         pending = f", re-keying to key id {state.pending_key_id}" if state.pending_kcv else ""
         click.echo(f"key OK: store encrypted under key id {state.key_id or '(0.1.0)'}{pending}")
     else:
