@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from recognizer.gallery.crypto import (
     KEY_ENV,
+    MAGIC,
     NEW_KEY_ENV,
     AesGcmCipher,
     NullCipher,
@@ -198,7 +200,8 @@ def test_new_store_records_its_key_and_a_half_rotated_store_serves(tmp_path: Pat
 # --- keys encrypt / rotate under SIGKILL ------------------------------------------------------
 
 
-REKEY_ARGS = ("--batch", "50", "--progress", "--data-dir")
+BATCH = 10
+REKEY_ARGS = ("--batch", str(BATCH), "--progress", "--data-dir")
 
 
 def run_keys(args: list[str], data: Path, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -211,16 +214,26 @@ def run_keys(args: list[str], data: Path, env: dict[str, str]) -> subprocess.Pop
     )
 
 
-def kill_at_random(proc: subprocess.Popen[str], rng: random.Random) -> bool:
-    """SIGKILL after a random number of batches or a random delay; True if it was running."""
-    if rng.random() < 0.6:
-        wanted = rng.randint(1, 150)
+def unsealed(data: Path, key: bytes) -> int:
+    """Templates not yet sealed with `key`."""
+    prefix = MAGIC + bytes.fromhex(key_id(key))
+    with sqlite3.connect(data / "recognizer.db") as c:
+        sql = "SELECT COUNT(*) FROM templates WHERE substr(vector, 1, ?) != ?"
+        return int(c.execute(sql, (len(prefix), prefix)).fetchone()[0])
+
+
+def kill_at_random(proc: subprocess.Popen[str], rng: random.Random, batches_left: int) -> bool:
+    """SIGKILL during start-up (a random delay) or after a random number of batches, at most
+    half of those left so that the next runs still have work to be killed in. True if the
+    process was still running."""
+    if rng.random() < 0.25:
+        time.sleep(rng.uniform(0.05, 0.5))
+    else:
+        wanted = rng.randint(1, max(1, batches_left // 2))
         assert proc.stdout is not None
         for seen, _ in enumerate(proc.stdout, 1):
             if seen >= wanted:
                 break
-    else:
-        time.sleep(rng.uniform(0.1, 1.5))
     killed = proc.poll() is None
     if killed:
         proc.kill()
@@ -249,7 +262,8 @@ def rekey_kill_loop(
     for _ in range(kills * 4):  # bounded: a run that finishes first is not a kill
         if killed == kills:
             break
-        if kill_at_random(run_keys(args, data, env), rng):
+        left = unsealed(data, new) // BATCH
+        if kill_at_random(run_keys(args, data, env), rng, left):
             killed += 1
             mid_way += bool(read_key_state(data / "recognizer.db").pending_kcv)
         # After every kill the store is complete and readable with the keys of its state.
@@ -281,8 +295,12 @@ def check_final(data: Path, originals: dict[int, np.ndarray], new: bytes) -> Non
 
 
 def test_keys_encrypt_survives_sigkill(tmp_path: Path) -> None:
-    data, originals = rekey_kill_loop(tmp_path, ["encrypt"], None, K1, {KEY_ENV: b64(K1)}, 5)
+    env = {KEY_ENV: b64(K1)}
+    data, originals = rekey_kill_loop(tmp_path, ["encrypt"], None, K1, env, 5)
     check_final(data, originals, K1)
+    again = run_keys(["encrypt"], data, env)  # a rerun after success is a no-op
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 0 and "nothing to do" in out
 
 
 def test_keys_rotate_survives_sigkill(tmp_path: Path) -> None:

@@ -58,6 +58,8 @@ def rekey(
     state = read_key_state(db_path)
     if state is None:
         raise TemplateKeyError(f"no store at {db_path}", reason="NO_STORE")
+    if same_kcv(state.kcv, target_kcv) and not state.pending_kcv:
+        return RekeyReport(target_id, 0, 0, already_done=True)  # a rerun after success
     encrypted = state.scheme == keys.SCHEME_AES or (not state.scheme and current is not None)
     if current is None and encrypted:
         raise TemplateKeyError(
@@ -69,8 +71,6 @@ def rekey(
         raise TemplateKeyError(
             "the store is not encrypted: use `recognizer keys encrypt`", reason="KEY_NOT_ENCRYPTED"
         )
-    if same_kcv(state.kcv, target_kcv) and not state.pending_kcv:
-        return RekeyReport(target_id, 0, 0, already_done=True)
     if current is not None and key_id(current) == target_id:
         raise TemplateKeyError("the new key is the current key", reason="KEY_SAME")
     if not same_kcv(state.pending_kcv, target_kcv):
