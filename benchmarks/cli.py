@@ -203,13 +203,29 @@ def fusion(
 @click.option("--queries", type=int, default=1000, show_default=True)
 @out_option("index")
 @quick_option
-def index(sizes: str, dim: int, queries: int, out: Path | None, quick: bool) -> None:
+@click.option(
+    "--startup",
+    is_flag=True,
+    help="Instead: gallery open time with a plaintext vs a sealed index file (startup.md).",
+)
+@click.option("--repeats", type=int, default=5, show_default=True, help="Opens per variant.")
+def index(
+    sizes: str, dim: int, queries: int, out: Path | None, quick: bool, startup: bool, repeats: int
+) -> None:
     """Synthetic seeded templates: build time, memory, recall@1 against flat, latency."""
     from benchmarks import index_bench
     from recognizer.gallery.index import IVF_PQFS
 
     dest = _out(out, "index")
     counts = (100_000,) if quick else tuple(int(s) for s in sizes.split(","))
+    if startup:
+        from benchmarks import startup_bench
+
+        work = REPO_ROOT / "benchmarks" / "out" / "startup-work"
+        result = startup_bench.run_startup_bench(counts, dim, repeats, work, dest)
+        click.echo(startup_bench.markdown(result))
+        _done(dest / "startup.md")
+        return
     result = index_bench.run_index_bench(
         sizes=counts,
         dim=dim,

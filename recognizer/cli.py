@@ -69,8 +69,26 @@ def serve(
     config = load_config(config_path, **overrides)
     if config.profile == "insightface":
         click.echo(f"WARNING: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # whatever the process creates is private (files 0600, directories 0700)
+    # Before the port is bound or a model loaded: a key that does not fit stops the boot.
+    _key_or_exit(config.db_path)
+    from recognizer.gallery.files import private_dir
+
+    private_dir(config.data_dir)
     run(config)
+
+
+def _key_or_exit(db_path: Path) -> None:
+    """Check the template key(s) in the environment against the store; exit 2 with what to
+    do if they do not fit. Writes nothing."""
+    from recognizer.gallery.crypto import TemplateKeyError, cipher_from_env
+    from recognizer.gallery.store import check_key
+
+    try:
+        check_key(db_path, cipher_from_env())
+    except TemplateKeyError as exc:
+        click.echo(f"error: {exc.message} (store {db_path})", err=True)
+        sys.exit(2)
 
 
 # --- models ------------------------------------------------------------------------------
@@ -413,8 +431,9 @@ def _maintenance(fn: Callable[[], Any]) -> Any:
 def backup(dest: Path, data_dir: Path) -> None:
     """Take a consistent online snapshot of the store and index into DEST."""
     from recognizer import maintenance
+    from recognizer.gallery.crypto import cipher_from_env
 
-    info = _maintenance(lambda: maintenance.backup(data_dir, dest))
+    info = _maintenance(lambda: maintenance.backup(data_dir, dest, cipher_from_env()))
     click.echo(f"backup at {info.path}: store seq {info.store_seq}, {len(info.files)} files")
 
 
@@ -438,12 +457,111 @@ def purge(older_than_days: float | None, data_dir: Path) -> None:
     """Delete decision records (and plate sightings) older than N days."""
     from recognizer import maintenance
     from recognizer.config import load_config
+    from recognizer.gallery.crypto import cipher_from_env
 
     days = older_than_days if older_than_days is not None else load_config().retention_days
-    decisions, sightings = _maintenance(lambda: maintenance.purge(data_dir, days))
+    decisions, sightings = _maintenance(
+        lambda: maintenance.purge(data_dir, days, cipher_from_env())
+    )
     click.echo(
         f"purged {decisions} decision records and {sightings} sightings older than {days:g} days"
     )
+
+
+# --- template keys -------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Encrypt a store, rotate its key, or check a key (stop the server first, or give it
+    both keys during a rotation)."""
+
+
+def _env_keys() -> tuple[bytes | None, bytes | None]:
+    from recognizer.gallery.crypto import keys_from_env
+
+    return _maintenance(keys_from_env)  # type: ignore[no-any-return]
+
+
+def _rekey(
+    data_dir: Path, current: bytes | None, target: bytes, batch: int, progress: bool
+) -> None:
+    from recognizer.gallery.rekey import rekey
+
+    os.umask(0o077)
+    db = data_dir / "recognizer.db"
+    indexes = sorted(data_dir.glob("*.faiss"))
+    report = (lambda n: click.echo(f"resealed {n}")) if progress else None
+    r = _maintenance(lambda: rekey(db, indexes, current, target, batch, report))
+    if r.already_done:
+        click.echo(f"store already encrypted under key id {r.key_id}: nothing to do")
+        return
+    click.echo(
+        f"store encrypted under key id {r.key_id}: {r.templates_resealed} templates and "
+        f"{r.index_files_resealed} index files resealed"
+    )
+
+
+def rekey_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option(
+        "--batch", type=int, default=1000, show_default=True, help="Templates per transaction."
+    )(fn)
+    fn = click.option("--progress", is_flag=True, help="Print the count after each batch.")(fn)
+    return data_dir_option(fn)
+
+
+@keys.command("encrypt")
+@rekey_options
+def keys_encrypt(data_dir: Path, batch: int, progress: bool) -> None:
+    """Encrypt a plaintext store with RECOGNIZER_TEMPLATE_KEY (resumable: rerun after a crash)."""
+    from recognizer.gallery.crypto import KEY_ENV
+
+    current, new = _env_keys()
+    if current is None or new is not None:
+        raise click.ClickException(f"set {KEY_ENV} (only) to the key to encrypt with")
+    _rekey(data_dir, None, current, batch, progress)
+
+
+@keys.command("rotate")
+@rekey_options
+def keys_rotate(data_dir: Path, batch: int, progress: bool) -> None:
+    """Re-encrypt from RECOGNIZER_TEMPLATE_KEY to RECOGNIZER_TEMPLATE_KEY_NEW (resumable)."""
+    from recognizer.gallery.crypto import KEY_ENV, NEW_KEY_ENV
+
+    current, new = _env_keys()
+    if current is None or new is None:
+        raise click.ClickException(
+            f"set {KEY_ENV} to the current key and {NEW_KEY_ENV} to the new one"
+        )
+    _rekey(data_dir, current, new, batch, progress)
+
+
+@keys.command("check")
+@data_dir_option
+def keys_check(data_dir: Path) -> None:
+    """Check the key(s) in the environment against the store; exit 2 if they do not fit."""
+    from recognizer.gallery.keys import SCHEME_AES
+    from recognizer.gallery.store import read_key_state
+
+    db = data_dir / "recognizer.db"
+    _key_or_exit(db)
+    state = read_key_state(db)
+    if state is None:
+        click.echo(f"no store at {db}: a new one will be created with the key given")
+    elif state.scheme == SCHEME_AES or (not state.scheme and _env_keys()[0] is not None):
+        pending = f", re-keying to key id {state.pending_key_id}" if state.pending_kcv else ""
+        click.echo(f"key OK: store encrypted under key id {state.key_id or '(0.1.0)'}{pending}")
+    else:
+        pending = f", being encrypted to key id {state.pending_key_id}" if state.pending_kcv else ""
+        click.echo(f"OK: store not encrypted{pending}")
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new random base64 32-byte key."""
+    import base64
+
+    click.echo(base64.b64encode(os.urandom(32)).decode())
 
 
 def _mount_benchmarks() -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from recognizer.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
 from recognizer.fusion import one_to_n
+from recognizer.gallery.store import AuditEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,10 @@ class FaceIdentity:
         *,
         force: bool = False,
         source: str = "",
+        audit: AuditEntry | None = None,
     ) -> list[EnrolledFace]:
-        """All images pass the quality gate and the duplicate check, or nothing is stored."""
+        """All images pass the quality gate and the duplicate check, or nothing is stored
+        (the audit record commits with the templates)."""
         if not images:
             raise InvalidArgument(
                 "at least one image is required", field="images", reason="NO_IMAGES"
@@ -124,7 +127,9 @@ class FaceIdentity:
                         )
         vectors = np.stack([p.embedding for p in probes]).astype(np.float32)
         quality = float(min(p.quality.score for p in probes))
-        rows = self.gallery.enroll(identity_id, vectors, source=source, quality=quality)
+        rows = self.gallery.enroll(
+            identity_id, vectors, source=source, quality=quality, audit=audit
+        )
         return [
             EnrolledFace(int(r.label), p.face, p.quality, i)
             for i, (r, p) in enumerate(zip(rows, probes, strict=True))

@@ -4,20 +4,30 @@ A backup is consistent: the FAISS index files are copied first (each is replaced
 its writer, so a copy is always a whole file), then the SQLite store through sqlite3's online
 backup API. The index therefore never reflects more than the store; on start the gallery
 replays the store's changes past the index watermark (or rebuilds), so nothing is lost.
+
+A backup is as protected as the data directory: the store is opened with the template key
+(checked against its key-check value), blobs stay sealed, an index file is sealed on the way
+if it is not already, and the files are 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from recognizer.errors import FailedPrecondition, InvalidArgument
+from recognizer.gallery import files
+from recognizer.gallery.crypto import NullCipher, TemplateCipher
+from recognizer.gallery.index import copy_file
 from recognizer.gallery.store import SqliteStore
 from recognizer.onnx import sha256_file
+
+log = logging.getLogger("recognizer.maintenance")
 
 DB_NAME = "recognizer.db"
 MANIFEST = "backup.json"
@@ -31,27 +41,30 @@ class BackupInfo:
     created_at: float
 
 
-def backup(data_dir: Path, dest: Path) -> BackupInfo:
+def backup(data_dir: Path, dest: Path, cipher: TemplateCipher | None = None) -> BackupInfo:
     """Online snapshot of a data directory (the server may be running)."""
     db = data_dir / DB_NAME
     if not db.is_file():
         raise InvalidArgument(f"no store at {db}", field="data_dir")
     if dest.exists() and any(dest.iterdir()):
         raise InvalidArgument(f"{dest} exists and is not empty", field="dest")
-    dest.mkdir(parents=True, exist_ok=True)
-    for index in sorted(data_dir.glob("*.faiss")):
-        shutil.copy2(index, dest / index.name)  # before the store: index <= store, always
-    store = SqliteStore(db)
+    store = SqliteStore(db, cipher or NullCipher())  # refuses a key that does not fit
     try:
+        files.private_dir(dest)
+        for index in sorted(data_dir.glob("*.faiss")):
+            try:  # before the store: index <= store, always
+                copy_file(index, dest / index.name, store.cipher)
+            except (OSError, ValueError) as exc:  # derived data: a restore rebuilds it
+                log.warning("index file %s not backed up (%s)", index.name, exc)
         store.backup(dest / DB_NAME)
         seq = store.current_seq()
     finally:
         store.close()
-    files = {p.name: sha256_file(p) for p in sorted(dest.iterdir()) if p.name != MANIFEST}
-    info = BackupInfo(dest, seq, files, time.time())
-    (dest / MANIFEST).write_text(
-        json.dumps({"store_seq": seq, "files": files, "created_at": info.created_at}, indent=1)
-    )
+    sums = {p.name: sha256_file(p) for p in sorted(dest.iterdir()) if p.name != MANIFEST}
+    info = BackupInfo(dest, seq, sums, time.time())
+    with files.open_private(dest / MANIFEST) as f:
+        manifest = {"store_seq": seq, "files": sums, "created_at": info.created_at}
+        f.write(json.dumps(manifest, indent=1).encode())
     return info
 
 
@@ -66,7 +79,7 @@ def restore(src: Path, data_dir: Path) -> BackupInfo:
     for name, digest in meta["files"].items():
         if sha256_file(src / name) != digest:
             raise FailedPrecondition(f"backup file {name} fails its sha256 check")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    files.private_dir(data_dir)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     aside = data_dir / f"pre-restore-{stamp}"
     current = [
@@ -75,22 +88,24 @@ def restore(src: Path, data_dir: Path) -> BackupInfo:
         if p.is_file() and (p.suffix == ".faiss" or p.name.startswith(DB_NAME))
     ]
     if current:
-        aside.mkdir()
+        aside.mkdir(mode=files.DIR_MODE)
         for p in current:
             p.rename(aside / p.name)
     for name in meta["files"]:
-        shutil.copy2(src / name, data_dir / name)
+        shutil.copy2(src / name, data_dir / name)  # keeps the backup's 0600
     return BackupInfo(
         data_dir, int(meta["store_seq"]), dict(meta["files"]), float(meta["created_at"])
     )
 
 
-def purge(data_dir: Path, older_than_days: float) -> tuple[int, int]:
+def purge(
+    data_dir: Path, older_than_days: float, cipher: TemplateCipher | None = None
+) -> tuple[int, int]:
     """Retention: delete decision records and plate sightings older than N days."""
     if older_than_days < 0:
         raise InvalidArgument("older_than_days must be >= 0", field="older_than_days")
     cutoff = time.time() - older_than_days * 86400
-    store = SqliteStore(data_dir / DB_NAME)
+    store = SqliteStore(data_dir / DB_NAME, cipher or NullCipher())
     try:
         decisions = store.purge_decisions(cutoff)
         sightings = store.purge_sightings(cutoff)

@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recognizer.gallery.crypto import AesGcmCipher, CipherError, NullCipher, cipher_from_env
+from recognizer.gallery.crypto import (
+    OVERHEAD,
+    AesGcmCipher,
+    CipherError,
+    NullCipher,
+    TemplateKeyError,
+    cipher_from_env,
+)
 from recognizer.gallery.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from recognizer.gallery.gallery import Gallery
 from recognizer.gallery.index import (
@@ -203,7 +210,7 @@ def test_encryption_at_rest(tmp_path: Path) -> None:
 
     raw = sqlite3.connect(path)
     blobs = raw.execute("SELECT label, vector FROM templates ORDER BY label").fetchall()
-    assert all(len(blob) == 12 + DIM * 4 + 16 for _, blob in blobs)
+    assert all(len(blob) == OVERHEAD + DIM * 4 for _, blob in blobs)
     # Swap blobs between rows: the AAD binds each blob to its own row.
     raw.execute("UPDATE templates SET vector = ? WHERE label = ?", (blobs[3][1], blobs[0][0]))
     raw.commit()
@@ -217,8 +224,8 @@ def test_encryption_at_rest(tmp_path: Path) -> None:
     raw.commit()
     with pytest.raises(CipherError):
         store.templates(b, MODEL)
-    with pytest.raises(CipherError):
-        SqliteStore(path, AesGcmCipher(bytes(32))).templates(b, MODEL)  # wrong key
+    with pytest.raises(TemplateKeyError):
+        SqliteStore(path, AesGcmCipher(bytes(32)))  # wrong key: refused before any use
     raw.close()
     store.close()
 
@@ -228,8 +235,10 @@ def test_cipher_from_env() -> None:
     c = cipher_from_env(env={"RECOGNIZER_TEMPLATE_KEY": base64.b64encode(KEY).decode()})
     assert isinstance(c, AesGcmCipher)
     assert c.decrypt(c.encrypt(b"abc", b"1"), b"1") == b"abc"
-    with pytest.raises(ValueError):
+    with pytest.raises(TemplateKeyError):
         cipher_from_env(env={"RECOGNIZER_TEMPLATE_KEY": base64.b64encode(b"short").decode()})
+    with pytest.raises(TemplateKeyError):
+        cipher_from_env(env={"RECOGNIZER_TEMPLATE_KEY": "not base64!"})
 
 
 # --- gallery: identify / verify / delete ---------------------------------------------------

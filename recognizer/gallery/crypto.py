@@ -1,33 +1,75 @@
-"""Encryption at rest for biometric templates (DESIGN.md, "Security").
+"""Encryption at rest for biometric templates and the index file (DESIGN.md, "Security").
 
-Each blob is AES-256-GCM with a fresh random 12-byte nonce prefixed. The associated data
-names the row the blob belongs to, so a blob copied into another row fails to decrypt
-instead of silently giving another person's face.
+Each blob is AES-256-GCM with a fresh random 12-byte nonce, prefixed by a magic and the id
+of the key that sealed it, so a store half-way through a key rotation can still be read with
+the old and the new key held together. The associated data names what the blob belongs to
+(the template row, or the index file and chunk), so a blob copied elsewhere fails to decrypt
+instead of silently giving another person's face. Release 0.1.0 wrote blobs without the
+prefix (nonce + ciphertext); they are still read, by trying each key held.
+
+A key's id and its key-check value (KCV) are HMAC-SHA256 of fixed labels: the id is public
+(it names the key in blobs and messages), the KCV lets a store check a key before using it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac as std_hmac
 import logging
 import os
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from recognizer.errors import FailedPrecondition
 
 log = logging.getLogger("recognizer.gallery.crypto")
 
 NONCE_BYTES = 12
+TAG_BYTES = 16
+KEY_ID_BYTES = 8
+MAGIC = b"RTK1"
+# Magic, key id, nonce and tag: what sealing adds to a plaintext.
+OVERHEAD = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES + TAG_BYTES
 KEY_ENV = "RECOGNIZER_TEMPLATE_KEY"
+NEW_KEY_ENV = "RECOGNIZER_TEMPLATE_KEY_NEW"  # the target of `recognizer keys rotate`
 
 
 class CipherError(RuntimeError):
     """A blob failed authentication: wrong key, tampering, or a blob from another row."""
 
 
+class TemplateKeyError(FailedPrecondition):
+    """The template key does not fit the store (wrong, missing, malformed, or unwanted)."""
+
+
+def _hmac(key: bytes, label: bytes) -> bytes:
+    mac = crypto_hmac.HMAC(key, hashes.SHA256())
+    mac.update(label)
+    return mac.finalize()
+
+
+def key_id(key: bytes) -> str:
+    return _hmac(key, b"recognizer.template-key.id.v1")[:KEY_ID_BYTES].hex()
+
+
+def key_check_value(key: bytes) -> str:
+    return _hmac(key, b"recognizer.template-key.kcv.v1").hex()
+
+
+def same_kcv(a: str, b: str) -> bool:
+    return std_hmac.compare_digest(a.encode(), b.encode())
+
+
 @runtime_checkable
 class TemplateCipher(Protocol):
+    encrypted: bool
+
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes: ...
 
     def decrypt(self, ciphertext: bytes, aad: bytes) -> bytes: ...
@@ -37,6 +79,7 @@ class NullCipher:
     """No-op, used when no key is configured (development and tests)."""
 
     encrypted = False
+    primary_id = ""
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         return bytes(plaintext)
@@ -44,41 +87,114 @@ class NullCipher:
     def decrypt(self, ciphertext: bytes, aad: bytes) -> bytes:
         return bytes(ciphertext)
 
+    def key_id_of(self, blob: bytes) -> str:
+        return ""
+
 
 class AesGcmCipher:
+    """A key ring: seals with the primary key, opens with any key it holds.
+
+    `plaintext_ok` is only for a store being encrypted (`recognizer keys encrypt`): rows not
+    yet sealed are read as they are.
+    """
+
     encrypted = True
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("template key must be 32 bytes (AES-256)")
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes, *more: bytes, plaintext_ok: bool = False) -> None:
+        self._keys: dict[str, AESGCM] = {}
+        self._kcvs: dict[str, str] = {}
+        for k in (key, *more):
+            if len(k) != 32:
+                raise ValueError("template key must be 32 bytes (AES-256)")
+            kid = key_id(k)
+            self._keys.setdefault(kid, AESGCM(k))
+            self._kcvs.setdefault(kid, key_check_value(k))
+        self._raw = {key_id(k): k for k in (key, *more)}
+        self.primary_id = key_id(key)
+        self.primary_prefix = MAGIC + bytes.fromhex(self.primary_id)
+        self.plaintext_ok = plaintext_ok
+
+    @property
+    def kcvs(self) -> Mapping[str, str]:
+        """key id -> KCV of every key held."""
+        return dict(self._kcvs)
+
+    def derive(self, primary: str, keep: list[str], plaintext_ok: bool = False) -> AesGcmCipher:
+        """A ring of some of these keys (by id), sealing with `primary`."""
+        first = self._raw[primary]
+        rest = [self._raw[k] for k in keep if k != primary]
+        return AesGcmCipher(first, *rest, plaintext_ok=plaintext_ok)
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+        aead = self._keys[self.primary_id]
+        return self.primary_prefix + nonce + aead.encrypt(nonce, plaintext, aad)
+
+    def key_id_of(self, blob: bytes) -> str:
+        """The id of the key that sealed a prefixed blob; "" for anything else."""
+        if len(blob) >= OVERHEAD and blob[: len(MAGIC)] == MAGIC:
+            kid = bytes(blob[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES]).hex()
+            if kid in self._keys:
+                return kid
+        return ""
 
     def decrypt(self, ciphertext: bytes, aad: bytes) -> bytes:
-        if len(ciphertext) < NONCE_BYTES + 16:
+        kid = self.key_id_of(ciphertext)
+        if kid:
+            body = ciphertext[len(MAGIC) + KEY_ID_BYTES :]
+            return self._open(self._keys[kid], body, aad)
+        if self.plaintext_ok:
+            return bytes(ciphertext)
+        # Release 0.1.0: nonce + ciphertext, no key id.
+        for aead in self._keys.values():
+            try:
+                return self._open(aead, ciphertext, aad)
+            except CipherError:
+                continue
+        raise CipherError("template blob failed authentication")
+
+    @staticmethod
+    def _open(aead: AESGCM, body: bytes, aad: bytes) -> bytes:
+        if len(body) < NONCE_BYTES + TAG_BYTES:
             raise CipherError("template blob is too short to be AES-GCM output")
         try:
-            return self._aead.decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], aad)
+            return aead.decrypt(bytes(body[:NONCE_BYTES]), bytes(body[NONCE_BYTES:]), aad)
         except InvalidTag as exc:
             raise CipherError("template blob failed authentication") from exc
 
 
-def cipher_from_env(
-    var: str = KEY_ENV, env: dict[str, str] | None = None
-) -> AesGcmCipher | NullCipher:
-    """AES-GCM with the base64 key in `var`, or NullCipher (with a warning) when it is unset."""
-    environ = os.environ if env is None else env
-    raw = environ.get(var, "").strip()
-    if not raw:
-        log.warning("%s is not set: biometric templates are stored unencrypted", var)
-        return NullCipher()
+def decode_key(var: str, raw: str) -> bytes:
+    """A base64 32-byte key, or TemplateKeyError saying what is wrong with it."""
     try:
-        key = base64.b64decode(raw, validate=True)
+        key = base64.b64decode(raw.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{var} is not valid base64") from exc
+        raise TemplateKeyError(
+            f"{var} is not valid base64: set it to a base64 32-byte key", reason="KEY_MALFORMED"
+        ) from exc
     if len(key) != 32:
-        raise ValueError(f"{var} must decode to 32 bytes, got {len(key)}")
-    return AesGcmCipher(key)
+        raise TemplateKeyError(
+            f"{var} must decode to 32 bytes, got {len(key)}: set it to a base64 32-byte key",
+            reason="KEY_MALFORMED",
+        )
+    return key
+
+
+def keys_from_env(env: Mapping[str, str] | None = None) -> tuple[bytes | None, bytes | None]:
+    """(RECOGNIZER_TEMPLATE_KEY, RECOGNIZER_TEMPLATE_KEY_NEW), each None when unset."""
+    environ = os.environ if env is None else env
+    out: list[bytes | None] = []
+    for var in (KEY_ENV, NEW_KEY_ENV):
+        raw = environ.get(var, "").strip()
+        out.append(decode_key(var, raw) if raw else None)
+    return out[0], out[1]
+
+
+def cipher_from_env(env: Mapping[str, str] | None = None) -> AesGcmCipher | NullCipher:
+    """A ring of the keys in the environment (the current key first, then the rotation
+    target if set), or NullCipher (with a warning) when none is set. The store checks the
+    ring against its key-check values before using it."""
+    keys = [k for k in keys_from_env(env) if k is not None]
+    if not keys:
+        log.warning("%s is not set: biometric templates are stored unencrypted", KEY_ENV)
+        return NullCipher()
+    return AesGcmCipher(*keys)

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from recognizer.gallery import files
 from recognizer.gallery.errors import FailedPrecondition, InvalidArgument
-from recognizer.gallery.index import FLAT, VectorIndex, default_nlist
-from recognizer.gallery.store import DeleteCounts, SqliteStore, TemplateRow
+from recognizer.gallery.index import FLAT, VectorIndex, default_nlist, remove_stale_temps
+from recognizer.gallery.store import AuditEntry, Change, DeleteCounts, SqliteStore, TemplateRow
 
 log = logging.getLogger("recognizer.gallery")
 
@@ -49,7 +50,9 @@ class GalleryStats:
     nprobe: int
     nlist: int
     last_checkpoint_at: float
-    consistent: bool
+    consistent: bool  # as found, before any repair
+    orphan_vectors: int = 0  # in the index, not in the store (as of the index watermark)
+    missing_vectors: int = 0  # in the store, not in the index
 
 
 class _RWLock:
@@ -128,6 +131,7 @@ class Gallery:
         self._watermark = 0
         self._saved_watermark = -1
         self._last_checkpoint_at = 0.0
+        self._file_key = ""  # id of the key that sealed the index file on disk ("" plaintext)
         self._ready = False
         self._lock = _RWLock()
         self._save_lock = threading.Lock()  # one checkpoint writes the file at a time
@@ -176,6 +180,10 @@ class Gallery:
                 self._rebuild_locked()
                 how = "rebuilt (inconsistent)"
             self._ready = True
+        if self._file_unsealed():
+            # A plaintext file (release 0.1.0), or one sealed with a key being retired.
+            log.info("index file is not sealed with the current key; rewriting it")
+            self.checkpoint(force=True)
         log.info(
             "gallery %s ready: %s, %s index, %d vectors, watermark %d, %.2fs",
             self.model,
@@ -189,11 +197,19 @@ class Gallery:
     def _load_or_rebuild_locked(self) -> str:
         loaded = None
         if self.index_path is not None:
-            loaded = VectorIndex.load(self.index_path, flat_max=self.flat_max, **self._index_params)
+            files.tighten(self.index_path)  # written 0644 by release 0.1.0
+            remove_stale_temps(self.index_path)
+            loaded = VectorIndex.load(
+                self.index_path,
+                cipher=self.store.cipher,
+                flat_max=self.flat_max,
+                **self._index_params,
+            )
         if loaded is None:
             self._rebuild_locked()
             return "rebuilt (no usable index file)"
         index, watermark = loaded
+        self._file_key = index.sealed_with
         seq = self.store.current_seq()
         if index.dim != self.dim:
             log.warning("index file has dim %d, model %d; rebuilding", index.dim, self.dim)
@@ -212,6 +228,12 @@ class Gallery:
         self._saved_watermark = watermark
         replayed = self._catch_up_locked()
         return f"loaded at {watermark}, replayed {replayed} changes"
+
+    def _file_unsealed(self) -> bool:
+        cipher = self.store.cipher
+        if not cipher.encrypted or self.index_path is None or not self.index_path.exists():
+            return False
+        return self._file_key != getattr(cipher, "primary_id", "")
 
     def _wrong_kind(self, count: int) -> bool:
         """Kind by size, with hysteresis so a gallery near flat_max does not flip-flop."""
@@ -280,8 +302,10 @@ class Gallery:
             if not force and self._watermark == self._saved_watermark:
                 return False
             t0 = time.perf_counter()
-            self._index.save(self.index_path, self._watermark, tag=self._tag)
+            cipher = self.store.cipher
+            self._index.save(self.index_path, self._watermark, tag=self._tag, cipher=cipher)
             self._saved_watermark = self._watermark
+            self._file_key = getattr(cipher, "primary_id", "") if cipher.encrypted else ""
             self._last_checkpoint_at = time.time()
         log.info(
             "index checkpoint at seq %d (%d vectors) in %.2fs",
@@ -322,22 +346,27 @@ class Gallery:
                 self._catch_up_locked()
 
     def enroll(
-        self, identity_id: str, vectors: np.ndarray, source: str = "", quality: float = 0.0
+        self,
+        identity_id: str,
+        vectors: np.ndarray,
+        source: str = "",
+        quality: float = 0.0,
+        audit: AuditEntry | None = None,
     ) -> list[TemplateRow]:
-        """Store first (the source of truth), then the index."""
+        """Store first (the source of truth, with its audit record), then the index."""
         x = self._unit_rows(vectors, "vectors")
-        rows = self.store.add_templates(identity_id, x, self.model, source, quality)
+        rows = self.store.add_templates(identity_id, x, self.model, source, quality, audit)
         self._sync()
         return rows
 
-    def remove_template(self, identity_id: str, label: int) -> int:
-        remaining = self.store.remove_template(identity_id, label)
+    def remove_template(self, identity_id: str, label: int, audit: AuditEntry | None = None) -> int:
+        remaining = self.store.remove_template(identity_id, label, audit)
         self._sync()
         self._after_delete()
         return remaining
 
-    def delete_identity(self, identity_id: str) -> DeleteCounts:
-        counts = self.store.delete_identity(identity_id)
+    def delete_identity(self, identity_id: str, audit: AuditEntry | None = None) -> DeleteCounts:
+        counts = self.store.delete_identity(identity_id, audit)
         self._sync()
         self._after_delete()
         return counts
@@ -396,32 +425,62 @@ class Gallery:
         return _aggregate(sims, self.aggregate)
 
     def stats(self) -> GalleryStats:
-        for _ in range(3):
-            # A concurrent write lands in the store a moment before the index: catch up first,
-            # and look again if one slipped in between.
-            self._sync()
-            with self._lock.read():
-                kind, ntotal = self._index.kind, self._index.ntotal
-                nprobe, nlist, watermark = self._index.nprobe, self._index.nlist, self._watermark
-                index_labels = np.sort(self._index.labels())
+        """Compares the index with the store before any repair and reports what it found;
+        then repairs (replays the log, or rebuilds), logging it."""
+        with self._lock.read():
+            kind, ntotal = self._index.kind, self._index.ntotal
+            nprobe, nlist, watermark = self._index.nprobe, self._index.nlist, self._watermark
+            index_labels = self._index.labels()
+            # The store as of the watermark: writes after it are not in the index yet.
+            with self.store.snapshot():
                 store_labels = self.store.labels_for_model(self.model)
-            if np.array_equal(index_labels, store_labels):
-                break
-        store_templates = len(store_labels)
+                later = self.store.changes_since(watermark, self.model)
+                store_seq = self.store.current_seq()
+        expected = _labels_at_watermark(store_labels, later)
+        orphans = np.setdiff1d(index_labels, expected).size
+        missing = np.setdiff1d(expected, index_labels).size
+        consistent = orphans == 0 and missing == 0 and index_labels.size == expected.size
+        if not consistent:
+            log.error(
+                "index and store disagree at watermark %d: %d orphan vectors, %d missing;"
+                " rebuilding from the store",
+                watermark,
+                orphans,
+                missing,
+            )
+            self.rebuild()
+        elif later:
+            self._sync()
         return GalleryStats(
             model=self.model,
             dim=self.dim,
             ready=self._ready,
             kind=kind,
             ntotal=ntotal,
-            store_templates=store_templates,
+            store_templates=len(store_labels),
             identities=self.store.count_identities(),
             watermark=watermark,
-            store_seq=self.store.current_seq(),
+            store_seq=store_seq,
             nprobe=nprobe,
             nlist=nlist,
             last_checkpoint_at=self._last_checkpoint_at,
             # The same label sets, not just the same counts: an orphan vector and a missing
             # one would cancel out in a count.
-            consistent=bool(np.array_equal(index_labels, store_labels)),
+            consistent=consistent,
+            orphan_vectors=orphans,
+            missing_vectors=missing,
         )
+
+
+def _labels_at_watermark(store_labels: np.ndarray, later: list[Change]) -> np.ndarray:
+    """The labels the store held at the watermark, from today's labels and the changes since.
+
+    Labels are never reused, so a label's first change after the watermark says whether it
+    was there: an 'add' means not yet, a 'remove' means it was.
+    """
+    first: dict[int, str] = {}
+    for ch in later:
+        first.setdefault(ch.label, ch.op)
+    added = np.fromiter((lb for lb, op in first.items() if op == "add"), np.int64)
+    removed = np.fromiter((lb for lb, op in first.items() if op == "remove"), np.int64)
+    return np.union1d(np.setdiff1d(store_labels, added), removed)

@@ -31,12 +31,17 @@ import json
 import logging
 import math
 import os
+import shutil
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
+
+from recognizer.gallery import files
 
 log = logging.getLogger("recognizer.gallery.index")
 
@@ -49,8 +54,11 @@ APPROXIMATE = (IVF_FLAT, IVF_FP16, IVF_PQFS)
 
 _MAGIC = b"RECOGIDX"
 _FORMAT = 2  # 2: a list of sections (1 had a single payload)
-_FORMATS = (1, 2)
+_SEALED = 3  # 3: format 2's sections, sealed in chunks with the template key
+_FORMATS = (1, 2, _SEALED)
 _HEADER = struct.Struct("<8sII")  # magic, format version, header JSON length
+_CHUNK_LEN = struct.Struct("<I")
+CHUNK_BYTES = 4 << 20  # plaintext per sealed chunk: bounds the extra memory of sealing
 
 
 def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -128,6 +136,7 @@ class VectorIndex:
         self._nprobe = nprobe
         self._ef_search = ef_search
         self.tag = ""  # set by load(): what the saved index was built from
+        self.sealed_with = ""  # set by load(): the id of the key that sealed the file
         self._index: Any = self._new_flat()
         self._exact: Any | None = None  # "ivf_pqfs" only: float32 vectors for re-ranking
 
@@ -310,63 +319,46 @@ class VectorIndex:
 
     # --- persistence --------------------------------------------------------------------------
 
-    def save(self, path: Path, watermark: int, tag: str = "") -> None:
+    def save(self, path: Path, watermark: int, tag: str = "", cipher: Any = None) -> None:
         """Atomically write the index and the store seq it reflects (temp, fsync, rename).
 
         `tag` names what the index was built from (store and model); `load` returns it on
-        the index so a file from another store or model is not replayed onto.
+        the index so a file from another store or model is not replayed onto. With an
+        encrypting `cipher` the sections are sealed chunk by chunk (format 3).
         """
-        path = Path(path)
         sections = self._sections()
         digest = hashlib.sha256()
         for section in sections:
             digest.update(memoryview(section))
-        header = json.dumps(
-            {
-                "watermark": int(watermark),
-                "tag": tag,
-                "kind": self.kind,
-                "dim": self.dim,
-                "ntotal": self.ntotal,
-                "sections": [int(s.nbytes) for s in sections],
-                "sha256": digest.hexdigest(),
-            }
-        ).encode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(_HEADER.pack(_MAGIC, _FORMAT, len(header)))
-                f.write(header)
-                for section in sections:
-                    f.write(memoryview(section))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        _fsync_dir(path.parent)
+        header = {
+            "watermark": int(watermark),
+            "tag": tag,
+            "kind": self.kind,
+            "dim": self.dim,
+            "ntotal": self.ntotal,
+            "sections": [int(s.nbytes) for s in sections],
+            "sha256": digest.hexdigest(),
+        }
+        _write_file(Path(path), header, [memoryview(s) for s in sections], cipher)
 
     @classmethod
-    def load(cls, path: Path, **params: Any) -> tuple[VectorIndex, int] | None:
-        """(index, watermark), or None if the file is missing or fails any check."""
+    def load(cls, path: Path, cipher: Any = None, **params: Any) -> tuple[VectorIndex, int] | None:
+        """(index, watermark), or None if the file is missing, sealed with a key not held,
+        or fails any check. `sealed_with` on the index names the key that sealed the file."""
         path = Path(path)
         try:
-            data = path.read_bytes()
+            read = _read_file(path, cipher)
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.warning("index file %s unreadable (%s); it will be rebuilt", path, exc)
             return None
+        except Exception as exc:  # corrupt file of any shape: never fatal, rebuild instead
+            log.warning("index file %s is corrupt (%s); it will be rebuilt", path, exc)
+            return None
+        header, body = read.header, read.body
         try:
-            magic, version, hlen = _HEADER.unpack_from(data, 0)
-            if magic != _MAGIC or version not in _FORMATS:
-                raise ValueError("bad magic or format version")
-            start = _HEADER.size
-            header = json.loads(data[start : start + hlen])
             sizes = [int(n) for n in header.get("sections", [header.get("nbytes", -1)])]
-            body = memoryview(data)[start + hlen :]
             if len(body) != sum(sizes) or min(sizes) < 0:
                 raise ValueError("truncated payload")
             if hashlib.sha256(body).hexdigest() != header["sha256"]:
@@ -400,10 +392,144 @@ class VectorIndex:
                 raise ValueError("exact vectors do not match the index")
             vi._apply_tuning()
             vi.tag = str(header.get("tag", ""))
+            vi.sealed_with = read.sealed_with
             return vi, int(header["watermark"])
         except Exception as exc:  # corrupt file of any shape: never fatal, rebuild instead
             log.warning("index file %s is corrupt (%s); it will be rebuilt", path, exc)
             return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    header: dict[str, Any]
+    body: memoryview
+    sealed_with: str  # key id, "" for a plaintext file
+
+
+def _chunk_aad(header: bytes, i: int) -> bytes:
+    # The header (watermark, tag, sizes, digest) is bound to every chunk, and so is its place.
+    return b"recognizer.index.v1|" + hashlib.sha256(header).digest() + struct.pack("<Q", i)
+
+
+def _chunks(parts: list[memoryview], size: int) -> Iterator[bytes]:
+    """The concatenation of `parts`, `size` bytes at a time (without joining them)."""
+    buf = bytearray()
+    for part in parts:
+        start = 0
+        while start < len(part):
+            take = min(size - len(buf), len(part) - start)
+            buf += part[start : start + take]
+            start += take
+            if len(buf) == size:
+                yield bytes(buf)
+                buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def _write_file(path: Path, header: dict[str, Any], parts: list[memoryview], cipher: Any) -> None:
+    """Write header + parts to a 0600 temp file (sealed if the cipher encrypts), fsync, rename."""
+    sealed = bool(getattr(cipher, "encrypted", False))
+    header = {k: v for k, v in header.items() if k != "sealed"}
+    if sealed:
+        header["sealed"] = {"key_id": cipher.primary_id, "chunk": CHUNK_BYTES}
+    head = json.dumps(header).encode()
+    files.private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with files.open_private(tmp) as f:
+            f.write(_HEADER.pack(_MAGIC, _SEALED if sealed else _FORMAT, len(head)))
+            f.write(head)
+            if sealed:
+                for i, chunk in enumerate(_chunks(parts, CHUNK_BYTES)):
+                    blob = cipher.encrypt(chunk, _chunk_aad(head, i))
+                    f.write(_CHUNK_LEN.pack(len(blob)))
+                    f.write(blob)
+            else:
+                for part in parts:
+                    f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _read_file(path: Path, cipher: Any) -> _Read:
+    """Header and plaintext body of an index file; a sealed body is opened chunk by chunk
+    into one buffer. Raises on anything malformed, or a key not held."""
+    with open(path, "rb") as f:
+        magic, version, hlen = _HEADER.unpack(f.read(_HEADER.size))
+        if magic != _MAGIC or version not in _FORMATS:
+            raise ValueError("bad magic or format version")
+        head = f.read(hlen)
+        header = json.loads(head)
+        if version != _SEALED:
+            return _Read(header, memoryview(f.read()), "")
+        kid = str(header["sealed"]["key_id"])
+        if cipher is None or cipher.key_id_of(_peek_prefix(f)) != kid:
+            raise ValueError(f"sealed with key id {kid}, which is not held")
+        total = sum(int(n) for n in header["sections"])
+        body = np.empty(total, np.uint8)
+        pos, i = 0, 0
+        while pos < total:
+            (n,) = _CHUNK_LEN.unpack(f.read(_CHUNK_LEN.size))
+            plain = cipher.decrypt(f.read(n), _chunk_aad(head, i))
+            if pos + len(plain) > total:
+                raise ValueError("sealed body longer than its header says")
+            body[pos : pos + len(plain)] = np.frombuffer(plain, np.uint8)
+            pos, i = pos + len(plain), i + 1
+        if f.read(1):
+            raise ValueError("trailing bytes after the sealed body")
+        return _Read(header, memoryview(body), kid)
+
+
+def _peek_prefix(f: BinaryIO) -> bytes:
+    """The first chunk's magic and key id, leaving the file where it was."""
+    at = f.tell()
+    prefix = f.read(_CHUNK_LEN.size + 64)[_CHUNK_LEN.size :]
+    f.seek(at)
+    return prefix
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Delete temp files of writers of `path` that died mid-write (call with no writer
+    running, e.g. before the gallery opens). Returns how many."""
+    stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return len(stale)
+
+
+def reseal_file(path: Path, cipher: Any) -> bool:
+    """Rewrite an index file sealed with the cipher's primary key (from plaintext or another
+    key it holds). False if it already was, or there is no file."""
+    remove_stale_temps(Path(path))
+    try:
+        read = _read_file(Path(path), cipher)
+    except FileNotFoundError:
+        return False
+    if read.sealed_with == cipher.primary_id:
+        return False
+    _write_file(Path(path), read.header, [read.body], cipher)
+    return True
+
+
+def copy_file(src: Path, dest: Path, cipher: Any) -> None:
+    """Copy an index file as a private file; with an encrypting cipher a file not sealed
+    with its current key is sealed on the way (a backup never holds a plaintext index)."""
+    if getattr(cipher, "encrypted", False):
+        read = _read_file(Path(src), cipher)
+        if read.sealed_with != cipher.primary_id:
+            _write_file(Path(dest), read.header, [read.body], cipher)
+            return
+    with open(src, "rb") as f, files.open_private(Path(dest)) as out:
+        shutil.copyfileobj(f, out, CHUNK_BYTES)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _rerank(

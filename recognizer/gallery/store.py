@@ -11,7 +11,12 @@ WAL; SQLite's own lock and busy timeout order the writers). ":memory:" is privat
 connection, so that case shares a single connection behind a lock.
 
 Templates are encrypted with the injected cipher; the associated data is the template's
-label and identity, so blobs cannot be swapped between rows.
+label and identity, so blobs cannot be swapped between rows. The cipher is checked against
+the store's key-check value (keys.py) before the store writes anything; a key that does not
+fit raises TemplateKeyError from the constructor.
+
+Methods that change data take an optional AuditEntry, written in the same transaction as the
+change, so a change never commits without its audit record (nor the record without it).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from recognizer.gallery.crypto import NullCipher, TemplateCipher
+from recognizer.gallery import files, keys
+from recognizer.gallery.crypto import AesGcmCipher, CipherError, NullCipher, TemplateCipher
 from recognizer.gallery.errors import AlreadyExists, InvalidArgument, NotFound
 
 _NULL_CIPHER = NullCipher()
@@ -206,6 +212,17 @@ class AuditRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An audit record to commit with the change it records. The store adds what only the
+    change knows (new template labels, a new binding id) to `detail`."""
+
+    actor_role: str
+    action: str
+    target: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class SightingRow:
     plate: str
     gate_id: str
@@ -222,6 +239,83 @@ def _chunks(items: list[int], size: int = _IN_CHUNK) -> Iterator[list[int]]:
         yield items[i : i + size]
 
 
+def _write_audit(c: sqlite3.Connection, entry: AuditEntry | None, **found: Any) -> None:
+    if entry is None:
+        return
+    detail = {**entry.detail, **found}
+    c.execute(
+        "INSERT INTO audit (at, actor_role, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        (
+            time.time(),
+            entry.actor_role,
+            entry.action,
+            entry.target,
+            json.dumps(detail, sort_keys=True),
+        ),
+    )
+
+
+def _open_template(cipher: TemplateCipher, row: tuple[Any, ...]) -> np.ndarray:
+    label, identity_id, model, dim, blob = row
+    plain = cipher.decrypt(bytes(blob), _template_aad(label, identity_id, model))
+    v = np.frombuffer(plain, dtype="<f4")
+    if v.shape[0] != dim:
+        raise ValueError(f"template {label}: {v.shape[0]} values, expected {dim}")
+    return v.astype(np.float32)
+
+
+def _legacy_view(c: sqlite3.Connection) -> keys.Legacy:
+    """How the templates of a store without key records (release 0.1.0) are stored."""
+    first = c.execute("SELECT dim, vector FROM templates ORDER BY label LIMIT 1").fetchone()
+
+    def failures(cipher: AesGcmCipher) -> int:
+        bad = 0
+        for row in c.execute("SELECT label, identity_id, model, dim, vector FROM templates"):
+            try:
+                _open_template(cipher, row)
+            except (CipherError, ValueError):
+                bad += 1
+        return bad
+
+    if first is None:
+        return keys.Legacy("empty", failures)
+    return keys.Legacy("plain" if len(first[1]) == 4 * int(first[0]) else "sealed", failures)
+
+
+def _ring(cipher: TemplateCipher) -> AesGcmCipher | NullCipher:
+    if not isinstance(cipher, AesGcmCipher | NullCipher):
+        raise TypeError(f"unsupported cipher {type(cipher).__name__}")
+    return cipher
+
+
+def _unlock(c: sqlite3.Connection, cipher: TemplateCipher) -> keys.Unlocked:
+    return keys.unlock(keys.read_state(c), _ring(cipher), lambda: _legacy_view(c))
+
+
+def _peek(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Any:
+    # Reads only: closing the last connection then leaves the files as they were.
+    c = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        return read(c)
+    finally:
+        c.close()
+
+
+def check_key(path: Path | str, cipher: TemplateCipher) -> keys.Unlocked:
+    """Check `cipher` against a store without writing anything (for a boot or a command to
+    refuse early); raises TemplateKeyError. A missing store passes (it will be created)."""
+    path = Path(path)
+    if not path.is_file():
+        return keys.unlock(None, _ring(cipher))
+    return _peek(path, lambda c: _unlock(c, cipher))  # type: ignore[no-any-return]
+
+
+def read_key_state(path: Path | str) -> keys.KeyState | None:
+    """The key records of a store (None if there is none), without writing anything."""
+    path = Path(path)
+    return _peek(path, keys.read_state) if path.is_file() else None
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -230,7 +324,6 @@ class SqliteStore:
         busy_timeout_s: float = 30.0,
     ) -> None:
         self.path = str(path)
-        self.cipher = cipher
         self._busy_timeout_s = busy_timeout_s
         self._memory = self.path == ":memory:" or self.path.startswith("file::memory:")
         self._local = threading.local()
@@ -238,7 +331,21 @@ class SqliteStore:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        if not self._memory:
+            Path(self.path).parent.mkdir(mode=files.DIR_MODE, parents=True, exist_ok=True)
+            files.create_private(Path(self.path))
         self._shared = self._open() if self._memory else None
+        try:
+            # The key is proven before the first write (migrations included).
+            with self._conn() as c:
+                unlocked = _unlock(c, cipher)
+        except BaseException:
+            self.close()
+            raise
+        self.cipher: TemplateCipher = unlocked.cipher
+        if not self._memory:  # files of release 0.1.0 were 0644
+            for suffix in ("", "-wal", "-shm"):
+                files.tighten(Path(self.path + suffix))
         self.schema_upgraded_from = self._migrate()
         with self._tx() as c:
             # A random id per database, so an index file built from another store is refused.
@@ -246,6 +353,7 @@ class SqliteStore:
             self.store_id: str = c.execute(
                 "SELECT value FROM meta WHERE key = 'store_id'"
             ).fetchone()[0]
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", unlocked.record.items())
 
     def _migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION, one transaction per step; returns the version
@@ -354,7 +462,9 @@ class SqliteStore:
         display_name: str,
         external_ref: str = "",
         metadata: dict[str, str] | None = None,
+        audit: AuditEntry | None = None,
     ) -> IdentityRow:
+        """`audit`'s target may be left empty: it becomes the new identity's id."""
         meta = dict(metadata or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise InvalidArgument("metadata keys and values must be strings", field="metadata")
@@ -364,6 +474,9 @@ class SqliteStore:
                 "INSERT INTO identities VALUES (?, ?, ?, ?, ?)",
                 (row.id, row.display_name, row.external_ref, json.dumps(meta), row.created_at),
             )
+            if audit is not None and not audit.target:
+                audit = AuditEntry(audit.actor_role, audit.action, row.id, audit.detail)
+            _write_audit(c, audit)
         return row
 
     def get_identity(self, identity_id: str) -> IdentityRow:
@@ -398,10 +511,18 @@ class SqliteStore:
         if c.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone() is None:
             raise NotFound(f"unknown identity {identity_id!r}", field="identity_id")
 
-    def delete_identity(self, identity_id: str) -> DeleteCounts:
-        """Rows, bindings and templates in one transaction; each label logged as a removal."""
+    def delete_identity(self, identity_id: str, audit: AuditEntry | None = None) -> DeleteCounts:
+        """Rows, bindings and templates in one transaction; each label logged as a removal.
+        The audit detail gets the removed template labels."""
         with self._tx() as c:
             self._require_identity(c, identity_id)
+            labels = [
+                int(r[0])
+                for r in c.execute(
+                    "SELECT label FROM templates WHERE identity_id = ? ORDER BY label",
+                    (identity_id,),
+                )
+            ]
             c.execute(
                 "INSERT INTO changes (op, label, model)"
                 " SELECT 'remove', label, model FROM templates WHERE identity_id = ?"
@@ -412,6 +533,7 @@ class SqliteStore:
             n_p = c.execute("DELETE FROM plates WHERE identity_id = ?", (identity_id,)).rowcount
             n_b = c.execute("DELETE FROM payments WHERE identity_id = ?", (identity_id,)).rowcount
             c.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+            _write_audit(c, audit, templates=labels)
         self._truncate_wal()
         return DeleteCounts(n_t, n_p, n_b)
 
@@ -424,7 +546,9 @@ class SqliteStore:
         model: str,
         source: str = "",
         quality: float = 0.0,
+        audit: AuditEntry | None = None,
     ) -> list[TemplateRow]:
+        """The audit detail gets the new labels as "templates"."""
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(1, -1)
@@ -457,9 +581,10 @@ class SqliteStore:
                         label, identity_id, model, x.shape[1], source, float(quality), now, v.copy()
                     )
                 )
+            _write_audit(c, audit, templates=[r.label for r in rows])
         return rows
 
-    def remove_template(self, identity_id: str, label: int) -> int:
+    def remove_template(self, identity_id: str, label: int, audit: AuditEntry | None = None) -> int:
         """Remove one template; returns how many of that model the identity has left."""
         with self._tx() as c:
             r = c.execute(
@@ -483,17 +608,14 @@ class SqliteStore:
                     (identity_id, model),
                 ).fetchone()[0]
             )
+            _write_audit(c, audit)
         self._truncate_wal()
         return remaining
 
     def _decrypt(
         self, label: int, identity_id: str, model: str, dim: int, blob: bytes
     ) -> np.ndarray:
-        plain = self.cipher.decrypt(bytes(blob), _template_aad(label, identity_id, model))
-        v = np.frombuffer(plain, dtype="<f4")
-        if v.shape[0] != dim:
-            raise ValueError(f"template {label}: {v.shape[0]} values, expected {dim}")
-        return v.astype(np.float32)
+        return _open_template(self.cipher, (label, identity_id, model, dim, blob))
 
     def templates(self, identity_id: str, model: str) -> list[TemplateRow]:
         """The identity's templates for one model, with decrypted vectors."""
@@ -601,8 +723,15 @@ class SqliteStore:
 
     # --- plates -------------------------------------------------------------------------------
 
-    def bind_plate(self, identity_id: str, plate: str, allow_shared: bool = False) -> None:
-        """Idempotent for the same identity; AlreadyExists if another holds it (unless shared)."""
+    def bind_plate(
+        self,
+        identity_id: str,
+        plate: str,
+        allow_shared: bool = False,
+        audit: AuditEntry | None = None,
+    ) -> None:
+        """Idempotent for the same identity; AlreadyExists if another holds it (unless shared).
+        A repeated bind is audited too (the call succeeded)."""
         if not plate:
             raise InvalidArgument("plate is required", field="plate")
         with self._tx() as c:
@@ -614,6 +743,7 @@ class SqliteStore:
                 )
             ]
             if identity_id in holders:
+                _write_audit(c, audit)
                 return
             if holders and not allow_shared:
                 raise AlreadyExists(
@@ -622,8 +752,9 @@ class SqliteStore:
                     field="plate",
                 )
             c.execute("INSERT INTO plates VALUES (?, ?, ?)", (plate, identity_id, time.time()))
+            _write_audit(c, audit)
 
-    def unbind_plate(self, identity_id: str, plate: str) -> None:
+    def unbind_plate(self, identity_id: str, plate: str, audit: AuditEntry | None = None) -> None:
         with self._tx() as c:
             n = c.execute(
                 "DELETE FROM plates WHERE plate = ? AND identity_id = ?", (plate, identity_id)
@@ -631,6 +762,7 @@ class SqliteStore:
             if n == 0:
                 self._require_identity(c, identity_id)
                 raise NotFound(f"plate {plate} is not bound to {identity_id!r}", field="plate")
+            _write_audit(c, audit)
 
     def identities_for_plate(self, plate: str) -> list[str]:
         with self._conn() as c:
@@ -650,8 +782,14 @@ class SqliteStore:
     # --- payment bindings ---------------------------------------------------------------------
 
     def bind_payment(
-        self, identity_id: str, payment_ref: str, factors: str, ceiling_minor: int
+        self,
+        identity_id: str,
+        payment_ref: str,
+        factors: str,
+        ceiling_minor: int,
+        audit: AuditEntry | None = None,
     ) -> PaymentRow:
+        """The audit detail gets the new binding id as "binding"."""
         if not payment_ref:
             raise InvalidArgument("payment_ref is required", field="payment_ref")
         if ceiling_minor < 0:
@@ -672,9 +810,12 @@ class SqliteStore:
                     row.created_at,
                 ),
             )
+            _write_audit(c, audit, binding=row.binding_id)
         return row
 
-    def unbind_payment(self, identity_id: str, binding_id: str) -> None:
+    def unbind_payment(
+        self, identity_id: str, binding_id: str, audit: AuditEntry | None = None
+    ) -> None:
         with self._tx() as c:
             n = c.execute(
                 "DELETE FROM payments WHERE binding_id = ? AND identity_id = ?",
@@ -683,6 +824,7 @@ class SqliteStore:
             if n == 0:
                 self._require_identity(c, identity_id)
                 raise NotFound(f"unknown payment binding {binding_id!r}", field="binding_id")
+            _write_audit(c, audit)
 
     def payments_for(self, identity_id: str) -> list[PaymentRow]:
         with self._conn() as c:
@@ -808,12 +950,10 @@ class SqliteStore:
     # --- audit --------------------------------------------------------------------------------
 
     def audit(self, actor_role: str, action: str, target: str, detail: dict[str, Any]) -> None:
-        """Append an audit record. Callers pass identifiers and outcomes, never images."""
+        """Append an audit record on its own, for actions that change nothing else here.
+        Callers pass identifiers and outcomes, never images."""
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO audit (at, actor_role, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), actor_role, action, target, json.dumps(detail, sort_keys=True)),
-            )
+            _write_audit(c, AuditEntry(actor_role, action, target, detail))
 
     def list_audit(self, limit: int = 100) -> list[AuditRow]:
         with self._conn() as c:
@@ -829,10 +969,68 @@ class SqliteStore:
     def backup(self, dest: Path) -> None:
         """Consistent online copy via sqlite3's backup API (safe while serving)."""
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        files.private_dir(dest.parent)
+        files.create_private(dest)
         target = sqlite3.connect(str(dest))
         try:
             with self._conn() as c:
                 c.backup(target)
         finally:
             target.close()
+
+    # --- re-keying (recognizer keys encrypt|rotate; see rekey.py) ------------------------------
+
+    def key_state(self) -> keys.KeyState:
+        with self._conn() as c:
+            state = keys.read_state(c)
+        assert state is not None
+        return state
+
+    def begin_rekey(self, key_id: str, kcv: str) -> None:
+        """Record the key being moved to, before any template is sealed with it."""
+        with self._tx() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (("pending_key_id", key_id), ("pending_kcv", kcv)),
+            )
+
+    def reseal(self, after: int, limit: int = 1000) -> tuple[int, int]:
+        """Seal templates after label `after` under the cipher's primary key, `limit` rows per
+        transaction. Returns (last label seen, rows rewritten); last label 0 when done."""
+        assert isinstance(self.cipher, AesGcmCipher)
+        rewritten = 0
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT label, identity_id, model, dim, vector FROM templates WHERE label > ?"
+                " ORDER BY label LIMIT ?",
+                (int(after), int(limit)),
+            ).fetchall()
+            for row in rows:
+                if self.cipher.key_id_of(row[4]) == self.cipher.primary_id:
+                    continue
+                plain = self.cipher.decrypt(bytes(row[4]), _template_aad(*row[:3]))
+                blob = self.cipher.encrypt(plain, _template_aad(*row[:3]))
+                c.execute("UPDATE templates SET vector = ? WHERE label = ?", (blob, row[0]))
+                rewritten += 1
+        self._truncate_wal()  # the old blobs' page images leave the WAL
+        return (int(rows[-1][0]) if rows else 0), rewritten
+
+    def finish_rekey(self) -> int:
+        """Make the pending key the store's key, if every template is sealed with it.
+        Returns how many are not (then nothing changes)."""
+        assert isinstance(self.cipher, AesGcmCipher)
+        state = self.key_state()
+        prefix = self.cipher.primary_prefix
+        with self._tx() as c:
+            left = int(
+                c.execute(
+                    "SELECT COUNT(*) FROM templates WHERE substr(vector, 1, ?) != ?",
+                    (len(prefix), prefix),
+                ).fetchone()[0]
+            )
+            if left:
+                return left
+            record = keys.records(keys.SCHEME_AES, state.pending_key_id, state.pending_kcv)
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", record.items())
+            c.execute("DELETE FROM meta WHERE key IN ('pending_key_id', 'pending_kcv')")
+        return 0

@@ -54,6 +54,7 @@ def default_engines(config: Config) -> Engines:
     from recognizer.face.pipeline import build_face_pipeline
     from recognizer.fusion import FusionModel
     from recognizer.gallery.crypto import cipher_from_env
+    from recognizer.gallery.files import private_dir
     from recognizer.gallery.gallery import Gallery
     from recognizer.gallery.store import SqliteStore
     from recognizer.gate import GateEngine
@@ -71,7 +72,7 @@ def default_engines(config: Config) -> Engines:
 
     faces = build_face_pipeline(config.profile, config.models_dir)
     plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
     store = SqliteStore(config.db_path, cipher=cipher_from_env())
     gallery = Gallery(
         store,
@@ -132,6 +133,11 @@ class Runtime:
         t = threading.Thread(target=self.load, name="engine-loader", daemon=True)
         t.start()
         return t
+
+    @property
+    def error(self) -> Exception | None:
+        """Why loading failed, if it did."""
+        return self._error
 
     def wait(self, timeout: float | None = None) -> bool:
         self._ready.wait(timeout)

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recognizer.config import Config
+from recognizer.gallery.crypto import TemplateKeyError
 from recognizer.service.interceptors import (
     AdmissionInterceptor,
     AuthInterceptor,
@@ -146,8 +147,17 @@ def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     if not config.api_keys:
         log.warning("no API keys configured: every call except health will be refused")
-    running = create_server(config)
     done = threading.Event()
+    runtime = Runtime(config)
+
+    def on_loaded(ok: bool) -> None:
+        # A template key that does not fit the store stops the process (nothing was written).
+        if not ok and isinstance(runtime.error, TemplateKeyError):
+            log.error("template key refused: %s", runtime.error)
+            done.set()
+
+    runtime.on_change(on_loaded)
+    running = create_server(config, runtime)
 
     def handle(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping gracefully", signum)
@@ -158,3 +168,5 @@ def serve(config: Config) -> None:
     done.wait()
     running.stop(grace=10.0)
     log.info("stopped")
+    if isinstance(runtime.error, TemplateKeyError):
+        raise SystemExit(2)

@@ -11,6 +11,7 @@ import time
 import grpc
 
 from recognizer.errors import FailedPrecondition, InvalidArgument
+from recognizer.gallery.store import AuditEntry
 from recognizer.imaging import decode
 from recognizer.service import convert, principal
 from recognizer.service.interceptors import Metrics
@@ -122,9 +123,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.Identity:
         store = self._rt.engines.gallery.store
         row = store.create_identity(
-            request.display_name, request.external_ref, dict(request.metadata)
+            request.display_name,
+            request.external_ref,
+            dict(request.metadata),
+            audit=AuditEntry("admin", "create_identity", ""),  # target: the new id
         )
-        store.audit("admin", "create_identity", row.id, {})
         return self._identity(row.id)
 
     def GetIdentity(
@@ -148,8 +151,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.DeleteIdentityRequest, context: Ctx
     ) -> identity_pb2.DeleteIdentityResponse:
         gallery = self._rt.engines.gallery
-        counts = gallery.delete_identity(request.identity_id)
-        gallery.store.audit("admin", "delete_identity", request.identity_id, {})
+        counts = gallery.delete_identity(
+            request.identity_id, AuditEntry("admin", "delete_identity", request.identity_id)
+        )
         return identity_pb2.DeleteIdentityResponse(
             templates_removed=counts.templates,
             plates_removed=counts.plates,
@@ -164,13 +168,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         ]
         eng = self._rt.engines
         enrolled = eng.identity.enroll(
-            request.identity_id, images, force=request.force, source=request.source
-        )
-        eng.gallery.store.audit(
-            "admin",
-            "enroll_face",
             request.identity_id,
-            {"templates": [e.template_id for e in enrolled], "force": request.force},
+            images,
+            force=request.force,
+            source=request.source,
+            # The store adds the new labels as "templates".
+            audit=AuditEntry("admin", "enroll_face", request.identity_id, {"force": request.force}),
         )
         return identity_pb2.EnrollFaceResponse(
             identity_id=request.identity_id,
@@ -189,9 +192,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.RemoveFaceRequest, context: Ctx
     ) -> identity_pb2.RemoveFaceResponse:
         gallery = self._rt.engines.gallery
-        remaining = gallery.remove_template(request.identity_id, convert.label(request.template_id))
-        gallery.store.audit(
-            "admin", "remove_face", request.identity_id, {"template": request.template_id}
+        remaining = gallery.remove_template(
+            request.identity_id,
+            convert.label(request.template_id),
+            AuditEntry(
+                "admin", "remove_face", request.identity_id, {"template": request.template_id}
+            ),
         )
         return identity_pb2.RemoveFaceResponse(remaining=remaining)
 
@@ -200,8 +206,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.PlateBinding:
         store = self._rt.engines.gallery.store
         plate = self._rt.engines.parse_plate(request.plate, "plate")
-        store.bind_plate(request.identity_id, plate, self._rt.config.allow_shared_plates)
-        store.audit("admin", "bind_plate", request.identity_id, {"plate": plate})
+        store.bind_plate(
+            request.identity_id,
+            plate,
+            self._rt.config.allow_shared_plates,
+            AuditEntry("admin", "bind_plate", request.identity_id, {"plate": plate}),
+        )
         return identity_pb2.PlateBinding(identity_id=request.identity_id, plate=plate)
 
     def UnbindPlate(
@@ -210,8 +220,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         store = self._rt.engines.gallery.store
         # Lenient on purpose: a malformed plate bound by an older release can still be removed.
         plate = self._rt.engines.normalize_plate(request.plate)
-        store.unbind_plate(request.identity_id, plate)
-        store.audit("admin", "unbind_plate", request.identity_id, {"plate": plate})
+        store.unbind_plate(
+            request.identity_id,
+            plate,
+            AuditEntry("admin", "unbind_plate", request.identity_id, {"plate": plate}),
+        )
         return identity_pb2.UnbindPlateResponse()
 
     def LookupPlate(
@@ -232,13 +245,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         store = self._rt.engines.gallery.store
         store.get_identity(request.identity_id)
         row = store.bind_payment(
-            request.identity_id, request.payment_ref, factors, request.ceiling_minor
-        )
-        store.audit(
-            "admin",
-            "bind_payment",
             request.identity_id,
-            {"binding": row.binding_id, "factors": factors},
+            request.payment_ref,
+            factors,
+            request.ceiling_minor,
+            # The store adds the new binding id as "binding".
+            AuditEntry("admin", "bind_payment", request.identity_id, {"factors": factors}),
         )
         return convert.payment(row)
 
@@ -246,8 +258,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.UnbindPaymentRequest, context: Ctx
     ) -> identity_pb2.UnbindPaymentResponse:
         store = self._rt.engines.gallery.store
-        store.unbind_payment(request.identity_id, request.binding_id)
-        store.audit("admin", "unbind_payment", request.identity_id, {"binding": request.binding_id})
+        store.unbind_payment(
+            request.identity_id,
+            request.binding_id,
+            AuditEntry(
+                "admin", "unbind_payment", request.identity_id, {"binding": request.binding_id}
+            ),
+        )
         return identity_pb2.UnbindPaymentResponse()
 
 

@@ -1,0 +1,112 @@
+"""Shared by the key and data-protection tests: release-0.1.0 fixtures, synthetic galleries,
+byte scans for plaintext templates, and file snapshots."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from recognizer.gallery.crypto import NullCipher, TemplateCipher
+from recognizer.gallery.gallery import Gallery
+from recognizer.gallery.store import SqliteStore
+
+RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
+RELEASE_KEY = bytes(range(32))
+MODEL = "sface-2021dec+flip"  # the fixtures' model, so the real server reads them
+DIM = 128
+
+
+def b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def copy_release(kind: str, dest: Path) -> Path:
+    """A private copy of a release-0.1.0 data directory ("encrypted" or "plain")."""
+    shutil.copytree(RELEASE / kind, dest)
+    return dest
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def build_gallery(
+    data: Path, n: int, cipher: TemplateCipher | None = None, per_identity: int = 10, seed: int = 0
+) -> dict[int, np.ndarray]:
+    """A data directory with n random templates and a checkpointed index; label -> vector."""
+    store = SqliteStore(data / "recognizer.db", cipher or NullCipher())
+    g = Gallery(store, MODEL, DIM, data / "faces-default.faiss")
+    g.open()
+    vecs = unit(np.random.default_rng(seed).standard_normal((n, DIM)))
+    out: dict[int, np.ndarray] = {}
+    for start in range(0, n, per_identity):
+        ident = store.create_identity(f"p{start}")
+        for row in g.enroll(ident.id, vecs[start : start + per_identity]):
+            out[row.label] = row.vector
+    g.checkpoint(force=True)
+    g.close()
+    return out
+
+
+def read_templates(data: Path, cipher: TemplateCipher) -> dict[int, np.ndarray]:
+    store = SqliteStore(data / "recognizer.db", cipher)
+    try:
+        return {
+            int(label): vec
+            for labels, vecs in store.iter_templates(MODEL)
+            for label, vec in zip(labels, vecs, strict=True)
+        }
+    finally:
+        store.close()
+
+
+def needles(vectors: list[np.ndarray]) -> dict[bytes, str]:
+    """Byte patterns a plaintext copy of these templates would contain (float32, float16)."""
+    out = {}
+    for i, v in enumerate(vectors):
+        for name, dtype in (("f32", "<f4"), ("f16", "<f2")):
+            raw = np.asarray(v).astype(dtype).tobytes()
+            out[raw[:16]] = f"template {i} {name} head"
+            out[raw[-16:]] = f"template {i} {name} tail"
+    return out
+
+
+def scan(root: Path, vectors: list[np.ndarray]) -> list[str]:
+    """Every (file, template) where a template's bytes occur in a file under root.
+
+    Vectorised: the first 8 bytes of each pattern are looked up at every byte offset of a
+    file (as uint64 words, one pass per offset mod 8), then candidates are compared whole.
+    """
+    pats = needles(vectors)
+    heads = {int.from_bytes(p[:8], "little"): p for p in pats}
+    keys = np.sort(np.fromiter(heads, np.uint64, len(heads)))
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        raw = np.frombuffer(data, np.uint8)
+        for r in range(8):
+            n = (len(raw) - r) // 8
+            if n <= 0:
+                continue
+            words = raw[r : r + 8 * n].view("<u8")
+            at_key = np.minimum(np.searchsorted(keys, words), len(keys) - 1)
+            for i in np.flatnonzero(keys[at_key] == words):
+                at = r + 8 * int(i)
+                pat = heads[int(words[i])]
+                if data[at : at + len(pat)] == pat:
+                    found.append(f"{path.name}@{at}: {pats[pat]}")
+    return found
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """name -> (sha256, mtime_ns) of every file under root."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
