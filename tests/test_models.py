@@ -156,7 +156,7 @@ input = "none"
     (result,) = m.fetch([entry], models_dir=models_dir, download=no_download)
     assert result.action == "present"
     weights.write_bytes(b"tampered")
-    with pytest.raises(ModelError, match="train_tiny.py"):
+    with pytest.raises(ModelError, match=r"train_tiny\.py"):
         m.fetch([entry], models_dir=models_dir, download=no_download)
     with pytest.raises(ValueError, match="training and data"):
         m.ModelEntry("x", "r", ("default",), "f", "0", "l", "1", "i", source="trained")
