@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from recognizer import models as model_store
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
+from recognizer.cli_client import register as register_client_commands
+from recognizer.cli_client import table
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,7 +123,7 @@ def models_fetch(profile: str, models_dir: Path, cache_dir: Path) -> None:
     except model_store.ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
-        _table(["model", "action", "file"], [(r.name, r.action, r.file.name) for r in results])
+        table(["model", "action", "file"], [(r.name, r.action, r.file.name) for r in results])
     )
 
 
@@ -151,7 +144,7 @@ def models_list(models_dir: Path) -> None:
         )
         for e in model_store.load_manifest(models_dir)
     ]
-    click.echo(_table(["model", "profile", "role", "state", "sha256", "licence"], rows))
+    click.echo(table(["model", "profile", "role", "state", "sha256", "licence"], rows))
 
 
 @models.command("verify")
@@ -172,237 +165,9 @@ def models_verify(profile: str, models_dir: Path) -> None:
     click.echo("all models verified")
 
 
-# --- client commands ---------------------------------------------------------------------
+# --- client commands (recognizer/cli_client.py) -----------------------------------------
 
-target_option = click.option(
-    "--target",
-    default=lambda: os.environ.get("RECOGNIZER_TARGET", "127.0.0.1:50051"),
-    show_default="127.0.0.1:50051",
-)
-key_option = click.option(
-    "--api-key",
-    default=lambda: os.environ.get("RECOGNIZER_API_KEY", ""),
-    help="API key (or RECOGNIZER_API_KEY).",
-    show_default=False,
-)
-
-
-def client_command(fn: Callable[..., None]) -> Callable[..., None]:
-    return main.command()(target_option(key_option(fn)))
-
-
-@contextmanager
-def _client(target: str, api_key: str) -> Iterator[Any]:
-    import grpc
-
-    from recognizer.client import Client
-
-    client = Client.connect(target, api_key)
-    try:
-        yield client
-    except grpc.RpcError as exc:
-        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from exc
-    finally:
-        client.close()
-
-
-@client_command
-def health(target: str, api_key: str) -> None:
-    """Print the server's health status."""
-    with _client(target, api_key) as c:
-        click.echo(c.health())
-
-
-@main.command("read-plate")
-@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@target_option
-@key_option
-def read_plate(image: Path, target: str, api_key: str) -> None:
-    """Read every plate in IMAGE through the running server."""
-    from recognizer.v1 import common_pb2, recognition_pb2
-
-    with _client(target, api_key) as c:
-        resp = c.recognition.ReadPlates(
-            recognition_pb2.ReadPlatesRequest(image=image.read_bytes()), metadata=c.metadata
-        )
-    rows = [
-        (
-            p.text,
-            f"{p.confidence:.3f}",
-            common_pb2.PlateType.Name(p.type).removeprefix("PLATE_TYPE_").lower(),
-            "yes" if p.pattern_valid else "no",
-            " ".join(f"{x.text}:{x.probability:.2f}" for x in p.candidates[1:4]),
-            f"{p.box.x1:.0f},{p.box.y1:.0f},{p.box.x2:.0f},{p.box.y2:.0f}",
-        )
-        for p in resp.plates
-    ]
-    if not rows:
-        click.echo("no plate found")
-        return
-    click.echo(_table(["plate", "conf", "type", "valid", "alternatives", "box"], rows))
-
-
-@main.command("detect-faces")
-@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--all", "all_faces", is_flag=True, help="Every face, not only the largest.")
-@target_option
-@key_option
-def detect_faces(image: Path, all_faces: bool, target: str, api_key: str) -> None:
-    """Detect faces in IMAGE through the running server."""
-    from recognizer.v1 import common_pb2, recognition_pb2
-
-    sel = common_pb2.FACE_SELECTION_ALL if all_faces else common_pb2.FACE_SELECTION_LARGEST
-    with _client(target, api_key) as c:
-        resp = c.recognition.DetectFaces(
-            recognition_pb2.DetectFacesRequest(image=image.read_bytes(), selection=sel),
-            metadata=c.metadata,
-        )
-    rows = [
-        (
-            i,
-            f"{f.score:.3f}",
-            f"{f.box.x1:.0f},{f.box.y1:.0f},{f.box.x2:.0f},{f.box.y2:.0f}",
-            f"{f.quality.size_px:.0f}",
-            "yes" if f.quality.acceptable else "no",
-            ",".join(f.quality.reasons),
-        )
-        for i, f in enumerate(resp.faces)
-    ]
-    if not rows:
-        click.echo("no face found")
-        return
-    click.echo(_table(["#", "score", "box", "size", "quality ok", "reasons"], rows))
-
-
-@main.command()
-@click.argument("name")
-@click.argument(
-    "images", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False)
-)
-@click.option("--force", is_flag=True, help="Enrol even if the face matches another identity.")
-@click.option("--plate", default="", help="Also bind this plate to the new identity.")
-@target_option
-@key_option
-def enroll(
-    name: str, images: tuple[Path, ...], force: bool, plate: str, target: str, api_key: str
-) -> None:
-    """Create identity NAME and enrol the face in each IMAGE."""
-    from recognizer.v1 import identity_pb2
-
-    with _client(target, api_key) as c:
-        ident = c.identity.CreateIdentity(
-            identity_pb2.CreateIdentityRequest(display_name=name), metadata=c.metadata
-        )
-        try:
-            resp = c.identity.EnrollFace(
-                identity_pb2.EnrollFaceRequest(
-                    identity_id=ident.identity_id,
-                    images=[p.read_bytes() for p in images],
-                    force=force,
-                    source="cli",
-                ),
-                metadata=c.metadata,
-            )
-        except Exception:
-            # Leave nothing half-made behind: an identity without the faces asked for.
-            c.identity.DeleteIdentity(
-                identity_pb2.DeleteIdentityRequest(identity_id=ident.identity_id),
-                metadata=c.metadata,
-            )
-            raise
-        if plate:
-            c.identity.BindPlate(
-                identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=plate),
-                metadata=c.metadata,
-            )
-    click.echo(
-        f"identity {ident.identity_id} ({name}): "
-        f"{len(resp.faces)} face(s) enrolled" + (f", plate {plate} bound" if plate else "")
-    )
-
-
-@main.command()
-@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--top-k", type=int, default=5, show_default=True)
-@target_option
-@key_option
-def identify(image: Path, top_k: int, target: str, api_key: str) -> None:
-    """Identify the largest face in IMAGE against the gallery (1:N)."""
-    from recognizer.v1 import recognition_pb2
-
-    with _client(target, api_key) as c:
-        r = c.recognition.IdentifyFace(
-            recognition_pb2.IdentifyFaceRequest(image=image.read_bytes(), top_k=top_k),
-            metadata=c.metadata,
-        )
-    if r.unknown:
-        click.echo(f"unknown (best score {r.best_score:.3f} < threshold {r.threshold:.3f})")
-        return
-    click.echo(
-        _table(
-            ["identity", "name", "score", "est. FMR"],
-            [
-                (x.identity_id, x.display_name, f"{x.score:.3f}", f"{x.estimated_fmr:.1e}")
-                for x in r.candidates
-            ],
-        )
-    )
-
-
-@main.command()
-@click.argument("identity_id")
-@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@target_option
-@key_option
-def verify(identity_id: str, image: Path, target: str, api_key: str) -> None:
-    """Verify that the face in IMAGE belongs to IDENTITY_ID (1:1)."""
-    from recognizer.v1 import recognition_pb2
-
-    with _client(target, api_key) as c:
-        r = c.recognition.VerifyFace(
-            recognition_pb2.VerifyFaceRequest(identity_id=identity_id, image=image.read_bytes()),
-            metadata=c.metadata,
-        )
-    click.echo(
-        f"{'MATCH' if r.match else 'NO MATCH'}  score {r.score:.3f}  "
-        f"threshold {r.threshold:.3f}  estimated FMR {r.estimated_fmr:.1e}"
-    )
-
-
-@main.command()
-@click.option("--gate", "gate_id", default="", help="Only this gate.")
-@click.option("--identity", "identity_id", default="", help="Only this identity.")
-@click.option("--limit", type=int, default=50, show_default=True)
-@target_option
-@key_option
-def decisions(gate_id: str, identity_id: str, limit: int, target: str, api_key: str) -> None:
-    """List recent gate decision records (admin)."""
-    from recognizer.v1 import gate_pb2
-
-    with _client(target, api_key) as c:
-        r = c.admin.ListDecisions(
-            gate_pb2.ListDecisionsRequest(gate_id=gate_id, identity_id=identity_id, limit=limit),
-            metadata=c.metadata,
-        )
-    rows = [
-        (
-            d.response.decided_at.ToDatetime().isoformat(timespec="seconds"),
-            d.gate_id,
-            d.event_id,
-            gate_pb2.Outcome.Name(d.response.outcome).removeprefix("OUTCOME_"),
-            d.response.identity_id[:12],
-            d.response.plate.text,
-            f"{d.response.estimated_far:.1e}",
-            ",".join(x.code for x in d.response.reasons),
-        )
-        for d in r.decisions
-    ]
-    click.echo(
-        _table(
-            ["decided", "gate", "event", "outcome", "identity", "plate", "est. FAR", "reasons"],
-            rows,
-        )
-    )
+register_client_commands(main)
 
 
 # --- maintenance -------------------------------------------------------------------------

@@ -289,6 +289,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         )
         response = gate_pb2.AuthorizeResponse.FromString(result.payload)
         response.replayed = result.replayed
+        response.event_id = request.event_id
         return response
 
 
