@@ -21,7 +21,7 @@ import numpy as np
 
 from recognizer.gallery import files
 from recognizer.gallery.errors import FailedPrecondition, InvalidArgument
-from recognizer.gallery.index import FLAT, VectorIndex, default_nlist, remove_stale_temps
+from recognizer.gallery.index import FLAT, VectorIndex, default_nlist, is_unit, remove_stale_temps
 from recognizer.gallery.store import AuditEntry, Change, DeleteCounts, SqliteStore, TemplateRow
 
 log = logging.getLogger("recognizer.gallery")
@@ -335,10 +335,12 @@ class Gallery:
                 f"expected embeddings of shape (N, {self.dim}), got {np.shape(vectors)}",
                 field=field,
             )
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise InvalidArgument("embedding is zero or not finite", field=field)
-        return x / norms
+        if not np.all(np.isfinite(x)):
+            raise InvalidArgument("embedding is not finite", field=field)
+        if not is_unit(x):
+            # The embedder normalises, once; anything else is a caller's bug, not ours to fix.
+            raise InvalidArgument("embeddings must be L2-normalised (unit norm)", field=field)
+        return x
 
     def _sync(self) -> None:
         if self._ready:  # before open() the store alone is written; open() replays it
@@ -420,7 +422,6 @@ class Gallery:
                 reason="NO_TEMPLATES",
             )
         m = np.stack([r.vector for r in rows if r.vector is not None]).astype(np.float32)
-        m /= np.linalg.norm(m, axis=1, keepdims=True)
         sims = sorted((m @ q).tolist(), reverse=True)
         return _aggregate(sims, self.aggregate)
 

@@ -61,8 +61,17 @@ _CHUNK_LEN = struct.Struct("<I")
 CHUNK_BYTES = 4 << 20  # plaintext per sealed chunk: bounds the extra memory of sealing
 
 
+UNIT_TOLERANCE = 1e-3  # float32 embeddings normalised once upstream land well within this
+
+
+def is_unit(x: np.ndarray) -> bool:
+    """Every row has unit L2 norm, so inner product is cosine."""
+    norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
+    return bool(np.all(np.abs(norms - 1.0) <= UNIT_TOLERANCE))
+
+
 def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """A C-contiguous float32 (N, dim) copy, L2-normalised so inner product is cosine."""
+    """A C-contiguous float32 (N, dim) copy of unit-norm rows (the embedder normalises)."""
     x = np.array(vectors, dtype=np.float32, copy=True, order="C")
     if x.ndim == 1:
         x = x.reshape(1, -1)
@@ -70,7 +79,8 @@ def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
         raise ValueError(f"expected vectors of shape (N, {dim}), got {np.shape(vectors)}")
     if not np.all(np.isfinite(x)):
         raise ValueError("vectors contain NaN or infinity")
-    faiss.normalize_L2(x)
+    if not is_unit(x):
+        raise ValueError("vectors must be L2-normalised (unit norm)")
     return x
 
 
