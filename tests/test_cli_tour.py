@@ -67,8 +67,7 @@ def test_the_cli_tour(server: RunningServer, tmp_path: Path) -> None:
     binding = cli(server, "bind-payment", identity_id, "wx-pay-123", "--factors", "plate_and_face")
     assert binding["paymentRef"] == "wx-pay-123"
 
-    decision = cli(
-        server,
+    event = (
         "authorize",
         "--gate", "P1-north",
         "--event", "evt-1",
@@ -76,20 +75,12 @@ def test_the_cli_tour(server: RunningServer, tmp_path: Path) -> None:
         "--face", str(photo("Colin_Powell", 3)),
         "--amount", "1500",
     )  # fmt: skip
+    decision = cli(server, *event)
     assert decision["outcome"] == "OUTCOME_ALLOW", decision["reasons"]
     assert decision["identityId"] == identity_id and decision["paymentRef"] == "wx-pay-123"
     assert decision["eventId"] == "evt-1" and float(decision["estimatedFar"]) <= 1e-5
     # The same event again, as a person reads it: replayed, with its reasons and estimate.
-    text = cli(
-        server,
-        "authorize",
-        "--gate", "P1-north",
-        "--event", "evt-1",
-        "--vehicle", str(frame),
-        "--face", str(photo("Colin_Powell", 3)),
-        "--amount", "1500",
-        as_json=False,
-    )  # fmt: skip
+    text = cli(server, *event, as_json=False)
     assert text.startswith("ALLOW  (replayed)") and "est. FAR" in text
     assert "PLATE_EXACT_MATCH" in text and "FACE_MATCH" in text
 
