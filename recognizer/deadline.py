@@ -27,9 +27,10 @@ def _never() -> bool:
 
 
 class RecentCosts:
-    """Recent wall seconds of named steps (stages, methods): an EWMA that fades while a step
-    goes unobserved. A cost learned in a burst must not refuse every later call for ever: a
-    refused step is never timed again, so without the fade its estimate could never fall.
+    """Recent wall seconds of named steps (stages, methods): an EWMA of the cost and of its
+    mean deviation (as TCP estimates round trips), both fading while a step goes unobserved.
+    A cost learned in a burst must not refuse every later call for ever: a refused step is
+    never timed again, so without the fade its estimate could never fall.
     """
 
     def __init__(
@@ -41,22 +42,29 @@ class RecentCosts:
         self._alpha = alpha
         self._half_life = half_life_s
         self._clock = clock
-        self._costs: dict[str, tuple[float, float]] = {}  # name -> (EWMA seconds, observed at)
+        # name -> (EWMA seconds, EWMA absolute deviation, last observed at)
+        self._costs: dict[str, tuple[float, float, float]] = {}
         self._lock = threading.Lock()
 
     def observe(self, name: str, seconds: float) -> None:
         with self._lock:
             now = self._clock()
             old = self._costs.get(name)
-            value = seconds if old is None else old[0] + self._alpha * (seconds - old[0])
-            self._costs[name] = (value, now)
+            if old is None:
+                self._costs[name] = (seconds, seconds / 2, now)
+                return
+            mean, dev, _ = old
+            dev += self._alpha * (abs(seconds - mean) - dev)
+            mean += self._alpha * (seconds - mean)
+            self._costs[name] = (mean, dev, now)
 
-    def expected(self, name: str) -> float:
-        """Seconds the step is expected to take now; 0.0 for a step never timed."""
+    def expected(self, name: str, spread: float = 0.0) -> float:
+        """Seconds the step is expected to take now (plus `spread` mean deviations, for a
+        bound most runs stay under); 0.0 for a step never timed."""
         with self._lock:
-            value, at = self._costs.get(name, (0.0, 0.0))
+            mean, dev, at = self._costs.get(name, (0.0, 0.0, 0.0))
             age = max(0.0, self._clock() - at)
-        return value * 0.5 ** (age / self._half_life)
+        return (mean + spread * dev) * 0.5 ** (age / self._half_life)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +86,17 @@ class Budget:
         return None if self.expires_at is None else self.expires_at - time.monotonic()
 
     def check(self, stage: str, need_s: float = 0.0) -> None:
-        """Raise DeadlineExceeded if the caller is gone, or if `need_s` (at least the stage's
-        recent cost, when the budget has costs) no longer fits in the time left."""
+        """Raise DeadlineExceeded if the caller is gone, or if `need_s` no longer fits in the
+        time left. With costs, the need is at least the stage's recent cost plus one mean
+        deviation: a stage started with only its average cost left overruns half the time,
+        and work that finishes after the deadline is work for nobody."""
         if self.cancelled():
             raise DeadlineExceeded(f"the call was cancelled before {stage}", reason="CANCELLED")
         left = self.remaining()
         if left is None:
             return
         if self.costs is not None:
-            need_s = max(need_s, self.costs.expected(stage))
+            need_s = max(need_s, self.costs.expected(stage, spread=1.0))
         if left < need_s:
             raise DeadlineExceeded(
                 f"the deadline ran out before {stage}", reason="DEADLINE_EXCEEDED"

@@ -270,6 +270,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 f"too many calls to {method}: {why}; "
                 f"retry after about {verdict.retry_after_s:.2f}s",
                 reason="OVERLOADED",
+                metadata={"queued_ahead": str(verdict.queued_ahead)},
                 retry_after_s=verdict.retry_after_s,
             )
         )
