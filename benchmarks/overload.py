@@ -32,7 +32,7 @@ import grpc
 
 from benchmarks.metrics import percentiles
 from benchmarks.service import check_target
-from recognizer.service.interceptors import API_KEY_HEADER
+from recognizer.service.interceptors import API_KEY_HEADER, QUEUE_WAIT_HEADER
 from recognizer.v1 import recognition_pb2
 
 METHODS = {
@@ -170,7 +170,6 @@ def run_overload(
 
 # --- gate callers with deadlines: goodput, stored decisions, retry hints, memory -----------
 
-QUEUE_WAIT_HEADER = "x-queue-wait-ms"  # trailing metadata the server sets on admitted calls
 GATE_CALLERS = 48
 GATE_PHASE_S = 10.0
 # Reasons with which admission refuses a call before any of its work starts.
@@ -185,26 +184,29 @@ class GateCall:
     code: str
     reason: str  # ErrorInfo reason of a refusal, "" otherwise
     retry_s: float | None  # RetryInfo delay of a RESOURCE_EXHAUSTED answer
+    ahead: int | None  # calls queued ahead of a refused call (ErrorInfo metadata)
     queue_wait_s: float | None  # the server's measured queue wait of an admitted call
 
 
-def _status_details(err: grpc.RpcError) -> tuple[str, float | None]:
-    """(ErrorInfo reason, RetryInfo delay in seconds) of a rich error status."""
+def _status_details(err: grpc.RpcError) -> tuple[str, float | None, int | None]:
+    """(ErrorInfo reason, RetryInfo delay in seconds, calls queued ahead) of an error."""
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
-    reason, delay = "", None
+    reason, delay, ahead = "", None, None
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     for d in status.details if status is not None else ():
         if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             d.Unpack(info)
             reason = info.reason
+            if "queued_ahead" in info.metadata:
+                ahead = int(info.metadata["queued_ahead"])
         elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             d.Unpack(retry)
             delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-    return reason, delay
+    return reason, delay, ahead
 
 
 def _queue_wait(trailing: Any) -> float | None:
@@ -247,17 +249,17 @@ def _gate_phase(
                 direction=gate_pb2.DIRECTION_ENTRY,
             )
             sent = time.perf_counter()
-            reason, retry, wait = "", None, None
+            reason, retry, ahead, wait = "", None, None, None
             try:
                 _, call = authorize.with_call(request, metadata=metadata, timeout=deadline_s)
                 code = "OK"
                 wait = _queue_wait(call.trailing_metadata())
             except grpc.RpcError as err:
                 code = err.code().name
-                reason, retry = _status_details(err)
+                reason, retry, ahead = _status_details(err)
             took = time.perf_counter() - sent
             with lock:
-                calls.append(GateCall(event_id, sent, took, code, reason, retry, wait))
+                calls.append(GateCall(event_id, sent, took, code, reason, retry, ahead, wait))
             if retry is not None:
                 time.sleep(max(0.0, min(retry, end - time.perf_counter())))
 
@@ -297,6 +299,22 @@ def retry_ratios(calls: list[GateCall], window_s: float = 0.5) -> list[float]:
     return out
 
 
+def retry_turn_ratios(calls: list[GateCall]) -> list[float]:
+    """Each RetryInfo delay over the time its call's turn would have taken to come: from the
+    refusal until as many admitted calls had started work as were queued ahead of it, plus
+    one (the slot it would have taken). This is what the estimate claims to predict."""
+    starts = sorted(c.sent + c.queue_wait_s for c in calls if c.queue_wait_s is not None)
+    out = []
+    for c in calls:
+        if c.retry_s is None or c.ahead is None:
+            continue
+        t = c.sent + c.took
+        j = bisect.bisect_right(starts, t) + c.ahead
+        if j < len(starts) and starts[j] - t > 0.005:
+            out.append(c.retry_s / (starts[j] - t))
+    return out
+
+
 def phase_summary(
     calls: list[GateCall], stored: set[str], end: float, seconds: float, deadline_s: float
 ) -> dict[str, Any]:
@@ -305,6 +323,7 @@ def phase_summary(
     refused = [c for c in calls if c.reason in ADMISSION_REASONS]
     admitted = [c for c in calls if c.reason not in ADMISSION_REASONS]
     ratios = retry_ratios(calls)
+    turns = retry_turn_ratios(calls)
     codes = Counter(c.code for c in calls)
     return {
         "deadline_s": deadline_s,
@@ -331,6 +350,8 @@ def phase_summary(
         ),
         "retry_ratio_n": len(ratios),
         "retry_over_observed_median": statistics.median(ratios) if ratios else float("nan"),
+        "retry_turn_n": len(turns),
+        "retry_over_turn_median": statistics.median(turns) if turns else float("nan"),
     }
 
 
@@ -446,7 +467,9 @@ def format_gate_result(r: dict[str, Any]) -> str:
             f"p99 {p['p99_admitted_ms']:.0f} ms; queue wait median "
             f"{p['median_queue_wait_ms']:.0f} ms; RetryInfo median {p['median_retry_s']:.3f} s"
             f" over observed wait median ratio {p['retry_over_observed_median']:.2f} "
-            f"(n={p['retry_ratio_n']}); codes {p['codes']} reasons {p['reasons']}"
+            f"(n={p['retry_ratio_n']}), over the wait for its turn "
+            f"{p['retry_over_turn_median']:.2f} (n={p['retry_turn_n']}); "
+            f"codes {p['codes']} reasons {p['reasons']}"
         )
     lines.append(
         f"  goodput 1s/30s {r['goodput_ratio']:.2f}; RSS baseline {r['rss_baseline_mb']:.0f} MB,"
