@@ -81,21 +81,22 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     """
     runtime = runtime or Runtime(config)
     metrics = Metrics()
+    admission = AdmissionInterceptor(
+        config.max_in_flight,
+        config.min_deadline_ms,
+        config.max_queue,
+        config.max_queue_wait_s,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
         interceptors=[
             ObserveInterceptor(metrics),
             AuthInterceptor(config.api_keys),
-            AdmissionInterceptor(
-                config.max_in_flight,
-                config.min_deadline_ms,
-                config.max_queue,
-                config.max_queue_wait_s,
-            ),
+            admission,
             ErrorInterceptor(),
         ],
         options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_receive_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
