@@ -71,6 +71,11 @@ class Config:
     max_queue: int = 8  # per method, waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
     max_queue_wait_s: float = 5.0
     min_deadline_ms: int = 5  # a call with less time left is refused before work starts
+    # Memory after bursts (see recognizer/memory.py): glibc malloc arenas (0: glibc's
+    # default of 8 per core), and the idle seconds after which free memory is given back
+    # (0: never).
+    malloc_arena_max: int = 2
+    idle_trim_s: float = 1.0
     flat_max: int = 100_000
     face_threshold_min: float = 0.2  # per-request threshold overrides must stay in bounds
     face_threshold_max: float = 0.95

@@ -351,3 +351,17 @@ def test_checks_outside_a_call_do_nothing() -> None:
     deadline.check("anything", need_s=1e9)
     with deadline.stage("anything"):
         pass
+
+
+def test_activity_and_idleness_for_housekeeping() -> None:
+    adm = AdmissionInterceptor(1, 5, max_queue=1)
+    assert adm.idle() and adm.activity() == 0
+    work = Holder()
+    fn = handler(adm, M, work)
+    a = call_in_thread(fn, "a", FakeContext())
+    eventually(lambda: work.started == ["a"])
+    assert not adm.idle()
+    handler(adm, OTHER, lambda r, c: "ok")("b", FakeContext())
+    work.release.set()
+    a["thread"].join(WAIT_S)
+    assert adm.idle() and adm.activity() == 2

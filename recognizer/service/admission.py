@@ -77,6 +77,7 @@ class MethodGate:
         self.limit = limit
         self.queue = queue
         self.running = 0
+        self.started = 0  # calls admitted so far
         self._costs = costs
         self._max_wait = max_wait_s
         self._min_deadline = min_deadline_s
@@ -119,6 +120,7 @@ class MethodGate:
                 return Verdict(Outcome.TOO_SHORT)  # no queue could make this fit
             if self.running < self.limit and not self._waiters:
                 self.running += 1
+                self.started += 1
                 return Verdict(Outcome.ADMITTED)
             wait = self._wait_ahead(service)
             if len(self._waiters) >= self.queue:
@@ -151,6 +153,8 @@ class MethodGate:
         if remaining is not None and remaining - waited < self._min_deadline + service:
             self._release()
             return Verdict(Outcome.TOO_SHORT, waited)
+        with self._lock:
+            self.started += 1
         return Verdict(Outcome.ADMITTED, waited)
 
     def leave(self, service_s: float | None = None) -> None:

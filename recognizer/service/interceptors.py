@@ -249,6 +249,18 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 )
             return gate
 
+    def _all_gates(self) -> list[MethodGate]:
+        with self._lock:
+            return list(self._gates.values())
+
+    def idle(self) -> bool:
+        """No call of any method runs or waits."""
+        return all(g.running == 0 and g.waiting == 0 for g in self._all_gates())
+
+    def activity(self) -> int:
+        """Calls admitted so far, all methods."""
+        return sum(g.started for g in self._all_gates())
+
     @staticmethod
     def _refuse(context: grpc.ServicerContext, method: str, verdict: Verdict) -> None:
         if verdict.outcome in (Outcome.TOO_SHORT, Outcome.CANCELLED):

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recognizer.config import Config
+from recognizer.memory import IdleTrim, limit_malloc_arenas
 from recognizer.service.interceptors import (
     AdmissionInterceptor,
     AuthInterceptor,
@@ -53,11 +54,14 @@ class RunningServer:
     runtime: Runtime
     health: health.HealthServicer
     metrics: Metrics
+    trimmer: IdleTrim | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop accepting calls, let in-flight ones finish, then persist and close."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.trimmer is not None:
+            self.trimmer.stop()
         self.runtime.close()
 
 
@@ -79,6 +83,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
 
     Models load in the background; health reports NOT_SERVING until they are ready.
     """
+    limit_malloc_arenas(config.malloc_arena_max)  # before the handler threads allocate
     runtime = runtime or Runtime(config)
     metrics = Metrics()
     admission = AdmissionInterceptor(
@@ -136,11 +141,14 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     server.start()
     runtime.load_in_background()
     runtime.start_checkpoints()
+    trimmer = None
+    if config.idle_trim_s > 0:
+        trimmer = IdleTrim(admission.idle, admission.activity, config.idle_trim_s).start()
     log.info(
         "listening",
         extra={"fields": {"address": f"{config.host}:{port}", "tls": config.tls.enabled}},
     )
-    return RunningServer(server, port, runtime, health_servicer, metrics)
+    return RunningServer(server, port, runtime, health_servicer, metrics, trimmer)
 
 
 def serve(config: Config) -> None:
