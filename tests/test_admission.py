@@ -4,6 +4,7 @@ and the budget that admitted calls carry into domain code."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -365,3 +366,28 @@ def test_activity_and_idleness_for_housekeeping() -> None:
     work.release.set()
     a["thread"].join(WAIT_S)
     assert adm.idle() and adm.activity() == 2
+
+
+def test_work_left_behind_in_other_threads_stops_once_the_call_has_answered() -> None:
+    adm = AdmissionInterceptor(2, 5, max_queue=0)
+    go_on = threading.Event()
+    outcome: list[str] = []
+
+    def branch() -> None:
+        assert go_on.wait(WAIT_S)
+        try:
+            deadline.check("next stage")
+            outcome.append("ran")
+        except DeadlineExceeded:
+            outcome.append("stopped")
+
+    def behavior(request: str, context: Any) -> str:
+        ctx = contextvars.copy_context()  # as accounting.submit hands work to a pool
+        threading.Thread(target=ctx.run, args=(branch,), daemon=True).start()
+        raise DeadlineExceeded("a sibling branch ran out of time")
+
+    with pytest.raises(DeadlineExceeded):
+        handler(adm, M, behavior)("a", FakeContext(remaining=30))
+    go_on.set()
+    eventually(lambda: bool(outcome))
+    assert outcome == ["stopped"]

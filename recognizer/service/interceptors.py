@@ -292,8 +292,12 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
             gate = self.gate(d.method)
 
             def admitted(request: Any, context: grpc.ServicerContext) -> Any:
+                ended = threading.Event()
+
                 def gone() -> bool:
-                    return not context.is_active()
+                    # Once the call has answered, work it left behind in other threads
+                    # (a branch whose sibling failed) is for nobody either.
+                    return ended.is_set() or not context.is_active()
 
                 verdict = gate.enter(_remaining(context), gone)
                 if verdict.outcome is not Outcome.ADMITTED:
@@ -307,6 +311,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                     context.set_trailing_metadata(((QUEUE_WAIT_HEADER, wait_ms),))
                     return response
                 finally:
+                    ended.set()
                     gate.leave(time.monotonic() - t0)
 
             return admitted
