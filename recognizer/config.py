@@ -70,7 +70,9 @@ class Config:
     max_in_flight: int = 4  # per method, running at once (2 cores: more only adds latency)
     max_queue: int = 8  # per method, waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
     max_queue_wait_s: float = 5.0
-    min_deadline_ms: int = 5  # a call with less time left is refused before work starts
+    # A call with less time left is refused before work starts, and an admitted call's
+    # budget ends this much before its deadline, for the answer's way back to the caller.
+    min_deadline_ms: int = 50
     # Memory after bursts (see recognizer/memory.py): glibc malloc arenas (0: glibc's
     # default of 8 per core), and the idle seconds after which free memory is given back
     # (0: never).

@@ -303,7 +303,11 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 if verdict.outcome is not Outcome.ADMITTED:
                     self._refuse(context, d.method, verdict)
                 t0 = time.monotonic()
-                budget = deadline.Budget.after(_remaining(context), gone, self.costs)
+                # The budget ends min_deadline early: the answer still has to reach the
+                # caller, whose clock started before this server's (the request's transit).
+                left = _remaining(context)
+                left = None if left is None else left - self._min_deadline
+                budget = deadline.Budget.after(left, gone, self.costs)
                 try:
                     with deadline.running(budget):
                         response = behavior(request, context)
