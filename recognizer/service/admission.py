@@ -45,7 +45,7 @@ def _never() -> bool:
     return False
 
 
-def _jitter() -> float:
+def uniform_jitter() -> float:
     return random.uniform(0.8, 1.2)  # spread the retries of callers refused together
 
 
@@ -70,7 +70,7 @@ class MethodGate:
         *,
         max_wait_s: float = 5.0,
         min_deadline_s: float = 0.005,
-        jitter: Callable[[], float] = _jitter,
+        jitter: Callable[[], float] = uniform_jitter,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name

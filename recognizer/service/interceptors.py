@@ -19,7 +19,7 @@ import grpc
 from recognizer import accounting, deadline
 from recognizer.config import ApiKey, Role, hash_key
 from recognizer.deadline import RecentCosts
-from recognizer.service.admission import MethodGate, Outcome, Verdict
+from recognizer.service.admission import MethodGate, Outcome, Verdict, uniform_jitter
 from recognizer.service.errors import build_status, status_for_exception
 
 log = logging.getLogger("recognizer.access")
@@ -222,7 +222,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         max_queue: int = 8,
         max_queue_wait_s: float = 5.0,
         costs: RecentCosts | None = None,
-        jitter: Callable[[], float] | None = None,
+        jitter: Callable[[], float] = uniform_jitter,
     ) -> None:
         self._max = max_in_flight
         self._queue = max_queue
@@ -237,7 +237,6 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         with self._lock:
             gate = self._gates.get(method)
             if gate is None:
-                extra = {"jitter": self._jitter} if self._jitter else {}
                 gate = self._gates[method] = MethodGate(
                     method,
                     self._max,
@@ -245,7 +244,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                     self.costs,
                     max_wait_s=self._max_wait,
                     min_deadline_s=self._min_deadline,
-                    **extra,
+                    jitter=self._jitter,
                 )
             return gate
 
