@@ -367,13 +367,19 @@ class _Admin:
         self._every = every_s
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def rss(self) -> int:
+    def _metrics(self) -> Any:
         from recognizer.v1 import gate_pb2
 
-        r = self.client.admin.GetMetrics(
+        return self.client.admin.GetMetrics(
             gate_pb2.GetMetricsRequest(), metadata=self.client.metadata, timeout=10
         )
-        return int(r.rss_bytes)
+
+    def rss(self) -> int:
+        return int(self._metrics().rss_bytes)
+
+    def cpu_s(self) -> float:
+        """The server process's CPU seconds so far."""
+        return float(self._metrics().process_cpu_seconds)
 
     def _sample(self) -> None:
         while not self._stop.wait(self._every):
@@ -433,10 +439,14 @@ def run_gate_overload(
         phases = {}
         for d in deadlines:
             gate_id = f"bench-{d:g}s"
+            cpu0 = admin.cpu_s()
             calls, end = _gate_phase(authorize, md, events, gate_id, d, seconds, callers)
             time.sleep(1.0)  # let abandoned work finish (and maybe store) before counting
+            cpu = admin.cpu_s() - cpu0
             stored = _stored_events(admin, gate_id)
-            phases[f"{d:g}s"] = phase_summary(calls, stored, end, seconds, d)
+            summary = phase_summary(calls, stored, end, seconds, d)
+            summary["server_cpu_s_per_ok"] = cpu / max(1, summary["ok"])
+            phases[f"{d:g}s"] = summary
         t1 = time.perf_counter()
         time.sleep(settle_s)
         after = admin.rss()
@@ -469,6 +479,7 @@ def format_gate_result(r: dict[str, Any]) -> str:
             f" over observed wait median ratio {p['retry_over_observed_median']:.2f} "
             f"(n={p['retry_ratio_n']}), over the wait for its turn "
             f"{p['retry_over_turn_median']:.2f} (n={p['retry_turn_n']}); "
+            f"server CPU per OK {p['server_cpu_s_per_ok']:.2f} s; "
             f"codes {p['codes']} reasons {p['reasons']}"
         )
     lines.append(
