@@ -239,6 +239,56 @@ def index(
 
 
 @bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--target", default=None, help="127.0.0.1:PORT of a running server (else one is started)."
+)
+@click.option("--api-key", default="", envvar="RECOGNIZER_API_KEY", help="Admin key for --target.")
+@click.option("--seconds", type=click.FloatRange(1, 120), default=10.0, show_default=True)
+@click.option("--callers", type=click.IntRange(1, 256), default=48, show_default=True)
+@click.option("--settle", type=click.FloatRange(0, 120), default=10.0, show_default=True)
+@out_option("overload")
+def overload(
+    dataset: Path | None,
+    target: str | None,
+    api_key: str,
+    seconds: float,
+    callers: int,
+    settle: float,
+    out: Path | None,
+) -> None:
+    """Authorize callers with 30-s, then 1-s deadlines, in one run: goodput, decisions
+    stored for callers who had gone, RetryInfo against the waits observed, p99, RSS.
+
+    DATASET is the datasets root holding faces/ and plates/ (default ../shared/datasets)."""
+    import json
+
+    from benchmarks import overload as bench_overload
+    from benchmarks.report import to_jsonable
+
+    root = dataset or DATASETS
+    faces_dir = root / "faces" / "lfw10"
+    plates_dir = root / "plates" / "scenes"
+
+    def run(t: str, key: str) -> dict:
+        return bench_overload.run_gate_overload(
+            t, key, faces_dir, plates_dir, seconds=seconds, callers=callers, settle_s=settle
+        )
+
+    if target is not None:
+        result = run(target, api_key)
+    else:
+        from benchmarks.service import subprocess_server
+
+        with subprocess_server() as (t, key):
+            result = run(t, key)
+    dest = _out(out, "overload")
+    (dest / "results.json").write_text(json.dumps(to_jsonable(result), indent=1))
+    click.echo(bench_overload.format_gate_result(result))
+    _done(dest / "results.json")
+
+
+@bench.command()
 @click.option(
     "--results",
     "results_dir",

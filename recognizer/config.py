@@ -19,6 +19,9 @@ from recognizer.imaging import ImageLimits
 from recognizer.models import DEFAULT_MODELS_DIR, PROFILES
 from recognizer.policy import PolicySet
 
+# The RPCs that take images; each may have its own pixel cap (`rpc_max_pixels`).
+IMAGE_RPCS = ("DetectFaces", "ReadPlates", "VerifyFace", "IdentifyFace", "EnrollFace", "Authorize")
+
 
 class Role(StrEnum):
     GATE = "gate"
@@ -64,14 +67,23 @@ class Config:
     api_keys: tuple[ApiKey, ...] = ()
     tls: TlsConfig = field(default_factory=TlsConfig)
     image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # RPC name (IMAGE_RPCS) -> pixel cap for its images, instead of image_limits.max_pixels.
+    rpc_max_pixels: dict[str, int] = field(default_factory=dict)
     policies: PolicySet = field(default_factory=PolicySet)
-    max_message_bytes: int = 16 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024  # responses; requests: see max_receive_bytes
     # Handler threads are cheap while idle; the admission bounds below are what limit work.
     max_workers: int = 48
     max_in_flight: int = 4  # per method, running at once (2 cores: more only adds latency)
     max_queue: int = 8  # per method, waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
     max_queue_wait_s: float = 5.0
-    min_deadline_ms: int = 5  # a call with less time left is refused before work starts
+    # A call with less time left is refused before work starts, and an admitted call's
+    # budget ends this much before its deadline, for the answer's way back to the caller.
+    min_deadline_ms: int = 50
+    # Memory after bursts (see recognizer/memory.py): glibc malloc arenas (0: glibc's
+    # default of 8 per core), and the idle seconds after which free memory is given back
+    # (0: never).
+    malloc_arena_max: int = 2
+    idle_trim_s: float = 1.0
     flat_max: int = 100_000
     face_threshold_min: float = 0.2  # per-request threshold overrides must stay in bounds
     face_threshold_max: float = 0.95
@@ -80,6 +92,18 @@ class Config:
     checkpoint_seconds: float = 30.0
     retention_days: int = 365
     store_images: bool = False
+
+    def limits_for(self, rpc: str) -> ImageLimits:
+        """The image limits of one RPC: image_limits with that RPC's pixel cap."""
+        cap = self.rpc_max_pixels.get(rpc)
+        return self.image_limits if cap is None else replace(self.image_limits, max_pixels=cap)
+
+    @property
+    def max_receive_bytes(self) -> int:
+        """gRPC's own request cap: room for two images at the byte limit (Authorize sends a
+        vehicle and a face frame). Below it the handler refuses an oversized image with
+        INVALID_ARGUMENT; above it gRPC answers RESOURCE_EXHAUSTED itself."""
+        return 2 * self.image_limits.max_bytes
 
     @property
     def db_path(self) -> Path:
@@ -105,6 +129,19 @@ def _parse_env_keys(raw: str) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
+def _parse_rpc_pixels(raw: str | dict[str, Any]) -> dict[str, int]:
+    """`{"ReadPlates": 24000000}` from TOML, or "ReadPlates=24000000,..." from the env."""
+    if isinstance(raw, str):
+        pairs = [p.partition("=") for p in filter(None, (q.strip() for q in raw.split(",")))]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError("RECOGNIZER_RPC_MAX_PIXELS entries look like RPC=PIXELS")
+        raw = {name.strip(): value for name, _, value in pairs}
+    unknown = set(raw) - set(IMAGE_RPCS)
+    if unknown:
+        raise ValueError(f"rpc_max_pixels: unknown RPCs {sorted(unknown)}; use {IMAGE_RPCS}")
+    return {name: int(value) for name, value in raw.items()}
+
+
 def _coerce(cfg: Config, name: str, value: Any) -> Any:
     current = getattr(cfg, name)
     if isinstance(current, bool):
@@ -125,7 +162,8 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    simple = {f.name for f in fields(Config)} - {"api_keys", "tls", "image_limits", "policies"}
+    nested = {"api_keys", "tls", "image_limits", "policies", "rpc_max_pixels"}
+    simple = {f.name for f in fields(Config)} - nested
     changes: dict[str, Any] = {}
     for name in simple:
         if name in data:
@@ -146,6 +184,10 @@ def load_config(
         )
     if "image_limits" in data:
         changes["image_limits"] = ImageLimits(**data["image_limits"])
+    if "rpc_max_pixels" in data:
+        changes["rpc_max_pixels"] = _parse_rpc_pixels(data["rpc_max_pixels"])
+    if "RECOGNIZER_RPC_MAX_PIXELS" in env:
+        changes["rpc_max_pixels"] = _parse_rpc_pixels(env["RECOGNIZER_RPC_MAX_PIXELS"])
     if "policies" in data:
         changes["policies"] = PolicySet.from_config(data["policies"])
     changes.update(overrides)

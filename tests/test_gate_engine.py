@@ -52,6 +52,7 @@ def store() -> Iterator[SqliteStore]:
 
 def engine(store: SqliteStore, gatherer: FakeGatherer, decoded: list[str]) -> GateEngine:
     def decode(data: bytes, field: str) -> np.ndarray:
+        deadline.check("decode")  # as imaging.decode does
         decoded.append(field)
         return np.zeros((8, 8, 3), np.uint8)
 

@@ -445,3 +445,19 @@ def test_a_gate_key_acts_only_for_its_gates(
         assert err.code() is grpc.StatusCode.PERMISSION_DENIED
     finally:
         scoped.close()
+
+
+def test_a_call_whose_deadline_ran_out_stores_nothing_and_its_retry_decides(
+    c: Client, powell: tuple[str, str]
+) -> None:
+    frame, _ = scene(0)
+    req = request("I-late", vehicle_image=frame, face_image=face("Colin_Powell", 3))
+    err = refused(lambda: c.gate.Authorize(req, metadata=c.metadata, timeout=0.02))
+    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.5)  # anything the server still did for the call has finished by now
+    records = c.admin.ListDecisions(
+        gate_pb2.ListDecisionsRequest(gate_id="I-late"), metadata=c.metadata
+    ).decisions
+    assert records == []
+    retry = c.gate.Authorize(req, metadata=c.metadata, timeout=60)
+    assert not retry.replayed and retry.outcome == ALLOW, codes(retry)

@@ -87,3 +87,122 @@ def test_byte_limit_checked_before_decode() -> None:
     with pytest.raises(InvalidArgument) as err:
         decode(data, ImageLimits(max_bytes=len(data) - 1))
     assert err.value.reason == "IMAGE_TOO_LARGE"
+
+
+# --- EXIF orientation --------------------------------------------------------------------
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int, order: str = ">") -> bytes:
+    """The JPEG with an EXIF APP1 segment right after SOI whose IFD0 holds one tag:
+    Orientation (0x0112, SHORT). `order` is the TIFF byte order, ">" (MM) or "<" (II)."""
+    tiff = (
+        (b"MM" if order == ">" else b"II")
+        + struct.pack(order + "HI", 42, 8)  # magic, offset of IFD0
+        + struct.pack(order + "H", 1)  # one entry
+        + struct.pack(order + "HHIHH", 0x0112, 3, 1, orientation, 0)
+        + struct.pack(order + "I", 0)  # no next IFD
+    )
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+# How a camera stores an upright picture for each orientation: the inverse of what the tag
+# tells a viewer to do (written out independently of recognizer.imaging.orient).
+STORE = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, 1),  # the viewer turns it back clockwise
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, -1),
+}
+
+
+def stored_as(upright: np.ndarray, orientation: int, order: str = ">") -> bytes:
+    stored = np.ascontiguousarray(STORE[orientation](upright))
+    return with_exif_orientation(
+        encode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 95]), orientation, order
+    )
+
+
+def portrait_pattern() -> np.ndarray:
+    """An 80x48 portrait with no symmetry: a gradient and a bright block near the top left."""
+    y, x = np.mgrid[0:80, 0:48]
+    img = np.dstack([x * 5, y * 3, (x + y) * 2]).astype(np.uint8)
+    img[4:20, 4:16] = 255
+    return img
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("order", [">", "<"])
+def test_exif_orientation_is_applied(orientation: int, order: str) -> None:
+    upright = portrait_pattern()
+    data = stored_as(upright, orientation, order)
+    assert read_header(data).orientation == orientation
+    assert read_header(data).upright_size == (48, 80)
+    out = decode(data)
+    assert out.shape == upright.shape
+    assert np.abs(out.astype(int) - upright.astype(int)).mean() < 4  # JPEG noise only
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_agrees_with_pillow(orientation: int) -> None:
+    """Pillow reads our tag the same way: a check on the test's EXIF writer and on decode."""
+    pil = pytest.importorskip("PIL.Image")
+    ops = pytest.importorskip("PIL.ImageOps")
+    import io
+
+    data = stored_as(portrait_pattern(), orientation)
+    im = pil.open(io.BytesIO(data))
+    assert im.getexif().get(0x0112) == orientation
+    theirs = np.asarray(ops.exif_transpose(im).convert("RGB"))[:, :, ::-1]
+    ours = decode(data)
+    assert ours.shape == theirs.shape
+    assert np.abs(ours.astype(int) - theirs.astype(int)).mean() < 4
+
+
+def test_limits_apply_to_the_upright_size() -> None:
+    data = stored_as(portrait_pattern(), 6)  # stored 80 wide, 48 high; upright 48x80
+    with pytest.raises(InvalidArgument) as err:
+        decode(data, ImageLimits(max_pixels=48 * 80 - 1))
+    assert "48x80" in err.value.message
+    assert decode(data, ImageLimits(max_pixels=48 * 80)).shape == (80, 48, 3)
+
+
+@pytest.mark.parametrize(
+    "tiff", [b"", b"MM\x00*", b"XX\x00*\x00\x00\x00\x08", b"MM\x00*\xff\xff\xff\xff"]
+)
+def test_malformed_exif_means_upright(tiff: bytes) -> None:
+    jpeg = encode(".jpg", IMAGE)
+    app1 = b"Exif\x00\x00" + tiff
+    data = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+    assert read_header(data).orientation == 1
+    assert decode(data).shape == (48, 64, 3)
+
+
+# --- pixel caps ---------------------------------------------------------------------------
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header is rewritten to claim width x height."""
+    data = bytearray(encode(".jpg", np.full((16, 16), 128, np.uint8)))
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC2):
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_small_file_declaring_40_megapixels_is_refused_by_default() -> None:
+    data = jpeg_declaring(11000, 3600)
+    assert len(data) < 10_000
+    with pytest.raises(InvalidArgument) as err:
+        decode(data, field="image")
+    assert err.value.reason == "IMAGE_TOO_LARGE" and err.value.field == "image"
+
+
+def test_a_12_megapixel_phone_photo_passes_the_default_limits() -> None:
+    data = encode(".jpg", np.zeros((3024, 4032, 3), np.uint8))
+    assert decode(data).shape == (3024, 4032, 3)

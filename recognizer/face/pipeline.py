@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from recognizer import deadline
 from recognizer import models as model_store
 from recognizer.face.align import align
 from recognizer.face.detector import ScrfdDetector, YuNetDetector
@@ -66,8 +67,10 @@ class FacePipeline:
         self, image_bgr: np.ndarray, selection: Selection
     ) -> list[tuple[Face, Quality, np.ndarray]]:
         img = to_bgr3(image_bgr)
+        with deadline.stage("face.detect"):
+            faces = self.detector.detect(img)
         out = []
-        for face in self._select(self.detector.detect(img), selection):
+        for face in self._select(faces, selection):
             crop = align(img, face.landmarks)
             out.append((face, assess(img, face, crop, self.quality_config), crop))
         return out
@@ -79,7 +82,8 @@ class FacePipeline:
         found = self._detect_aligned(image_bgr, selection)
         if not found:
             return []
-        vectors = self.embedder.embed([crop for _, _, crop in found])  # one call for all
+        with deadline.stage("face.embed"):
+            vectors = self.embedder.embed([crop for _, _, crop in found])  # one call for all
         return [
             AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32))
             for (face, quality, _), vec in zip(found, vectors, strict=True)

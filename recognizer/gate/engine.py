@@ -118,20 +118,21 @@ class GateEngine:
             decided_at=now,
         )
         payload = encode(decision)
-        deadline.check("storing the decision")  # a caller who has gone gets nothing stored
         sighting = (read.text, event.gate_id, event.direction.value, now) if read else None
-        row = self.store.put_decision(
-            gate_id=event.gate_id,
-            event_id=event.event_id,
-            decision_id=decision.decision_id,
-            identity_id=decision.identity_id,
-            outcome=decision.outcome.value,
-            payload=payload,
-            inputs=request.inputs.record(),
-            input_digest=digest,
-            created_at=now,
-            sighting=sighting,
-        )
+        # A caller who has gone (or whose time cannot hold the write) gets nothing stored.
+        with deadline.stage("gate.store"):
+            row = self.store.put_decision(
+                gate_id=event.gate_id,
+                event_id=event.event_id,
+                decision_id=decision.decision_id,
+                identity_id=decision.identity_id,
+                outcome=decision.outcome.value,
+                payload=payload,
+                inputs=request.inputs.record(),
+                input_digest=digest,
+                created_at=now,
+                sighting=sighting,
+            )
         # Another process may have stored the event first: its decision stands, if it was
         # made from the same inputs.
         row = _same_event(row, digest)
@@ -174,10 +175,8 @@ class GateEngine:
         )
 
     def _decode_first(self, frames: tuple[bytes, ...], field: str) -> np.ndarray | None:
-        if not frames:
-            return None
-        deadline.check(f"decoding {field}")
-        return self._decode(frames[0], field)
+        # Decoding is a budgeted stage of its own (imaging.decode).
+        return self._decode(frames[0], field) if frames else None
 
     def close(self) -> None:
         self.evidence.close()

@@ -72,8 +72,7 @@ class EvidenceGatherer:
         """The frame's reads, and the gate's own read when it sent one (trusted as much as a
         plate_text alone would be)."""
         reads = []
-        if event.vehicle_image is not None:
-            deadline.check("reading the plate")
+        if event.vehicle_image is not None:  # the pipeline checks the budget per stage
             reads = list(self.plates.read(event.vehicle_image))
         if event.plate_text:
             reads.append(text_read(event.plate_text))
@@ -82,7 +81,6 @@ class EvidenceGatherer:
     def _face_branch(self, event: GateEvent) -> AnalyzedFace | None:
         if event.face_image is None:
             return None
-        deadline.check("analysing the face")
         found = self.identity.faces.analyze(event.face_image, Selection.LARGEST)
         return found[0] if found else None
 
@@ -127,7 +125,7 @@ class EvidenceGatherer:
         self, event: GateEvent, now: float
     ) -> tuple[Evidence, PlateResult | None, AnalyzedFace | None]:
         reads, probe = self._run_branches(event)
-        deadline.check("matching the evidence")
+        deadline.check("gate.match")
         read, by_plate = self._plate_payers(reads)
         threshold = self.identity.threshold()
         payers: list[Payer] = []

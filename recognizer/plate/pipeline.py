@@ -10,6 +10,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from recognizer import deadline
 from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo, find_entry, require
 from recognizer.models import load as load_model
 from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
@@ -178,14 +179,16 @@ class PlateRecognizer:
         return _Choice(best.text, best.char_probs, cands, True, reader, p, False, (best,))
 
     def _read_lines(self, lines: Sequence[np.ndarray], n: int) -> list[_Choice]:
-        readings = self.reader.read_batch(lines)
+        with deadline.stage("plate.read"):
+            readings = self.reader.read_batch(lines)
         main = [self._choose(r, n) for r in readings]
         others: dict[int, _Choice] = {}  # the alternative reader's reads of unclean lines
         # The alternative reader runs when the main read is not a plate as read, and, with
         # cross_check, on every line to settle digit/letter confusions (see _letter_fix).
         redo = [i for i, c in enumerate(main) if not c.clean or self.cross_check]
         if self.alt_reader is not None and redo:
-            alt = self.alt_reader.read_batch([lines[i] for i in redo])
+            with deadline.stage("plate.read_alt"):
+                alt = self.alt_reader.read_batch([lines[i] for i in redo])
             for i, reading in zip(redo, alt, strict=True):
                 other = self._choose(reading, n)
                 if main[i].clean:
@@ -199,7 +202,8 @@ class PlateRecognizer:
         if redo:
             batch = [v for i in redo for v in _variants(lines[i])]
             k = len(batch) // len(redo)
-            extra = self.reader.read_batch(batch)
+            with deadline.stage("plate.reread"):
+                extra = self.reader.read_batch(batch)
             for j, i in enumerate(redo):
                 views = [readings[i], *extra[j * k : (j + 1) * k]]
                 alt = [others[i]] if i in others else []
@@ -267,7 +271,8 @@ class PlateRecognizer:
         """Every plate in a frame, in detector order (most confident first); [] if none."""
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
-        dets = self.detector.detect(image_bgr)
+        with deadline.stage("plate.detect"):
+            dets = self.detector.detect(image_bgr)
         if not dets:
             return []
         results = self._results(

@@ -1,4 +1,4 @@
-"""Server interceptors: metrics+logging, auth, admission (deadline and in-flight limits), errors.
+"""Server interceptors: metrics+logging, auth, admission (deadlines, in-flight limits), errors.
 
 Each wraps the unary handler so the servicers stay thin and never see auth or accounting.
 Order, outermost first: Observe -> Auth -> Admission -> Errors -> servicer.
@@ -17,9 +17,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from recognizer import accounting
+from recognizer import accounting, deadline
 from recognizer.config import ApiKey, Role, hash_key
+from recognizer.deadline import RecentCosts
 from recognizer.service import limits, principal
+from recognizer.service.admission import MethodGate, Outcome, Verdict, uniform_jitter
 from recognizer.service.errors import build_status, status_for_exception
 
 log = logging.getLogger("recognizer.access")
@@ -199,47 +201,25 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return handler
 
 
-# --- admission: deadlines and in-flight limits -------------------------------------------
+# --- admission: deadlines, in-flight limits, expected finish times ------------------------
+
+QUEUE_WAIT_HEADER = "x-queue-wait-ms"  # trailing metadata of an admitted call
+NO_DEADLINE_S = 1e8  # gRPC reports "no deadline" as a practically infinite time_remaining()
 
 
-class _MethodGate:
-    """At most `limit` calls run; at most `queue` more wait for a slot; the rest are refused."""
-
-    def __init__(self, limit: int, queue: int) -> None:
-        self.limit = limit
-        self.queue = queue
-        self.running = 0
-        self.waiting = 0
-        self._cond = threading.Condition()
-
-    def enter(self, timeout: float) -> str:
-        """ "ok", "full" (refuse at once) or "timeout" (no slot before the deadline)."""
-        with self._cond:
-            if self.running < self.limit and not self.waiting:
-                self.running += 1
-                return "ok"
-            if self.waiting >= self.queue:
-                return "full"
-            self.waiting += 1
-            try:
-                if not self._cond.wait_for(lambda: self.running < self.limit, timeout):
-                    return "timeout"
-                self.running += 1
-                return "ok"
-            finally:
-                self.waiting -= 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self.running -= 1
-            self._cond.notify()
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    left = context.time_remaining()
+    return None if left is None or left > NO_DEADLINE_S else float(left)
 
 
 class AdmissionInterceptor(grpc.ServerInterceptor):
     """Refuse work that cannot finish in time, and bound in-flight and queued calls per method.
 
-    Beyond the bounds the caller gets RESOURCE_EXHAUSTED with RetryInfo at once, instead of
-    queueing without bound; a call whose deadline passes while queued is never started.
+    Each method has its own gate (`admission.MethodGate`), so a flood of one method never
+    takes the slots of another. A call that would wait past its deadline is refused at once
+    with RESOURCE_EXHAUSTED and a RetryInfo of the estimated wait; one whose deadline cannot
+    hold the work gets DEADLINE_EXCEEDED, before any work. An admitted call runs inside a
+    `deadline.Budget`, so domain code stops at its next stage once the caller has gone.
     """
 
     def __init__(
@@ -248,69 +228,101 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         min_deadline_ms: int,
         max_queue: int = 8,
         max_queue_wait_s: float = 5.0,
+        costs: RecentCosts | None = None,
+        jitter: Callable[[], float] = uniform_jitter,
     ) -> None:
         self._max = max_in_flight
         self._queue = max_queue
         self._max_wait = max_queue_wait_s
         self._min_deadline = min_deadline_ms / 1000.0
-        self._gates: dict[str, _MethodGate] = {}
+        self.costs = costs or RecentCosts()  # methods and stages, shared by all calls
+        self._jitter = jitter
+        self._gates: dict[str, MethodGate] = {}
         self._lock = threading.Lock()
 
-    def _gate(self, method: str) -> _MethodGate:
+    def gate(self, method: str) -> MethodGate:
         with self._lock:
             gate = self._gates.get(method)
             if gate is None:
-                gate = self._gates[method] = _MethodGate(self._max, self._queue)
+                gate = self._gates[method] = MethodGate(
+                    method,
+                    self._max,
+                    self._queue,
+                    self.costs,
+                    max_wait_s=self._max_wait,
+                    min_deadline_s=self._min_deadline,
+                    jitter=self._jitter,
+                )
             return gate
 
-    def _deadline_exceeded(self, context: grpc.ServicerContext) -> None:
+    def _all_gates(self) -> list[MethodGate]:
+        with self._lock:
+            return list(self._gates.values())
+
+    def idle(self) -> bool:
+        """No call of any method runs or waits."""
+        return all(g.running == 0 and g.waiting == 0 for g in self._all_gates())
+
+    def activity(self) -> int:
+        """Calls admitted so far, all methods."""
+        return sum(g.started for g in self._all_gates())
+
+    @staticmethod
+    def _refuse(context: grpc.ServicerContext, method: str, verdict: Verdict) -> None:
+        if verdict.outcome in (Outcome.TOO_SHORT, Outcome.CANCELLED):
+            context.abort_with_status(
+                build_status(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "the deadline ran out before work started",
+                    reason="DEADLINE_TOO_SHORT",
+                )
+            )
+        why = {
+            Outcome.FULL: "the queue is full",
+            Outcome.LATE: "the queue would outlast the deadline",
+            Outcome.QUEUE_TIMEOUT: "no slot within the queue time limit",
+        }[verdict.outcome]
         context.abort_with_status(
             build_status(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "the deadline ran out before work started",
-                reason="DEADLINE_TOO_SHORT",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many calls to {method}: {why}; "
+                f"retry after about {verdict.retry_after_s:.2f}s",
+                reason="OVERLOADED",
+                metadata={"queued_ahead": str(verdict.queued_ahead)},
+                retry_after_s=verdict.retry_after_s,
             )
         )
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
-            gate = self._gate(d.method)
+            gate = self.gate(d.method)
 
             def admitted(request: Any, context: grpc.ServicerContext) -> Any:
-                remaining = context.time_remaining()
-                if remaining is not None and remaining < self._min_deadline:
-                    self._deadline_exceeded(context)
-                wait = (
-                    self._max_wait
-                    if remaining is None
-                    else min(self._max_wait, remaining - self._min_deadline)
-                )
-                verdict = gate.enter(wait)
-                if verdict == "full":
-                    context.abort_with_status(
-                        build_status(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"too many calls to {d.method} (running {self._max}, "
-                            f"queued {self._queue})",
-                            reason="OVERLOADED",
-                            retry_after_s=0.1,
-                        )
-                    )
-                if verdict == "timeout":
-                    if remaining is not None and remaining - self._max_wait < self._min_deadline:
-                        self._deadline_exceeded(context)
-                    context.abort_with_status(
-                        build_status(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"no slot for {d.method} within {self._max_wait:.1f}s",
-                            reason="OVERLOADED",
-                            retry_after_s=0.5,
-                        )
-                    )
+                ended = threading.Event()
+
+                def gone() -> bool:
+                    # Once the call has answered, work it left behind in other threads
+                    # (a branch whose sibling failed) is for nobody either.
+                    return ended.is_set() or not context.is_active()
+
+                verdict = gate.enter(_remaining(context), gone)
+                if verdict.outcome is not Outcome.ADMITTED:
+                    self._refuse(context, d.method, verdict)
+                t0 = time.monotonic()
+                # The budget ends min_deadline early: the answer still has to reach the
+                # caller, whose clock started before this server's (the request's transit).
+                left = _remaining(context)
+                left = None if left is None else left - self._min_deadline
+                budget = deadline.Budget.after(left, gone, self.costs)
                 try:
-                    return behavior(request, context)
+                    with deadline.running(budget):
+                        response = behavior(request, context)
+                    wait_ms = f"{verdict.waited_s * 1000:.1f}"
+                    context.set_trailing_metadata(((QUEUE_WAIT_HEADER, wait_ms),))
+                    return response
                 finally:
-                    gate.leave()
+                    ended.set()
+                    gate.leave(time.monotonic() - t0)
 
             return admitted
 

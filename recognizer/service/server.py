@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from recognizer.config import Config
 from recognizer.gallery.crypto import TemplateKeyError
+from recognizer.memory import IdleTrim, limit_malloc_arenas
 from recognizer.service.interceptors import (
     AdmissionInterceptor,
     AuthInterceptor,
@@ -54,11 +55,14 @@ class RunningServer:
     runtime: Runtime
     health: health.HealthServicer
     metrics: Metrics
+    trimmer: IdleTrim | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop accepting calls, let in-flight ones finish, then persist and close."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.trimmer is not None:
+            self.trimmer.stop()
         self.runtime.close()
 
 
@@ -80,23 +84,25 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
 
     Models load in the background; health reports NOT_SERVING until they are ready.
     """
+    limit_malloc_arenas(config.malloc_arena_max)  # before the handler threads allocate
     runtime = runtime or Runtime(config)
     metrics = Metrics()
+    admission = AdmissionInterceptor(
+        config.max_in_flight,
+        config.min_deadline_ms,
+        config.max_queue,
+        config.max_queue_wait_s,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
         interceptors=[
             ObserveInterceptor(metrics),
             AuthInterceptor(config.api_keys),
-            AdmissionInterceptor(
-                config.max_in_flight,
-                config.min_deadline_ms,
-                config.max_queue,
-                config.max_queue_wait_s,
-            ),
+            admission,
             ErrorInterceptor(),
         ],
         options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_receive_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
@@ -136,11 +142,14 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     server.start()
     runtime.load_in_background()
     runtime.start_checkpoints()
+    trimmer = None
+    if config.idle_trim_s > 0:
+        trimmer = IdleTrim(admission.idle, admission.activity, config.idle_trim_s).start()
     log.info(
         "listening",
         extra={"fields": {"address": f"{config.host}:{port}", "tls": config.tls.enabled}},
     )
-    return RunningServer(server, port, runtime, health_servicer, metrics)
+    return RunningServer(server, port, runtime, health_servicer, metrics, trimmer)
 
 
 def serve(config: Config) -> None:

@@ -31,12 +31,12 @@ Ctx = grpc.ServicerContext
 class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self._limits = runtime.config.image_limits
+        self._limits = runtime.config.limits_for
 
     def DetectFaces(
         self, request: recognition_pb2.DetectFacesRequest, context: Ctx
     ) -> recognition_pb2.DetectFacesResponse:
-        image = decode(request.image, self._limits, "image")
+        image = decode(request.image, self._limits("DetectFaces"), "image")
         faces = self._rt.engines.faces
         found = faces.detect(image, convert.selection(request.selection))
         return recognition_pb2.DetectFacesResponse(
@@ -49,7 +49,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     def ReadPlates(
         self, request: recognition_pb2.ReadPlatesRequest, context: Ctx
     ) -> recognition_pb2.ReadPlatesResponse:
-        image = decode(request.image, self._limits, "image")
+        image = decode(request.image, self._limits("ReadPlates"), "image")
         if not 0 <= request.max_candidates <= 20:
             raise InvalidArgument("max_candidates must be within 0..20", field="max_candidates")
         plates = self._rt.engines.plates
@@ -64,7 +64,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     def VerifyFace(
         self, request: recognition_pb2.VerifyFaceRequest, context: Ctx
     ) -> recognition_pb2.VerifyFaceResponse:
-        image = decode(request.image, self._limits, "image")
+        image = decode(request.image, self._limits("VerifyFace"), "image")
         eng = self._rt.engines
         threshold = request.threshold if request.HasField("threshold") else None
         r = eng.identity.verify(request.identity_id, image, threshold)
@@ -80,7 +80,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
     def IdentifyFace(
         self, request: recognition_pb2.IdentifyFaceRequest, context: Ctx
     ) -> recognition_pb2.IdentifyFaceResponse:
-        image = decode(request.image, self._limits, "image")
+        image = decode(request.image, self._limits("IdentifyFace"), "image")
         eng = self._rt.engines
         threshold = request.threshold if request.HasField("threshold") else None
         r = eng.identity.identify(image, request.top_k, threshold)
@@ -107,7 +107,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self._limits = runtime.config.image_limits
+        self._limits = runtime.config.limits_for("EnrollFace")
 
     def _identity(self, identity_id: str) -> identity_pb2.Identity:
         store = self._rt.engines.gallery.store
@@ -271,7 +271,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 class GateServicer(gate_pb2_grpc.GateServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self._limits = runtime.config.image_limits
+        self._limits = runtime.config.limits_for("Authorize")
 
     def Authorize(
         self, request: gate_pb2.AuthorizeRequest, context: Ctx
