@@ -102,7 +102,12 @@ def subprocess_server(
              "--data-dir", str(Path(tmp) / "data"), "--profile", profile],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {}), "RECOGNIZER_API_KEYS": f"admin:{key}"},
+            env={
+                **os.environ,
+                "RECOGNIZER_METRICS_PORT": "0",
+                **(env or {}),
+                "RECOGNIZER_API_KEYS": f"admin:{key}",
+            },
         )  # fmt: skip
         target = f"127.0.0.1:{port}"
         try:
@@ -368,16 +373,25 @@ def run(
     plates_dir = plates_dir or DATASETS / "plates" / "scenes"
     max_seconds = 30.0 if quick else 120.0
     rep = Report("Service benchmark (gRPC load, separate process)")
+    scraped: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
+        metrics_url = ""
         if target is None:
-            target, api_key = stack.enter_context(subprocess_server(profile))
+            mport = free_port()
+            env = {"RECOGNIZER_METRICS_PORT": str(mport)}
+            target, api_key = stack.enter_context(subprocess_server(profile, env=env))
             where = f"`recognizer serve --profile {profile}` started as a subprocess on {target}"
+            metrics_url = f"http://127.0.0.1:{mport}/metrics"
         else:
             check_target(target)
             where = f"external server at {target}"
+        if metrics_url:
+            scraped["before"] = scrape(metrics_url)
         results, notes = run_load(
             target, api_key, faces_dir, plates_dir, requests=requests, max_seconds=max_seconds
         )
+        if metrics_url:
+            scraped["after"] = scrape(metrics_url)
     rep.p(
         f"Server: {where}. Load generator: this process, one thread per concurrent caller, "
         f"{requests} requests per level (at least one per caller), at most {max_seconds:.0f} s "
@@ -424,6 +438,54 @@ def run(
             logx=True,
         )
         rep.image(path, label)
-    rep.results = {"target": target, "notes": notes, "levels": results}
+    if scraped:
+        _metrics_section(rep, scraped)
+    rep.results = {"target": target, "notes": notes, "levels": results, "prometheus": scraped}
     rep.write(out)
     return rep
+
+
+# --- the Prometheus endpoint ----------------------------------------------------------------
+
+# The series the service bench shows moving (name -> the label that tells them apart).
+WATCHED = {
+    "recognizer_requests_total": "method",
+    "recognizer_inference_seconds_count": "model",
+    "recognizer_gate_decisions_total": "outcome",
+    "recognizer_admission_rejections_total": "method",
+    "recognizer_gallery_templates": "",
+}
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The watched series of a /metrics page, parsed with the Prometheus client's own parser,
+    summed per (series, label value)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:  # 127.0.0.1 only
+        text = resp.read().decode("utf-8")
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            label = WATCHED.get(sample.name)
+            if label is None:
+                continue
+            key = f"{sample.name}{{{sample.labels.get(label, '')}}}" if label else sample.name
+            out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
+
+
+def _metrics_section(rep: Report, scraped: dict[str, dict[str, float]]) -> None:
+    before, after = scraped.get("before", {}), scraped.get("after", {})
+    rows = [
+        [key, before.get(key, 0.0), value, value - before.get(key, 0.0)]
+        for key, value in sorted(after.items())
+    ]
+    rep.h("Prometheus endpoint")
+    rep.p(
+        "The server's /metrics page (`metrics_port`), scraped before and after the load "
+        "with the Prometheus client's text parser: the series move with the calls made."
+    )
+    rep.table(["series", "before", "after", "change"], rows)

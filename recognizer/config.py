@@ -60,6 +60,7 @@ class TlsConfig:
 class Config:
     host: str = "127.0.0.1"
     port: int = 50051
+    metrics_port: int = 9464  # Prometheus /metrics on `host`; 0 turns it off
     data_dir: Path = Path("var")
     models_dir: Path = DEFAULT_MODELS_DIR
     profile: str = "default"
@@ -91,7 +92,6 @@ class Config:
     max_clock_skew_s: float = 600.0  # Authorize observed_at further from server time: refused
     checkpoint_seconds: float = 30.0
     retention_days: int = 365
-    store_images: bool = False
 
     def limits_for(self, rpc: str) -> ImageLimits:
         """The image limits of one RPC: image_limits with that RPC's pixel cap."""

@@ -6,19 +6,27 @@ before a session is built, so a swapped or truncated weight file never runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
-import onnxruntime as ort
 
-from recognizer import accounting
+from recognizer import accounting, telemetry
 
-# Some exported graphs (SFace) warn once per initializer while loading; keep errors only.
-ort.set_default_logger_severity(3)
+
+@functools.cache
+def _onnxruntime() -> ModuleType:
+    """onnxruntime, imported on the first session: clients and the CLI never pay for it."""
+    import onnxruntime as ort
+
+    # Some exported graphs (SFace) warn once per initializer while loading; keep errors only.
+    ort.set_default_logger_severity(3)
+    return ort
 
 
 class ModelError(RuntimeError):
@@ -63,6 +71,7 @@ class OnnxModel:
                     f"sha256 mismatch for {path}: expected {sha256}, got {actual}; "
                     "delete it and run `recognizer models fetch`"
                 )
+        ort = _onnxruntime()
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
@@ -93,6 +102,7 @@ class OnnxModel:
         dt = time.perf_counter() - t0
         # With one intra-op thread the model runs on this thread: its CPU time is the cost.
         accounting.add_inference(time.thread_time() - c0)
+        telemetry.observe_inference(self.name, dt)
         with self._lock:
             self.calls += 1
             self.seconds += dt

@@ -48,7 +48,12 @@ class ServerProcess:
 def start(
     data_dir: Path, *, extra_env: dict[str, str] | None = None, ready_timeout: float = 180
 ) -> ServerProcess:
-    env = {**os.environ, "RECOGNIZER_API_KEYS": ENV_KEYS, **(extra_env or {})}
+    env = {
+        **os.environ,
+        "RECOGNIZER_API_KEYS": ENV_KEYS,
+        "RECOGNIZER_METRICS_PORT": "0",
+        **(extra_env or {}),
+    }
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -52,7 +52,13 @@ BOOT_LIMIT_S = 10.0
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, NEW_KEY_ENV)}
-    return {**env, "RECOGNIZER_API_KEYS": ENV_KEYS, "PYTHONUNBUFFERED": "1", **extra}
+    return {
+        **env,
+        "RECOGNIZER_API_KEYS": ENV_KEYS,
+        "RECOGNIZER_METRICS_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 # --- refusal at boot --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from recognizer import accounting, deadline
+from recognizer import accounting, deadline, telemetry
 from recognizer.config import ApiKey, Role, hash_key
 from recognizer.deadline import RecentCosts
 from recognizer.service import limits, principal
@@ -100,6 +100,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                     accounting.end(token)
                     self._metrics.record(d.method, ok, wall, cpu, usage.inference)
                     code = context.code() or grpc.StatusCode.OK
+                    telemetry.observe_call(d.method, code.name, wall)
                     log.info(
                         "rpc",
                         extra={
@@ -267,8 +268,13 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         """Calls admitted so far, all methods."""
         return sum(g.started for g in self._all_gates())
 
+    def queue_depths(self) -> dict[str, int]:
+        """Calls waiting for a slot, by method."""
+        return {g.name: g.waiting for g in self._all_gates()}
+
     @staticmethod
     def _refuse(context: grpc.ServicerContext, method: str, verdict: Verdict) -> None:
+        telemetry.REJECTIONS.labels(method, verdict.outcome.name.lower()).inc()
         if verdict.outcome in (Outcome.TOO_SHORT, Outcome.CANCELLED):
             context.abort_with_status(
                 build_status(

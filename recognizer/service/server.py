@@ -7,11 +7,13 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recognizer import telemetry
 from recognizer.config import Config
 from recognizer.gallery.crypto import TemplateKeyError
 from recognizer.memory import IdleTrim, limit_malloc_arenas
@@ -56,11 +58,16 @@ class RunningServer:
     health: health.HealthServicer
     metrics: Metrics
     trimmer: IdleTrim | None = None
+    metrics_http: Any = None  # the Prometheus endpoint's HTTP server, when on
+    metrics_port: int = 0
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop accepting calls, let in-flight ones finish, then persist and close."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
         if self.trimmer is not None:
             self.trimmer.stop()
         self.runtime.close()
@@ -145,11 +152,32 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     trimmer = None
     if config.idle_trim_s > 0:
         trimmer = IdleTrim(admission.idle, admission.activity, config.idle_trim_s).start()
+    metrics_http, metrics_port = None, 0
+    if config.metrics_port:
+        registry = telemetry.server_registry(
+            admission.queue_depths, lambda: _gallery_figures(runtime)
+        )
+        metrics_http, metrics_port = telemetry.serve(config.host, config.metrics_port, registry)
     log.info(
         "listening",
-        extra={"fields": {"address": f"{config.host}:{port}", "tls": config.tls.enabled}},
+        extra={
+            "fields": {
+                "address": f"{config.host}:{port}",
+                "tls": config.tls.enabled,
+                "metrics": f"{config.host}:{metrics_port}" if metrics_port else "off",
+            }
+        },
     )
-    return RunningServer(server, port, runtime, health_servicer, metrics, trimmer)
+    return RunningServer(
+        server, port, runtime, health_servicer, metrics, trimmer, metrics_http, metrics_port
+    )
+
+
+def _gallery_figures(runtime: Runtime) -> telemetry.GalleryFigures | None:
+    if not runtime.wait(0) or runtime.engines.gallery is None:
+        return None
+    gallery = runtime.engines.gallery
+    return telemetry.GalleryFigures(gallery.index.ntotal, gallery.store.count_identities())
 
 
 def serve(config: Config) -> None:

@@ -10,6 +10,7 @@ import time
 
 import grpc
 
+from recognizer import telemetry
 from recognizer.errors import FailedPrecondition, InvalidArgument
 from recognizer.gallery.store import AuditEntry
 from recognizer.imaging import decode
@@ -290,6 +291,11 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         response = gate_pb2.AuthorizeResponse.FromString(result.payload)
         response.replayed = result.replayed
         response.event_id = request.event_id
+        if not result.replayed:
+            telemetry.observe_decision(
+                gate_pb2.Outcome.Name(response.outcome).removeprefix("OUTCOME_").lower(),
+                (r.code for r in response.reasons),
+            )
         return response
 
 

@@ -1,0 +1,120 @@
+"""Prometheus metrics, with the standard client library, on their own HTTP port.
+
+Counters and histograms are process-wide (one server per process in production); each
+server's endpoint serves them together with its own gallery gauges, read at scrape time.
+Series (all prefixed `recognizer_`):
+- `requests_total{method,code}`, `request_seconds{method}`: every unary call;
+- `inference_seconds{model}`: onnxruntime run time per model;
+- `admission_rejections_total{method,reason}`, `queue_depth{method}`: overload;
+- `gate_decisions_total{outcome}`, `gate_reasons_total{reason}`: Authorize, replays excluded;
+- `gallery_templates`, `gallery_identities`: the face gallery's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REQUESTS = Counter(
+    "recognizer_requests", "gRPC calls by method and status code", ["method", "code"],
+    registry=REGISTRY,
+)  # fmt: skip
+LATENCY = Histogram(
+    "recognizer_request_seconds", "gRPC handler wall time by method", ["method"],
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+INFERENCE = Histogram(
+    "recognizer_inference_seconds", "onnxruntime run time by model", ["model"],
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+REJECTIONS = Counter(
+    "recognizer_admission_rejections", "calls refused before their work started",
+    ["method", "reason"], registry=REGISTRY,
+)  # fmt: skip
+DECISIONS = Counter(
+    "recognizer_gate_decisions", "Authorize decisions made (replays excluded), by outcome",
+    ["outcome"], registry=REGISTRY,
+)  # fmt: skip
+REASONS = Counter(
+    "recognizer_gate_reasons", "reason codes of the decisions made", ["reason"],
+    registry=REGISTRY,
+)  # fmt: skip
+
+
+def observe_call(method: str, code: str, seconds: float) -> None:
+    REQUESTS.labels(method, code).inc()
+    LATENCY.labels(method).observe(seconds)
+
+
+def observe_inference(model: str, seconds: float) -> None:
+    INFERENCE.labels(model).observe(seconds)
+
+
+def observe_decision(outcome: str, reasons: Iterable[str]) -> None:
+    DECISIONS.labels(outcome).inc()
+    for code in reasons:
+        REASONS.labels(code).inc()
+
+
+@dataclass(frozen=True, slots=True)
+class GalleryFigures:
+    templates: int  # vectors in the index
+    identities: int  # identities in the store
+
+
+class _Forward(Collector):
+    """Serves the process-wide registry inside a server's own registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+class _ServerCollector(Collector):
+    """What one server knows at scrape time: its queues and its gallery."""
+
+    def __init__(
+        self,
+        queues: Callable[[], Mapping[str, int]],
+        gallery: Callable[[], GalleryFigures | None],
+    ) -> None:
+        self._queues = queues
+        self._gallery = gallery
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "recognizer_queue_depth", "calls waiting for a slot, by method", labels=["method"]
+        )
+        for method, waiting in sorted(self._queues().items()):
+            depth.add_metric([method], waiting)
+        yield depth
+        figures = self._gallery()
+        if figures is None:  # models and index still loading
+            return
+        for name, value, doc in (
+            ("templates", figures.templates, "face templates in the index"),
+            ("identities", figures.identities, "identities in the store"),
+        ):
+            yield GaugeMetricFamily(f"recognizer_gallery_{name}", doc, value=value)
+
+
+def server_registry(
+    queues: Callable[[], Mapping[str, int]], gallery: Callable[[], GalleryFigures | None]
+) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Forward())
+    registry.register(_ServerCollector(queues, gallery))
+    return registry
+
+
+def serve(host: str, port: int, registry: CollectorRegistry) -> tuple[Any, int]:
+    """Start the /metrics endpoint; returns (the HTTP server, its port). Port 0 picks one."""
+    httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    return httpd, int(httpd.server_address[1])

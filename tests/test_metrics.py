@@ -1,0 +1,95 @@
+"""The Prometheus endpoint of a real server: scraped with the client library's own text
+parser, its series move with real calls (requests, inference by model, gate decisions and
+reasons, admission refusals, queue depth, gallery size)."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from recognizer.service.server import RunningServer
+from recognizer.v1 import gate_pb2, recognition_pb2
+from tests.conftest import client_for, require_models, start_server
+from tests.helpers import lfw_face
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    require_models("default")
+    running = start_server(tmp_path_factory.mktemp("metrics"), metrics_port=free_port())
+    assert running.runtime.wait(180), "models failed to load"
+    yield running
+    running.stop(grace=1.0)
+
+
+def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode("utf-8")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(page: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in page.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def test_the_series_move_with_real_calls(server: RunningServer) -> None:
+    c = client_for(server, "admin")
+    before = scrape(server)
+    detect = "/recognizer.v1.RecognitionService/DetectFaces"
+    c.recognition.DetectFaces(
+        recognition_pb2.DetectFacesRequest(image=lfw_face("Colin_Powell", 0)), metadata=c.metadata
+    )
+    decision = c.gate.Authorize(
+        gate_pb2.AuthorizeRequest(gate_id="M-1", event_id="m-1", plate_text="京A12345"),
+        metadata=c.metadata,
+    )
+    authorize = "/recognizer.v1.GateService/Authorize"
+    refusals = value(before, "recognizer_admission_rejections_total", method=authorize)
+    for k in range(10):  # a deadline below min_deadline_ms that still reaches the server
+        with pytest.raises(grpc.RpcError) as err:
+            c.gate.Authorize(
+                gate_pb2.AuthorizeRequest(gate_id="M-1", event_id=f"x-{k}", plate_text="京A12345"),
+                metadata=c.metadata,
+                timeout=0.04,
+            )
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        if value(scrape(server), "recognizer_admission_rejections_total", method=authorize):
+            break
+    after = scrape(server)
+    c.close()
+
+    moved = value(after, "recognizer_requests_total", method=detect, code="OK") - value(
+        before, "recognizer_requests_total", method=detect, code="OK"
+    )
+    assert moved == 1
+    assert value(after, "recognizer_request_seconds_count", method=detect) >= 1
+    assert value(after, "recognizer_inference_seconds_count", model="yunet") > value(
+        before, "recognizer_inference_seconds_count", model="yunet"
+    )
+    outcome = gate_pb2.Outcome.Name(decision.outcome).removeprefix("OUTCOME_").lower()
+    assert value(after, "recognizer_gate_decisions_total", outcome=outcome) == 1 + value(
+        before, "recognizer_gate_decisions_total", outcome=outcome
+    )
+    for r in decision.reasons:
+        assert value(after, "recognizer_gate_reasons_total", reason=r.code) >= 1
+    assert value(after, "recognizer_admission_rejections_total", method=authorize) > refusals
+    assert ("recognizer_gallery_templates", ()) in after
+    assert ("recognizer_gallery_identities", ()) in after
+    depth = [k for k in after if k[0] == "recognizer_queue_depth"]
+    assert depth and all(after[k] == 0 for k in depth)  # nothing waits once the calls are done
