@@ -49,7 +49,7 @@ def serve(
     log_level: str,
 ) -> None:
     """Run the gRPC server until SIGTERM."""
-    from recognizer.config import load_config
+    from recognizer.config import ConfigError, load_config
     from recognizer.service import logs
     from recognizer.service.server import serve as run
 
@@ -59,7 +59,11 @@ def serve(
         for k, v in {"host": host, "port": port, "data_dir": data_dir, "profile": profile}.items()
         if v is not None
     }
-    config = load_config(config_path, **overrides)
+    try:
+        config = load_config(config_path, **overrides)
+    except ConfigError as exc:
+        where = f" ({config_path})" if config_path else ""
+        raise click.ClickException(f"configuration{where}: {exc}") from None
     if config.profile == "insightface":
         click.echo(f"WARNING: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
     os.umask(0o077)  # whatever the process creates is private (files 0600, directories 0700)

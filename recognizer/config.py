@@ -6,10 +6,12 @@ API keys are kept as sha256 hashes. Plain keys only ever arrive through the envi
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -142,15 +144,102 @@ def _parse_rpc_pixels(raw: str | dict[str, Any]) -> dict[str, int]:
     return {name: int(value) for name, value in raw.items()}
 
 
+class ConfigError(ValueError):
+    """A setting that is unknown, of the wrong type or out of range: start-up stops."""
+
+
+# RECOGNIZER_* variables that are not config fields: the client's, the keys', the tests'.
+OTHER_ENV = frozenset(
+    {
+        "RECOGNIZER_API_KEY",
+        "RECOGNIZER_TARGET",
+        "RECOGNIZER_API_KEYS",
+        "RECOGNIZER_TEMPLATE_KEY",
+        "RECOGNIZER_TEMPLATE_KEY_NEW",
+        "RECOGNIZER_DATABASE_URL",
+        "RECOGNIZER_TESTS_STRICT",
+    }
+)
+_TABLE_KEYS = {
+    "tls": {"cert", "key", "client_ca"},
+    "image_limits": {f.name for f in fields(ImageLimits)},
+    "api_keys": {"sha256", "role", "name", "gates"},
+}
+# name -> (lowest, highest) allowed; None: unbounded on that side.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "port": (0, 65535),
+    "metrics_port": (0, 65535),
+    "max_message_bytes": (1024, None),
+    "max_workers": (1, None),
+    "max_in_flight": (1, None),
+    "max_queue": (0, None),
+    "max_queue_wait_s": (0.001, None),
+    "min_deadline_ms": (0, None),
+    "malloc_arena_max": (0, None),
+    "idle_trim_s": (0, None),
+    "flat_max": (1, None),
+    "face_threshold_min": (-1.0, 1.0),
+    "face_threshold_max": (-1.0, 1.0),
+    "max_clock_skew_s": (1, None),
+    "checkpoint_seconds": (0.1, None),
+    "retention_days": (1, None),
+}
+
+
+def _unknown(kind: str, name: str, valid: Iterable[str]) -> ConfigError:
+    near = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown {kind} {name!r}{hint}")
+
+
+def _check_names(data: dict[str, Any], env: dict[str, str], simple: set[str]) -> None:
+    top = {f.name for f in fields(Config)}
+    for key, value in data.items():
+        if key not in top:
+            raise _unknown("setting in the config file", key, top)
+        tables = value if key == "api_keys" else [value]
+        for table in tables if key in _TABLE_KEYS else ():
+            for sub in table:
+                if sub not in _TABLE_KEYS[key]:
+                    raise _unknown(f"setting [{key}]", sub, _TABLE_KEYS[key])
+    allowed = {f"RECOGNIZER_{n.upper()}" for n in simple | {"rpc_max_pixels"}} | OTHER_ENV
+    for var in env:
+        if var.startswith("RECOGNIZER_") and var not in allowed:
+            raise _unknown("environment variable", var, allowed)
+
+
 def _coerce(cfg: Config, name: str, value: Any) -> Any:
     current = getattr(cfg, name)
-    if isinstance(current, bool):
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-    if isinstance(current, Path):
-        return Path(value)
-    if isinstance(current, int | float | str):
-        return type(current)(value)
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(value)
+            return text in ("1", "true", "yes")
+        if isinstance(current, Path):
+            return Path(value)
+        if isinstance(current, int | float) and not isinstance(value, int | float | str):
+            raise TypeError(value)
+        if isinstance(current, int | float | str):
+            return type(current)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} = {value!r} is not a {type(current).__name__}") from None
     return value
+
+
+def _check_ranges(cfg: Config) -> None:
+    for name, (lo, hi) in _RANGES.items():
+        value = getattr(cfg, name)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"{'' if lo is None else lo}..{'' if hi is None else hi}"
+            raise ConfigError(f"{name} = {value} is out of range ({bounds})")
+    if cfg.face_threshold_min >= cfg.face_threshold_max:
+        raise ConfigError("face_threshold_min must be below face_threshold_max")
+    for name in ("max_bytes", "max_pixels", "max_side", "min_side"):
+        if getattr(cfg.image_limits, name) <= 0:
+            raise ConfigError(f"image_limits.{name} must be positive")
 
 
 def load_config(
@@ -164,6 +253,7 @@ def load_config(
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     nested = {"api_keys", "tls", "image_limits", "policies", "rpc_max_pixels"}
     simple = {f.name for f in fields(Config)} - nested
+    _check_names(data, env, simple)
     changes: dict[str, Any] = {}
     for name in simple:
         if name in data:
@@ -171,11 +261,15 @@ def load_config(
         env_name = f"RECOGNIZER_{name.upper()}"
         if env_name in env:
             changes[name] = _coerce(cfg, name, env[env_name])
-    keys = [
-        ApiKey(k["sha256"], Role(k["role"]), k.get("name", ""), tuple(k.get("gates", ())))
-        for k in data.get("api_keys", [])
-    ]
-    keys.extend(_parse_env_keys(env.get("RECOGNIZER_API_KEYS", "")))
+    try:
+        keys = [
+            ApiKey(k["sha256"], Role(k["role"]), k.get("name", ""), tuple(k.get("gates", ())))
+            for k in data.get("api_keys", [])
+        ]
+        keys.extend(_parse_env_keys(env.get("RECOGNIZER_API_KEYS", "")))
+    except (KeyError, ValueError) as exc:
+        roles = ", ".join(r.value for r in Role)
+        raise ConfigError(f"api_keys: {exc} (roles: {roles}; sha256 is required)") from None
     changes["api_keys"] = tuple(keys)
     if "tls" in data:
         t = data["tls"]
@@ -189,11 +283,15 @@ def load_config(
     if "RECOGNIZER_RPC_MAX_PIXELS" in env:
         changes["rpc_max_pixels"] = _parse_rpc_pixels(env["RECOGNIZER_RPC_MAX_PIXELS"])
     if "policies" in data:
-        changes["policies"] = PolicySet.from_config(data["policies"])
+        try:
+            changes["policies"] = PolicySet.from_config(data["policies"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[[policies]]: {exc}") from None
     changes.update(overrides)
     cfg = replace(cfg, **changes)
     if cfg.profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {cfg.profile!r}")
+        raise ConfigError(f"profile must be one of {PROFILES}, got {cfg.profile!r}")
     if cfg.plate_mode not in ("cn", "generic"):
-        raise ValueError("plate_mode must be 'cn' or 'generic'")
+        raise ConfigError("plate_mode must be 'cn' or 'generic'")
+    _check_ranges(cfg)
     return cfg
