@@ -8,14 +8,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recognizer.service.interceptors import API_KEY_HEADER
+from recognizer.api import API_KEY_HEADER, DEFAULT_TARGET
 from recognizer.v1 import (
     gate_pb2_grpc,
     identity_pb2_grpc,
     recognition_pb2_grpc,
 )
-
-DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from recognizer.service.interceptors import API_KEY_HEADER
+from recognizer.api import API_KEY_HEADER
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import KEYS, dataset, require_models, start_server

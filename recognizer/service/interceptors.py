@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import Message
 
 from recognizer import accounting, deadline, telemetry
+from recognizer.api import API_KEY_HEADER
 from recognizer.config import ApiKey, Role, hash_key
 from recognizer.deadline import RecentCosts
 from recognizer.service import limits, principal
@@ -26,7 +27,7 @@ from recognizer.service.errors import build_status, status_for_exception
 
 log = logging.getLogger("recognizer.access")
 
-API_KEY_HEADER = "x-api-key"
+
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
