@@ -1,4 +1,4 @@
-"""Encryption at rest for biometric templates and the index file (README, "Security" and "Template keys").
+"""Encryption at rest for templates and the index file (README: "Security", "Template keys").
 
 Each blob is AES-256-GCM with a fresh random 12-byte nonce, prefixed by a magic and the id
 of the key that sealed it, so a store half-way through a key rotation can still be read with
