@@ -22,7 +22,8 @@ import numpy as np
 from recognizer.gallery import files
 from recognizer.gallery.errors import FailedPrecondition, InvalidArgument
 from recognizer.gallery.index import FLAT, VectorIndex, default_nlist, is_unit, remove_stale_temps
-from recognizer.gallery.store import AuditEntry, Change, DeleteCounts, SqliteStore, TemplateRow
+from recognizer.gallery.ports import Store
+from recognizer.gallery.store import AuditEntry, Change, DeleteCounts, TemplateRow
 
 log = logging.getLogger("recognizer.gallery")
 
@@ -104,7 +105,7 @@ def _aggregate(scores: list[float], how: str) -> float:
 class Gallery:
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         model: str,
         dim: int,
         index_path: Path | None,

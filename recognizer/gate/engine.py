@@ -23,6 +23,7 @@ import numpy as np
 from recognizer import deadline
 from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 from recognizer.fusion import FusionModel, PlateEvidence
+from recognizer.gallery.ports import Decisions
 from recognizer.gallery.store import DecisionRow
 from recognizer.gate import rules
 from recognizer.gate.evidence import EvidenceGatherer
@@ -39,7 +40,7 @@ class GateEngine:
         self,
         *,
         evidence: EvidenceGatherer,
-        store: object,
+        store: Decisions,
         fusion: FusionModel,
         policies: PolicySet,
         decode: Decode,

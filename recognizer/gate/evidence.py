@@ -17,17 +17,15 @@ import numpy as np
 from recognizer import accounting, deadline
 from recognizer.face.types import AnalyzedFace, Selection
 from recognizer.fusion import PlateEvidence
+from recognizer.gallery.ports import Bindings, Sightings
 from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, Sighting
 from recognizer.identity import FaceIdentity
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 
 
-class GateStore(Protocol):
-    """The store reads the gate needs."""
+class GateStore(Bindings, Sightings, Protocol):
+    """The store reads the gate needs: bindings, sightings, and the gallery's size."""
 
-    def identities_for_plate(self, plate: str) -> list[str]: ...
-    def payments_for(self, identity_id: str) -> list[Any]: ...
-    def last_sighting(self, plate: str) -> Any: ...
     def count_identities(self) -> int: ...
 
 

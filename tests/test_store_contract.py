@@ -1,0 +1,140 @@
+"""The storage contract: what every adapter behind `recognizer.gallery.ports.Store` must do.
+
+Parametrised over adapters; today the embedded SQLite store (file and in-memory, plaintext
+and encrypted). A PostgreSQL adapter joins the `ADAPTERS` table and passes the same tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recognizer.errors import AlreadyExists, NotFound
+from recognizer.gallery.crypto import AesGcmCipher
+from recognizer.gallery.ports import Store
+from recognizer.gallery.store import AuditEntry, DecisionRow, SqliteStore
+
+MODEL = "contract-model"
+DIM = 8
+
+ADAPTERS: dict[str, Callable[[Path], Store]] = {
+    "sqlite-file": lambda tmp: SqliteStore(tmp / "recognizer.db"),
+    "sqlite-memory": lambda tmp: SqliteStore(":memory:"),
+    "sqlite-encrypted": lambda tmp: SqliteStore(
+        tmp / "recognizer.db", cipher=AesGcmCipher(bytes(range(32)))
+    ),
+}
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = ADAPTERS[request.param](tmp_path)
+    yield s
+    s.close()
+
+
+def unit(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def admin(action: str, target: str = "") -> AuditEntry:
+    return AuditEntry("admin", action, target, {})
+
+
+def test_the_adapter_satisfies_every_port(store: Store) -> None:
+    assert isinstance(store, Store) and store.store_id
+
+
+def test_identities(store: Store) -> None:
+    ids = [store.create_identity(f"p{k}", external_ref=f"e{k}").id for k in range(5)]
+    assert store.count_identities() == 5
+    assert store.get_identity(ids[0]).display_name == "p0"
+    first = store.list_identities(3)
+    rest = store.list_identities(3, after=first[-1].id)
+    assert [r.id for r in first + rest] == sorted(ids)
+    store.delete_identity(ids[0])
+    with pytest.raises(NotFound):
+        store.get_identity(ids[0])
+    with pytest.raises(NotFound):
+        store.delete_identity(ids[0])
+
+
+def test_templates_and_the_change_log(store: Store) -> None:
+    who = store.create_identity("t").id
+    start = store.current_seq()
+    vectors = unit(3)
+    rows = store.add_templates(who, vectors, MODEL)
+    labels = [r.label for r in rows]
+    assert labels == sorted(labels) and store.template_labels(who) == labels
+    got = np.stack([r.vector for r in store.templates(who, MODEL)])
+    np.testing.assert_allclose(got, vectors, atol=1e-6)
+    assert store.count_templates(MODEL) == 3
+    assert list(store.labels_for_model(MODEL)) == labels
+    found, vecs = store.vectors_for_labels([labels[1], 10**9])
+    assert list(found) == [labels[1]] and vecs.shape == (1, DIM)
+    assert store.identity_for_labels(labels) == dict.fromkeys(labels, who)
+    assert store.remove_template(who, labels[0]) == 2
+    with pytest.raises(NotFound):
+        store.remove_template(who, labels[0])
+    store.delete_identity(who)
+    changes = store.changes_since(start, MODEL)
+    assert [c.op for c in changes] == ["add"] * 3 + ["remove"] * 3
+    seqs = [c.seq for c in changes]
+    assert seqs == sorted(set(seqs)) and store.current_seq() == seqs[-1]
+    assert sorted(c.label for c in changes if c.op == "remove") == labels
+    chunks = list(store.iter_templates(MODEL))
+    assert chunks == []
+
+
+def test_bindings(store: Store) -> None:
+    a, b = store.create_identity("a").id, store.create_identity("b").id
+    store.bind_plate(a, "京A12345")
+    store.bind_plate(a, "京A12345")  # idempotent for the holder
+    with pytest.raises(AlreadyExists):
+        store.bind_plate(b, "京A12345")
+    store.bind_plate(b, "京A12345", allow_shared=True)
+    assert store.identities_for_plate("京A12345") == [a, b] and store.plates_for(a) == ["京A12345"]
+    store.unbind_plate(b, "京A12345")
+    with pytest.raises(NotFound):
+        store.unbind_plate(b, "京A12345")
+    pay = store.bind_payment(a, "ref-1", "plate_and_face", 500)
+    assert [p.binding_id for p in store.payments_for(a)] == [pay.binding_id]
+    store.unbind_payment(a, pay.binding_id)
+    assert store.payments_for(a) == []
+    with pytest.raises(NotFound):
+        store.bind_payment("nobody", "ref", "plate", 0)
+
+
+def test_decisions_are_stored_once_and_carry_their_sighting(store: Store) -> None:
+    first = DecisionRow("d1", "G", "E", "allow", b"one", created_at=90.0, input_digest="x")
+    assert store.put_decision(first, sighting=("京A12345", "G", "entry", 100.0)) == first
+    again = DecisionRow("d2", "G", "E", "deny", b"two", created_at=95.0, input_digest="y")
+    assert store.put_decision(again, sighting=("京B00000", "G", "entry", 200.0)) == first
+    assert store.get_decision("G", "E") == first and store.get_decision("G", "F") is None
+    sighting = store.last_sighting("京A12345")
+    assert sighting is not None and sighting.at == 100.0
+    assert store.last_sighting("京B00000") is None  # the losing write recorded nothing
+    store.put_decision(DecisionRow("d3", "G", "E2", "deny", b"3", created_at=50.0))
+    assert next(d.decision_id for d in store.list_decisions(gate_id="G")) == "d1"
+    assert store.purge_decisions(60.0) == 1 and store.purge_sightings(150.0) == 1
+
+
+def test_a_change_and_its_audit_record_commit_together(store: Store) -> None:
+    before = len(store.list_audit(1000))
+    who = store.create_identity("x", audit=admin("create_identity")).id
+    with pytest.raises(NotFound):
+        store.bind_plate("nobody", "京A12345", audit=admin("bind_plate", "nobody"))
+    with pytest.raises(AlreadyExists):
+        other = store.create_identity("y").id
+        store.bind_plate(who, "京A12345")
+        store.bind_plate(other, "京A12345", audit=admin("bind_plate", other))
+    store.add_templates(who, unit(1), MODEL, audit=admin("enroll_face", who))
+    store.delete_identity(who, audit=admin("delete_identity", who))
+    actions = [r.action for r in store.list_audit(1000)[: len(store.list_audit(1000)) - before]]
+    assert sorted(actions) == ["create_identity", "delete_identity", "enroll_face"]
+    created = next(r for r in store.list_audit(1000) if r.action == "create_identity")
+    assert created.target == who  # an empty target becomes the new identity's id
