@@ -460,4 +460,8 @@ def test_a_call_whose_deadline_ran_out_stores_nothing_and_its_retry_decides(
     ).decisions
     assert records == []
     retry = c.gate.Authorize(req, metadata=c.metadata, timeout=60)
-    assert not retry.replayed and retry.outcome == ALLOW, codes(retry)
+    assert not retry.replayed and retry.identity_id == powell[0], codes(retry)
+    stored = c.admin.ListDecisions(
+        gate_pb2.ListDecisionsRequest(gate_id="I-late"), metadata=c.metadata
+    ).decisions
+    assert [r.response.decision_id for r in stored] == [retry.decision_id]
