@@ -23,6 +23,7 @@ from recognizer.service.server import RunningServer
 from recognizer.v1 import recognition_pb2
 from tests import procserver
 from tests.conftest import KEYS, client_for, dataset, require_models, start_server
+from tests.helpers import error_reason
 
 SLEEP_S = 0.3  # the fake detector's work per call
 LIMIT = 4
@@ -86,16 +87,6 @@ def retry_info(err: grpc.RpcError) -> error_details_pb2.RetryInfo | None:
             d.Unpack(info)
             return info
     return None
-
-
-def error_reason(err: grpc.RpcError) -> str:
-    status = rpc_status.from_call(err)
-    for d in status.details if status else ():
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            return info.reason
-    return ""
 
 
 def test_over_the_limit_is_refused_at_once_with_retry_info(
