@@ -80,6 +80,14 @@ class Config:
     checkpoint_seconds: float = 30.0
     retention_days: int = 365
     store_images: bool = False
+    # Liveness (presentation-attack detection, README "Liveness"). The shipped model runs on
+    # every face; a user's ONNX model replaces it when `liveness_model` names one, and then
+    # `liveness_model_sha256` must be its sha256. Thresholds < 0: the model's own metadata.
+    liveness_model: str = ""
+    liveness_model_sha256: str = ""
+    liveness_attack_threshold: float = -1.0
+    liveness_live_threshold: float = -1.0
+    enroll_require_liveness: bool = False  # EnrollFace refuses a likely attack
 
     @property
     def db_path(self) -> Path:

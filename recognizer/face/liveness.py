@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from recognizer import models as model_store
-from recognizer.face.types import Face
+from recognizer.face.types import Face, Liveness, LivenessDecision
 from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo
 from recognizer.onnx import ModelError, OnnxModel, sha256_file
 from recognizer.vision import to_bgr3
@@ -36,18 +35,6 @@ SHIPPED_MODEL = "pad_nuaa"  # manifest name of the model trained by scripts/trai
 DEFAULT_CONTEXT = 2.4
 DEFAULT_SIZE = 128
 PAD_VALUE = 127
-
-
-class LivenessDecision(StrEnum):
-    LIVE = "live"
-    UNCERTAIN = "uncertain"
-    ATTACK = "attack"
-
-
-@dataclass(frozen=True, slots=True)
-class Liveness:
-    score: float  # 0..1, higher = live
-    decision: LivenessDecision
 
 
 @dataclass(frozen=True, slots=True)
