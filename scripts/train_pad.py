@@ -13,6 +13,10 @@ the very graph that is shipped (benchmarks/pad_model.py), and a logistic regress
 in numpy. The L2 strength and both decision thresholds are chosen from leave-one-subject-out
 scores (subject-disjoint validation: a subject's frames are never on both sides). The script
 prints the sha256 for models/manifest.toml. Claims: print attacks, NUAA-like conditions only.
+
+Subject 0001 is held out by default (`--hold-out`, "" for none): the shipped model never sees
+it, so the tests that score its frames (tests/test_liveness*.py) and the end-to-end gate test
+enrolled with it check the model on a subject it was not trained on.
 """
 
 from __future__ import annotations
@@ -38,16 +42,19 @@ from recognizer.onnx import sha256_file  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "pad" / "nuaa"
 DEFAULT_OUT = ROOT / "models" / "trained" / "pad_nuaa.onnx"
+HOLD_OUT = "0001"  # never trained on: the tests' subject
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--hold-out", default=HOLD_OUT, help="comma-separated subjects to leave out")
     args = ap.parse_args(argv)
     np.random.seed(pm.SEED)
 
-    samples = pm.load_pad_folder(args.data)
+    held = set(filter(None, args.hold_out.split(",")))
+    samples = [s for s in pm.load_pad_folder(args.data) if s.subject not in held]
     subjects = sorted({s.subject for s in samples})
     if len(subjects) < 3:
         print(f"need at least 3 subjects for subject-disjoint validation, got {subjects}")
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "live_threshold": f"{th.live:.6f}",
         "l2": str(trained.l2),
         "subjects": ",".join(subjects),
+        "held_out": ",".join(sorted(held)),
         "samples": f"{int(live.sum())} live, {int((~live).sum())} print",
         "loso_apcer": f"{apcer:.4f}",
         "loso_bpcer": f"{bpcer:.4f}",
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)
     print(f"frames: {len(samples)} ({len(crops.no_face)} without a face), subjects {subjects}")
+    print(f"held out: {sorted(held)}")
     print(f"l2 {trained.l2}; leave-one-subject-out at live_threshold {th.live:.4f}: ")
     print(f"  APCER {apcer:.2%}  BPCER {bpcer:.2%}; attack_threshold {th.attack:.4f}")
     print(f"wrote {args.out} ({len(data)} bytes)")
