@@ -371,17 +371,24 @@ def _error(scores: np.ndarray, live: np.ndarray, t: float) -> float:
     return max(float(np.mean(scores[~live] >= t)), float(np.mean(scores[live] < t)))
 
 
+def balanced_log_loss(scores: np.ndarray, live: np.ndarray) -> float:
+    """Mean log-loss with both classes weighted equally: a smooth model-selection criterion
+    (the error at one threshold jumps with a single subject and picked overfitted models)."""
+    p = np.clip(scores, 1e-6, 1 - 1e-6)
+    return float(-0.5 * np.mean(np.log(p[live])) - 0.5 * np.mean(np.log(1 - p[~live])))
+
+
 def train(x: np.ndarray, live: np.ndarray, groups: np.ndarray) -> Trained:
-    """Regularisation and thresholds chosen by leave-one-subject-out scores of these
-    subjects only; then one model fitted on all of them."""
+    """Regularisation (by the balanced log-loss) and thresholds chosen from
+    leave-one-subject-out scores of these subjects only; then one model fitted on all."""
     y = live.astype(np.float64)
-    best: tuple[float, float, np.ndarray, Thresholds] | None = None
+    best: tuple[float, float, np.ndarray] | None = None
     for l2 in L2_GRID:  # ascending: a tie keeps the weaker regularisation
         oof = out_of_fold(x, y, groups, l2)
-        th = pick_thresholds(oof, live)
-        err = _error(oof, live, th.live)
-        if best is None or err < best[0]:
-            best = (err, l2, oof, th)
+        loss = balanced_log_loss(oof, live)
+        if best is None or loss < best[0]:
+            best = (loss, l2, oof)
     assert best is not None
-    err, l2, oof, th = best
-    return Trained(fit_logistic(x, y, l2), th, l2, oof, err)
+    _, l2, oof = best
+    th = pick_thresholds(oof, live)
+    return Trained(fit_logistic(x, y, l2), th, l2, oof, _error(oof, live, th.live))
