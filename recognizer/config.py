@@ -162,4 +162,12 @@ def load_config(
         raise ValueError(f"profile must be one of {PROFILES}, got {cfg.profile!r}")
     if cfg.plate_mode not in ("cn", "generic"):
         raise ValueError("plate_mode must be 'cn' or 'generic'")
+    if bool(cfg.liveness_model) != bool(cfg.liveness_model_sha256):
+        raise ValueError(
+            "liveness_model and liveness_model_sha256 go together: a user's liveness model "
+            "runs only when its sha256 (`sha256sum MODEL`) is given"
+        )
+    for name in ("liveness_attack_threshold", "liveness_live_threshold"):
+        if getattr(cfg, name) > 1.0:
+            raise ValueError(f"{name} must be within 0..1 (or < 0 for the model's own)")
     return cfg

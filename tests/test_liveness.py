@@ -113,3 +113,14 @@ def test_a_user_model_runs_only_with_its_sha256(stage: LivenessStage, tmp_path: 
     (a,) = mine.assess(img, [face])
     (b,) = stage.assess(img, [face])
     assert a.score == pytest.approx(b.score)
+
+
+def test_a_user_model_needs_its_sha256_in_the_config() -> None:
+    from recognizer.config import load_config
+
+    with pytest.raises(ValueError, match="liveness_model_sha256"):
+        load_config(env={}, liveness_model="/tmp/pad.onnx")
+    with pytest.raises(ValueError, match="liveness_model_sha256"):
+        load_config(env={}, liveness_model_sha256="ab" * 32)
+    cfg = load_config(env={"RECOGNIZER_ENROLL_REQUIRE_LIVENESS": "true"})
+    assert cfg.enroll_require_liveness and not cfg.liveness_model

@@ -169,3 +169,17 @@ def test_every_face_call_reports_liveness(c: Client, payer: str) -> None:
     )
     assert ide.candidates[0].identity_id == payer, "the print does match the payer's face"
     assert ide.face.liveness == common_pb2.LIVENESS_ATTACK
+
+
+def test_with_the_switch_off_the_same_print_enrols(admin: Client) -> None:
+    """The counterfactual of the refusal above: the shipped default (switch off) enrols it,
+    and reports what the liveness stage thought of it."""
+    md = admin.metadata
+    ident = admin.identity.CreateIdentity(
+        identity_pb2.CreateIdentityRequest(display_name="print of 0001, switch off"), metadata=md
+    ).identity_id
+    resp = admin.identity.EnrollFace(
+        identity_pb2.EnrollFaceRequest(identity_id=ident, images=[printed(60)], force=True),
+        metadata=md,
+    )
+    assert len(resp.faces) == 1 and resp.faces[0].face.liveness == common_pb2.LIVENESS_ATTACK
