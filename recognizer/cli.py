@@ -265,13 +265,15 @@ def detect_faces(image: Path, all_faces: bool, target: str, api_key: str) -> Non
             f"{f.quality.size_px:.0f}",
             "yes" if f.quality.acceptable else "no",
             ",".join(f.quality.reasons),
+            f"{common_pb2.Liveness.Name(f.liveness).removeprefix('LIVENESS_').lower()} "
+            f"{f.liveness_score:.2f}",
         )
         for i, f in enumerate(resp.faces)
     ]
     if not rows:
         click.echo("no face found")
         return
-    click.echo(_table(["#", "score", "box", "size", "quality ok", "reasons"], rows))
+    click.echo(_table(["#", "score", "box", "size", "quality ok", "reasons", "liveness"], rows))
 
 
 @main.command()
