@@ -40,7 +40,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         faces = self._rt.engines.faces
         found = faces.detect(image, convert.selection(request.selection))
         return recognition_pb2.DetectFacesResponse(
-            faces=[convert.face(f, q, lv) for f, q, lv in found],
+            # (face, quality, liveness); a pipeline without the stage may give (face, quality)
+            faces=[convert.face(*item) for item in found],
             image_width=image.shape[1],
             image_height=image.shape[0],
             models=convert.model_versions(faces.model_versions),
