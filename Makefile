@@ -75,6 +75,7 @@ bench: setup models-all bench-deps
 	$(BENCH) faces --out $(BENCH_OUT)/faces
 	$(BENCH) plates --out $(BENCH_OUT)/plates
 	$(BENCH) fusion --out $(BENCH_OUT)/fusion
+	$(BENCH) pad --out $(BENCH_OUT)/pad
 	$(BENCH) index --out $(BENCH_OUT)/index
 	$(BENCH) service --out $(BENCH_OUT)/service
 	$(BENCH) results --results $(BENCH_OUT) --command "make bench"
@@ -83,6 +84,7 @@ bench-quick: setup models-all bench-deps
 	$(BENCH) faces --quick --out $(BENCH_OUT)/faces
 	$(BENCH) plates --quick --out $(BENCH_OUT)/plates
 	$(BENCH) fusion --quick --out $(BENCH_OUT)/fusion
+	$(BENCH) pad --quick --out $(BENCH_OUT)/pad
 	$(BENCH) index --quick --out $(BENCH_OUT)/index
 	$(BENCH) service --quick --out $(BENCH_OUT)/service
 	$(BENCH) results --results $(BENCH_OUT) --command "make bench-quick"

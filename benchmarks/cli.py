@@ -196,6 +196,44 @@ def fusion(
 
 
 @bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--faces",
+    "faces_root",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Face sample sets for the BPCER of genuine photos (default ../shared/datasets/faces).",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="Subject groups for cross-validation (0: leave one subject out).",
+)
+@out_option("pad")
+@quick_option
+def pad(
+    dataset: Path | None, faces_root: Path | None, folds: int, out: Path | None, quick: bool
+) -> None:
+    """Liveness (presentation-attack detection): leave-subjects-out APCER/BPCER/ACER, DET,
+    latency per face, and the BPCER on the face sample sets.
+
+    DATASET holds live/<subject>/ and print/<subject>/ (default ../shared/datasets/pad/nuaa)."""
+    from benchmarks import pad as bench_pad
+
+    dest = _out(out, "pad")
+    bench_pad.run(
+        _resolve(dataset, "pad/nuaa"),
+        dest,
+        faces_root=faces_root or _default_dir("faces"),
+        folds=folds,
+        quick=quick,
+    )
+    _done(dest / "report.md")
+
+
+@bench.command()
 @click.option(
     "--sizes", default="100000,1000000", show_default=True, help="Comma-separated gallery sizes."
 )

@@ -231,6 +231,9 @@ def plot_det(
     path: Path,
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     title: str,
+    *,
+    xlabel: str = "FMR (false match rate)",
+    ylabel: str = "FNMR (false non-match rate)",
 ) -> Path:
     """DET curves (FNMR against FMR, both log) for {label: (genuine, impostor)} score sets."""
     from benchmarks.metrics import det_curve
@@ -251,8 +254,8 @@ def plot_det(
     ax.set_yscale("log")
     ax.set_xlim(max(floor, 1e-6), 1.0)
     ax.set_ylim(max(floor, 1e-6), 1.0)
-    ax.set_xlabel("FMR (false match rate)")
-    ax.set_ylabel("FNMR (false non-match rate)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
@@ -308,7 +311,7 @@ def plot_lines(
 
 # --- RESULTS.md ---------------------------------------------------------------------------
 
-RESULT_ORDER = ("faces", "plates", "fusion", "index", "service")
+RESULT_ORDER = ("faces", "plates", "fusion", "pad", "index", "service")
 
 
 def collect_results(results_dir: Path, dest: Path, commands: Sequence[str] = ()) -> Path:

@@ -152,12 +152,14 @@ def register(main: click.Group) -> None:
                     f"{f.quality.size_px:.0f}",
                     "yes" if f.quality.acceptable else "no",
                     ",".join(f.quality.reasons),
+                    f"{common_pb2.Liveness.Name(f.liveness).removeprefix('LIVENESS_').lower()} "
+                    f"{f.liveness_score:.2f}",
                 )
                 for i, f in enumerate(r.faces)
             ]
             if not rows:
                 return "no face found"
-            return table(["#", "score", "box", "size", "quality ok", "reasons"], rows)
+            return table(["#", "score", "box", "size", "quality ok", "reasons", "liveness"], rows)
 
         return resp, render
 

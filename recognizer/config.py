@@ -94,6 +94,14 @@ class Config:
     max_clock_skew_s: float = 600.0  # Authorize observed_at further from server time: refused
     checkpoint_seconds: float = 30.0
     retention_days: int = 365
+    # Liveness (presentation-attack detection, README "Liveness"). The shipped model runs on
+    # every face; a user's ONNX model replaces it when `liveness_model` names one, and then
+    # `liveness_model_sha256` must be its sha256. Thresholds < 0: the model's own metadata.
+    liveness_model: str = ""
+    liveness_model_sha256: str = ""
+    liveness_attack_threshold: float = -1.0
+    liveness_live_threshold: float = -1.0
+    enroll_require_liveness: bool = False  # EnrollFace refuses a likely attack
 
     def limits_for(self, rpc: str) -> ImageLimits:
         """The image limits of one RPC: image_limits with that RPC's pixel cap."""
@@ -293,5 +301,13 @@ def load_config(
         raise ConfigError(f"profile must be one of {PROFILES}, got {cfg.profile!r}")
     if cfg.plate_mode not in ("cn", "generic"):
         raise ConfigError("plate_mode must be 'cn' or 'generic'")
+    if bool(cfg.liveness_model) != bool(cfg.liveness_model_sha256):
+        raise ConfigError(
+            "liveness_model and liveness_model_sha256 go together: a user's liveness model "
+            "runs only when its sha256 (`sha256sum MODEL`) is given"
+        )
+    for name in ("liveness_attack_threshold", "liveness_live_threshold"):
+        if getattr(cfg, name) > 1.0:
+            raise ConfigError(f"{name} must be within 0..1 (or < 0 for the model's own)")
     _check_ranges(cfg)
     return cfg

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from recognizer.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
+from recognizer.face.types import AnalyzedFace, Face, Liveness, LivenessDecision, Quality, Selection
 from recognizer.fusion import one_to_n
 from recognizer.gallery.store import AuditEntry
 
@@ -23,6 +23,7 @@ class EnrolledFace:
     face: Face
     quality: Quality
     image_index: int
+    liveness: Liveness | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class VerifyResult:
     threshold: float
     face: Face
     quality: Quality
+    liveness: Liveness | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class IdentifyResult:
     face: Face
     quality: Quality
     gallery_size: int = 0  # identities searched
+    liveness: Liveness | None = None
 
 
 class FaceIdentity:
@@ -65,11 +68,15 @@ class FaceIdentity:
         calibration: Any,
         *,
         threshold_bounds: tuple[float, float] = (0.2, 0.95),
+        enroll_require_liveness: bool = False,
     ) -> None:
         self.faces = faces
         self.gallery = gallery
         self.calibration = calibration
         self.bounds = threshold_bounds
+        # On: a face the liveness stage calls a likely attack (a photo of a photo) is never
+        # enrolled. See README "Liveness" for what it does to ID-style photos first.
+        self.enroll_require_liveness = enroll_require_liveness
 
     def threshold(self, override: float | None = None) -> float:
         if override is None:
@@ -114,6 +121,9 @@ class FaceIdentity:
                     field=f"images[{i}]",
                     reason="QUALITY_TOO_LOW",
                 )
+        if self.enroll_require_liveness:
+            for i, p in enumerate(probes):
+                self._check_liveness(p, f"images[{i}]")
         if not force:
             threshold = self.threshold()
             for i, p in enumerate(probes):
@@ -131,9 +141,25 @@ class FaceIdentity:
             identity_id, vectors, source=source, quality=quality, audit=audit
         )
         return [
-            EnrolledFace(int(r.label), p.face, p.quality, i)
+            EnrolledFace(int(r.label), p.face, p.quality, i, p.liveness)
             for i, (r, p) in enumerate(zip(rows, probes, strict=True))
         ]
+
+    @staticmethod
+    def _check_liveness(probe: AnalyzedFace, field: str) -> None:
+        if probe.liveness is None:
+            raise FailedPrecondition(
+                f"{field}: enrolment requires liveness and no liveness stage is loaded",
+                field=field,
+                reason="LIVENESS_UNAVAILABLE",
+            )
+        if probe.liveness.decision is LivenessDecision.ATTACK:
+            raise FailedPrecondition(
+                f"{field}: the face looks like a presentation attack (a photo of a photo; "
+                f"liveness score {probe.liveness.score:.3f})",
+                field=field,
+                reason="PRESENTATION_ATTACK_SUSPECTED",
+            )
 
     def verify(
         self, identity_id: str, image: np.ndarray, threshold: float | None = None
@@ -155,6 +181,7 @@ class FaceIdentity:
             threshold=t,
             face=probe.face,
             quality=probe.quality,
+            liveness=probe.liveness,
         )
 
     def score_identity(self, identity_id: str, embedding: np.ndarray) -> float | None:
@@ -189,5 +216,5 @@ class FaceIdentity:
                 )
             )
         return IdentifyResult(
-            tuple(candidates), not candidates, t, best, probe.face, probe.quality, n
+            tuple(candidates), not candidates, t, best, probe.face, probe.quality, n, probe.liveness
         )

@@ -34,6 +34,11 @@ class GatePolicy:
     min_travel_seconds: float = 120.0  # the same plate at two gates sooner than this: a clone?
     track_presence: bool = True  # flag entry twice without exit, exit without entry
     clone_prior: float | None = None  # None: the fusion calibration's (0.05 as shipped)
+    # Liveness (README "Liveness"): off until measured on data like the site's. On, a face
+    # the liveness stage calls a likely attack is DENY (PRESENTATION_ATTACK_SUSPECTED) and
+    # an uncertain one STEP_UP (LIVENESS_UNCERTAIN), for amounts >= liveness_min_amount_minor.
+    require_liveness: bool = False
+    liveness_min_amount_minor: int = 0
 
     def __post_init__(self) -> None:
         for name in ("target_far", "plate_only_target_far", "step_up_far"):
@@ -42,7 +47,11 @@ class GatePolicy:
                 raise ValueError(f"policy {self.policy_id}: {name} must be within (0, 1)")
         if self.target_far > self.step_up_far:
             raise ValueError(f"policy {self.policy_id}: target_far must be <= step_up_far")
-        if self.plate_only_max_minor < 0 or self.min_travel_seconds < 0:
+        if (
+            self.plate_only_max_minor < 0
+            or self.min_travel_seconds < 0
+            or self.liveness_min_amount_minor < 0
+        ):
             raise ValueError(f"policy {self.policy_id}: amounts and times must be >= 0")
         if self.clone_prior is not None and not 0.0 <= self.clone_prior < 1.0:
             raise ValueError(f"policy {self.policy_id}: clone_prior must be within [0, 1)")
@@ -55,6 +64,9 @@ class GatePolicy:
 
     def face_required(self, amount_minor: int) -> bool:
         return amount_minor > self.plate_only_max_minor
+
+    def liveness_required(self, amount_minor: int) -> bool:
+        return self.require_liveness and amount_minor >= self.liveness_min_amount_minor
 
 
 SAFE_DEFAULT = GatePolicy(policy_id="default-safe", plate_only_max_minor=0)

@@ -360,7 +360,7 @@ def test_pipeline_selects_and_embeds_in_one_call() -> None:
     assert both[0].embedding.dtype == np.float32 and both[0].embedding.shape == (4,)
 
     detected = pipe.detect(img, Selection.ALL)
-    assert [f for f, _ in detected] == [large, small]
+    assert [f for f, _, _ in detected] == [large, small]
     assert detected[0][1].size_px == pytest.approx(150)
     assert embedder.calls == [1, 2], "detect never embeds"
 

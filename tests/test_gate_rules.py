@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from recognizer.face.types import Liveness, LivenessDecision
 from recognizer.fusion import FusionModel, ImpostorTail, PlateEvidence, PlateModel, fit_linear_llr
 from recognizer.gate.rules import REASONS, decide
 from recognizer.gate.types import (
@@ -91,6 +92,10 @@ def evidence(*payers: Payer, **changes: object) -> Evidence:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+ATTACK_FACE = Liveness(0.02, LivenessDecision.ATTACK)
+UNCERTAIN_FACE = Liveness(0.45, LivenessDecision.UNCERTAIN)
+LIVE_FACE = Liveness(0.93, LivenessDecision.LIVE)
+LIVENESS_ON = {"require_liveness": True}
 PLATE_ONLY = binding(Factors.PLATE)
 FACE_ONLY = binding(Factors.FACE)
 NO_FACE = {"face_sent": False, "face_found": False}
@@ -278,6 +283,63 @@ CASES: list[tuple[str, Evidence, dict, Outcome, set[str], set[str]]] = [
         ALLOW,
         {"FACE_MATCH"},
         {"FACE_BELOW_THRESHOLD"},
+    ),
+    # Liveness (issue 18): a printed photo of the payer with the payer's (cloned) plate.
+    (
+        "liveness required: a likely print attack is denied",
+        evidence(payer(), face_liveness=ATTACK_FACE),
+        LIVENESS_ON,
+        DENY,
+        {"PRESENTATION_ATTACK_SUSPECTED", "PLATE_EXACT_MATCH", "FACE_MATCH"},
+        {"LIVENESS_PASSED"},
+    ),
+    (
+        "liveness off: the same print attack pays (the counterfactual)",
+        evidence(payer(), face_liveness=ATTACK_FACE),
+        {},
+        ALLOW,
+        {"FACE_MATCH"},
+        {"PRESENTATION_ATTACK_SUSPECTED", "LIVENESS_UNCERTAIN", "LIVENESS_PASSED"},
+    ),
+    (
+        "liveness required: an uncertain face steps up",
+        evidence(payer(), face_liveness=UNCERTAIN_FACE),
+        LIVENESS_ON,
+        STEP_UP,
+        {"LIVENESS_UNCERTAIN"},
+        {"PRESENTATION_ATTACK_SUSPECTED"},
+    ),
+    (
+        "liveness required: a face no stage assessed steps up",
+        evidence(payer(), face_liveness=None),
+        LIVENESS_ON,
+        STEP_UP,
+        {"LIVENESS_UNCERTAIN"},
+        set(),
+    ),
+    (
+        "liveness required: a live face pays",
+        evidence(payer(), face_liveness=LIVE_FACE),
+        LIVENESS_ON,
+        ALLOW,
+        {"LIVENESS_PASSED", "FACE_MATCH"},
+        {"LIVENESS_UNCERTAIN"},
+    ),
+    (
+        "liveness required only from an amount: below it the check does not apply",
+        evidence(payer(), face_liveness=ATTACK_FACE, amount_minor=4999),
+        {**LIVENESS_ON, "liveness_min_amount_minor": 5000},
+        ALLOW,
+        set(),
+        {"PRESENTATION_ATTACK_SUSPECTED", "LIVENESS_PASSED"},
+    ),
+    (
+        "liveness required: an attack is denied even on the plate-only tier",
+        evidence(payer(EXACT, None, PLATE_ONLY), face_liveness=ATTACK_FACE, amount_minor=500),
+        LIVENESS_ON,
+        DENY,
+        {"PRESENTATION_ATTACK_SUSPECTED"},
+        set(),
     ),
 ]
 

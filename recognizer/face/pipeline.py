@@ -1,4 +1,4 @@
-"""detect -> align -> quality -> embed, wired by constructor injection.
+"""detect -> align -> quality -> liveness -> embed, wired by constructor injection.
 
 `build_face_pipeline` is the only place that knows which model files make up a profile;
 tests build :class:`FacePipeline` directly from fakes.
@@ -17,8 +17,9 @@ from recognizer import models as model_store
 from recognizer.face.align import align
 from recognizer.face.detector import ScrfdDetector, YuNetDetector
 from recognizer.face.embedder import ArcFaceEmbedder, SFaceEmbedder
+from recognizer.face.liveness import LivenessStage, build_liveness
 from recognizer.face.quality import DEFAULT_QUALITY, QualityConfig, assess
-from recognizer.face.types import AnalyzedFace, Face, Quality, Selection
+from recognizer.face.types import AnalyzedFace, Face, Liveness, Quality, Selection
 from recognizer.models import DEFAULT_MODELS_DIR
 from recognizer.vision import to_bgr3
 
@@ -47,10 +48,12 @@ class FacePipeline:
         quality_config: QualityConfig = DEFAULT_QUALITY,
         model_versions: tuple[Any, ...] = (),
         embedding_model_name: str = "",
+        liveness: LivenessStage | None = None,
     ) -> None:
         self.detector = detector
         self.embedder = embedder
         self.quality_config = quality_config
+        self.liveness = liveness  # None: faces carry no liveness
         self.model_versions = model_versions  # ModelInfo-like, reported in responses
         self.embedding_model_name = embedding_model_name or type(embedder).__name__.lower()
 
@@ -65,28 +68,35 @@ class FacePipeline:
 
     def _detect_aligned(
         self, image_bgr: np.ndarray, selection: Selection
-    ) -> list[tuple[Face, Quality, np.ndarray]]:
+    ) -> list[tuple[Face, Quality, np.ndarray, Liveness | None]]:
         img = to_bgr3(image_bgr)
         with deadline.stage("face.detect"):
-            faces = self.detector.detect(img)
+            faces = self._select(self.detector.detect(img), selection)
+        # Liveness looks at the face with its surroundings, on the frame: one call for all.
+        live: list[Liveness | None] = [None] * len(faces)
+        if self.liveness and faces:
+            with deadline.stage("face.liveness"):
+                live = list(self.liveness.assess(img, faces))
         out = []
-        for face in self._select(faces, selection):
+        for face, liveness in zip(faces, live, strict=True):
             crop = align(img, face.landmarks)
-            out.append((face, assess(img, face, crop, self.quality_config), crop))
+            out.append((face, assess(img, face, crop, self.quality_config), crop, liveness))
         return out
 
-    def detect(self, image_bgr: np.ndarray, selection: Selection) -> list[tuple[Face, Quality]]:
-        return [(f, q) for f, q, _ in self._detect_aligned(image_bgr, selection)]
+    def detect(
+        self, image_bgr: np.ndarray, selection: Selection
+    ) -> list[tuple[Face, Quality, Liveness | None]]:
+        return [(f, q, lv) for f, q, _, lv in self._detect_aligned(image_bgr, selection)]
 
     def analyze(self, image_bgr: np.ndarray, selection: Selection) -> list[AnalyzedFace]:
         found = self._detect_aligned(image_bgr, selection)
         if not found:
             return []
         with deadline.stage("face.embed"):
-            vectors = self.embedder.embed([crop for _, _, crop in found])  # one call for all
+            vectors = self.embedder.embed([crop for _, _, crop, _ in found])  # one call for all
         return [
-            AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32))
-            for (face, quality, _), vec in zip(found, vectors, strict=True)
+            AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32), liveness)
+            for (face, quality, _, liveness), vec in zip(found, vectors, strict=True)
         ]
 
 
@@ -94,8 +104,12 @@ def build_face_pipeline(
     profile: str = "default",
     models_dir: Path = DEFAULT_MODELS_DIR,
     quality_config: QualityConfig = DEFAULT_QUALITY,
+    liveness: LivenessStage | bool | None = True,
 ) -> FacePipeline:
-    """The real pipeline of a profile: "default" (YuNet + SFace) or "insightface"."""
+    """The real pipeline of a profile: "default" (YuNet + SFace) or "insightface".
+
+    `liveness`: True for the shipped liveness model, a stage (e.g. a user's model, see
+    `build_liveness`), or False/None for none."""
     if profile not in PROFILE_MODELS:
         raise ValueError(f"unknown face profile {profile!r}; choose from {sorted(PROFILE_MODELS)}")
     det_name, emb_name = PROFILE_MODELS[profile]
@@ -109,12 +123,15 @@ def build_face_pipeline(
     else:
         detector = ScrfdDetector(det_model)
         embedder = ArcFaceEmbedder(emb_model)
+    stage = build_liveness(models_dir) if liveness is True else liveness or None
+    versions = (det_info, emb_info) + ((stage.info,) if stage and stage.info else ())
     return FacePipeline(
         detector,
         embedder,
         quality_config,
-        model_versions=(det_info, emb_info),
+        model_versions=versions,
         # Gallery templates are tagged with this, so vectors of two models (or of two ways of
         # running one model) never mix.
         embedding_model_name=f"{emb_info.name}-{emb_info.version}{embedder.recipe}",
+        liveness=stage,
     )

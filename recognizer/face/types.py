@@ -40,10 +40,26 @@ class Quality:
     reasons: tuple[str, ...] = ()
 
 
+class LivenessDecision(StrEnum):
+    LIVE = "live"
+    UNCERTAIN = "uncertain"
+    ATTACK = "attack"  # likely a presentation attack (a print)
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """The liveness stage's view of one face (recognizer/face/liveness.py)."""
+
+    score: float  # 0..1, higher = live
+    decision: LivenessDecision
+
+
 @dataclass(frozen=True, slots=True)
 class AnalyzedFace:
-    """A face with its quality and its L2-normalised embedding."""
+    """A face with its quality, its L2-normalised embedding and its liveness (None when the
+    pipeline has no liveness stage)."""
 
     face: Face
     quality: Quality
     embedding: np.ndarray = field(repr=False)  # (D,) float32, unit norm
+    liveness: Liveness | None = None

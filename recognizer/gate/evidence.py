@@ -161,5 +161,6 @@ class EvidenceGatherer:
             payers=tuple(payers),
             face_elsewhere=face_elsewhere,
             last_sighting=Sighting(last.gate_id, last.direction, last.at) if last else None,
+            face_liveness=probe.liveness if probe is not None else None,
         )
         return evidence, read, probe

@@ -8,6 +8,7 @@ that payer, and a face found by a 1:N search is judged by the 1:N false-accept r
 
 from __future__ import annotations
 
+from recognizer.face.types import LivenessDecision
 from recognizer.fusion import FusionModel, PlateEvidence
 from recognizer.gate.types import (
     Binding,
@@ -45,6 +46,11 @@ REASONS: dict[str, str] = {
     "ENTRY_WITHOUT_EXIT": "the plate entered twice without an exit",
     "EXIT_WITHOUT_ENTRY": "exit without a matching entry",
     "FAR_ABOVE_TARGET": "the estimated false-accept probability is above the policy target",
+    "PRESENTATION_ATTACK_SUSPECTED": "the policy requires liveness and the face looks like a "
+    "presentation attack (e.g. a printed photo)",
+    "LIVENESS_UNCERTAIN": "the policy requires liveness and the face's liveness is uncertain "
+    "(or was not assessed)",
+    "LIVENESS_PASSED": "the policy requires liveness and the face passed",
 }
 
 _MATCHED = (PlateEvidence.EXACT, PlateEvidence.CANDIDATE)
@@ -95,6 +101,9 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
 
     blocking = _face_conflict(ev, reasons)
     soft = _fraud_signals(ev, policy, reasons)
+    attack, uncertain = _liveness(ev, policy, reasons)
+    blocking = blocking or attack
+    soft = soft or uncertain
     if ev.direction is not Direction.UNSPECIFIED and ev.direction.value not in policy.directions:
         reasons.add("DIRECTION_NOT_ALLOWED", f"gate policy {policy.policy_id} does not allow it")
         blocking = True
@@ -176,6 +185,27 @@ def _choose_binding(
     b = within[0]
     reasons.add("BINDING_FACTORS_MISSING", f"binding {b.binding_id} needs {b.factors.value}")
     return b, False
+
+
+def _liveness(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> tuple[bool, bool]:
+    """(likely attack, uncertain) when the policy requires liveness for this amount."""
+    if not (ev.face_found and policy.liveness_required(ev.amount_minor)):
+        return False, False
+    lv = ev.face_liveness
+    if lv is None:
+        reasons.add("LIVENESS_UNCERTAIN", "the policy requires liveness; none was assessed")
+        return False, True
+    if lv.decision is LivenessDecision.ATTACK:
+        reasons.add(
+            "PRESENTATION_ATTACK_SUSPECTED",
+            f"liveness score {lv.score:.3f}: the face looks like a presentation attack",
+        )
+        return True, False
+    if lv.decision is LivenessDecision.UNCERTAIN:
+        reasons.add("LIVENESS_UNCERTAIN", f"liveness score {lv.score:.3f} is uncertain")
+        return False, True
+    reasons.add("LIVENESS_PASSED", f"liveness score {lv.score:.3f}")
+    return False, False
 
 
 def _fraud_signals(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> bool:

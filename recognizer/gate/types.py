@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from recognizer.face.types import AnalyzedFace
+from recognizer.face.types import AnalyzedFace, Liveness
 from recognizer.fusion import FusionResult, PlateEvidence
 from recognizer.gate.inputs import EventInputs
 from recognizer.plate.types import PlateResult
@@ -106,6 +106,7 @@ class Evidence:
     payers: tuple[Payer, ...]
     face_elsewhere: bool  # the face matches an identity outside the plate's payers
     last_sighting: Sighting | None  # of the plate read, before this event
+    face_liveness: Liveness | None = None  # of the face found; None: no face or no stage
 
 
 @dataclass(frozen=True, slots=True)

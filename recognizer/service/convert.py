@@ -10,7 +10,7 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 
 from recognizer.errors import InvalidArgument
-from recognizer.face.types import Face, Quality, Selection
+from recognizer.face.types import Face, Liveness, LivenessDecision, Quality, Selection
 from recognizer.gate import Decision, Direction, EventInputs, GateRequest, Outcome, sha256_hex
 from recognizer.models import ModelInfo
 from recognizer.plate.types import PlateResult, PlateType
@@ -58,10 +58,20 @@ def quality(q: Quality) -> pb.FaceQuality:
     )
 
 
-def face(f: Face, q: Quality | None = None) -> pb.FaceDetection:
+_LIVENESS = {
+    LivenessDecision.LIVE: pb.LIVENESS_LIVE,
+    LivenessDecision.UNCERTAIN: pb.LIVENESS_UNCERTAIN,
+    LivenessDecision.ATTACK: pb.LIVENESS_ATTACK,
+}
+
+
+def face(f: Face, q: Quality | None = None, lv: Liveness | None = None) -> pb.FaceDetection:
     msg = pb.FaceDetection(box=box(f.box), landmarks=points(f.landmarks), score=f.score)
     if q is not None:
         msg.quality.CopyFrom(quality(q))
+    if lv is not None:
+        msg.liveness_score = lv.score
+        msg.liveness = _LIVENESS[lv.decision]
     return msg
 
 
@@ -222,7 +232,7 @@ def decision(d: Decision, models: Iterable[Any]) -> gate_pb2.AuthorizeResponse:
     if d.plate is not None:
         msg.plate.CopyFrom(plate(d.plate))
     if d.face is not None:
-        msg.face.CopyFrom(face(d.face.face, d.face.quality))
+        msg.face.CopyFrom(face(d.face.face, d.face.quality, d.face.liveness))
     return msg
 
 

@@ -48,6 +48,24 @@ def fusion_path(config: Config) -> Path:
     return config.models_dir / f"fusion_{config.profile}.json"
 
 
+def liveness_stage(config: Config) -> Any:
+    """The liveness stage the config asks for: the shipped model, or the user's (checked
+    against its sha256), with the config's thresholds when set."""
+    from recognizer.face.liveness import LivenessThresholds, build_liveness
+
+    model_path = Path(config.liveness_model) if config.liveness_model else None
+    stage = build_liveness(
+        config.models_dir, model_path=model_path, model_sha256=config.liveness_model_sha256
+    )
+    attack, live = config.liveness_attack_threshold, config.liveness_live_threshold
+    if attack >= 0 or live >= 0:
+        stage.thresholds = LivenessThresholds(
+            attack if attack >= 0 else stage.thresholds.attack,
+            live if live >= 0 else stage.thresholds.live,
+        )
+    return stage
+
+
 def default_engines(config: Config) -> Engines:
     # Imported here so that `recognizer models fetch` and the CLI client never load models.
     from recognizer.face.calibration import FaceCalibration
@@ -70,7 +88,7 @@ def default_engines(config: Config) -> Engines:
     def parse_client_plate(text: str, field: str) -> str:
         return parse_plate(text, config.plate_mode, field)
 
-    faces = build_face_pipeline(config.profile, config.models_dir)
+    faces = build_face_pipeline(config.profile, config.models_dir, liveness=liveness_stage(config))
     plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
     private_dir(config.data_dir)
     store = SqliteStore(config.db_path, cipher=cipher_from_env())
@@ -88,6 +106,7 @@ def default_engines(config: Config) -> Engines:
         gallery,
         calibration,
         threshold_bounds=(config.face_threshold_min, config.face_threshold_max),
+        enroll_require_liveness=config.enroll_require_liveness,
     )
     gate = None
     if fusion_path(config).is_file():

@@ -41,7 +41,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         faces = self._rt.engines.faces
         found = faces.detect(image, convert.selection(request.selection))
         return recognition_pb2.DetectFacesResponse(
-            faces=[convert.face(f, q) for f, q in found],
+            # (face, quality, liveness); a pipeline without the stage may give (face, quality)
+            faces=[convert.face(*item) for item in found],
             image_width=image.shape[1],
             image_height=image.shape[0],
             models=convert.model_versions(faces.model_versions),
@@ -74,7 +75,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             match=r.match,
             estimated_fmr=r.estimated_fmr,
             threshold=r.threshold,
-            face=convert.face(r.face, r.quality),
+            face=convert.face(r.face, r.quality, r.liveness),
             models=convert.model_versions(eng.faces.model_versions),
         )
 
@@ -99,7 +100,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             ],
             unknown=r.unknown,
             threshold=r.threshold,
-            face=convert.face(r.face, r.quality),
+            face=convert.face(r.face, r.quality, r.liveness),
             best_score=r.best_score,
             models=convert.model_versions(eng.faces.model_versions),
         )
@@ -181,7 +182,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             faces=[
                 identity_pb2.EnrolledFace(
                     template_id=str(e.template_id),
-                    face=convert.face(e.face, e.quality),
+                    face=convert.face(e.face, e.quality, e.liveness),
                     image_index=e.image_index,
                 )
                 for e in enrolled

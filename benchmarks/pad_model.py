@@ -1,0 +1,394 @@
+"""The project's presentation-attack (liveness) model: graph, features, training, thresholds.
+
+Shared by `scripts/train_pad.py` (trains the shipped model on every subject) and
+`benchmarks/pad.py` (leave-subjects-out cross-validation). Needs `onnx` (the `pad-train`
+extra, also in `dev`); no torch.
+
+The model is ONE ONNX graph, input float32 [N, 3, 128, 128] BGR 0..255 (the context crop of
+`recognizer/face/liveness.py`), outputs `liveness` [N, 1] (probability live) and `features`
+[N, F]. Its first part computes fixed image features with ONNX ops:
+- colour layout: mean and standard deviation of Y, Cr, Cb and two opponent channels on a
+  4x4 grid (a print's white border, the hand and what is behind it);
+- colour histograms: soft 8-bin histograms of Y, Cr and Cb over the crop;
+- texture: energies of fixed Laplacian, Sobel and difference-of-Gaussian filters of Y on the
+  4x4 grid (the blur and flat texture of a reprinted face), as logs;
+its last part is a logistic regression (standardisation baked in) trained in numpy. Training
+features come from running the feature part of the very same graph with onnxruntime, so the
+pre-processing is written once.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.report import decode_file
+from recognizer.face.liveness import DEFAULT_CONTEXT, context_crop
+from recognizer.onnx import OnnxModel
+
+SIZE = 128
+GRID = 4
+HIST_BINS = 8
+OPSET = 17
+SEED = 20101005  # fixed: training is deterministic anyway (Newton steps from zero)
+LABELS = {"live": 1, "print": 0}
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PadSample:
+    subject: str
+    live: bool
+    path: Path
+
+
+def load_pad_folder(root: Path) -> list[PadSample]:
+    """`live/<subject>/*` and `print/<subject>/*` (other attack folders count as attacks)."""
+    out = []
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()):
+        for subject in sorted(p for p in kind.iterdir() if p.is_dir()):
+            for f in sorted(subject.iterdir()):
+                if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
+                    out.append(PadSample(subject.name, kind.name == "live", f))
+    return out
+
+
+# --- graph -------------------------------------------------------------------------------
+
+
+def _gauss(sigma: float, radius: int) -> np.ndarray:
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    g /= g.sum()
+    return np.outer(g, g)
+
+
+def _texture_kernels() -> np.ndarray:
+    """Fixed filters on Y, all 13x13 (zero-padded): Laplacian, Sobel x/y, two DoGs."""
+    k = 13
+    c = k // 2
+    bank = np.zeros((5, 1, k, k), np.float32)
+    bank[0, 0, c - 1 : c + 2, c - 1 : c + 2] = [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
+    sobel = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+    bank[1, 0, c - 1 : c + 2, c - 1 : c + 2] = sobel
+    bank[2, 0, c - 1 : c + 2, c - 1 : c + 2] = sobel.T
+    bank[3, 0] = _gauss(0.7, c) - _gauss(1.4, c)
+    bank[4, 0] = _gauss(1.4, c) - _gauss(2.8, c)
+    return bank
+
+
+def _colour_matrix() -> tuple[np.ndarray, np.ndarray]:
+    """1x1 conv from BGR 0..1 to Y, Cr, Cb, R-G, (R+G)/2-B."""
+    b, g, r = 0, 1, 2
+    w = np.zeros((5, 3), np.float32)
+    w[0, [r, g, b]] = [0.299, 0.587, 0.114]
+    y = w[0].copy()
+    w[1] = 0.713 * (np.eye(3, dtype=np.float32)[r] - y)
+    w[2] = 0.564 * (np.eye(3, dtype=np.float32)[b] - y)
+    w[3, [r, g]] = [1.0, -1.0]
+    w[4, [r, g, b]] = [0.5, 0.5, -1.0]
+    bias = np.array([0.0, 0.5, 0.5, 0.0, 0.0], np.float32)
+    return w.reshape(5, 3, 1, 1), bias
+
+
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    mean: np.ndarray  # (F,)
+    std: np.ndarray  # (F,)
+    weights: np.ndarray  # (F,)
+    bias: float
+
+
+def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None = None) -> bytes:
+    """The serialized ONNX model. Without a classifier: zero weights (the features output
+    is the same either way; used to compute training features)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list = []
+    inits: list = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: Sequence[str], output: str, **attrs: object) -> str:
+        nodes.append(helper.make_node(op, list(inputs), [output], **attrs))
+        return output
+
+    cell = SIZE // GRID
+    x = node("Mul", ["input", const("inv255", np.array(1 / 255, np.float32))], "x01")
+    w, b = _colour_matrix()
+    chans = node("Conv", [x, const("colour_w", w), const("colour_b", b)], "chans")
+    # colour layout: mean and std per grid cell
+    mean = node(
+        "AveragePool", [chans], "cell_mean", kernel_shape=[cell, cell], strides=[cell, cell]
+    )
+    sq = node("Mul", [chans, chans], "chans_sq")
+    mean_sq = node(
+        "AveragePool", [sq], "cell_mean_sq", kernel_shape=[cell, cell], strides=[cell, cell]
+    )
+    var = node("Sub", [mean_sq, node("Mul", [mean, mean], "mean_sq")], "cell_var")
+    eps = const("eps", np.array(1e-6, np.float32))
+    std = node("Sqrt", [node("Max", [var, eps], "var_pos")], "cell_std")
+    feats = [
+        node("Flatten", [mean], "f_mean", axis=1),
+        node(
+            "Flatten",
+            [
+                node(
+                    "Log",
+                    [node("Add", [std, const("eps_std", np.array(1e-3, np.float32))], "std_e")],
+                    "log_std",
+                )
+            ],
+            "f_std",
+            axis=1,
+        ),
+    ]
+    # soft colour histograms of Y, Cr, Cb
+    centres = (np.arange(HIST_BINS, dtype=np.float32) + 0.5) / HIST_BINS
+    inv2s2 = np.array(-1.0 / (2 * (0.5 / HIST_BINS) ** 2), np.float32)
+    const("hist_c", centres.reshape(1, HIST_BINS, 1, 1))
+    const("hist_k", inv2s2)
+    for i, name in enumerate(("y", "cr", "cb")):
+        ch = node(
+            "Slice",
+            [
+                chans,
+                const(f"s{i}", np.array([i], np.int64)),
+                const(f"e{i}", np.array([i + 1], np.int64)),
+                const(f"a{i}", np.array([1], np.int64)),
+            ],
+            f"{name}_ch",
+        )
+        d = node("Sub", [ch, "hist_c"], f"{name}_d")
+        e = node(
+            "Exp",
+            [node("Mul", [node("Mul", [d, d], f"{name}_d2"), "hist_k"], f"{name}_z")],
+            f"{name}_soft",
+        )
+        h = node("GlobalAveragePool", [e], f"{name}_hist")
+        feats.append(node("Flatten", [h], f"f_hist_{name}", axis=1))
+    # texture energies on Y (0..255 scale, so energies are in grey levels)
+    y255 = node("Mul", ["y_ch", const("k255", np.array(255.0, np.float32))], "y255")
+    resp = node("Conv", [y255, const("tex_w", _texture_kernels())], "tex", pads=[6, 6, 6, 6])
+    energy = node(
+        "AveragePool",
+        [node("Abs", [resp], "tex_abs")],
+        "tex_e",
+        kernel_shape=[cell, cell],
+        strides=[cell, cell],
+    )
+    log_e = node(
+        "Log",
+        [node("Add", [energy, const("eps_tex", np.array(1e-2, np.float32))], "tex_ee")],
+        "tex_log",
+    )
+    feats.append(node("Flatten", [log_e], "f_tex", axis=1))
+    features = node("Concat", feats, "features", axis=1)
+    n_feat = _n_features()
+    if classifier is None:
+        classifier = Classifier(
+            np.zeros(n_feat, np.float32),
+            np.ones(n_feat, np.float32),
+            np.zeros(n_feat, np.float32),
+            0.0,
+        )
+    z = node("Sub", [features, const("mu", classifier.mean.astype(np.float32))], "z0")
+    z = node("Div", [z, const("sd", classifier.std.astype(np.float32))], "z")
+    logit = node(
+        "MatMul", [z, const("w", classifier.weights.astype(np.float32).reshape(-1, 1))], "logit0"
+    )
+    logit = node("Add", [logit, const("b", np.array([classifier.bias], np.float32))], "logit")
+    node("Sigmoid", [logit], "liveness")
+    graph = helper.make_graph(
+        nodes,
+        "pad_nuaa",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [
+            helper.make_tensor_value_info("liveness", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", n_feat]),
+        ],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="recognizer"
+    )
+    model.ir_version = 8
+    helper.set_model_props(model, {"context": str(DEFAULT_CONTEXT), **(metadata or {})})
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _n_features() -> int:
+    cells = GRID * GRID
+    return 5 * cells * 2 + 3 * HIST_BINS + 5 * cells
+
+
+def session(data: bytes) -> OnnxModel:
+    """An onnxruntime session of serialized model bytes, through recognizer.onnx."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pad.onnx"
+        path.write_bytes(data)
+        return OnnxModel(path, name="pad")
+
+
+# --- samples to crops to features ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Crops:
+    samples: tuple[PadSample, ...]  # the ones with a face
+    crops: np.ndarray  # (N, 3, SIZE, SIZE) float32
+    no_face: tuple[PadSample, ...]
+    detect_s: tuple[float, ...]  # per image with a face
+
+
+def crop_samples(
+    samples: Sequence[PadSample],
+    detect: Callable[[np.ndarray], list],
+    context: float = DEFAULT_CONTEXT,
+    progress: Callable = lambda it, **_: it,
+) -> Crops:
+    """The largest detected face of each sample, cropped as the service crops it."""
+    import time
+
+    kept, crops, none, times = [], [], [], []
+    for s in progress(samples, desc="detect"):
+        img = decode_file(s.path)
+        if img is None:
+            none.append(s)
+            continue
+        t0 = time.perf_counter()
+        faces = detect(img)
+        dt = time.perf_counter() - t0
+        if not faces:
+            none.append(s)
+            continue
+        face = max(faces, key=lambda f: f.area)
+        kept.append(s)
+        crops.append(context_crop(img, face.box, (SIZE, SIZE), context).transpose(2, 0, 1))
+        times.append(dt)
+    arr = np.stack(crops).astype(np.float32) if crops else np.zeros((0, 3, SIZE, SIZE), np.float32)
+    return Crops(tuple(kept), arr, tuple(none), tuple(times))
+
+
+def features(model: OnnxModel, crops: np.ndarray, batch: int = 64) -> np.ndarray:
+    idx = model.output_names.index("features")
+    parts = [model.run(crops[i : i + batch])[idx] for i in range(0, len(crops), batch)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> Classifier:
+    """Class-balanced, L2-regularised logistic regression by Newton steps (deterministic)."""
+    mean = x.mean(0)
+    std = x.std(0) + 1e-6
+    z = (x - mean) / std
+    n, d = z.shape
+    zb = np.hstack([z, np.ones((n, 1))])
+    sw = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum())) * n
+    reg = np.full(d + 1, l2)
+    reg[-1] = 0.0
+    w = np.zeros(d + 1)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(zb @ w, -30, 30)))
+        grad = zb.T @ (sw * (p - y)) + reg * w
+        hess = (zb * (sw * p * (1 - p))[:, None]).T @ zb + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return Classifier(mean, std, w[:-1], float(w[-1]))
+
+
+def predict(c: Classifier, x: np.ndarray) -> np.ndarray:
+    z = (x - c.mean) / c.std
+    return 1 / (1 + np.exp(-np.clip(z @ c.weights + c.bias, -30, 30)))
+
+
+def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float = 1.0) -> np.ndarray:
+    """Leave-one-subject-out scores: each subject scored by a model that never saw it."""
+    scores = np.zeros(len(y))
+    for g in np.unique(groups):
+        test = groups == g
+        c = fit_logistic(x[~test], y[~test], l2)
+        scores[test] = predict(c, x[test])
+    return scores
+
+
+# --- thresholds ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    attack: float  # below: ATTACK (at most `max_bpcer_attack` of bona fide, out of fold)
+    live: float  # at or above: LIVE (the equal-error point, out of fold)
+
+
+def pick_thresholds(
+    scores: np.ndarray, live: np.ndarray, max_bpcer_attack: float = 0.01
+) -> Thresholds:
+    """From out-of-fold scores of the training subjects only: `live` where APCER = BPCER
+    (bona fide below it are rejected, attacks at or above it pass), `attack` low enough that
+    at most 1% of bona fide fall below it (a DENY for a live user stays rare)."""
+    bona = np.sort(scores[live])
+    atk = np.sort(scores[~live])
+    cands = np.unique(np.concatenate([bona, atk, [1.0]]))
+    apcer = 1 - np.searchsorted(atk, cands, side="left") / len(atk)
+    bpcer = np.searchsorted(bona, cands, side="left") / len(bona)
+    k = int(np.argmin(np.maximum(apcer, bpcer)))
+    t_live = float(cands[k])
+    allowed = int(np.floor(max_bpcer_attack * len(bona)))
+    t_attack = float(bona[allowed]) if allowed < len(bona) else t_live
+    return Thresholds(min(t_attack, t_live), t_live)
+
+
+# --- the whole recipe ----------------------------------------------------------------------
+
+L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Trained:
+    classifier: Classifier
+    thresholds: Thresholds
+    l2: float
+    oof_scores: np.ndarray  # leave-one-subject-out scores of the training samples
+    oof_error: float  # max(APCER, BPCER) of those at thresholds.live
+
+
+def _error(scores: np.ndarray, live: np.ndarray, t: float) -> float:
+    return max(float(np.mean(scores[~live] >= t)), float(np.mean(scores[live] < t)))
+
+
+def balanced_log_loss(scores: np.ndarray, live: np.ndarray) -> float:
+    """Mean log-loss with both classes weighted equally: a smooth model-selection criterion
+    (the error at one threshold jumps with a single subject and picked overfitted models)."""
+    p = np.clip(scores, 1e-6, 1 - 1e-6)
+    return float(-0.5 * np.mean(np.log(p[live])) - 0.5 * np.mean(np.log(1 - p[~live])))
+
+
+def train(x: np.ndarray, live: np.ndarray, groups: np.ndarray) -> Trained:
+    """Regularisation (by the balanced log-loss) and thresholds chosen from
+    leave-one-subject-out scores of these subjects only; then one model fitted on all."""
+    y = live.astype(np.float64)
+    best: tuple[float, float, np.ndarray] | None = None
+    for l2 in L2_GRID:  # ascending: a tie keeps the weaker regularisation
+        oof = out_of_fold(x, y, groups, l2)
+        loss = balanced_log_loss(oof, live)
+        if best is None or loss < best[0]:
+            best = (loss, l2, oof)
+    assert best is not None
+    _, l2, oof = best
+    th = pick_thresholds(oof, live)
+    return Trained(fit_logistic(x, y, l2), th, l2, oof, _error(oof, live, th.live))

@@ -1,0 +1,126 @@
+"""The liveness stage: the committed model (hash, and scores on frames of a subject it was
+never trained on), the context crop, thresholds and user models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recognizer import models as model_store
+from recognizer.face.liveness import (
+    PAD_VALUE,
+    SHIPPED_MODEL,
+    LivenessStage,
+    LivenessThresholds,
+    build_liveness,
+    context_box,
+    context_crop,
+)
+from recognizer.face.pipeline import build_face_pipeline
+from recognizer.face.types import LivenessDecision, Selection
+from recognizer.imaging import decode
+from recognizer.onnx import ModelError, sha256_file
+from tests.conftest import dataset, files_in, missing
+
+HELD_OUT = "0001"  # scripts/train_pad.py never trains on it
+
+
+def _frames(kind: str, step: int) -> list[Path]:
+    return files_in(dataset("pad", "nuaa", kind, HELD_OUT), "*.jpg")[::step]
+
+
+@pytest.fixture(scope="module")
+def stage() -> LivenessStage:
+    entry = model_store.find_entry(SHIPPED_MODEL)
+    if model_store.state(entry) is not model_store.ModelState.OK:
+        missing(f"trained model {entry.file} absent or altered; `git checkout -- models/`")
+    return build_liveness()
+
+
+@pytest.fixture(scope="module")
+def pipeline():  # type: ignore[no-untyped-def]
+    for name in ("yunet", "sface"):
+        if model_store.state(model_store.find_entry(name)) is not model_store.ModelState.OK:
+            missing(f"model {name} not fetched; run `recognizer models fetch`")
+    return build_face_pipeline()
+
+
+def test_the_committed_model_is_the_trained_one() -> None:
+    entry = model_store.find_entry(SHIPPED_MODEL)
+    assert entry.source == "trained" and entry.file.startswith("trained/")
+    assert "train_pad.py" in entry.training and "NUAA" in entry.data
+    path = model_store.DEFAULT_MODELS_DIR / entry.file
+    assert path.is_file(), "models/trained/ is committed, never fetched"
+    assert sha256_file(path) == entry.sha256
+    stage = build_liveness()
+    meta = stage.model.metadata
+    assert HELD_OUT in meta["held_out"].split(",") and HELD_OUT not in meta["subjects"]
+    assert stage.thresholds.attack <= stage.thresholds.live
+
+
+def test_held_out_live_frames_score_above_print_frames(stage: LivenessStage, pipeline) -> None:  # type: ignore[no-untyped-def]
+    scores: dict[str, list[float]] = {"live": [], "print": []}
+    for kind in scores:
+        for path in _frames(kind, 12):
+            (found,) = pipeline.analyze(decode(path.read_bytes()), Selection.LARGEST)
+            assert found.liveness is not None
+            scores[kind].append(found.liveness.score)
+    live, prints = np.array(scores["live"]), np.array(scores["print"])
+    assert len(live) >= 5 and len(prints) >= 10
+    # Every sampled live frame of the unseen subject outscores every print frame of it.
+    assert live.min() > prints.max(), (live, prints)
+    assert np.mean(live >= stage.thresholds.live) >= 0.8
+    assert np.mean(prints < stage.thresholds.attack) >= 0.8
+
+
+def test_the_crop_keeps_context_and_pads_outside_the_image_with_grey() -> None:
+    img = np.full((100, 200, 3), 10, np.uint8)
+    box = np.array([0, 0, 40, 20], np.float32)  # at the corner: most of the crop is outside
+    x0, y0, side = context_box(box, 2.5)
+    assert side == 100 and (x0, y0) == (-30, -40)
+    crop = context_crop(img, box, (64, 64), 2.5)
+    assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
+    assert crop[0, 0, 0] == PAD_VALUE and crop[-1, -1, 0] == 10
+
+
+def test_thresholds_make_three_decisions() -> None:
+    t = LivenessThresholds(0.3, 0.6)
+    assert t.decide(0.1) is LivenessDecision.ATTACK
+    assert t.decide(0.3) is LivenessDecision.UNCERTAIN
+    assert t.decide(0.6) is LivenessDecision.LIVE
+    with pytest.raises(ValueError):
+        LivenessThresholds(0.7, 0.6)
+
+
+def test_a_user_model_runs_only_with_its_sha256(stage: LivenessStage, tmp_path: Path) -> None:
+    user = tmp_path / "my_pad.onnx"
+    user.write_bytes(stage.model.path.read_bytes())
+    with pytest.raises(ModelError, match="sha256"):
+        build_liveness(model_path=user)
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        build_liveness(model_path=user, model_sha256="0" * 64)
+    mine = build_liveness(
+        model_path=user,
+        model_sha256=sha256_file(user),
+        thresholds=LivenessThresholds(0.2, 0.8),
+    )
+    assert mine.info is not None and mine.info.version == "user"
+    assert mine.thresholds == LivenessThresholds(0.2, 0.8)
+    img = np.zeros((200, 200, 3), np.uint8)
+    face = type("F", (), {"box": np.array([50, 50, 150, 150], np.float32)})()
+    (a,) = mine.assess(img, [face])
+    (b,) = stage.assess(img, [face])
+    assert a.score == pytest.approx(b.score)
+
+
+def test_a_user_model_needs_its_sha256_in_the_config() -> None:
+    from recognizer.config import load_config
+
+    with pytest.raises(ValueError, match="liveness_model_sha256"):
+        load_config(env={}, liveness_model="/tmp/pad.onnx")
+    with pytest.raises(ValueError, match="liveness_model_sha256"):
+        load_config(env={}, liveness_model_sha256="ab" * 32)
+    cfg = load_config(env={"RECOGNIZER_ENROLL_REQUIRE_LIVENESS": "true"})
+    assert cfg.enroll_require_liveness and not cfg.liveness_model
