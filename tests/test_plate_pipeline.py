@@ -356,6 +356,29 @@ def test_pipeline_no_plate_and_two_row() -> None:
     assert r.plate_type is PlateType.YELLOW_TWO_ROW
 
 
+def test_clean_read_keeps_the_plate_alphabet_only() -> None:
+    text, probs = grammar.clean_read("A02M0//A82M83", [0.9] * 13, "cn")
+    assert (text, len(probs)) == ("A02M0A82M83", 11)
+    assert grammar.clean_read("皖a·1o2肥3", [0.5] * 8, "cn") == ("皖A1023", (0.5,) * 6)
+    assert grammar.clean_read("皖A12345", [0.9] * 7, "generic")[0] == "A12345"
+    assert grammar.clean_read("ＡＢ/1", [0.9, 0.8], "generic") == ("AB1", ())  # unaligned
+
+
+@pytest.mark.parametrize("mode", ["cn", "generic"])
+def test_reads_never_hold_characters_outside_the_plate_alphabet(mode: grammar.Mode) -> None:
+    # A real PP-OCR read of a street frame: slashes from a bumper sticker inside the text.
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["A02M0//A82M83"]), None)
+    rec.mode = mode
+    (r,) = rec.read(_blue_frame())
+    allowed = set(grammar.plate_alphabet(mode))
+    assert r.text == "A02M0A82M83" and not r.pattern_valid
+    assert len(r.char_confidences) == len(r.text)
+    assert all(set(c.text) <= allowed for c in r.candidates)
+    only_junk = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["//:"]), None)
+    only_junk.mode = mode
+    assert only_junk.read(_blue_frame()) == []
+
+
 # -- real models --------------------------------------------------------------------------
 _REQUIRED = ["clp_det.onnx", "ch_PP-OCRv4_rec_infer.onnx", "clp_v2_c_rec.onnx", "clp_dict.txt"]
 
