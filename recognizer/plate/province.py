@@ -24,7 +24,7 @@ import numpy as np
 from recognizer.onnx import OnnxModel
 from recognizer.plate.grammar import PROVINCES
 
-PATCH_H, PATCH_W = 32, 24
+PATCH_H, PATCH_W = 48, 32
 # Windows (x0, x1, y0, y1) as fractions of the upright plate image. GA 36: a single-row
 # plate's province lies at 15-60 mm of 440 (16-60 of 480 on green plates); a two-row
 # plate's at 110-190 mm across and 15-75 mm down of 440x220.
