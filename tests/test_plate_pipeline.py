@@ -412,7 +412,7 @@ def test_combine_province_is_a_weighted_product() -> None:
 def test_pipeline_province_classifier_redecides_the_first_character() -> None:
     main = _FakeReader("main", ["皖A12345"])
     cls = _FakeProvince("湘")
-    rec = PlateRecognizer(None, main, None, province=cls, province_weight=0.75)  # type: ignore[arg-type]
+    rec = PlateRecognizer(None, main, None, province=cls, province_crop_weight=0.75)  # type: ignore[arg-type]
     r = rec.read_crop(_blue_frame())
     assert r.text == "湘A12345" and r.pattern_valid and cls.patches == 1
     assert [c.text for c in r.candidates[:2]] == ["湘A12345", "皖A12345"]  # the read stays
@@ -426,8 +426,13 @@ def test_pipeline_province_classifier_redecides_the_first_character() -> None:
         .text
         == "皖A12345"
     )  # type: ignore[arg-type]
-    rec0 = PlateRecognizer(None, main, None, province=cls, province_weight=0.0)  # type: ignore[arg-type]
+    rec0 = PlateRecognizer(None, main, None, province=cls, province_crop_weight=0.0)  # type: ignore[arg-type]
     assert rec0.read_crop(_blue_frame()).text == "皖A12345"
+    # On the detector path the default weight is light: a sure reader keeps its province.
+    frame = PlateRecognizer(_FakeDetector([_det(10)]), main, None, province=cls)  # type: ignore[arg-type]
+    assert frame.read(_blue_frame())[0].text == "皖A12345"
+    frame.province_weight = 1.0
+    assert frame.read(_blue_frame())[0].text == "湘A12345"
     gen = PlateRecognizer(None, _FakeReader("m", ["AB1234"]), None, mode="generic", province=cls)  # type: ignore[arg-type]
     assert gen.read_crop(_blue_frame()).text == "AB1234"
 
