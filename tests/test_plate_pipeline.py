@@ -13,8 +13,9 @@ import pytest
 
 from recognizer.plate import grammar
 from recognizer.plate.classify import classify
-from recognizer.plate.detector import PlateDetection
-from recognizer.plate.pipeline import PlateRecognizer
+from recognizer.plate.detector import PlateDetection, PlateDetector
+from recognizer.plate.grammar import PROVINCES
+from recognizer.plate.pipeline import PlateRecognizer, combine_province
 from recognizer.plate.reader import CtcReader, Reading, ctc_greedy, ctc_log_likelihoods
 from recognizer.plate.rectify import split_two_row, warp_plate
 from recognizer.plate.types import PlateResult, PlateType
@@ -356,8 +357,94 @@ def test_pipeline_no_plate_and_two_row() -> None:
     assert r.plate_type is PlateType.YELLOW_TWO_ROW
 
 
+def test_clean_read_keeps_the_plate_alphabet_only() -> None:
+    text, probs = grammar.clean_read("A02M0//A82M83", [0.9] * 13, "cn")
+    assert (text, len(probs)) == ("A02M0A82M83", 11)
+    assert grammar.clean_read("皖a·1o2肥3", [0.5] * 8, "cn") == ("皖A1023", (0.5,) * 6)
+    assert grammar.clean_read("皖A12345", [0.9] * 7, "generic")[0] == "A12345"
+    assert grammar.clean_read("ＡＢ/1", [0.9, 0.8], "generic") == ("AB1", ())  # unaligned
+
+
+@pytest.mark.parametrize("mode", ["cn", "generic"])
+def test_reads_never_hold_characters_outside_the_plate_alphabet(mode: grammar.Mode) -> None:
+    # A real PP-OCR read of a street frame: slashes from a bumper sticker inside the text.
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["A02M0//A82M83"]), None)
+    rec.mode = mode
+    (r,) = rec.read(_blue_frame())
+    allowed = set(grammar.plate_alphabet(mode))
+    assert r.text == "A02M0A82M83" and not r.pattern_valid
+    assert len(r.char_confidences) == len(r.text)
+    assert all(set(c.text) <= allowed for c in r.candidates)
+    only_junk = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["//:"]), None)
+    only_junk.mode = mode
+    assert only_junk.read(_blue_frame()) == []
+
+
+def test_detector_searches_large_frames_at_a_second_size() -> None:
+    det = PlateDetector(None, input_size=576, large_size=960)  # type: ignore[arg-type]
+    assert det.sizes_for(np.zeros((1040, 1392, 3), np.uint8)) == (576, 960)
+    assert det.sizes_for(np.zeros((720, 800, 3), np.uint8)) == (576,)  # under 1.5 x 576
+    assert det.sizes_for(np.zeros((600, 900, 3), np.uint8)) == (576, 900)  # never upsampled
+    assert PlateDetector(None).sizes_for(np.zeros((1040, 1392, 3), np.uint8)) == (576,)  # type: ignore[arg-type]
+
+
+class _FakeProvince:
+    """A classifier sure of one province."""
+
+    def __init__(self, province: str, p: float = 0.999) -> None:
+        self.k, self.p, self.patches = PROVINCES.index(province), p, 0
+
+    def predict(self, patches: Sequence[np.ndarray]) -> np.ndarray:
+        self.patches += len(patches)
+        out = np.full((len(patches), len(PROVINCES)), (1 - self.p) / (len(PROVINCES) - 1))
+        out[:, self.k] = self.p
+        return out.astype(np.float32)
+
+
+def test_combine_province_is_a_weighted_product() -> None:
+    ocr, cls = np.log([0.7, 0.2, 0.1]), np.log([0.1, 0.8, 0.1])
+    assert np.argmax(combine_province(ocr, cls, 0.0)) == 0
+    post = combine_province(ocr, cls, 1.0)
+    assert post.sum() == pytest.approx(1.0)
+    assert post == pytest.approx(np.array([0.07, 0.16, 0.01]) / 0.24)
+
+
+def test_pipeline_province_classifier_redecides_the_first_character() -> None:
+    main = _FakeReader("main", ["皖A12345"])
+    cls = _FakeProvince("湘")
+    rec = PlateRecognizer(None, main, None, province=cls, province_crop_weight=0.75)  # type: ignore[arg-type]
+    r = rec.read_crop(_blue_frame())
+    assert r.text == "湘A12345" and r.pattern_valid and cls.patches == 1
+    assert [c.text for c in r.candidates[:2]] == ["湘A12345", "皖A12345"]  # the read stays
+    assert len(r.char_confidences) == 7 and r.candidates[0].probability == pytest.approx(
+        r.confidence
+    )
+    # A classifier that agrees, a weight of 0 or generic mode leave the read alone.
+    assert (
+        PlateRecognizer(None, main, None, province=_FakeProvince("皖"))
+        .read_crop(_blue_frame())
+        .text
+        == "皖A12345"
+    )  # type: ignore[arg-type]
+    rec0 = PlateRecognizer(None, main, None, province=cls, province_crop_weight=0.0)  # type: ignore[arg-type]
+    assert rec0.read_crop(_blue_frame()).text == "皖A12345"
+    # On the detector path the default weight is light: a sure reader keeps its province.
+    frame = PlateRecognizer(_FakeDetector([_det(10)]), main, None, province=cls)  # type: ignore[arg-type]
+    assert frame.read(_blue_frame())[0].text == "皖A12345"
+    frame.province_weight = 1.0
+    assert frame.read(_blue_frame())[0].text == "湘A12345"
+    gen = PlateRecognizer(None, _FakeReader("m", ["AB1234"]), None, mode="generic", province=cls)  # type: ignore[arg-type]
+    assert gen.read_crop(_blue_frame()).text == "AB1234"
+
+
 # -- real models --------------------------------------------------------------------------
-_REQUIRED = ["clp_det.onnx", "ch_PP-OCRv4_rec_infer.onnx", "clp_v2_c_rec.onnx", "clp_dict.txt"]
+_REQUIRED = [
+    "clp_det.onnx",
+    "ch_PP-OCRv4_rec_infer.onnx",
+    "clp_v2_c_rec.onnx",
+    "clp_dict.txt",
+    "trained/province_cls.onnx",
+]
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +479,8 @@ def _imread(p: Path) -> np.ndarray:
 @needs_models
 def test_blank_frame_has_no_plate(recognizer: PlateRecognizer) -> None:
     assert recognizer.read(np.full((480, 640, 3), 127, np.uint8)) == []
-    assert {m.name for m in recognizer.model_versions} == {"plate_det", "ppocr_rec", "clp_rec"}
+    names = {m.name for m in recognizer.model_versions}
+    assert names == {"plate_det", "ppocr_rec", "clp_rec", "province_cls"}
 
 
 @needs_models
@@ -413,6 +501,49 @@ def test_crops_read_exactly(recognizer: PlateRecognizer) -> None:
     files = files_in(DATA / "crops", "*.jpg")[:12]
     hits = sum(recognizer.read_crop(_imread(f)).text == re.sub(r"_\d+$", "", f.stem) for f in files)
     assert hits >= 11
+
+
+# The committed classifier's answers on real crops (provinces other than 皖 among them).
+_PROVINCE_KNOWN = (
+    "京PL3N67.jpg",
+    "湘E269JY.jpg",
+    "粤A3ZB32.jpg",
+    "豫BLU198.jpg",
+    "闽D33U29.jpg",
+    "鲁AW9V20.jpg",
+    "浙BR7S63.jpg",
+    "苏A0X3B2.jpg",
+    "皖A00E66.jpg",
+    "皖A051N0.jpg",
+)
+
+
+@needs_models
+@needs_data
+def test_province_model_committed_verified_and_known_answers() -> None:
+    from recognizer import models as store
+    from recognizer.onnx import sha256_file
+    from recognizer.plate.province import CLASSES, ProvinceClassifier
+
+    entry = store.find_entry("province_cls")
+    assert entry.source == "trained" and entry.file == "trained/province_cls.onnx"
+    assert "train_province.py" in entry.training and "crops" in entry.data
+    path = store.require(entry)  # present and matching its sha256
+    assert sha256_file(path) == entry.sha256
+    cls = ProvinceClassifier(store.load("province_cls")[0])
+    crops = [_imread(DATA / "crops" / f) for f in _PROVINCE_KNOWN]
+    probs = cls.predict_plates([(c, False) for c in crops])
+    assert probs.shape == (len(crops), len(CLASSES))
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert [CLASSES[k] for k in probs.argmax(1)] == [f[0] for f in _PROVINCE_KNOWN]
+
+
+@needs_models
+@needs_data
+def test_non_anhui_crops_read_exactly(recognizer: PlateRecognizer) -> None:
+    files = [f for f in files_in(DATA / "crops", "*.jpg") if not f.name.startswith("皖")][:10]
+    hits = sum(recognizer.read_crop(_imread(f)).text == re.sub(r"_\d+$", "", f.stem) for f in files)
+    assert hits >= 9
 
 
 def test_rank_candidates_inserts_faint_province() -> None:

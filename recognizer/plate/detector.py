@@ -47,6 +47,10 @@ def _priors(height: int, width: int) -> np.ndarray:
 
 
 class PlateDetector:
+    """Plates in a frame. A frame much larger than ``input_size`` is also searched at
+    ``large_size``: shrunk to 576, a far plate in a 1400-pixel frame falls below the
+    smallest anchors (24 px); both passes' boxes go through one NMS."""
+
     def __init__(
         self,
         model: OnnxModel,
@@ -54,16 +58,28 @@ class PlateDetector:
         score_threshold: float = 0.5,
         nms_threshold: float = 0.3,
         max_plates: int = 8,
+        large_size: int | None = None,
+        large_from: float = 1.5,
     ) -> None:
         self.model = model
         self.input_size = input_size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_plates = max_plates
+        self.large_size = large_size
+        self.large_from = large_from  # long side / input_size from which the second pass runs
 
-    def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float]:
+    def sizes_for(self, image_bgr: np.ndarray) -> tuple[int, ...]:
+        long_side = max(image_bgr.shape[:2])
+        if self.large_size and long_side >= self.input_size * self.large_from:
+            return (self.input_size, min(self.large_size, long_side))
+        return (self.input_size,)
+
+    def preprocess(
+        self, image_bgr: np.ndarray, size: int | None = None
+    ) -> tuple[np.ndarray, float]:
         h, w = image_bgr.shape[:2]
-        scale = self.input_size / max(h, w)
+        scale = (size or self.input_size) / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
         # Padding is the mean colour, i.e. zero after normalisation.
@@ -71,26 +87,35 @@ class PlateDetector:
         x = lb.canvas.astype(np.float32) - _MEAN
         return x.transpose(2, 0, 1)[None], scale
 
-    def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]:
-        x, scale = self.preprocess(image_bgr)
+    def _candidates(
+        self, image_bgr: np.ndarray, size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (K, 4), corners (K, 4, 2) in frame pixels and scores (K,) above threshold."""
+        x, scale = self.preprocess(image_bgr, size)
         loc, conf, landms = self.model.run(x)
         pri = _priors(x.shape[2], x.shape[3])
         scores = conf[0, :, 1]
         idx = np.flatnonzero(scores >= self.score_threshold)
-        if idx.size == 0:
-            return []
         p, lc, lm = pri[idx], loc[0, idx], landms[0, idx].reshape(-1, 4, 2)
         centre = p[:, :2] + lc[:, :2] * _VARIANCE[0] * p[:, 2:]
-        size = p[:, 2:] * np.exp(lc[:, 2:] * _VARIANCE[1])
-        boxes = np.concatenate([centre - size / 2, centre + size / 2], 1) / scale
+        size_wh = p[:, 2:] * np.exp(lc[:, 2:] * _VARIANCE[1])
+        boxes = np.concatenate([centre - size_wh / 2, centre + size_wh / 2], 1) / scale
         corners = (p[:, None, :2] + lm * _VARIANCE[0] * p[:, None, 2:]) / scale
-        corners = corners[:, _CORNER_ORDER]
         h, w = image_bgr.shape[:2]
         boxes = np.clip(boxes, 0, [w, h, w, h])
-        keep = nms(boxes, scores[idx], self.nms_threshold, self.max_plates)
+        return boxes, corners[:, _CORNER_ORDER], scores[idx]
+
+    def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]:
+        found = [self._candidates(image_bgr, size) for size in self.sizes_for(image_bgr)]
+        boxes = np.concatenate([f[0] for f in found]).reshape(-1, 4)
+        corners = np.concatenate([f[1] for f in found]).reshape(-1, 4, 2)
+        scores = np.concatenate([f[2] for f in found])
+        if scores.size == 0:
+            return []
+        keep = nms(boxes, scores, self.nms_threshold, self.max_plates)
         return [
             PlateDetection(
-                boxes[k].astype(np.float32), corners[k].astype(np.float32), float(scores[idx][k])
+                boxes[k].astype(np.float32), corners[k].astype(np.float32), float(scores[k])
             )
             for k in keep
         ]

@@ -78,6 +78,33 @@ def normalize(text: str, mode: Mode = "cn") -> str:
     return "".join(_fix_char(ch, i, mode) for i, ch in enumerate(text))
 
 
+def plate_alphabet(mode: Mode = "cn") -> str:
+    """Every character a plate of the mode may hold: a read never holds anything else."""
+    return PLATE_ALPHABET if mode == "cn" else _GENERIC_SET
+
+
+def clean_read(
+    text: str, char_probs: Sequence[float] = (), mode: Mode = "cn"
+) -> tuple[str, tuple[float, ...]]:
+    """A reader's raw text reduced to the mode's plate alphabet, with its per-character
+    probabilities kept aligned (empty when they were not one per character).
+
+    Each character is folded (NFKC, upper case); separators and anything no plate holds
+    (a slash, a stray CJK character read from a frame or sticker) are dropped, then the
+    position-aware O/I fixes apply, as in :func:`normalize`."""
+    allowed = plate_alphabet(mode)
+    aligned = len(char_probs) == len(text)
+    chars: list[str] = []
+    probs: list[float] = []
+    for i, ch in enumerate(text):
+        folded = unicodedata.normalize("NFKC", ch).upper()
+        if len(folded) == 1 and folded in allowed:
+            chars.append(_fix_char(folded, len(chars), mode))
+            if aligned:
+                probs.append(float(char_probs[i]))
+    return "".join(chars), tuple(probs)
+
+
 # What a client may type between plate characters (the dot PP-OCR and plate printers use).
 SEPARATORS = " .·-"
 MAX_PLATE_TEXT = 32  # characters as sent, separators included

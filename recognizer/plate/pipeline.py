@@ -17,12 +17,14 @@ from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_co
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import (
     PLATE_ALPHABET,
+    PROVINCES,
     Mode,
     RankedPlate,
+    clean_read,
     is_valid,
-    normalize,
     rank_plates,
 )
+from recognizer.plate.province import CLASSES, ProvinceClassifier, province_patch
 from recognizer.plate.reader import CtcReader, Reading, load_charset_lines
 from recognizer.plate.rectify import (
     SURELY_TWO_ROW_ASPECT,
@@ -103,6 +105,25 @@ def _letter_fix(main: _Choice, alt: _Choice, mode: Mode) -> _Choice:
     return _Choice(text, tuple(probs), cands[: len(main.candidates)], True, main.reader, p, True)
 
 
+# Weight of the province classifier's log-probability against the reader's log-likelihood,
+# chosen on validation data only (never the street or scene frames), per path:
+# - read_crop (`scripts/train_province.py --validate`): first character right on held-out
+#   crops 199/199 at every weight from 0 to 2 (197 at 3); on synthetic crops 518/560 at 0
+#   (PP-OCRv4 alone), 529-530 from 0.5 to 1.5. 1.0, a plain product, is mid-plateau.
+# - frames (synthetic scenes through the detector, seeds 4242 + 4343, 830 plates): PP-OCRv4
+#   reads the warped line well, the classifier less so (83-85% alone): 813 right at 0, 817 at
+#   0.25, 816 at 0.5, 794 at 1.0. Hence a light touch there.
+PROVINCE_WEIGHT = 0.25
+PROVINCE_CROP_WEIGHT = 1.0
+
+
+def combine_province(ocr_loglik: np.ndarray, cls_logp: np.ndarray, weight: float) -> np.ndarray:
+    """Normalised posterior over provinces from both log-beliefs (a weighted product)."""
+    z = np.asarray(ocr_loglik, np.float64) + weight * np.asarray(cls_logp, np.float64)
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
 def _variants(line: np.ndarray) -> list[np.ndarray]:
     """Test-time variants of a plate line: wider context, horizontal stretch, trimmed rows."""
     h, w = line.shape[:2]
@@ -115,6 +136,12 @@ def _variants(line: np.ndarray) -> list[np.ndarray]:
     ]
 
 
+# Second detector input size for frames at least 1.5x the first (see PlateDetector). Chosen
+# on synthetic 1280x960 frames with 70-160 px plates (120 frames): exact reads 53 -> 89 and
+# frames with no read 55 -> 20 (1280: 96 and 10, at a larger cost per frame).
+DETECTOR_LARGE_SIZE = 960
+
+
 class PlateRecognizer:
     def __init__(
         self,
@@ -125,6 +152,9 @@ class PlateRecognizer:
         model_versions: tuple[ModelInfo, ...] = (),
         cross_check: bool = True,
         min_unverified_score: float = 0.5,
+        province: ProvinceClassifier | None = None,
+        province_weight: float = PROVINCE_WEIGHT,
+        province_crop_weight: float = PROVINCE_CROP_WEIGHT,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -133,10 +163,14 @@ class PlateRecognizer:
         self.model_versions = tuple(model_versions)  # reported in responses
         self.cross_check = cross_check and alt_reader is not None
         self.min_unverified_score = min_unverified_score
+        self.province = province
+        self.province_weight = province_weight  # plates found by the detector
+        self.province_crop_weight = province_crop_weight  # read_crop
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
-        greedy = normalize(reading.text, self.mode)
+        # Only the plate alphabet: PP-OCR also reads slashes, frame marks and dealer text.
+        greedy, greedy_probs = clean_read(reading.text, reading.char_probs, self.mode)
         ranked = rank_plates(
             reading.alternatives, n, self.mode, leading=reading.leading, trailing=reading.trailing
         )
@@ -150,7 +184,7 @@ class PlateRecognizer:
             return _Choice(
                 best.text, best.char_probs, cands, True, reading.reader, score, clean, tuple(ranked)
             )
-        probs = reading.char_probs if len(greedy) == len(reading.char_probs) else ()
+        probs = greedy_probs if len(greedy) == len(greedy_probs) else ()
         cands = (PlateCandidate(greedy, float(np.prod(probs)) if probs else 0.0),)
         valid = is_valid(greedy, self.mode)
         return _Choice(greedy, probs, cands if greedy else (), valid, reading.reader, 0.0, False)
@@ -178,7 +212,10 @@ class PlateRecognizer:
         p = cands[0].probability
         return _Choice(best.text, best.char_probs, cands, True, reader, p, False, (best,))
 
-    def _read_lines(self, lines: Sequence[np.ndarray], n: int) -> list[_Choice]:
+    def _read_lines(
+        self, lines: Sequence[np.ndarray], n: int
+    ) -> tuple[list[_Choice], list[Reading]]:
+        """The choice for every line, and the main reader's reading of it."""
         with deadline.stage("plate.read"):
             readings = self.reader.read_batch(lines)
         main = [self._choose(r, n) for r in readings]
@@ -209,7 +246,39 @@ class PlateRecognizer:
                 alt = [others[i]] if i in others else []
                 opts = [main[i], *alt, *(self._choose(r, n) for r in views[1:])]
                 main[i] = self._rescore(views, opts, n) or main[i]
-        return main
+        return main, readings
+
+    # -- province ----------------------------------------------------------------------------
+    def _province_scores(
+        self, reading: Reading, text: str, plate: np.ndarray, two_row: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per province in CLASSES order: the main reader's log-likelihood of the text with
+        that province first (the rest fixed), and the classifier's log-probability."""
+        assert self.province is not None
+        texts = [p + text[1:] for p in CLASSES]
+        ocr = np.asarray(self.reader.log_likelihoods(reading, texts), np.float64)
+        cls = self.province.predict([province_patch(plate, two_row)])[0].astype(np.float64)
+        return ocr, np.log(np.maximum(cls, 1e-9))
+
+    def _province_fix(
+        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int, weight: float
+    ) -> _Choice:
+        """Re-decide the first character from the reader's and the classifier's beliefs."""
+        if self.province is None or not ch.valid or not ch.text or ch.text[0] not in PROVINCES:
+            return ch
+        if weight <= 0:
+            return ch
+        ocr, cls = self._province_scores(reading, ch.text, plate, two_row)
+        post = combine_province(ocr, cls, weight)
+        k = int(np.argmax(post))
+        text = CLASSES[k] + ch.text[1:]
+        if text == ch.text:
+            return ch
+        probs = (float(post[k]), *ch.char_probs[1:]) if ch.char_probs else ()
+        p = float(np.prod(probs)) if probs else 0.0
+        # The text as read stays a candidate, second: a gate can still match it.
+        cands = (PlateCandidate(text, p), *(c for c in ch.candidates if c.text != text))
+        return _Choice(text, probs, cands[:n], True, ch.reader, ch.score, ch.clean, ch.ranked)
 
     def _results(
         self,
@@ -236,15 +305,18 @@ class PlateRecognizer:
                 else:
                     lines.append(plate if warp else to_single_row_line(plate))
                 owner.append((i, two_row, plate))
-        choices = self._read_lines(lines, n)
-        best: dict[int, tuple[_Choice, bool, np.ndarray]] = {}
-        for (i, two_row, plate), ch in zip(owner, choices, strict=True):
+        choices, readings = self._read_lines(lines, n)
+        best: dict[int, tuple[_Choice, bool, np.ndarray, Reading]] = {}
+        for (i, two_row, plate), ch, rd in zip(owner, choices, readings, strict=True):
             cur = best.get(i)
             if cur is None or (ch.valid, ch.score) > (cur[0].valid, cur[0].score):
-                best[i] = (ch, two_row, plate)
+                best[i] = (ch, two_row, plate, rd)
         out = []
         for i in range(len(images)):
-            ch, two_row, plate = best[i]
+            ch, two_row, plate, rd = best[i]
+            if self.mode == "cn":
+                weight = self.province_weight if warp else self.province_crop_weight
+                ch = self._province_fix(ch, rd, plate, two_row, n, weight)
             ptype = (
                 classify(plate, ch.text, two_row=two_row)
                 if self.mode == "cn"
@@ -301,9 +373,14 @@ class PlateRecognizer:
 
 
 def build_plate_recognizer(
-    models_dir: Path = DEFAULT_MODELS_DIR, mode: Mode = "cn", detector_size: int = 576
+    models_dir: Path = DEFAULT_MODELS_DIR,
+    mode: Mode = "cn",
+    detector_size: int = 576,
+    detector_large_size: int | None = DETECTOR_LARGE_SIZE,
+    province: bool = True,
 ) -> PlateRecognizer:
-    """The production configuration: clp_det + PP-OCRv4 rec, clp_v2_c as the fallback."""
+    """The production configuration: clp_det (at two sizes on large frames) + PP-OCRv4 rec,
+    clp_v2_c as the fallback, the project's province classifier on the first character."""
     models_dir = Path(models_dir)
     det, det_info = load_model("plate_det", models_dir)
     ppocr, ppocr_info = load_model("ppocr_rec", models_dir)
@@ -316,6 +393,12 @@ def build_plate_recognizer(
     clp_chars = load_charset_lines(clp_dict.read_text(encoding="utf-8"))
     alt = CtcReader(clp, clp_chars, 32, rgb=False, fixed_width=160, candidate_chars=PLATE_ALPHABET)
     versions = (det_info, ppocr_info, clp_info)
-    return PlateRecognizer(
-        PlateDetector(det, input_size=detector_size, score_threshold=0.2), main, alt, mode, versions
+    classifier = None
+    if province:  # off only while training the classifier itself
+        prov, prov_info = load_model("province_cls", models_dir)
+        versions += (prov_info,)
+        classifier = ProvinceClassifier(prov)
+    detector = PlateDetector(
+        det, input_size=detector_size, score_threshold=0.2, large_size=detector_large_size
     )
+    return PlateRecognizer(detector, main, alt, mode, versions, province=classifier)

@@ -1,0 +1,421 @@
+"""Train the plate province classifier: models/trained/province_cls.onnx.
+
+    .venv/bin/python scripts/train_province.py            # train, write the model, print sha256
+    .venv/bin/python scripts/train_province.py --validate # also choose the pipeline weight
+
+Data (training and validation only; the street and scene frames are test sets and are never
+read here):
+- real crops: ../shared/datasets/plates/crops (sirius-ai/LPRNet_Pytorch data/test,
+  Apache-2.0), file name = plate. A fixed, seeded 20% is held out for validation. 95% are 皖,
+  so every class is weighted by the inverse of its count (balanced).
+- synthetic plates of every type and province: benchmarks/synth_plates.py (this project),
+  half as crops with margin (the read_crop path), half warped from jittered true corners
+  (the detector path, like a detector's corner error). Validation uses another seed.
+
+The model is one ONNX graph: grey patch in (see recognizer/plate/province.py), then fixed
+ops (contrast normalisation, Sobel, unsigned orientation channels, cell pooling, square
+root, feature standardisation) and a 2-layer perceptron trained here in numpy (Adam, fixed
+seed, single thread). The fixed part is run through onnxruntime to make the training
+features, so training and serving compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.synth_plates import (  # noqa: E402
+    DEFAULT_PROPORTIONS,
+    SynthConfig,
+    generate,
+    generate_dataset,
+    type_schedule,
+)
+from recognizer.onnx import OnnxModel  # noqa: E402
+from recognizer.plate.classify import TWO_ROW_CROP_ASPECT  # noqa: E402
+from recognizer.plate.province import (  # noqa: E402
+    CLASSES,
+    PATCH_H,
+    PATCH_W,
+    province_patch,
+)
+from recognizer.plate.rectify import SINGLE_ROW_SIZE, TWO_ROW_SIZE, warp_plate  # noqa: E402
+from recognizer.plate.types import PlateType  # noqa: E402
+
+CROPS = REPO.parent / "shared" / "datasets" / "plates" / "crops"
+OUT = REPO / "models" / "trained" / "province_cls.onnx"
+SEED = 17
+N_ORIENT = 8
+HIDDEN = 256
+OPSET = 13
+WAN = CLASSES.index("皖")  # 95% of the real crops
+
+
+# --- the graph ------------------------------------------------------------------------------
+def _const(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+
+
+def feature_nodes() -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], int]:
+    """Fixed feature ops from 'patch' (N,1,H,W) to 'feat' (N, F); returns F too."""
+    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32) / 4
+    sobel = np.stack([sobel_x, sobel_x.T])[:, None]  # (2,1,3,3): d/dx, d/dy
+    ang = np.arange(N_ORIENT) * np.pi / N_ORIENT
+    orient = np.stack([np.cos(ang), np.sin(ang)], 1)[:, :, None, None]  # (8,2,1,1)
+    inits = [
+        _const("sobel", sobel),
+        _const("orient", orient),
+        _const("eps", np.array(1e-4)),
+        _const("eps_f", np.array(1e-6)),
+    ]
+    n = [
+        helper.make_node("ReduceMean", ["patch"], ["mu"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Sub", ["patch", "mu"], ["xc"]),
+        helper.make_node("Mul", ["xc", "xc"], ["xc2"]),
+        helper.make_node("ReduceMean", ["xc2"], ["var"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Add", ["var", "eps"], ["var_e"]),
+        helper.make_node("Sqrt", ["var_e"], ["sd"]),
+        helper.make_node("Div", ["xc", "sd"], ["xn"]),
+        helper.make_node("Conv", ["xn", "sobel"], ["grad"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["grad", "orient"], ["proj"]),
+        helper.make_node("Abs", ["proj"], ["mag"]),
+        # Fine 4x4 cells and coarse overlapping 8x8 blocks (stride 4): shape and tolerance.
+        helper.make_node("AveragePool", ["mag"], ["fine"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("AveragePool", ["mag"], ["coarse"], kernel_shape=[8, 8], strides=[4, 4]),
+        helper.make_node("Flatten", ["fine"], ["fine_f"], axis=1),
+        helper.make_node("Flatten", ["coarse"], ["coarse_f"], axis=1),
+        helper.make_node("Concat", ["fine_f", "coarse_f"], ["cat"], axis=1),
+        helper.make_node("Add", ["cat", "eps_f"], ["cat_e"]),
+        helper.make_node("Sqrt", ["cat_e"], ["feat"]),
+    ]
+    fine = (PATCH_H // 4) * (PATCH_W // 4)
+    coarse = ((PATCH_H - 8) // 4 + 1) * ((PATCH_W - 8) // 4 + 1)
+    return n, inits, N_ORIENT * (fine + coarse)
+
+
+def _model(nodes, inits, output: str, out_dim: int, doc: str) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("patch", TensorProto.FLOAT, ["N", 1, PATCH_H, PATCH_W])
+    y = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", out_dim])
+    graph = helper.make_graph(nodes, "province_cls", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    model.doc_string = doc
+    onnx.checker.check_model(model)
+    return model
+
+
+def feature_model() -> tuple[onnx.ModelProto, int]:
+    nodes, inits, f = feature_nodes()
+    return _model(nodes, inits, "feat", f, "features only"), f
+
+
+def full_model(mean, std, w1, b1, w2, b2) -> onnx.ModelProto:
+    nodes, inits, _ = feature_nodes()
+    inits += [
+        _const("f_mean", mean),
+        _const("f_std", std),
+        _const("w1", w1),
+        _const("b1", b1),
+        _const("w2", w2),
+        _const("b2", b2),
+    ]
+    nodes += [
+        helper.make_node("Sub", ["feat", "f_mean"], ["fz0"]),
+        helper.make_node("Div", ["fz0", "f_std"], ["fz"]),
+        helper.make_node("Gemm", ["fz", "w1", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["a1"]),
+        helper.make_node("Gemm", ["a1", "w2", "b2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    doc = (
+        f"Plate province classifier; classes in order: {CLASSES}. Input (N,1,{PATCH_H},"
+        f"{PATCH_W}) grey 0..1 (recognizer.plate.province.province_patch). Trained by "
+        "scripts/train_province.py on LPRNet crops (Apache-2.0) + synthetic plates."
+    )
+    m = _model(nodes, inits, "probs", len(CLASSES), doc)
+    helper.set_model_props(m, {"classes": CLASSES, "seed": str(SEED)})
+    return m
+
+
+# --- data -----------------------------------------------------------------------------------
+def crop_split(seed: int = SEED) -> tuple[list[Path], list[Path]]:
+    """Real crops split 80/20 by a seeded permutation, stratified by province."""
+    files = sorted(p for p in CROPS.glob("*.jpg") if p.stem[0] in CLASSES)
+    if not files:
+        raise SystemExit(f"no crops in {CROPS}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for prov in CLASSES:
+        group = [p for p in files if p.stem[0] == prov]
+        order = rng.permutation(len(group))
+        k = round(len(group) * 0.2)
+        val += [group[j] for j in order[:k]]
+        train += [group[j] for j in order[k:]]
+    return train, val
+
+
+def read_image(path: Path) -> np.ndarray:
+    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise SystemExit(f"cannot decode {path}")
+    return img
+
+
+def synth_plates(n: int, seed: int) -> list[tuple[np.ndarray, bool, str]]:
+    """(plate image as the pipeline sees it, two-row, province) for n synthetic plates."""
+    out = []
+    for i, ptype in enumerate(type_schedule(n, DEFAULT_PROPORTIONS)):
+        rng = np.random.default_rng([seed, i])
+        sp = generate(rng, ptype)
+        two_row = ptype is PlateType.YELLOW_TWO_ROW
+        if rng.random() < 0.5:
+            img = sp.image  # the read_crop path: the crop with its margin
+        else:  # the detector path: warped from corners with a detector-like error
+            c = sp.corners + rng.normal(0, 0.02, (4, 2)).astype(np.float32) * (
+                np.ptp(sp.corners, 0)
+            )
+            img = warp_plate(sp.image, c, TWO_ROW_SIZE if two_row else SINGLE_ROW_SIZE)
+        out.append((img, two_row, sp.text[0]))
+    return out
+
+
+def augment(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Photometric and stroke changes on the plate, and a window jitter."""
+    out = img
+    r = rng.random()
+    if r < 0.2:
+        out = cv2.erode(out, np.ones((2, 2), np.uint8))
+    elif r < 0.4:
+        out = cv2.dilate(out, np.ones((2, 2), np.uint8))
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.2))
+    if rng.random() < 0.3:  # low resolution, as far plates
+        h, w = out.shape[:2]
+        f = rng.uniform(0.4, 0.8)
+        small = cv2.resize(out, (max(8, round(w * f)), max(4, round(h * f))))
+        out = cv2.resize(small, (w, h))
+    jit = tuple(rng.uniform(-0.035, 0.035, 2)) + tuple(rng.uniform(-0.07, 0.07, 2))
+    return out, jit
+
+
+def patches(
+    items: list[tuple[np.ndarray, bool, str]], copies: int, rng: np.random.Generator | None
+) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for img, two_row, prov in items:
+        for _ in range(copies):
+            if rng is None:
+                xs.append(province_patch(img, two_row))
+            else:
+                aug, jit = augment(rng, img)
+                xs.append(province_patch(aug, two_row, jit))
+            ys.append(CLASSES.index(prov))
+    return np.stack(xs)[:, None], np.asarray(ys, np.int64)
+
+
+def crop_items(files: list[Path]) -> list[tuple[np.ndarray, bool, str]]:
+    out = []
+    for p in files:
+        img = read_image(p)
+        h, w = img.shape[:2]
+        out.append((img, w / h < TWO_ROW_CROP_ASPECT, p.stem[0]))
+    return out
+
+
+def features(model: OnnxModel, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([model.run(x[i : i + 512])[0] for i in range(0, len(x), 512)])
+
+
+# --- training ---------------------------------------------------------------------------------
+def train_mlp(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, epochs: int, seed: int
+) -> tuple[np.ndarray, ...]:
+    """Weighted softmax cross-entropy, one ReLU layer, Adam, L2; returns w1, b1, w2, b2."""
+    rng = np.random.default_rng(seed)
+    n, d = x.shape
+    k = len(CLASSES)
+    params = [
+        rng.normal(0, np.sqrt(2 / d), (d, HIDDEN)).astype(np.float32),
+        np.zeros(HIDDEN, np.float32),
+        rng.normal(0, np.sqrt(1 / HIDDEN), (HIDDEN, k)).astype(np.float32),
+        np.zeros(k, np.float32),
+    ]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    lr, l2, b1m, b2m, step, batch = 2e-3, 1e-4, 0.9, 0.999, 0, 256
+    w = (w / w.mean()).astype(np.float32)
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        total = 0.0
+        for s in range(0, n, batch):
+            idx = order[s : s + batch]
+            xb, yb, wb = x[idx], y[idx], w[idx]
+            # Input dropout: the perceptron may not lean on any few cells.
+            xb = xb * (rng.random(xb.shape) > 0.1) / 0.9
+            h = xb @ params[0] + params[1]
+            a = np.maximum(h, 0)
+            logits = a @ params[2] + params[3]
+            logits -= logits.max(1, keepdims=True)
+            p = np.exp(logits)
+            p /= p.sum(1, keepdims=True)
+            total += float(-(wb * np.log(p[np.arange(len(yb)), yb] + 1e-9)).sum())
+            g = p
+            g[np.arange(len(yb)), yb] -= 1
+            g *= wb[:, None] / len(yb)
+            grads = [None, None, a.T @ g, g.sum(0)]
+            ga = g @ params[2].T
+            ga[h <= 0] = 0
+            grads[0] = xb.T @ ga
+            grads[1] = ga.sum(0)
+            step += 1
+            for j, (pj, gj) in enumerate(zip(params, grads, strict=True)):
+                if j in (0, 2):
+                    gj = gj + l2 * pj
+                m[j] = b1m * m[j] + (1 - b1m) * gj
+                v[j] = b2m * v[j] + (1 - b2m) * gj * gj
+                mh = m[j] / (1 - b1m**step)
+                vh = v[j] / (1 - b2m**step)
+                params[j] = (pj - lr * mh / (np.sqrt(vh) + 1e-8)).astype(np.float32)
+        if epoch == int(epochs * 0.7):
+            lr /= 5
+        print(f"  epoch {epoch + 1}/{epochs}: loss {total / n:.4f}", flush=True)
+    return tuple(params)
+
+
+def accuracy(model: OnnxModel, x: np.ndarray, y: np.ndarray) -> float:
+    probs = np.concatenate([model.run(x[i : i + 512])[0] for i in range(0, len(x), 512)])
+    return float((probs.argmax(1) == y).mean())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--synthetic", type=int, default=40000, help="synthetic training plates")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--validate", action="store_true", help="choose the pipeline weight")
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+    t0 = time.time()
+    rng = np.random.default_rng(SEED)
+    train_files, val_files = crop_split()
+    print(f"crops: {len(train_files)} train, {len(val_files)} validation")
+    real = crop_items(train_files)
+    synth = synth_plates(args.synthetic, SEED)
+    print(f"synthetic: {len(synth)} plates ({time.time() - t0:.0f} s)")
+    # Three augmented views per plate; the few non-皖 real crops get more.
+    x_s, y_s = patches(synth, 3, rng)
+    x_r, y_r = patches(real, 3, rng)
+    rare = [it for it in real if it[2] != CLASSES[WAN]]
+    x_rr, y_rr = patches(rare, 12, rng)
+    x = np.concatenate([x_s, x_r, x_rr])
+    y = np.concatenate([y_s, y_r, y_rr])
+    real_mask = np.r_[np.zeros(len(y_s), bool), np.ones(len(y_r) + len(y_rr), bool)]
+    # Balanced: each province weighs the same in total, real and synthetic each half of it.
+    w = np.zeros(len(y), np.float32)
+    for c in range(len(CLASSES)):
+        for src in (True, False):
+            sel = (y == c) & (real_mask == src)
+            if sel.any():
+                w[sel] = 1.0 / sel.sum()
+    print(f"patches: {len(y)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fpath = Path(tmp) / "feat.onnx"
+        fmodel, _ = feature_model()
+        onnx.save(fmodel, fpath)
+        feat = OnnxModel(fpath, name="province_features")
+        f = features(feat, x)
+        mean, std = f.mean(0), f.std(0) + 1e-3
+        fz = (f - mean) / std
+        print(f"features: {f.shape} ({time.time() - t0:.0f} s)")
+        w1, b1, w2, b2 = train_mlp(fz, y, w, args.epochs, SEED)
+    model = full_model(mean, std, w1, b1, w2, b2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, args.out)
+    cls = OnnxModel(args.out, name="province_cls")
+    xv_r, yv_r = patches(crop_items(val_files), 1, None)
+    synth_val = synth_plates(620, SEED + 1000)
+    xv_s, yv_s = patches(synth_val, 1, None)
+    rare_v = yv_r != WAN
+    print(
+        f"classifier alone: held-out crops {accuracy(cls, xv_r, yv_r):.3f} (n={len(yv_r)}), "
+        f"non-皖 {accuracy(cls, xv_r[rare_v], yv_r[rare_v]):.3f} (n={rare_v.sum()}); "
+        f"synthetic validation {accuracy(cls, xv_s, yv_s):.3f} (n={len(yv_s)})"
+    )
+    print(f"wrote {args.out} sha256 {sha256(args.out)} ({time.time() - t0:.0f} s)")
+    if args.validate:
+        validate(args.out, val_files)
+
+
+def validate(path: Path, val_files: list[Path]) -> None:
+    """First-character accuracy of the whole pipeline on validation data, per weight: the
+    held-out crops and synthetic crops (read_crop, PROVINCE_CROP_WEIGHT) and synthetic
+    scenes through the detector (read, PROVINCE_WEIGHT)."""
+    from recognizer.plate import pipeline as pl
+    from recognizer.plate.pipeline import build_plate_recognizer
+    from recognizer.plate.province import ProvinceClassifier
+
+    rec = build_plate_recognizer(province=False)
+    rec.province = ProvinceClassifier(OnnxModel(path, name="province_cls"))
+    trace: list[tuple[np.ndarray, np.ndarray]] = []
+    orig = pl.PlateRecognizer._province_scores
+
+    def spy(self, *a):  # type: ignore[no-untyped-def]
+        out = orig(self, *a)
+        trace.append(out)
+        return out
+
+    pl.PlateRecognizer._province_scores = spy  # type: ignore[method-assign]
+    rows: list[tuple[str, int, np.ndarray, np.ndarray]] = []
+    samples = [("crops", read_image(p), p.stem) for p in val_files]
+    samples += [("synthetic", sp.image, sp.text) for sp in generate_dataset(560, SEED + 2000)]
+    for name, img, truth in samples:
+        trace.clear()
+        r = rec.read_crop(img)
+        if trace and r.text:
+            rows.append((name, CLASSES.index(truth[0]), *trace[-1]))
+    # The detector path: synthetic scenes, detected, warped and read like a camera frame.
+    for seed, n in ((4242, 300), (4343, 600)):
+        for sp in generate_dataset(n, seed, SynthConfig(scene=True)):
+            trace.clear()
+            res = rec.read(sp.image)
+            if len(res) == 1 and trace and res[0].text[1:] == sp.text[1:]:
+                rows.append(("frames", CLASSES.index(sp.text[0]), *trace[-1]))
+    pl.PlateRecognizer._province_scores = orig  # type: ignore[method-assign]
+    print("First character right, by weight (read_crop: crops and synthetic; frames: scenes)")
+    names = ("crops", "crops non-皖", "synthetic", "frames")
+    print("weight  " + "  ".join(f"{s:>16}" for s in names))
+    for weight in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0):
+        accs = []
+        for name, sel in (
+            ("crops", None),
+            ("crops", "rare"),
+            ("synthetic", None),
+            ("frames", None),
+        ):
+            hits = [
+                int(np.argmax(pl.combine_province(o, c, weight)) == t)
+                for n, t, o, c in rows
+                if n == name and (sel is None or t != WAN)
+            ]
+            accs.append(f"{np.mean(hits):.3f} ({sum(hits)}/{len(hits)})" if hits else "-")
+        print(f"{weight:5.2f}  " + "  ".join(f"{a:>16}" for a in accs))
+
+
+if __name__ == "__main__":
+    main()
