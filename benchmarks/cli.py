@@ -62,8 +62,18 @@ def bench() -> None:
 @quick_option
 @click.option("--no-peer", is_flag=True, help="Skip the face_recognition (dlib) peer.")
 @click.option("--no-identify", is_flag=True, help="Skip identification through gRPC.")
+@click.option(
+    "--latency-only",
+    is_flag=True,
+    help="Only the 640x480 detect+embed latency (before/after side by side) and the batch-2 check.",
+)
 def faces(
-    dataset: Path | None, out: Path | None, quick: bool, no_peer: bool, no_identify: bool
+    dataset: Path | None,
+    out: Path | None,
+    quick: bool,
+    no_peer: bool,
+    no_identify: bool,
+    latency_only: bool,
 ) -> None:
     """Face verification, degraded variants, latency and gRPC identification.
 
@@ -73,7 +83,12 @@ def faces(
 
     dest = _out(out, "faces")
     bench_faces.run(
-        _resolve(dataset, "faces"), dest, quick=quick, peer=not no_peer, identify=not no_identify
+        _resolve(dataset, "faces"),
+        dest,
+        quick=quick,
+        peer=not no_peer,
+        identify=not no_identify,
+        latency_only=latency_only,
     )
     _done(dest / "report.md")
 

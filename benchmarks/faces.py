@@ -665,7 +665,13 @@ def available_profiles() -> list[str]:
 
 
 def run(
-    root: Path, out: Path, *, quick: bool = False, peer: bool = True, identify: bool = True
+    root: Path,
+    out: Path,
+    *,
+    quick: bool = False,
+    peer: bool = True,
+    identify: bool = True,
+    latency_only: bool = False,
 ) -> Report:
     import cv2
 
@@ -700,6 +706,13 @@ def run(
     results: dict[str, Any] = {"profiles": profiles, "verification": [], "latency": {}}
     runs: dict[str, EmbedRun] = {}
     pipelines: dict[str, Any] = {}
+    if latency_only:
+        all_pipelines = {prof: build_face_pipeline(prof) for prof in profiles}
+        rep.h("640x480 detect + embed latency (--latency-only)")
+        _vga_section(rep, results, all_pipelines, all_images, quick)
+        rep.results = results
+        rep.write(out)
+        return rep
     for prof in profiles:
         pipelines[prof] = build_face_pipeline(prof)
         runs[prof] = embed_ours(pipelines[prof], prof, all_images)
@@ -754,35 +767,7 @@ def run(
             k: percentiles(v, (50, 95, 99)) for k, v in r.latency_ms.items()
         }
     rep.table(["system", "stage", "n", "p50", "p99"], lat_rows)
-    timed = dict(pipelines)
-    if "default" in pipelines:
-        timed[BEFORE] = before_pipeline(pipelines["default"])
-    vga = vga_latency(timed, all_images, repeats=10 if quick else 40)
-    results["latency_640x480"] = vga
-    rep.p(
-        "640x480 frame (a real photo resized to VGA), DetectFaces + embed of the largest face, "
-        "median / p99 wall ms (median CPU ms), the pipelines taking turns in one run: "
-        + "; ".join(
-            f"{p}: {q['p50']:.1f} / {q['p99']:.1f} ({q['cpu_p50']:.1f})" for p, q in vga.items()
-        )
-    )
-    if BEFORE in vga:
-        old, new = vga[BEFORE], vga["default"]
-        rep.p(
-            f"Default profile, derived sface_cpu graph against SFace as fetched: median wall "
-            f"{old['p50']:.1f} -> {new['p50']:.1f} ms ({1 - new['p50'] / old['p50']:.0%} less), "
-            f"median CPU {old['cpu_p50']:.1f} -> {new['cpu_p50']:.1f} ms "
-            f"({1 - new['cpu_p50'] / old['cpu_p50']:.0%} less). Same embeddings to float "
-            "rounding (tests/test_models.py)."
-        )
-        b2 = batch2_cost(10 if quick else 30)
-        results["flip_batch2_cpu_ms"] = b2
-        rep.p(
-            "The flip embedding as one batch of 2 instead of two runs of 1 (median CPU ms, one "
-            "thread): " + "; ".join(f"{k} {v:.1f}" for k, v in b2.items()) + ". A batch of 2 "
-            "costs what two runs cost, so the server keeps batch 1 (no gain to pay for a "
-            "graph rewrite)."
-        )
+    _vga_section(rep, results, pipelines, all_images, quick)
     rep.p(
         "`analyze` is the whole in-process call (detect, quality, align, embed); `detect` and "
         f"`align+embed` are timed separately on the same image. {PEER}: dlib HOG detection "
@@ -833,6 +818,44 @@ def run(
     rep.results = results
     rep.write(out)
     return rep
+
+
+def _vga_section(
+    rep: Report,
+    results: dict[str, Any],
+    pipelines: Mapping[str, Any],
+    all_images: Sequence[FaceImage],
+    quick: bool,
+) -> None:
+    timed = dict(pipelines)
+    if "default" in pipelines:
+        timed[BEFORE] = before_pipeline(pipelines["default"])
+    vga = vga_latency(timed, all_images, repeats=10 if quick else 40)
+    results["latency_640x480"] = vga
+    rep.p(
+        "640x480 frame (a real photo resized to VGA), DetectFaces + embed of the largest face, "
+        "median / p99 wall ms (median CPU ms), the pipelines taking turns in one run: "
+        + "; ".join(
+            f"{p}: {q['p50']:.1f} / {q['p99']:.1f} ({q['cpu_p50']:.1f})" for p, q in vga.items()
+        )
+    )
+    if BEFORE in vga:
+        old, new = vga[BEFORE], vga["default"]
+        rep.p(
+            f"Default profile, derived sface_cpu graph against SFace as fetched: median wall "
+            f"{old['p50']:.1f} -> {new['p50']:.1f} ms ({1 - new['p50'] / old['p50']:.0%} less), "
+            f"median CPU {old['cpu_p50']:.1f} -> {new['cpu_p50']:.1f} ms "
+            f"({1 - new['cpu_p50'] / old['cpu_p50']:.0%} less). Same embeddings to float "
+            "rounding (tests/test_models.py)."
+        )
+        b2 = batch2_cost(10 if quick else 30)
+        results["flip_batch2_cpu_ms"] = b2
+        rep.p(
+            "The flip embedding as one batch of 2 instead of two runs of 1 (median CPU ms, one "
+            "thread): " + "; ".join(f"{k} {v:.1f}" for k, v in b2.items()) + ". A batch of 2 "
+            "costs what two runs cost, so the server keeps batch 1 (no gain to pay for a "
+            "graph rewrite)."
+        )
 
 
 _VER_HEAD = [
