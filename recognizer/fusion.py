@@ -14,11 +14,14 @@ probability of a fused threshold t is
 
     FAR(t) = sum over plate categories c of  P(c | impostor) * P(face LLR >= t - LLR(c) | impostor)
 
-where the impostor face tail is empirical while it holds at least `min_tail_count` scores and a
-Gaussian fit beyond (the score-level extrapolation: the sample cannot show 1e-5 directly).
-When the face was found by a 1:N search over N identities rather than compared 1:1 with the
-payer, its tail is the chance that the best of N impostors passes: 1 - (1 - tail)^N, with the
-per-comparison tail never below what the data can show, 1/(n_impostor + 1).
+where the impostor face tail (:class:`ImpostorTail`) is kept per population group: empirical
+while a group holds at least `min_tail_count` scores above, beyond a conservative exponential
+upper tail (the sample cannot show 1e-5 directly; where it extrapolates it says so), the
+heaviest group's rate times a margin chosen by leaving each group out. A payer with k enrolled
+faces scores by the best one, so an impostor gets k tries: 1 - (1 - tail)^k. When the face was
+found by a 1:N search over N identities rather than compared 1:1 with the payer, its tail is
+the chance that the best of N (x k) impostors passes, with the per-comparison tail never below
+what the data can show, 1/(n_impostor + 1).
 """
 
 from __future__ import annotations
