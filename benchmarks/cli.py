@@ -62,8 +62,18 @@ def bench() -> None:
 @quick_option
 @click.option("--no-peer", is_flag=True, help="Skip the face_recognition (dlib) peer.")
 @click.option("--no-identify", is_flag=True, help="Skip identification through gRPC.")
+@click.option(
+    "--latency-only",
+    is_flag=True,
+    help="Only the 640x480 detect+embed latency (before/after side by side) and the batch-2 check.",
+)
 def faces(
-    dataset: Path | None, out: Path | None, quick: bool, no_peer: bool, no_identify: bool
+    dataset: Path | None,
+    out: Path | None,
+    quick: bool,
+    no_peer: bool,
+    no_identify: bool,
+    latency_only: bool,
 ) -> None:
     """Face verification, degraded variants, latency and gRPC identification.
 
@@ -73,7 +83,12 @@ def faces(
 
     dest = _out(out, "faces")
     bench_faces.run(
-        _resolve(dataset, "faces"), dest, quick=quick, peer=not no_peer, identify=not no_identify
+        _resolve(dataset, "faces"),
+        dest,
+        quick=quick,
+        peer=not no_peer,
+        identify=not no_identify,
+        latency_only=latency_only,
     )
     _done(dest / "report.md")
 
@@ -169,6 +184,20 @@ def service(
     default=None,
     help="Report again the events of this results.json instead of running them.",
 )
+@click.option(
+    "--enrol-photos",
+    type=click.IntRange(1, 10),
+    default=1,
+    show_default=True,
+    help="Photos per payer given to EnrollFace (all but one at most: each keeps a probe).",
+)
+@click.option(
+    "--probe-from",
+    type=click.IntRange(1, 10),
+    default=None,
+    help="Genuine probes are each payer's photos from this index on (default: --enrol-photos);"
+    " the same value for several --enrol-photos runs compares them on the same probes.",
+)
 def fusion(
     dataset: Path | None,
     profile: str,
@@ -176,6 +205,8 @@ def fusion(
     quick: bool,
     baseline: Path | None,
     from_results: Path | None,
+    enrol_photos: int,
+    probe_from: int | None,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -190,7 +221,14 @@ def fusion(
         bench_fusion.report(outcomes, dest, profile, baseline=baseline)
     else:
         bench_fusion.run(
-            root / "faces", root / "plates", dest, quick=quick, profile=profile, baseline=baseline
+            root / "faces",
+            root / "plates",
+            dest,
+            quick=quick,
+            profile=profile,
+            baseline=baseline,
+            enrol_photos=enrol_photos,
+            probe_from=probe_from,
         )
     _done(dest / "report.md")
 
@@ -230,6 +268,31 @@ def pad(
         folds=folds,
         quick=quick,
     )
+    _done(dest / "report.md")
+
+
+@bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--profile",
+    "profiles",
+    type=click.Choice(["default", "insightface"]),
+    multiple=True,
+    help="Profiles to check (default: every profile whose models are present).",
+)
+@out_option("calibration")
+def calibration(dataset: Path | None, profiles: tuple[str, ...], out: Path | None) -> None:
+    """Leave one face population out: observed against estimated FMR at 1e-3 and 1e-4 per
+    left-out group, fused FRR/FAR per group, and 1-3 enrolment photos per payer.
+
+    DATASET is the faces root holding asianfaces_cn, lfw_subset, att_orl, lfw10 and misc
+    (default ../shared/datasets/faces). Embeddings are cached in benchmarks/out/calibration."""
+    from benchmarks import calibration as bench_calibration
+    from benchmarks.faces import available_profiles
+
+    dest = _out(out, "calibration")
+    chosen = list(profiles) or available_profiles()
+    bench_calibration.run(_resolve(dataset, "faces"), dest, chosen)
     _done(dest / "report.md")
 
 

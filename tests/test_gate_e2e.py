@@ -220,3 +220,29 @@ def test_gate_role_may_authorize_but_not_enrol(server: RunningServer) -> None:
     with pytest.raises(grpc.RpcError) as err:
         gate.identity.CreateIdentity(identity_pb2.CreateIdentityRequest(), metadata=gate.metadata)
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_each_enrolled_face_is_one_more_try_for_an_impostor(
+    c: Client, server: RunningServer
+) -> None:
+    """A payer scores by the best of their k enrolled faces, so the estimate counts k tries."""
+    from recognizer.fusion import FusionModel
+
+    fusion = FusionModel.load(fusion_path(server.runtime.config))
+    plate = next(_plates)
+    identity_id = payer(c, "Donald_Rumsfeld", [plate])
+    probe = face("Donald_Rumsfeld", 4)
+    one = authorize(c, plate_text=plate, face_image=probe)
+    c.identity.EnrollFace(
+        identity_pb2.EnrollFaceRequest(
+            identity_id=identity_id, images=[face("Donald_Rumsfeld", 1)], force=True
+        ),
+        metadata=c.metadata,
+    )
+    two = authorize(c, plate_text=plate, face_image=probe)
+    for r, k in ((one, 1), (two, 2)):
+        assert r.identity_id == identity_id
+        expected = fusion.far(r.fused_llr, templates=k)
+        assert r.estimated_far == pytest.approx(expected, rel=1e-6), k
+    if two.face_llr == pytest.approx(one.face_llr):  # the new photo did not score higher
+        assert two.estimated_far > one.estimated_far

@@ -160,3 +160,50 @@ input = "none"
         m.fetch([entry], models_dir=models_dir, download=no_download)
     with pytest.raises(ValueError, match="training and data"):
         m.ModelEntry("x", "r", ("default",), "f", "0", "l", "1", "i", source="trained")
+
+
+def test_a_derived_model_is_made_from_its_base_and_verified(tmp_path: Path) -> None:
+    """sface_cpu: fetched from the (cached) sface wheel, transformed, checked by sha256; the
+    result computes the same embeddings as the base and runs no slower."""
+    import numpy as np
+
+    real = m.find_entry("sface")
+    wheel = m._cached_wheel(real, m.DEFAULT_CACHE_DIR)
+    if wheel is None:
+        missing(f"wheel {real.package} not in {m.DEFAULT_CACHE_DIR}; run `make models`")
+    text = (REPO / "models" / "manifest.toml").read_text(encoding="utf-8")
+    blocks = ["[[model]]" + b for b in text.split("[[model]]")[1:]]
+    keep = [b for b in blocks if 'name = "sface"' in b or 'name = "sface_cpu"' in b]
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / "manifest.toml").write_text("\n".join(keep))
+
+    def no_download(entry: m.ModelEntry, cache: Path) -> Path:
+        raise AssertionError("the base is in the wheel cache")
+
+    derived = m.find_entry("sface_cpu", models_dir)
+    assert (derived.source, derived.base, derived.transform) == ("derived", "sface", "sface_cpu")
+    got = m.fetch([derived], models_dir=models_dir, download=no_download)
+    assert [r.action for r in got] == ["derived"]
+    assert m.state(derived, models_dir) is m.ModelState.OK
+    assert m.state(m.find_entry("sface", models_dir), models_dir) is m.ModelState.OK
+    again = m.fetch([derived], models_dir=models_dir, download=no_download)
+    assert [r.action for r in again] == ["present"]
+
+    base, _ = m.load("sface", models_dir)
+    fast, _ = m.load("sface_cpu", models_dir)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, 112, 112)).astype(np.float32)
+    np.testing.assert_allclose(fast.run(x)[0], base.run(x)[0], atol=1e-4)
+
+    # A transform that does not give the recorded bytes is refused, and nothing is written.
+    (models_dir / derived.file).unlink()
+    text = (models_dir / "manifest.toml").read_text().replace(derived.sha256, "0" * 64)
+    (models_dir / "manifest.toml").write_text(text)
+    with pytest.raises(ModelError, match="transform sface_cpu"):
+        m.fetch([m.find_entry("sface_cpu", models_dir)], models_dir=models_dir)
+    assert not (models_dir / derived.file).exists()
+
+
+def test_a_derived_model_names_a_known_transform() -> None:
+    with pytest.raises(ValueError, match="transform"):
+        m.ModelEntry("x", "r", ("default",), "f", "0", "l", "1", "i", source="derived", base="b")

@@ -72,7 +72,7 @@ def test_templates_and_the_change_log(store: Store) -> None:
     assert labels == sorted(labels) and store.template_labels(who) == labels
     got = np.stack([r.vector for r in store.templates(who, MODEL)])
     np.testing.assert_allclose(got, vectors, atol=1e-6)
-    assert store.count_templates(MODEL) == 3
+    assert store.count_templates(MODEL) == 3 and store.max_templates_per_identity() == 3
     assert list(store.labels_for_model(MODEL)) == labels
     found, vecs = store.vectors_for_labels([labels[1], 10**9])
     assert list(found) == [labels[1]] and vecs.shape == (1, DIM)

@@ -4,6 +4,12 @@ Written by scripts/calibrate_faces.py from genuine and impostor cosine scores on
 faces. Scores are stored either as plain lists or, compactly, as {"values": [...],
 "counts": [...]} (scores rounded to 1e-4 with their multiplicities).
 
+Files that hold the impostor scores per population group (`impostor_groups`, written since
+issue 17) estimate the false-match rate with the same per-group tail as the gate's fusion
+(:class:`recognizer.fusion.ImpostorTail`: the largest group's rate, an exponential upper tail
+where a group's data runs out, times the margin chosen by leaving each group out); older files
+use the pooled empirical rate.
+
 Honest floor: a score above every impostor seen does not mean FMR 0. With n impostor
 comparisons and none at or above the score, the rule of succession gives 1/(n+1), so
 :meth:`FaceCalibration.fmr_at` never reports less than that.
@@ -17,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recognizer.fusion import ImpostorTail
 
 SCORE_FLOOR_NOTE = (
     "fmr_at returns 1/(n_impostor+1) for scores above every impostor score: the data can "
@@ -56,6 +64,7 @@ class FaceCalibration:
     note: str = ""
     score_floor_note: str = SCORE_FLOOR_NOTE
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    tail: ImpostorTail | None = field(default=None, repr=False)  # per-group, when the file has it
 
     @property
     def n_impostor(self) -> int:
@@ -72,6 +81,14 @@ class FaceCalibration:
         if ic.sum() == 0:
             raise ValueError("face calibration holds no impostor scores")
         known = {"threshold", "impostor_scores", "genuine_scores", "model", "note"}
+        tail = None
+        if data.get("impostor_groups"):
+            tail = ImpostorTail.fit(
+                {g: np.repeat(*_distribution(raw)) for g, raw in data["impostor_groups"].items()},
+                int(data.get("tail_min_count", 25)),
+                float(data.get("tail_margin", 1.0)),
+            )
+            known.add("impostor_groups")
         return cls(
             threshold=float(data["threshold"]),
             impostor_values=iv,
@@ -81,6 +98,7 @@ class FaceCalibration:
             model=str(data.get("model", "")),
             note=str(data.get("note", "")),
             meta={k: v for k, v in data.items() if k not in known},
+            tail=tail,
         )
 
     @classmethod
@@ -88,9 +106,11 @@ class FaceCalibration:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def fmr_at(self, score: float) -> float:
-        """Fraction of impostor scores >= score, linearly interpolated between observed
-        scores; never below the honest floor 1/(n_impostor+1)."""
+        """The per-group tail estimate when the file has groups, else the fraction of impostor
+        scores >= score, linearly interpolated; never below the floor 1/(n_impostor+1)."""
         n = self.n_impostor
+        if self.tail is not None:
+            return max(self.tail(float(score)), 1.0 / (n + 1))
         # at_or_above[j]: impostors scoring >= values[j]; falls as the score rises
         at_or_above = n - np.concatenate([[0], np.cumsum(self.impostor_counts)[:-1]])
         s = float(score)

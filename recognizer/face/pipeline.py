@@ -25,7 +25,7 @@ from recognizer.vision import to_bgr3
 
 # profile -> (detector model, embedder model) names in models/manifest.toml
 PROFILE_MODELS: dict[str, tuple[str, str]] = {
-    "default": ("yunet", "sface"),
+    "default": ("yunet", "sface_cpu"),
     "insightface": ("scrfd", "arcface_mbf"),
 }
 
@@ -117,6 +117,9 @@ def build_face_pipeline(
     emb_model, emb_info = model_store.load(emb_name, models_dir)
     detector: Detector
     embedder: SFaceEmbedder | ArcFaceEmbedder
+    # A derived model computes its base's function: templates keep the base's tag.
+    entry = model_store.find_entry(emb_name, models_dir)
+    tag_name = entry.base if entry.source == "derived" else emb_info.name
     if det_name == "yunet":
         detector = YuNetDetector(det_model)
         embedder = SFaceEmbedder(emb_model)
@@ -132,6 +135,6 @@ def build_face_pipeline(
         model_versions=versions,
         # Gallery templates are tagged with this, so vectors of two models (or of two ways of
         # running one model) never mix.
-        embedding_model_name=f"{emb_info.name}-{emb_info.version}{embedder.recipe}",
+        embedding_model_name=f"{tag_name}-{emb_info.version}{embedder.recipe}",
         liveness=stage,
     )

@@ -506,6 +506,15 @@ class SqliteStore:
         with self._conn() as c:
             return int(c.execute("SELECT COUNT(*) FROM identities").fetchone()[0])
 
+    def max_templates_per_identity(self) -> int:
+        """The most enrolled faces any one identity holds (0 when none): a 1:N search gives an
+        impostor that many comparisons per identity (the gate's false-accept estimate)."""
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM templates GROUP BY identity_id)"
+            ).fetchone()
+        return int(row[0] or 0)
+
     @staticmethod
     def _require_identity(c: sqlite3.Connection, identity_id: str) -> None:
         if c.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone() is None:

@@ -27,6 +27,8 @@ class GateStore(Bindings, Sightings, Protocol):
     """The store reads the gate needs: bindings, sightings, and the gallery's size."""
 
     def count_identities(self) -> int: ...
+    def template_labels(self, identity_id: str) -> list[int]: ...  # k tries per payer
+    def max_templates_per_identity(self) -> int: ...
 
 
 def text_read(text: str) -> PlateResult:
@@ -129,10 +131,11 @@ class EvidenceGatherer:
         payers: list[Payer] = []
         face_elsewhere = False
         for pid, plate in by_plate.items():
-            score = None
+            score, templates = None, 1
             if probe is not None:
                 score = self.identity.score_identity(pid, probe.embedding)
-            payers.append(Payer(pid, plate, score, 0, self._bindings(pid)))
+                templates = max(1, len(self.store.template_labels(pid)))
+            payers.append(Payer(pid, plate, score, 0, self._bindings(pid), templates))
         if probe is not None:
             matches = self.identity.gallery.identify(probe.embedding, self.search_k)
             face_elsewhere = any(
@@ -146,7 +149,11 @@ class EvidenceGatherer:
                 if bindings:
                     plate = PlateEvidence.NO_MATCH if read is not None else PlateEvidence.ABSENT
                     searched = max(1, self.store.count_identities())
-                    payers.append(Payer(top.identity_id, plate, top.score, searched, bindings))
+                    # Every identity's templates were compared: the most any one holds.
+                    templates = max(1, self.store.max_templates_per_identity())
+                    payers.append(
+                        Payer(top.identity_id, plate, top.score, searched, bindings, templates)
+                    )
         last = self.store.last_sighting(read.text) if read is not None else None
         evidence = Evidence(
             gate_id=event.gate_id,

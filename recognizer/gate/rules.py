@@ -74,7 +74,11 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
         reasons.add("FACE_NOT_FOUND")
     fused = {
         p.identity_id: fusion.fuse(
-            p.plate, p.face_score, searched=p.searched, clone_prior=policy.clone_prior
+            p.plate,
+            p.face_score,
+            searched=p.searched,
+            clone_prior=policy.clone_prior,
+            templates=p.templates,
         )
         for p in ev.payers
     }

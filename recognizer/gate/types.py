@@ -83,6 +83,7 @@ class Payer:
     face_score: float | None  # None: no face, or the identity has no enrolled face
     searched: int  # 0: scored 1:1 as a payer of the read plate; N: identified 1:N among N
     bindings: tuple[Binding, ...]
+    templates: int = 1  # enrolled faces per identity: an impostor's face gets that many tries
 
 
 @dataclass(frozen=True, slots=True)
