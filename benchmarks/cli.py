@@ -198,6 +198,11 @@ def service(
     help="Genuine probes are each payer's photos from this index on (default: --enrol-photos);"
     " the same value for several --enrol-photos runs compares them on the same probes.",
 )
+@click.option(
+    "--require-liveness",
+    is_flag=True,
+    help="The bench gate's policy requires a live face (presentation-attack stage).",
+)
 def fusion(
     dataset: Path | None,
     profile: str,
@@ -207,6 +212,7 @@ def fusion(
     from_results: Path | None,
     enrol_photos: int,
     probe_from: int | None,
+    require_liveness: bool,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -229,6 +235,7 @@ def fusion(
             baseline=baseline,
             enrol_photos=enrol_photos,
             probe_from=probe_from,
+            require_liveness=require_liveness,
         )
     _done(dest / "report.md")
 

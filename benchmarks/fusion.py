@@ -226,10 +226,13 @@ def run(
     baseline: Path | None = None,
     enrol_photos: int = 1,
     probe_from: int | None = None,
+    require_liveness: bool = False,
 ) -> Report:
     """`enrol_photos`: photos per payer given to EnrollFace (at most all but one, so every
     payer keeps a genuine probe); genuine probes are the photos from `probe_from` on (default
-    `enrol_photos`; set it to compare several counts on the same probes)."""
+    `enrol_photos`; set it to compare several counts on the same probes).
+    `require_liveness`: the bench gate's policy requires a live face (the presentation-attack
+    stage; off by default, as shipped)."""
     from benchmarks.service import inprocess_server
     from recognizer.client import Client
     from recognizer.policy import PolicySet
@@ -240,8 +243,9 @@ def run(
     owned, held, unbound = plan(people, vehicles, max_people=24 if quick else None)
     if quick:
         unbound = unbound[:12]
+    policy = {**POLICY, "require_liveness": require_liveness}
     with inprocess_server(
-        profile, face_threshold_min=0.2, policies=PolicySet.from_config([POLICY])
+        profile, face_threshold_min=0.2, policies=PolicySet.from_config([policy])
     ) as (port, key):
         c = Client.connect(f"127.0.0.1:{port}", key)
         md = c.metadata
@@ -354,9 +358,11 @@ def run(
     rep.sections.insert(
         0,
         f"Enrolment: up to {enrol_photos} photo(s) per payer; genuine probes from photo "
-        f"index {start} on.",
+        f"index {start} on. Liveness required by the gate policy: "
+        f"{'yes' if require_liveness else 'no (as shipped)'}.",
     )
     rep.results["enrolment"] = {"photos": enrol_photos, "probe_from": start}
+    rep.results["require_liveness"] = require_liveness
     rep.write(out)
     return rep
 
