@@ -61,7 +61,8 @@ def inprocess_server(
             port=0,
             data_dir=data_dir,
             profile=profile,
-            **{"face_threshold_min": -1.0, **overrides},
+            # No /metrics endpoint: an in-process bench server must not take a real one's port.
+            **{"face_threshold_min": -1.0, "metrics_port": 0, **overrides},
         )
         running = create_server(cfg)
         try:

@@ -178,7 +178,7 @@ def test_config_file_holds_only_key_hashes(tmp_path: Path) -> None:
     )
     text = path.read_text()
     assert plain not in text and gate_plain not in text
-    config = load_config(path, env={}, port=0, data_dir=tmp_path / "data")
+    config = load_config(path, env={}, port=0, metrics_port=0, data_dir=tmp_path / "data")
     assert {(k.role, k.sha256) for k in config.api_keys} == {
         (Role.ADMIN, hash_key(plain)),
         (Role.GATE, hash_key(gate_plain)),
