@@ -355,6 +355,10 @@ def run(
             )
         c.close()
     rep = report(outcomes, out, profile, baseline=baseline, write=False)
+    variant = [f"enrolment photos: {enrol_photos}"] if enrol_photos > 1 or probe_from else []
+    variant += ["liveness required"] if require_liveness else []
+    if variant:  # RESULTS.md shows several fusion runs: each title says which it is
+        rep.title = f"Fusion benchmark ({profile} profile, {', '.join(variant)})"
     rep.sections.insert(
         0,
         f"Enrolment: up to {enrol_photos} photo(s) per payer; genuine probes from photo "
