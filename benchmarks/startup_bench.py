@@ -7,7 +7,7 @@ reseals the same trained index), so both open the same index. Opens alternate pl
 encrypted so load on a shared machine hits both alike; the page cache is warm (the files
 were just written), so the figures are CPU cost (read, decrypt, deserialise), not disk.
 
-    recognizer bench index --startup --sizes 100000,1000000
+    .venv/bin/python -m benchmarks index --startup --sizes 100000,1000000
 """
 
 from __future__ import annotations
