@@ -19,8 +19,8 @@ from recognizer.face.types import Face, Quality, Selection
 from recognizer.imaging import ImageLimits
 from recognizer.service.runtime import Engines
 from recognizer.service.server import RunningServer
-from recognizer.v1 import identity_pb2, recognition_pb2
-from tests.conftest import client_for, dataset, start_server
+from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
+from tests.conftest import client_for, dataset, require_models, start_server
 from tests.test_imaging import jpeg_declaring, stored_as
 
 # --- configuration --------------------------------------------------------------------------
@@ -110,6 +110,33 @@ def test_each_rpc_has_its_own_pixel_cap(capped: RunningServer) -> None:
     )
     assert (r.image_width, r.image_height) == (64, 64)
     c.close()
+
+
+def test_authorize_frames_have_the_authorize_pixel_cap(tmp_path: Path) -> None:
+    """The gate decodes its frames itself (after the replay check): with its own cap."""
+    require_models("default")
+    running = start_server(tmp_path, rpc_max_pixels={"Authorize": 1000})
+    try:
+        assert running.runtime.wait(180), "models failed to load"
+        c = client_for(running, "admin")
+        image = jpeg()  # 4096 pixels: over Authorize's cap of 1000, under the others' default
+        with pytest.raises(grpc.RpcError) as err:
+            c.gate.Authorize(
+                gate_pb2.AuthorizeRequest(
+                    gate_id="G-1", event_id="e-1", plate_text="京A12345", face_image=image
+                ),
+                metadata=c.metadata,
+                timeout=60,
+            )
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert violation(err.value) == ("IMAGE_TOO_LARGE", "face_image")
+        r = c.recognition.DetectFaces(
+            recognition_pb2.DetectFacesRequest(image=image), metadata=c.metadata, timeout=60
+        )
+        assert (r.image_width, r.image_height) == (64, 64)
+        c.close()
+    finally:
+        running.stop(grace=1.0)
 
 
 def test_a_small_file_declaring_a_huge_frame_is_refused_before_decoding(

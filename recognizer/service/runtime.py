@@ -115,7 +115,7 @@ def default_engines(config: Config) -> Engines:
             store=store,
             fusion=FusionModel.load(fusion_path(config)),
             policies=config.policies,
-            decode=lambda data, field: decode(data, config.image_limits, field),
+            decode=lambda data, field: decode(data, config.limits_for("Authorize"), field),
             parse_plate=parse_client_plate,
             max_clock_skew_s=config.max_clock_skew_s,
         )
