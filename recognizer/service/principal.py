@@ -13,10 +13,6 @@ from recognizer.errors import PermissionDenied
 _current: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("principal", default=None)
 
 
-def current() -> ApiKey | None:
-    return _current.get()
-
-
 def bind(behavior: Callable[[Any, Any], Any], key: ApiKey) -> Callable[[Any, Any], Any]:
     """The handler, run with `key` as the current principal."""
 
