@@ -38,6 +38,12 @@ class VerifyResult:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityScore:
+    score: float  # aggregated cosine against the identity's enrolled faces
+    templates: int  # enrolled faces
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     identity_id: str
     display_name: str
@@ -167,13 +173,14 @@ class FaceIdentity:
         t = self.threshold(threshold)
         self.gallery.store.get_identity(identity_id)
         probe = self.probe(image)
-        score = self.score_identity(identity_id, probe.embedding)
-        if score is None:
+        scored = self.score_identity(identity_id, probe.embedding)
+        if scored is None:
             raise FailedPrecondition(
                 f"identity {identity_id} has no enrolled face",
                 field="identity_id",
                 reason="NO_TEMPLATES",
             )
+        score = scored.score
         return VerifyResult(
             score=score,
             match=score >= t,
@@ -184,11 +191,13 @@ class FaceIdentity:
             liveness=probe.liveness,
         )
 
-    def score_identity(self, identity_id: str, embedding: np.ndarray) -> float | None:
-        """Similarity of a probe to one identity; None when it has no enrolled face."""
-        if not self.gallery.store.template_labels(identity_id):
+    def score_identity(self, identity_id: str, embedding: np.ndarray) -> IdentityScore | None:
+        """Similarity of a probe to one identity, with how many faces it has enrolled (an
+        impostor gets that many tries); None when it has no enrolled face."""
+        labels = self.gallery.store.template_labels(identity_id)
+        if not labels:
             return None
-        return float(self.gallery.verify(identity_id, embedding))
+        return IdentityScore(float(self.gallery.verify(identity_id, embedding)), len(labels))
 
     def identify(
         self, image: np.ndarray, top_k: int = 5, threshold: float | None = None

@@ -27,7 +27,6 @@ class GateStore(Bindings, Sightings, Protocol):
     """The store reads the gate needs: bindings, sightings, and the gallery's size."""
 
     def count_identities(self) -> int: ...
-    def template_labels(self, identity_id: str) -> list[int]: ...  # k tries per payer
     def max_templates_per_identity(self) -> int: ...
 
 
@@ -131,10 +130,8 @@ class EvidenceGatherer:
         payers: list[Payer] = []
         face_elsewhere = False
         for pid, plate in by_plate.items():
-            score, templates = None, 1
-            if probe is not None:
-                score = self.identity.score_identity(pid, probe.embedding)
-                templates = max(1, len(self.store.template_labels(pid)))
+            scored = None if probe is None else self.identity.score_identity(pid, probe.embedding)
+            score, templates = (scored.score, scored.templates) if scored else (None, 1)
             payers.append(Payer(pid, plate, score, 0, self._bindings(pid), templates))
         if probe is not None:
             matches = self.identity.gallery.identify(probe.embedding, self.search_k)
