@@ -547,24 +547,17 @@ def _one_to_n_section(
 
 def _moved_section(rep: Report, outcomes: Sequence[Outcome], baseline: Path) -> list[dict]:
     """Events whose Authorize outcome differs from a baseline run's (results.json)."""
-    before = {
-        e["event"]["kind"]
-        + "|"
-        + (Path(e["event"]["vehicle"]).name if e["event"]["vehicle"] else "-")
-        + "|"
-        + "/".join(Path(e["event"]["face"]).parts[-2:]): e
-        for e in json.loads(baseline.read_text(encoding="utf-8"))["results"]["events"]
-    }
+    before = {o.event.key(): o for o in outcomes_from_json(baseline)}
     moved = []
     for o in outcomes:
         old = before.get(o.event.key())
-        if old is not None and old["outcome"] != o.outcome:
+        if old is not None and old.outcome != o.outcome:
             moved.append(
                 {
                     "event": o.event.key(),
-                    "before": old["outcome"],
+                    "before": old.outcome,
                     "after": o.outcome,
-                    "reasons_before": old["reasons"],
+                    "reasons_before": list(old.reasons),
                     "reasons_after": list(o.reasons),
                 }
             )
