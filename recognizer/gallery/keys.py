@@ -10,7 +10,6 @@ encrypted one is upgraded by the first boot with a key that opens every template
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,16 +52,12 @@ class Unlocked:
     record: dict[str, str]  # meta rows to write now the key is proven (new store, upgrade)
 
 
-def read_state(c: sqlite3.Connection) -> KeyState | None:
-    """The recorded state, or None for a database without a meta table (a new one)."""
-    has_meta = c.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-    ).fetchone()
-    if has_meta is None:
+def state_of(meta: dict[str, str] | None) -> KeyState | None:
+    """The recorded state in a store's meta rows, or None for a database without a meta
+    table (a new one)."""
+    if meta is None:
         return None
-    marks = ",".join("?" * len(_KEYS))
-    rows = dict(c.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", _KEYS))
-    return KeyState(*(rows.get(k, "") for k in _KEYS))
+    return KeyState(*(meta.get(k, "") for k in _KEYS))
 
 
 def records(scheme: str, key_id: str = "", kcv: str = "") -> dict[str, str]:

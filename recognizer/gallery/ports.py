@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from recognizer.gallery.store import (
+from recognizer.gallery.rows import (
     AuditEntry,
     AuditRow,
     Change,
