@@ -10,7 +10,7 @@ PROFILE ?= default
 DEV_KEYS ?= admin:dev-admin-key,verifier:dev-verifier-key,gate:dev-gate-key
 PYTEST_ARGS ?=
 
-.PHONY: all setup install models models-all protos fonts serve test test-slow lint clean \
+.PHONY: all setup install models models-all protos fonts postgres serve test test-slow lint clean \
 	bench bench-quick bench-deps
 
 all: setup
@@ -51,11 +51,19 @@ fonts:
 	   (apt-get update -q >/dev/null && apt-get install -y -q $(FONT_PKG) >/dev/null)) || \
 	   echo "$(FONT_PKG) not installed: synthetic plate tests will skip")
 
-test: install models-all protos fonts
+# The multi-node tests start their own PostgreSQL (scripts/pg_local.py) from the server
+# binaries of Debian's postgresql package; as root (CI) it is installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  (command -v apt-get >/dev/null && (apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null)) || \
+	   echo "postgresql not installed: multi-node tests will skip")
+
+test: install models-all protos fonts postgres
 	$(BIN)/ruff check recognizer scripts benchmarks tests
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install models-all protos fonts
+test-slow: install models-all protos fonts postgres
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Benchmarks write benchmarks/results/<name>/ and regenerate benchmarks/RESULTS.md.

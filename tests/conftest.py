@@ -83,3 +83,32 @@ def admin(real_server: RunningServer) -> Iterator[Client]:
     c = client_for(real_server, "admin")
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[object]:
+    """One throwaway PostgreSQL on 127.0.0.1 for the session (scripts/pg_local.py); each
+    test takes a database of its own from `pg_url`."""
+    import shutil
+    import tempfile
+
+    from scripts import pg_local
+
+    try:
+        pg_local.bindir()
+    except pg_local.PostgresUnavailable as exc:
+        missing(str(exc))
+    # Under /tmp itself: when we are root the server runs as another user, who must reach it.
+    data = Path(tempfile.mkdtemp(prefix="recognizer-pg-"))
+    cluster = pg_local.start(data, durable=False)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture()
+def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """A new, empty database of the session's PostgreSQL."""
+    import uuid
+
+    return pg_cluster.create_database(f"t_{uuid.uuid4().hex[:12]}")  # type: ignore[attr-defined]

@@ -186,7 +186,8 @@ class SqlStore:
         impostor that many comparisons per identity (the gate's false-accept estimate)."""
         with self._conn() as c:
             row = c.execute(
-                "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM templates GROUP BY identity_id)"
+                "SELECT MAX(n) FROM"
+                " (SELECT COUNT(*) AS n FROM templates GROUP BY identity_id) AS per"
             ).fetchone()
         return int(row[0] or 0)
 

@@ -1,0 +1,373 @@
+"""PostgreSQL store: the shared source of truth when several nodes serve one gallery.
+
+`database_url = postgresql://...` selects it (config.py). The port methods are the shared
+SQL of `SqlStore`; this module adds a connection pool, the schema and its migrations, and
+the change log's read side that every node's FAISS replica follows.
+
+The change log is gap-free although transactions commit out of order. Each change row
+carries the id of the transaction that wrote it (`xid8 DEFAULT pg_current_xact_id()`), and a
+follower reads only rows whose transaction is older than its snapshot's xmin: every such
+transaction has finished, so no row can still appear below that line. A follower's position
+is the highest transaction id it has applied, and it reads `xid > position` next time.
+(Serial writers, which hold an advisory lock, commit in xid order anyway; the xmin line
+also covers any writer that does not.) Commits send NOTIFY to wake followers at once; the
+followers poll as well, because a notification is lost while a listener is disconnected.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from recognizer.gallery import files, keys
+from recognizer.gallery.crypto import NullCipher, TemplateCipher
+from recognizer.gallery.rows import Change
+from recognizer.gallery.sql import NOTIFY_CHANNEL, SqlStore, ring
+
+log = logging.getLogger("recognizer.gallery.postgres")
+
+# Advisory lock keys (any two int64s unique to this application).
+_WRITE_LOCK = 0x7265636F6701  # serial write transactions (SqlStore._tx(serial=True))
+_MIGRATE_LOCK = 0x7265636F6702  # one node migrates at a time
+
+# The schema as of version 2, the first version PostgreSQL runs (SQLite reached it through
+# release 0.1.0's version 1). Later versions are steps in MIGRATIONS, in both adapters.
+_BASELINE = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE identities (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    external_ref TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE templates (
+    label BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- a sequence: never reused
+    identity_id TEXT NOT NULL REFERENCES identities(id),
+    model TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BYTEA NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    quality DOUBLE PRECISION NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX templates_identity ON templates(identity_id, model);
+CREATE INDEX templates_model ON templates(model, label);
+CREATE TABLE plates (
+    plate TEXT NOT NULL,
+    identity_id TEXT NOT NULL REFERENCES identities(id),
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (plate, identity_id)
+);
+CREATE INDEX plates_identity ON plates(identity_id);
+CREATE TABLE payments (
+    binding_id TEXT PRIMARY KEY,
+    identity_id TEXT NOT NULL REFERENCES identities(id),
+    payment_ref TEXT NOT NULL,
+    factors TEXT NOT NULL,
+    ceiling_minor BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX payments_identity ON payments(identity_id);
+CREATE TABLE changes (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+    label BIGINT NOT NULL,
+    model TEXT NOT NULL,
+    xid XID8 NOT NULL DEFAULT pg_current_xact_id(),  -- the writer: see the module docstring
+    at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
+);
+CREATE INDEX changes_xid ON changes(xid, seq);
+CREATE TABLE decisions (
+    decision_id TEXT NOT NULL,
+    gate_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    identity_id TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    inputs TEXT NOT NULL DEFAULT '{}',
+    created_at DOUBLE PRECISION NOT NULL,
+    input_digest TEXT NOT NULL DEFAULT '',
+    UNIQUE (gate_id, event_id)
+);
+CREATE INDEX decisions_created ON decisions(created_at);
+CREATE INDEX decisions_identity ON decisions(identity_id, created_at);
+CREATE TABLE audit (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    actor_role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE sightings (
+    plate TEXT NOT NULL,
+    gate_id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX sightings_plate ON sightings(plate, at);
+"""
+
+Migration = Callable[["_Conn"], None]
+BASELINE_VERSION = 2
+# version -> the step that brings version-1 to it. Append only, in step with SQLite's.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def schema_version() -> int:
+    from recognizer.gallery.store import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg_sql(sql: str) -> str:
+    """qmark placeholders (the shared SQL's) to psycopg's."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _Conn:
+    """A psycopg connection that takes the shared SQL's qmark placeholders."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Any = (), /) -> psycopg.Cursor[Any]:
+        return self.raw.execute(_pg_sql(sql), tuple(params))
+
+    def executemany(self, sql: str, params: Iterable[Any], /) -> psycopg.Cursor[Any]:
+        cur = self.raw.cursor()
+        cur.executemany(_pg_sql(sql), [tuple(p) for p in params])
+        return cur
+
+
+def is_url(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+class PostgresStore(SqlStore):
+    shared = True  # other nodes write too: a gallery on it must follow the change log
+
+    def __init__(
+        self,
+        url: str,
+        cipher: TemplateCipher | None = None,
+        pool_size: int = 8,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._listener: psycopg.Connection[Any] | None = None
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs={"autocommit": True},
+            open=False,
+            name="recognizer",
+        )
+        self._pool.open(wait=True, timeout=connect_timeout_s)
+        try:
+            with self._conn() as c:
+                unlocked = keys.unlock(
+                    keys.state_of(self._read_meta(c)), ring(cipher or NullCipher())
+                )
+            self.cipher: TemplateCipher = unlocked.cipher
+            self.schema_upgraded_from = self._migrate()
+            with self._tx(serial=False) as c:
+                c.execute(
+                    "INSERT INTO meta VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING",
+                    (uuid.uuid4().hex,),
+                )
+                self.store_id: str = c.execute(
+                    "SELECT value FROM meta WHERE key = 'store_id'"
+                ).fetchone()[0]
+                c.executemany(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                    " SET value = excluded.value",
+                    unlocked.record.items(),
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def _version(self, c: _Conn) -> int:
+        meta = self._read_meta(c)
+        return int(meta.get("schema_version", "0")) if meta is not None else 0
+
+    def _migrate(self) -> int:
+        """Bring the schema to this release's version, one transaction per step, one node at
+        a time; returns the version found (0 for a new database). A database from a newer
+        release is refused untouched."""
+        target_version = schema_version()
+        found = -1
+        while True:
+            with self._tx(serial=False) as c:
+                c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+                version = self._version(c)
+                found = version if found < 0 else found
+                if version > target_version:
+                    raise RuntimeError(
+                        f"the database has schema version {version}, newer than this "
+                        f"release's {target_version}: upgrade recognizer, or restore a backup"
+                    )
+                if version >= target_version:
+                    return found
+                if version == 0:
+                    for statement in filter(str.strip, _BASELINE.split(";")):
+                        c.execute(statement)
+                    reached = BASELINE_VERSION
+                else:
+                    reached = version + 1
+                    MIGRATIONS[reached](c)
+                c.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE"
+                    " SET value = excluded.value",
+                    (str(reached),),
+                )
+                log.info("schema migrated from version %d to %d", version, reached)
+
+    def _read_meta(self, c: Any) -> dict[str, str] | None:
+        # A query on the catalog, not to_regclass(): its cache can miss a table another node
+        # has just created (an advisory lock does not refresh it).
+        found = c.execute(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'meta'"
+            " AND schemaname = current_schema()"
+        ).fetchone()
+        if found is None:
+            return None
+        return {str(k): str(v) for k, v in c.execute("SELECT key, value FROM meta")}
+
+    # --- connections and transactions ---------------------------------------------------------
+
+    @contextmanager
+    def _conn(self) -> Iterator[_Conn]:
+        pinned = getattr(self._local, "pinned", None)
+        if pinned is not None:  # inside snapshot(): every read sees the one snapshot
+            yield pinned
+            return
+        with self._pool.connection() as raw:
+            yield _Conn(raw)
+
+    @contextmanager
+    def _tx(self, serial: bool = True) -> Iterator[_Conn]:
+        with self._pool.connection() as raw, raw.transaction():
+            c = _Conn(raw)
+            if serial:
+                # Check-then-write invariants hold as they do under SQLite's one writer.
+                c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+            yield c
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads on this thread inside the block see one consistent state (for rebuilds)."""
+        with self._pool.connection() as raw:
+            raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._local.pinned = _Conn(raw)
+            try:
+                raw.execute("SELECT 1 FROM changes LIMIT 1").fetchall()  # take the snapshot now
+                yield
+            finally:
+                self._local.pinned = None
+                raw.execute("COMMIT")
+
+    def _changed(self, c: Any) -> None:
+        c.execute("SELECT pg_notify(?, '')", (NOTIFY_CHANNEL,))  # delivered on commit
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._pool.close()
+
+    # --- change log ---------------------------------------------------------------------------
+
+    def changes_since(self, seq: int, model: str, settled_only: bool = True) -> list[Change]:
+        """Changes of transactions after position `seq`, in commit order; `Change.seq` is the
+        writer's transaction id (the follower's position). With `settled_only` (following),
+        only transactions older than the snapshot's xmin, which can no longer gain rows
+        below them; without it (consistency checks), everything this snapshot sees."""
+        settled = " AND xid < pg_snapshot_xmin(pg_current_snapshot())" if settled_only else ""
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT xid::text::bigint, op, label, model FROM changes"
+                f" WHERE xid > ?::text::xid8 AND model = ?{settled} ORDER BY xid, seq",
+                (int(seq), model),
+            ).fetchall()
+        return [Change(int(r[0]), r[1], int(r[2]), r[3]) for r in rows]
+
+    def current_seq(self) -> int:
+        """The position up to which the log is settled (the snapshot's xmin − 1)."""
+        with self._conn() as c:
+            r = c.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1")
+            return int(r.fetchone()[0])
+
+    def backlog(self, seq: int, model: str) -> tuple[int, float]:
+        """(changes after position `seq`, commit-time epoch of the oldest): (0, 0.0) if none."""
+        with self._conn() as c:
+            n, oldest = c.execute(
+                "SELECT COUNT(*), MIN(at) FROM changes WHERE xid > ?::text::xid8 AND model = ?",
+                (int(seq), model),
+            ).fetchone()
+        return int(n), float(oldest or 0.0)
+
+    def wait_for_change(self, timeout_s: float) -> bool:
+        """Block until a NOTIFY of a committed change, or `timeout_s`. False on timeout or
+        when the listener is down (it reconnects next time; the caller polls anyway)."""
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
+                return True
+            return False
+        except psycopg.Error as exc:
+            log.warning("change listener: %s; polling until it reconnects", exc)
+            if self._listener is not None:
+                self._listener.close()
+            self._listener = None
+            time.sleep(min(timeout_s, 1.0))
+            return False
+
+    # --- maintenance --------------------------------------------------------------------------
+
+    def backup(self, dest: Path) -> None:
+        """A consistent online copy in pg_dump's custom format (restore: pg_restore; see the
+        README, "Several nodes")."""
+        dest = Path(dest)
+        files.private_dir(dest.parent)
+        files.create_private(dest)
+        pg_dump = _client_tool("pg_dump")
+        subprocess.run(
+            [pg_dump, "--format=custom", "--no-owner", f"--file={dest}", self.url],
+            check=True,
+            capture_output=True,
+        )
+
+
+def _client_tool(name: str) -> str:
+    """A PostgreSQL client program, preferring the newest server-side install (Debian)."""
+    import glob
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    path = found[-1] if found else shutil.which(name)
+    if not path:
+        raise RuntimeError(f"{name} not found: install PostgreSQL's client programs")
+    return path

@@ -1,0 +1,191 @@
+"""What the PostgreSQL adapter adds to the shared contract (tests/test_store_contract.py):
+a change log that loses nothing when transactions commit out of order, versioned
+migrations that one node at a time applies, the key check, and backup/restore."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from recognizer.errors import AlreadyExists
+from recognizer.gallery import postgres
+from recognizer.gallery import store as sqlite_store
+from recognizer.gallery.crypto import AesGcmCipher, TemplateKeyError
+from recognizer.gallery.postgres import PostgresStore, _client_tool
+
+MODEL = "pg-model"
+DIM = 4
+
+
+def unit(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_the_follower_loses_nothing_when_transactions_commit_out_of_order(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        who = store.create_identity("p").id
+        position = store.current_seq()
+        # T1 writes a template and its change first, and stays open (a slow writer that
+        # does not take the serial lock: the log must not depend on writers being polite).
+        slow = psycopg.connect(pg_url)
+        label_1 = slow.execute(
+            "INSERT INTO templates (identity_id, model, dim, vector, created_at)"
+            " VALUES (%s, %s, %s, %s, 0) RETURNING label",
+            (who, MODEL, DIM, unit(1, 1)[0].astype("<f4").tobytes()),
+        ).fetchone()[0]
+        slow.execute(
+            "INSERT INTO changes (op, label, model) VALUES ('add', %s, %s)", (label_1, MODEL)
+        )
+        # T2 starts later, takes a later seq, and commits first.
+        label_2 = store.add_templates(who, unit(1, 2), MODEL)[0].label
+        seq_1, seq_2 = (
+            slow.execute("SELECT seq FROM changes WHERE label = %s", (lb,)).fetchone()[0]
+            for lb in (label_1, label_2)
+        )
+        # A follower reading `seq > watermark` would take T2's change now and pass T1's for
+        # ever: T1's seq is the lower one and still uncommitted.
+        assert seq_1 < seq_2
+        assert store.changes_since(position, MODEL) == []  # T2 waits behind open T1
+        assert store.backlog(position, MODEL)[0] == 1  # ...but counts as lag
+        slow.commit()
+        slow.close()
+        got = store.changes_since(position, MODEL)
+        assert [c.label for c in got] == [label_1, label_2]  # commit-safe order, both there
+        assert store.changes_since(got[-1].seq, MODEL) == []
+    finally:
+        store.close()
+
+
+def test_serial_writers_keep_a_plate_to_one_identity(pg_url: str) -> None:
+    """Two nodes binding one plate to two identities at once: exactly one wins."""
+    stores = [PostgresStore(pg_url) for _ in range(2)]
+    try:
+        ids = [s.create_identity(f"p{k}").id for k, s in enumerate(stores)]
+        outcomes: list[str] = []
+        barrier = threading.Barrier(2)
+
+        def bind(k: int) -> None:
+            barrier.wait()
+            try:
+                stores[k].bind_plate(ids[k], "京A12345")
+                outcomes.append("bound")
+            except AlreadyExists:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=bind, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == ["bound", "refused"]
+        assert len(stores[0].identities_for_plate("京A12345")) == 1
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_nodes_starting_together_migrate_once(pg_url: str) -> None:
+    opened: list[PostgresStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(PostgresStore(pg_url, pool_size=1))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert len({s.store_id for s in opened}) == 1
+        assert sorted(s.schema_upgraded_from for s in opened) == [0, 2, 2, 2]
+    finally:
+        for s in opened:
+            s.close()
+
+
+def test_a_later_schema_step_is_applied_once_and_a_newer_database_is_refused(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    PostgresStore(pg_url).close()  # a database of this release (version 2)
+    applied: list[int] = []
+
+    def v3(c: postgres._Conn) -> None:
+        applied.append(3)
+        c.execute("ALTER TABLE sightings ADD COLUMN lane TEXT NOT NULL DEFAULT ''")
+
+    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(postgres.MIGRATIONS, 3, v3)
+    s = PostgresStore(pg_url)
+    assert s.schema_upgraded_from == 2 and applied == [3]
+    s.close()
+    PostgresStore(pg_url).close()
+    assert applied == [3]
+    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", 2)  # an older release
+    with pytest.raises(RuntimeError, match="newer than this release"):
+        PostgresStore(pg_url)
+
+
+def test_every_schema_version_has_a_step_in_both_adapters() -> None:
+    later = range(postgres.BASELINE_VERSION + 1, sqlite_store.SCHEMA_VERSION + 1)
+    assert all(v in postgres.MIGRATIONS and v in sqlite_store.MIGRATIONS for v in later)
+
+
+def test_a_wrong_key_is_refused_and_writes_nothing(pg_url: str) -> None:
+    right, wrong = AesGcmCipher(bytes(range(32))), AesGcmCipher(bytes(range(1, 33)))
+    s = PostgresStore(pg_url, cipher=right)
+    who = s.create_identity("k").id
+    vectors = unit(2)
+    s.add_templates(who, vectors, MODEL)
+    s.close()
+    with psycopg.connect(pg_url) as c:
+        before = c.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        blobs = c.execute("SELECT vector FROM templates ORDER BY label").fetchall()
+    for cipher in (wrong, None):
+        with pytest.raises(TemplateKeyError):
+            PostgresStore(pg_url, cipher=cipher)
+    with psycopg.connect(pg_url) as c:
+        assert c.execute("SELECT key, value FROM meta ORDER BY key").fetchall() == before
+        assert c.execute("SELECT vector FROM templates ORDER BY label").fetchall() == blobs
+    assert all(vectors[0].tobytes() not in bytes(b[0]) for b in blobs)  # sealed at rest
+    s = PostgresStore(pg_url, cipher=right)
+    got = np.stack([r.vector for r in s.templates(who, MODEL)])
+    np.testing.assert_allclose(got, vectors, atol=1e-6)
+    s.close()
+
+
+def test_backup_and_restore_through_pg_dump(pg_url: str, pg_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    s = PostgresStore(pg_url)
+    who = s.create_identity("b").id
+    s.add_templates(who, unit(3), MODEL)
+    s.bind_plate(who, "京A12345")
+    dump = tmp_path / "backup" / "recognizer.pgdump"
+    s.backup(dump)
+    store_id = s.store_id
+    s.close()
+    restored_url = pg_cluster.create_database(f"r_{uuid.uuid4().hex[:12]}")
+    subprocess.run(
+        [_client_tool("pg_restore"), "--no-owner", f"--dbname={restored_url}", str(dump)],
+        check=True,
+        capture_output=True,
+    )
+    r = PostgresStore(restored_url)
+    try:
+        assert r.store_id == store_id and r.identities_for_plate("京A12345") == [who]
+        assert r.count_templates(MODEL) == 3
+        assert r.max_templates_per_identity() == 3
+        assert r.add_templates(who, unit(1, 9), MODEL)[0].label > 3  # sequences restored
+    finally:
+        r.close()
