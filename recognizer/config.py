@@ -102,6 +102,15 @@ class Config:
     liveness_attack_threshold: float = -1.0
     liveness_live_threshold: float = -1.0
     enroll_require_liveness: bool = False  # EnrollFace refuses a likely attack
+    # Storage (README "Several nodes"): empty or a file path is SQLite (a relative path is
+    # under data_dir); postgresql://... is PostgreSQL, shared by every node, with a pool.
+    database_url: str = ""
+    database_pool_size: int = 8
+    # A node's FAISS replica follows the shared store: woken by NOTIFY, polling as well.
+    # While it is more than replica_max_lag_s behind, recognition and the gate report
+    # NOT_SERVING and 1:N searches are refused rather than answered from a stale gallery.
+    replica_poll_s: float = 0.5
+    replica_max_lag_s: float = 2.0
 
     def limits_for(self, rpc: str) -> ImageLimits:
         """The image limits of one RPC: image_limits with that RPC's pixel cap."""
@@ -116,7 +125,14 @@ class Config:
         return 2 * self.image_limits.max_bytes
 
     @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(POSTGRES_SCHEMES)
+
+    @property
     def db_path(self) -> Path:
+        """The SQLite file (when database_url is not PostgreSQL's)."""
+        if self.database_url and not self.uses_postgres:
+            return self.data_dir / Path(self.database_url)  # an absolute path stays as it is
         return self.data_dir / "recognizer.db"
 
     @property
@@ -152,6 +168,9 @@ def _parse_rpc_pixels(raw: str | dict[str, Any]) -> dict[str, int]:
     return {name: int(value) for name, value in raw.items()}
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 class ConfigError(ValueError):
     """A setting that is unknown, of the wrong type or out of range: start-up stops."""
 
@@ -164,7 +183,6 @@ OTHER_ENV = frozenset(
         "RECOGNIZER_API_KEYS",
         "RECOGNIZER_TEMPLATE_KEY",
         "RECOGNIZER_TEMPLATE_KEY_NEW",
-        "RECOGNIZER_DATABASE_URL",
         "RECOGNIZER_TESTS_STRICT",
     }
 )
@@ -191,6 +209,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_clock_skew_s": (1, None),
     "checkpoint_seconds": (0.1, None),
     "retention_days": (1, None),
+    "database_pool_size": (1, 1000),
+    "replica_poll_s": (0.01, 60),
+    "replica_max_lag_s": (0.1, None),
 }
 
 
@@ -309,5 +330,10 @@ def load_config(
     for name in ("liveness_attack_threshold", "liveness_live_threshold"):
         if getattr(cfg, name) > 1.0:
             raise ConfigError(f"{name} must be within 0..1 (or < 0 for the model's own)")
+    if "://" in cfg.database_url and not cfg.uses_postgres:
+        raise ConfigError(
+            f"database_url must be empty, a SQLite file path or postgresql://..., got a "
+            f"{cfg.database_url.split('://')[0]}:// URL"
+        )
     _check_ranges(cfg)
     return cfg

@@ -45,3 +45,8 @@ class PermissionDenied(RecognizerError):
 
 class DeadlineExceeded(RecognizerError):
     """The caller's deadline ran out, or it cancelled, before the next stage could start."""
+
+
+class Unavailable(RecognizerError):
+    """This node cannot answer now (a replica behind the shared store, the database down);
+    another node, or a retry, can."""

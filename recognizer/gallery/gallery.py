@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from recognizer.errors import Unavailable
 from recognizer.gallery import files
 from recognizer.gallery.errors import FailedPrecondition, InvalidArgument
 from recognizer.gallery.index import FLAT, VectorIndex, default_nlist, is_unit, remove_stale_temps
@@ -136,6 +137,12 @@ class Gallery:
         self._ready = False
         self._lock = _RWLock()
         self._save_lock = threading.Lock()  # one checkpoint writes the file at a time
+        # Changes a rebuild's snapshot already held beyond its settled position (a shared
+        # store, where later transactions can commit first): replay skips them once.
+        self._ahead: set[tuple[int, str]] = set()
+        # Set by a node that follows a shared store (follower.py): False while the replica
+        # is too far behind to answer a 1:N search.
+        self.fresh: Callable[[], bool] | None = None
 
     @property
     def _tag(self) -> str:
@@ -257,6 +264,8 @@ class Gallery:
         with self.store.snapshot():
             seq = self.store.current_seq()
             chunks = list(self.store.iter_templates(self.model))
+            # Visible but not yet settled: already in `chunks`, and replayed after `seq`.
+            ahead = self.store.changes_since(seq, self.model, settled_only=False)
         if chunks:
             labels = np.concatenate([c[0] for c in chunks])
             vectors = np.concatenate([c[1] for c in chunks])
@@ -265,6 +274,7 @@ class Gallery:
         index = self._new_index()
         index.rebuild(labels, vectors)
         self._index, self._watermark = index, seq
+        self._ahead = {(ch.label, ch.op) for ch in ahead}
         self._saved_watermark = -1
         self._catch_up_locked()
 
@@ -282,6 +292,9 @@ class Gallery:
         # says whether it belongs in the index.
         final: dict[int, str] = {}
         for ch in changes:
+            if (ch.label, ch.op) in self._ahead:  # the rebuild already applied it
+                self._ahead.discard((ch.label, ch.op))
+                continue
             final[ch.label] = ch.op
         removes = [label for label, op in final.items() if op == "remove"]
         adds = [label for label, op in final.items() if op == "add"]
@@ -302,6 +315,8 @@ class Gallery:
         with self._save_lock, self._lock.read():  # searches continue; mutation waits
             if not force and self._watermark == self._saved_watermark:
                 return False
+            if self._ahead:
+                return False  # the file could not say which later changes it holds
             t0 = time.perf_counter()
             cipher = self.store.cipher
             self._index.save(self.index_path, self._watermark, tag=self._tag, cipher=cipher)
@@ -343,10 +358,15 @@ class Gallery:
             raise InvalidArgument("embeddings must be L2-normalised (unit norm)", field=field)
         return x
 
+    def sync(self) -> int:
+        """Replay the store's settled changes into the index; returns how many."""
+        if not self._ready:  # before open() the store alone is written; open() replays it
+            return 0
+        with self._lock.write():
+            return self._catch_up_locked()
+
     def _sync(self) -> None:
-        if self._ready:  # before open() the store alone is written; open() replays it
-            with self._lock.write():
-                self._catch_up_locked()
+        self.sync()
 
     def enroll(
         self,
@@ -390,6 +410,11 @@ class Gallery:
     def identify(self, vector: np.ndarray, top_k: int) -> list[Match]:
         """Best identities first; an identity's score aggregates its retrieved templates."""
         self._require_ready()
+        if self.fresh is not None and not self.fresh():
+            raise Unavailable(
+                "this node's face index is behind the shared store; retry, or ask another node",
+                reason="REPLICA_LAGGING",
+            )
         if top_k <= 0:
             return []
         q = self._unit_rows(vector, "embedding")[:1]
@@ -436,8 +461,9 @@ class Gallery:
             # The store as of the watermark: writes after it are not in the index yet.
             with self.store.snapshot():
                 store_labels = self.store.labels_for_model(self.model)
-                later = self.store.changes_since(watermark, self.model)
+                later = self.store.changes_since(watermark, self.model, settled_only=False)
                 store_seq = self.store.current_seq()
+            later = [ch for ch in later if (ch.label, ch.op) not in self._ahead]
         expected = _labels_at_watermark(store_labels, later)
         orphans = np.setdiff1d(index_labels, expected).size
         missing = np.setdiff1d(expected, index_labels).size

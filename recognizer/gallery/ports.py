@@ -76,10 +76,15 @@ class Templates(Protocol):
 
 @runtime_checkable
 class ChangeLog(Protocol):
-    """Every template add and removal, in commit order, for the FAISS index to follow."""
+    """Every template add and removal, in commit order, for the FAISS index to follow.
 
-    def changes_since(self, seq: int, model: str) -> list[Change]: ...
+    A position (`Change.seq`, `current_seq()`) is opaque to callers: SQLite's change seq,
+    PostgreSQL's writer transaction id. Reading after a position never skips a change that
+    commits later (settled_only); several changes of one transaction may share a position."""
+
+    def changes_since(self, seq: int, model: str, settled_only: bool = True) -> list[Change]: ...
     def current_seq(self) -> int: ...
+    def backlog(self, seq: int, model: str) -> tuple[int, float]: ...
     def snapshot(self) -> AbstractContextManager[None]: ...
 
 

@@ -320,13 +320,15 @@ class PostgresStore(SqlStore):
             return int(r.fetchone()[0])
 
     def backlog(self, seq: int, model: str) -> tuple[int, float]:
-        """(changes after position `seq`, commit-time epoch of the oldest): (0, 0.0) if none."""
+        """(changes after position `seq`, seconds since the oldest of them was made), by the
+        database's clock: (0, 0.0) when none."""
         with self._conn() as c:
-            n, oldest = c.execute(
-                "SELECT COUNT(*), MIN(at) FROM changes WHERE xid > ?::text::xid8 AND model = ?",
+            n, age = c.execute(
+                "SELECT COUNT(*), COALESCE(extract(epoch FROM clock_timestamp()) - MIN(at), 0)"
+                " FROM changes WHERE xid > ?::text::xid8 AND model = ?",
                 (int(seq), model),
             ).fetchone()
-        return int(n), float(oldest or 0.0)
+        return int(n), max(0.0, float(age))
 
     def wait_for_change(self, timeout_s: float) -> bool:
         """Block until a NOTIFY of a committed change, or `timeout_s`. False on timeout or

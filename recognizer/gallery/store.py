@@ -368,8 +368,8 @@ class SqliteStore(SqlStore):
         return int(r[0]) if r else 0
 
     def backlog(self, seq: int, model: str) -> tuple[int, float]:
-        """(changes after `seq`, when the oldest of them was made): 0 and 0.0 when none. SQLite
-        keeps no change times; its one node applies its own writes as it makes them."""
+        """(changes after `seq`, seconds since the oldest was made). SQLite keeps no change
+        times (its one node applies its own writes as it makes them), so the age is 0."""
         with self._conn() as c:
             n = c.execute(
                 "SELECT COUNT(*) FROM changes WHERE seq > ? AND model = ?", (int(seq), model)

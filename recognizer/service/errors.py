@@ -6,9 +6,11 @@ import logging
 import uuid
 
 import grpc
+import psycopg
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from psycopg_pool import PoolTimeout
 
 from recognizer import errors
 from recognizer.onnx import ModelError
@@ -25,6 +27,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 
@@ -83,6 +86,15 @@ def status_for_exception(exc: Exception) -> grpc.Status:
                     code, exc.message, reason=exc.reason, field=exc.field, metadata=meta
                 )
             return build_status(code, str(exc), reason="MODEL_NOT_READY")
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        # The shared database is unreachable or saturated: another node, or a retry, may do.
+        log.error("database unavailable: %s", exc)
+        return build_status(
+            grpc.StatusCode.UNAVAILABLE,
+            "the database is unavailable; retry",
+            reason="DATABASE_UNAVAILABLE",
+            retry_after_s=1.0,
+        )
     error_id = uuid.uuid4().hex[:12]
     log.error("internal error %s", error_id, exc_info=exc)
     return build_status(
