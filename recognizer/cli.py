@@ -68,23 +68,24 @@ def serve(
         click.echo(f"WARNING: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
     os.umask(0o077)  # whatever the process creates is private (files 0600, directories 0700)
     # Before the port is bound or a model loaded: a key that does not fit stops the boot.
-    _key_or_exit(config.db_path)
+    from recognizer.gallery.stores import StoreLocation
+
+    _key_or_exit(StoreLocation.of(config))
     from recognizer.gallery.files import private_dir
 
     private_dir(config.data_dir)
     run(config)
 
 
-def _key_or_exit(db_path: Path) -> None:
-    """Check the template key(s) in the environment against the store; exit 2 with what to
-    do if they do not fit. Writes nothing."""
+def _key_or_exit(location: Any) -> None:
+    """Check the template key(s) in the environment against the store (a StoreLocation);
+    exit 2 with what to do if they do not fit. Writes nothing."""
     from recognizer.gallery.crypto import TemplateKeyError, cipher_from_env
-    from recognizer.gallery.store import check_key
 
     try:
-        check_key(db_path, cipher_from_env())
+        location.check_key(cipher_from_env())
     except TemplateKeyError as exc:
-        click.echo(f"error: {exc.message} (store {db_path})", err=True)
+        click.echo(f"error: {exc.message} (store {location})", err=True)
         sys.exit(2)
 
 
@@ -185,6 +186,17 @@ data_dir_option = click.option(
 )
 
 
+def _location(data_dir: Path) -> Any:
+    """The store the configuration names (RECOGNIZER_DATABASE_URL, else SQLite in data_dir)."""
+    from recognizer.config import ConfigError, load_config
+    from recognizer.gallery.stores import StoreLocation
+
+    try:
+        return StoreLocation.of(load_config(data_dir=data_dir))
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
 def _maintenance(fn: Callable[[], Any]) -> Any:
     from recognizer.errors import RecognizerError
 
@@ -202,6 +214,11 @@ def backup(dest: Path, data_dir: Path) -> None:
     from recognizer import maintenance
     from recognizer.gallery.crypto import cipher_from_env
 
+    location = _location(data_dir)
+    if location.url:
+        info = _maintenance(lambda: maintenance.backup_postgres(location, dest, cipher_from_env()))
+        click.echo(f"backup at {info.path}: pg_dump of {location}; restore: README, Several nodes")
+        return
     info = _maintenance(lambda: maintenance.backup(data_dir, dest, cipher_from_env()))
     click.echo(f"backup at {info.path}: store seq {info.store_seq}, {len(info.files)} files")
 
@@ -213,6 +230,11 @@ def restore(src: Path, data_dir: Path) -> None:
     """Restore a backup into the data directory (stop the server first)."""
     from recognizer import maintenance
 
+    if _location(data_dir).url:
+        raise click.ClickException(
+            "the store is PostgreSQL: restore its pg_dump with pg_restore (README, "
+            "Several nodes); this command restores a SQLite data directory"
+        )
     info = _maintenance(lambda: maintenance.restore(src, data_dir))
     click.echo(f"restored store seq {info.store_seq} into {data_dir}")
 
@@ -230,7 +252,7 @@ def purge(older_than_days: float | None, data_dir: Path) -> None:
 
     days = older_than_days if older_than_days is not None else load_config().retention_days
     decisions, sightings = _maintenance(
-        lambda: maintenance.purge(data_dir, days, cipher_from_env())
+        lambda: maintenance.purge(_location(data_dir), days, cipher_from_env())
     )
     click.echo(
         f"purged {decisions} decision records and {sightings} sightings older than {days:g} days"
@@ -258,10 +280,10 @@ def _rekey(
     from recognizer.gallery.rekey import rekey
 
     os.umask(0o077)
-    db = data_dir / "recognizer.db"
-    indexes = sorted(data_dir.glob("*.faiss"))
+    location = _location(data_dir)
+    indexes = sorted(data_dir.glob("*.faiss"))  # this node's; other nodes reseal on start
     report = (lambda n: click.echo(f"resealed {n}")) if progress else None
-    r = _maintenance(lambda: rekey(db, indexes, current, target, batch, report))
+    r = _maintenance(lambda: rekey(location, indexes, current, target, batch, report))
     if r.already_done:
         click.echo(f"store already encrypted under key id {r.key_id}: nothing to do")
         return
@@ -310,19 +332,48 @@ def keys_rotate(data_dir: Path, batch: int, progress: bool) -> None:
 def keys_check(data_dir: Path) -> None:
     """Check the key(s) in the environment against the store; exit 2 if they do not fit."""
     from recognizer.gallery.keys import SCHEME_AES
-    from recognizer.gallery.store import read_key_state
 
-    db = data_dir / "recognizer.db"
-    _key_or_exit(db)
-    state = read_key_state(db)
+    location = _location(data_dir)
+    _key_or_exit(location)
+    state = location.read_key_state()
     if state is None:
-        click.echo(f"no store at {db}: a new one will be created with the key given")
+        click.echo(f"no store at {location}: a new one will be created with the key given")
     elif state.scheme == SCHEME_AES or (not state.scheme and _env_keys()[0] is not None):
         pending = f", re-keying to key id {state.pending_key_id}" if state.pending_kcv else ""
         click.echo(f"key OK: store encrypted under key id {state.key_id or '(0.1.0)'}{pending}")
     else:
         pending = f", being encrypted to key id {state.pending_key_id}" if state.pending_kcv else ""
         click.echo(f"OK: store not encrypted{pending}")
+
+
+# --- database -----------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The store's schema (SQLite in the data directory, or RECOGNIZER_DATABASE_URL)."""
+
+
+@db.command("migrate")
+@data_dir_option
+def db_migrate(data_dir: Path) -> None:
+    """Apply pending schema migrations (servers also do it when they start; one node at a
+    time on PostgreSQL). Refuses a store written by a newer release."""
+    from recognizer.gallery.crypto import cipher_from_env
+    from recognizer.gallery.store import SCHEMA_VERSION
+
+    location = _location(data_dir)
+    _key_or_exit(location)
+    try:
+        store = _maintenance(lambda: location.open(cipher_from_env()))
+    except RuntimeError as exc:  # a newer schema
+        raise click.ClickException(str(exc)) from None
+    found = store.schema_upgraded_from
+    store.close()
+    if found == SCHEMA_VERSION:
+        click.echo(f"{location}: schema already at version {SCHEMA_VERSION}")
+    else:
+        click.echo(f"{location}: schema migrated from version {found} to {SCHEMA_VERSION}")
 
 
 @keys.command("generate")

@@ -25,11 +25,13 @@ from recognizer.gallery import files
 from recognizer.gallery.crypto import NullCipher, TemplateCipher
 from recognizer.gallery.index import copy_file
 from recognizer.gallery.store import SqliteStore
+from recognizer.gallery.stores import StoreLocation
 from recognizer.onnx import sha256_file
 
 log = logging.getLogger("recognizer.maintenance")
 
 DB_NAME = "recognizer.db"
+PG_DUMP_NAME = "recognizer.pgdump"
 MANIFEST = "backup.json"
 
 
@@ -98,21 +100,41 @@ def restore(src: Path, data_dir: Path) -> BackupInfo:
     )
 
 
+def backup_postgres(
+    location: StoreLocation, dest: Path, cipher: TemplateCipher | None = None
+) -> BackupInfo:
+    """pg_dump of a PostgreSQL store into DEST (key checked first). The FAISS index files
+    are not part of it: every node rebuilds or replays its own from the restored store."""
+    if dest.exists() and any(dest.iterdir()):
+        raise InvalidArgument(f"{dest} exists and is not empty", field="dest")
+    store = location.open(cipher or NullCipher())
+    try:
+        files.private_dir(dest)
+        store.backup(dest / PG_DUMP_NAME)
+        seq = store.current_seq()
+    finally:
+        store.close()
+    sums = {PG_DUMP_NAME: sha256_file(dest / PG_DUMP_NAME)}
+    return BackupInfo(dest, seq, sums, time.time())
+
+
 def purge(
-    data_dir: Path, older_than_days: float, cipher: TemplateCipher | None = None
+    where: Path | StoreLocation, older_than_days: float, cipher: TemplateCipher | None = None
 ) -> tuple[int, int]:
-    """Retention: delete decision records and plate sightings older than N days."""
+    """Retention: delete decision records and plate sightings older than N days, in a data
+    directory's store or the store at a StoreLocation."""
     if older_than_days < 0:
         raise InvalidArgument("older_than_days must be >= 0", field="older_than_days")
     cutoff = time.time() - older_than_days * 86400
-    store = SqliteStore(data_dir / DB_NAME, cipher or NullCipher())
+    location = where if isinstance(where, StoreLocation) else StoreLocation(where / DB_NAME)
+    store = location.open(cipher or NullCipher())
     try:
         decisions = store.purge_decisions(cutoff)
         sightings = store.purge_sightings(cutoff)
         store.audit(
             "admin",
             "purge",
-            str(data_dir),
+            str(location),
             {"older_than_days": older_than_days, "decisions": decisions, "sightings": sightings},
         )
     finally:

@@ -68,6 +68,7 @@ def observe_decision(outcome: str, reasons: Iterable[str]) -> None:
 class GalleryFigures:
     templates: int  # vectors in the index
     identities: int  # identities in the store
+    replica: Any = None  # follower.ReplicaLag on a shared store, else None
 
 
 class _Forward(Collector):
@@ -103,6 +104,12 @@ class _ServerCollector(Collector):
             ("identities", figures.identities, "identities in the store"),
         ):
             yield GaugeMetricFamily(f"recognizer_gallery_{name}", doc, value=value)
+        if figures.replica is not None:
+            for name, value, doc in (
+                ("changes", figures.replica.changes, "template changes not yet in the index"),
+                ("seconds", figures.replica.seconds, "age of the oldest change not applied"),
+            ):
+                yield GaugeMetricFamily(f"recognizer_replica_lag_{name}", doc, value=value)
 
 
 def server_registry(

@@ -245,15 +245,7 @@ class PostgresStore(SqlStore):
                 log.info("schema migrated from version %d to %d", version, reached)
 
     def _read_meta(self, c: Any) -> dict[str, str] | None:
-        # A query on the catalog, not to_regclass(): its cache can miss a table another node
-        # has just created (an advisory lock does not refresh it).
-        found = c.execute(
-            "SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'meta'"
-            " AND schemaname = current_schema()"
-        ).fetchone()
-        if found is None:
-            return None
-        return {str(k): str(v) for k, v in c.execute("SELECT key, value FROM meta")}
+        return _meta(c)
 
     # --- connections and transactions ---------------------------------------------------------
 
@@ -362,6 +354,34 @@ class PostgresStore(SqlStore):
             check=True,
             capture_output=True,
         )
+
+
+def _meta(c: Any) -> dict[str, str] | None:
+    """The meta rows (None when the database has no schema yet)."""
+    # A query on the catalog, not to_regclass(): its cache can miss a table another node
+    # has just created (an advisory lock does not refresh it).
+    found = c.execute(
+        "SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'meta'"
+        " AND schemaname = current_schema()"
+    ).fetchone()
+    if found is None:
+        return None
+    return {str(k): str(v) for k, v in c.execute("SELECT key, value FROM meta")}
+
+
+def _peek_meta(url: str) -> dict[str, str] | None:
+    """The meta rows of the database at `url`, read-only."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as raw:
+        return _meta(_Conn(raw))
+
+
+def read_key_state(url: str) -> keys.KeyState | None:
+    return keys.state_of(_peek_meta(url))
+
+
+def check_key(url: str, cipher: TemplateCipher) -> keys.Unlocked:
+    """Check `cipher` against the database's key records without writing anything."""
+    return keys.unlock(read_key_state(url), ring(cipher))
 
 
 def _client_tool(name: str) -> str:

@@ -31,7 +31,8 @@ from recognizer.gallery.crypto import (
     same_kcv,
 )
 from recognizer.gallery.index import reseal_file
-from recognizer.gallery.store import SqliteStore, read_key_state
+from recognizer.gallery.sql import SqlStore
+from recognizer.gallery.stores import StoreLocation
 
 _ROUNDS = 3  # finishing finds rows a server sealed with the old key only if it ran without
 # the new key, which the store refuses; a few rounds are plenty
@@ -46,18 +47,20 @@ class RekeyReport:
 
 
 def rekey(
-    db_path: Path,
+    where: Path | StoreLocation,
     index_paths: list[Path],
     current: bytes | None,
     target: bytes,
     batch: int = 1000,
     progress: Callable[[int], None] | None = None,
 ) -> RekeyReport:
-    """Move a store from `current` (None: plaintext) to `target`. Idempotent."""
+    """Move a store (a SQLite file, or where StoreLocation says) from `current` (None:
+    plaintext) to `target`. Idempotent."""
+    location = where if isinstance(where, StoreLocation) else StoreLocation(Path(where))
     target_id, target_kcv = key_id(target), key_check_value(target)
-    state = read_key_state(db_path)
+    state = location.read_key_state()
     if state is None:
-        raise TemplateKeyError(f"no store at {db_path}", reason="NO_STORE")
+        raise TemplateKeyError(f"no store at {location}", reason="NO_STORE")
     if same_kcv(state.kcv, target_kcv) and not state.pending_kcv:
         return RekeyReport(target_id, 0, 0, already_done=True)  # a rerun after success
     encrypted = state.scheme == keys.SCHEME_AES or (not state.scheme and current is not None)
@@ -80,9 +83,9 @@ def rekey(
                 "as the new key to finish it first",
                 reason="KEY_ROTATION_UNFINISHED",
             )
-        _begin(db_path, current, target_id, target_kcv)
+        _begin(location, current, target_id, target_kcv)
     ring = AesGcmCipher(*([current] if current else []), target)
-    store = SqliteStore(db_path, ring)  # proves both keys against the records
+    store = location.open(ring)  # proves both keys against the records
     try:
         resealed = 0
         for _ in range(_ROUNDS):
@@ -100,15 +103,15 @@ def rekey(
         store.close()
 
 
-def _begin(db_path: Path, current: bytes | None, target_id: str, target_kcv: str) -> None:
-    store = SqliteStore(db_path, AesGcmCipher(current) if current else NullCipher())
+def _begin(location: StoreLocation, current: bytes | None, target_id: str, target_kcv: str) -> None:
+    store = location.open(AesGcmCipher(current) if current else NullCipher())
     try:
         store.begin_rekey(target_id, target_kcv)
     finally:
         store.close()
 
 
-def _reseal_all(store: SqliteStore, batch: int, progress: Callable[[int], None] | None) -> int:
+def _reseal_all(store: SqlStore, batch: int, progress: Callable[[int], None] | None) -> int:
     after, total = 0, 0
     while True:
         after, n = store.reseal(after, batch)

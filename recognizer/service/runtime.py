@@ -29,6 +29,7 @@ class Engines:
     gallery: Any = None  # recognizer.gallery.gallery.Gallery
     identity: Any = None  # recognizer.identity.FaceIdentity
     gate: Any = None  # recognizer.gate.GateEngine
+    follower: Any = None  # recognizer.gallery.follower.Follower, on a shared store only
     normalize_plate: Callable[[str], str] = str.upper  # lenient: readers' output, unbinding
     parse_plate: Callable[[str, str], str] = lambda text, field: text.upper()  # (text, field)
 
@@ -73,8 +74,9 @@ def default_engines(config: Config) -> Engines:
     from recognizer.fusion import FusionModel
     from recognizer.gallery.crypto import cipher_from_env
     from recognizer.gallery.files import private_dir
+    from recognizer.gallery.follower import Follower
     from recognizer.gallery.gallery import Gallery
-    from recognizer.gallery.store import SqliteStore
+    from recognizer.gallery.stores import describe, open_store
     from recognizer.gate import GateEngine
     from recognizer.gate.evidence import EvidenceGatherer
     from recognizer.identity import FaceIdentity
@@ -90,8 +92,9 @@ def default_engines(config: Config) -> Engines:
 
     faces = build_face_pipeline(config.profile, config.models_dir, liveness=liveness_stage(config))
     plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
-    private_dir(config.data_dir)
-    store = SqliteStore(config.db_path, cipher=cipher_from_env())
+    private_dir(config.data_dir)  # the index file lives here whatever the store
+    store = open_store(config, cipher_from_env())
+    log.info("store %s (schema found at version %d)", describe(config), store.schema_upgraded_from)
     gallery = Gallery(
         store,
         model=faces.embedding_model_name,
@@ -100,6 +103,11 @@ def default_engines(config: Config) -> Engines:
         flat_max=config.flat_max,
     )
     gallery.open()
+    follower = None
+    if getattr(store, "shared", False):  # other nodes write: follow their changes
+        follower = Follower(gallery, store, config.replica_poll_s, config.replica_max_lag_s)
+        gallery.fresh = follower.fresh
+        follower.start()
     calibration = FaceCalibration.load(face_calibration_path(config))
     identity = FaceIdentity(
         faces,
@@ -119,7 +127,9 @@ def default_engines(config: Config) -> Engines:
             parse_plate=parse_client_plate,
             max_clock_skew_s=config.max_clock_skew_s,
         )
-    return Engines(faces, plates, gallery, identity, gate, normalize_plate, parse_client_plate)
+    return Engines(
+        faces, plates, gallery, identity, gate, follower, normalize_plate, parse_client_plate
+    )
 
 
 class Runtime:
@@ -193,6 +203,8 @@ class Runtime:
         eng = self._engines
         if eng is None:
             return
+        if eng.follower is not None:
+            eng.follower.stop()
         if eng.gate is not None:
             eng.gate.close()
         if eng.gallery is not None:

@@ -42,12 +42,21 @@ from recognizer.v1 import (
 
 log = logging.getLogger("recognizer.server")
 
+
+def _serving(ok: bool) -> Any:
+    return (
+        health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+
+
 SERVICE_NAMES = (
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
     recognition_pb2.DESCRIPTOR.services_by_name["RecognitionService"].full_name,
     gate_pb2.DESCRIPTOR.services_by_name["GateService"].full_name,
     gate_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
+# The services that search the face index, and so follow a replica's freshness.
+REPLICA_SERVICES = (SERVICE_NAMES[1], SERVICE_NAMES[2])
 
 
 @dataclass(slots=True)
@@ -128,13 +137,18 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def on_ready(ok: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
         for name in ("", *SERVICE_NAMES):
-            health_servicer.set(name, status)
+            health_servicer.set(name, _serving(ok))
+        follower = runtime.engines.follower if ok else None
+        if follower is not None:
+            # A replica behind the shared store must not answer 1:N: its load balancer moves
+            # recognition and gate calls to another node (README "Several nodes").
+            def on_replica(fresh: bool) -> None:
+                for name in REPLICA_SERVICES:
+                    health_servicer.set(name, _serving(fresh))
+
+            follower.on_change(on_replica)
+            on_replica(follower.fresh())
 
     runtime.on_change(on_ready)
     reflection.enable_server_reflection(
@@ -176,8 +190,9 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
 def _gallery_figures(runtime: Runtime) -> telemetry.GalleryFigures | None:
     if not runtime.wait(0) or runtime.engines.gallery is None:
         return None
-    gallery = runtime.engines.gallery
-    return telemetry.GalleryFigures(gallery.index.ntotal, gallery.store.count_identities())
+    gallery, follower = runtime.engines.gallery, runtime.engines.follower
+    lag = follower.lag() if follower is not None else None
+    return telemetry.GalleryFigures(gallery.index.ntotal, gallery.store.count_identities(), lag)
 
 
 def serve(config: Config) -> None:

@@ -338,6 +338,22 @@ class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
             process_cpu_seconds=time.process_time(),
             gallery=self._gallery_stats(),
             rss_bytes=_rss_bytes(),
+            replica=self._replica_lag(),
+        )
+
+    def _replica_lag(self) -> gate_pb2.ReplicaLag | None:
+        if not self._rt.wait(0):
+            return None
+        follower, bound = self._rt.engines.follower, self._rt.config.replica_max_lag_s
+        if follower is None:
+            return gate_pb2.ReplicaLag(shared_store=False, max_seconds=bound, fresh=True)
+        lag = follower.lag()
+        return gate_pb2.ReplicaLag(
+            shared_store=True,
+            changes=lag.changes,
+            seconds=lag.seconds,
+            max_seconds=bound,
+            fresh=lag.within(bound),
         )
 
     def _gallery_stats(self) -> gate_pb2.GalleryStats | None:

@@ -1,0 +1,89 @@
+"""Open the store a configuration names: the one place that picks an adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recognizer.config import Config
+from recognizer.gallery import keys
+from recognizer.gallery.crypto import TemplateCipher
+from recognizer.gallery.files import private_dir
+from recognizer.gallery.ports import Store
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLocation:
+    """Where a store is, for the commands that check or change its key: a SQLite file, or
+    a PostgreSQL URL."""
+
+    sqlite_path: Path | None = None
+    url: str = ""
+
+    @classmethod
+    def of(cls, config: Config) -> StoreLocation:
+        return cls(url=config.database_url) if config.uses_postgres else cls(config.db_path)
+
+    def open(self, cipher: TemplateCipher) -> Any:
+        """The adapter (SqlStore), key-checked and migrated."""
+        if self.url:
+            from recognizer.gallery.postgres import PostgresStore
+
+            return PostgresStore(self.url, cipher, pool_size=2)
+        from recognizer.gallery.store import SqliteStore
+
+        return SqliteStore(self._path, cipher)
+
+    def read_key_state(self) -> keys.KeyState | None:
+        if self.url:
+            from recognizer.gallery import postgres
+
+            return postgres.read_key_state(self.url)
+        from recognizer.gallery import store
+
+        return store.read_key_state(self._path)
+
+    def check_key(self, cipher: TemplateCipher) -> keys.Unlocked:
+        """Raises TemplateKeyError if `cipher` does not fit; writes nothing."""
+        if self.url:
+            from recognizer.gallery import postgres
+
+            return postgres.check_key(self.url, cipher)
+        from recognizer.gallery import store
+
+        return store.check_key(self._path, cipher)
+
+    @property
+    def _path(self) -> Path:
+        assert self.sqlite_path is not None
+        return self.sqlite_path
+
+    def __str__(self) -> str:
+        return _redact(self.url) if self.url else str(self.sqlite_path)
+
+
+def open_store(config: Config, cipher: TemplateCipher) -> Store:
+    """SQLite under data_dir (the embedded default), or PostgreSQL for `postgresql://` URLs.
+    Either way the key is checked first and pending schema migrations are applied."""
+    if config.uses_postgres:
+        from recognizer.gallery.postgres import PostgresStore  # psycopg only when used
+
+        return PostgresStore(config.database_url, cipher, pool_size=config.database_pool_size)
+    from recognizer.gallery.store import SqliteStore
+
+    private_dir(config.db_path.parent)
+    return SqliteStore(config.db_path, cipher=cipher)
+
+
+def describe(config: Config) -> str:
+    """Where the store is, for logs and commands: never the URL's password."""
+    return str(StoreLocation.of(config))
+
+
+def _redact(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(url)
+    user, host, port = (info.get(k, "") for k in ("user", "host", "port"))
+    return f"postgresql://{user}@{host}:{port}/{info.get('dbname', '')}"
