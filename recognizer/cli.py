@@ -251,9 +251,9 @@ def purge(older_than_days: float | None, data_dir: Path) -> None:
     from recognizer.gallery.crypto import cipher_from_env
 
     days = older_than_days if older_than_days is not None else load_config().retention_days
-    decisions, sightings = _maintenance(
-        lambda: maintenance.purge(_location(data_dir), days, cipher_from_env())
-    )
+    location = _location(data_dir)
+    where = location if location.url else data_dir  # SQLite: the data directory, as before
+    decisions, sightings = _maintenance(lambda: maintenance.purge(where, days, cipher_from_env()))
     click.echo(
         f"purged {decisions} decision records and {sightings} sightings older than {days:g} days"
     )

@@ -134,7 +134,7 @@ def purge(
         store.audit(
             "admin",
             "purge",
-            str(location),
+            str(where),
             {"older_than_days": older_than_days, "decisions": decisions, "sightings": sightings},
         )
     finally:
