@@ -189,6 +189,24 @@ def test_one_event_sent_to_both_nodes_at_once_is_decided_once(
             authorize(c, amount=999)
         assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
         assert error_reason(err.value) == "EVENT_ID_REUSED"
+    # Sightings are shared: the same car at another gate a moment later, through the other
+    # node, is a clone suspect there (min_travel_seconds), whichever node decided the first.
+    other = a if first.replayed else b  # the node that did not decide the first event
+    far = other.gate.Authorize(
+        gate_pb2.AuthorizeRequest(
+            gate_id="G-far",
+            event_id=f"E-far-{uuid.uuid4().hex[:8]}",
+            vehicle_image=frame,
+            face_image=lfw_face("Colin_Powell", 1),
+            amount_minor=500,
+            currency="CNY",
+            direction=gate_pb2.DIRECTION_ENTRY,
+        ),
+        metadata=other.metadata,
+        timeout=RPC_TIMEOUT,
+    )
+    assert "PLATE_CLONE_SUSPECTED" in [r.code for r in far.reasons]
+    assert far.outcome != gate_pb2.OUTCOME_ALLOW
 
 
 def test_a_lagging_replica_stops_serving_1n_until_it_catches_up(
