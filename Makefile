@@ -10,7 +10,7 @@ PROFILE ?= default
 DEV_KEYS ?= admin:dev-admin-key,verifier:dev-verifier-key,gate:dev-gate-key
 PYTEST_ARGS ?=
 
-.PHONY: all setup install models models-all protos fonts postgres serve test test-slow lint clean \
+.PHONY: all setup install models models-all protos fonts postgres serve cluster test test-slow lint clean \
 	bench bench-quick bench-deps
 
 all: setup
@@ -41,6 +41,10 @@ protos: $(STUBS)
 serve: setup
 	mkdir -p var
 	RECOGNIZER_API_KEYS="$${RECOGNIZER_API_KEYS:-$(DEV_KEYS)}" $(BIN)/recognizer serve
+
+# PostgreSQL and two nodes on loopback, for trying several nodes (README "Several nodes").
+cluster: setup postgres
+	$(BIN)/python scripts/local_cluster.py
 
 # Tests need both model profiles (the insightface one is non-commercial; used for tests only)
 # and CJK fonts for the synthetic plates.
