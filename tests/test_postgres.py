@@ -189,3 +189,64 @@ def test_backup_and_restore_through_pg_dump(pg_url: str, pg_cluster, tmp_path: P
         assert r.add_templates(who, unit(1, 9), MODEL)[0].label > 3  # sequences restored
     finally:
         r.close()
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "recognizer.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_db_migrate_on_postgres_and_on_a_release_0_1_0_data_directory(
+    pg_url: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    env = {"RECOGNIZER_DATABASE_URL": pg_url}
+    first = _cli("db", "migrate", "--data-dir", str(tmp_path), env=env)
+    assert first.returncode == 0, first.stderr
+    assert "migrated from version 0 to 2" in first.stdout
+    again = _cli("db", "migrate", "--data-dir", str(tmp_path), env=env)
+    assert "already at version 2" in again.stdout
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "release-0.1.0" / "plain", old)
+    upgraded = _cli("db", "migrate", "--data-dir", str(old), env={})
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "migrated from version 1 to 2" in upgraded.stdout
+
+
+def test_keys_encrypt_and_check_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    import base64
+
+    s = PostgresStore(pg_url)
+    who = s.create_identity("k").id
+    vectors = unit(3)
+    s.add_templates(who, vectors, MODEL)
+    s.close()
+    key = bytes(range(7, 39))
+    env = {
+        "RECOGNIZER_DATABASE_URL": pg_url,
+        "RECOGNIZER_TEMPLATE_KEY": base64.b64encode(key).decode(),
+    }
+    done = _cli("keys", "encrypt", "--data-dir", str(tmp_path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "3 templates" in done.stdout
+    checked = _cli("keys", "check", "--data-dir", str(tmp_path), env=env)
+    assert checked.returncode == 0 and "key OK" in checked.stdout
+    refused = _cli(
+        "keys", "check", "--data-dir", str(tmp_path), env={**env, "RECOGNIZER_TEMPLATE_KEY": ""}
+    )
+    assert refused.returncode == 2
+    with pytest.raises(TemplateKeyError):
+        PostgresStore(pg_url)
+    sealed = PostgresStore(pg_url, cipher=AesGcmCipher(key))
+    got = np.stack([r.vector for r in sealed.templates(who, MODEL)])
+    np.testing.assert_allclose(got, vectors, atol=1e-6)
+    sealed.close()
