@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +33,7 @@ from psycopg_pool import ConnectionPool
 from recognizer.gallery import files, keys
 from recognizer.gallery.crypto import NullCipher, TemplateCipher
 from recognizer.gallery.rows import Change
-from recognizer.gallery.sql import NOTIFY_CHANNEL, SqlStore, ring
+from recognizer.gallery.sql import NOTIFY_CHANNEL, PUT_META, SqlStore, ring
 
 log = logging.getLogger("recognizer.gallery.postgres")
 
@@ -189,19 +188,7 @@ class PostgresStore(SqlStore):
                 )
             self.cipher: TemplateCipher = unlocked.cipher
             self.schema_upgraded_from = self._migrate()
-            with self._tx(serial=False) as c:
-                c.execute(
-                    "INSERT INTO meta VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING",
-                    (uuid.uuid4().hex,),
-                )
-                self.store_id: str = c.execute(
-                    "SELECT value FROM meta WHERE key = 'store_id'"
-                ).fetchone()[0]
-                c.executemany(
-                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
-                    " SET value = excluded.value",
-                    unlocked.record.items(),
-                )
+            self.store_id: str = self._record_store(unlocked.record)
         except BaseException:
             self.close()
             raise
@@ -237,11 +224,7 @@ class PostgresStore(SqlStore):
                 else:
                     reached = version + 1
                     MIGRATIONS[reached](c)
-                c.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE"
-                    " SET value = excluded.value",
-                    (str(reached),),
-                )
+                c.execute(PUT_META, ("schema_version", str(reached)))
                 log.info("schema migrated from version %d to %d", version, reached)
 
     def _read_meta(self, c: Any) -> dict[str, str] | None:

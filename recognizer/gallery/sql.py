@@ -39,7 +39,7 @@ from recognizer.gallery.rows import (
 
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 NOTIFY_CHANNEL = "recognizer_changes"
-_PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
 class Cursor(Protocol):
@@ -125,6 +125,19 @@ class SqlStore:
     def _read_meta(self, c: Connection) -> dict[str, str] | None:
         """The meta table, or None when the database has none yet."""
         raise NotImplementedError
+
+    def _record_store(self, record: dict[str, str]) -> str:
+        """After the key check and the migrations: the store's id (made on first open) and
+        the key records the check asked to write. Returns the id."""
+        with self._tx(serial=False) as c:
+            # A random id per database, so an index file built from another store is refused.
+            c.execute(
+                "INSERT INTO meta VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING",
+                (uuid.uuid4().hex,),
+            )
+            store_id = str(c.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
+            c.executemany(PUT_META, record.items())
+        return store_id
 
     # --- identities ---------------------------------------------------------------------------
 
@@ -648,7 +661,7 @@ class SqlStore:
         """Record the key being moved to, before any template is sealed with it."""
         with self._tx() as c:
             c.executemany(
-                _PUT_META,
+                PUT_META,
                 (("pending_key_id", key_id), ("pending_kcv", kcv)),
             )
 
@@ -689,6 +702,6 @@ class SqlStore:
             if left:
                 return left
             record = keys.records(keys.SCHEME_AES, state.pending_key_id, state.pending_kcv)
-            c.executemany(_PUT_META, record.items())
+            c.executemany(PUT_META, record.items())
             c.execute("DELETE FROM meta WHERE key IN ('pending_key_id', 'pending_kcv')")
         return 0

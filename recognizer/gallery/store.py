@@ -25,7 +25,6 @@ import contextlib
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,7 +63,6 @@ __all__ = [
 ]
 
 _NULL_CIPHER = NullCipher()
-_PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 # Version 1 as release 0.1.0 created it; later versions are the migrations below, applied in
 # order on every open (a new database runs them too, so there is one path to each version).
@@ -237,16 +235,7 @@ class SqliteStore(SqlStore):
             for suffix in ("", "-wal", "-shm"):
                 files.tighten(Path(self.path + suffix))
         self.schema_upgraded_from = self._migrate()
-        with self._tx() as c:
-            # A random id per database, so an index file built from another store is refused.
-            c.execute(
-                "INSERT INTO meta VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING",
-                (uuid.uuid4().hex,),
-            )
-            self.store_id: str = c.execute(
-                "SELECT value FROM meta WHERE key = 'store_id'"
-            ).fetchone()[0]
-            c.executemany(_PUT_META, unlocked.record.items())
+        self.store_id: str = self._record_store(unlocked.record)
 
     def _migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION, one transaction per step; returns the version
