@@ -139,3 +139,22 @@ def test_the_follower_thread_stops(tmp_path: Path) -> None:
     assert any(t.name == "replica-follower" for t in threading.enumerate())
     follower.stop()
     assert not any(t.name == "replica-follower" for t in threading.enumerate())
+
+
+def test_a_removal_made_on_another_node_leaves_this_nodes_index_file_at_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from recognizer.gallery.index import VectorIndex
+
+    other = PostgresStore(pg_url)
+    who = other.create_identity("p").id
+    label = other.add_templates(who, np.eye(4, dtype=np.float32)[:1], "m")[0].label
+    gallery = Gallery(PostgresStore(pg_url), model="m", dim=4, index_path=tmp_path / "x.faiss")
+    gallery.open()
+    gallery.checkpoint(force=True)
+    other.delete_identity(who)
+    gallery.sync()
+    loaded = VectorIndex.load(tmp_path / "x.faiss")
+    assert loaded is not None and label not in loaded[0].labels()
+    gallery.close()
+    other.close()

@@ -140,6 +140,7 @@ class Gallery:
         # Changes a rebuild's snapshot already held beyond its settled position (a shared
         # store, where later transactions can commit first): replay skips them once.
         self._ahead: set[tuple[int, str]] = set()
+        self._removed = False  # a replay removed vectors: sync() checkpoints them away
         # Set by a node that follows a shared store (follower.py): False while the replica
         # is too far behind to answer a 1:N search.
         self.fresh: Callable[[], bool] | None = None
@@ -300,6 +301,7 @@ class Gallery:
         adds = [label for label, op in final.items() if op == "add"]
         if removes:
             self._index.remove(removes)
+            self._removed = True
         if adds:
             # Rows removed since are skipped here; their removal is a later change.
             labels, vectors = self.store.vectors_for_labels(adds)
@@ -359,11 +361,16 @@ class Gallery:
         return x
 
     def sync(self) -> int:
-        """Replay the store's settled changes into the index; returns how many."""
+        """Replay the store's settled changes into the index; returns how many. Removals
+        made by another node are checkpointed at once, as this node's own are."""
         if not self._ready:  # before open() the store alone is written; open() replays it
             return 0
         with self._lock.write():
-            return self._catch_up_locked()
+            applied = self._catch_up_locked()
+            removed, self._removed = self._removed, False
+        if removed:
+            self._after_delete()
+        return applied
 
     def _sync(self) -> None:
         self.sync()
