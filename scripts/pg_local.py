@@ -108,15 +108,17 @@ class Cluster:
         return self.url_for(name)
 
 
-def start(data: Path, *, durable: bool = True, max_connections: int = 200) -> Cluster:
-    """Start a cluster in `data` (initialised on first use) on a free loopback port.
-    `durable=False` turns fsync off: for tests, which never crash the database itself."""
+def start(
+    data: Path, *, durable: bool = True, max_connections: int = 200, port: int = 0
+) -> Cluster:
+    """Start a cluster in `data` (initialised on first use) on `port` (0: a free loopback
+    port). `durable=False` turns fsync off: for tests, which never crash the database."""
     data = Path(data).resolve()
     owner = _owner()
     data.mkdir(parents=True, exist_ok=True)
     if owner is not None:
         os.chown(data, owner.pw_uid, owner.pw_gid)
-    cluster = Cluster(data, _free_port(), bindir())
+    cluster = Cluster(data, port or _free_port(), bindir())
     db = data / "db"
     if not (db / "PG_VERSION").is_file():
         cluster._run(

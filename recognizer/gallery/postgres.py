@@ -168,6 +168,7 @@ class PostgresStore(SqlStore):
         cipher: TemplateCipher | None = None,
         pool_size: int = 8,
         connect_timeout_s: float = 30.0,
+        wait_timeout_s: float = 5.0,
     ) -> None:
         self.url = url
         self._local = threading.local()
@@ -176,9 +177,13 @@ class PostgresStore(SqlStore):
             url,
             min_size=1,
             max_size=max(1, pool_size),
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": 5},
             open=False,
             name="recognizer",
+            # A connection left broken by a database restart is replaced, not handed out.
+            check=ConnectionPool.check_connection,
+            # No free connection (or no database) within this: the call is UNAVAILABLE.
+            timeout=wait_timeout_s,
         )
         self._pool.open(wait=True, timeout=connect_timeout_s)
         try:
