@@ -110,3 +110,42 @@ def test_the_server_serves_an_upgraded_data_directory(
         assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
     finally:
         c.close()
+
+
+# The previous release (the last landed one, git 64951ce, schema 2; made by
+# tests/data/make_release_64951ce.py): schema 3 adds the kept template and identity counts.
+PREVIOUS = Path(__file__).parent / "data" / "release-64951ce"
+
+
+@pytest.mark.parametrize("name", ["plain", "encrypted"])
+def test_the_previous_release_upgrades_and_its_index_file_still_loads(
+    name: str, tmp_path: Path
+) -> None:
+    from recognizer.gallery.gallery import Gallery
+    from recognizer.gallery.index import VectorIndex
+
+    data = tmp_path / name
+    shutil.copytree(PREVIOUS / name, data)
+    assert user_version(data / "recognizer.db") == 2
+    cipher = AesGcmCipher(bytes(range(32))) if name == "encrypted" else None
+    store = SqliteStore(data / "recognizer.db", **({"cipher": cipher} if cipher else {}))
+    assert store.schema_upgraded_from == 2
+    ids = json.loads((PREVIOUS / f"{name}-ids.json").read_text())
+    vectors = np.load(PREVIOUS / "vectors.npy")
+    # 1, 2 and 3 templates: the counts the migration computed, and what the gate reads.
+    assert store.count_identities() == 3 and store.max_templates_per_identity() == 3
+    for k, identity_id in enumerate(ids):
+        got = np.stack([r.vector for r in store.templates(identity_id, MODEL)])
+        np.testing.assert_allclose(got, vectors[k * (k + 1) // 2 : (k + 1) * (k + 2) // 2])
+    row = store.get_decision("G-1", "evt-1")
+    assert row is not None and row.input_digest == "d" * 64  # kept as that release wrote it
+    index_file = data / "faces-default.faiss"
+    loaded = VectorIndex.load(index_file, cipher=store.cipher)
+    assert loaded is not None  # the index file format is unchanged: no rebuild needed
+    store.remove_template(ids[2], store.template_labels(ids[2])[0])
+    assert store.max_templates_per_identity() == 2
+    gallery = Gallery(store, model=MODEL, dim=128, index_path=index_file)
+    gallery.open()
+    assert gallery.index.ntotal == 5 and gallery.stats().consistent
+    gallery.close()
+    assert user_version(data / "recognizer.db") == SCHEMA_VERSION == 3

@@ -222,7 +222,10 @@ def test_a_lagging_replica_stops_serving_1n_until_it_catches_up(
         blob, dim, model = slow.execute(
             "SELECT vector, dim, model FROM templates ORDER BY label DESC LIMIT 1"
         ).fetchone()
-        slow.execute("INSERT INTO identities VALUES (%s, 'slow', '', '{}', 0)", ("slow-" + first,))
+        slow.execute(
+            "INSERT INTO identities (id, display_name, created_at) VALUES (%s, 'slow', 0)",
+            ("slow-" + first,),
+        )
         label = slow.execute(
             "INSERT INTO templates (identity_id, model, dim, vector, created_at)"
             " VALUES (%s, %s, %s, %s, 0) RETURNING label",

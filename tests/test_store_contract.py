@@ -64,6 +64,7 @@ def test_identities(store: Store) -> None:
     rest = store.list_identities(3, after=first[-1].id)
     assert [r.id for r in first + rest] == sorted(ids)
     store.delete_identity(ids[0])
+    assert store.count_identities() == 4
     with pytest.raises(NotFound):
         store.get_identity(ids[0])
     with pytest.raises(NotFound):
@@ -85,6 +86,7 @@ def test_templates_and_the_change_log(store: Store) -> None:
     assert list(found) == [labels[1]] and vecs.shape == (1, DIM)
     assert store.identity_for_labels(labels) == dict.fromkeys(labels, who)
     assert store.remove_template(who, labels[0]) == 2
+    assert store.max_templates_per_identity() == 2  # kept with the change, not scanned
     with pytest.raises(NotFound):
         store.remove_template(who, labels[0])
     store.delete_identity(who)

@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool
 from recognizer.gallery import files, keys
 from recognizer.gallery.crypto import NullCipher, TemplateCipher
 from recognizer.gallery.rows import Change
-from recognizer.gallery.sql import NOTIFY_CHANNEL, PUT_META, SqlStore, ring
+from recognizer.gallery.sql import NOTIFY_CHANNEL, PUT_META, SqlStore, ring, v3_template_counts
 
 log = logging.getLogger("recognizer.gallery.postgres")
 
@@ -123,7 +123,9 @@ CREATE INDEX sightings_plate ON sightings(plate, at);
 Migration = Callable[["_Conn"], None]
 BASELINE_VERSION = 2
 # version -> the step that brings version-1 to it. Append only, in step with SQLite's.
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {
+    3: v3_template_counts,  # the same SQL on both adapters (gallery/sql.py)
+}
 
 
 def schema_version() -> int:

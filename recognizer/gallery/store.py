@@ -43,7 +43,7 @@ from recognizer.gallery.rows import (  # re-exported: the rows are part of this 
     SightingRow,
     TemplateRow,
 )
-from recognizer.gallery.sql import SqlStore, legacy_view, ring
+from recognizer.gallery.sql import SqlStore, legacy_view, ring, v3_template_counts
 
 __all__ = [
     "MIGRATIONS",
@@ -157,6 +157,7 @@ def _v2_decision_digest(c: sqlite3.Connection) -> None:
 # version -> the step that brings version-1 to it. Append only; never edit a shipped step.
 MIGRATIONS: dict[int, Migration] = {
     2: _v2_decision_digest,
+    3: v3_template_counts,  # the same SQL on both adapters (gallery/sql.py)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
