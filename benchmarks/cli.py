@@ -453,8 +453,7 @@ def cluster(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sizes") from exc
     dest = _out(out, "cluster")
-    settings = bench_cluster.Settings(
-        quick=quick, sizes=counts, profile=profile, parts=parts or bench_cluster.PARTS
-    )
+    make = bench_cluster.Settings.quick if quick else bench_cluster.Settings
+    settings = make(counts, parts=parts or bench_cluster.PARTS, profile=profile)
     bench_cluster.run(faces_dir, root / "plates" / "scenes", dest, settings)
     _done(dest / "report.md")

@@ -366,6 +366,9 @@ def run_service(
     )
     setups = {
         "SQLite, 1 node": _calls([sq], probes, scenes),
+        # One process against one process: the store's cost alone, whatever share of the
+        # cores a second process would take from the other jobs on the machine.
+        "PostgreSQL, 1 node": _calls([pg_nodes[0].client()], probes, scenes),
         f"PostgreSQL, {len(pg_nodes)} nodes": _calls(
             [n.client() for n in pg_nodes], probes, scenes
         ),
@@ -745,31 +748,21 @@ PARTS = ("service", "store", "lag", "catchup")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    quick: bool
     sizes: tuple[int, ...]
-    concurrency: int = 4
     parts: tuple[str, ...] = PARTS
     profile: str = "default"
+    concurrency: int = 4
+    requests: int = 48  # per method, set-up and round
+    service_rounds: int = 4
+    store_rounds: int = 6  # workers per SQLite version
+    store_reps: int = 200
+    store_prefill: int = 2000
+    lag_seconds: float = 20.0
 
-    @property
-    def requests(self) -> int:
-        return 16 if self.quick else 48
-
-    @property
-    def service_rounds(self) -> int:
-        return 2 if self.quick else 4
-
-    @property
-    def store_rounds(self) -> int:
-        return 2 if self.quick else 6
-
-    @property
-    def store_reps(self) -> int:
-        return 40 if self.quick else 200
-
-    @property
-    def lag_seconds(self) -> float:
-        return 5.0 if self.quick else 20.0
+    @classmethod
+    def quick(cls, sizes: tuple[int, ...], **kw: Any) -> Settings:
+        small = {"requests": 16, "service_rounds": 2, "store_rounds": 2, "store_reps": 40}
+        return cls(sizes, **{**small, "store_prefill": 500, "lag_seconds": 5.0, **kw})
 
 
 def _face_images(faces_dir: Path, limit: int = 200) -> list[bytes]:
@@ -830,7 +823,7 @@ def run(faces_dir: Path, plates_dir: Path, out: Path, settings: Settings) -> Rep
                     _new_database(cluster, "micro"),
                     rounds=settings.store_rounds,
                     reps=settings.store_reps,
-                    prefill=500 if settings.quick else 2000,
+                    prefill=settings.store_prefill,
                 )
                 load["store_after"] = _load()
                 results["store"] = {"rows": rows_s, "notes": notes_s}
@@ -868,6 +861,9 @@ def write_report(
             f"percentiles over every round. Faces from `{shown(faces_dir)}`, frames from "
             f"`{shown(plates_dir)}`. Both nodes share the same 2 cores, so two nodes cannot "
             "double the QPS here: the point is the cost of PostgreSQL against SQLite per call. "
+            "`PostgreSQL, 1 node` sends every call to the first of the two nodes: one server "
+            "process against one, since two processes also take a larger share of cores "
+            "that other jobs are using. "
             f"Load before {load.get('service_before')}, after {load.get('service_after')}."
         )
         for n in results["service"]["notes"]:
@@ -893,7 +889,7 @@ def write_report(
         rep.p(
             f"Each worker is a fresh process with a new SQLite file ({settings.store_reps} "
             "repetitions of every operation, interleaved, after a prefill of "
-            f"{500 if settings.quick else 2000} identities); {settings.store_rounds} workers "
+            f"{settings.store_prefill} identities); {settings.store_rounds} workers "
             f"per version, old and new alternating. Medians in ms. `enrol` is create_identity "
             "and add_templates of one template (two transactions, each fsynced); `put_decision` "
             "writes a decision with its plate sighting; `identity_for_labels` asks for 20 "
