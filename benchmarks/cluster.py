@@ -680,7 +680,7 @@ class CatchupRow:
     ntotal: int
     rss_before_mb: float
     peak_rss_open_mb: float
-    write_s: float  # the other store instance writing the 1,000 more (100 transactions)
+    write_s: float  # the other store instance writing the 1,000 more (200 transactions)
     sync_s: float
     sync_applied: int
     ntotal_after: int
@@ -946,7 +946,8 @@ def write_report(
             "and their change rows), then in a fresh process: `Gallery(PostgresStore(url), "
             "dim=128, index_path=<empty dir>).open()`, what a new node does at start (above "
             "flat_max = 100,000 it trains an IVF index); then another store instance writes "
-            "1,000 more templates (100 transactions of 10) and `gallery.sync()` applies them; "
+            "1,000 more templates (100 identities of 10, create_identity and add_templates a "
+            "transaction each) and `gallery.sync()` applies them; "
             "then one checkpoint of the index file. Peak RSS is the process's (ru_maxrss). "
             f"Load before {load.get('catchup_before')}, after {load.get('catchup_after')}."
         )
