@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from benchmarks.cli import bench
-from benchmarks.cluster import STORE_OPS, LagSample, main, store_worker, visibility_ms
+from benchmarks.cluster import STORE_OPS, LagSample, StoreOps, main, visibility_ms
 
 
 def test_visibility_follows_the_writers_order_not_the_answers() -> None:
@@ -23,11 +25,16 @@ def test_visibility_counts_early_and_missing() -> None:
     assert ms == [0.0] and early == 1 and missing == 1  # x seen before its answer; y never
 
 
-def test_store_worker_times_every_operation_on_sqlite() -> None:
-    got = store_worker({"url": "", "reps": 3, "prefill": 25, "seed": 0})
-    assert got["shared_sql"] is True  # this checkout's store: the shared SQL
-    assert sorted(got["samples_ms"]) == sorted(STORE_OPS)
-    assert all(len(v) == 3 and min(v) > 0 for v in got["samples_ms"].values())
+def test_store_ops_time_every_operation_on_sqlite(tmp_path: Path) -> None:
+    ops = StoreOps({"url": "", "reps": 3, "prefill": 25, "seed": 0}, tmp_path)
+    try:
+        for op in STORE_OPS:
+            for k in range(3):
+                wall, cpu = ops.time(op, k)
+                assert wall > 0 and cpu >= 0
+    finally:
+        ops.close()
+    assert (tmp_path / "recognizer.db").is_file()
 
 
 def test_worker_entry_refuses_unknown_work_and_the_command_is_registered() -> None:
