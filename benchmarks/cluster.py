@@ -828,13 +828,19 @@ def fill(url: str, n: int, seed: int = 0, chunk: int = 50_000) -> float:
     now = time.time()
     with psycopg.connect(url) as db:
         with db.cursor() as cur:
+            # From schema 3 an identity keeps its template count, and meta the identities'.
+            counted = cur.execute(
+                "SELECT 1 FROM information_schema.columns"
+                " WHERE table_name = 'identities' AND column_name = 'templates'"
+            ).fetchone()
+            columns = "id, display_name, created_at" + (", templates" if counted else "")
             for start in range(0, n, chunk):
                 count = min(chunk, n - start)
                 vectors = _unit_vectors(rng, count).astype("<f4")
                 names = [f"fill-{start + k:08d}" for k in range(count)]
-                with cur.copy("COPY identities (id, display_name, created_at) FROM STDIN") as copy:
+                with cur.copy(f"COPY identities ({columns}) FROM STDIN") as copy:
                     for name in names:
-                        copy.write_row((name, name, now))
+                        copy.write_row((name, name, now, 1) if counted else (name, name, now))
                 with cur.copy(
                     "COPY templates (identity_id, model, dim, vector, source, created_at)"
                     " FROM STDIN"
@@ -846,6 +852,12 @@ def fill(url: str, n: int, seed: int = 0, chunk: int = 50_000) -> float:
                 "INSERT INTO changes (op, label, model) SELECT 'add', label, model"
                 " FROM templates ORDER BY label"
             )
+            if counted:
+                cur.execute(
+                    "INSERT INTO meta VALUES ('identities', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(n),),
+                )
         db.commit()
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("VACUUM ANALYZE")  # as a loaded database would be
