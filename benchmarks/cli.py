@@ -411,3 +411,49 @@ def results(results_dir: Path, commands: tuple[str, ...]) -> None:
 
     path = collect_results(results_dir, REPO_ROOT / "benchmarks" / "RESULTS.md", commands)
     _done(path)
+
+
+@bench.command()
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--sizes",
+    default=None,
+    help="Catch-up gallery sizes, comma-separated (default 100000,1000000; quick 10000,100000).",
+)
+@click.option(
+    "--part",
+    "parts",
+    type=click.Choice(["service", "store", "lag", "catchup"]),
+    multiple=True,
+    help="Run only these parts (default: all four).",
+)
+@click.option("--profile", type=click.Choice(["default", "insightface"]), default="default")
+@out_option("cluster")
+@quick_option
+def cluster(
+    dataset: Path | None,
+    sizes: str | None,
+    parts: tuple[str, ...],
+    profile: str,
+    out: Path | None,
+    quick: bool,
+) -> None:
+    """Two nodes on one PostgreSQL against one SQLite node (QPS, p50, p99), SQLite store
+    operations against the previous release, replica lag under enrolments, and a new node's
+    catch-up at 100k and 1M templates. Starts its own PostgreSQL on 127.0.0.1.
+
+    DATASET is the datasets root holding faces/ and plates/ (default ../shared/datasets)."""
+    from benchmarks import cluster as bench_cluster
+
+    root = dataset or DATASETS
+    faces_dir = root / "faces" / "lfw10" if (root / "faces" / "lfw10").is_dir() else root / "faces"
+    default = "10000,100000" if quick else "100000,1000000"
+    try:
+        counts = tuple(int(s) for s in (sizes or default).split(",") if s.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sizes") from exc
+    dest = _out(out, "cluster")
+    make = bench_cluster.Settings.quick if quick else bench_cluster.Settings
+    settings = make(counts, parts=parts or bench_cluster.PARTS, profile=profile)
+    bench_cluster.run(faces_dir, root / "plates" / "scenes", dest, settings)
+    _done(dest / "report.md")
