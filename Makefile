@@ -90,6 +90,7 @@ bench: setup models-all bench-deps
 	$(BENCH) pad --out $(BENCH_OUT)/pad
 	$(BENCH) index --out $(BENCH_OUT)/index
 	$(BENCH) service --out $(BENCH_OUT)/service
+	$(BENCH) cluster --out $(BENCH_OUT)/cluster
 	$(BENCH) results --results $(BENCH_OUT) --command "make bench"
 
 bench-quick: setup models-all bench-deps
