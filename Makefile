@@ -83,7 +83,7 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-deps: $(BENCH_STAMP)
 
-bench: setup models-all bench-deps
+bench: setup models-all bench-deps postgres
 	$(BENCH) faces --out $(BENCH_OUT)/faces
 	$(BENCH) plates --out $(BENCH_OUT)/plates
 	$(BENCH) fusion --out $(BENCH_OUT)/fusion
