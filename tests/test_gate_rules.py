@@ -341,6 +341,22 @@ CASES: list[tuple[str, Evidence, dict, Outcome, set[str], set[str]]] = [
         {"PRESENTATION_ATTACK_SUSPECTED"},
         set(),
     ),
+    (
+        "a burst whose face frames are not one person is never allowed, however strong",
+        evidence(payer(EXACT, 0.95), face_frames_agree=False),
+        {},
+        STEP_UP,
+        {"FACE_FRAMES_DISAGREE", "FACE_MATCH", "PLATE_EXACT_MATCH"},
+        set(),
+    ),
+    (
+        "a burst whose face frames are one person decides as one frame",
+        evidence(payer(EXACT, 0.95), face_frames_agree=True),
+        {},
+        ALLOW,
+        {"FACE_MATCH"},
+        {"FACE_FRAMES_DISAGREE"},
+    ),
 ]
 
 

@@ -63,3 +63,13 @@ class AnalyzedFace:
     quality: Quality
     embedding: np.ndarray = field(repr=False)  # (D,) float32, unit norm
     liveness: Liveness | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BurstFace:
+    """The face of a burst of frames of one person: the best-quality frame's face, and the
+    embeddings of the faces in the other frames (to check they are the same person)."""
+
+    face: AnalyzedFace | None
+    frame: int  # index of the frame used; -1 when no frame had a face
+    others: tuple[np.ndarray, ...] = field(default=(), repr=False)

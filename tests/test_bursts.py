@@ -1,0 +1,295 @@
+"""Authorize bursts without models: the plate vote, the face frame choice, the limits, and the
+input digest (a request of the previous release keeps its digest, so stored decisions replay)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from google.protobuf import timestamp_pb2
+
+from recognizer.errors import InvalidArgument
+from recognizer.face.pipeline import FacePipeline
+from recognizer.face.types import Face, Liveness, LivenessDecision, Selection
+from recognizer.gate.inputs import MAX_FRAMES, check_burst, frame_field, legacy_digest
+from recognizer.plate.grammar import is_valid
+from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
+from recognizer.plate.vote import MISSING_PROBABILITY, vote
+from recognizer.service import convert, limits
+from recognizer.v1 import gate_pb2
+
+MiB = 1024 * 1024
+
+
+# --- the plate vote -------------------------------------------------------------------------
+
+
+def read(*cands: tuple[str, float], box: float = 0.0) -> PlateResult:
+    return PlateResult(
+        text=cands[0][0],
+        confidence=cands[0][1],
+        char_confidences=(cands[0][1],) * len(cands[0][0]),
+        candidates=tuple(PlateCandidate(t, p) for t, p in cands),
+        box=np.full(4, box, np.float32),
+        corners=np.zeros((4, 2), np.float32),
+        plate_type=PlateType.BLUE,
+        pattern_valid=is_valid(cands[0][0]),
+        detector_score=0.9,
+        reader="fake",
+    )
+
+
+def valid(text: str) -> bool:
+    return is_valid(text, "cn")
+
+
+def test_a_single_frame_votes_for_its_own_read() -> None:
+    only = read(("京A12345", 0.9), ("京A12346", 0.05))
+    voted = vote([[only]], valid)
+    assert voted is not None
+    assert voted.text == "京A12345" and [c.text for c in voted.candidates] == [
+        "京A12345",
+        "京A12346",
+    ]
+    assert voted.candidates[0].probability == pytest.approx(0.9)
+
+
+def test_log_probabilities_add_across_frames() -> None:
+    # Each frame alone prefers another text; together the text both frames list wins.
+    a = read(("京A12346", 0.6), ("京A12345", 0.35))
+    b = read(("京A12348", 0.6), ("京A12345", 0.35))
+    voted = vote([[a], [b]], valid)
+    assert voted is not None and voted.text == "京A12345"
+    # The winner's probability is the per-frame geometric mean of what the frames gave it.
+    assert voted.candidates[0].probability == pytest.approx(0.35)
+    missing = math.sqrt(0.6 * MISSING_PROBABILITY)
+    assert voted.candidates[1].probability == pytest.approx(missing)
+    # The read reported has no per-character confidences for a text no frame read as its
+    # first choice, and its box comes from a frame that listed the winner.
+    assert voted.char_confidences == ()
+
+
+def test_invalid_texts_and_frames_without_reads_do_not_vote() -> None:
+    junk = read(("A02M0//A82M83", 0.99))
+    good = read(("京A12345", 0.4), box=7.0)
+    voted = vote([[], [junk], [good]], valid)
+    assert voted is not None and voted.text == "京A12345"
+    assert [c.text for c in voted.candidates] == ["京A12345"]
+    assert voted.candidates[0].probability == pytest.approx(0.4)  # one frame voted
+    assert float(voted.box[0]) == 7.0 and voted.char_confidences == good.char_confidences
+    assert vote([[], [junk]], valid) is None
+
+
+def test_another_cars_frame_does_not_outvote_the_right_frames() -> None:
+    right = [[read(("京A12345", 0.7), ("京A12346", 0.1))]] * 2
+    other = [[read(("沪B99999", 0.99))]]
+    mixed = vote(right + other, valid)
+    alone = vote(right, valid)
+    assert mixed is not None and alone is not None
+    assert mixed.text == alone.text == "京A12345"
+    assert mixed.candidates[0].probability <= alone.candidates[0].probability
+
+
+def test_two_plates_in_one_frame_count_once_each() -> None:
+    frame = [read(("京A12345", 0.8)), read(("京A12345", 0.5), ("沪B99999", 0.4))]
+    voted = vote([frame], valid)
+    assert voted is not None
+    assert {c.text: c.probability for c in voted.candidates}["京A12345"] == pytest.approx(0.8)
+
+
+def test_ties_fall_the_same_way_whatever_the_frame_order() -> None:
+    a = [read(("京A12345", 0.5))]
+    b = [read(("京A12346", 0.5))]
+    first = vote([a, b], valid)
+    second = vote([b, a], valid)
+    assert first is not None and second is not None and first.text == second.text
+
+
+# --- the face frame -------------------------------------------------------------------------
+
+
+class FakeDetector:
+    """One face per frame whose size is the frame's first pixel value (0: no face)."""
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        size = float(image[0, 0, 0])
+        if size == 0:
+            return []
+        x0, y0 = 100.0, 100.0
+        box = np.array([x0, y0, x0 + size, y0 + size], np.float32)
+        eye = size / 4
+        marks = np.array(
+            [
+                [x0 + eye, y0 + eye],
+                [x0 + 3 * eye, y0 + eye],
+                [x0 + 2 * eye, y0 + 2 * eye],
+                [x0 + 1.2 * eye, y0 + 3 * eye],
+                [x0 + 2.8 * eye, y0 + 3 * eye],
+            ],
+            np.float32,
+        )
+        return [Face(box, marks, 0.9)]
+
+
+class FakeEmbedder:
+    dim = 4
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        self.calls.append(len(crops))
+        out = np.zeros((len(crops), self.dim), np.float32)
+        out[:, 0] = 1.0
+        return out
+
+
+class FakeLiveness:
+    def __init__(self) -> None:
+        self.frames: list[float] = []
+
+    def assess(self, image: np.ndarray, faces: Sequence[Face]) -> list[Liveness]:
+        self.frames.append(float(image[0, 0, 0]))
+        return [Liveness(0.9, LivenessDecision.LIVE) for _ in faces]
+
+
+def frame(size: int) -> np.ndarray:
+    rng = np.random.default_rng(size)
+    img = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    img[0, 0] = size
+    return img
+
+
+@pytest.fixture()
+def pipeline() -> FacePipeline:
+    return FacePipeline(FakeDetector(), FakeEmbedder(), liveness=FakeLiveness())  # type: ignore[arg-type]
+
+
+def test_one_face_frame_costs_what_analyze_costs(pipeline: FacePipeline) -> None:
+    burst = pipeline.analyze_burst([frame(160)])
+    assert burst.face is not None and burst.frame == 0 and burst.others == ()
+    assert pipeline.embedder.calls == [1]  # type: ignore[attr-defined]
+    assert pipeline.liveness.frames == [160.0]  # type: ignore[union-attr]
+    single = pipeline.analyze(frame(160), Selection.LARGEST)[0]
+    assert single.quality == burst.face.quality
+
+
+def test_the_best_quality_frame_is_used_and_liveness_runs_on_it_alone(
+    pipeline: FacePipeline,
+) -> None:
+    # A small face (poor quality), none, then a large one: the large one is used.
+    burst = pipeline.analyze_burst([frame(30), frame(0), frame(200)])
+    assert burst.face is not None and burst.frame == 2
+    assert len(burst.others) == 1  # the other frame with a face, for the same-person check
+    assert pipeline.liveness.frames == [200.0]  # type: ignore[union-attr]
+    assert pipeline.embedder.calls == [2]  # type: ignore[attr-defined]  # one call for all
+
+
+def test_a_burst_without_a_face(pipeline: FacePipeline) -> None:
+    burst = pipeline.analyze_burst([frame(0), frame(0)])
+    assert burst.face is None and burst.frame == -1
+    assert pipeline.analyze_burst([]).face is None
+
+
+# --- limits and digests ---------------------------------------------------------------------
+
+
+def test_frame_counts_and_bytes_are_limited() -> None:
+    four = [b"x"] * MAX_FRAMES
+    check_burst(four, four, max_bytes=2 * MAX_FRAMES)
+    with pytest.raises(InvalidArgument) as err:
+        check_burst([*four, b"x"], [], max_bytes=10**9)
+    assert err.value.reason == "TOO_MANY_FRAMES" and err.value.field == "vehicle_images"
+    with pytest.raises(InvalidArgument) as err:
+        check_burst([], [*four, b"x"], max_bytes=10**9)
+    assert err.value.field == "face_images"
+    with pytest.raises(InvalidArgument) as err:
+        check_burst(four, four, max_bytes=2 * MAX_FRAMES - 1)
+    assert err.value.reason == "BURST_TOO_LARGE" and str(2 * MAX_FRAMES - 1) in str(err.value)
+
+
+def test_the_single_field_counts_as_the_first_frame() -> None:
+    req = gate_pb2.AuthorizeRequest(
+        gate_id="g", event_id="e", vehicle_image=b"a", vehicle_images=[b"b"] * MAX_FRAMES
+    )
+    limits.check(req)  # the repeated field alone is within its own limit
+    with pytest.raises(InvalidArgument) as err:
+        convert.gate_request(req, max_bytes=30 * MiB)
+    assert err.value.reason == "TOO_MANY_FRAMES"
+    req.ClearField("vehicle_image")
+    assert len(convert.gate_request(req, max_bytes=30 * MiB).vehicle_images) == MAX_FRAMES
+    req.vehicle_images.append(b"c")
+    with pytest.raises(InvalidArgument):
+        limits.check(req)
+
+
+def test_frames_are_named_by_the_field_that_carried_them() -> None:
+    assert frame_field("vehicle", 0, True) == "vehicle_image"
+    assert frame_field("vehicle", 1, True) == "vehicle_images[0]"
+    assert frame_field("face", 0, False) == "face_images[0]"
+    assert frame_field("face", 2, False) == "face_images[2]"
+
+
+def full_request(**changes: object) -> gate_pb2.AuthorizeRequest:
+    fields: dict[str, object] = {
+        "gate_id": "P1-north",
+        "event_id": "evt-1",
+        "vehicle_image": b"vehicle-frame",
+        "face_image": b"face-frame",
+        "plate_text": "京A12345",
+        "amount_minor": 1500,
+        "currency": "CNY",
+        "direction": gate_pb2.DIRECTION_ENTRY,
+        "observed_at": timestamp_pb2.Timestamp(seconds=1800000000, nanos=5),
+    }
+    fields.update(changes)
+    return gate_pb2.AuthorizeRequest(**fields)  # type: ignore[arg-type]
+
+
+def digest(req: gate_pb2.AuthorizeRequest) -> str:
+    return convert.gate_request(req, max_bytes=30 * MiB).inputs.digest()
+
+
+# Computed by the release before bursts (main at 64951ce) from the same requests: a stored
+# decision of that release must replay, so these must never change.
+PREVIOUS_RELEASE = {
+    "full": "6ad1f3628f84682af3607860f59826c8a3ca1c8505df173a780390da43e08216",
+    "vehicle only": "61d76d4c0d52eedc59af600f1ed39764535f15445ac2bb8a0dd5822eb77c1988",
+}
+
+
+def test_a_request_of_the_previous_release_keeps_its_digest() -> None:
+    assert digest(full_request()) == PREVIOUS_RELEASE["full"]
+    only = gate_pb2.AuthorizeRequest(
+        gate_id="P1-north", event_id="evt-2", vehicle_image=b"vehicle-frame"
+    )
+    assert digest(only) == PREVIOUS_RELEASE["vehicle only"]
+    # ... and the digest of a 0.1.0 record, rebuilt from its inputs column, is the same.
+    inputs = convert.gate_request(full_request(), max_bytes=30 * MiB).inputs
+    record = {**inputs.record(), "observed_at": 1800000000.0}
+    assert legacy_digest("P1-north", "evt-1", record) == digest(
+        full_request(observed_at=timestamp_pb2.Timestamp(seconds=1800000000))
+    )
+
+
+def test_the_digest_covers_every_frame_in_order() -> None:
+    base = digest(full_request(vehicle_images=[b"v2", b"v3"], face_images=[b"f2"]))
+    # The single field and the first repeated frame are the same frame.
+    moved = full_request(vehicle_image=b"", vehicle_images=[b"vehicle-frame", b"v2", b"v3"])
+    moved.face_images.append(b"f2")
+    assert digest(moved) == base
+    for other in (
+        full_request(vehicle_images=[b"v3", b"v2"], face_images=[b"f2"]),  # reordered
+        full_request(vehicle_images=[b"v2"], face_images=[b"f2"]),  # one dropped
+        full_request(vehicle_images=[b"v2", b"v3"]),  # a face frame dropped
+        full_request(vehicle_images=[b"v2", b"v3", b"v4"], face_images=[b"f2"]),  # one added
+    ):
+        assert digest(other) != base
+    inputs = convert.gate_request(
+        full_request(vehicle_images=[b"v2", b"v3"], face_images=[b"f2"]), max_bytes=30 * MiB
+    ).inputs
+    rec = inputs.record()
+    assert len(rec["vehicle_images_sha256"]) == 3 and len(rec["face_images_sha256"]) == 2
+    assert rec["vehicle_image_sha256"] == rec["vehicle_images_sha256"][0]
