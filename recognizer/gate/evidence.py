@@ -92,19 +92,19 @@ class EvidenceGatherer:
         return reads, read
 
     def _read_burst(self, frames: Sequence[np.ndarray]) -> tuple[list[PlateResult], int]:
-        """Read the frames in order until one holds a valid read of a bound plate (more
-        frames cannot strengthen an exact read), then vote over the frames read."""
-        per_frame: list[list[PlateResult]] = []
-        for image in frames:
-            reads = list(self.plates.read(image))
-            per_frame.append(reads)
-            if any(r.pattern_valid and self.store.identities_for_plate(r.text) for r in reads):
-                break
+        """Read the frames in order and vote; stop once the vote so far is a valid read of a
+        bound plate (an exact read: more frames cannot strengthen it). Returns the voted read
+        (every read when no frame read a valid text) and how many frames were read."""
         mode = getattr(self.plates, "mode", "cn")
-        voted = vote(per_frame, lambda text: is_valid(text, mode))
-        # No frame read a valid text: every read, as one frame's would be reported.
-        pooled = [voted] if voted is not None else [r for reads in per_frame for r in reads]
-        return pooled, len(per_frame)
+        per_frame: list[list[PlateResult]] = []
+        voted = None
+        for image in frames:
+            per_frame.append(list(self.plates.read(image)))
+            voted = vote(per_frame, lambda text: is_valid(text, mode))
+            if voted is not None and self.store.identities_for_plate(voted.text):
+                break
+        reads = [voted] if voted is not None else [r for reads in per_frame for r in reads]
+        return reads, len(per_frame)
 
     def _face_branch(self, event: GateEvent) -> BurstFace:
         return self.identity.faces.analyze_burst(event.face_images)
