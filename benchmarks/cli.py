@@ -203,6 +203,13 @@ def service(
     is_flag=True,
     help="The bench gate's policy requires a live face (presentation-attack stage).",
 )
+@click.option(
+    "--burst",
+    type=click.IntRange(1, 4),
+    default=1,
+    help="Also send every event as bursts of this many frames (perturbed copies, and "
+    "distinct photos where a person has enough), reported beside one frame.",
+)
 def fusion(
     dataset: Path | None,
     profile: str,
@@ -213,6 +220,7 @@ def fusion(
     enrol_photos: int,
     probe_from: int | None,
     require_liveness: bool,
+    burst: int,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -236,6 +244,7 @@ def fusion(
             enrol_photos=enrol_photos,
             probe_from=probe_from,
             require_liveness=require_liveness,
+            burst=burst,
         )
     _done(dest / "report.md")
 

@@ -168,29 +168,25 @@ def pipeline() -> FacePipeline:
 
 
 def test_one_face_frame_costs_what_analyze_costs(pipeline: FacePipeline) -> None:
-    burst = pipeline.analyze_burst([frame(160)])
-    assert burst.face is not None and burst.frame == 0 and burst.others == ()
+    (only,) = pipeline.analyze_frames([frame(160)])
+    assert only.frame == 0
     assert pipeline.embedder.calls == [1]  # type: ignore[attr-defined]
     assert pipeline.liveness.frames == [160.0]  # type: ignore[union-attr]
     single = pipeline.analyze(frame(160), Selection.LARGEST)[0]
-    assert single.quality == burst.face.quality
+    assert single.quality == only.face.quality
 
 
-def test_the_best_quality_frame_is_used_and_liveness_runs_on_it_alone(
+def test_every_frame_with_a_face_is_analysed_in_one_embedding_call(
     pipeline: FacePipeline,
 ) -> None:
-    # A small face (poor quality), none, then a large one: the large one is used.
-    burst = pipeline.analyze_burst([frame(30), frame(0), frame(200)])
-    assert burst.face is not None and burst.frame == 2
-    assert len(burst.others) == 1  # the other frame with a face, for the same-person check
-    assert pipeline.liveness.frames == [200.0]  # type: ignore[union-attr]
-    assert pipeline.embedder.calls == [2]  # type: ignore[attr-defined]  # one call for all
-
-
-def test_a_burst_without_a_face(pipeline: FacePipeline) -> None:
-    burst = pipeline.analyze_burst([frame(0), frame(0)])
-    assert burst.face is None and burst.frame == -1
-    assert pipeline.analyze_burst([]).face is None
+    found = pipeline.analyze_frames([frame(30), frame(0), frame(200)])
+    assert [f.frame for f in found] == [0, 2]  # the frame without a face is left out
+    assert pipeline.embedder.calls == [2]  # type: ignore[attr-defined]
+    # Liveness is assessed on each frame's face: whichever is used carries its own.
+    assert pipeline.liveness.frames == [30.0, 200.0]  # type: ignore[union-attr]
+    assert all(f.face.liveness is not None for f in found)
+    assert pipeline.analyze_frames([frame(0), frame(0)]) == ()
+    assert pipeline.analyze_frames([]) == ()
 
 
 # --- limits and digests ---------------------------------------------------------------------

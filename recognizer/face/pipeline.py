@@ -19,7 +19,7 @@ from recognizer.face.detector import ScrfdDetector, YuNetDetector
 from recognizer.face.embedder import ArcFaceEmbedder, SFaceEmbedder
 from recognizer.face.liveness import LivenessStage, build_liveness
 from recognizer.face.quality import DEFAULT_QUALITY, QualityConfig, assess
-from recognizer.face.types import AnalyzedFace, BurstFace, Face, Liveness, Quality, Selection
+from recognizer.face.types import AnalyzedFace, Face, FrameFace, Liveness, Quality, Selection
 from recognizer.models import DEFAULT_MODELS_DIR
 from recognizer.vision import to_bgr3
 
@@ -66,72 +66,53 @@ class FacePipeline:
         ordered = sorted(faces, key=lambda f: f.area, reverse=True)
         return ordered[:1] if selection is Selection.LARGEST else ordered
 
-    def _aligned(
-        self, img: np.ndarray, selection: Selection
-    ) -> list[tuple[Face, Quality, np.ndarray]]:
-        """Detect, align and assess the quality of the selected faces of a BGR frame."""
-        with deadline.stage("face.detect"):
-            faces = self._select(self.detector.detect(img), selection)
-        out = []
-        for face in faces:
-            crop = align(img, face.landmarks)
-            out.append((face, assess(img, face, crop, self.quality_config), crop))
-        return out
-
-    def _live(self, img: np.ndarray, faces: Sequence[Face]) -> list[Liveness | None]:
-        # Liveness looks at the face with its surroundings, on the frame: one call for all.
-        if not (self.liveness and faces):
-            return [None] * len(faces)
-        with deadline.stage("face.liveness"):
-            return list(self.liveness.assess(img, faces))
-
     def _detect_aligned(
         self, image_bgr: np.ndarray, selection: Selection
     ) -> list[tuple[Face, Quality, np.ndarray, Liveness | None]]:
         img = to_bgr3(image_bgr)
-        found = self._aligned(img, selection)
-        live = self._live(img, [face for face, _, _ in found])
-        return [(f, q, crop, lv) for (f, q, crop), lv in zip(found, live, strict=True)]
+        with deadline.stage("face.detect"):
+            faces = self._select(self.detector.detect(img), selection)
+        # Liveness looks at the face with its surroundings, on the frame: one call for all.
+        live: list[Liveness | None] = [None] * len(faces)
+        if self.liveness and faces:
+            with deadline.stage("face.liveness"):
+                live = list(self.liveness.assess(img, faces))
+        out = []
+        for face, liveness in zip(faces, live, strict=True):
+            crop = align(img, face.landmarks)
+            out.append((face, assess(img, face, crop, self.quality_config), crop, liveness))
+        return out
 
     def detect(
         self, image_bgr: np.ndarray, selection: Selection
     ) -> list[tuple[Face, Quality, Liveness | None]]:
         return [(f, q, lv) for f, q, _, lv in self._detect_aligned(image_bgr, selection)]
 
-    def analyze(self, image_bgr: np.ndarray, selection: Selection) -> list[AnalyzedFace]:
-        found = self._detect_aligned(image_bgr, selection)
+    def _analyze(
+        self, images: Sequence[np.ndarray], selection: Selection
+    ) -> list[tuple[int, AnalyzedFace]]:
+        found = [
+            (i, *item)
+            for i, image in enumerate(images)
+            for item in self._detect_aligned(image, selection)
+        ]
         if not found:
             return []
         with deadline.stage("face.embed"):
-            vectors = self.embedder.embed([crop for _, _, crop, _ in found])  # one call for all
+            vectors = self.embedder.embed([crop for _, _, _, crop, _ in found])  # one call for all
         return [
-            AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32), liveness)
-            for (face, quality, _, liveness), vec in zip(found, vectors, strict=True)
+            (i, AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32), liveness))
+            for (i, face, quality, _, liveness), vec in zip(found, vectors, strict=True)
         ]
 
-    def analyze_burst(self, images: Sequence[np.ndarray]) -> BurstFace:
-        """The largest face of the frame where it has the best quality, chosen before any
-        comparison (so more frames give an impostor no more tries), with its liveness; and
-        the embeddings of the other frames' faces, for a same-person check. One frame costs
-        what `analyze` costs: nothing else runs."""
-        if len(images) <= 1:
-            found = self.analyze(images[0], Selection.LARGEST) if images else []
-            return BurstFace(found[0] if found else None, 0 if found else -1)
-        seen = []  # (frame index, BGR frame, face, quality, crop)
-        for i, image in enumerate(images):
-            img = to_bgr3(image)
-            seen += [(i, img, *found) for found in self._aligned(img, Selection.LARGEST)]
-        if not seen:
-            return BurstFace(None, -1)
-        # Acceptable quality first, then the quality score; ties go to the earlier frame.
-        seen.sort(key=lambda s: (not s[3].acceptable, -s[3].score, s[0]))
-        i, img, face, quality, _ = seen[0]
-        (liveness,) = self._live(img, [face])
-        with deadline.stage("face.embed"):
-            vectors = self.embedder.embed([s[4] for s in seen])  # one call for all frames
-        vectors = np.asarray(vectors, dtype=np.float32)
-        probe = AnalyzedFace(face, quality, vectors[0], liveness)
-        return BurstFace(probe, i, tuple(vectors[1:]))
+    def analyze(self, image_bgr: np.ndarray, selection: Selection) -> list[AnalyzedFace]:
+        return [face for _, face in self._analyze([image_bgr], selection)]
+
+    def analyze_frames(self, images: Sequence[np.ndarray]) -> tuple[FrameFace, ...]:
+        """The largest face of every frame of a burst that has one, each with its quality,
+        liveness and embedding (one embedding call for all frames). One frame costs what
+        `analyze` costs."""
+        return tuple(FrameFace(i, f) for i, f in self._analyze(images, Selection.LARGEST))
 
 
 def build_face_pipeline(

@@ -66,10 +66,8 @@ class AnalyzedFace:
 
 
 @dataclass(frozen=True, slots=True)
-class BurstFace:
-    """The face of a burst of frames of one person: the best-quality frame's face, and the
-    embeddings of the faces in the other frames (to check they are the same person)."""
+class FrameFace:
+    """The face found in one frame of a burst."""
 
-    face: AnalyzedFace | None
-    frame: int  # index of the frame used; -1 when no frame had a face
-    others: tuple[np.ndarray, ...] = field(default=(), repr=False)
+    frame: int  # index of the frame among the burst's face frames
+    face: AnalyzedFace

@@ -1,14 +1,15 @@
 """Gathering a gate event's evidence: the I/O half of the decision.
 
-Reads the plate and the face (both branches at once; a burst's plate frames voted into one
-read, its face from the best-quality frame), finds the payers the plate names, scores
-the face against them 1:1, or searches the gallery 1:N when the plate names no payer, and
-loads their bindings and the plate's last sighting. Everything it returns is plain data for
-`rules.decide`.
+Reads the plate and the face (both branches at once; a burst's plate frames are voted into
+one read, and its face is the frame that scores best, counted as that many tries), finds the
+payers the plate names, scores the face against them 1:1, or searches the gallery 1:N when
+the plate names no payer, and loads their bindings and the plate's last sighting. Everything
+it returns is plain data for `rules.decide`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -16,11 +17,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from recognizer import accounting, deadline
-from recognizer.face.types import AnalyzedFace, BurstFace
+from recognizer.face.types import AnalyzedFace, FrameFace
 from recognizer.fusion import PlateEvidence
 from recognizer.gallery.ports import Bindings, Sightings
 from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, Sighting
-from recognizer.identity import FaceIdentity
+from recognizer.identity import FaceIdentity, IdentityScore
 from recognizer.plate.grammar import is_valid
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 from recognizer.plate.vote import vote
@@ -106,23 +107,47 @@ class EvidenceGatherer:
         reads = [voted] if voted is not None else [r for reads in per_frame for r in reads]
         return reads, len(per_frame)
 
-    def _face_branch(self, event: GateEvent) -> BurstFace:
-        return self.identity.faces.analyze_burst(event.face_images)
+    def _face_branch(self, event: GateEvent) -> tuple[FrameFace, ...]:
+        return self.identity.faces.analyze_frames(event.face_images)
 
-    def _run_branches(self, event: GateEvent) -> tuple[tuple[list[PlateResult], int], BurstFace]:
+    def _run_branches(
+        self, event: GateEvent
+    ) -> tuple[tuple[list[PlateResult], int], tuple[FrameFace, ...]]:
         # Both branches run at once; the face branch runs in this thread to save a hop.
         plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event))
-        face = self._face_branch(event)
-        return plate_future.result(), face
+        faces = self._face_branch(event)
+        return plate_future.result(), faces
 
-    def _frames_agree(self, burst: BurstFace) -> bool:
+    # --- the face frame -----------------------------------------------------------------------
+
+    def _frame_for_payers(
+        self, faces: Sequence[FrameFace], pids: Sequence[str]
+    ) -> tuple[FrameFace, dict[str, IdentityScore | None]]:
+        """The frame whose face scores highest against any of the plate's payers, with every
+        payer's score from it (one frame: its own scores, as before bursts)."""
+        best: tuple[float, FrameFace, dict[str, IdentityScore | None]] | None = None
+        for ff in faces:
+            scores = {pid: self.identity.score_identity(pid, ff.face.embedding) for pid in pids}
+            top = max((s.score for s in scores.values() if s is not None), default=-math.inf)
+            if best is None or top > best[0]:
+                best = (top, ff, scores)
+        assert best is not None, "no face frames"
+        return best[1], best[2]
+
+    def _frame_for_search(self, faces: Sequence[FrameFace]) -> tuple[FrameFace, list[Any]]:
+        """The frame whose face's best 1:N match scores highest, with its matches."""
+        searched = [
+            (self.identity.gallery.identify(ff.face.embedding, self.search_k), ff) for ff in faces
+        ]
+        top = max(searched, key=lambda m: m[0][0].score if m[0] else -math.inf)
+        return top[1], top[0]
+
+    def _frames_agree(self, faces: Sequence[FrameFace], used: FrameFace) -> bool:
         """Every other frame's face is the same person as the face used: a stranger's frame
         scores this high against it at most FRAMES_AGREE_FMR of the time."""
-        if not burst.others or burst.face is None:
-            return True
+        probe = used.face.embedding
         bar = self._frames_agree_score
-        probe = burst.face.embedding
-        return all(float(np.dot(v, probe)) >= bar for v in burst.others)
+        return all(float(np.dot(ff.face.embedding, probe)) >= bar for ff in faces)
 
     # --- plate payers -------------------------------------------------------------------------
 
@@ -158,19 +183,28 @@ class EvidenceGatherer:
     def gather(
         self, event: GateEvent, now: float
     ) -> tuple[Evidence, PlateResult | None, AnalyzedFace | None]:
-        (reads, vehicle_frames_read), burst = self._run_branches(event)
-        probe = burst.face
+        (reads, vehicle_frames_read), faces = self._run_branches(event)
         deadline.check("gate.match")
         read, by_plate = self._plate_payers(reads)
         threshold = self.identity.threshold()
         payers: list[Payer] = []
         face_elsewhere = False
+        used: FrameFace | None = None
+        scores: dict[str, IdentityScore | None] = {}
+        matches: list[Any] = []
+        # A burst's face is its best frame: an impostor's face gets one try per frame, and
+        # the estimate counts them (Payer.frames), as it counts enrolled templates.
+        frames = len(faces)
+        if faces and by_plate:
+            used, scores = self._frame_for_payers(faces, list(by_plate))
+            matches = self.identity.gallery.identify(used.face.embedding, self.search_k)
+        elif faces:
+            used, matches = self._frame_for_search(faces)
         for pid, plate in by_plate.items():
-            scored = None if probe is None else self.identity.score_identity(pid, probe.embedding)
+            scored = scores.get(pid)
             score, templates = (scored.score, scored.templates) if scored else (None, 1)
-            payers.append(Payer(pid, plate, score, 0, self._bindings(pid), templates))
-        if probe is not None:
-            matches = self.identity.gallery.identify(probe.embedding, self.search_k)
+            payers.append(Payer(pid, plate, score, 0, self._bindings(pid), templates, frames))
+        if used is not None:
             face_elsewhere = any(
                 m.score >= threshold and m.identity_id not in by_plate for m in matches
             )
@@ -185,8 +219,11 @@ class EvidenceGatherer:
                     # Every identity's templates were compared: the most any one holds.
                     templates = max(1, self.store.max_templates_per_identity())
                     payers.append(
-                        Payer(top.identity_id, plate, top.score, searched, bindings, templates)
+                        Payer(
+                            top.identity_id, plate, top.score, searched, bindings, templates, frames
+                        )
                     )
+        probe = used.face if used is not None else None
         last = self.store.last_sighting(read.text) if read is not None else None
         evidence = Evidence(
             gate_id=event.gate_id,
@@ -202,8 +239,8 @@ class EvidenceGatherer:
             face_elsewhere=face_elsewhere,
             last_sighting=Sighting(last.gate_id, last.direction, last.at) if last else None,
             face_liveness=probe.liveness if probe is not None else None,
-            face_frames_agree=self._frames_agree(burst),
-            face_frame=max(burst.frame, 0),
+            face_frames_agree=used is None or self._frames_agree(faces, used),
+            face_frame=used.frame if used is not None else 0,
             vehicle_frames_read=vehicle_frames_read,
         )
         return evidence, read, probe

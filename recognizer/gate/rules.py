@@ -80,7 +80,7 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
             p.face_score,
             searched=p.searched,
             clone_prior=policy.clone_prior,
-            templates=p.templates,
+            templates=p.templates * p.frames,  # every (template, frame) pair is a try
         )
         for p in ev.payers
     }

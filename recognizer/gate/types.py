@@ -86,6 +86,7 @@ class Payer:
     searched: int  # 0: scored 1:1 as a payer of the read plate; N: identified 1:N among N
     bindings: tuple[Binding, ...]
     templates: int = 1  # enrolled faces per identity: an impostor's face gets that many tries
+    frames: int = 1  # face frames of the burst scored (best one used): that many tries more
 
 
 @dataclass(frozen=True, slots=True)
