@@ -19,6 +19,7 @@ from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 from recognizer.plate.vote import MISSING_PROBABILITY, vote
 from recognizer.service import convert, limits
 from recognizer.v1 import gate_pb2
+from tests.test_face_pipeline import FakeEmbedder
 
 MiB = 1024 * 1024
 
@@ -131,19 +132,6 @@ class FakeDetector:
             np.float32,
         )
         return [Face(box, marks, 0.9)]
-
-
-class FakeEmbedder:
-    dim = 4
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        self.calls.append(len(crops))
-        out = np.zeros((len(crops), self.dim), np.float32)
-        out[:, 0] = 1.0
-        return out
 
 
 class FakeLiveness:
