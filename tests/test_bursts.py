@@ -16,7 +16,7 @@ from recognizer.face.types import Face, Liveness, LivenessDecision, Selection
 from recognizer.gate.inputs import MAX_FRAMES, check_burst, frame_field, legacy_digest
 from recognizer.plate.grammar import is_valid
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
-from recognizer.plate.vote import MISSING_PROBABILITY, vote
+from recognizer.plate.vote import MISSING_PROBABILITY, vote, vote_plates
 from recognizer.service import convert, limits
 from recognizer.v1 import gate_pb2
 from tests.test_face_pipeline import FakeEmbedder
@@ -91,13 +91,30 @@ def test_another_cars_frame_does_not_outvote_the_right_frames() -> None:
     assert mixed is not None and alone is not None
     assert mixed.text == alone.text == "京A12345"
     assert mixed.candidates[0].probability <= alone.candidates[0].probability
+    # Tracked per plate, the other car is a plate of its own and leaves the right one as is.
+    tracked = vote_plates(right + other, valid)
+    assert [v.text for v in tracked] == ["京A12345", "沪B99999"]
+    assert tracked[0].candidates == alone.candidates
 
 
-def test_two_plates_in_one_frame_count_once_each() -> None:
-    frame = [read(("京A12345", 0.8)), read(("京A12345", 0.5), ("沪B99999", 0.4))]
-    voted = vote([frame], valid)
-    assert voted is not None
-    assert {c.text: c.probability for c in voted.candidates}["京A12345"] == pytest.approx(0.8)
+def test_plates_are_tracked_across_frames_by_shared_candidates() -> None:
+    # Two cars in every frame: each keeps its own candidates (a single vote would let the
+    # second car's texts crowd the first's alternatives out of the list).
+    car = (("湘E8ZS83", 0.6), ("湘E87S83", 0.1), ("湘F8ZS83", 0.02))
+    behind = (("鄂A0818P", 0.5), ("鄂AD818P", 0.4), ("皖A0818P", 0.05))
+    later = (("鄂AD818P", 0.6), ("鄂A0818P", 0.3), ("皖A0818P", 0.05))
+    frames = [[read(*car), read(*behind)], [read(*later), read(*car)], [read(*car)]]
+    voted = vote_plates(frames, valid)
+    # Seen in 3 frames, then in 2 (where the two frames' votes settle on 鄂AD818P).
+    assert [v.text for v in voted] == ["湘E8ZS83", "鄂AD818P"]
+    assert "湘F8ZS83" in [c.text for c in voted[0].candidates]
+    assert {c.text for c in voted[1].candidates} == {t for t, _ in behind}
+    # A frame that did not see a plate does not vote on it: the second car's probabilities
+    # are the geometric means over the two frames that saw it.
+    second = {c.text: c.probability for c in voted[1].candidates}
+    assert second["鄂AD818P"] == pytest.approx(math.sqrt(0.4 * 0.6))
+    assert second["鄂A0818P"] == pytest.approx(math.sqrt(0.5 * 0.3))
+    assert vote_plates([[], [read(("A02M0//A82M83", 0.9))]], valid) == []
 
 
 def test_ties_fall_the_same_way_whatever_the_frame_order() -> None:

@@ -24,7 +24,7 @@ from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, 
 from recognizer.identity import FaceIdentity, IdentityScore
 from recognizer.plate.grammar import is_valid
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
-from recognizer.plate.vote import vote
+from recognizer.plate.vote import vote_plates
 
 # A burst's face frames must be one person: each other frame's face scores against the face
 # used at least where a stranger would pass 1 time in 100 (the default profile: 0.34, where
@@ -93,19 +93,18 @@ class EvidenceGatherer:
         return reads, read
 
     def _read_burst(self, frames: Sequence[np.ndarray]) -> tuple[list[PlateResult], int]:
-        """Read the frames in order and vote; stop once the vote so far is a valid read of a
-        bound plate (an exact read: more frames cannot strengthen it). Returns the voted read
+        """Read the frames in order and vote per plate; stop once a plate voted so far is
+        bound (an exact read: more frames cannot strengthen it). Returns the voted reads
         (every read when no frame read a valid text) and how many frames were read."""
         mode = getattr(self.plates, "mode", "cn")
         per_frame: list[list[PlateResult]] = []
-        voted = None
+        voted: list[PlateResult] = []
         for image in frames:
             per_frame.append(list(self.plates.read(image)))
-            voted = vote(per_frame, lambda text: is_valid(text, mode))
-            if voted is not None and self.store.identities_for_plate(voted.text):
+            voted = vote_plates(per_frame, lambda text: is_valid(text, mode))
+            if any(self.store.identities_for_plate(v.text) for v in voted):
                 break
-        reads = [voted] if voted is not None else [r for reads in per_frame for r in reads]
-        return reads, len(per_frame)
+        return voted or [r for reads in per_frame for r in reads], len(per_frame)
 
     def _face_branch(self, event: GateEvent) -> tuple[FrameFace, ...]:
         return self.identity.faces.analyze_frames(event.face_images)

@@ -1,10 +1,13 @@
-"""Plate reads of several frames of one event, voted into one read.
+"""Plate reads of several frames of one event, voted into one read per plate.
 
-Every frame's grammar-valid candidates are pooled and each text scores the sum over frames
-of its log-probability there (the best of the frame's reads that list it). A text a frame
-did not list counts as at most `MISSING_PROBABILITY` in that frame (and never more than the
-least likely text the frame did list): the frame saw a plate and it was not this one. Frames
-that read no valid text do not vote. Pure: no model, no store.
+A frame may show several plates (a second car), so the reads are first tracked across frames:
+a read joins the plate whose candidates share a text with its own (the most shared; one read
+per frame each), else it starts a new plate. Per plate, its frames' grammar-valid candidates
+are pooled and each text scores the sum over those frames of its log-probability there. A
+text a frame's read did not list counts as at most `MISSING_PROBABILITY` in that frame (and
+never more than the least likely text the read did list): the frame saw the plate and read
+something else. A frame where a plate was not seen does not vote on it, and reads with no
+valid text do not vote at all. Pure: no model, no store.
 """
 
 from __future__ import annotations
@@ -65,3 +68,36 @@ def vote(
         candidates=cands,
         pattern_valid=True,
     )
+
+
+def _texts(read: PlateResult, valid: Callable[[str], bool]) -> set[str]:
+    return {c.text for c in read.candidates if valid(c.text)}
+
+
+def vote_plates(
+    frames: Sequence[Sequence[PlateResult]],
+    valid: Callable[[str], bool],
+    max_candidates: int = 5,
+) -> list[PlateResult]:
+    """One voted read per plate tracked across the frames, the plate seen in most frames
+    first (then the most confident); [] when no frame read a valid text."""
+    tracks: list[tuple[set[str], dict[int, PlateResult]]] = []  # (texts, frame -> read)
+    for f, reads in enumerate(frames):
+        for read in reads:
+            texts = _texts(read, valid)
+            if not texts:
+                continue
+            open_ = [t for t in tracks if f not in t[1] and t[0] & texts]
+            if open_:
+                pool, seen = max(open_, key=lambda t: len(t[0] & texts))
+                pool |= texts
+                seen[f] = read
+            else:
+                tracks.append((set(texts), {f: read}))
+    voted = [
+        (len(seen), vote([[r] for r in seen.values()], valid, max_candidates)) for _, seen in tracks
+    ]
+    ranked = sorted(
+        ((n, v) for n, v in voted if v is not None), key=lambda nv: (-nv[0], -nv[1].confidence)
+    )
+    return [v for _, v in ranked]
