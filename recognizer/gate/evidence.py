@@ -1,10 +1,10 @@
 """Gathering a gate event's evidence: the I/O half of the decision.
 
 Reads the plate and the face (both branches at once; a burst's plate frames are voted into
-one read, and its face is the frame that scores best, counted as that many tries), finds the
-payers the plate names, scores the face against them 1:1, or searches the gallery 1:N when
-the plate names no payer, and loads their bindings and the plate's last sighting. Everything
-it returns is plain data for `rules.decide`.
+one read per plate, and its face is the frame that scores best, counted as that many tries),
+finds the payers the plate names, scores the face against them 1:1, or searches the gallery
+1:N when the plate names no payer, and loads their bindings and the plate's last sighting.
+Everything it returns is plain data for `rules.decide`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class EvidenceGatherer:
     # --- branches -----------------------------------------------------------------------------
 
     def _plate_branch(self, event: GateEvent) -> tuple[list[PlateResult], int]:
-        """The frames' reads (one frame's as read, a burst's voted into one), and the gate's
+        """The frames' reads (one frame's as read, a burst's voted per plate), and the gate's
         own read when it sent one (trusted as much as a plate_text alone would be); with how
         many frames were read."""
         frames = event.vehicle_images
