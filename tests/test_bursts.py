@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from google.protobuf import timestamp_pb2
@@ -294,3 +296,26 @@ def test_the_digest_covers_every_frame_in_order() -> None:
     rec = inputs.record()
     assert len(rec["vehicle_images_sha256"]) == 3 and len(rec["face_images_sha256"]) == 2
     assert rec["vehicle_image_sha256"] == rec["vehicle_images_sha256"][0]
+
+
+# --- the bench's bursts ---------------------------------------------------------------------
+
+
+def test_bench_bursts_are_seeded_and_realistic(tmp_path: Path) -> None:
+    from benchmarks.bursts import perturbed_frames, photo_frames
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(cv2.imencode(".jpg", frame(120))[1].tobytes())
+    first = perturbed_frames(photo, 3, seed=7)
+    assert first == perturbed_frames(photo, 3, seed=7)  # the same frames on every run
+    assert first[0] == photo.read_bytes() and len(set(first)) == 3
+    base = cv2.imdecode(np.frombuffer(first[0], np.uint8), cv2.IMREAD_COLOR)
+    for data in first[1:]:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == base.shape  # a next frame of the same camera
+    others = [tmp_path / f"{k}.jpg" for k in "bcd"]
+    for p in others:
+        p.write_bytes(p.name.encode())
+    got = photo_frames(others[1], others, 3)
+    assert got == [b"c.jpg", b"d.jpg", b"b.jpg"]  # the probe, then the next ones, wrapping
+    assert photo_frames(photo, others[:1], 3) is None
