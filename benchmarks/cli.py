@@ -166,6 +166,44 @@ def service(
     _done(dest / "report.md")
 
 
+@bench.command("burst-latency")
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--base-src",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="A source tree of the release before bursts (git archive of it, with its stubs "
+    "generated and models/ linked), served beside this checkout for the one-frame baseline.",
+)
+@click.option("--requests", "n_requests", type=int, default=40, help="Calls per case.")
+@click.option("--frames", type=click.IntRange(2, 4), default=3, help="Frames per burst.")
+@out_option("burst-latency")
+def burst_latency(
+    dataset: Path | None,
+    base_src: Path | None,
+    n_requests: int,
+    frames: int,
+    out: Path | None,
+) -> None:
+    """Authorize p50 of one frame and of bursts (bound plate: early exit; unbound: every
+    frame read), interleaved, optionally beside the release before bursts.
+
+    DATASET is the datasets root holding faces/ and plates/ (default ../shared/datasets)."""
+    from benchmarks import burst_latency as bench_bursts
+
+    root = dataset or DATASETS
+    dest = _out(out, "burst-latency")
+    bench_bursts.run(
+        dest,
+        faces_dir=root / "faces" / "lfw10",
+        plates_dir=root / "plates" / "scenes",
+        base_src=base_src,
+        requests=n_requests,
+        frames=frames,
+    )
+    _done(dest / "report.md")
+
+
 @bench.command()
 @click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
 @click.option("--profile", type=click.Choice(["default", "insightface"]), default="default")
@@ -203,6 +241,13 @@ def service(
     is_flag=True,
     help="The bench gate's policy requires a live face (presentation-attack stage).",
 )
+@click.option(
+    "--burst",
+    type=click.IntRange(1, 4),
+    default=1,
+    help="Also send every event as bursts of this many frames (perturbed copies, and "
+    "distinct photos where a person has enough), reported beside one frame.",
+)
 def fusion(
     dataset: Path | None,
     profile: str,
@@ -213,6 +258,7 @@ def fusion(
     enrol_photos: int,
     probe_from: int | None,
     require_liveness: bool,
+    burst: int,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -236,6 +282,7 @@ def fusion(
             enrol_photos=enrol_photos,
             probe_from=probe_from,
             require_liveness=require_liveness,
+            burst=burst,
         )
     _done(dest / "report.md")
 

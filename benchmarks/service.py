@@ -89,9 +89,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def subprocess_server(
-    profile: str = "default", timeout: float = 300.0, env: dict[str, str] | None = None
+    profile: str = "default",
+    timeout: float = 300.0,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[str, str]]:
-    """`recognizer serve` in a child process; yields (target, admin key), then SIGTERMs it."""
+    """`recognizer serve` in a child process; yields (target, admin key), then SIGTERMs it.
+    `cwd` (with PYTHONPATH in `env`): serve another source tree's code."""
     from recognizer.client import Client
 
     key = secrets.token_hex(12)
@@ -103,6 +107,7 @@ def subprocess_server(
              "--data-dir", str(Path(tmp) / "data"), "--profile", profile],
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=cwd,
             env={
                 **os.environ,
                 "RECOGNIZER_METRICS_PORT": "0",

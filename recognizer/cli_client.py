@@ -263,8 +263,18 @@ def register(main: click.Group) -> None:
     @client_command(main)
     @click.option("--gate", "gate_id", required=True, help="The gate deciding.")
     @click.option("--event", "event_id", default="", help="Event id (default: a new one).")
-    @click.option("--vehicle", type=IMAGE, default=None, help="A frame with the plate.")
-    @click.option("--face", type=IMAGE, default=None, help="A frame with the driver's face.")
+    @click.option(
+        "--vehicle",
+        type=IMAGE,
+        multiple=True,
+        help="A frame with the plate; repeat for a burst (at most 4, in time order).",
+    )
+    @click.option(
+        "--face",
+        type=IMAGE,
+        multiple=True,
+        help="A frame with the driver's face; repeat for a burst (at most 4).",
+    )
     @click.option("--plate", "plate_text", default="", help="A plate the gate read itself.")
     @click.option("--amount", "amount_minor", type=int, required=True, help="Minor units.")
     @click.option("--currency", default="CNY", show_default=True)
@@ -273,8 +283,8 @@ def register(main: click.Group) -> None:
         c: Any,
         gate_id: str,
         event_id: str,
-        vehicle: Path | None,
-        face: Path | None,
+        vehicle: tuple[Path, ...],
+        face: tuple[Path, ...],
         plate_text: str,
         amount_minor: int,
         currency: str,
@@ -288,8 +298,11 @@ def register(main: click.Group) -> None:
             gate_pb2.AuthorizeRequest(
                 gate_id=gate_id,
                 event_id=event_id or uuid.uuid4().hex,
-                vehicle_image=_image(vehicle),
-                face_image=_image(face),
+                # The first frame in the single field, as before bursts; the rest repeated.
+                vehicle_image=_image(vehicle[0] if vehicle else None),
+                vehicle_images=[_image(p) for p in vehicle[1:]],
+                face_image=_image(face[0] if face else None),
+                face_images=[_image(p) for p in face[1:]],
                 plate_text=plate_text,
                 amount_minor=amount_minor,
                 currency=currency,

@@ -74,6 +74,8 @@ class Config:
     rpc_max_pixels: dict[str, int] = field(default_factory=dict)
     policies: PolicySet = field(default_factory=PolicySet)
     max_message_bytes: int = 16 * 1024 * 1024  # responses; requests: see max_receive_bytes
+    # An Authorize burst's frames together (README "Bursts"): three frames at the byte limit.
+    authorize_max_bytes: int = 30 * 1024 * 1024
     # Handler threads are cheap while idle; the admission bounds below are what limit work.
     max_workers: int = 48
     max_in_flight: int = 4  # per method, running at once (2 cores: more only adds latency)
@@ -119,10 +121,12 @@ class Config:
 
     @property
     def max_receive_bytes(self) -> int:
-        """gRPC's own request cap: room for two images at the byte limit (Authorize sends a
-        vehicle and a face frame). Below it the handler refuses an oversized image with
-        INVALID_ARGUMENT; above it gRPC answers RESOURCE_EXHAUSTED itself."""
-        return 2 * self.image_limits.max_bytes
+        """gRPC's own request cap: room for an Authorize burst at authorize_max_bytes (and for
+        two images at the byte limit), plus 2 MiB for the other fields. Below it the handler
+        refuses an oversized image or burst with INVALID_ARGUMENT; above it gRPC answers
+        RESOURCE_EXHAUSTED itself."""
+        frames = max(2 * self.image_limits.max_bytes, self.authorize_max_bytes)
+        return frames + 2 * 1024 * 1024
 
     @property
     def uses_postgres(self) -> bool:

@@ -341,6 +341,22 @@ CASES: list[tuple[str, Evidence, dict, Outcome, set[str], set[str]]] = [
         {"PRESENTATION_ATTACK_SUSPECTED"},
         set(),
     ),
+    (
+        "a burst whose face frames are not one person is never allowed, however strong",
+        evidence(payer(EXACT, 0.95), face_frames_agree=False),
+        {},
+        STEP_UP,
+        {"FACE_FRAMES_DISAGREE", "FACE_MATCH", "PLATE_EXACT_MATCH"},
+        set(),
+    ),
+    (
+        "a burst whose face frames are one person decides as one frame",
+        evidence(payer(EXACT, 0.95), face_frames_agree=True),
+        {},
+        ALLOW,
+        {"FACE_MATCH"},
+        {"FACE_FRAMES_DISAGREE"},
+    ),
 ]
 
 
@@ -404,3 +420,18 @@ def test_a_clone_prior_is_a_site_parameter() -> None:
     strict = dataclasses.replace(POLICY, clone_prior=0.2)
     verdict = decide(ev, strict, FUSION)
     assert verdict.outcome is not ALLOW and verdict.fusion.estimated_far > 0.05
+
+
+def test_a_burst_counts_each_face_frame_as_a_try() -> None:
+    """The best of n frames is used, so the estimate is that of n x k comparisons, the same
+    as n enrolled templates would give: more frames never lower the estimated FAR."""
+    policy = dataclasses.replace(POLICY, target_far=1e-3)
+    fars = []
+    for frames in (1, 2, 3, 4):
+        p = dataclasses.replace(payer(NO, 0.55), frames=frames)
+        fars.append(decide(evidence(p), policy, FUSION).fusion.estimated_far)
+    assert all(a < b for a, b in itertools.pairwise(fars))
+    as_templates = dataclasses.replace(payer(NO, 0.55), templates=3)
+    assert fars[2] == pytest.approx(
+        decide(evidence(as_templates), policy, FUSION).fusion.estimated_far
+    )

@@ -14,13 +14,14 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from recognizer.client import Client
 from recognizer.config import load_config
 from recognizer.face.types import Face, Quality, Selection
 from recognizer.imaging import ImageLimits
 from recognizer.service.runtime import Engines
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
-from tests.conftest import client_for, dataset, require_models, start_server
+from tests.conftest import KEYS, client_for, dataset, require_models, start_server
 from tests.test_imaging import jpeg_declaring, stored_as
 
 # --- configuration --------------------------------------------------------------------------
@@ -36,7 +37,9 @@ def test_per_rpc_pixel_caps_from_toml_and_env(tmp_path: Path) -> None:
     cfg = load_config(toml, env=env)
     assert cfg.limits_for("DetectFaces").max_pixels == 1000
     assert cfg.limits_for("EnrollFace").max_pixels == 2000
-    assert cfg.max_receive_bytes == 2 * cfg.image_limits.max_bytes
+    # gRPC's cap leaves room for two images at the limit and for a whole Authorize burst
+    assert cfg.max_receive_bytes > 2 * cfg.image_limits.max_bytes
+    assert cfg.max_receive_bytes > cfg.authorize_max_bytes >= 3 * cfg.image_limits.max_bytes
     with pytest.raises(ValueError, match="unknown RPCs"):
         load_config(env={"RECOGNIZER_RPC_MAX_PIXELS": "DetectFace=1000"})
     with pytest.raises(ValueError):
@@ -155,7 +158,9 @@ def test_a_small_file_declaring_a_huge_frame_is_refused_before_decoding(
 
 
 def test_message_size_limits(capped: RunningServer) -> None:
-    c = client_for(capped, "verifier")
+    # A client that sends more than the server takes, so the server's own cap is what answers.
+    cap = capped.runtime.config.max_receive_bytes
+    c = Client.connect(f"127.0.0.1:{capped.port}", KEYS["verifier"], max_message_bytes=2 * cap)
     limit = capped.runtime.config.image_limits.max_bytes
     # Over the image limit but under gRPC's cap: the handler names the field.
     with pytest.raises(grpc.RpcError) as err:
@@ -166,11 +171,11 @@ def test_message_size_limits(capped: RunningServer) -> None:
         )
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert violation(err.value) == ("IMAGE_TOO_LARGE", "image")
-    # Over gRPC's own cap (twice the image limit): gRPC refuses it before any handler, with
+    # Over gRPC's own cap (max_receive_bytes): gRPC refuses it before any handler, with
     # RESOURCE_EXHAUSTED and no RetryInfo, so a client must not take it for overload.
     with pytest.raises(grpc.RpcError) as err:
         c.recognition.ReadPlates(
-            recognition_pb2.ReadPlatesRequest(image=b"\xff\xd8\xff" + b"\0" * (2 * limit)),
+            recognition_pb2.ReadPlatesRequest(image=b"\xff\xd8\xff" + b"\0" * cap),
             metadata=c.metadata,
             timeout=30,
         )

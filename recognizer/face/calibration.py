@@ -121,6 +121,17 @@ class FaceCalibration:
         rate = float(np.interp(s, self.impostor_values, at_or_above / n))
         return max(rate, 1.0 / (n + 1))
 
+    def score_at(self, fmr: float) -> float:
+        """The lowest score whose estimated false-match rate is at most `fmr` (bisection over
+        the cosine range; fmr_at falls as the score rises)."""
+        lo, hi = -1.0, 1.0
+        if self.fmr_at(hi) > fmr:
+            return hi
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self.fmr_at(mid) <= fmr else (mid, hi)
+        return hi
+
     def fnmr_at(self, score: float) -> float:
         """Fraction of genuine scores < score, linearly interpolated; 0 with no genuine data."""
         n = self.n_genuine

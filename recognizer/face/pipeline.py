@@ -19,7 +19,7 @@ from recognizer.face.detector import ScrfdDetector, YuNetDetector
 from recognizer.face.embedder import ArcFaceEmbedder, SFaceEmbedder
 from recognizer.face.liveness import LivenessStage, build_liveness
 from recognizer.face.quality import DEFAULT_QUALITY, QualityConfig, assess
-from recognizer.face.types import AnalyzedFace, Face, Liveness, Quality, Selection
+from recognizer.face.types import AnalyzedFace, Face, FrameFace, Liveness, Quality, Selection
 from recognizer.models import DEFAULT_MODELS_DIR
 from recognizer.vision import to_bgr3
 
@@ -88,16 +88,31 @@ class FacePipeline:
     ) -> list[tuple[Face, Quality, Liveness | None]]:
         return [(f, q, lv) for f, q, _, lv in self._detect_aligned(image_bgr, selection)]
 
-    def analyze(self, image_bgr: np.ndarray, selection: Selection) -> list[AnalyzedFace]:
-        found = self._detect_aligned(image_bgr, selection)
+    def _analyze(
+        self, images: Sequence[np.ndarray], selection: Selection
+    ) -> list[tuple[int, AnalyzedFace]]:
+        found = [
+            (i, *item)
+            for i, image in enumerate(images)
+            for item in self._detect_aligned(image, selection)
+        ]
         if not found:
             return []
         with deadline.stage("face.embed"):
-            vectors = self.embedder.embed([crop for _, _, crop, _ in found])  # one call for all
+            vectors = self.embedder.embed([crop for _, _, _, crop, _ in found])  # one call for all
         return [
-            AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32), liveness)
-            for (face, quality, _, liveness), vec in zip(found, vectors, strict=True)
+            (i, AnalyzedFace(face, quality, np.asarray(vec, dtype=np.float32), liveness))
+            for (i, face, quality, _, liveness), vec in zip(found, vectors, strict=True)
         ]
+
+    def analyze(self, image_bgr: np.ndarray, selection: Selection) -> list[AnalyzedFace]:
+        return [face for _, face in self._analyze([image_bgr], selection)]
+
+    def analyze_frames(self, images: Sequence[np.ndarray]) -> tuple[FrameFace, ...]:
+        """The largest face of every frame of a burst that has one, each with its quality,
+        liveness and embedding (one embedding call for all frames). One frame costs what
+        `analyze` costs."""
+        return tuple(FrameFace(i, f) for i, f in self._analyze(images, Selection.LARGEST))
 
 
 def build_face_pipeline(

@@ -63,3 +63,11 @@ class AnalyzedFace:
     quality: Quality
     embedding: np.ndarray = field(repr=False)  # (D,) float32, unit norm
     liveness: Liveness | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameFace:
+    """The face found in one frame of a burst."""
+
+    frame: int  # index of the frame among the burst's face frames
+    face: AnalyzedFace

@@ -27,6 +27,7 @@ from recognizer.gallery.ports import Decisions
 from recognizer.gallery.store import DecisionRow
 from recognizer.gate import rules
 from recognizer.gate.evidence import EvidenceGatherer
+from recognizer.gate.inputs import frame_field
 from recognizer.gate.types import Authorized, Decision, Direction, GateEvent, GateRequest
 from recognizer.policy import PolicySet
 
@@ -117,6 +118,8 @@ class GateEngine:
             policy_id=policy.policy_id,
             decision_id=uuid.uuid4().hex,
             decided_at=now,
+            face_frame=evidence.face_frame,
+            vehicle_frames_read=evidence.vehicle_frames_read,
         )
         payload = encode(decision)
         sighting = (read.text, event.gate_id, event.direction.value, now) if read else None
@@ -162,22 +165,27 @@ class GateEngine:
                 reason="NO_EVIDENCE",
             )
         plate_text = self._parse_plate(inputs.plate_text, "plate_text") if inputs.plate_text else ""
-        vehicle = self._decode_first(request.vehicle_images, "vehicle_image")
-        face = self._decode_first(request.face_images, "face_image")
+        # Every frame is decoded (a budgeted stage each, imaging.decode), so a corrupt frame is
+        # refused whichever frames the evidence ends up reading.
+        vehicle = self._decode_all(request.vehicle_images, "vehicle", request.vehicle_single)
+        face = self._decode_all(request.face_images, "face", request.face_single)
         return GateEvent(
             gate_id=inputs.gate_id,
             event_id=inputs.event_id,
-            vehicle_image=vehicle,
+            vehicle_images=vehicle,
             plate_text=plate_text,
-            face_image=face,
+            face_images=face,
             amount_minor=inputs.amount_minor,
             currency=inputs.currency,
             direction=Direction(inputs.direction),
         )
 
-    def _decode_first(self, frames: tuple[bytes, ...], field: str) -> np.ndarray | None:
-        # Decoding is a budgeted stage of its own (imaging.decode).
-        return self._decode(frames[0], field) if frames else None
+    def _decode_all(
+        self, frames: tuple[bytes, ...], kind: str, single: bool
+    ) -> tuple[np.ndarray, ...]:
+        return tuple(
+            self._decode(data, frame_field(kind, i, single)) for i, data in enumerate(frames)
+        )
 
     def close(self) -> None:
         self.evidence.close()

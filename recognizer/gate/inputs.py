@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from recognizer.errors import InvalidArgument
+
 DIGEST_VERSION = "gate-inputs.v1"
+MAX_FRAMES = 4  # per kind (vehicle, face) in one Authorize event, the single field included
 
 
 def sha256_hex(data: bytes) -> str:
@@ -54,6 +58,43 @@ class EventInputs:
             "direction": self.direction,
             "observed_at_ns": self.observed_at_ns,
         }
+
+
+def frames_of(single: bytes, more: Sequence[bytes]) -> tuple[bytes, ...]:
+    """One kind's frames in order: the single field (when set) first, then the repeated one.
+    A request with the single field only has the one frame it had before bursts, so its
+    digest is the one release 0.1.0 recorded."""
+    return ((single,) if single else ()) + tuple(more)
+
+
+def frame_field(kind: str, index: int, single: bool) -> str:
+    """The request field that carried a kind's frame `index` (for field violations)."""
+    if single and index == 0:
+        return f"{kind}_image"
+    return f"{kind}_images[{index - int(single)}]"
+
+
+def check_burst(
+    vehicle: Sequence[bytes], face: Sequence[bytes], max_bytes: int, max_frames: int = MAX_FRAMES
+) -> None:
+    """INVALID_ARGUMENT naming the limit when a kind has too many frames, or all frames
+    together too many bytes; checked before anything is hashed, decoded or stored."""
+    for kind, frames in (("vehicle", vehicle), ("face", face)):
+        if len(frames) > max_frames:
+            raise InvalidArgument(
+                f"{len(frames)} {kind} frames: at most {max_frames} per event "
+                f"({kind}_image counts as the first)",
+                field=f"{kind}_images",
+                reason="TOO_MANY_FRAMES",
+            )
+    total = sum(len(f) for f in vehicle) + sum(len(f) for f in face)
+    if total > max_bytes:
+        raise InvalidArgument(
+            f"the event's frames hold {total} bytes: at most {max_bytes} "
+            "(authorize_max_bytes) together",
+            field="vehicle_images" if vehicle else "face_images",
+            reason="BURST_TOO_LARGE",
+        )
 
 
 def legacy_digest(gate_id: str, event_id: str, inputs: dict[str, Any]) -> str:

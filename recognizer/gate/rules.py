@@ -51,6 +51,8 @@ REASONS: dict[str, str] = {
     "LIVENESS_UNCERTAIN": "the policy requires liveness and the face's liveness is uncertain "
     "(or was not assessed)",
     "LIVENESS_PASSED": "the policy requires liveness and the face passed",
+    "FACE_FRAMES_DISAGREE": "the burst's face frames do not all show the face used (another "
+    "person, or a photo mixed in): the driver confirms",
 }
 
 _MATCHED = (PlateEvidence.EXACT, PlateEvidence.CANDIDATE)
@@ -78,7 +80,7 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
             p.face_score,
             searched=p.searched,
             clone_prior=policy.clone_prior,
-            templates=p.templates,
+            templates=p.templates * p.frames,  # every (template, frame) pair is a try
         )
         for p in ev.payers
     }
@@ -106,6 +108,9 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
     blocking = _face_conflict(ev, reasons)
     soft = _fraud_signals(ev, policy, reasons)
     attack, uncertain = _liveness(ev, policy, reasons)
+    if ev.face_found and not ev.face_frames_agree:
+        reasons.add("FACE_FRAMES_DISAGREE")
+        soft = True
     blocking = blocking or attack
     soft = soft or uncertain
     if ev.direction is not Direction.UNSPECIFIED and ev.direction.value not in policy.directions:

@@ -48,8 +48,10 @@ class GateRequest:
     """One Authorize call as received: the inputs (hashed, for replay) and the raw frames."""
 
     inputs: EventInputs
-    vehicle_images: tuple[bytes, ...] = field(default=(), repr=False)
+    vehicle_images: tuple[bytes, ...] = field(default=(), repr=False)  # in order
     face_images: tuple[bytes, ...] = field(default=(), repr=False)
+    vehicle_single: bool = True  # the first vehicle frame came in vehicle_image
+    face_single: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +60,9 @@ class GateEvent:
 
     gate_id: str
     event_id: str
-    vehicle_image: np.ndarray | None = field(default=None, repr=False)
+    vehicle_images: tuple[np.ndarray, ...] = field(default=(), repr=False)  # a burst, in order
     plate_text: str = ""
-    face_image: np.ndarray | None = field(default=None, repr=False)
+    face_images: tuple[np.ndarray, ...] = field(default=(), repr=False)
     amount_minor: int = 0
     currency: str = ""
     direction: Direction = Direction.UNSPECIFIED
@@ -84,6 +86,7 @@ class Payer:
     searched: int  # 0: scored 1:1 as a payer of the read plate; N: identified 1:N among N
     bindings: tuple[Binding, ...]
     templates: int = 1  # enrolled faces per identity: an impostor's face gets that many tries
+    frames: int = 1  # face frames of the burst scored (best one used): that many tries more
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ class Evidence:
     face_elsewhere: bool  # the face matches an identity outside the plate's payers
     last_sighting: Sighting | None  # of the plate read, before this event
     face_liveness: Liveness | None = None  # of the face found; None: no face or no stage
+    face_frames_agree: bool = True  # a burst's face frames all show the face used
+    face_frame: int = 0  # the face frame used
+    vehicle_frames_read: int = 0  # vehicle frames read before the plate was settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,8 @@ class Decision:
     policy_id: str
     decision_id: str
     decided_at: float
+    face_frame: int = 0
+    vehicle_frames_read: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2
 from recognizer.errors import InvalidArgument
 from recognizer.face.types import Face, Liveness, LivenessDecision, Quality, Selection
 from recognizer.gate import Decision, Direction, EventInputs, GateRequest, Outcome, sha256_hex
+from recognizer.gate.inputs import check_burst, frames_of
 from recognizer.models import ModelInfo
 from recognizer.plate.types import PlateResult, PlateType
 from recognizer.v1 import common_pb2 as pb
@@ -157,12 +158,14 @@ def timestamp_ns(ts: timestamp_pb2.Timestamp, field: str) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 
 
-def gate_request(request: gate_pb2.AuthorizeRequest) -> GateRequest:
-    """The request's inputs, with the frames hashed and left undecoded (replay comes first)."""
+def gate_request(request: gate_pb2.AuthorizeRequest, max_bytes: int) -> GateRequest:
+    """The request's inputs, with the frames hashed and left undecoded (replay comes first).
+    `max_bytes`: all frames together (authorize_max_bytes)."""
     if request.direction not in DIRECTIONS:
         raise InvalidArgument("unknown direction", field="direction", reason="BAD_ENUM")
-    vehicle = (request.vehicle_image,) if request.vehicle_image else ()
-    face = (request.face_image,) if request.face_image else ()
+    vehicle = frames_of(request.vehicle_image, request.vehicle_images)
+    face = frames_of(request.face_image, request.face_images)
+    check_burst(vehicle, face, max_bytes)
     inputs = EventInputs(
         gate_id=request.gate_id,
         event_id=request.event_id,
@@ -176,7 +179,7 @@ def gate_request(request: gate_pb2.AuthorizeRequest) -> GateRequest:
         if request.HasField("observed_at")
         else 0,
     )
-    return GateRequest(inputs, vehicle, face)
+    return GateRequest(inputs, vehicle, face, bool(request.vehicle_image), bool(request.face_image))
 
 
 def timestamp(epoch: float) -> timestamp_pb2.Timestamp:
@@ -228,6 +231,8 @@ def decision(d: Decision, models: Iterable[Any]) -> gate_pb2.AuthorizeResponse:
         models=model_versions(models),
         decided_at=timestamp(d.decided_at),
         decision_id=d.decision_id,
+        face_frame=d.face_frame,
+        vehicle_frames_read=d.vehicle_frames_read,
     )
     if d.plate is not None:
         msg.plate.CopyFrom(plate(d.plate))
@@ -245,6 +250,8 @@ def decision_record(row: Any) -> gate_pb2.DecisionRecord:
         response=gate_pb2.AuthorizeResponse.FromString(row.payload),
         vehicle_image_sha256=inputs.get("vehicle_image_sha256", ""),
         face_image_sha256=inputs.get("face_image_sha256", ""),
+        vehicle_images_sha256=inputs.get("vehicle_images_sha256", []),
+        face_images_sha256=inputs.get("face_images_sha256", []),
         amount_minor=int(inputs.get("amount_minor", 0)),
         direction=_DIRECTION_ENUM.get(Direction(inputs.get("direction", "unspecified")), 0),
     )

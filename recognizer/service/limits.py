@@ -12,6 +12,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from recognizer.errors import InvalidArgument
+from recognizer.gate.inputs import MAX_FRAMES
 
 DEFAULT_STRING = 256  # characters
 DEFAULT_REPEATED = 100  # items
@@ -28,6 +29,8 @@ STRING_LIMITS: dict[str, int] = {
 }
 REPEATED_LIMITS: dict[str, int] = {
     "images": 10,
+    "vehicle_images": MAX_FRAMES,  # Authorize bursts; with the single field: see gate/inputs
+    "face_images": MAX_FRAMES,
     "metadata": 32,
 }
 MAP_KEY_CHARS = 64

@@ -278,7 +278,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         self, request: gate_pb2.AuthorizeRequest, context: Ctx
     ) -> gate_pb2.AuthorizeResponse:
         principal.require_gate(request.gate_id)
-        gate_request = convert.gate_request(request)
+        gate_request = convert.gate_request(request, self._rt.config.authorize_max_bytes)
         eng = self._rt.engines
         if eng.gate is None:
             raise FailedPrecondition(
