@@ -95,7 +95,12 @@ class PlateDet:
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
 
-    def detect(self, image: np.ndarray) -> list[PlateDetection]:
+    def sizes_for(self, image: np.ndarray) -> tuple[int, ...]:
+        return (576,)
+
+    def detect(
+        self, image: np.ndarray, sizes: tuple[int, ...] | None = None
+    ) -> list[PlateDetection]:
         self.calls.log.append("plate.detect")
         box = np.array([10, 10, 130, 50], np.float32)
         corners = np.array([[10, 10], [130, 10], [130, 50], [10, 50]], np.float32)

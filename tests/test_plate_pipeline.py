@@ -238,7 +238,12 @@ class _FakeDetector:
     def __init__(self, dets: list[PlateDetection]) -> None:
         self.dets = dets
 
-    def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]:
+    def sizes_for(self, image_bgr: np.ndarray) -> tuple[int, ...]:
+        return (576,)
+
+    def detect(
+        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+    ) -> list[PlateDetection]:
         return self.dets
 
 
@@ -301,6 +306,41 @@ def test_pipeline_with_fakes_reads_every_plate() -> None:
     assert r.confidence == pytest.approx(0.9**7)
     assert r.corners.shape == (4, 2) and r.box.shape == (4,)
     assert res[1].plate_type is PlateType.GREEN_NEW_ENERGY
+
+
+class _TwoPassDetector(_FakeDetector):
+    """A large frame: a near plate at the first size, a far one only at the second."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.passes: list[tuple[int, ...]] = []
+
+    def sizes_for(self, image_bgr: np.ndarray) -> tuple[int, ...]:
+        return (576, 960)
+
+    def detect(
+        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+    ) -> list[PlateDetection]:
+        sizes = sizes or self.sizes_for(image_bgr)
+        self.passes.append(sizes)
+        return [_det(10)] + ([_det(200)] if 960 in sizes else [])
+
+
+@pytest.mark.parametrize(
+    ("enough", "passes", "plates"),
+    [
+        (None, [(576, 960)], 2),  # ReadPlates: every plate, both passes
+        (lambda reads: True, [(576,)], 1),  # the gate has what it needs from the first
+        (lambda reads: False, [(576,), (576, 960)], 2),  # it does not: the whole frame
+    ],
+)
+def test_the_far_plate_pass_runs_only_when_the_first_is_not_enough(
+    enough: object, passes: list[tuple[int, ...]], plates: int
+) -> None:
+    det = _TwoPassDetector()
+    rec = PlateRecognizer(det, _FakeReader("main", ["皖A12345", "京A54321"] * 2), None)
+    res = rec.read(_blue_frame(), enough=enough)  # type: ignore[arg-type]
+    assert det.passes == passes and len(res) == plates
 
 
 def test_pipeline_alt_reader_used_when_main_invalid() -> None:

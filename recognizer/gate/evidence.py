@@ -85,7 +85,7 @@ class EvidenceGatherer:
         reads: list[PlateResult] = []
         read = len(frames)
         if len(frames) == 1:  # the pipeline checks the budget per stage
-            reads = list(self.plates.read(frames[0]))
+            reads = list(self.plates.read(frames[0], enough=self._names_a_payer))
         elif frames:
             reads, read = self._read_burst(frames)
         if event.plate_text:
@@ -100,11 +100,15 @@ class EvidenceGatherer:
         per_frame: list[list[PlateResult]] = []
         voted: list[PlateResult] = []
         for image in frames:
-            per_frame.append(list(self.plates.read(image)))
+            per_frame.append(list(self.plates.read(image, enough=self._names_a_payer)))
             voted = vote_plates(per_frame, lambda text: is_valid(text, mode))
             if any(self.store.identities_for_plate(v.text) for v in voted):
                 break
         return voted or [r for reads in per_frame for r in reads], len(per_frame)
+
+    def _names_a_payer(self, reads: Sequence[PlateResult]) -> bool:
+        """A valid read of a bound plate: the far-plate detector pass cannot add to it."""
+        return any(r.pattern_valid and self.store.identities_for_plate(r.text) for r in reads)
 
     def _face_branch(self, event: GateEvent) -> tuple[FrameFace, ...]:
         return self.identity.faces.analyze_frames(event.face_images)

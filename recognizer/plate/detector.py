@@ -105,8 +105,12 @@ class PlateDetector:
         boxes = np.clip(boxes, 0, [w, h, w, h])
         return boxes, corners[:, _CORNER_ORDER], scores[idx]
 
-    def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]:
-        found = [self._candidates(image_bgr, size) for size in self.sizes_for(image_bgr)]
+    def detect(
+        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+    ) -> list[PlateDetection]:
+        """Plates at each input size (default `sizes_for`), through one NMS."""
+        sizes = sizes or self.sizes_for(image_bgr)
+        found = [self._candidates(image_bgr, size) for size in sizes]
         boxes = np.concatenate([f[0] for f in found]).reshape(-1, 4)
         corners = np.concatenate([f[1] for f in found]).reshape(-1, 4, 2)
         scores = np.concatenate([f[2] for f in found])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +39,10 @@ from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 
 
 class Detector(Protocol):
-    def detect(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
+    def sizes_for(self, image_bgr: np.ndarray) -> tuple[int, ...]: ...
+    def detect(
+        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+    ) -> list[PlateDetection]: ...
 
 
 class Reader(Protocol):
@@ -339,12 +342,33 @@ class PlateRecognizer:
         return out
 
     # -- public API ------------------------------------------------------------------------
-    def read(self, image_bgr: np.ndarray, max_candidates: int = 5) -> list[PlateResult]:
-        """Every plate in a frame, in detector order (most confident first); [] if none."""
+    def read(
+        self,
+        image_bgr: np.ndarray,
+        max_candidates: int = 5,
+        enough: Callable[[list[PlateResult]], bool] | None = None,
+    ) -> list[PlateResult]:
+        """Every plate in a frame, in detector order (most confident first); [] if none.
+
+        With `enough`, a frame that gets the second (far-plate) detector pass is first read
+        at the first size alone, and that answer stands when `enough` accepts it: the gate
+        stops once a read names a payer's plate. Otherwise the frame is read whole, as
+        without `enough` (the first size's detections again, through the joint NMS)."""
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
+        sizes = self.detector.sizes_for(image_bgr)
+        if enough is not None and len(sizes) > 1:
+            first = self._read_at(image_bgr, sizes[:1], max_candidates)
+            if enough(first):
+                return first
+        return self._read_at(image_bgr, sizes, max_candidates)
+
+    def _read_at(
+        self, image_bgr: np.ndarray, sizes: tuple[int, ...], max_candidates: int
+    ) -> list[PlateResult]:
+        assert self.detector is not None
         with deadline.stage("plate.detect"):
-            dets = self.detector.detect(image_bgr)
+            dets = self.detector.detect(image_bgr, sizes)
         if not dets:
             return []
         results = self._results(
