@@ -248,6 +248,12 @@ def burst_latency(
     help="Also send every event as bursts of this many frames (perturbed copies, and "
     "distinct photos where a person has enough), reported beside one frame.",
 )
+@click.option(
+    "--large",
+    is_flag=True,
+    help="Every face set, grayscale (infrared) ones too, and more impostor events per payer: "
+    "at least 800 genuine and 2,000 impostor events on the sample data.",
+)
 def fusion(
     dataset: Path | None,
     profile: str,
@@ -259,6 +265,7 @@ def fusion(
     probe_from: int | None,
     require_liveness: bool,
     burst: int,
+    large: bool,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -283,6 +290,7 @@ def fusion(
             probe_from=probe_from,
             require_liveness=require_liveness,
             burst=burst,
+            large=large,
         )
     _done(dest / "report.md")
 

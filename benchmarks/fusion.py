@@ -122,16 +122,24 @@ class Rate:
         return self.errors / self.n if self.n else float("nan")
 
 
+# --large: impostor events per payer (the default is 3 other payers' faces and 2 clones).
+LARGE_WRONG_FACES = 10
+LARGE_CLONES = 6
+LARGE_HELD = 6  # strangers: the people with the fewest photos, so the rest are probes
+
+
 def rate(errors: int, n: int) -> Rate:
     lo, hi = wilson_ci(errors, n)
     return Rate(errors, n, lo, hi)
 
 
-def _people(faces_root: Path) -> dict[str, list[Path]]:
+def _people(faces_root: Path, grayscale: bool = False) -> dict[str, list[Path]]:
+    """Everyone with two photos or more; grayscale sets (an infrared gate camera) only when
+    asked: the default bench is a colour camera."""
     people: dict[str, list[Path]] = defaultdict(list)
     for s in discover_face_sets(faces_root):
-        if s.grayscale:
-            continue  # colour camera at the gate; grayscale sets are reported elsewhere
+        if s.grayscale and not grayscale:
+            continue
         for img in s.images:
             people[f"{s.name}/{img.identity}"].append(img.path)
     return {k: v for k, v in people.items() if len(v) >= 2}
@@ -154,14 +162,21 @@ def plan(
     seed: int = 0,
     holdout_fraction: float = 0.2,
     max_people: int | None = None,
+    hold_fewest: int | None = None,
 ) -> tuple[dict[str, tuple[Path, str]], list[str], list[tuple[Path, str]]]:
-    """Who is enrolled with which vehicle, who is held out, and the unbound vehicles."""
+    """Who is enrolled with which vehicle, who is held out, and the unbound vehicles.
+    `hold_fewest`: hold out that many of the people with the fewest photos (so nearly every
+    photo is a genuine probe), instead of a random `holdout_fraction`."""
     rng = np.random.default_rng(seed)
     names = sorted(people)
     rng.shuffle(names)
     if max_people:
         names = names[:max_people]
-    n_hold = max(2, int(len(names) * holdout_fraction))
+    if hold_fewest:
+        names.sort(key=lambda n: len(people[n]))  # stable: the shuffle breaks ties
+        n_hold = hold_fewest
+    else:
+        n_hold = max(2, int(len(names) * holdout_fraction))
     held, enrolled = names[:n_hold], names[n_hold:]
     order = list(range(len(vehicles)))
     rng.shuffle(order)
@@ -229,6 +244,7 @@ def run(
     probe_from: int | None = None,
     require_liveness: bool = False,
     burst: int = 1,
+    large: bool = False,
 ) -> Report:
     """`enrol_photos`: photos per payer given to EnrollFace (at most all but one, so every
     payer keeps a genuine probe); genuine probes are the photos from `probe_from` on (default
@@ -238,15 +254,24 @@ def run(
     `burst` > 1: every event is also sent as bursts of that many vehicle and face frames,
     built two ways (benchmarks/bursts.py): from the photo and perturbed copies, and from
     distinct photos of the person where they have enough; both are reported beside one
-    frame (the vehicle frames are perturbed copies in both: one frame per car)."""
+    frame (the vehicle frames are perturbed copies in both: one frame per car).
+    `large`: every face set, grayscale ones too (an infrared gate camera); the strangers are
+    the LARGE_HELD people with the fewest photos, and each payer gets more impostor events
+    (LARGE_WRONG_FACES other payers' faces, LARGE_CLONES cloned plates): the issue's 800
+    genuine and 2,000 impostor events."""
     from benchmarks.service import inprocess_server
     from recognizer.client import Client
     from recognizer.policy import PolicySet
     from recognizer.v1 import identity_pb2, recognition_pb2
 
-    people = _people(faces_root)
+    people = _people(faces_root, grayscale=large)
     vehicles = _vehicles(plates_root)
-    owned, held, unbound = plan(people, vehicles, max_people=24 if quick else None)
+    owned, held, unbound = plan(
+        people,
+        vehicles,
+        max_people=24 if quick else None,
+        hold_fewest=LARGE_HELD if large else None,
+    )
     if quick:
         unbound = unbound[:12]
     policy = {**POLICY, "require_liveness": require_liveness}
@@ -321,7 +346,8 @@ def run(
             misread[car] = owner
             plates_of[ids[owner]].add(alts[0])
         start = enrol_photos if probe_from is None else max(probe_from, enrol_photos)
-        events = events_for(people, owned, held, unbound, misread, probe_from=start)
+        per_payer = {"wrong_faces": LARGE_WRONG_FACES, "clones": LARGE_CLONES} if large else {}
+        events = events_for(people, owned, held, unbound, misread, probe_from=start, **per_payer)
         decide = _Decider(c, ids, refs, plates_of)
         outcomes = [decide(ev) for ev in progress(events, "authorize")]
         bursts = _burst_runs(decide, events, people, start, burst) if burst > 1 else None
@@ -330,6 +356,7 @@ def run(
     variant = [f"enrolment photos: {enrol_photos}"] if enrol_photos > 1 or probe_from else []
     variant += ["liveness required"] if require_liveness else []
     variant += [f"bursts of {burst}"] if burst > 1 else []
+    variant += ["every face set, grayscale too"] if large else []
     if variant:  # RESULTS.md shows several fusion runs: each title says which it is
         rep.title = f"Fusion benchmark ({profile} profile, {', '.join(variant)})"
     rep.sections.insert(
