@@ -157,10 +157,6 @@ class _Conn:
         return cur
 
 
-def is_url(value: str) -> bool:
-    return value.startswith(("postgresql://", "postgres://"))
-
-
 class PostgresStore(SqlStore):
     shared = True  # other nodes write too: a gallery on it must follow the change log
 
