@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -110,15 +111,21 @@ class EvidenceGatherer:
         """A valid read of a bound plate: the far-plate detector pass cannot add to it."""
         return any(r.pattern_valid and self.store.identities_for_plate(r.text) for r in reads)
 
-    def _face_branch(self, event: GateEvent) -> tuple[FrameFace, ...]:
-        return self.identity.faces.analyze_frames(event.face_images)
-
     def _run_branches(
         self, event: GateEvent
     ) -> tuple[tuple[list[PlateResult], int], tuple[FrameFace, ...]]:
-        # Both branches run at once; the face branch runs in this thread to save a hop.
+        """Both branches at once; the first face frame is analysed in this thread to save a
+        hop. A burst's other face frames go to the pool beside the plate branch: every face
+        frame is still analysed (the same-person check needs them all), on both cores."""
+        analyze = self.identity.faces.analyze_frames
+        frames = event.face_images
         plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event))
-        faces = self._face_branch(event)
+        rest_future = (
+            accounting.submit(self._pool, lambda: analyze(frames[1:])) if len(frames) > 1 else None
+        )
+        faces = analyze(frames[:1])
+        if rest_future is not None:
+            faces += tuple(replace(ff, frame=ff.frame + 1) for ff in rest_future.result())
         return plate_future.result(), faces
 
     # --- the face frame -----------------------------------------------------------------------
