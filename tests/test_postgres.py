@@ -255,3 +255,17 @@ def test_keys_encrypt_and_check_on_postgres(pg_url: str, tmp_path: Path) -> None
     got = np.stack([r.vector for r in sealed.templates(who, MODEL)])
     np.testing.assert_allclose(got, vectors, atol=1e-6)
     sealed.close()
+
+
+def test_backup_and_restore_commands_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    s = PostgresStore(pg_url)
+    s.create_identity("b")
+    s.close()
+    env = {"RECOGNIZER_DATABASE_URL": pg_url}
+    dest = tmp_path / "backup"
+    done = _cli("backup", str(dest), "--data-dir", str(tmp_path / "data"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert (dest / "recognizer.pgdump").stat().st_size > 0
+    assert "pg_dump" in done.stdout and "@" in done.stdout  # the location, no password
+    refused = _cli("restore", str(dest), "--data-dir", str(tmp_path / "data"), env=env)
+    assert refused.returncode != 0 and "pg_restore" in refused.stderr
