@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -64,14 +65,31 @@ def start_server(
     return create_server(config, runtime)
 
 
+@contextmanager
+def loaded_server(tmp: Path, **kwargs: Any) -> Iterator[RunningServer]:
+    """`start_server` on the real default models, once they are loaded; stopped after."""
+    require_models("default")
+    running = start_server(tmp, **kwargs)
+    try:
+        assert running.runtime.wait(180), "models failed to load"
+        yield running
+    finally:
+        running.stop(grace=1.0)
+
+
 @pytest.fixture(scope="session")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server on the real default models, shared by the end-to-end tests."""
-    require_models("default")
-    running = start_server(tmp_path_factory.mktemp("server"))
-    assert running.runtime.wait(180), "models failed to load"
-    yield running
-    running.stop(grace=1.0)
+    with loaded_server(tmp_path_factory.mktemp("server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def c(server: RunningServer) -> Iterator[Client]:
+    """An admin client of the module's own `server` fixture."""
+    client = client_for(server, "admin")
+    yield client
+    client.close()
 
 
 def client_for(running: RunningServer, role: str | None) -> Client:
@@ -85,10 +103,10 @@ def admin(real_server: RunningServer) -> Iterator[Client]:
     c.close()
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[object]:
-    """One throwaway PostgreSQL on 127.0.0.1 for the session (scripts/pg_local.py); each
-    test takes a database of its own from `pg_url`."""
+@contextmanager
+def local_postgres(prefix: str = "recognizer-pg-") -> Iterator[Any]:
+    """A throwaway PostgreSQL on 127.0.0.1 (scripts/pg_local.py), `missing` without the
+    server binaries; stopped and removed afterwards."""
     import shutil
     import tempfile
 
@@ -99,11 +117,22 @@ def pg_cluster() -> Iterator[object]:
     except pg_local.PostgresUnavailable as exc:
         missing(str(exc))
     # Under /tmp itself: when we are root the server runs as another user, who must reach it.
-    data = Path(tempfile.mkdtemp(prefix="recognizer-pg-"))
-    cluster = pg_local.start(data, durable=False)
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        cluster = pg_local.start(data, durable=False)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One PostgreSQL for the session; each test takes a database of its own from `pg_url`."""
+    with local_postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture()

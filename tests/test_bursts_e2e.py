@@ -17,7 +17,7 @@ from recognizer.client import Client
 from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
-from tests.conftest import KEYS, client_for, dataset, require_models, start_server
+from tests.conftest import KEYS, dataset, loaded_server
 from tests.helpers import error_reason as reason
 from tests.helpers import lfw_face as face
 from tests.helpers import make_payer as payer
@@ -39,20 +39,10 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_models("default")
-    running = start_server(
+    with loaded_server(
         tmp_path_factory.mktemp("bursts"), policies=PolicySet.from_config([POLICY])
-    )
-    assert running.runtime.wait(180), "models failed to load"
-    yield running
-    running.stop(grace=1.0)
-
-
-@pytest.fixture(scope="module")
-def c(server: RunningServer) -> Iterator[Client]:
-    client = client_for(server, "admin")
-    yield client
-    client.close()
+    ) as running:
+        yield running
 
 
 def scene_path(k: int) -> Path:

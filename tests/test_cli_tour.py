@@ -15,7 +15,7 @@ import pytest
 
 from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
-from tests.conftest import KEYS, REPO, dataset, require_models, start_server
+from tests.conftest import KEYS, REPO, dataset, loaded_server
 from tests.helpers import scene
 
 POLICY = {"policy_id": "tour", "gates": ["P1-*"], "target_far": 1e-5, "track_presence": False}
@@ -23,13 +23,10 @@ POLICY = {"policy_id": "tour", "gates": ["P1-*"], "target_far": 1e-5, "track_pre
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_models("default")
-    running = start_server(
+    with loaded_server(
         tmp_path_factory.mktemp("tour"), policies=PolicySet.from_config([POLICY])
-    )
-    assert running.runtime.wait(180), "models failed to load"
-    yield running
-    running.stop(grace=1.0)
+    ) as running:
+        yield running
 
 
 def cli(server: RunningServer, *args: str, as_json: bool = True) -> str | dict:

@@ -4,8 +4,6 @@ everything comes back when the database does (a real server and a real database,
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import grpc
 import pytest
 
 from recognizer.v1 import identity_pb2
-from tests.conftest import client_for, missing, require_models, start_server
+from tests.conftest import client_for, loaded_server, local_postgres
 from tests.helpers import error_reason
 
 RECOGNITION = "recognizer.v1.RecognitionService"
@@ -22,16 +20,12 @@ RECOGNITION = "recognizer.v1.RecognitionService"
 def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: Path) -> None:
     from scripts import pg_local
 
-    require_models("default")
-    try:
-        pg_local.bindir()
-    except pg_local.PostgresUnavailable as exc:
-        missing(str(exc))
-    data = Path(tempfile.mkdtemp(prefix="recognizer-pg-down-"))
-    db = pg_local.start(data, durable=False)
-    running = start_server(tmp_path, database_url=db.url, replica_poll_s=0.1, replica_max_lag_s=1.0)
-    try:
-        assert running.runtime.wait(180)
+    with (
+        local_postgres("recognizer-pg-down-") as db,
+        loaded_server(
+            tmp_path, database_url=db.url, replica_poll_s=0.1, replica_max_lag_s=1.0
+        ) as running,
+    ):
         admin = client_for(running, "admin")
         create = identity_pb2.CreateIdentityRequest(display_name="before")
         admin.identity.CreateIdentity(create, metadata=admin.metadata, timeout=10)
@@ -47,7 +41,7 @@ def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: 
             assert time.monotonic() < deadline, "health did not follow the database down"
             time.sleep(0.1)
         assert admin.health() == "SERVING"  # the process is alive: only 1:N work stops
-        pg_local.start(data, durable=False, port=db.port)  # the same database comes back
+        pg_local.start(db.data, durable=False, port=db.port)  # the same database comes back
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -66,7 +60,3 @@ def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: 
         )
         assert [i.display_name for i in listed.identities] == ["before", "before"]
         admin.close()
-    finally:
-        running.stop(grace=1.0)
-        db.stop()
-        shutil.rmtree(data, ignore_errors=True)

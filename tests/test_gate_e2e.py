@@ -21,7 +21,7 @@ from recognizer.service.runtime import fusion_path
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests import helpers
-from tests.conftest import client_for, missing, require_models, start_server
+from tests.conftest import client_for, loaded_server, missing
 from tests.helpers import lfw_face as face
 
 POLICY = {
@@ -41,22 +41,12 @@ def scene() -> tuple[bytes, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_models("default")
-    running = start_server(
+    with loaded_server(
         tmp_path_factory.mktemp("gate"), policies=PolicySet.from_config([POLICY])
-    )
-    assert running.runtime.wait(180)
-    if not fusion_path(running.runtime.config).is_file():
-        missing("no fusion calibration; run scripts/calibrate_fusion.py")
-    yield running
-    running.stop(grace=1.0)
-
-
-@pytest.fixture(scope="module")
-def c(server: RunningServer) -> Iterator[Client]:
-    client = client_for(server, "admin")
-    yield client
-    client.close()
+    ) as running:
+        if not fusion_path(running.runtime.config).is_file():
+            missing("no fusion calibration; run scripts/calibrate_fusion.py")
+        yield running
 
 
 def payer(c: Client, name: str, plates: list[str]) -> str:

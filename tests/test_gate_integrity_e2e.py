@@ -17,7 +17,7 @@ from recognizer.client import Client
 from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
-from tests.conftest import client_for, require_models, start_server
+from tests.conftest import loaded_server
 from tests.helpers import error_reason as reason
 from tests.helpers import lfw_face as face
 from tests.helpers import make_payer as payer
@@ -44,22 +44,12 @@ _plates = (f"京D{n:05d}" for n in itertools.count(20000))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_models("default")
-    running = start_server(
+    with loaded_server(
         tmp_path_factory.mktemp("integrity"),
         extra_keys=f"gate@I-north*|I-east:{SCOPED_KEY}",
         policies=PolicySet.from_config([POLICY]),
-    )
-    assert running.runtime.wait(180), "models failed to load"
-    yield running
-    running.stop(grace=1.0)
-
-
-@pytest.fixture(scope="module")
-def c(server: RunningServer) -> Iterator[Client]:
-    client = client_for(server, "admin")
-    yield client
-    client.close()
+    ) as running:
+        yield running
 
 
 def request(gate: str = "I-1", **fields: object) -> gate_pb2.AuthorizeRequest:

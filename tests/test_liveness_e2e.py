@@ -16,7 +16,11 @@ from recognizer.client import Client
 from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import common_pb2, gate_pb2, identity_pb2, recognition_pb2
-from tests.conftest import client_for, dataset, files_in, require_models, start_server
+from tests.conftest import (
+    dataset,
+    files_in,
+    loaded_server,
+)
 from tests.helpers import error_reason
 
 SUBJECT = "0001"
@@ -54,22 +58,12 @@ PROBE_PRINT = (0, 60, 120)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_models("default")
-    running = start_server(
+    with loaded_server(
         tmp_path_factory.mktemp("liveness"),
         policies=PolicySet.from_config(POLICIES),
         enroll_require_liveness=True,
-    )
-    assert running.runtime.wait(180), "models failed to load"
-    yield running
-    running.stop(grace=1.0)
-
-
-@pytest.fixture(scope="module")
-def c(server: RunningServer) -> Iterator[Client]:
-    client = client_for(server, "admin")
-    yield client
-    client.close()
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, recognition_pb2
-from tests.conftest import client_for, require_models, start_server
+from tests.conftest import client_for, loaded_server
 from tests.helpers import lfw_face
 
 
@@ -26,11 +26,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_models("default")
-    running = start_server(tmp_path_factory.mktemp("metrics"), metrics_port=free_port())
-    assert running.runtime.wait(180), "models failed to load"
-    yield running
-    running.stop(grace=1.0)
+    with loaded_server(tmp_path_factory.mktemp("metrics"), metrics_port=free_port()) as running:
+        yield running
 
 
 def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
