@@ -361,8 +361,9 @@ class Gallery:
         return x
 
     def sync(self) -> int:
-        """Replay the store's settled changes into the index; returns how many. Removals
-        made by another node are checkpointed at once, as this node's own are."""
+        """Replay the store's settled changes into the index; returns how many. A replay
+        that removed vectors (this node's deletions or another node's) checkpoints them out
+        of the index file at once."""
         if not self._ready:  # before open() the store alone is written; open() replays it
             return 0
         with self._lock.write():
@@ -371,9 +372,6 @@ class Gallery:
         if removed:
             self._after_delete()
         return applied
-
-    def _sync(self) -> None:
-        self.sync()
 
     def enroll(
         self,
@@ -386,19 +384,17 @@ class Gallery:
         """Store first (the source of truth, with its audit record), then the index."""
         x = self._unit_rows(vectors, "vectors")
         rows = self.store.add_templates(identity_id, x, self.model, source, quality, audit)
-        self._sync()
+        self.sync()
         return rows
 
     def remove_template(self, identity_id: str, label: int, audit: AuditEntry | None = None) -> int:
         remaining = self.store.remove_template(identity_id, label, audit)
-        self._sync()
-        self._after_delete()
+        self.sync()
         return remaining
 
     def delete_identity(self, identity_id: str, audit: AuditEntry | None = None) -> DeleteCounts:
         counts = self.store.delete_identity(identity_id, audit)
-        self._sync()
-        self._after_delete()
+        self.sync()
         return counts
 
     def _after_delete(self) -> None:
@@ -485,7 +481,7 @@ class Gallery:
             )
             self.rebuild()
         elif later:
-            self._sync()
+            self.sync()
         return GalleryStats(
             model=self.model,
             dim=self.dim,
