@@ -43,13 +43,17 @@ class BackupInfo:
     created_at: float
 
 
+def _require_empty(dest: Path) -> None:
+    if dest.exists() and any(dest.iterdir()):
+        raise InvalidArgument(f"{dest} exists and is not empty", field="dest")
+
+
 def backup(data_dir: Path, dest: Path, cipher: TemplateCipher | None = None) -> BackupInfo:
     """Online snapshot of a data directory (the server may be running)."""
     db = data_dir / DB_NAME
     if not db.is_file():
         raise InvalidArgument(f"no store at {db}", field="data_dir")
-    if dest.exists() and any(dest.iterdir()):
-        raise InvalidArgument(f"{dest} exists and is not empty", field="dest")
+    _require_empty(dest)
     store = SqliteStore(db, cipher or NullCipher())  # refuses a key that does not fit
     try:
         files.private_dir(dest)
@@ -105,8 +109,7 @@ def backup_postgres(
 ) -> BackupInfo:
     """pg_dump of a PostgreSQL store into DEST (key checked first). The FAISS index files
     are not part of it: every node rebuilds or replays its own from the restored store."""
-    if dest.exists() and any(dest.iterdir()):
-        raise InvalidArgument(f"{dest} exists and is not empty", field="dest")
+    _require_empty(dest)
     store = location.open(cipher or NullCipher())
     try:
         files.private_dir(dest)

@@ -25,12 +25,13 @@ class StoreLocation:
     def of(cls, config: Config) -> StoreLocation:
         return cls(url=config.database_url) if config.uses_postgres else cls(config.db_path)
 
-    def open(self, cipher: TemplateCipher) -> Any:
-        """The adapter (SqlStore), key-checked and migrated."""
+    def open(self, cipher: TemplateCipher, pool_size: int = 2) -> Any:
+        """The adapter (SqlStore), key-checked and migrated; `pool_size` connections on
+        PostgreSQL (a command needs few, a server `database_pool_size`)."""
         if self.url:
-            from recognizer.gallery.postgres import PostgresStore
+            from recognizer.gallery.postgres import PostgresStore  # psycopg only when used
 
-            return PostgresStore(self.url, cipher, pool_size=2)
+            return PostgresStore(self.url, cipher, pool_size=pool_size)
         from recognizer.gallery.store import SqliteStore
 
         return SqliteStore(self._path, cipher)
@@ -66,14 +67,10 @@ class StoreLocation:
 def open_store(config: Config, cipher: TemplateCipher) -> Store:
     """SQLite under data_dir (the embedded default), or PostgreSQL for `postgresql://` URLs.
     Either way the key is checked first and pending schema migrations are applied."""
-    if config.uses_postgres:
-        from recognizer.gallery.postgres import PostgresStore  # psycopg only when used
-
-        return PostgresStore(config.database_url, cipher, pool_size=config.database_pool_size)
-    from recognizer.gallery.store import SqliteStore
-
-    private_dir(config.db_path.parent)
-    return SqliteStore(config.db_path, cipher=cipher)
+    if not config.uses_postgres:
+        private_dir(config.db_path.parent)
+    store: Store = StoreLocation.of(config).open(cipher, config.database_pool_size)
+    return store
 
 
 def describe(config: Config) -> str:
