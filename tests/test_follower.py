@@ -158,3 +158,26 @@ def test_a_removal_made_on_another_node_leaves_this_nodes_index_file_at_once(
     assert loaded is not None and label not in loaded[0].labels()
     gallery.close()
     other.close()
+
+
+def test_a_removal_replayed_by_a_rebuild_leaves_the_index_file_too(tmp_path: Path) -> None:
+    """Many changes at once are applied by rebuilding: a deletion among them must still be
+    checkpointed out of the file at once (the periodic save may be far off)."""
+    from recognizer.gallery.index import VectorIndex
+
+    store = SqliteStore(tmp_path / "s.db")
+    gallery = Gallery(store, model="m", dim=4, index_path=tmp_path / "x.faiss")
+    gallery.replay_rebuild_fraction = 0.0
+    gallery.open()
+    who = store.create_identity("p").id
+    gallery.enroll(who, np.eye(4, dtype=np.float32)[:1])
+    gallery.checkpoint(force=True)
+    labels = store.template_labels(who)
+    rows = np.random.default_rng(0).standard_normal((10_001, 4)).astype(np.float32)
+    store.add_templates(
+        store.create_identity("q").id, rows / np.linalg.norm(rows, axis=1, keepdims=True), "m"
+    )
+    gallery.delete_identity(who)  # 10,002 changes since the watermark: replayed by a rebuild
+    loaded = VectorIndex.load(tmp_path / "x.faiss")
+    assert loaded is not None and not set(labels) & set(loaded[0].labels().tolist())
+    gallery.close()

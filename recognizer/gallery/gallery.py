@@ -288,6 +288,8 @@ class Gallery:
         if len(changes) > big:
             log.info("%d changes to replay; rebuilding instead", len(changes))
             self._rebuild_locked()
+            # The rebuilt index left the removed vectors out: the file must lose them too.
+            self._removed = self._removed or any(ch.op == "remove" for ch in changes)
             return len(changes)
         # Labels are never reused, so each has at most one add and one remove: its last op
         # says whether it belongs in the index.
