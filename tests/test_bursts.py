@@ -196,6 +196,28 @@ def test_every_frame_with_a_face_is_analysed_in_one_embedding_call(
     assert pipeline.analyze_frames([]) == ()
 
 
+def test_glimpses_embed_the_front_view_only_and_skip_liveness(pipeline: FacePipeline) -> None:
+    seen = pipeline.glimpse_frames([frame(30), frame(0), frame(200)], first=1)
+    assert [g.frame for g in seen] == [1, 3]  # numbered from `first`; no face, no glimpse
+    embedder, liveness = pipeline.embedder, pipeline.liveness
+    assert embedder.fronts == [2] and embedder.calls == [2]  # type: ignore[attr-defined]
+    assert embedder.finished == []  # type: ignore[attr-defined]
+    assert liveness.frames == []  # type: ignore[union-attr]
+    np.testing.assert_allclose([np.linalg.norm(g.embedding) for g in seen], 1.0)
+    assert pipeline.glimpse_frames([]) == ()
+
+
+def test_completing_a_glimpse_adds_the_mirror_view_and_liveness(pipeline: FacePipeline) -> None:
+    glimpse = pipeline.glimpse_frames([frame(30), frame(200)])[1]
+    done = pipeline.complete(glimpse)
+    assert done.frame == 1 and done.face.face is glimpse.face
+    assert pipeline.embedder.finished == [1]  # type: ignore[attr-defined]
+    # Liveness runs on the completed frame alone, on that frame's pixels.
+    assert pipeline.liveness.frames == [200.0]  # type: ignore[union-attr]
+    assert done.face.liveness == Liveness(0.9, LivenessDecision.LIVE)
+    assert done.face.quality == glimpse.quality
+
+
 # --- limits and digests ---------------------------------------------------------------------
 
 

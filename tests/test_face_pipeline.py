@@ -282,6 +282,8 @@ class FakeEmbedder:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.fronts: list[int] = []
+        self.finished: list[int] = []
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         self.calls.append(len(crops))
@@ -289,6 +291,14 @@ class FakeEmbedder:
         out = np.zeros((len(crops), self.dim), np.float32)
         out[np.arange(len(crops)), np.arange(len(crops)) % self.dim] = 1
         return out
+
+    def front(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        self.fronts.append(len(crops))
+        return 2 * self.embed(crops)  # raw, unnormalised
+
+    def finish(self, crops: Sequence[np.ndarray], front: np.ndarray) -> np.ndarray:
+        self.finished.append(len(crops))
+        return front / np.linalg.norm(front, axis=1, keepdims=True)
 
 
 class LinearModel:
@@ -327,6 +337,31 @@ def test_flip_embedding_sums_a_crop_and_its_mirror(cls: type[SFaceEmbedder]) -> 
     np.testing.assert_allclose(flip.embed(mirrors), vectors, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(plain.embed(mirrors), plain.embed(crops), atol=1e-3)
+
+
+@pytest.mark.parametrize("cls", [SFaceEmbedder, ArcFaceEmbedder])
+@pytest.mark.parametrize("flip", [True, False])
+def test_a_front_view_finished_later_is_the_full_embedding(
+    cls: type[SFaceEmbedder], flip: bool
+) -> None:
+    model = LinearModel(batch=None if cls.batched else 1)
+    rng = np.random.default_rng(5)
+    crops = [rng.integers(0, 255, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    embedder = cls(model, flip=flip)  # type: ignore[arg-type]
+    model.calls.clear()
+    front = embedder.front(crops)
+    # Half the work of embed when it flips: the crops as they are, no mirrors.
+    assert model.calls == ([3] if cls.batched else [1] * 3)
+    np.testing.assert_allclose(
+        front,
+        np.concatenate([model.run(to_blob([c], cls.preprocess))[0] for c in crops]),
+        rtol=1e-5,
+    )
+    model.calls.clear()
+    finished = embedder.finish(crops[1:2], front[1:2])
+    assert model.calls == ([1] if flip else [])  # only the mirror is still to run
+    np.testing.assert_allclose(finished, embedder.embed(crops[1:2]), atol=1e-5)
+    assert embedder.front([]).shape == (0, embedder.dim)
 
 
 def test_real_embedders_see_a_face_and_its_mirror_as_one(default_pipeline: FacePipeline) -> None:

@@ -10,15 +10,14 @@ Everything it returns is plain data for `rules.decide`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from recognizer import accounting, deadline
-from recognizer.face.types import AnalyzedFace, FrameFace
+from recognizer.face.types import AnalyzedFace, FrameFace, Glimpse
 from recognizer.fusion import PlateEvidence
 from recognizer.gallery.ports import Bindings, Sightings
 from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, Sighting
@@ -113,51 +112,81 @@ class EvidenceGatherer:
 
     def _run_branches(
         self, event: GateEvent
-    ) -> tuple[tuple[list[PlateResult], int], tuple[FrameFace, ...]]:
-        """Both branches at once; the first face frame is analysed in this thread to save a
-        hop. A burst's other face frames go to the pool beside the plate branch: every face
-        frame is still analysed (the same-person check needs them all), on both cores."""
-        analyze = self.identity.faces.analyze_frames
+    ) -> tuple[tuple[list[PlateResult], int], tuple[FrameFace, ...], tuple[Glimpse, ...]]:
+        """Both branches at once. The first face frame is analysed in full in this thread (a
+        one-frame event costs what it did before bursts); a burst's other face frames are
+        glimpsed (front view only, no liveness) in the pool beside the plate branch: enough
+        to choose the frame and to check that every frame shows one person."""
+        faces = self.identity.faces
         frames = event.face_images
         plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event))
         rest_future = (
-            accounting.submit(self._pool, lambda: analyze(frames[1:])) if len(frames) > 1 else None
+            accounting.submit(self._pool, lambda: faces.glimpse_frames(frames[1:], first=1))
+            if len(frames) > 1
+            else None
         )
-        faces = analyze(frames[:1])
-        if rest_future is not None:
-            faces += tuple(replace(ff, frame=ff.frame + 1) for ff in rest_future.result())
-        return plate_future.result(), faces
+        analysed = faces.analyze_frames(frames[:1])
+        glimpses = rest_future.result() if rest_future is not None else ()
+        return plate_future.result(), analysed, glimpses
 
     # --- the face frame -----------------------------------------------------------------------
 
+    def _choose(
+        self,
+        analysed: Sequence[FrameFace],
+        glimpses: Sequence[Glimpse],
+        top: Callable[[np.ndarray], float],
+    ) -> FrameFace:
+        """The frame whose face scores highest by `top`. A glimpse is completed (its mirror
+        view and liveness added) only when its quick score beats the first frame's full one;
+        the frame used is the best of the full scores."""
+        full = [(top(ff.face.embedding), ff) for ff in analysed]
+        if glimpses:
+            quick, best = max(((top(g.embedding), g) for g in glimpses), key=lambda t: t[0])
+            if not full or quick > full[0][0]:
+                done = self.identity.faces.complete(best)
+                full.append((top(done.face.embedding), done))
+        return max(full, key=lambda t: t[0])[1]
+
     def _frame_for_payers(
-        self, faces: Sequence[FrameFace], pids: Sequence[str]
+        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], pids: Sequence[str]
     ) -> tuple[FrameFace, dict[str, IdentityScore | None]]:
         """The frame whose face scores highest against any of the plate's payers, with every
         payer's score from it (one frame: its own scores, as before bursts)."""
-        best: tuple[float, FrameFace, dict[str, IdentityScore | None]] | None = None
-        for ff in faces:
-            scores = {pid: self.identity.score_identity(pid, ff.face.embedding) for pid in pids}
-            top = max((s.score for s in scores.values() if s is not None), default=-math.inf)
-            if best is None or top > best[0]:
-                best = (top, ff, scores)
-        assert best is not None, "no face frames"
-        return best[1], best[2]
 
-    def _frame_for_search(self, faces: Sequence[FrameFace]) -> tuple[FrameFace, list[Any]]:
+        def scores(vec: np.ndarray) -> dict[str, IdentityScore | None]:
+            return {pid: self.identity.score_identity(pid, vec) for pid in pids}
+
+        def top(vec: np.ndarray) -> float:
+            return max((s.score for s in scores(vec).values() if s is not None), default=-math.inf)
+
+        used = self._choose(analysed, glimpses, top)
+        return used, scores(used.face.embedding)
+
+    def _frame_for_search(
+        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse]
+    ) -> tuple[FrameFace, list[Any]]:
         """The frame whose face's best 1:N match scores highest, with its matches."""
-        searched = [
-            (self.identity.gallery.identify(ff.face.embedding, self.search_k), ff) for ff in faces
-        ]
-        top = max(searched, key=lambda m: m[0][0].score if m[0] else -math.inf)
-        return top[1], top[0]
 
-    def _frames_agree(self, faces: Sequence[FrameFace], used: FrameFace) -> bool:
+        def top(vec: np.ndarray) -> float:
+            found = self.identity.gallery.identify(vec, 1)
+            return found[0].score if found else -math.inf
+
+        used = self._choose(analysed, glimpses, top)
+        return used, self.identity.gallery.identify(used.face.embedding, self.search_k)
+
+    def _frames_agree(
+        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], used: FrameFace
+    ) -> bool:
         """Every other frame's face is the same person as the face used: a stranger's frame
-        scores this high against it at most FRAMES_AGREE_FMR of the time."""
+        scores this high against it at most FRAMES_AGREE_FMR of the time. A glimpse's
+        front-view embedding scores against a full one as a full one does (the same impostor
+        rate at the bar on every sample group; tests/test_frames_agree.py)."""
         probe = used.face.embedding
+        views = [(ff.frame, ff.face.embedding) for ff in analysed]
+        views += [(g.frame, g.embedding) for g in glimpses]
         bar = self._frames_agree_score
-        return all(float(np.dot(ff.face.embedding, probe)) >= bar for ff in faces)
+        return all(float(np.dot(vec, probe)) >= bar for i, vec in views if i != used.frame)
 
     # --- plate payers -------------------------------------------------------------------------
 
@@ -193,7 +222,7 @@ class EvidenceGatherer:
     def gather(
         self, event: GateEvent, now: float
     ) -> tuple[Evidence, PlateResult | None, AnalyzedFace | None]:
-        (reads, vehicle_frames_read), faces = self._run_branches(event)
+        (reads, vehicle_frames_read), analysed, glimpses = self._run_branches(event)
         deadline.check("gate.match")
         read, by_plate = self._plate_payers(reads)
         threshold = self.identity.threshold()
@@ -204,12 +233,12 @@ class EvidenceGatherer:
         matches: list[Any] = []
         # A burst's face is its best frame: an impostor's face gets one try per frame, and
         # the estimate counts them (Payer.frames), as it counts enrolled templates.
-        frames = len(faces)
-        if faces and by_plate:
-            used, scores = self._frame_for_payers(faces, list(by_plate))
+        frames = len(analysed) + len(glimpses)
+        if frames and by_plate:
+            used, scores = self._frame_for_payers(analysed, glimpses, list(by_plate))
             matches = self.identity.gallery.identify(used.face.embedding, self.search_k)
-        elif faces:
-            used, matches = self._frame_for_search(faces)
+        elif frames:
+            used, matches = self._frame_for_search(analysed, glimpses)
         for pid, plate in by_plate.items():
             scored = scores.get(pid)
             score, templates = (scored.score, scored.templates) if scored else (None, 1)
@@ -249,7 +278,7 @@ class EvidenceGatherer:
             face_elsewhere=face_elsewhere,
             last_sighting=Sighting(last.gate_id, last.direction, last.at) if last else None,
             face_liveness=probe.liveness if probe is not None else None,
-            face_frames_agree=used is None or self._frames_agree(faces, used),
+            face_frames_agree=used is None or self._frames_agree(analysed, glimpses, used),
             face_frame=used.frame if used is not None else 0,
             vehicle_frames_read=vehicle_frames_read,
         )
