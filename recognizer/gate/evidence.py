@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from recognizer.plate.vote import vote_plates
 # used at least where a stranger would pass 1 time in 100 (the default profile: 0.34, where
 # 0.3% of genuine pairs of distinct photos fall below; frames of one second fall far less).
 FRAMES_AGREE_FMR = 1e-2
+T = TypeVar("T")
 
 
 class GateStore(Bindings, Sightings, Protocol):
@@ -135,18 +136,19 @@ class EvidenceGatherer:
         self,
         analysed: Sequence[FrameFace],
         glimpses: Sequence[Glimpse],
-        top: Callable[[np.ndarray], float],
-    ) -> FrameFace:
-        """The frame whose face scores highest by `top`. A glimpse is completed (its mirror
-        view and liveness added) only when its quick score beats the first frame's full one;
-        the frame used is the best of the full scores."""
-        full = [(top(ff.face.embedding), ff) for ff in analysed]
+        rate: Callable[[np.ndarray], tuple[float, T]],
+    ) -> tuple[FrameFace, T]:
+        """The frame whose face rates highest, with what `rate` found for it. A glimpse is
+        completed (its mirror view and liveness added) only when its quick rating beats the
+        first frame's full one; the frame used is the best of the full ratings."""
+        full = [(*rate(ff.face.embedding), ff) for ff in analysed]
         if glimpses:
-            quick, best = max(((top(g.embedding), g) for g in glimpses), key=lambda t: t[0])
+            quick, best = max(((rate(g.embedding)[0], g) for g in glimpses), key=lambda t: t[0])
             if not full or quick > full[0][0]:
                 done = self.identity.faces.complete(best)
-                full.append((top(done.face.embedding), done))
-        return max(full, key=lambda t: t[0])[1]
+                full.append((*rate(done.face.embedding), done))
+        _, found, used = max(full, key=lambda t: t[0])
+        return used, found
 
     def _frame_for_payers(
         self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], pids: Sequence[str]
@@ -154,26 +156,23 @@ class EvidenceGatherer:
         """The frame whose face scores highest against any of the plate's payers, with every
         payer's score from it (one frame: its own scores, as before bursts)."""
 
-        def scores(vec: np.ndarray) -> dict[str, IdentityScore | None]:
-            return {pid: self.identity.score_identity(pid, vec) for pid in pids}
+        def rate(vec: np.ndarray) -> tuple[float, dict[str, IdentityScore | None]]:
+            scores = {pid: self.identity.score_identity(pid, vec) for pid in pids}
+            top = max((s.score for s in scores.values() if s is not None), default=-math.inf)
+            return top, scores
 
-        def top(vec: np.ndarray) -> float:
-            return max((s.score for s in scores(vec).values() if s is not None), default=-math.inf)
-
-        used = self._choose(analysed, glimpses, top)
-        return used, scores(used.face.embedding)
+        return self._choose(analysed, glimpses, rate)
 
     def _frame_for_search(
         self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse]
     ) -> tuple[FrameFace, list[Any]]:
         """The frame whose face's best 1:N match scores highest, with its matches."""
 
-        def top(vec: np.ndarray) -> float:
-            found = self.identity.gallery.identify(vec, 1)
-            return found[0].score if found else -math.inf
+        def rate(vec: np.ndarray) -> tuple[float, list[Any]]:
+            found = self.identity.gallery.identify(vec, self.search_k)
+            return (found[0].score if found else -math.inf), found
 
-        used = self._choose(analysed, glimpses, top)
-        return used, self.identity.gallery.identify(used.face.embedding, self.search_k)
+        return self._choose(analysed, glimpses, rate)
 
     def _frames_agree(
         self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], used: FrameFace
