@@ -9,6 +9,7 @@ Everything it returns is plain data for `rules.decide`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ FRAMES_AGREE_FMR = 1e-2
 # the liveness check on the critical path.
 GLIMPSE_LEAD = 0.02
 T = TypeVar("T")
+Lookup = Callable[[str], Sequence[str]]  # plate text -> the identities it is bound to
 
 
 class GateStore(Bindings, Sightings, Protocol):
@@ -61,6 +63,11 @@ def text_read(text: str) -> PlateResult:
     )
 
 
+def names_a_payer(bound: Lookup, reads: Sequence[PlateResult]) -> bool:
+    """A valid read of a bound plate: the far-plate detector pass cannot add to it."""
+    return any(r.pattern_valid and bound(r.text) for r in reads)
+
+
 class EvidenceGatherer:
     def __init__(
         self,
@@ -83,7 +90,7 @@ class EvidenceGatherer:
 
     # --- branches -----------------------------------------------------------------------------
 
-    def _plate_branch(self, event: GateEvent) -> tuple[list[PlateResult], int]:
+    def _plate_branch(self, event: GateEvent, bound: Lookup) -> tuple[list[PlateResult], int]:
         """The frames' reads (one frame's as read, a burst's voted per plate), and the gate's
         own read when it sent one (trusted as much as a plate_text alone would be); with how
         many frames were read."""
@@ -91,33 +98,33 @@ class EvidenceGatherer:
         reads: list[PlateResult] = []
         read = len(frames)
         if len(frames) == 1:  # the pipeline checks the budget per stage
-            reads = list(self.plates.read(frames[0], enough=self._names_a_payer))
+            enough = functools.partial(names_a_payer, bound)
+            reads = list(self.plates.read(frames[0], enough=enough))
         elif frames:
-            reads, read = self._read_burst(frames)
+            reads, read = self._read_burst(frames, bound)
         if event.plate_text:
             reads.append(text_read(event.plate_text))
         return reads, read
 
-    def _read_burst(self, frames: Sequence[np.ndarray]) -> tuple[list[PlateResult], int]:
+    def _read_burst(
+        self, frames: Sequence[np.ndarray], bound: Lookup
+    ) -> tuple[list[PlateResult], int]:
         """Read the frames in order and vote per plate; stop once a plate voted so far is
         bound (an exact read: more frames cannot strengthen it). Returns the voted reads
         (every read when no frame read a valid text) and how many frames were read."""
         mode = getattr(self.plates, "mode", "cn")
         per_frame: list[list[PlateResult]] = []
         voted: list[PlateResult] = []
+        enough = functools.partial(names_a_payer, bound)
         for image in frames:
-            per_frame.append(list(self.plates.read(image, enough=self._names_a_payer)))
+            per_frame.append(list(self.plates.read(image, enough=enough)))
             voted = vote_plates(per_frame, lambda text: is_valid(text, mode))
-            if any(self.store.identities_for_plate(v.text) for v in voted):
+            if any(bound(v.text) for v in voted):
                 break
         return voted or [r for reads in per_frame for r in reads], len(per_frame)
 
-    def _names_a_payer(self, reads: Sequence[PlateResult]) -> bool:
-        """A valid read of a bound plate: the far-plate detector pass cannot add to it."""
-        return any(r.pattern_valid and self.store.identities_for_plate(r.text) for r in reads)
-
     def _run_branches(
-        self, event: GateEvent
+        self, event: GateEvent, bound: Lookup
     ) -> tuple[tuple[list[PlateResult], int], tuple[FrameFace, ...], tuple[Glimpse, ...]]:
         """Both branches at once. The first face frame is analysed in full in this thread (a
         one-frame event costs what it did before bursts); a burst's other face frames are
@@ -125,7 +132,7 @@ class EvidenceGatherer:
         to choose the frame and to check that every frame shows one person."""
         faces = self.identity.faces
         frames = event.face_images
-        plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event))
+        plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event, bound))
         rest_future = (
             accounting.submit(self._pool, lambda: faces.glimpse_frames(frames[1:], first=1))
             if len(frames) > 1
@@ -195,19 +202,19 @@ class EvidenceGatherer:
     # --- plate payers -------------------------------------------------------------------------
 
     def _plate_payers(
-        self, reads: Sequence[PlateResult]
+        self, reads: Sequence[PlateResult], bound: Lookup
     ) -> tuple[PlateResult | None, dict[str, PlateEvidence]]:
         """The read to report and, per identity, whether a read names its plate exactly or
         among the candidates. An identity matched both ways counts as exact."""
         found: dict[str, PlateEvidence] = {}
         shown: PlateResult | None = None
         for read in reads:
-            for pid in self.store.identities_for_plate(read.text):
+            for pid in bound(read.text):
                 found[pid] = PlateEvidence.EXACT
                 shown = shown or read
         for read in reads:
             for cand in read.candidates[1:]:
-                for pid in self.store.identities_for_plate(cand.text):
+                for pid in bound(cand.text):
                     if pid not in found:
                         found[pid] = PlateEvidence.CANDIDATE
                         shown = shown or read
@@ -226,9 +233,12 @@ class EvidenceGatherer:
     def gather(
         self, event: GateEvent, now: float
     ) -> tuple[Evidence, PlateResult | None, AnalyzedFace | None]:
-        (reads, vehicle_frames_read), analysed, glimpses = self._run_branches(event)
+        # Who holds a plate text, looked up once per text and event (the plate branch asks
+        # while reading, to skip the far-plate pass; the payers are gathered from it after).
+        bound: Lookup = functools.cache(self.store.identities_for_plate)
+        (reads, vehicle_frames_read), analysed, glimpses = self._run_branches(event, bound)
         deadline.check("gate.match")
-        read, by_plate = self._plate_payers(reads)
+        read, by_plate = self._plate_payers(reads, bound)
         threshold = self.identity.threshold()
         payers: list[Payer] = []
         face_elsewhere = False
