@@ -33,8 +33,8 @@ from recognizer.plate.vote import vote_plates
 FRAMES_AGREE_FMR = 1e-2
 # A glimpse (front view only) is completed to replace the first frame only when it scores this
 # much higher: a front view's score differs from its full one by -0.006 +- 0.008 on the
-# sample genuine pairs, so a smaller lead is noise, and completing costs the mirror run and
-# the liveness check on the critical path.
+# sample genuine pairs, so a smaller lead is noise, and completing (a full analysis of that
+# frame) sits on the critical path.
 GLIMPSE_LEAD = 0.02
 T = TypeVar("T")
 Lookup = Callable[[str], Sequence[str]]  # plate text -> the identities it is bound to
