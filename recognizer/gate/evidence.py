@@ -31,11 +31,12 @@ from recognizer.plate.vote import vote_plates
 # used at least where a stranger would pass 1 time in 100 (the default profile: 0.34, where
 # 0.3% of genuine pairs of distinct photos fall below; frames of one second fall far less).
 FRAMES_AGREE_FMR = 1e-2
-# A glimpse (front view only) is completed to replace the first frame only when it scores this
-# much higher: a front view's score differs from its full one by -0.006 +- 0.008 on the
-# sample genuine pairs, so a smaller lead is noise, and completing (a full analysis of that
-# frame) sits on the critical path.
-GLIMPSE_LEAD = 0.02
+# A glimpse (front view only) is completed to replace the first frame when its score is higher
+# by this much. Front views score 0.006 +- 0.008 below full ones on the sample genuine pairs,
+# so a lead of 0.02 would skip most completions; it also lost the burst's gain on copies of
+# one photo (bench fusion --burst 3: 1/118 more false rejects with two enrolment photos, 2/151
+# more with one), so any lead counts.
+GLIMPSE_LEAD = 0.0
 T = TypeVar("T")
 Lookup = Callable[[str], Sequence[str]]  # plate text -> the identities it is bound to
 
