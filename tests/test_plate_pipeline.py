@@ -477,6 +477,34 @@ def test_pipeline_province_classifier_redecides_the_first_character() -> None:
     assert gen.read_crop(_blue_frame()).text == "AB1234"
 
 
+def test_a_read_without_its_province_gets_one() -> None:
+    # The reader dropped the province glyph: the rest is a valid plate once one is put first.
+    cls = _FakeProvince("皖", p=0.9)
+    rec = PlateRecognizer(
+        _FakeDetector([_det(10)]), _FakeReader("m", ["AL025S"]), None, province=cls
+    )  # type: ignore[arg-type]
+    (r,) = rec.read(_blue_frame())
+    assert (r.text, r.pattern_valid) == ("皖AL025S", True)
+    assert len(r.char_confidences) == 7 and cls.patches == 1
+    assert len(r.candidates) == 5 and all(grammar.is_valid(c.text) for c in r.candidates)
+    assert all(c.text[1:] == "AL025S" for c in r.candidates)
+    # The first character read as something that is no province: replaced when the reader
+    # believes that better than an inserted province (here 皖AA12345 would be valid too).
+    main = _FakeReader("m", ["AA12345"], likelihoods={"皖A12345": 0.5, "湘A12345": 0.4})
+    r2 = PlateRecognizer(None, main, None, province=_FakeProvince("湘", p=0.6)).read_crop(  # type: ignore[arg-type]
+        _blue_frame()
+    )
+    assert r2.text == "湘A12345" and r2.candidates[1].text == "皖A12345"
+    # Without a classifier the reader alone decides.
+    main3 = _FakeReader("m", ["A12345"], likelihoods={"粤A12345": 0.2})
+    assert PlateRecognizer(None, main3, None).read_crop(_blue_frame()).text == "粤A12345"
+    # A read that no province can make valid stays as read, invalid.
+    r4 = PlateRecognizer(None, _FakeReader("m", ["A1234"]), None, province=cls).read_crop(  # type: ignore[arg-type]
+        _blue_frame()
+    )
+    assert (r4.text, r4.pattern_valid) == ("A1234", False)
+
+
 # -- real models --------------------------------------------------------------------------
 _REQUIRED = [
     "clp_det.onnx",

@@ -118,6 +118,13 @@ def _letter_fix(main: _Choice, alt: _Choice, mode: Mode) -> _Choice:
 #   0.25, 816 at 0.5, 794 at 1.0. Hence a light touch there.
 PROVINCE_WEIGHT = 0.25
 PROVINCE_CROP_WEIGHT = 1.0
+# Reads that had lost their province (see _province_repair) get one by the plain product, as
+# in read_crop: the reader missed the glyph, so its view of it is weak. Validation
+# (`train_province.py --validate-only`): such reads are rare and come from small, far plates
+# (8 in 2,450 validation plates and frames), whose province neither belief got right at any
+# weight (0/8): a repair makes the read a valid plate whose rest is right and whose province
+# is a guess, with its probability as confidence and the next provinces as candidates.
+PROVINCE_REPAIR_WEIGHT = 1.0
 
 
 def combine_province(ocr_loglik: np.ndarray, cls_logp: np.ndarray, weight: float) -> np.ndarray:
@@ -253,28 +260,44 @@ class PlateRecognizer:
 
     # -- province ----------------------------------------------------------------------------
     def _province_scores(
-        self, reading: Reading, text: str, plate: np.ndarray, two_row: bool
+        self, reading: Reading, texts: Sequence[str], plate: np.ndarray, two_row: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per province in CLASSES order: the main reader's log-likelihood of the text with
-        that province first (the rest fixed), and the classifier's log-probability."""
-        assert self.province is not None
-        texts = [p + text[1:] for p in CLASSES]
+        """For texts that differ in their province only (the k-th text has ``CLASSES[k %
+        len(CLASSES)]`` first): the main reader's log-likelihood of each text, and the
+        classifier's log-probability of its province."""
         ocr = np.asarray(self.reader.log_likelihoods(reading, texts), np.float64)
+        if self.province is None:
+            return ocr, np.zeros(len(texts))
         cls = self.province.predict([province_patch(plate, two_row)])[0].astype(np.float64)
-        return ocr, np.log(np.maximum(cls, 1e-9))
+        cls = np.log(np.maximum(cls, 1e-9))
+        return ocr, np.tile(cls, len(texts) // len(CLASSES))
 
     def _province_fix(
         self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int, weight: float
     ) -> _Choice:
-        """Re-decide the first character from the reader's and the classifier's beliefs."""
-        if self.province is None or not ch.valid or not ch.text or ch.text[0] not in PROVINCES:
+        """Decide the first character from the reader's and the classifier's beliefs.
+
+        A valid read has its province re-decided (with ``weight``). A read that is no plate
+        as it stands but whose rest is a valid plate once a province is put first (the
+        reader dropped the province glyph, or read it as something that is not a province)
+        gets the likeliest province: every plate has one, and its place is known.
+        """
+        if not ch.text:
             return ch
-        if weight <= 0:
-            return ch
-        ocr, cls = self._province_scores(reading, ch.text, plate, two_row)
+        if ch.valid:
+            if ch.text[0] not in PROVINCES or self.province is None or weight <= 0:
+                return ch
+            return self._province_redecide(ch, reading, plate, two_row, n, weight)
+        return self._province_repair(ch, reading, plate, two_row, n)
+
+    def _province_redecide(
+        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int, weight: float
+    ) -> _Choice:
+        texts = [p + ch.text[1:] for p in CLASSES]
+        ocr, cls = self._province_scores(reading, texts, plate, two_row)
         post = combine_province(ocr, cls, weight)
         k = int(np.argmax(post))
-        text = CLASSES[k] + ch.text[1:]
+        text = texts[k]
         if text == ch.text:
             return ch
         probs = (float(post[k]), *ch.char_probs[1:]) if ch.char_probs else ()
@@ -282,6 +305,32 @@ class PlateRecognizer:
         # The text as read stays a candidate, second: a gate can still match it.
         cands = (PlateCandidate(text, p), *(c for c in ch.candidates if c.text != text))
         return _Choice(text, probs, cands[:n], True, ch.reader, ch.score, ch.clean, ch.ranked)
+
+    def _province_repair(
+        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int
+    ) -> _Choice:
+        # Tails: the read with a province put in front, or with its first character replaced.
+        tails: list[tuple[str, tuple[float, ...]]] = []
+        if ch.text[0] not in PROVINCES:
+            aligned = len(ch.char_probs) == len(ch.text)
+            for tail, probs in ((ch.text, ch.char_probs), (ch.text[1:], ch.char_probs[1:])):
+                if tail and is_valid(CLASSES[0] + tail, self.mode):
+                    tails.append((tail, probs if aligned else ()))
+        if not tails:
+            return ch
+        texts = [p + tail for tail, _ in tails for p in CLASSES]
+        ocr, cls = self._province_scores(reading, texts, plate, two_row)
+        post = combine_province(ocr, cls, PROVINCE_REPAIR_WEIGHT)
+        order = np.argsort(-post, kind="stable")[:n]
+        cands = []
+        for j in order:
+            rest = tails[j // len(CLASSES)][1]
+            cands.append(PlateCandidate(texts[j], float(post[j] * np.prod(rest))))
+        best = int(order[0])
+        rest = tails[best // len(CLASSES)][1]
+        probs = (float(post[best]), *rest) if rest else ()
+        score = cands[0].probability
+        return _Choice(texts[best], probs, tuple(cands), True, ch.reader, score, False)
 
     def _results(
         self,
@@ -369,6 +418,11 @@ class PlateRecognizer:
         assert self.detector is not None
         with deadline.stage("plate.detect"):
             dets = self.detector.detect(image_bgr, sizes)
+        return self._read_detections(image_bgr, dets, max_candidates)
+
+    def _read_detections(
+        self, image_bgr: np.ndarray, dets: Sequence[PlateDetection], max_candidates: int
+    ) -> list[PlateResult]:
         if not dets:
             return []
         results = self._results(
