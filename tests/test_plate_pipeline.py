@@ -505,6 +505,42 @@ def test_a_read_without_its_province_gets_one() -> None:
     assert (r4.text, r4.pattern_valid) == ("A1234", False)
 
 
+class _RetryDetector(_FakeDetector):
+    """Finds nothing at first; the second look finds a weak box."""
+
+    def __init__(self, first: list[PlateDetection]) -> None:
+        super().__init__(first)
+        self.again = 0
+
+    def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]:
+        self.again += 1
+        d = _det(10)
+        return [PlateDetection(d.box, d.corners, 0.12)]
+
+
+def test_a_frame_with_no_read_gets_a_second_look() -> None:
+    det = _RetryDetector([])
+    rec = PlateRecognizer(det, _FakeReader("m", ["皖A12345"]), None, retry=True)  # type: ignore[arg-type]
+    (r,) = rec.read(_blue_frame())
+    assert (r.text, r.detector_score, det.again) == ("皖A12345", pytest.approx(0.12), 1)
+    # A weak box of the second look that reads as no plate is dropped.
+    junk = PlateRecognizer(_RetryDetector([]), _FakeReader("m", ["A1234"]), None, retry=True)  # type: ignore[arg-type]
+    assert junk.read(_blue_frame()) == []
+    # A frame that read a plate, or a recogniser without retry, never looks again.
+    found = _RetryDetector([_det(10)])
+    PlateRecognizer(found, _FakeReader("m", ["京A54321"]), None, retry=True).read(_blue_frame())  # type: ignore[arg-type]
+    off = _RetryDetector([])
+    assert PlateRecognizer(off, _FakeReader("m", ["皖A12345"]), None).read(_blue_frame()) == []  # type: ignore[arg-type]
+    assert found.again == 0 and off.again == 0
+
+
+def test_detector_second_look_adds_the_frame_size() -> None:
+    det = PlateDetector(None, input_size=576, large_size=960)  # type: ignore[arg-type]
+    assert det.retry_sizes(np.zeros((1040, 1392, 3), np.uint8)) == (576, 960, 1280)
+    assert det.retry_sizes(np.zeros((720, 800, 3), np.uint8)) == (576, 800)
+    assert det.retry_sizes(np.zeros((600, 900, 3), np.uint8)) == (576, 900)  # never upsampled
+
+
 # -- real models --------------------------------------------------------------------------
 _REQUIRED = [
     "clp_det.onnx",

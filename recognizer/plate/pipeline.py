@@ -43,6 +43,7 @@ class Detector(Protocol):
     def detect(
         self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
     ) -> list[PlateDetection]: ...
+    def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
 
 
 class Reader(Protocol):
@@ -165,6 +166,7 @@ class PlateRecognizer:
         province: ProvinceClassifier | None = None,
         province_weight: float = PROVINCE_WEIGHT,
         province_crop_weight: float = PROVINCE_CROP_WEIGHT,
+        retry: bool = False,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -176,6 +178,7 @@ class PlateRecognizer:
         self.province = province
         self.province_weight = province_weight  # plates found by the detector
         self.province_crop_weight = province_crop_weight  # read_crop
+        self.retry = retry  # a second detector look at frames where nothing was read
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -402,7 +405,10 @@ class PlateRecognizer:
         With `enough`, a frame that gets the second (far-plate) detector pass is first read
         at the first size alone, and that answer stands when `enough` accepts it: the gate
         stops once a read names a payer's plate. Otherwise the frame is read whole, as
-        without `enough` (the first size's detections again, through the joint NMS)."""
+        without `enough` (the first size's detections again, through the joint NMS). With
+        `retry`, a frame where nothing was read gets a second detector look (the frame's own
+        size up to 1280 px, weaker boxes; see `PlateDetector.detect_again`), whose reads
+        count only when they are valid plates."""
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
         sizes = self.detector.sizes_for(image_bgr)
@@ -410,7 +416,16 @@ class PlateRecognizer:
             first = self._read_at(image_bgr, sizes[:1], max_candidates)
             if enough(first):
                 return first
-        return self._read_at(image_bgr, sizes, max_candidates)
+        found = self._read_at(image_bgr, sizes, max_candidates)
+        if found or not self.retry:
+            return found
+        # Nothing read: a second look (larger, lower threshold; see detect_again). Its weaker
+        # boxes count only when they read as a valid plate.
+        with deadline.stage("plate.detect"):
+            dets = self.detector.detect_again(image_bgr)
+        return [
+            r for r in self._read_detections(image_bgr, dets, max_candidates) if r.pattern_valid
+        ]
 
     def _read_at(
         self, image_bgr: np.ndarray, sizes: tuple[int, ...], max_candidates: int
@@ -479,4 +494,4 @@ def build_plate_recognizer(
     detector = PlateDetector(
         det, input_size=detector_size, score_threshold=0.2, large_size=detector_large_size
     )
-    return PlateRecognizer(detector, main, alt, mode, versions, province=classifier)
+    return PlateRecognizer(detector, main, alt, mode, versions, province=classifier, retry=True)
