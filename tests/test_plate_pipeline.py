@@ -505,6 +505,22 @@ def test_a_read_without_its_province_gets_one() -> None:
     assert (r4.text, r4.pattern_valid) == ("A1234", False)
 
 
+def test_an_issuer_read_as_o_competes_with_its_look_alikes() -> None:
+    # O is a rare special issuer code: a Q the reader finds a third as likely wins.
+    main = _FakeReader("m", ["皖O18632"], likelihoods={"皖O18632": 0.9, "皖Q18632": 0.3})
+    r = PlateRecognizer(None, main, None).read_crop(_blue_frame())
+    assert (r.text, r.pattern_valid) == ("皖Q18632", True)
+    assert [c.text for c in r.candidates[:2]] == ["皖Q18632", "皖O18632"]
+    # The issuer's confidence is its share among all 25 issuer letters (23 others at 1e-3).
+    assert len(r.char_confidences) == 7
+    assert r.char_confidences[1] == pytest.approx(0.3 / (0.3 + 0.9 * 0.1 + 23e-3))
+    # A sure O stays, and a Q, D or C is never turned into an O.
+    sure = _FakeReader("m", ["皖O18632"], likelihoods={"皖O18632": 0.9, "皖Q18632": 0.05})
+    assert PlateRecognizer(None, sure, None).read_crop(_blue_frame()).text == "皖O18632"
+    q = _FakeReader("m", ["皖Q18632"], likelihoods={"皖O18632": 0.9, "皖Q18632": 0.3})
+    assert PlateRecognizer(None, q, None).read_crop(_blue_frame()).text == "皖Q18632"
+
+
 class _RetryDetector(_FakeDetector):
     """Finds nothing at first; the second look finds a weak box."""
 
