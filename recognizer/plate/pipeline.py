@@ -123,9 +123,10 @@ PROVINCE_CROP_WEIGHT = 1.0
 # Reads that had lost their province (see _province_repair) get one by the plain product, as
 # in read_crop: the reader missed the glyph, so its view of it is weak. Validation
 # (`train_province.py --validate-only`): such reads are rare and come from small, far plates
-# (8 in 2,450 validation plates and frames), whose province neither belief got right at any
-# weight (0/8): a repair makes the read a valid plate whose rest is right and whose province
-# is a guess, with its probability as confidence and the next provinces as candidates.
+# (13 in 2,450 validation plates and frames, with the second detector look), whose province
+# the two beliefs got right once at weights from 0.5 to 3 (1/13; 0/13 below): a repair makes
+# the read a valid plate whose rest is right and whose province is often a guess, with its
+# probability as confidence and the next provinces as candidates.
 PROVINCE_REPAIR_WEIGHT = 1.0
 
 
