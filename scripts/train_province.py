@@ -309,8 +309,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--validate", action="store_true", help="choose the pipeline weight")
+    ap.add_argument(
+        "--validate-only", action="store_true", help="validate the model at --out, no training"
+    )
     args = ap.parse_args()
     cv2.setNumThreads(1)
+    if args.validate_only:
+        validate(args.out, crop_split()[1])
+        return
     t0 = time.time()
     rng = np.random.default_rng(SEED)
     train_files, val_files = crop_split()
@@ -364,54 +370,83 @@ def main() -> None:
 
 def validate(path: Path, val_files: list[Path]) -> None:
     """First-character accuracy of the whole pipeline on validation data, per weight: the
-    held-out crops and synthetic crops (read_crop, PROVINCE_CROP_WEIGHT) and synthetic
-    scenes through the detector (read, PROVINCE_WEIGHT)."""
+    held-out crops and synthetic crops (read_crop, PROVINCE_CROP_WEIGHT), synthetic scenes
+    through the detector (read, PROVINCE_WEIGHT), and reads that had lost their province
+    (from every set, far synthetic frames too; PROVINCE_REPAIR_WEIGHT)."""
     from recognizer.plate import pipeline as pl
     from recognizer.plate.pipeline import build_plate_recognizer
     from recognizer.plate.province import ProvinceClassifier
 
     rec = build_plate_recognizer(province=False)
     rec.province = ProvinceClassifier(OnnxModel(path, name="province_cls"))
-    trace: list[tuple[np.ndarray, np.ndarray]] = []
-    orig = pl.PlateRecognizer._province_scores
+    # (texts, reader log-likelihoods, classifier log-probabilities, repaired) per decision
+    trace: list[tuple[list[str], np.ndarray, np.ndarray, bool]] = []
+    repairing: list[bool] = [False]
+    orig_scores, orig_repair = (
+        pl.PlateRecognizer._province_scores,
+        pl.PlateRecognizer._province_repair,
+    )
 
-    def spy(self, *a):  # type: ignore[no-untyped-def]
-        out = orig(self, *a)
-        trace.append(out)
-        return out
+    def spy_scores(self, reading, texts, *a):  # type: ignore[no-untyped-def]
+        ocr, cls = orig_scores(self, reading, texts, *a)
+        trace.append((list(texts), ocr, cls, repairing[0]))
+        return ocr, cls
 
-    pl.PlateRecognizer._province_scores = spy  # type: ignore[method-assign]
-    rows: list[tuple[str, int, np.ndarray, np.ndarray]] = []
+    def spy_repair(self, *a):  # type: ignore[no-untyped-def]
+        repairing[0] = True
+        try:
+            return orig_repair(self, *a)
+        finally:
+            repairing[0] = False
+
+    pl.PlateRecognizer._province_scores = spy_scores  # type: ignore[method-assign]
+    pl.PlateRecognizer._province_repair = spy_repair  # type: ignore[method-assign]
+    rows: list[tuple[str, str, list[str], np.ndarray, np.ndarray]] = []
+
+    def record(name: str, truth: str) -> None:
+        texts, ocr, cls, repaired = trace[-1]
+        rows.append(("repaired" if repaired else name, truth[0], texts, ocr, cls))
+
     samples = [("crops", read_image(p), p.stem) for p in val_files]
     samples += [("synthetic", sp.image, sp.text) for sp in generate_dataset(560, SEED + 2000)]
     for name, img, truth in samples:
         trace.clear()
         r = rec.read_crop(img)
         if trace and r.text:
-            rows.append((name, CLASSES.index(truth[0]), *trace[-1]))
+            record(name, truth)
     # The detector path: synthetic scenes, detected, warped and read like a camera frame.
-    for seed, n in ((4242, 300), (4343, 600)):
-        for sp in generate_dataset(n, seed, SynthConfig(scene=True)):
+    far = SynthConfig(scene=True, frame_size=(1280, 960), scene_plate_width=(70, 160))
+    for seed, n, cfg in (
+        (4242, 300, SynthConfig(scene=True)),
+        (4343, 600, SynthConfig(scene=True)),
+        (4444, 400, far),
+    ):
+        for sp in generate_dataset(n, seed, cfg):
             trace.clear()
             res = rec.read(sp.image)
-            if len(res) == 1 and trace and res[0].text[1:] == sp.text[1:]:
-                rows.append(("frames", CLASSES.index(sp.text[0]), *trace[-1]))
-    pl.PlateRecognizer._province_scores = orig  # type: ignore[method-assign]
-    print("First character right, by weight (read_crop: crops and synthetic; frames: scenes)")
-    names = ("crops", "crops non-皖", "synthetic", "frames")
+            seen = len(res) == 1 and trace and res[0].text[1:] == sp.text[1:]
+            if seen and (cfg is not far or trace[-1][3]):  # far frames: only their repairs
+                record("frames", sp.text)
+    pl.PlateRecognizer._province_scores = orig_scores  # type: ignore[method-assign]
+    pl.PlateRecognizer._province_repair = orig_repair  # type: ignore[method-assign]
+    print("First character right, by weight (read_crop: crops and synthetic; frames: scenes;")
+    print("repaired: reads that had lost their province, any set)")
+    names = ("crops", "crops non-皖", "synthetic", "frames", "repaired")
     print("weight  " + "  ".join(f"{s:>16}" for s in names))
+    wan = CLASSES[WAN]
     for weight in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0):
         accs = []
-        for name, sel in (
-            ("crops", None),
-            ("crops", "rare"),
-            ("synthetic", None),
-            ("frames", None),
+        for name, rare in (
+            ("crops", False),
+            ("crops", True),
+            ("synthetic", False),
+            ("frames", False),
+            ("repaired", False),
         ):
             hits = [
-                int(np.argmax(pl.combine_province(o, c, weight)) == t)
-                for n, t, o, c in rows
-                if n == name and (sel is None or t != WAN)
+                int(texts[int(np.argmax(pl.combine_province(o, c, weight)))][0] == t)
+                for n, t, texts, o, c in rows
+                if n == name and not (rare and t == wan)
             ]
             accs.append(f"{np.mean(hits):.3f} ({sum(hits)}/{len(hits)})" if hits else "-")
         print(f"{weight:5.2f}  " + "  ".join(f"{a:>16}" for a in accs))

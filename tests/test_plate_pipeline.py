@@ -477,6 +477,86 @@ def test_pipeline_province_classifier_redecides_the_first_character() -> None:
     assert gen.read_crop(_blue_frame()).text == "AB1234"
 
 
+def test_a_read_without_its_province_gets_one() -> None:
+    # The reader dropped the province glyph: the rest is a valid plate once one is put first.
+    cls = _FakeProvince("皖", p=0.9)
+    rec = PlateRecognizer(
+        _FakeDetector([_det(10)]), _FakeReader("m", ["AL025S"]), None, province=cls
+    )  # type: ignore[arg-type]
+    (r,) = rec.read(_blue_frame())
+    assert (r.text, r.pattern_valid) == ("皖AL025S", True)
+    assert len(r.char_confidences) == 7 and cls.patches == 1
+    assert len(r.candidates) == 5 and all(grammar.is_valid(c.text) for c in r.candidates)
+    assert all(c.text[1:] == "AL025S" for c in r.candidates)
+    # The first character read as something that is no province: replaced when the reader
+    # believes that better than an inserted province (here 皖AA12345 would be valid too).
+    main = _FakeReader("m", ["AA12345"], likelihoods={"皖A12345": 0.5, "湘A12345": 0.4})
+    r2 = PlateRecognizer(None, main, None, province=_FakeProvince("湘", p=0.6)).read_crop(  # type: ignore[arg-type]
+        _blue_frame()
+    )
+    assert r2.text == "湘A12345" and r2.candidates[1].text == "皖A12345"
+    # Without a classifier the reader alone decides.
+    main3 = _FakeReader("m", ["A12345"], likelihoods={"粤A12345": 0.2})
+    assert PlateRecognizer(None, main3, None).read_crop(_blue_frame()).text == "粤A12345"
+    # A read that no province can make valid stays as read, invalid.
+    r4 = PlateRecognizer(None, _FakeReader("m", ["A1234"]), None, province=cls).read_crop(  # type: ignore[arg-type]
+        _blue_frame()
+    )
+    assert (r4.text, r4.pattern_valid) == ("A1234", False)
+
+
+def test_an_issuer_read_as_o_competes_with_its_look_alikes() -> None:
+    # O is a rare special issuer code: a Q the reader finds a third as likely wins.
+    main = _FakeReader("m", ["皖O18632"], likelihoods={"皖O18632": 0.9, "皖Q18632": 0.3})
+    r = PlateRecognizer(None, main, None).read_crop(_blue_frame())
+    assert (r.text, r.pattern_valid) == ("皖Q18632", True)
+    assert [c.text for c in r.candidates[:2]] == ["皖Q18632", "皖O18632"]
+    # The issuer's confidence is its share among all 25 issuer letters (23 others at 1e-3).
+    assert len(r.char_confidences) == 7
+    assert r.char_confidences[1] == pytest.approx(0.3 / (0.3 + 0.9 * 0.1 + 23e-3))
+    # A sure O stays, and a Q, D or C is never turned into an O.
+    sure = _FakeReader("m", ["皖O18632"], likelihoods={"皖O18632": 0.9, "皖Q18632": 0.05})
+    assert PlateRecognizer(None, sure, None).read_crop(_blue_frame()).text == "皖O18632"
+    q = _FakeReader("m", ["皖Q18632"], likelihoods={"皖O18632": 0.9, "皖Q18632": 0.3})
+    assert PlateRecognizer(None, q, None).read_crop(_blue_frame()).text == "皖Q18632"
+
+
+class _RetryDetector(_FakeDetector):
+    """Finds nothing at first; the second look finds a weak box."""
+
+    def __init__(self, first: list[PlateDetection]) -> None:
+        super().__init__(first)
+        self.again = 0
+
+    def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]:
+        self.again += 1
+        d = _det(10)
+        return [PlateDetection(d.box, d.corners, 0.12)]
+
+
+def test_a_frame_with_no_read_gets_a_second_look() -> None:
+    det = _RetryDetector([])
+    rec = PlateRecognizer(det, _FakeReader("m", ["皖A12345"]), None, retry=True)  # type: ignore[arg-type]
+    (r,) = rec.read(_blue_frame())
+    assert (r.text, r.detector_score, det.again) == ("皖A12345", pytest.approx(0.12), 1)
+    # A weak box of the second look that reads as no plate is dropped.
+    junk = PlateRecognizer(_RetryDetector([]), _FakeReader("m", ["A1234"]), None, retry=True)  # type: ignore[arg-type]
+    assert junk.read(_blue_frame()) == []
+    # A frame that read a plate, or a recogniser without retry, never looks again.
+    found = _RetryDetector([_det(10)])
+    PlateRecognizer(found, _FakeReader("m", ["京A54321"]), None, retry=True).read(_blue_frame())  # type: ignore[arg-type]
+    off = _RetryDetector([])
+    assert PlateRecognizer(off, _FakeReader("m", ["皖A12345"]), None).read(_blue_frame()) == []  # type: ignore[arg-type]
+    assert found.again == 0 and off.again == 0
+
+
+def test_detector_second_look_adds_the_frame_size() -> None:
+    det = PlateDetector(None, input_size=576, large_size=960)  # type: ignore[arg-type]
+    assert det.retry_sizes(np.zeros((1040, 1392, 3), np.uint8)) == (576, 960, 1280)
+    assert det.retry_sizes(np.zeros((720, 800, 3), np.uint8)) == (576, 800)
+    assert det.retry_sizes(np.zeros((600, 900, 3), np.uint8)) == (576, 900)  # never upsampled
+
+
 # -- real models --------------------------------------------------------------------------
 _REQUIRED = [
     "clp_det.onnx",

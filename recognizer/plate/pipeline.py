@@ -16,6 +16,7 @@ from recognizer.models import load as load_model
 from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import (
+    ISSUER,
     PLATE_ALPHABET,
     PROVINCES,
     Mode,
@@ -43,6 +44,7 @@ class Detector(Protocol):
     def detect(
         self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
     ) -> list[PlateDetection]: ...
+    def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
 
 
 class Reader(Protocol):
@@ -118,6 +120,26 @@ def _letter_fix(main: _Choice, alt: _Choice, mode: Mode) -> _Choice:
 #   0.25, 816 at 0.5, 794 at 1.0. Hence a light touch there.
 PROVINCE_WEIGHT = 0.25
 PROVINCE_CROP_WEIGHT = 1.0
+# Reads that had lost their province (see _province_repair) get one by the plain product, as
+# in read_crop: the reader missed the glyph, so its view of it is weak. Validation
+# (`train_province.py --validate-only`): such reads are rare and come from small, far plates
+# (13 in 2,450 validation plates and frames, with the second detector look), whose province
+# the two beliefs got right once at weights from 0.5 to 3 (1/13; 0/13 below): a repair makes
+# the read a valid plate whose rest is right and whose province is often a guess, with its
+# probability as confidence and the next provinces as candidates.
+PROVINCE_REPAIR_WEIGHT = 1.0
+
+
+# The issuing-authority letter O is a special code (GA 36: public-security and other official
+# vehicles in some provinces), far rarer than a city letter: none among the 1,000 real crops,
+# where 18 other letters occur. A reader's O there (PP-OCRv4 turns a Q, a worn D or a C into
+# one) competes with every other letter by the reader's likelihood, with O's taken at this
+# prior (a tenth of any other letter's: milder than the crops, where O's share is under 0.3%
+# at 95%). Q, D and C are never rewritten to O. Measured: no O was read at the issuer on the
+# 1,000 real crops, 1,000 synthetic crops or 300 synthetic scenes, so nothing changes there;
+# on 300 synthetic plates that really hold an O, 31 more read as Q (274 -> 243 exact): the
+# reader's O against Q is weak evidence, and the rare code pays for it.
+ISSUER_O_PRIOR = 0.1
 
 
 def combine_province(ocr_loglik: np.ndarray, cls_logp: np.ndarray, weight: float) -> np.ndarray:
@@ -158,6 +180,7 @@ class PlateRecognizer:
         province: ProvinceClassifier | None = None,
         province_weight: float = PROVINCE_WEIGHT,
         province_crop_weight: float = PROVINCE_CROP_WEIGHT,
+        retry: bool = False,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -169,6 +192,7 @@ class PlateRecognizer:
         self.province = province
         self.province_weight = province_weight  # plates found by the detector
         self.province_crop_weight = province_crop_weight  # read_crop
+        self.retry = retry  # a second detector look at frames where nothing was read
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -251,30 +275,64 @@ class PlateRecognizer:
                 main[i] = self._rescore(views, opts, n) or main[i]
         return main, readings
 
+    def _issuer_fix(self, ch: _Choice, reading: Reading, n: int) -> _Choice:
+        """Re-decide an issuer letter read as O (see ISSUER_O_PRIOR)."""
+        if not ch.valid or len(ch.text) < 2 or ch.text[1] != "O":
+            return ch
+        texts = [ch.text[0] + c + ch.text[2:] for c in ISSUER]
+        texts = [t for t in texts if is_valid(t, self.mode)]
+        loglik = np.asarray(self.reader.log_likelihoods(reading, texts), np.float64)
+        loglik[texts.index(ch.text)] += np.log(ISSUER_O_PRIOR)
+        post = np.exp(loglik - loglik.max())
+        post /= post.sum()
+        k = int(np.argmax(post))
+        if texts[k] == ch.text:
+            return ch
+        probs = (ch.char_probs[0], float(post[k]), *ch.char_probs[2:]) if ch.char_probs else ()
+        p = float(np.prod(probs)) if probs else 0.0
+        cands = (PlateCandidate(texts[k], p), *(c for c in ch.candidates if c.text != texts[k]))
+        return _Choice(texts[k], probs, cands[:n], True, ch.reader, ch.score, ch.clean, ch.ranked)
+
     # -- province ----------------------------------------------------------------------------
     def _province_scores(
-        self, reading: Reading, text: str, plate: np.ndarray, two_row: bool
+        self, reading: Reading, texts: Sequence[str], plate: np.ndarray, two_row: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per province in CLASSES order: the main reader's log-likelihood of the text with
-        that province first (the rest fixed), and the classifier's log-probability."""
-        assert self.province is not None
-        texts = [p + text[1:] for p in CLASSES]
+        """For texts that differ in their province only (the k-th text has ``CLASSES[k %
+        len(CLASSES)]`` first): the main reader's log-likelihood of each text, and the
+        classifier's log-probability of its province."""
         ocr = np.asarray(self.reader.log_likelihoods(reading, texts), np.float64)
+        if self.province is None:
+            return ocr, np.zeros(len(texts))
         cls = self.province.predict([province_patch(plate, two_row)])[0].astype(np.float64)
-        return ocr, np.log(np.maximum(cls, 1e-9))
+        cls = np.log(np.maximum(cls, 1e-9))
+        return ocr, np.tile(cls, len(texts) // len(CLASSES))
 
     def _province_fix(
         self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int, weight: float
     ) -> _Choice:
-        """Re-decide the first character from the reader's and the classifier's beliefs."""
-        if self.province is None or not ch.valid or not ch.text or ch.text[0] not in PROVINCES:
+        """Decide the first character from the reader's and the classifier's beliefs.
+
+        A valid read has its province re-decided (with ``weight``). A read that is no plate
+        as it stands but whose rest is a valid plate once a province is put first (the
+        reader dropped the province glyph, or read it as something that is not a province)
+        gets the likeliest province: every plate has one, and its place is known.
+        """
+        if not ch.text:
             return ch
-        if weight <= 0:
-            return ch
-        ocr, cls = self._province_scores(reading, ch.text, plate, two_row)
+        if ch.valid:
+            if ch.text[0] not in PROVINCES or self.province is None or weight <= 0:
+                return ch
+            return self._province_redecide(ch, reading, plate, two_row, n, weight)
+        return self._province_repair(ch, reading, plate, two_row, n)
+
+    def _province_redecide(
+        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int, weight: float
+    ) -> _Choice:
+        texts = [p + ch.text[1:] for p in CLASSES]
+        ocr, cls = self._province_scores(reading, texts, plate, two_row)
         post = combine_province(ocr, cls, weight)
         k = int(np.argmax(post))
-        text = CLASSES[k] + ch.text[1:]
+        text = texts[k]
         if text == ch.text:
             return ch
         probs = (float(post[k]), *ch.char_probs[1:]) if ch.char_probs else ()
@@ -282,6 +340,32 @@ class PlateRecognizer:
         # The text as read stays a candidate, second: a gate can still match it.
         cands = (PlateCandidate(text, p), *(c for c in ch.candidates if c.text != text))
         return _Choice(text, probs, cands[:n], True, ch.reader, ch.score, ch.clean, ch.ranked)
+
+    def _province_repair(
+        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int
+    ) -> _Choice:
+        # Tails: the read with a province put in front, or with its first character replaced.
+        tails: list[tuple[str, tuple[float, ...]]] = []
+        if ch.text[0] not in PROVINCES:
+            aligned = len(ch.char_probs) == len(ch.text)
+            for tail, probs in ((ch.text, ch.char_probs), (ch.text[1:], ch.char_probs[1:])):
+                if tail and is_valid(CLASSES[0] + tail, self.mode):
+                    tails.append((tail, probs if aligned else ()))
+        if not tails:
+            return ch
+        texts = [p + tail for tail, _ in tails for p in CLASSES]
+        ocr, cls = self._province_scores(reading, texts, plate, two_row)
+        post = combine_province(ocr, cls, PROVINCE_REPAIR_WEIGHT)
+        order = np.argsort(-post, kind="stable")[:n]
+        cands = []
+        for j in order:
+            rest = tails[j // len(CLASSES)][1]
+            cands.append(PlateCandidate(texts[j], float(post[j] * np.prod(rest))))
+        best = int(order[0])
+        rest = tails[best // len(CLASSES)][1]
+        probs = (float(post[best]), *rest) if rest else ()
+        score = cands[0].probability
+        return _Choice(texts[best], probs, tuple(cands), True, ch.reader, score, False)
 
     def _results(
         self,
@@ -318,6 +402,7 @@ class PlateRecognizer:
         for i in range(len(images)):
             ch, two_row, plate, rd = best[i]
             if self.mode == "cn":
+                ch = self._issuer_fix(ch, rd, n)
                 weight = self.province_weight if warp else self.province_crop_weight
                 ch = self._province_fix(ch, rd, plate, two_row, n, weight)
             ptype = (
@@ -353,7 +438,10 @@ class PlateRecognizer:
         With `enough`, a frame that gets the second (far-plate) detector pass is first read
         at the first size alone, and that answer stands when `enough` accepts it: the gate
         stops once a read names a payer's plate. Otherwise the frame is read whole, as
-        without `enough` (the first size's detections again, through the joint NMS)."""
+        without `enough` (the first size's detections again, through the joint NMS). With
+        `retry`, a frame where nothing was read gets a second detector look (the frame's own
+        size up to 1280 px, weaker boxes; see `PlateDetector.detect_again`), whose reads
+        count only when they are valid plates."""
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
         sizes = self.detector.sizes_for(image_bgr)
@@ -361,7 +449,16 @@ class PlateRecognizer:
             first = self._read_at(image_bgr, sizes[:1], max_candidates)
             if enough(first):
                 return first
-        return self._read_at(image_bgr, sizes, max_candidates)
+        found = self._read_at(image_bgr, sizes, max_candidates)
+        if found or not self.retry:
+            return found
+        # Nothing read: a second look (larger, lower threshold; see detect_again). Its weaker
+        # boxes count only when they read as a valid plate.
+        with deadline.stage("plate.detect"):
+            dets = self.detector.detect_again(image_bgr)
+        return [
+            r for r in self._read_detections(image_bgr, dets, max_candidates) if r.pattern_valid
+        ]
 
     def _read_at(
         self, image_bgr: np.ndarray, sizes: tuple[int, ...], max_candidates: int
@@ -369,6 +466,11 @@ class PlateRecognizer:
         assert self.detector is not None
         with deadline.stage("plate.detect"):
             dets = self.detector.detect(image_bgr, sizes)
+        return self._read_detections(image_bgr, dets, max_candidates)
+
+    def _read_detections(
+        self, image_bgr: np.ndarray, dets: Sequence[PlateDetection], max_candidates: int
+    ) -> list[PlateResult]:
         if not dets:
             return []
         results = self._results(
@@ -425,4 +527,4 @@ def build_plate_recognizer(
     detector = PlateDetector(
         det, input_size=detector_size, score_threshold=0.2, large_size=detector_large_size
     )
-    return PlateRecognizer(detector, main, alt, mode, versions, province=classifier)
+    return PlateRecognizer(detector, main, alt, mode, versions, province=classifier, retry=True)
