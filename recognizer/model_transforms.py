@@ -71,26 +71,4 @@ def sface_cpu(data: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def yunet_any_size(data: bytes) -> bytes:
-    """YuNet 2023mar with its input height and width left open (the graph is fully
-    convolutional; its reshapes take -1 and its upsampling is by scale, which is how OpenCV's
-    FaceDetectorYN runs it at any size). At 640x640 the outputs equal the base's exactly;
-    smaller inputs cost in proportion (a 320x320 glimpse about a quarter)."""
-    model = _load(data)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for axis, name in ((2, "height"), (3, "width")):
-        dims[axis].ClearField("dim_value")
-        dims[axis].dim_param = name
-    for out in model.graph.output:  # (1, cells, k): cells follow the input size
-        cells = out.type.tensor_type.shape.dim[1]
-        cells.ClearField("dim_value")
-        cells.dim_param = f"{out.name}_cells"
-    del model.graph.value_info[:]  # inferred shapes of the fixed size
-    model.producer_name = "recognizer.model_transforms.yunet_any_size"
-    return model.SerializeToString()
-
-
-TRANSFORMS: dict[str, Callable[[bytes], bytes]] = {
-    "sface_cpu": sface_cpu,
-    "yunet_any_size": yunet_any_size,
-}
+TRANSFORMS: dict[str, Callable[[bytes], bytes]] = {"sface_cpu": sface_cpu}

@@ -32,7 +32,7 @@ class FakeDetector:
         self.calls = calls
         self.on_detect = on_detect
 
-    def detect(self, image: np.ndarray, side: int | None = None) -> list[Face]:
+    def detect(self, image: np.ndarray) -> list[Face]:
         self.calls.log.append("detect")
         if self.on_detect:
             self.on_detect()

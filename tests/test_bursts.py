@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from recognizer.errors import InvalidArgument
-from recognizer.face.pipeline import GLIMPSE_SIDE, FacePipeline
+from recognizer.face.pipeline import FacePipeline
 from recognizer.face.types import Face, Liveness, LivenessDecision, Selection
 from recognizer.gate.inputs import MAX_FRAMES, check_burst, frame_field, legacy_digest
 from recognizer.plate.grammar import is_valid
@@ -133,11 +133,7 @@ def test_ties_fall_the_same_way_whatever_the_frame_order() -> None:
 class FakeDetector:
     """One face per frame whose size is the frame's first pixel value (0: no face)."""
 
-    def __init__(self) -> None:
-        self.sides: list[int | None] = []
-
-    def detect(self, image: np.ndarray, side: int | None = None) -> list[Face]:
-        self.sides.append(side)
+    def detect(self, image: np.ndarray) -> list[Face]:
         size = float(image[0, 0, 0])
         if size == 0:
             return []
@@ -200,36 +196,26 @@ def test_every_frame_with_a_face_is_analysed_in_one_embedding_call(
     assert pipeline.analyze_frames([]) == ()
 
 
-def test_glimpses_look_smaller_embed_the_front_view_only_and_skip_liveness(
-    pipeline: FacePipeline,
-) -> None:
+def test_glimpses_embed_the_front_view_only_and_skip_liveness(pipeline: FacePipeline) -> None:
     seen = pipeline.glimpse_frames([frame(30), frame(0), frame(200)], first=1)
     assert [g.frame for g in seen] == [1, 3]  # numbered from `first`; no face, no glimpse
-    # A smaller detector pass first; the frame where it finds nothing is looked at again at
-    # the detector's own size.
-    sides = pipeline.detector.sides  # type: ignore[attr-defined]
-    assert sides == [GLIMPSE_SIDE, GLIMPSE_SIDE, None, GLIMPSE_SIDE]
     embedder, liveness = pipeline.embedder, pipeline.liveness
     assert embedder.fronts == [2] and embedder.calls == [2]  # type: ignore[attr-defined]
+    assert embedder.finished == []  # type: ignore[attr-defined]
     assert liveness.frames == []  # type: ignore[union-attr]
     np.testing.assert_allclose([np.linalg.norm(g.embedding) for g in seen], 1.0)
     assert pipeline.glimpse_frames([]) == ()
 
 
-def test_completing_a_glimpse_analyses_its_frame_as_one_frame_would(
-    pipeline: FacePipeline,
-) -> None:
+def test_completing_a_glimpse_adds_the_mirror_view_and_liveness(pipeline: FacePipeline) -> None:
     glimpse = pipeline.glimpse_frames([frame(30), frame(200)])[1]
-    pipeline.detector.sides.clear()  # type: ignore[attr-defined]
-    pipeline.embedder.calls.clear()  # type: ignore[attr-defined]
     done = pipeline.complete(glimpse)
-    (alone,) = pipeline.analyze_frames([frame(200)])
-    assert done.frame == 1
-    assert pipeline.detector.sides == [None, None]  # type: ignore[attr-defined]
+    assert done.frame == 1 and done.face.face is glimpse.face
+    assert pipeline.embedder.finished == [1]  # type: ignore[attr-defined]
     # Liveness runs on the completed frame alone, on that frame's pixels.
-    assert pipeline.liveness.frames == [200.0, 200.0]  # type: ignore[union-attr]
-    assert done.face.quality == alone.face.quality and done.face.liveness == alone.face.liveness
-    np.testing.assert_array_equal(done.face.embedding, alone.face.embedding)
+    assert pipeline.liveness.frames == [200.0]  # type: ignore[union-attr]
+    assert done.face.liveness == Liveness(0.9, LivenessDecision.LIVE)
+    assert done.face.quality == glimpse.quality
 
 
 # --- limits and digests ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ from tests.conftest import files_in, missing
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 FACES = DATASETS / "faces"
-PROFILE_MODELS = {"default": ("yunet_any", "sface_cpu"), "insightface": ("scrfd", "arcface_mbf")}
+PROFILE_MODELS = {"default": ("yunet", "sface_cpu"), "insightface": ("scrfd", "arcface_mbf")}
 
 
 def need_faces(*parts: str) -> Path:
@@ -156,7 +156,7 @@ def test_padded_retry_finds_the_face_in_a_tight_crop(
     img = cv2.imread(str(need_faces("att_orl", "ORL_s34", "ORL_s34_0005.png")))
     yunet = default_pipeline.detector
     assert isinstance(yunet, YuNetDetector)
-    assert yunet._detect_once(img, None) == []  # the precondition this test is about
+    assert yunet._detect_once(img) == []  # the precondition this test is about
     faces = yunet.detect(img)
     assert len(faces) == 1
     h, w = img.shape[:2]
@@ -167,7 +167,7 @@ def test_padded_retry_finds_the_face_in_a_tight_crop(
     scrfd = insightface_pipeline.detector
     assert isinstance(scrfd, ScrfdDetector)
     orl = cv2.imread(str(need_faces("att_orl", "ORL_s01", "ORL_s01_0001.png")))
-    assert scrfd._detect_once(orl, None) == []
+    assert scrfd._detect_once(orl) == []
     assert len(scrfd.detect(orl)) == 1
 
 
@@ -272,7 +272,7 @@ class FakeDetector:
     def __init__(self, faces: list[Face]) -> None:
         self.faces = faces
 
-    def detect(self, image_bgr: np.ndarray, side: int | None = None) -> list[Face]:
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
         assert image_bgr.ndim == 3 and image_bgr.shape[2] == 3
         return list(self.faces)
 
@@ -283,6 +283,7 @@ class FakeEmbedder:
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.fronts: list[int] = []
+        self.finished: list[int] = []
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         self.calls.append(len(crops))
@@ -294,6 +295,10 @@ class FakeEmbedder:
     def front(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         self.fronts.append(len(crops))
         return 2 * self.embed(crops)  # raw, unnormalised
+
+    def finish(self, crops: Sequence[np.ndarray], front: np.ndarray) -> np.ndarray:
+        self.finished.append(len(crops))
+        return front / np.linalg.norm(front, axis=1, keepdims=True)
 
 
 class LinearModel:
@@ -335,21 +340,27 @@ def test_flip_embedding_sums_a_crop_and_its_mirror(cls: type[SFaceEmbedder]) -> 
 
 
 @pytest.mark.parametrize("cls", [SFaceEmbedder, ArcFaceEmbedder])
-def test_the_front_view_is_half_of_a_flip_embedding(cls: type[SFaceEmbedder]) -> None:
+@pytest.mark.parametrize("flip", [True, False])
+def test_a_front_view_finished_later_is_the_full_embedding(
+    cls: type[SFaceEmbedder], flip: bool
+) -> None:
     model = LinearModel(batch=None if cls.batched else 1)
     rng = np.random.default_rng(5)
     crops = [rng.integers(0, 255, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
-    embedder = cls(model)  # type: ignore[arg-type]
+    embedder = cls(model, flip=flip)  # type: ignore[arg-type]
     model.calls.clear()
     front = embedder.front(crops)
-    # The crops as they are, no mirrors: half of what embed runs.
+    # Half the work of embed when it flips: the crops as they are, no mirrors.
     assert model.calls == ([3] if cls.batched else [1] * 3)
-    views = np.concatenate([model.run(to_blob([c], cls.preprocess))[0] for c in crops])
-    np.testing.assert_allclose(front, views, rtol=1e-5)
-    mirrors = [model.run(to_blob([c[:, ::-1]], cls.preprocess))[0] for c in crops]
     np.testing.assert_allclose(
-        embedder.embed(crops), l2_normalize(front + np.concatenate(mirrors)), atol=1e-5
+        front,
+        np.concatenate([model.run(to_blob([c], cls.preprocess))[0] for c in crops]),
+        rtol=1e-5,
     )
+    model.calls.clear()
+    finished = embedder.finish(crops[1:2], front[1:2])
+    assert model.calls == ([1] if flip else [])  # only the mirror is still to run
+    np.testing.assert_allclose(finished, embedder.embed(crops[1:2]), atol=1e-5)
     assert embedder.front([]).shape == (0, embedder.dim)
 
 

@@ -76,8 +76,8 @@ def test_the_series_move_with_real_calls(server: RunningServer) -> None:
     )
     assert moved == 1
     assert value(after, "recognizer_request_seconds_count", method=detect) >= 1
-    assert value(after, "recognizer_inference_seconds_count", model="yunet_any") > value(
-        before, "recognizer_inference_seconds_count", model="yunet_any"
+    assert value(after, "recognizer_inference_seconds_count", model="yunet") > value(
+        before, "recognizer_inference_seconds_count", model="yunet"
     )
     outcome = gate_pb2.Outcome.Name(decision.outcome).removeprefix("OUTCOME_").lower()
     assert value(after, "recognizer_gate_decisions_total", outcome=outcome) == 1 + value(

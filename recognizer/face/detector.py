@@ -49,12 +49,12 @@ class _Detector:
         self.nms_threshold = nms_threshold
         self.top_k = top_k
 
-    def _candidates(self, image_bgr: np.ndarray, side: int | None) -> tuple[_Raw, float]:
+    def _candidates(self, image_bgr: np.ndarray) -> tuple[_Raw, float]:
         """Raw candidates in network pixels and the scale from image to network pixels."""
         raise NotImplementedError
 
-    def _detect_once(self, image_bgr: np.ndarray, side: int | None) -> list[Face]:
-        raw, scale = self._candidates(image_bgr, side)
+    def _detect_once(self, image_bgr: np.ndarray) -> list[Face]:
+        raw, scale = self._candidates(image_bgr)
         kept = _nms(raw, self.score_threshold, self.nms_threshold, self.top_k)
         return [
             Face(
@@ -65,14 +65,12 @@ class _Detector:
             for b, lm, s in zip(kept.boxes, kept.landmarks, kept.scores, strict=True)
         ]
 
-    def detect(self, image_bgr: np.ndarray, side: int | None = None) -> list[Face]:
-        """Faces, largest first. `side`: the network input's longer side for a cheaper look
-        (a burst's glimpses); None, the detector's own size."""
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
         img = to_bgr3(image_bgr)
         h, w = img.shape[:2]
         if h < 2 or w < 2:
             return []
-        faces = self._detect_once(img, side)
+        faces = self._detect_once(img)
         if not faces:
             pad = max(1, round(RETRY_PAD_FRACTION * max(h, w)))
             # Replicated edges would extend the face itself; a flat mid-grey border does not.
@@ -86,7 +84,7 @@ class _Detector:
                     f.landmarks - shift,
                     f.score,
                 )
-                for f in self._detect_once(padded, side)
+                for f in self._detect_once(padded)
             ]
         limit = np.array([w, h, w, h], np.float32)
         faces = [
@@ -96,19 +94,8 @@ class _Detector:
         return sorted(faces, key=lambda f: f.area, reverse=True)
 
 
-def _network_size(h: int, w: int, side: int) -> tuple[int, int]:
-    """(height, width) with the image's aspect ratio, the longer side `side`, both sides a
-    multiple of the largest stride."""
-    scale = side / max(h, w)
-    return (
-        max(32, math.ceil(h * scale / 32) * 32),
-        max(32, math.ceil(w * scale / 32) * 32),
-    )
-
-
 class YuNetDetector(_Detector):
-    """YuNet 2023mar: 1x3x640x640 input (letterbox), BGR 0..255, anchor-free per-stride heads.
-    With the input size left open (the `yunet_any` model), a `side` runs it smaller."""
+    """YuNet 2023mar: fixed 1x3x640x640 input, BGR 0..255, anchor-free per-stride heads."""
 
     def __init__(
         self,
@@ -121,21 +108,17 @@ class YuNetDetector(_Detector):
         shape = model.input_shapes[0]
         self.height = int(shape[2]) if isinstance(shape[2], int) else 640
         self.width = int(shape[3]) if isinstance(shape[3], int) else 640
-        self.any_size = not (isinstance(shape[2], int) and isinstance(shape[3], int))
         names = model.output_names
         # Outputs are addressed by name so a re-export with another order still decodes.
         self._index = {n: i for i, n in enumerate(names)}
 
-    def _candidates(self, image_bgr: np.ndarray, side: int | None) -> tuple[_Raw, float]:
-        ih, iw = self.height, self.width
-        if side is not None and self.any_size:
-            ih, iw = _network_size(*image_bgr.shape[:2], side)
-        lb = letterbox(image_bgr, ih, iw)
+    def _candidates(self, image_bgr: np.ndarray) -> tuple[_Raw, float]:
+        lb = letterbox(image_bgr, self.height, self.width)
         blob = lb.canvas.transpose(2, 0, 1)[None].astype(np.float32)  # BGR, 0..255
         out = self.model.run(blob)
         boxes, lms, scores = [], [], []
         for s in _STRIDES:
-            cols = iw // s
+            cols = self.width // s
             cls = out[self._index[f"cls_{s}"]].reshape(-1)
             obj = out[self._index[f"obj_{s}"]].reshape(-1)
             bbox = out[self._index[f"bbox_{s}"]].reshape(-1, 4)
@@ -170,8 +153,16 @@ class ScrfdDetector(_Detector):
         self.num_anchors = 2
         self._index = {n: i for i, n in enumerate(model.output_names)}
 
-    def _candidates(self, image_bgr: np.ndarray, side: int | None) -> tuple[_Raw, float]:
-        ih, iw = _network_size(*image_bgr.shape[:2], side or self.max_side)
+    def _input_size(self, h: int, w: int) -> tuple[int, int]:
+        # Keep the aspect ratio; both sides a multiple of the largest stride.
+        scale = self.max_side / max(h, w)
+        return (
+            max(32, math.ceil(h * scale / 32) * 32),
+            max(32, math.ceil(w * scale / 32) * 32),
+        )
+
+    def _candidates(self, image_bgr: np.ndarray) -> tuple[_Raw, float]:
+        ih, iw = self._input_size(*image_bgr.shape[:2])
         lb = letterbox(image_bgr, ih, iw)
         rgb = lb.canvas[:, :, ::-1].astype(np.float32)
         blob = ((rgb - 127.5) / 128.0).transpose(2, 0, 1)[None]

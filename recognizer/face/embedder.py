@@ -79,11 +79,20 @@ class _Embedder:
 
     def front(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """The raw, unnormalised output for the crops as they are: half of `embed`'s work
-        when it flips. Normalised, it is a quick embedding of the face (a burst's glimpses)."""
+        when it flips. Normalised, it is a quick embedding of the face; `finish` completes
+        it into exactly what `embed` returns."""
         if len(crops) == 0:
             return np.zeros((0, self.dim), np.float32)
         blob = to_blob(crops, self.preprocess)
         return self._run(blob).reshape(len(crops), -1).astype(np.float32)
+
+    def finish(self, crops: Sequence[np.ndarray], front: np.ndarray) -> np.ndarray:
+        """`embed(crops)` from `front(crops)`: only the mirrored view still runs."""
+        if not self.flip or len(crops) == 0:
+            return l2_normalize(np.asarray(front, np.float32).reshape(len(crops), self.dim))
+        blob = to_blob(crops, self.preprocess)
+        mirror = self._run(np.ascontiguousarray(blob[..., ::-1])).reshape(len(crops), -1)
+        return l2_normalize(np.asarray(front, np.float32) + mirror.astype(np.float32))
 
     def _run(self, blob: np.ndarray) -> np.ndarray:
         if self.batched:

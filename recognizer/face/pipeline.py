@@ -33,21 +33,13 @@ from recognizer.vision import to_bgr3
 
 # profile -> (detector model, embedder model) names in models/manifest.toml
 PROFILE_MODELS: dict[str, tuple[str, str]] = {
-    "default": ("yunet_any", "sface_cpu"),
+    "default": ("yunet", "sface_cpu"),
     "insightface": ("scrfd", "arcface_mbf"),
 }
 
 
-# A glimpse looks for the face with the detector's input this size on its longer side (about
-# 40% of YuNet's 640x640 cost); where that finds none, at the detector's own size. At 320 the
-# landmarks were coarse enough to drop a glimpse's similarity to its own full embedding from
-# 0.99 to 0.94 on asianfaces_cn, and 1 in 27 genuine pairs there fell below the same-person
-# bar against 1 in 43; at 416 it is 1 in 35 (tests/test_frames_agree.py).
-GLIMPSE_SIDE = 416
-
-
 class Detector(Protocol):
-    def detect(self, image_bgr: np.ndarray, side: int | None = None) -> list[Face]: ...
+    def detect(self, image_bgr: np.ndarray) -> list[Face]: ...
 
 
 class Embedder(Protocol):
@@ -55,6 +47,7 @@ class Embedder(Protocol):
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
     def front(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
+    def finish(self, crops: Sequence[np.ndarray], front: np.ndarray) -> np.ndarray: ...
 
 
 class FacePipeline:
@@ -91,18 +84,11 @@ class FacePipeline:
             return list(self.liveness.assess(img, faces))
 
     def _detect_aligned(
-        self,
-        image_bgr: np.ndarray,
-        selection: Selection,
-        liveness: bool = True,
-        side: int | None = None,
+        self, image_bgr: np.ndarray, selection: Selection, liveness: bool = True
     ) -> list[tuple[Face, Quality, np.ndarray, Liveness | None]]:
         img = to_bgr3(image_bgr)
         with deadline.stage("face.detect"):
-            found = self.detector.detect(img, side)
-            if not found and side is not None:
-                found = self.detector.detect(img)
-            faces = self._select(found, selection)
+            faces = self._select(self.detector.detect(img), selection)
         live = self._liveness(img, faces) if liveness else [None] * len(faces)
         out = []
         for face, liveness in zip(faces, live, strict=True):
@@ -142,15 +128,14 @@ class FacePipeline:
         return tuple(FrameFace(i, f) for i, f in self._analyze(images, Selection.LARGEST))
 
     def glimpse_frames(self, images: Sequence[np.ndarray], first: int = 0) -> tuple[Glimpse, ...]:
-        """The largest face of every frame that has one, found by a smaller detector pass
-        (GLIMPSE_SIDE) and embedded from its front view only, with no liveness: about 45% of
-        `analyze_frames`' cost per frame. Frames are numbered from `first`. For choosing and
-        comparing a burst's frames; `complete` the one used."""
+        """The largest face of every frame that has one, embedded from its front view only and
+        with no liveness: about half of `analyze_frames`' cost per frame. Frames are numbered
+        from `first`. For choosing and comparing a burst's frames; `complete` the one used."""
         found = [
             (first + i, to_bgr3(image), face, quality, crop)
             for i, image in enumerate(images)
             for face, quality, crop, _ in self._detect_aligned(
-                image, Selection.LARGEST, liveness=False, side=GLIMPSE_SIDE
+                image, Selection.LARGEST, liveness=False
             )
         ]
         if not found:
@@ -159,20 +144,15 @@ class FacePipeline:
             fronts = self.embedder.front([crop for *_, crop in found])  # one call for all
         quick = l2_normalize(fronts)
         return tuple(
-            Glimpse(i, face, quality, vec, img)
-            for (i, img, face, quality, _), vec in zip(found, quick, strict=True)
+            Glimpse(i, face, quality, vec, crop, raw, img)
+            for (i, img, face, quality, crop), vec, raw in zip(found, quick, fronts, strict=True)
         )
 
     def complete(self, glimpse: Glimpse) -> FrameFace:
-        """The glimpsed frame analysed in full, exactly as `analyze_frames` does (detector
-        at its own size, both views, liveness): the face used is what one frame would give."""
-        found = self._analyze([glimpse.image], Selection.LARGEST)
-        if found:
-            return FrameFace(glimpse.frame, found[0][1])
-        # The full-size pass missed what the glimpse saw: analyse the glimpse's face.
-        crop = align(glimpse.image, glimpse.face.landmarks)
+        """A glimpsed face analysed in full: its mirror view added to the embedding (exactly
+        what `analyze_frames` would have made) and its liveness assessed."""
         with deadline.stage("face.embed"):
-            vec = self.embedder.embed([crop])[0]
+            vec = self.embedder.finish([glimpse.crop], glimpse.front[None])[0]
         (live,) = self._liveness(glimpse.image, [glimpse.face])
         face = AnalyzedFace(glimpse.face, glimpse.quality, np.asarray(vec, np.float32), live)
         return FrameFace(glimpse.frame, face)
@@ -198,7 +178,7 @@ def build_face_pipeline(
     # A derived model computes its base's function: templates keep the base's tag.
     entry = model_store.find_entry(emb_name, models_dir)
     tag_name = entry.base if entry.source == "derived" else emb_info.name
-    if det_name.startswith("yunet"):
+    if det_name == "yunet":
         detector = YuNetDetector(det_model)
         embedder = SFaceEmbedder(emb_model)
     else:

@@ -75,13 +75,15 @@ class FrameFace:
 
 @dataclass(frozen=True, slots=True)
 class Glimpse:
-    """A burst frame's face seen cheaply: found by a smaller detector pass, aligned,
-    quality-checked and embedded from its front view only, with no mirror view and no
-    liveness. Its embedding is for comparing frames, never for a decision or a template:
-    `FacePipeline.complete` analyses its frame in full."""
+    """A burst frame's face seen at half the cost: detected, aligned, quality-checked and
+    embedded from its front view only, with no mirror view and no liveness. Its embedding is
+    for comparing frames, never for a decision or a template: `FacePipeline.complete` makes
+    it a full :class:`FrameFace` (one more embedder run and the liveness check)."""
 
     frame: int  # index of the frame among the burst's face frames
     face: Face
     quality: Quality
     embedding: np.ndarray = field(repr=False)  # (D,) float32, unit norm, front view only
-    image: np.ndarray = field(repr=False)  # the frame (BGR), to complete it
+    crop: np.ndarray = field(repr=False)  # the aligned crop, to add the mirror view
+    front: np.ndarray = field(repr=False)  # the embedder's raw front-view output
+    image: np.ndarray = field(repr=False)  # the frame (BGR), for liveness on completion
