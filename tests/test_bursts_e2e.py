@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from recognizer.client import Client
-from recognizer.gate.evidence import GLIMPSE_LEAD
 from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
@@ -263,10 +262,10 @@ def test_a_payer_photo_mixed_into_a_strangers_burst_never_allows(
 
 
 def test_a_strangers_burst_counts_every_frame_as_a_try(c: Client, powell: tuple[str, str]) -> None:
-    """Four frames of a stranger at the payer's car: the best-scoring frame is used (a later
-    frame replaces the first only when its front view leads by GLIMPSE_LEAD), and the estimate
-    counts four tries, so the burst's estimated FAR is never below its best frame's sent
-    alone, and nothing is allowed."""
+    """Four frames of a stranger at the payer's car: the best-scoring frame is used (later
+    frames are chosen by their front view, a little noisier than the full score), and the
+    estimate counts four tries, so the burst's estimated FAR is never below its best frame's
+    sent alone, and nothing is allowed."""
     frame, _ = scene(0)
     for name in STRANGERS:
         frames = [face(name, k) for k in range(1, 5)]
@@ -276,7 +275,7 @@ def test_a_strangers_burst_counts_every_frame_as_a_try(c: Client, powell: tuple[
         best = max(range(4), key=lambda k: alone[k].face_score)
         used = alone[r.face_frame]
         assert r.face_score == pytest.approx(used.face_score, abs=1e-6)
-        # Front views score 0.006 +- 0.008 below full ones: a frame passed over for the first
-        # is at most the lead plus that noise better.
-        assert used.face_score >= alone[best].face_score - GLIMPSE_LEAD - 0.03
+        # Front views score 0.004 +- 0.009 below full ones: a frame passed over is at most
+        # that noise better than the one used.
+        assert used.face_score >= alone[best].face_score - 0.03
         assert r.estimated_far >= alone[best].estimated_far
