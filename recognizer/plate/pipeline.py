@@ -142,6 +142,15 @@ PROVINCE_REPAIR_WEIGHT = 1.0
 ISSUER_O_PRIOR = 0.1
 
 
+def _one_char_changed(ch: _Choice, text: str, pos: int, prob: float, n: int) -> _Choice:
+    """`ch` re-decided to `text`, which differs from it at `pos` alone, with that character's
+    probability `prob`. The text as read stays a candidate, second: a gate can still match it."""
+    probs = (*ch.char_probs[:pos], prob, *ch.char_probs[pos + 1 :]) if ch.char_probs else ()
+    p = float(np.prod(probs)) if probs else 0.0
+    cands = (PlateCandidate(text, p), *(c for c in ch.candidates if c.text != text))
+    return _Choice(text, probs, cands[:n], True, ch.reader, ch.score, ch.clean, ch.ranked)
+
+
 def combine_province(ocr_loglik: np.ndarray, cls_logp: np.ndarray, weight: float) -> np.ndarray:
     """Normalised posterior over provinces from both log-beliefs (a weighted product)."""
     z = np.asarray(ocr_loglik, np.float64) + weight * np.asarray(cls_logp, np.float64)
@@ -288,10 +297,7 @@ class PlateRecognizer:
         k = int(np.argmax(post))
         if texts[k] == ch.text:
             return ch
-        probs = (ch.char_probs[0], float(post[k]), *ch.char_probs[2:]) if ch.char_probs else ()
-        p = float(np.prod(probs)) if probs else 0.0
-        cands = (PlateCandidate(texts[k], p), *(c for c in ch.candidates if c.text != texts[k]))
-        return _Choice(texts[k], probs, cands[:n], True, ch.reader, ch.score, ch.clean, ch.ranked)
+        return _one_char_changed(ch, texts[k], 1, float(post[k]), n)
 
     # -- province ----------------------------------------------------------------------------
     def _province_scores(
@@ -335,11 +341,7 @@ class PlateRecognizer:
         text = texts[k]
         if text == ch.text:
             return ch
-        probs = (float(post[k]), *ch.char_probs[1:]) if ch.char_probs else ()
-        p = float(np.prod(probs)) if probs else 0.0
-        # The text as read stays a candidate, second: a gate can still match it.
-        cands = (PlateCandidate(text, p), *(c for c in ch.candidates if c.text != text))
-        return _Choice(text, probs, cands[:n], True, ch.reader, ch.score, ch.clean, ch.ranked)
+        return _one_char_changed(ch, text, 0, float(post[k]), n)
 
     def _province_repair(
         self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int
