@@ -131,11 +131,12 @@ class FacePipeline:
         """The largest face of every frame that has one, embedded from its front view only and
         with no liveness: about half of `analyze_frames`' cost per frame. Frames are numbered
         from `first`. For choosing and comparing a burst's frames; `complete` the one used."""
+        frames = [to_bgr3(image) for image in images]  # once: kept for completing
         found = [
-            (first + i, to_bgr3(image), face, quality, crop)
-            for i, image in enumerate(images)
+            (first + i, img, face, quality, crop)
+            for i, img in enumerate(frames)
             for face, quality, crop, _ in self._detect_aligned(
-                image, Selection.LARGEST, liveness=False
+                img, Selection.LARGEST, liveness=False
             )
         ]
         if not found:
