@@ -279,3 +279,35 @@ def test_a_strangers_burst_counts_every_frame_as_a_try(c: Client, powell: tuple[
         # that noise better than the one used.
         assert used.face_score >= alone[best].face_score - 0.03
         assert r.estimated_far >= alone[best].estimated_far
+
+
+def blurred(data: bytes, sigma: float) -> bytes:
+    """The photo out of focus (a frame that caught the driver moving)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".jpg", cv2.GaussianBlur(img, (0, 0), sigma))[1].tobytes()
+
+
+def test_a_burst_stops_at_a_first_frame_that_allows_and_goes_on_when_it_does_not(
+    c: Client, powell: tuple[str, str]
+) -> None:
+    """Exit early: later frames are only glimpsed, and the better one is analysed in full
+    only when the first frame does not already allow (the decision cannot get better)."""
+    frame, _ = scene(0)
+    good, better = face("Colin_Powell", 2), face("Colin_Powell", 6)
+    weak = blurred(face("Colin_Powell", 1), 5.0)
+    alone = {
+        name: call(c, request(vehicle_image=frame, face_image=f))
+        for name, f in (("good", good), ("better", better), ("weak", weak))
+    }
+    assert alone["good"].outcome == ALLOW and alone["better"].outcome == ALLOW
+    assert alone["better"].face_score > alone["good"].face_score + 0.05
+    assert alone["weak"].outcome != ALLOW and alone["weak"].face_score > 0
+    # The first frame allows: it is the frame used, scored as when sent alone.
+    r = call(c, request(vehicle_image=frame, face_images=[good, better]))
+    assert r.outcome == ALLOW and r.face_frame == 0, (r.face_frame, codes(r))
+    assert r.face_score == pytest.approx(alone["good"].face_score, abs=1e-6)
+    # It does not: the better later frame is completed and used, and allows.
+    r = call(c, request(vehicle_image=frame, face_images=[weak, better]))
+    assert r.outcome == ALLOW and r.face_frame == 1, (r.face_frame, codes(r))
+    assert r.face_score == pytest.approx(alone["better"].face_score, abs=1e-6)
+    assert "FACE_FRAMES_DISAGREE" not in codes(r)

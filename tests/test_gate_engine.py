@@ -33,7 +33,9 @@ class FakeGatherer:
         self.release.set()
         self.entered = threading.Event()
 
-    def gather(self, event: GateEvent, now: float) -> tuple[Evidence, None, None]:
+    def gather(
+        self, event: GateEvent, now: float, allows: object = None
+    ) -> tuple[Evidence, None, None]:
         self.calls += 1
         self.entered.set()
         self.release.wait(10)

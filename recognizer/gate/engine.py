@@ -28,7 +28,15 @@ from recognizer.gallery.store import DecisionRow
 from recognizer.gate import rules
 from recognizer.gate.evidence import EvidenceGatherer
 from recognizer.gate.inputs import frame_field
-from recognizer.gate.types import Authorized, Decision, Direction, GateEvent, GateRequest
+from recognizer.gate.types import (
+    Authorized,
+    Decision,
+    Direction,
+    Evidence,
+    GateEvent,
+    GateRequest,
+    Outcome,
+)
 from recognizer.policy import PolicySet
 
 Decode = Callable[[bytes, str], np.ndarray]
@@ -104,7 +112,12 @@ class GateEngine:
         now = self._clock()
         event = self._event(request, now)
         policy = self.policies.for_gate(event.gate_id)
-        evidence, read, probe = self.evidence.gather(event, now)
+
+        def allows(ev: Evidence) -> bool:
+            return rules.decide(ev, policy, self.fusion).outcome is Outcome.ALLOW
+
+        # A burst stops short of completing frames once the evidence already allows.
+        evidence, read, probe = self.evidence.gather(event, now, allows=allows)
         verdict = rules.decide(evidence, policy, self.fusion)
         decision = Decision(
             outcome=verdict.outcome,

@@ -13,6 +13,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -68,6 +69,18 @@ def text_read(text: str) -> PlateResult:
 def names_a_payer(bound: Lookup, reads: Sequence[PlateResult]) -> bool:
     """A valid read of a bound plate: the far-plate detector pass cannot add to it."""
     return any(r.pattern_valid and bound(r.text) for r in reads)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What the branches saw of one event: the plate read reported, the payers it names,
+    and the face frames (the first analysed in full, the rest glimpsed)."""
+
+    read: PlateResult | None
+    by_plate: dict[str, PlateEvidence]
+    vehicle_frames_read: int
+    analysed: tuple[FrameFace, ...]
+    glimpses: tuple[Glimpse, ...]
 
 
 class EvidenceGatherer:
@@ -151,23 +164,33 @@ class EvidenceGatherer:
         analysed: Sequence[FrameFace],
         glimpses: Sequence[Glimpse],
         rate: Callable[[np.ndarray], tuple[float, T]],
-    ) -> tuple[FrameFace, T]:
-        """The frame whose face rates highest, with what `rate` found for it. The best glimpse
-        is completed (its mirror view and liveness added) only when its quick rating comes
-        within GLIMPSE_SLACK of the first frame's full one; the frame used is the best full
-        rating."""
+        completing: bool,
+    ) -> tuple[FrameFace, T, bool]:
+        """The frame whose face rates highest, with what `rate` found for it, and whether a
+        glimpse that might rate higher was left uncompleted. The best glimpse is completed
+        (its mirror view and liveness added) when its quick rating comes within
+        GLIMPSE_SLACK of the first frame's full one and `completing` (or when no frame was
+        analysed in full); the frame used is the best full rating."""
         full = [(*rate(ff.face.embedding), ff) for ff in analysed]
+        left = False
         if glimpses:
             quick, best = max(((rate(g.embedding)[0], g) for g in glimpses), key=lambda t: t[0])
             if not full or quick > full[0][0] - GLIMPSE_SLACK:
-                done = self.identity.faces.complete(best)
-                full.append((*rate(done.face.embedding), done))
+                if completing or not full:
+                    done = self.identity.faces.complete(best)
+                    full.append((*rate(done.face.embedding), done))
+                else:
+                    left = True
         _, found, used = max(full, key=lambda t: t[0])
-        return used, found
+        return used, found, left
 
     def _frame_for_payers(
-        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], pids: Sequence[str]
-    ) -> tuple[FrameFace, dict[str, IdentityScore | None]]:
+        self,
+        analysed: Sequence[FrameFace],
+        glimpses: Sequence[Glimpse],
+        pids: Sequence[str],
+        completing: bool,
+    ) -> tuple[FrameFace, dict[str, IdentityScore | None], bool]:
         """The frame whose face scores highest against any of the plate's payers, with every
         payer's score from it (one frame: its own scores, as before bursts)."""
 
@@ -176,18 +199,18 @@ class EvidenceGatherer:
             top = max((s.score for s in scores.values() if s is not None), default=-math.inf)
             return top, scores
 
-        return self._choose(analysed, glimpses, rate)
+        return self._choose(analysed, glimpses, rate, completing)
 
     def _frame_for_search(
-        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse]
-    ) -> tuple[FrameFace, list[Any]]:
+        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], completing: bool
+    ) -> tuple[FrameFace, list[Any], bool]:
         """The frame whose face's best 1:N match scores highest, with its matches."""
 
         def rate(vec: np.ndarray) -> tuple[float, list[Any]]:
             found = self.identity.gallery.identify(vec, self.search_k)
             return (found[0].score if found else -math.inf), found
 
-        return self._choose(analysed, glimpses, rate)
+        return self._choose(analysed, glimpses, rate, completing)
 
     def _frames_agree(
         self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], used: FrameFace
@@ -234,28 +257,50 @@ class EvidenceGatherer:
     # --- the whole event ----------------------------------------------------------------------
 
     def gather(
-        self, event: GateEvent, now: float
+        self, event: GateEvent, now: float, allows: Callable[[Evidence], bool] | None = None
     ) -> tuple[Evidence, PlateResult | None, AnalyzedFace | None]:
+        """The event's evidence, the read reported and the face used.
+
+        `allows` (the gate's rules for this event: does the evidence ALLOW?) lets a burst exit
+        early: when the first frame, analysed in full, already allows, a glimpse that might
+        rate a little higher is not completed, because the decision cannot get better. Every
+        frame is still checked to show the same person. Without `allows`, the best frame is
+        always completed and used."""
         # Who holds a plate text, looked up once per text and event (the plate branch asks
         # while reading, to skip the far-plate pass; the payers are gathered from it after).
         bound: Lookup = functools.cache(self.store.identities_for_plate)
         (reads, vehicle_frames_read), analysed, glimpses = self._run_branches(event, bound)
         deadline.check("gate.match")
         read, by_plate = self._plate_payers(reads, bound)
+        seen = _Seen(read, by_plate, vehicle_frames_read, analysed, glimpses)
+        found, left = self._evidence(event, now, seen, completing=allows is None)
+        if left and allows is not None and not allows(found[0]):
+            found, _ = self._evidence(event, now, seen, completing=True)
+        return found
+
+    def _evidence(
+        self, event: GateEvent, now: float, seen: _Seen, completing: bool
+    ) -> tuple[tuple[Evidence, PlateResult | None, AnalyzedFace | None], bool]:
+        """The evidence from what the branches saw, and whether a glimpse that might rate
+        higher than the frame used was left uncompleted (only when not `completing`)."""
+        read, by_plate, analysed, glimpses = seen.read, seen.by_plate, seen.analysed, seen.glimpses
         threshold = self.identity.threshold()
         payers: list[Payer] = []
         face_elsewhere = False
         used: FrameFace | None = None
+        left = False
         scores: dict[str, IdentityScore | None] = {}
         matches: list[Any] = []
         # A burst's face is its best frame: an impostor's face gets one try per frame, and
         # the estimate counts them (Payer.frames), as it counts enrolled templates.
         frames = len(analysed) + len(glimpses)
         if frames and by_plate:
-            used, scores = self._frame_for_payers(analysed, glimpses, list(by_plate))
+            used, scores, left = self._frame_for_payers(
+                analysed, glimpses, list(by_plate), completing
+            )
             matches = self.identity.gallery.identify(used.face.embedding, self.search_k)
         elif frames:
-            used, matches = self._frame_for_search(analysed, glimpses)
+            used, matches, left = self._frame_for_search(analysed, glimpses, completing)
         for pid, plate in by_plate.items():
             scored = scores.get(pid)
             score, templates = (scored.score, scored.templates) if scored else (None, 1)
@@ -297,6 +342,6 @@ class EvidenceGatherer:
             face_liveness=probe.liveness if probe is not None else None,
             face_frames_agree=used is None or self._frames_agree(analysed, glimpses, used),
             face_frame=used.frame if used is not None else 0,
-            vehicle_frames_read=vehicle_frames_read,
+            vehicle_frames_read=seen.vehicle_frames_read,
         )
-        return evidence, read, probe
+        return (evidence, read, probe), left
