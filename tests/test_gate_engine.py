@@ -223,3 +223,33 @@ def test_a_joiner_decides_itself_when_the_first_caller_gave_up(store: SqliteStor
     joiner.join(5)
     assert errors and joined and not joined[0].replayed  # decided afresh, then stored once
     assert g.calls == 2 and len(store.list_decisions()) == 1
+
+
+def test_a_bursts_first_corrupt_frame_in_order_is_the_error_and_nothing_is_stored(
+    store: SqliteStore,
+) -> None:
+    """Later frames decode in a pool beside the first: the error still names the first bad
+    frame in request order, whichever finished first, and no decision is made."""
+    bad = {"vehicle_images[1]", "vehicle_images[2]", "face_images[0]"}  # frames 2, 3; face 1
+    done: list[str] = []
+
+    def decode(data: bytes, field: str) -> np.ndarray:
+        if field in bad:
+            raise InvalidArgument(f"{field}: corrupt", field=field, reason="CORRUPT_IMAGE")
+        done.append(field)
+        return np.zeros((8, 8, 3), np.uint8)
+
+    g = FakeGatherer()
+    eng = engine(store, g, [])
+    eng._decode = decode
+    inputs = dataclasses.replace(
+        request().inputs, vehicle_sha256=("a", "b", "c", "d"), face_sha256=("e", "f")
+    )
+    frames = (b"v0", b"v1", b"v2", b"v3")
+    for _ in range(20):  # the pool's timing varies; the error must not
+        with pytest.raises(InvalidArgument) as err:
+            eng.authorize(GateRequest(inputs, frames, (b"f0", b"f1"), True, False), encode)
+        assert err.value.field == "vehicle_images[1]", err.value.field  # frame 2 of 4
+    assert "vehicle_image" in done and not any(f.startswith("face") for f in done)
+    assert g.calls == 0 and store.list_decisions() == []
+    eng.close()

@@ -12,15 +12,16 @@ computes afresh.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from recognizer import deadline
+from recognizer import accounting, deadline
 from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 from recognizer.fusion import FusionModel, PlateEvidence
 from recognizer.gallery.ports import Decisions
@@ -66,6 +67,7 @@ class GateEngine:
         self.max_clock_skew_s = max_clock_skew_s
         self._clock = clock
         self._inflight: dict[tuple[str, str], tuple[str, Future[Authorized]]] = {}
+        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gate-decode")
         self._lock = threading.Lock()
         check_policies(policies, fusion)
 
@@ -196,11 +198,26 @@ class GateEngine:
     def _decode_all(
         self, frames: tuple[bytes, ...], kind: str, single: bool
     ) -> tuple[np.ndarray, ...]:
-        return tuple(
-            self._decode(data, frame_field(kind, i, single)) for i, data in enumerate(frames)
-        )
+        """Every frame decoded, a burst's later frames in the decode pool beside the first
+        (the decoder releases the GIL). A frame the pool has not started yet (it is busy
+        with other calls) is decoded here instead. The first failing frame in order is the
+        error."""
+        jobs = [
+            functools.partial(self._decode, data, frame_field(kind, i, single))
+            for i, data in enumerate(frames)
+        ]
+        later = [accounting.submit(self._decode_pool, job) for job in jobs[1:]]
+        try:
+            out = [job() for job in jobs[:1]]
+            for job, future in zip(jobs[1:], later, strict=True):
+                out.append(job() if future.cancel() else future.result())
+            return tuple(out)
+        finally:
+            for future in later:
+                future.cancel()
 
     def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self.evidence.close()
 
 
