@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import cv2
 import grpc
+import numpy as np
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -24,6 +26,22 @@ def scene(k: int) -> tuple[bytes, str]:
     truth = parse_ccpd_name(path.name)
     assert truth, f"{path.name} holds no CCPD plate record"
     return path.read_bytes(), truth
+
+
+def scene_without_province(k: int, cut: float = 0.13) -> tuple[bytes, str]:
+    """The k-th CCPD frame with everything left of `cut` of its plate's width cut away, so the
+    province glyph is out of the frame and the rest of the plate in it (a car half past the
+    camera's edge), as PNG (the same pixels wherever it is decoded); and the plate its file
+    name records. The name lists the plate's corners from the bottom right, clockwise."""
+    from benchmarks.datasets import parse_ccpd_name
+
+    path = sorted(dataset("plates", "scenes").iterdir())[k]
+    truth = parse_ccpd_name(path.name)
+    assert truth, f"{path.name} holds no CCPD plate record"
+    br, bl, tl, tr = (np.array(p.split("&"), float) for p in path.stem.split("-")[3].split("_"))
+    x = round(max((tl + (tr - tl) * cut)[0], (bl + (br - bl) * cut)[0]))
+    img = cv2.imread(str(path))
+    return cv2.imencode(".png", np.ascontiguousarray(img[:, x:]))[1].tobytes(), truth
 
 
 def error_reason(err: grpc.RpcError) -> str:
