@@ -463,20 +463,23 @@ def test_a_call_whose_deadline_ran_out_stores_nothing_and_its_retry_decides(
 GUESSED = 20
 
 
-@pytest.mark.xfail(strict=True, reason="a repaired province counts as an exact read")
 def test_a_guessed_province_does_not_pay_on_the_plate_only_tier(c: Client) -> None:
     """A car whose province glyph the camera cannot see (here: out of the frame) is read as
     another province's plate with the same tail. Bound to someone's PLATE binding, that read
-    must not pay without a tap as if the plate had been read exactly."""
+    once paid without a tap as an exact read (ALLOW, PLATE_EXACT_MATCH); now the driver
+    confirms."""
     frame, truth = scene_without_province(GUESSED)
     (read,) = c.recognition.ReadPlates(
         recognition_pb2.ReadPlatesRequest(image=frame), metadata=c.metadata
     ).plates
     assert read.text[1:] == truth[1:] and read.text != truth, read.text
+    assert read.province_guessed
     payer(c, None, [read.text], PLATE)
     r = call(c, request(amount_minor=500, vehicle_image=frame))
-    assert r.plate.text == read.text
-    assert r.outcome != ALLOW and "PLATE_EXACT_MATCH" not in codes(r), (r.outcome, codes(r))
+    assert r.plate.text == read.text and r.plate.province_guessed
+    assert r.outcome == STEP_UP, (r.outcome, codes(r))
+    assert {"PLATE_PROVINCE_GUESSED", "PLATE_CANDIDATE_MATCH", "FACE_REQUIRED"} <= codes(r)
+    assert not {"PLATE_EXACT_MATCH", "PLATE_ONLY_TIER"} & codes(r)
 
 
 def test_the_same_car_in_full_view_pays_on_the_plate_only_tier(c: Client) -> None:
@@ -485,3 +488,4 @@ def test_the_same_car_in_full_view_pays_on_the_plate_only_tier(c: Client) -> Non
     r = call(c, request(amount_minor=500, vehicle_image=frame))
     assert r.plate.text == truth and r.identity_id == owner, (r.plate.text, codes(r))
     assert r.outcome == ALLOW and {"PLATE_ONLY_TIER", "PLATE_EXACT_MATCH"} <= codes(r)
+    assert not r.plate.province_guessed and "PLATE_PROVINCE_GUESSED" not in codes(r)

@@ -12,6 +12,7 @@ computes afresh.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -105,6 +106,10 @@ class GateEngine:
         event = self._event(request, now)
         policy = self.policies.for_gate(event.gate_id)
         evidence, read, probe = self.evidence.gather(event, now)
+        # The read reported is the one the plate evidence rests on (_plate_payers): a guessed
+        # province there is evidence the rules weigh.
+        guessed = read is not None and read.province_guessed
+        evidence = dataclasses.replace(evidence, plate_province_guessed=guessed)
         verdict = rules.decide(evidence, policy, self.fusion)
         decision = Decision(
             outcome=verdict.outcome,
