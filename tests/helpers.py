@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
 import grpc
+import numpy as np
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -16,14 +21,59 @@ def lfw_face(name: str, k: int) -> bytes:
     return sorted(dataset("faces", "lfw10", name).iterdir())[k].read_bytes()
 
 
-def scene(k: int) -> tuple[bytes, str]:
-    """The k-th CCPD frame and the plate its file name records."""
+def _scene_path(k: int) -> tuple[Path, str]:
+    """The k-th CCPD frame's path and the plate its file name records."""
     from benchmarks.datasets import parse_ccpd_name
 
     path = sorted(dataset("plates", "scenes").iterdir())[k]
     truth = parse_ccpd_name(path.name)
     assert truth, f"{path.name} holds no CCPD plate record"
+    return path, truth
+
+
+def scene(k: int) -> tuple[bytes, str]:
+    """The k-th CCPD frame and the plate its file name records."""
+    path, truth = _scene_path(k)
     return path.read_bytes(), truth
+
+
+def _scene_plate(k: int) -> tuple[np.ndarray, Callable[[float, float], np.ndarray], str]:
+    """The k-th CCPD frame decoded; the point at (u, v) of its plate (fractions of the plate's
+    width and height from the top left, between the corners the file name lists from the
+    bottom right, clockwise); and the plate's text."""
+    path, truth = _scene_path(k)
+    br, bl, tl, tr = (np.array(p.split("&"), float) for p in path.stem.split("-")[3].split("_"))
+
+    def at(u: float, v: float) -> np.ndarray:
+        top, bottom = tl + (tr - tl) * u, bl + (br - bl) * u
+        return top + (bottom - top) * v
+
+    return cv2.imread(str(path)), at, truth
+
+
+def _png(img: np.ndarray) -> bytes:
+    """Lossless, so a test reads the same pixels wherever it runs."""
+    return cv2.imencode(".png", np.ascontiguousarray(img))[1].tobytes()
+
+
+def scene_without_province(k: int, cut: float = 0.13) -> tuple[bytes, str]:
+    """The k-th CCPD frame with everything left of `cut` of its plate's width cut away, so the
+    province glyph is out of the frame and the rest of the plate in it (a car half past the
+    camera's edge); and the plate's text."""
+    img, at, truth = _scene_plate(k)
+    x = round(max(at(cut, 0.0)[0], at(cut, 1.0)[0]))
+    return _png(img[:, x:]), truth
+
+
+def scene_with_province_painted(k: int, width: float = 0.15) -> tuple[bytes, str]:
+    """The k-th CCPD frame with the left `width` of its plate, the province glyph, painted in
+    the plate's own colour (a sticker, dirt); and the plate's text."""
+    img, at, truth = _scene_plate(k)
+    plate = np.round([at(0, 0), at(1, 0), at(1, 1), at(0, 1)]).astype(np.int32)
+    mask = cv2.fillConvexPoly(np.zeros(img.shape[:2], np.uint8), plate, 1).astype(bool)
+    colour = tuple(float(c) for c in np.median(img[mask], axis=0))
+    glyph = np.round([at(0, 0), at(width, 0), at(width, 1), at(0, 1)]).astype(np.int32)
+    return _png(cv2.fillConvexPoly(img, glyph, colour)), truth
 
 
 def error_reason(err: grpc.RpcError) -> str:

@@ -29,7 +29,7 @@ MiB = 1024 * 1024
 # --- the plate vote -------------------------------------------------------------------------
 
 
-def read(*cands: tuple[str, float], box: float = 0.0) -> PlateResult:
+def read(*cands: tuple[str, float], box: float = 0.0, guessed: bool = False) -> PlateResult:
     return PlateResult(
         text=cands[0][0],
         confidence=cands[0][1],
@@ -41,6 +41,7 @@ def read(*cands: tuple[str, float], box: float = 0.0) -> PlateResult:
         pattern_valid=is_valid(cands[0][0]),
         detector_score=0.9,
         reader="fake",
+        province_guessed=guessed,
     )
 
 
@@ -125,6 +126,29 @@ def test_ties_fall_the_same_way_whatever_the_frame_order() -> None:
     first = vote([a, b], valid)
     second = vote([b, a], valid)
     assert first is not None and second is not None and first.text == second.text
+
+
+def test_a_voted_province_is_guessed_unless_a_frame_saw_it() -> None:
+    # A province glyph out of view in every frame: each frame guessed, the vote too.
+    hidden = read(("鲁A931Y9", 0.6), ("皖A931Y9", 0.2), guessed=True)
+    other_guess = read(("皖A931Y9", 0.5), ("鲁A931Y9", 0.3), guessed=True)
+    both = vote([[hidden], [other_guess]], valid)
+    assert both is not None and both.province_guessed
+    # A frame that saw the glyph backs the province it read...
+    seen = read(("鲁A931Y9", 0.5))
+    backed = vote([[hidden], [seen]], valid)
+    assert backed is not None and backed.text == "鲁A931Y9" and not backed.province_guessed
+    # ...even when another frame read the rest of the plate better.
+    tail = vote([[hidden], [read(("鲁A931Y8", 0.3), ("鲁A931Y9", 0.2))]], valid)
+    assert tail is not None and tail.text == "鲁A931Y9" and not tail.province_guessed
+    # A guess that outvotes a frame that saw another province stays a guess.
+    weak = read(("皖A931Y9", 0.01), ("鲁A931Y9", 0.009))
+    outvoted = vote([[hidden], [hidden], [weak]], valid)
+    assert outvoted is not None and outvoted.text == "鲁A931Y9" and outvoted.province_guessed
+    # No guess anywhere: nothing is guessed; and tracking keeps the vote's answer.
+    plain = vote([[seen], [read(("鲁A931Y9", 0.7))]], valid)
+    assert plain is not None and not plain.province_guessed
+    assert [v.province_guessed for v in vote_plates([[hidden], [other_guess]], valid)] == [True]
 
 
 # --- the face frame -------------------------------------------------------------------------

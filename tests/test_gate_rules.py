@@ -177,6 +177,34 @@ CASES: list[tuple[str, Evidence, dict, Outcome, set[str], set[str]]] = [
         {"PLATE_ONLY_TIER"},
     ),
     (
+        "plate-only tier: the bound plate among the candidates",
+        evidence(payer(CAND, None, PLATE_ONLY), amount_minor=500, **NO_FACE),
+        {},
+        ALLOW,
+        {"PLATE_ONLY_TIER", "PLATE_CANDIDATE_MATCH"},
+        {"FACE_REQUIRED"},
+    ),
+    (
+        # The same read with its province guessed (the glyph hidden or out of frame): another
+        # province's car with the same tail must not pay alone.
+        "plate-only tier: the province was guessed",
+        evidence(
+            payer(CAND, None, PLATE_ONLY), amount_minor=500, plate_province_guessed=True, **NO_FACE
+        ),
+        {},
+        STEP_UP,
+        {"PLATE_PROVINCE_GUESSED", "PLATE_CANDIDATE_MATCH", "FACE_REQUIRED"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "the province was guessed and the face matches: the face decides",
+        evidence(payer(CAND, 0.75), plate_province_guessed=True),
+        {},
+        ALLOW,
+        {"PLATE_PROVINCE_GUESSED", "PLATE_CANDIDATE_MATCH", "FACE_MATCH"},
+        set(),
+    ),
+    (
         "plate-only binding, but the plate is not the payer's",
         evidence(payer(NO, 0.9, PLATE_ONLY, searched=50), amount_minor=500),
         {},

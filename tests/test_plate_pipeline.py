@@ -455,6 +455,7 @@ def test_pipeline_province_classifier_redecides_the_first_character() -> None:
     rec = PlateRecognizer(None, main, None, province=cls, province_crop_weight=0.75)  # type: ignore[arg-type]
     r = rec.read_crop(_blue_frame())
     assert r.text == "湘A12345" and r.pattern_valid and cls.patches == 1
+    assert not r.province_guessed  # a province glyph was read: re-decided, not guessed
     assert [c.text for c in r.candidates[:2]] == ["湘A12345", "皖A12345"]  # the read stays
     assert len(r.char_confidences) == 7 and r.candidates[0].probability == pytest.approx(
         r.confidence
@@ -484,7 +485,7 @@ def test_a_read_without_its_province_gets_one() -> None:
         _FakeDetector([_det(10)]), _FakeReader("m", ["AL025S"]), None, province=cls
     )  # type: ignore[arg-type]
     (r,) = rec.read(_blue_frame())
-    assert (r.text, r.pattern_valid) == ("皖AL025S", True)
+    assert (r.text, r.pattern_valid, r.province_guessed) == ("皖AL025S", True, True)
     assert len(r.char_confidences) == 7 and cls.patches == 1
     assert len(r.candidates) == 5 and all(grammar.is_valid(c.text) for c in r.candidates)
     assert all(c.text[1:] == "AL025S" for c in r.candidates)
@@ -495,14 +496,19 @@ def test_a_read_without_its_province_gets_one() -> None:
         _blue_frame()
     )
     assert r2.text == "湘A12345" and r2.candidates[1].text == "皖A12345"
+    assert r2.province_guessed
     # Without a classifier the reader alone decides.
     main3 = _FakeReader("m", ["A12345"], likelihoods={"粤A12345": 0.2})
-    assert PlateRecognizer(None, main3, None).read_crop(_blue_frame()).text == "粤A12345"
+    r3 = PlateRecognizer(None, main3, None).read_crop(_blue_frame())
+    assert (r3.text, r3.province_guessed) == ("粤A12345", True)
     # A read that no province can make valid stays as read, invalid.
     r4 = PlateRecognizer(None, _FakeReader("m", ["A1234"]), None, province=cls).read_crop(  # type: ignore[arg-type]
         _blue_frame()
     )
-    assert (r4.text, r4.pattern_valid) == ("A1234", False)
+    assert (r4.text, r4.pattern_valid, r4.province_guessed) == ("A1234", False, False)
+    # A read with its province is not guessed.
+    clean = PlateRecognizer(None, _FakeReader("m", ["皖AL025S"]), None, province=cls)  # type: ignore[arg-type]
+    assert not clean.read_crop(_blue_frame()).province_guessed
 
 
 def test_an_issuer_read_as_o_competes_with_its_look_alikes() -> None:

@@ -227,19 +227,27 @@ class EvidenceGatherer:
 
     # --- plate payers -------------------------------------------------------------------------
 
+    @staticmethod
     def _plate_payers(
-        self, reads: Sequence[PlateResult], bound: Lookup
+        reads: Sequence[PlateResult], bound: Lookup
     ) -> tuple[PlateResult | None, dict[str, PlateEvidence]]:
         """The read to report and, per identity, whether a read names its plate exactly or
-        among the candidates. An identity matched both ways counts as exact."""
+        among the candidates. An identity matched both ways counts as exact. A read whose
+        province was guessed names no plate exactly (its text is a candidate like the others),
+        and when no read names a plate exactly it is the read reported, so the decision says
+        the province was a guess."""
         found: dict[str, PlateEvidence] = {}
         shown: PlateResult | None = None
         for read in reads:
+            if read.province_guessed:
+                continue
             for pid in bound(read.text):
                 found[pid] = PlateEvidence.EXACT
                 shown = shown or read
-        for read in reads:
-            for cand in read.candidates[1:]:
+        # Guessed reads first: one that names a payer is the read reported, so the rules see
+        # the guess even when another read's candidate names the payer who would pay.
+        for read in sorted(reads, key=lambda r: not r.province_guessed):
+            for cand in read.candidates[0 if read.province_guessed else 1 :]:
                 for pid in bound(cand.text):
                     if pid not in found:
                         found[pid] = PlateEvidence.CANDIDATE
@@ -343,5 +351,8 @@ class EvidenceGatherer:
             face_frames_agree=used is None or self._frames_agree(analysed, glimpses, used),
             face_frame=used.frame if used is not None else 0,
             vehicle_frames_read=seen.vehicle_frames_read,
+            # The read reported is the one the plate evidence rests on (_plate_payers): a
+            # guessed province there is evidence the rules weigh.
+            plate_province_guessed=read is not None and read.province_guessed,
         )
         return (evidence, read, probe), left

@@ -114,6 +114,7 @@ class Evidence:
     face_frames_agree: bool = True  # a burst's face frames all show the face used
     face_frame: int = 0  # the face frame used
     vehicle_frames_read: int = 0  # vehicle frames read before the plate was settled
+    plate_province_guessed: bool = False  # the plate read's province was guessed, not read
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ class _Choice:
     score: float  # for comparing two readers' answers
     clean: bool  # the reader's own greedy text is a valid plate (no grammar repair)
     ranked: tuple[RankedPlate, ...] = ()  # every valid plate the grammar found, best first
+    guessed: bool = False  # the province was put in, not read (PlateResult.province_guessed)
 
 
 def _crop_corners(w: int, h: int) -> np.ndarray:
@@ -126,7 +127,8 @@ PROVINCE_CROP_WEIGHT = 1.0
 # (13 in 2,450 validation plates and frames, with the second detector look), whose province
 # the two beliefs got right once at weights from 0.5 to 3 (1/13; 0/13 below): a repair makes
 # the read a valid plate whose rest is right and whose province is often a guess, with its
-# probability as confidence and the next provinces as candidates.
+# probability as confidence and the next provinces as candidates, marked as guessed
+# (PlateResult.province_guessed) so that the gate never takes it for an exact read.
 PROVINCE_REPAIR_WEIGHT = 1.0
 
 
@@ -367,7 +369,9 @@ class PlateRecognizer:
         rest = tails[best // len(CLASSES)][1]
         probs = (float(post[best]), *rest) if rest else ()
         score = cands[0].probability
-        return _Choice(texts[best], probs, tuple(cands), True, ch.reader, score, False)
+        return _Choice(
+            texts[best], probs, tuple(cands), True, ch.reader, score, False, guessed=True
+        )
 
     def _results(
         self,
@@ -424,6 +428,7 @@ class PlateRecognizer:
                     pattern_valid=ch.valid,
                     detector_score=float(scores[i]),
                     reader=ch.reader,
+                    province_guessed=ch.guessed,
                 )
             )
         return out

@@ -39,3 +39,7 @@ class PlateResult:
     pattern_valid: bool
     detector_score: float
     reader: str  # model name that produced the text
+    # The province character was not read but put in by the pipeline (the read had none, or a
+    # non-province first character): a guess, seldom right (see PROVINCE_REPAIR_WEIGHT). Such
+    # a text is a candidate, never an exact read of the plate.
+    province_guessed: bool = False

@@ -7,7 +7,8 @@ are pooled and each text scores the sum over those frames of its log-probability
 text a frame's read did not list counts as at most `MISSING_PROBABILITY` in that frame (and
 never more than the least likely text the read did list): the frame saw the plate and read
 something else. A frame where a plate was not seen does not vote on it, and reads with no
-valid text do not vote at all. Pure: no model, no store.
+valid text do not vote at all. The voted read's province is guessed unless a frame read it
+(see `province_guessed`). Pure: no model, no store.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def _frame_votes(
     return out
 
 
+def province_guessed(text: str, reads: Sequence[PlateResult]) -> bool:
+    """Whether the voted `text` has a guessed province: some frame's read guessed one, and no
+    read that saw its province glyph (one not guessed) put this province first. A frame that
+    saw the province backs it whichever frames read the rest; a guess that outvotes the
+    frames that saw another province stays a guess."""
+    return any(r.province_guessed for r in reads) and not any(
+        not r.province_guessed and r.text[:1] == text[:1] for r in reads
+    )
+
+
 def vote(
     frames: Sequence[Sequence[PlateResult]],
     valid: Callable[[str], bool],
@@ -47,6 +58,7 @@ def vote(
     Its text is the winning text, its candidates the best `max_candidates` texts with the
     per-frame geometric mean of their probabilities; box, corners, type and character
     confidences come from the frame read that gave the winner its highest probability."""
+    voters = [r for reads in frames for r in reads if _texts(r, valid)]
     votes = [v for v in (_frame_votes(reads, valid) for reads in frames) if v]
     if not votes:
         return None
@@ -67,6 +79,7 @@ def vote(
         char_confidences=source.char_confidences if same else (),
         candidates=cands,
         pattern_valid=True,
+        province_guessed=province_guessed(best, voters),
     )
 
 

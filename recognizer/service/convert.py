@@ -90,6 +90,7 @@ def plate(p: PlateResult) -> pb.PlateRead:
         pattern_valid=p.pattern_valid,
         detector_score=p.detector_score,
         reader=p.reader,
+        province_guessed=p.province_guessed,
     )
 
 
