@@ -484,13 +484,38 @@ def test_a_guessed_province_does_not_pay_on_the_plate_only_tier(c: Client) -> No
     assert not {"PLATE_EXACT_MATCH", "PLATE_ONLY_TIER"} & codes(r)
 
 
-def test_the_same_car_in_full_view_pays_on_the_plate_only_tier(c: Client) -> None:
-    frame, truth = scene(GUESSED)
-    owner = payer(c, None, [truth], PLATE)
+@pytest.fixture(scope="module")
+def guessed_owner(c: Client) -> tuple[str, str]:
+    """The plate-only payer of scene GUESSED's true plate, and the plate."""
+    _, truth = scene(GUESSED)
+    return payer(c, None, [truth], PLATE), truth
+
+
+def test_the_same_car_in_full_view_pays_on_the_plate_only_tier(
+    c: Client, guessed_owner: tuple[str, str]
+) -> None:
+    frame, _ = scene(GUESSED)
+    owner, truth = guessed_owner
     r = call(c, request(amount_minor=500, vehicle_image=frame))
     assert r.plate.text == truth and r.identity_id == owner, (r.plate.text, codes(r))
     assert r.outcome == ALLOW and {"PLATE_ONLY_TIER", "PLATE_EXACT_MATCH"} <= codes(r)
     assert not r.plate.province_guessed and "PLATE_PROVINCE_GUESSED" not in codes(r)
+
+
+def test_a_guessed_province_does_not_stop_a_burst_before_the_frame_that_sees_it(
+    c: Client, guessed_owner: tuple[str, str]
+) -> None:
+    """A burst whose first vehicle frame shows the plate without its province: a guessed read
+    of a bound plate does not settle the vote (the next frame may see the province), so the
+    next frame is read and its exact read pays."""
+    cut, _ = scene_without_province(GUESSED)
+    full, _ = scene(GUESSED)
+    owner, truth = guessed_owner
+    r = call(c, request(amount_minor=500, vehicle_images=[cut, full]))
+    assert r.vehicle_frames_read == 2, (r.vehicle_frames_read, codes(r))
+    assert r.plate.text == truth and not r.plate.province_guessed, r.plate.text
+    assert r.outcome == ALLOW and r.identity_id == owner, (r.outcome, codes(r))
+    assert {"PLATE_EXACT_MATCH", "PLATE_ONLY_TIER"} <= codes(r)
 
 
 @pytest.mark.xfail(

@@ -67,8 +67,9 @@ def text_read(text: str) -> PlateResult:
 
 
 def names_a_payer(bound: Lookup, reads: Sequence[PlateResult]) -> bool:
-    """A valid read of a bound plate: the far-plate detector pass cannot add to it."""
-    return any(r.pattern_valid and bound(r.text) for r in reads)
+    """A valid read of a bound plate whose province was seen: the far-plate detector pass or
+    a later frame cannot add to it (they may see a province that was only guessed)."""
+    return any(r.pattern_valid and not r.province_guessed and bound(r.text) for r in reads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,9 @@ class EvidenceGatherer:
         self, frames: Sequence[np.ndarray], bound: Lookup
     ) -> tuple[list[PlateResult], int]:
         """Read the frames in order and vote per plate; stop once a plate voted so far is
-        bound (an exact read: more frames cannot strengthen it). Returns the voted reads
-        (every read when no frame read a valid text) and how many frames were read."""
+        bound and its province was seen (an exact read: more frames cannot strengthen it).
+        Returns the voted reads (every read when no frame read a valid text) and how many
+        frames were read."""
         mode = getattr(self.plates, "mode", "cn")
         per_frame: list[list[PlateResult]] = []
         voted: list[PlateResult] = []
@@ -134,7 +136,7 @@ class EvidenceGatherer:
         for image in frames:
             per_frame.append(list(self.plates.read(image, enough=enough)))
             voted = vote_plates(per_frame, lambda text: is_valid(text, mode))
-            if any(bound(v.text) for v in voted):
+            if names_a_payer(bound, voted):
                 break
         return voted or [r for reads in per_frame for r in reads], len(per_frame)
 
