@@ -119,6 +119,7 @@ def register(main: click.Group) -> None:
                     f"{p.confidence:.3f}",
                     common_pb2.PlateType.Name(p.type).removeprefix("PLATE_TYPE_").lower(),
                     "yes" if p.pattern_valid else "no",
+                    "guessed" if p.province_guessed else "read",
                     " ".join(f"{x.text}:{x.probability:.2f}" for x in p.candidates[1:4]),
                     f"{p.box.x1:.0f},{p.box.y1:.0f},{p.box.x2:.0f},{p.box.y2:.0f}",
                 )
@@ -126,7 +127,8 @@ def register(main: click.Group) -> None:
             ]
             if not rows:
                 return "no plate found"
-            return table(["plate", "conf", "type", "valid", "alternatives", "box"], rows)
+            head = ["plate", "conf", "type", "valid", "province", "alternatives", "box"]
+            return table(head, rows)
 
         return resp, render
 
@@ -319,7 +321,8 @@ def register(main: click.Group) -> None:
                 f"{'  (replayed)' if r.replayed else ''}  event {r.event_id or event_id}",
                 f"identity     {r.identity_id or '-'}",
                 f"payment ref  {r.payment_ref or '-'}",
-                f"plate        {r.plate.text or '-'}",
+                f"plate        {r.plate.text or '-'}"
+                f"{'  (province guessed)' if r.plate.province_guessed else ''}",
                 f"face score   {r.face_score:.3f}" if r.HasField("face") else "face         -",
                 f"fused LLR    {r.fused_llr:.2f} (plate {r.plate_llr:.2f}, face {r.face_llr:.2f})",
                 f"est. FAR     {r.estimated_far:.2e}",

@@ -96,3 +96,18 @@ def test_the_cli_tour(server: RunningServer, tmp_path: Path) -> None:
     assert identity_id not in {
         i["identityId"] for i in cli(server, "identities", "list").get("identities", [])
     }
+
+
+def test_read_plate_says_whether_the_province_was_read_or_guessed(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    from tests.helpers import scene_without_province
+
+    for name, (data, truth) in (("full", scene(20)), ("cut", scene_without_province(20))):
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(data)
+        out = cli(server, "read-plate", str(path), as_json=False)
+        assert isinstance(out, str)
+        (row,) = [line for line in out.splitlines() if truth[1:] in line]
+        assert ("guessed" in row.split()) == (name == "cut"), (name, row)
+        assert ("read" in row.split()) == (name == "full"), (name, row)
