@@ -160,6 +160,34 @@ def _draw(
     canvas[y0:y1, x0:x1] = roi.astype(np.uint8)
 
 
+def plate_size_mm(ptype: PlateType) -> tuple[float, float]:
+    """(width, height) of a plate of the type in millimetres (GA 36)."""
+    if ptype is PlateType.YELLOW_TWO_ROW:
+        return 440.0, 220.0
+    return (480.0, 140.0) if ptype is PlateType.GREEN_NEW_ENERGY else (440.0, 140.0)
+
+
+def _row_metrics(ptype: PlateType) -> tuple[float, float, float]:
+    """Single-row character width, gap, and the wider gap after the issuer letter (mm)."""
+    return (43.0, 9.0, 49.0) if ptype is PlateType.GREEN_NEW_ENERGY else (45.0, 12.0, 34.0)
+
+
+def char_cells(text: str, ptype: PlateType) -> list[tuple[float, float, float, float]]:
+    """The cell (x, y, w, h) in millimetres each character of `text` is drawn into."""
+    if ptype is PlateType.YELLOW_TWO_ROW:
+        # Top row: 2 chars 80x60 mm centred; bottom row: 5 chars 65x110 mm.
+        top = [(110.0 + 140 * i, 15.0, 80.0, 60.0) for i in range(min(len(text), 2))]
+        return top + [(27.5 + 80 * i, 90.0, 65.0, 110.0) for i in range(len(text) - 2)]
+    w_mm = plate_size_mm(ptype)[0]
+    cw, gap, big = _row_metrics(ptype)
+    x = (w_mm - (len(text) * cw + (len(text) - 2) * gap + big)) / 2
+    cells = []
+    for i in range(len(text)):
+        cells.append((x, 25.0, cw, 90.0))
+        x += cw + (big if i == 1 else gap)
+    return cells
+
+
 def render_plate(
     text: str, ptype: PlateType, font: str | None = None, scale: float = 0.5
 ) -> np.ndarray:
@@ -168,7 +196,7 @@ def render_plate(
     bg, fg = _STYLE[ptype]
     two_row = ptype is PlateType.YELLOW_TWO_ROW
     nev = ptype is PlateType.GREEN_NEW_ENERGY
-    w_mm, h_mm = (440, 220) if two_row else ((480, 140) if nev else (440, 140))
+    w_mm, h_mm = plate_size_mm(ptype)
     W, H = round(w_mm * scale), round(h_mm * scale)
     img = np.empty((H, W, 3), np.uint8)
     img[:] = bg
@@ -178,27 +206,57 @@ def render_plate(
     border = fg if ptype in (PlateType.BLUE, PlateType.BLACK) else (20, 20, 20)
     m = max(1, round(4 * scale))
     cv2.rectangle(img, (m, m), (W - 1 - m, H - 1 - m), border, max(1, round(3 * scale)))
-
-    def colour_of(ch: str) -> tuple[int, int, int]:
-        return _RED if ch in "警" else fg
-
     s = scale
-    if two_row:
-        # Top row: 2 chars 80x60 mm centred; bottom row: 5 chars 65x110 mm.
-        for i, ch in enumerate(text[:2]):
-            _draw(img, ch, (110 + 140 * i) * s, 15 * s, 80 * s, 60 * s, colour_of(ch), font)
-        for i, ch in enumerate(text[2:]):
-            _draw(img, ch, (27.5 + 80 * i) * s, 90 * s, 65 * s, 110 * s, colour_of(ch), font)
-        return img
-    cw, gap, big = (43.0, 9.0, 49.0) if nev else (45.0, 12.0, 34.0)
-    x = (w_mm - (len(text) * cw + (len(text) - 2) * gap + big)) / 2
-    for i, ch in enumerate(text):
-        _draw(img, ch, x * s, 25 * s, cw * s, 90 * s, colour_of(ch), font)
-        if i == 1:  # separator dot between the issuer letter and the serial
-            c = (round((x + cw + big / 2) * s), round(70 * s))
+    for i, (ch, (x, y, w, h)) in enumerate(zip(text, char_cells(text, ptype), strict=True)):
+        _draw(img, ch, x * s, y * s, w * s, h * s, _RED if ch in "警" else fg, font)
+        if i == 1 and not two_row:  # separator dot between the issuer letter and the serial
+            c = (round((x + w + _row_metrics(ptype)[2] / 2) * s), round(70 * s))
             cv2.circle(img, c, max(1, round(5 * s)), fg, -1)
-        x += cw + (big if i == 1 else gap)
     return img
+
+
+# --- covering a plate's province (painted over, a sticker): validation of reads ---------------
+def plate_point(corners: np.ndarray, u: float, v: float) -> np.ndarray:
+    """The point (u, v) of a plate, as fractions of its width and height from the top left,
+    between its corners (TL, TR, BR, BL)."""
+    tl, tr, br, bl = np.asarray(corners, np.float64)
+    top, bottom = tl + (tr - tl) * u, bl + (br - bl) * u
+    return top + (bottom - top) * v
+
+
+def _quad(corners: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    u0, u1, v0, v1 = box
+    pts = [plate_point(corners, u, v) for u, v in ((u0, v0), (u1, v0), (u1, v1), (u0, v1))]
+    return np.round(pts).astype(np.int32)
+
+
+def plate_colour(image: np.ndarray, corners: np.ndarray) -> tuple[float, ...]:
+    """The median colour inside the plate: its background (the glyphs are the minority)."""
+    mask = cv2.fillConvexPoly(np.zeros(image.shape[:2], np.uint8), _quad(corners, (0, 1, 0, 1)), 1)
+    return tuple(float(c) for c in np.median(image[mask.astype(bool)], axis=0))
+
+
+def cover(
+    image: np.ndarray,
+    corners: np.ndarray,
+    box: tuple[float, float, float, float],
+    colour: tuple[float, ...],
+) -> np.ndarray:
+    """A copy of `image` with the plate region `box` (u0, u1, v0, v1; fractions of the plate,
+    see plate_point) filled with `colour`."""
+    return cv2.fillConvexPoly(image.copy(), _quad(corners, box), colour)
+
+
+def province_box(
+    text: str, ptype: PlateType, margin: float = 0.0
+) -> tuple[float, float, float, float]:
+    """Where the province glyph of `text` is printed, as (u0, u1, v0, v1) fractions of the
+    plate, grown by `margin` of the glyph's size on every side and clipped to the plate."""
+    x, y, w, h = char_cells(text, ptype)[0]
+    pw, ph = plate_size_mm(ptype)
+    u0, u1 = (x - margin * w) / pw, (x + w + margin * w) / pw
+    v0, v1 = (y - margin * h) / ph, (y + h + margin * h) / ph
+    return max(u0, 0.0), min(u1, 1.0), max(v0, 0.0), min(v1, 1.0)
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:

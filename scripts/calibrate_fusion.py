@@ -8,7 +8,8 @@
 - Plate: the real reader on the real plate crops (file name = plate text) and on seeded
   synthetic plates pasted into frames (so the detector's misses count too), the two sources
   weighted equally: P(category | genuine) = how often the true plate is the best read (exact),
-  among the other candidates (candidate), or neither (no_match);
+  among the other candidates (candidate), or neither (no_match), counted as the gate counts
+  them (a best read whose province was guessed is a candidate);
   misread rates = how often a read lands exactly on / has among its candidates another plate
   of the set (rule of succession, so never 0). The impostor side is derived from them and the
   clone prior q (a cloned plate is read like the genuine one; OCR cannot tell them apart):
@@ -42,8 +43,9 @@ from recognizer.face.calibration import FaceCalibration  # noqa: E402
 from recognizer.fusion import FusionModel, PlateModel, fit_linear_llr  # noqa: E402
 from recognizer.plate.grammar import normalize  # noqa: E402
 from recognizer.plate.pipeline import PlateRecognizer, build_plate_recognizer  # noqa: E402
+from recognizer.plate.types import PlateResult  # noqa: E402
 
-Read = tuple[str, list[str], list[str]]  # truth, best reads, other candidates
+Read = tuple[str, list[str], list[str]]  # truth, exact reads, candidates
 
 DEFAULT_CROPS = ROOT.parent / "shared" / "datasets" / "plates" / "crops"
 
@@ -56,13 +58,21 @@ def expand(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(values, counts)
 
 
+def _read(truth: str, reads: list[PlateResult]) -> Read:
+    """An image's reads as the gate counts them (gate/evidence.py): a read's text is exact and
+    its other candidates candidates, but a read whose province was guessed names its plates as
+    candidates only, its text among them."""
+    exact = [r.text for r in reads if not r.province_guessed]
+    cands = [c.text for r in reads for c in r.candidates[0 if r.province_guessed else 1 :]]
+    return truth, exact, cands
+
+
 def _crop_reads(recognizer: PlateRecognizer, crops: Path, limit: int | None) -> list[Read]:
     files = sorted(p for p in crops.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:limit]
     out = []
     for path in tqdm(files, desc="crops", unit="crop"):
         image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-        read = recognizer.read_crop(image, max_candidates=5)
-        out.append((crop_truth(path), [read.text], [c.text for c in read.candidates[1:]]))
+        out.append(_read(crop_truth(path), [recognizer.read_crop(image, max_candidates=5)]))
     return out
 
 
@@ -71,10 +81,7 @@ def _frame_reads(recognizer: PlateRecognizer, n: int, seed: int) -> list[Read]:
     out = []
     config = SynthConfig(scene=True)
     for plate in tqdm(generate_dataset(n, seed, config), total=n, desc="frames", unit="frame"):
-        reads = recognizer.read(plate.image, max_candidates=5)
-        out.append(
-            (plate.text, [r.text for r in reads], [c.text for r in reads for c in r.candidates[1:]])
-        )
+        out.append(_read(plate.text, recognizer.read(plate.image, max_candidates=5)))
     return out
 
 

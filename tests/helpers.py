@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -37,18 +36,12 @@ def scene(k: int) -> tuple[bytes, str]:
     return path.read_bytes(), truth
 
 
-def _scene_plate(k: int) -> tuple[np.ndarray, Callable[[float, float], np.ndarray], str]:
-    """The k-th CCPD frame decoded; the point at (u, v) of its plate (fractions of the plate's
-    width and height from the top left, between the corners the file name lists from the
-    bottom right, clockwise); and the plate's text."""
+def _scene_plate(k: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The k-th CCPD frame decoded; its plate's corners (TL, TR, BR, BL; the file name lists
+    them from the bottom right, clockwise); and the plate's text."""
     path, truth = _scene_path(k)
     br, bl, tl, tr = (np.array(p.split("&"), float) for p in path.stem.split("-")[3].split("_"))
-
-    def at(u: float, v: float) -> np.ndarray:
-        top, bottom = tl + (tr - tl) * u, bl + (br - bl) * u
-        return top + (bottom - top) * v
-
-    return cv2.imread(str(path)), at, truth
+    return cv2.imread(str(path)), np.array([tl, tr, br, bl]), truth
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -60,20 +53,20 @@ def scene_without_province(k: int, cut: float = 0.13) -> tuple[bytes, str]:
     """The k-th CCPD frame with everything left of `cut` of its plate's width cut away, so the
     province glyph is out of the frame and the rest of the plate in it (a car half past the
     camera's edge); and the plate's text."""
-    img, at, truth = _scene_plate(k)
-    x = round(max(at(cut, 0.0)[0], at(cut, 1.0)[0]))
+    from benchmarks.synth_plates import plate_point
+
+    img, corners, truth = _scene_plate(k)
+    x = round(max(plate_point(corners, cut, 0.0)[0], plate_point(corners, cut, 1.0)[0]))
     return _png(img[:, x:]), truth
 
 
 def scene_with_province_painted(k: int, width: float = 0.15) -> tuple[bytes, str]:
     """The k-th CCPD frame with the left `width` of its plate, the province glyph, painted in
     the plate's own colour (a sticker, dirt); and the plate's text."""
-    img, at, truth = _scene_plate(k)
-    plate = np.round([at(0, 0), at(1, 0), at(1, 1), at(0, 1)]).astype(np.int32)
-    mask = cv2.fillConvexPoly(np.zeros(img.shape[:2], np.uint8), plate, 1).astype(bool)
-    colour = tuple(float(c) for c in np.median(img[mask], axis=0))
-    glyph = np.round([at(0, 0), at(width, 0), at(width, 1), at(0, 1)]).astype(np.int32)
-    return _png(cv2.fillConvexPoly(img, glyph, colour)), truth
+    from benchmarks.synth_plates import cover, plate_colour
+
+    img, corners, truth = _scene_plate(k)
+    return _png(cover(img, corners, (0.0, width, 0.0, 1.0), plate_colour(img, corners))), truth
 
 
 def error_reason(err: grpc.RpcError) -> str:

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from recognizer.plate import grammar
+from recognizer.plate import grammar, pipeline
 from recognizer.plate.classify import classify
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import PROVINCES
-from recognizer.plate.pipeline import PlateRecognizer, combine_province
+from recognizer.plate.pipeline import PROVINCE_SEEN_MIN, PlateRecognizer, combine_province
 from recognizer.plate.reader import CtcReader, Reading, ctc_greedy, ctc_log_likelihoods
 from recognizer.plate.rectify import split_two_row, warp_plate
 from recognizer.plate.types import PlateResult, PlateType
@@ -255,10 +255,12 @@ class _FakeReader:
         p: float = 0.9,
         trailing: Sequence[tuple[str, float]] = (),
         likelihoods: Mapping[str, float] | None = None,
+        first: float | None = None,  # the first character's probability, when not p
     ) -> None:
         self.name, self.texts, self.p, self.calls = name, list(texts), p, 0
         self.trailing = tuple(trailing)
         self.likelihoods = dict(likelihoods or {})
+        self.first = p if first is None else first
 
     def log_likelihoods(self, reading: Reading, texts: Sequence[str]) -> np.ndarray:
         own = {grammar.normalize(reading.text): self.p ** len(reading.text)}
@@ -269,11 +271,12 @@ class _FakeReader:
         for _ in crops:
             text = self.texts[self.calls % len(self.texts)]
             self.calls += 1
-            alts = tuple(((c, self.p),) for c in text)
+            probs = (self.first, *(self.p,) * (len(text) - 1)) if text else ()
+            alts = tuple(((c, q),) for c, q in zip(text, probs, strict=True))
             out.append(
                 Reading(
                     text,
-                    (self.p,) * len(text),
+                    probs,
                     alts,
                     np.zeros((1, 1)),
                     self.name,
@@ -509,6 +512,37 @@ def test_a_read_without_its_province_gets_one() -> None:
     # A read with its province is not guessed.
     clean = PlateRecognizer(None, _FakeReader("m", ["皖AL025S"]), None, province=cls)  # type: ignore[arg-type]
     assert not clean.read_crop(_blue_frame()).province_guessed
+
+
+def test_a_province_read_below_the_seen_minimum_counts_as_guessed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A painted-over province: the reader reads one into the blank space, faintly.
+    faint, sure = PROVINCE_SEEN_MIN / 2, PROVINCE_SEEN_MIN * 2
+    for first, guessed in ((faint, True), (sure, False)):
+        crop = PlateRecognizer(None, _FakeReader("m", ["苏E29AQ6"], first=first), None)  # type: ignore[arg-type]
+        r = crop.read_crop(_blue_frame())
+        assert (r.text, r.pattern_valid, r.province_guessed) == ("苏E29AQ6", True, guessed)
+        assert r.char_confidences[0] == pytest.approx(first)
+        det = _FakeDetector([_det(10)])
+        frame = PlateRecognizer(det, _FakeReader("m", ["苏E29AQ6"], first=first), None)  # type: ignore[arg-type]
+        assert frame.read(_blue_frame())[0].province_guessed is guessed
+    # Re-decided by the classifier, the first character holds the posterior over provinces,
+    # high whether or not a glyph was there: the reader's own probability decides.
+    cls = _FakeProvince("皖")
+    main = _FakeReader("m", ["苏E29AQ6"], first=faint)
+    r = PlateRecognizer(None, main, None, province=cls).read_crop(_blue_frame())  # type: ignore[arg-type]
+    assert r.text == "皖E29AQ6" and r.char_confidences[0] > 0.9 and r.province_guessed
+    # Only the flag changes: text, candidates and confidences are those of a read province.
+    monkeypatch.setattr(pipeline, "PROVINCE_SEEN_MIN", 0.0)
+    seen = PlateRecognizer(None, main, None, province=cls).read_crop(_blue_frame())  # type: ignore[arg-type]
+    assert not seen.province_guessed
+    assert (seen.text, seen.candidates, seen.char_confidences, seen.confidence) == (
+        r.text,
+        r.candidates,
+        r.char_confidences,
+        r.confidence,
+    )
 
 
 def test_an_issuer_read_as_o_competes_with_its_look_alikes() -> None:

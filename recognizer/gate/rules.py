@@ -125,8 +125,9 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
     binding, fits = _choose_binding(payer, ev, face_ok, reasons)
     if binding is None:
         return Verdict(Outcome.DENY, payer.identity_id, "", result, tuple(reasons), None)
-    # A guessed province is right about 1 time in 13 (plate/pipeline.py), far from the exact
-    # or candidate reads the plate-only target was calibrated on: it never pays alone.
+    # A guessed province (put in, right about 1 time in 13, or read too faintly to have been
+    # seen: painted over, under a sticker; plate/pipeline.py) is far from the exact or
+    # candidate reads the plate-only target was calibrated on: it never pays alone.
     plate_only = (
         fits
         and binding.factors is Factors.PLATE

@@ -40,6 +40,7 @@ class PlateResult:
     detector_score: float
     reader: str  # model name that produced the text
     # The province character was not read but put in by the pipeline (the read had none, or a
-    # non-province first character): a guess, seldom right (see PROVINCE_REPAIR_WEIGHT). Such
-    # a text is a candidate, never an exact read of the plate.
+    # non-province first character): a guess, seldom right (see PROVINCE_REPAIR_WEIGHT); or it
+    # was read too faintly to have been seen (a glyph painted over, under a sticker: see
+    # PROVINCE_SEEN_MIN). Such a text is a candidate, never an exact read of the plate.
     province_guessed: bool = False
