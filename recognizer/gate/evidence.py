@@ -1,10 +1,11 @@
 """Gathering a gate event's evidence: the I/O half of the decision.
 
 Reads the plate and the face (both branches at once; a burst's plate frames are voted into
-one read per plate, and its face is the frame that scores best, counted as that many tries),
-finds the payers the plate names, scores the face against them 1:1, or searches the gallery
-1:N when the plate names no payer, and loads their bindings and the plate's last sighting.
-Everything it returns is plain data for `rules.decide`.
+one read per plate, and its face is the frame that scores best, counted as that many tries,
+or the first frame when that already allows), finds the payers the plate names, scores the
+face against them 1:1, or searches the gallery 1:N when the plate names no payer, and loads
+their bindings and the plate's last sighting. Everything it returns is plain data for
+`rules.decide`.
 """
 
 from __future__ import annotations
