@@ -59,11 +59,10 @@ def expand(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _read(truth: str, reads: list[PlateResult]) -> Read:
-    """An image's reads as the gate counts them (gate/evidence.py): a read's text is exact and
-    its other candidates candidates, but a read whose province was guessed names its plates as
-    candidates only, its text among them."""
+    """An image's reads as the gate counts them (gate/evidence.py): a read's text is exact
+    unless its province was guessed, and `PlateResult.candidate_texts` are candidates."""
     exact = [r.text for r in reads if not r.province_guessed]
-    cands = [c.text for r in reads for c in r.candidates[0 if r.province_guessed else 1 :]]
+    cands = [text for r in reads for text in r.candidate_texts]
     return truth, exact, cands
 
 

@@ -250,8 +250,8 @@ class EvidenceGatherer:
         # Guessed reads first: one that names a payer is the read reported, so the rules see
         # the guess even when another read's candidate names the payer who would pay.
         for read in sorted(reads, key=lambda r: not r.province_guessed):
-            for cand in read.candidates[0 if read.province_guessed else 1 :]:
-                for pid in bound(cand.text):
+            for text in read.candidate_texts:
+                for pid in bound(text):
                     if pid not in found:
                         found[pid] = PlateEvidence.CANDIDATE
                         shown = shown or read

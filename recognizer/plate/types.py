@@ -44,3 +44,10 @@ class PlateResult:
     # was read too faintly to have been seen (a glyph painted over, under a sticker: see
     # PROVINCE_SEEN_MIN). Such a text is a candidate, never an exact read of the plate.
     province_guessed: bool = False
+
+    @property
+    def candidate_texts(self) -> tuple[str, ...]:
+        """The texts that name a plate as a candidate, as the gate and the fusion calibration
+        count them: the other candidates, and the text itself when its province was guessed
+        (then it names no plate exactly)."""
+        return tuple(c.text for c in self.candidates[0 if self.province_guessed else 1 :])
