@@ -465,12 +465,9 @@ GUESSED = 20
 PAINTED = 5
 
 
-def test_a_guessed_province_does_not_pay_on_the_plate_only_tier(c: Client) -> None:
-    """A car whose province glyph the camera cannot see (here: out of the frame) is read as
-    another province's plate with the same tail. Bound to someone's PLATE binding, that read
-    once paid without a tap as an exact read (ALLOW, PLATE_EXACT_MATCH); now the driver
-    confirms."""
-    frame, truth = scene_without_province(GUESSED)
+def assert_another_province_steps_up(c: Client, frame: bytes, truth: str) -> None:
+    """The frame's plate reads as another province's plate with the same tail, marked as a
+    guessed province; bound to a plate-only payer, that read steps up instead of paying."""
     (read,) = c.recognition.ReadPlates(
         recognition_pb2.ReadPlatesRequest(image=frame), metadata=c.metadata
     ).plates
@@ -482,6 +479,24 @@ def test_a_guessed_province_does_not_pay_on_the_plate_only_tier(c: Client) -> No
     assert r.outcome == STEP_UP, (r.outcome, codes(r))
     assert {"PLATE_PROVINCE_GUESSED", "PLATE_CANDIDATE_MATCH", "FACE_REQUIRED"} <= codes(r)
     assert not {"PLATE_EXACT_MATCH", "PLATE_ONLY_TIER"} & codes(r)
+
+
+def assert_pays_on_the_plate_alone(c: Client, frame: bytes, truth: str, owner: str) -> None:
+    """The control: the frame's plate is read exactly, with its province seen, and its
+    plate-only payer pays without a tap."""
+    r = call(c, request(amount_minor=500, vehicle_image=frame))
+    assert r.plate.text == truth and r.identity_id == owner, (r.plate.text, codes(r))
+    assert r.outcome == ALLOW and {"PLATE_ONLY_TIER", "PLATE_EXACT_MATCH"} <= codes(r)
+    assert not r.plate.province_guessed and "PLATE_PROVINCE_GUESSED" not in codes(r)
+
+
+def test_a_guessed_province_does_not_pay_on_the_plate_only_tier(c: Client) -> None:
+    """A car whose province glyph the camera cannot see (here: out of the frame) is read as
+    another province's plate with the same tail. Bound to someone's PLATE binding, that read
+    once paid without a tap as an exact read (ALLOW, PLATE_EXACT_MATCH); now the driver
+    confirms."""
+    frame, truth = scene_without_province(GUESSED)
+    assert_another_province_steps_up(c, frame, truth)
 
 
 @pytest.fixture(scope="module")
@@ -496,10 +511,7 @@ def test_the_same_car_in_full_view_pays_on_the_plate_only_tier(
 ) -> None:
     frame, _ = scene(GUESSED)
     owner, truth = guessed_owner
-    r = call(c, request(amount_minor=500, vehicle_image=frame))
-    assert r.plate.text == truth and r.identity_id == owner, (r.plate.text, codes(r))
-    assert r.outcome == ALLOW and {"PLATE_ONLY_TIER", "PLATE_EXACT_MATCH"} <= codes(r)
-    assert not r.plate.province_guessed and "PLATE_PROVINCE_GUESSED" not in codes(r)
+    assert_pays_on_the_plate_alone(c, frame, truth, owner)
 
 
 def test_a_guessed_province_does_not_stop_a_burst_before_the_frame_that_sees_it(
@@ -524,17 +536,7 @@ def test_a_painted_over_province_does_not_pay_on_the_plate_only_tier(c: Client) 
     province. Bound to someone's PLATE binding, it once paid without a tap as an exact read;
     now a province read below PROVINCE_SEEN_MIN counts as guessed and the driver confirms."""
     frame, truth = scene_with_province_painted(PAINTED)
-    (read,) = c.recognition.ReadPlates(
-        recognition_pb2.ReadPlatesRequest(image=frame), metadata=c.metadata
-    ).plates
-    assert read.text[1:] == truth[1:] and read.text != truth, read.text
-    assert read.province_guessed
-    payer(c, None, [read.text], PLATE)
-    r = call(c, request(amount_minor=500, vehicle_image=frame))
-    assert r.plate.text == read.text and r.plate.province_guessed
-    assert r.outcome == STEP_UP, (r.outcome, codes(r))
-    assert {"PLATE_PROVINCE_GUESSED", "PLATE_CANDIDATE_MATCH", "FACE_REQUIRED"} <= codes(r)
-    assert not {"PLATE_EXACT_MATCH", "PLATE_ONLY_TIER"} & codes(r)
+    assert_another_province_steps_up(c, frame, truth)
 
 
 def test_the_painted_car_in_full_view_pays_on_the_plate_only_tier(c: Client) -> None:
@@ -542,7 +544,4 @@ def test_the_painted_car_in_full_view_pays_on_the_plate_only_tier(c: Client) -> 
     province's full probability and pays on the plate alone."""
     frame, truth = scene(PAINTED)
     owner = payer(c, None, [truth], PLATE)
-    r = call(c, request(amount_minor=500, vehicle_image=frame))
-    assert r.plate.text == truth and r.identity_id == owner, (r.plate.text, codes(r))
-    assert r.outcome == ALLOW and {"PLATE_ONLY_TIER", "PLATE_EXACT_MATCH"} <= codes(r)
-    assert not r.plate.province_guessed and "PLATE_PROVINCE_GUESSED" not in codes(r)
+    assert_pays_on_the_plate_alone(c, frame, truth, owner)
