@@ -65,6 +65,7 @@ postgres:
 
 test: install models-all protos fonts postgres
 	$(BIN)/ruff check recognizer scripts benchmarks tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install models-all protos fonts postgres
@@ -104,6 +105,7 @@ bench-quick: setup models-all bench-deps
 
 lint: install
 	$(BIN)/ruff check recognizer scripts benchmarks tests
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check recognizer scripts benchmarks tests
 
 clean:

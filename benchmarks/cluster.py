@@ -121,17 +121,10 @@ class StoreOps:
 
     def __init__(self, args: dict[str, Any], folder: Path) -> None:
         from recognizer.gallery.gallery import Gallery
-        from recognizer.gallery.store import DecisionRow
+        from recognizer.store.rows import DecisionRow
 
         rng = np.random.default_rng(args["seed"])
-        if args["url"]:
-            from recognizer.gallery.postgres import PostgresStore
-
-            self.store: Any = PostgresStore(args["url"])
-        else:
-            from recognizer.gallery.store import SqliteStore
-
-            self.store = SqliteStore(folder / "recognizer.db")
+        self.store: Any = _open_store(args["url"], folder / "recognizer.db")
         store = self.store
         ids = []
         for k in range(args["prefill"]):  # a gallery to look things up in
@@ -178,14 +171,44 @@ class StoreOps:
         self.store.close()
 
 
+def _open_store(url: str, path: Path, pool_size: int = 8) -> Any:
+    """The store at `url` (PostgreSQL) or `path` (SQLite), through the importable release's
+    own factory: `recognizer.store.open` from the storage package on, the adapters before."""
+    try:
+        from recognizer.store.open import StoreLocation
+    except ImportError:  # a release before the storage package
+        if url:
+            from recognizer.gallery.postgres import PostgresStore
+
+            return PostgresStore(url, pool_size=pool_size)
+        from recognizer.gallery.store import SqliteStore
+
+        return SqliteStore(path)
+    from recognizer.store.crypto import NullCipher
+
+    location = StoreLocation(url=url) if url else StoreLocation(sqlite_path=path)
+    return location.open(NullCipher(), pool_size=pool_size)
+
+
 def _imported() -> dict[str, Any]:
     import recognizer
-    import recognizer.gallery.store as store_module
 
     return {
         "recognizer": recognizer.__file__,
-        "shared_sql": hasattr(store_module, "SqlStore"),  # True from the storage ports on
+        # True from the storage ports on (the shared SQL of both adapters).
+        "shared_sql": any(
+            _has_module(m) for m in ("recognizer.store.sql", "recognizer.gallery.sql")
+        ),
     }
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its package is missing
+        return False
 
 
 def store_worker(args: dict[str, Any]) -> dict[str, Any]:
@@ -214,19 +237,18 @@ def _rss_kb() -> int:
 def catchup_worker(args: dict[str, Any]) -> dict[str, Any]:
     """What a new node does at start (rebuild its replica from the store), then one sync()."""
     from recognizer.gallery.gallery import Gallery
-    from recognizer.gallery.postgres import PostgresStore
 
     rss0 = _rss_kb()
     with tempfile.TemporaryDirectory(prefix="bench-catchup-") as tmp:
         index_path = Path(tmp) / "x.faiss"
         t0 = time.perf_counter()
-        gallery = Gallery(PostgresStore(args["url"]), MODEL, DIM, index_path=index_path)
+        gallery = Gallery(_open_store(args["url"], Path()), MODEL, DIM, index_path=index_path)
         gallery.open()
         open_s = time.perf_counter() - t0
         peak_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kind, ntotal = gallery.index.kind, gallery.index.ntotal
         # Another node's writes: its own store instance, one transaction per enrolment.
-        writer = PostgresStore(args["url"], pool_size=1)
+        writer = _open_store(args["url"], Path(), pool_size=1)
         rng = np.random.default_rng(7)
         t0 = time.perf_counter()
         for k in range(args["more"] // 10):
@@ -820,9 +842,7 @@ def fill(url: str, n: int, seed: int = 0, chunk: int = 50_000) -> float:
     Plaintext little-endian float32 vectors, as the NullCipher stores them."""
     import psycopg
 
-    from recognizer.gallery.postgres import PostgresStore
-
-    PostgresStore(url).close()  # the schema, through the adapter's own migrations
+    _open_store(url, Path()).close()  # the schema, through the adapter's own migrations
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     now = time.time()

@@ -12,6 +12,7 @@ were just written), so the figures are CPU cost (read, decrypt, deserialise), no
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -23,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recognizer.gallery.crypto import AesGcmCipher, NullCipher, TemplateCipher
 from recognizer.gallery.gallery import Gallery
-from recognizer.gallery.rekey import rekey
-from recognizer.gallery.store import SqliteStore
+from recognizer.gallery.index import reseal_files
+from recognizer.store.crypto import AesGcmCipher, NullCipher, TemplateCipher
+from recognizer.store.open import StoreLocation
+from recognizer.store.rekey import rekey
 
 MODEL = "bench-model"
 KEY = bytes(range(32))
@@ -68,7 +70,7 @@ def machine() -> dict[str, str]:
 
 
 def _gallery(data: Path, cipher: TemplateCipher, dim: int) -> Gallery:
-    store = SqliteStore(data / "recognizer.db", cipher)
+    store = StoreLocation(sqlite_path=data / "recognizer.db").open(cipher)
     return Gallery(store, MODEL, dim, data / "faces.faiss")
 
 
@@ -111,7 +113,13 @@ def run_startup_bench(
         kind, build_s = build(plain, n, dim, seed)
         shutil.copytree(plain, sealed)
         t0 = time.perf_counter()
-        rekey(sealed / "recognizer.db", [sealed / "faces.faiss"], None, KEY, batch=10_000)
+        rekey(
+            sealed / "recognizer.db",
+            functools.partial(reseal_files, [sealed / "faces.faiss"]),
+            None,
+            KEY,
+            batch=10_000,
+        )
         encrypt_s = time.perf_counter() - t0
         times: dict[str, list[float]] = {"plain": [], "sealed": []}
         for _ in range(repeats):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -68,10 +69,10 @@ def serve(
         click.echo(f"WARNING: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
     os.umask(0o077)  # whatever the process creates is private (files 0600, directories 0700)
     # Before the port is bound or a model loaded: a key that does not fit stops the boot.
-    from recognizer.gallery.stores import StoreLocation
+    from recognizer.store.open import StoreLocation
 
     _key_or_exit(StoreLocation.of(config))
-    from recognizer.gallery.files import private_dir
+    from recognizer.store.files import private_dir
 
     private_dir(config.data_dir)
     run(config)
@@ -80,7 +81,7 @@ def serve(
 def _key_or_exit(location: Any) -> None:
     """Check the template key(s) in the environment against the store (a StoreLocation);
     exit 2 with what to do if they do not fit. Writes nothing."""
-    from recognizer.gallery.crypto import TemplateKeyError, cipher_from_env
+    from recognizer.store.crypto import TemplateKeyError, cipher_from_env
 
     try:
         location.check_key(cipher_from_env())
@@ -189,7 +190,7 @@ data_dir_option = click.option(
 def _location(data_dir: Path) -> Any:
     """The store the configuration names (RECOGNIZER_DATABASE_URL, else SQLite in data_dir)."""
     from recognizer.config import ConfigError, load_config
-    from recognizer.gallery.stores import StoreLocation
+    from recognizer.store.open import StoreLocation
 
     try:
         return StoreLocation.of(load_config(data_dir=data_dir))
@@ -212,7 +213,7 @@ def _maintenance(fn: Callable[[], Any]) -> Any:
 def backup(dest: Path, data_dir: Path) -> None:
     """Take a consistent online snapshot of the store and index into DEST."""
     from recognizer import maintenance
-    from recognizer.gallery.crypto import cipher_from_env
+    from recognizer.store.crypto import cipher_from_env
 
     location = _location(data_dir)
     if location.url:
@@ -248,7 +249,7 @@ def purge(older_than_days: float | None, data_dir: Path) -> None:
     """Delete decision records (and plate sightings) older than N days."""
     from recognizer import maintenance
     from recognizer.config import load_config
-    from recognizer.gallery.crypto import cipher_from_env
+    from recognizer.store.crypto import cipher_from_env
 
     days = older_than_days if older_than_days is not None else load_config().retention_days
     location = _location(data_dir)
@@ -269,7 +270,7 @@ def keys() -> None:
 
 
 def _env_keys() -> tuple[bytes | None, bytes | None]:
-    from recognizer.gallery.crypto import keys_from_env
+    from recognizer.store.crypto import keys_from_env
 
     return _maintenance(keys_from_env)  # type: ignore[no-any-return]
 
@@ -277,13 +278,15 @@ def _env_keys() -> tuple[bytes | None, bytes | None]:
 def _rekey(
     data_dir: Path, current: bytes | None, target: bytes, batch: int, progress: bool
 ) -> None:
-    from recognizer.gallery.rekey import rekey
+    from recognizer.gallery.index import reseal_files
+    from recognizer.store.rekey import rekey
 
     os.umask(0o077)
     location = _location(data_dir)
     indexes = sorted(data_dir.glob("*.faiss"))  # this node's; other nodes reseal on start
     report = (lambda n: click.echo(f"resealed {n}")) if progress else None
-    r = _maintenance(lambda: rekey(location, indexes, current, target, batch, report))
+    reseal = functools.partial(reseal_files, indexes)
+    r = _maintenance(lambda: rekey(location, reseal, current, target, batch, report))
     if r.already_done:
         click.echo(f"store already encrypted under key id {r.key_id}: nothing to do")
         return
@@ -305,7 +308,7 @@ def rekey_options(fn: Callable[..., None]) -> Callable[..., None]:
 @rekey_options
 def keys_encrypt(data_dir: Path, batch: int, progress: bool) -> None:
     """Encrypt a plaintext store with RECOGNIZER_TEMPLATE_KEY (resumable: rerun after a crash)."""
-    from recognizer.gallery.crypto import KEY_ENV
+    from recognizer.store.crypto import KEY_ENV
 
     current, new = _env_keys()
     if current is None or new is not None:
@@ -317,7 +320,7 @@ def keys_encrypt(data_dir: Path, batch: int, progress: bool) -> None:
 @rekey_options
 def keys_rotate(data_dir: Path, batch: int, progress: bool) -> None:
     """Re-encrypt from RECOGNIZER_TEMPLATE_KEY to RECOGNIZER_TEMPLATE_KEY_NEW (resumable)."""
-    from recognizer.gallery.crypto import KEY_ENV, NEW_KEY_ENV
+    from recognizer.store.crypto import KEY_ENV, NEW_KEY_ENV
 
     current, new = _env_keys()
     if current is None or new is None:
@@ -331,7 +334,7 @@ def keys_rotate(data_dir: Path, batch: int, progress: bool) -> None:
 @data_dir_option
 def keys_check(data_dir: Path) -> None:
     """Check the key(s) in the environment against the store; exit 2 if they do not fit."""
-    from recognizer.gallery.keys import SCHEME_AES
+    from recognizer.store.keys import SCHEME_AES
 
     location = _location(data_dir)
     _key_or_exit(location)
@@ -359,8 +362,8 @@ def db() -> None:
 def db_migrate(data_dir: Path) -> None:
     """Apply pending schema migrations (servers also do it when they start; one node at a
     time on PostgreSQL). Refuses a store written by a newer release."""
-    from recognizer.gallery.crypto import cipher_from_env
-    from recognizer.gallery.store import SCHEMA_VERSION
+    from recognizer.store.crypto import cipher_from_env
+    from recognizer.store.schema import SCHEMA_VERSION
 
     location = _location(data_dir)
     _key_or_exit(location)

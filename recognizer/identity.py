@@ -14,7 +14,7 @@ import numpy as np
 from recognizer.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from recognizer.face.types import AnalyzedFace, Face, Liveness, LivenessDecision, Quality, Selection
 from recognizer.fusion import one_to_n
-from recognizer.gallery.store import AuditEntry
+from recognizer.store.rows import AuditEntry
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recognizer.errors import FailedPrecondition, InvalidArgument
-from recognizer.gallery import files
-from recognizer.gallery.crypto import NullCipher, TemplateCipher
 from recognizer.gallery.index import copy_file
-from recognizer.gallery.store import SqliteStore
-from recognizer.gallery.stores import StoreLocation
 from recognizer.onnx import sha256_file
+from recognizer.store import files
+from recognizer.store.crypto import NullCipher, TemplateCipher
+from recognizer.store.open import StoreLocation
 
 log = logging.getLogger("recognizer.maintenance")
 
@@ -54,7 +53,7 @@ def backup(data_dir: Path, dest: Path, cipher: TemplateCipher | None = None) -> 
     if not db.is_file():
         raise InvalidArgument(f"no store at {db}", field="data_dir")
     _require_empty(dest)
-    store = SqliteStore(db, cipher or NullCipher())  # refuses a key that does not fit
+    store = StoreLocation(sqlite_path=db).open(cipher or NullCipher())  # refuses a wrong key
     try:
         files.private_dir(dest)
         for index in sorted(data_dir.glob("*.faiss")):

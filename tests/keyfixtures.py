@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recognizer.gallery.crypto import NullCipher, TemplateCipher
 from recognizer.gallery.gallery import Gallery
-from recognizer.gallery.store import SqliteStore
+from recognizer.store.crypto import NullCipher, TemplateCipher
+from recognizer.store.sqlite import SqliteStore
 
 RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
 RELEASE_KEY = bytes(range(32))

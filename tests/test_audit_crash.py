@@ -20,7 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from recognizer.gallery.store import AuditEntry, SqliteStore
+from recognizer.store.rows import AuditEntry
+from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import identity_pb2
 from tests import procserver
 from tests.conftest import DATASETS, require_models

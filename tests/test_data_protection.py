@@ -13,10 +13,11 @@ import pytest
 
 from recognizer import maintenance
 from recognizer.gallery import index as index_module
-from recognizer.gallery.crypto import KEY_ENV, NEW_KEY_ENV, AesGcmCipher
 from recognizer.gallery.gallery import Gallery
 from recognizer.gallery.index import VectorIndex
-from recognizer.gallery.store import AuditEntry, SqliteStore
+from recognizer.store.crypto import KEY_ENV, NEW_KEY_ENV, AesGcmCipher
+from recognizer.store.rows import AuditEntry
+from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests.conftest import client_for, dataset, require_models, start_server
 from tests.keyfixtures import DIM, MODEL, b64, scan, unit

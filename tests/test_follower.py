@@ -17,8 +17,8 @@ from recognizer import telemetry
 from recognizer.errors import Unavailable
 from recognizer.gallery.follower import Follower, ReplicaLag
 from recognizer.gallery.gallery import Gallery
-from recognizer.gallery.postgres import PostgresStore
-from recognizer.gallery.store import SqliteStore
+from recognizer.store.postgres import PostgresStore
+from recognizer.store.sqlite import SqliteStore
 
 
 class Clock:

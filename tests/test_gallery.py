@@ -13,15 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recognizer.gallery.crypto import (
-    OVERHEAD,
-    AesGcmCipher,
-    CipherError,
-    NullCipher,
-    TemplateKeyError,
-    cipher_from_env,
-)
-from recognizer.gallery.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from recognizer.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from recognizer.gallery.gallery import Gallery
 from recognizer.gallery.index import (
     APPROXIMATE,
@@ -31,7 +23,16 @@ from recognizer.gallery.index import (
     VectorIndex,
     _as_matrix,
 )
-from recognizer.gallery.store import DecisionRow, SqliteStore
+from recognizer.store.crypto import (
+    OVERHEAD,
+    AesGcmCipher,
+    CipherError,
+    NullCipher,
+    TemplateKeyError,
+    cipher_from_env,
+)
+from recognizer.store.rows import DecisionRow
+from recognizer.store.sqlite import SqliteStore
 
 DIM = 32
 MODEL = "test-model"

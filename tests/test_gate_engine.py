@@ -15,10 +15,10 @@ import pytest
 
 from recognizer import deadline
 from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
-from recognizer.gallery.store import SqliteStore
 from recognizer.gate import EventInputs, GateEngine, GateRequest
 from recognizer.gate.types import Decision, Evidence, GateEvent
 from recognizer.policy import PolicySet
+from recognizer.store.sqlite import SqliteStore
 from tests.test_gate_rules import FUSION, evidence, payer
 
 NOW = 1_800_000_000.0

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recognizer.gallery.crypto import (
+from recognizer.gallery.gallery import Gallery
+from recognizer.gallery.index import VectorIndex
+from recognizer.store.crypto import (
     KEY_ENV,
     MAGIC,
     NEW_KEY_ENV,
@@ -26,10 +28,8 @@ from recognizer.gallery.crypto import (
     key_check_value,
     key_id,
 )
-from recognizer.gallery.gallery import Gallery
-from recognizer.gallery.index import VectorIndex
-from recognizer.gallery.keys import SCHEME_AES, SCHEME_NONE
-from recognizer.gallery.store import SqliteStore, read_key_state
+from recognizer.store.keys import SCHEME_AES, SCHEME_NONE
+from recognizer.store.sqlite import SqliteStore, read_key_state
 from recognizer.v1 import gate_pb2
 from tests import procserver
 from tests.conftest import ENV_KEYS, require_models

@@ -13,10 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
-from recognizer.gallery.crypto import AesGcmCipher
-from recognizer.gallery.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from recognizer.gate.inputs import legacy_digest
 from recognizer.service.server import RunningServer
+from recognizer.store.crypto import AesGcmCipher
+from recognizer.store.schema import SCHEMA_VERSION
+from recognizer.store.schema import SQLITE_MIGRATIONS as MIGRATIONS
+from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests.conftest import client_for, require_models, start_server
 

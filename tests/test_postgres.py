@@ -14,10 +14,9 @@ import psycopg
 import pytest
 
 from recognizer.errors import AlreadyExists
-from recognizer.gallery import postgres
-from recognizer.gallery import store as sqlite_store
-from recognizer.gallery.crypto import AesGcmCipher, TemplateKeyError
-from recognizer.gallery.postgres import PostgresStore, _client_tool
+from recognizer.store import postgres, schema
+from recognizer.store.crypto import AesGcmCipher, TemplateKeyError
+from recognizer.store.postgres import PostgresStore, _client_tool
 
 MODEL = "pg-model"
 DIM = 4
@@ -113,7 +112,7 @@ def test_nodes_starting_together_migrate_once(pg_url: str) -> None:
         # One found an empty database; the others found it part or fully migrated (each
         # step is its own transaction): a step applied twice would have failed them.
         found = sorted(s.schema_upgraded_from for s in opened)
-        assert found[0] == 0 and set(found[1:]) <= {postgres.BASELINE_VERSION, 3}
+        assert found[0] == 0 and set(found[1:]) <= {schema.POSTGRES_BASELINE_VERSION, 3}
     finally:
         for s in opened:
             s.close()
@@ -122,7 +121,7 @@ def test_nodes_starting_together_migrate_once(pg_url: str) -> None:
 def test_a_later_schema_step_is_applied_once_and_a_newer_database_is_refused(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    current = sqlite_store.SCHEMA_VERSION
+    current = schema.SCHEMA_VERSION
     PostgresStore(pg_url).close()  # a database of this release
     applied: list[int] = []
     nxt = current + 1
@@ -131,21 +130,21 @@ def test_a_later_schema_step_is_applied_once_and_a_newer_database_is_refused(
         applied.append(nxt)
         c.execute("ALTER TABLE sightings ADD COLUMN lane TEXT NOT NULL DEFAULT ''")
 
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", nxt)
-    monkeypatch.setitem(postgres.MIGRATIONS, nxt, step)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", nxt)
+    monkeypatch.setitem(schema.POSTGRES_MIGRATIONS, nxt, step)
     s = PostgresStore(pg_url)
     assert s.schema_upgraded_from == current and applied == [nxt]
     s.close()
     PostgresStore(pg_url).close()
     assert applied == [nxt]
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", current)  # an older release
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current)  # an older release
     with pytest.raises(RuntimeError, match="newer than this release"):
         PostgresStore(pg_url)
 
 
 def test_every_schema_version_has_a_step_in_both_adapters() -> None:
-    later = range(postgres.BASELINE_VERSION + 1, sqlite_store.SCHEMA_VERSION + 1)
-    assert all(v in postgres.MIGRATIONS and v in sqlite_store.MIGRATIONS for v in later)
+    later = range(schema.POSTGRES_BASELINE_VERSION + 1, schema.SCHEMA_VERSION + 1)
+    assert all(v in schema.POSTGRES_MIGRATIONS and v in schema.SQLITE_MIGRATIONS for v in later)
 
 
 def test_a_wrong_key_is_refused_and_writes_nothing(pg_url: str) -> None:
@@ -217,14 +216,14 @@ def test_db_migrate_on_postgres_and_on_a_release_0_1_0_data_directory(
     env = {"RECOGNIZER_DATABASE_URL": pg_url}
     first = _cli("db", "migrate", "--data-dir", str(tmp_path), env=env)
     assert first.returncode == 0, first.stderr
-    assert f"migrated from version 0 to {sqlite_store.SCHEMA_VERSION}" in first.stdout
+    assert f"migrated from version 0 to {schema.SCHEMA_VERSION}" in first.stdout
     again = _cli("db", "migrate", "--data-dir", str(tmp_path), env=env)
-    assert f"already at version {sqlite_store.SCHEMA_VERSION}" in again.stdout
+    assert f"already at version {schema.SCHEMA_VERSION}" in again.stdout
     old = tmp_path / "old"
     shutil.copytree(Path(__file__).parent / "data" / "release-0.1.0" / "plain", old)
     upgraded = _cli("db", "migrate", "--data-dir", str(old), env={})
     assert upgraded.returncode == 0, upgraded.stderr
-    assert f"migrated from version 1 to {sqlite_store.SCHEMA_VERSION}" in upgraded.stdout
+    assert f"migrated from version 1 to {schema.SCHEMA_VERSION}" in upgraded.stdout
 
 
 def test_keys_encrypt_and_check_on_postgres(pg_url: str, tmp_path: Path) -> None:

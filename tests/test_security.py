@@ -23,10 +23,10 @@ import pytest
 from recognizer.client import Client
 from recognizer.config import ApiKey, Role, hash_key, load_config
 from recognizer.face.types import Selection
-from recognizer.gallery.store import SqliteStore
 from recognizer.service.logs import JsonFormatter
 from recognizer.service.runtime import Runtime
 from recognizer.service.server import RunningServer, create_server
+from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import REPO, client_for, dataset, require_models, start_server
 from tests.test_server import fake_engines

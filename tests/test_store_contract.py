@@ -1,4 +1,4 @@
-"""The storage contract: what every adapter behind `recognizer.gallery.ports.Store` must do.
+"""The storage contract: what every adapter behind `recognizer.store.ports.Store` must do.
 
 Parametrised over adapters: the embedded SQLite store (file and in-memory, plaintext and
 encrypted) and PostgreSQL (plaintext and encrypted), on a real server the tests start.
@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from recognizer.errors import AlreadyExists, NotFound
-from recognizer.gallery.crypto import AesGcmCipher
-from recognizer.gallery.ports import Store
-from recognizer.gallery.postgres import PostgresStore
-from recognizer.gallery.store import AuditEntry, DecisionRow, SqliteStore
+from recognizer.store.crypto import AesGcmCipher
+from recognizer.store.ports import Store
+from recognizer.store.postgres import PostgresStore
+from recognizer.store.rows import AuditEntry, DecisionRow
+from recognizer.store.sqlite import SqliteStore
 
 MODEL = "contract-model"
 DIM = 8

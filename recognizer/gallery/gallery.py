@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from recognizer.errors import Unavailable
-from recognizer.gallery import files
-from recognizer.gallery.errors import FailedPrecondition, InvalidArgument
+from recognizer.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recognizer.gallery.index import FLAT, VectorIndex, default_nlist, is_unit, remove_stale_temps
-from recognizer.gallery.ports import Store
-from recognizer.gallery.store import AuditEntry, Change, DeleteCounts, TemplateRow
+from recognizer.store import files
+from recognizer.store.ports import Store
+from recognizer.store.rows import AuditEntry, Change, DeleteCounts, TemplateRow
 
 log = logging.getLogger("recognizer.gallery")
 

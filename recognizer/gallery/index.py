@@ -33,7 +33,7 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
-from recognizer.gallery import files
+from recognizer.store import files
 
 log = logging.getLogger("recognizer.gallery.index")
 
@@ -526,6 +526,11 @@ def reseal_file(path: Path, cipher: Any) -> bool:
         return False
     _write_file(Path(path), read.header, [read.body], cipher)
     return True
+
+
+def reseal_files(paths: Sequence[Path], cipher: Any) -> int:
+    """Reseal each index file (reseal_file); how many were rewritten."""
+    return sum(reseal_file(p, cipher) for p in paths)
 
 
 def copy_file(src: Path, dest: Path, cipher: Any) -> None:

@@ -24,8 +24,6 @@ import numpy as np
 from recognizer import accounting, deadline
 from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 from recognizer.fusion import FusionModel, PlateEvidence
-from recognizer.gallery.ports import Decisions
-from recognizer.gallery.store import DecisionRow
 from recognizer.gate import rules
 from recognizer.gate.evidence import EvidenceGatherer
 from recognizer.gate.inputs import frame_field
@@ -39,6 +37,8 @@ from recognizer.gate.types import (
     Outcome,
 )
 from recognizer.policy import PolicySet
+from recognizer.store.ports import Decisions
+from recognizer.store.rows import DecisionRow
 
 Decode = Callable[[bytes, str], np.ndarray]
 ParsePlate = Callable[[str, str], str]  # (text, field) -> normalised plate, or InvalidArgument

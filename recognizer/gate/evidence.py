@@ -22,12 +22,12 @@ import numpy as np
 from recognizer import accounting, deadline
 from recognizer.face.types import AnalyzedFace, FrameFace, Glimpse
 from recognizer.fusion import PlateEvidence
-from recognizer.gallery.ports import Bindings, Sightings
 from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, Sighting
 from recognizer.identity import FaceIdentity, IdentityScore
 from recognizer.plate.grammar import is_valid
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 from recognizer.plate.vote import vote_plates
+from recognizer.store.ports import Bindings, Sightings
 
 # A burst's face frames must be one person: each other frame's face scores against the face
 # used at least where a stranger would pass 1 time in 100 (the default profile: 0.34, where

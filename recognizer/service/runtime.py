@@ -72,17 +72,17 @@ def default_engines(config: Config) -> Engines:
     from recognizer.face.calibration import FaceCalibration
     from recognizer.face.pipeline import build_face_pipeline
     from recognizer.fusion import FusionModel
-    from recognizer.gallery.crypto import cipher_from_env
-    from recognizer.gallery.files import private_dir
     from recognizer.gallery.follower import Follower
     from recognizer.gallery.gallery import Gallery
-    from recognizer.gallery.stores import describe, open_store
     from recognizer.gate import GateEngine
     from recognizer.gate.evidence import EvidenceGatherer
     from recognizer.identity import FaceIdentity
     from recognizer.imaging import decode
     from recognizer.plate.grammar import normalize, parse_plate
     from recognizer.plate.pipeline import build_plate_recognizer
+    from recognizer.store.crypto import cipher_from_env
+    from recognizer.store.files import private_dir
+    from recognizer.store.open import describe, open_store
 
     def normalize_plate(text: str) -> str:
         return normalize(text, config.plate_mode)  # bound plates follow the reader's mode

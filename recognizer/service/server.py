@@ -15,7 +15,6 @@ from grpc_reflection.v1alpha import reflection
 
 from recognizer import telemetry
 from recognizer.config import Config
-from recognizer.gallery.crypto import TemplateKeyError
 from recognizer.memory import IdleTrim, limit_malloc_arenas
 from recognizer.service.interceptors import (
     AdmissionInterceptor,
@@ -31,6 +30,7 @@ from recognizer.service.servicers import (
     IdentityServicer,
     RecognitionServicer,
 )
+from recognizer.store.crypto import TemplateKeyError
 from recognizer.v1 import (
     gate_pb2,
     gate_pb2_grpc,

@@ -12,11 +12,11 @@ import grpc
 
 from recognizer import telemetry
 from recognizer.errors import FailedPrecondition, InvalidArgument
-from recognizer.gallery.store import AuditEntry
 from recognizer.imaging import decode
 from recognizer.service import convert, principal
 from recognizer.service.interceptors import Metrics
 from recognizer.service.runtime import Runtime
+from recognizer.store.rows import AuditEntry
 from recognizer.v1 import (
     gate_pb2,
     gate_pb2_grpc,

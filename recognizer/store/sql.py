@@ -21,10 +21,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recognizer.gallery import keys
-from recognizer.gallery.crypto import AesGcmCipher, CipherError, NullCipher, TemplateCipher
-from recognizer.gallery.errors import AlreadyExists, InvalidArgument, NotFound
-from recognizer.gallery.rows import (
+from recognizer.errors import AlreadyExists, InvalidArgument, NotFound
+from recognizer.store import keys
+from recognizer.store.crypto import AesGcmCipher, CipherError, NullCipher, TemplateCipher
+from recognizer.store.rows import (
     AuditEntry,
     AuditRow,
     DecisionRow,
@@ -40,20 +40,6 @@ from recognizer.gallery.rows import (
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 NOTIFY_CHANNEL = "recognizer_changes"
 PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-
-
-def v3_template_counts(c: Connection) -> None:
-    """Schema 3: each identity keeps its template count (indexed) and meta the identity
-    count, written in the transactions that change them. The gate's 1:N estimate reads both
-    on every search: a scan of every template took 1.6 s at 1M templates on PostgreSQL."""
-    c.execute("ALTER TABLE identities ADD COLUMN templates INTEGER NOT NULL DEFAULT 0")
-    c.execute(
-        "UPDATE identities SET templates ="
-        " (SELECT COUNT(*) FROM templates WHERE templates.identity_id = identities.id)"
-    )
-    c.execute("CREATE INDEX identities_templates ON identities(templates)")
-    n = c.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
-    c.execute(PUT_META, ("identities", str(int(n))))
 
 
 def _count_identities(c: Connection, delta: int) -> None:

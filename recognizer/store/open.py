@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from recognizer.config import Config
-from recognizer.gallery import keys
-from recognizer.gallery.crypto import TemplateCipher
-from recognizer.gallery.files import private_dir
-from recognizer.gallery.ports import Store
+from recognizer.store import keys
+from recognizer.store.crypto import TemplateCipher
+from recognizer.store.files import private_dir
+from recognizer.store.ports import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,29 +29,29 @@ class StoreLocation:
         """The adapter (SqlStore), key-checked and migrated; `pool_size` connections on
         PostgreSQL (a command needs few, a server `database_pool_size`)."""
         if self.url:
-            from recognizer.gallery.postgres import PostgresStore  # psycopg only when used
+            from recognizer.store.postgres import PostgresStore  # psycopg only when used
 
             return PostgresStore(self.url, cipher, pool_size=pool_size)
-        from recognizer.gallery.store import SqliteStore
+        from recognizer.store.sqlite import SqliteStore
 
         return SqliteStore(self._path, cipher)
 
     def read_key_state(self) -> keys.KeyState | None:
         if self.url:
-            from recognizer.gallery import postgres
+            from recognizer.store import postgres
 
             return postgres.read_key_state(self.url)
-        from recognizer.gallery import store
+        from recognizer.store import sqlite as store
 
         return store.read_key_state(self._path)
 
     def check_key(self, cipher: TemplateCipher) -> keys.Unlocked:
         """Raises TemplateKeyError if `cipher` does not fit; writes nothing."""
         if self.url:
-            from recognizer.gallery import postgres
+            from recognizer.store import postgres
 
             return postgres.check_key(self.url, cipher)
-        from recognizer.gallery import store
+        from recognizer.store import sqlite as store
 
         return store.check_key(self._path, cipher)
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recognizer.errors import FailedPrecondition
 
-log = logging.getLogger("recognizer.gallery.crypto")
+log = logging.getLogger("recognizer.store.crypto")
 
 NONCE_BYTES = 12
 TAG_BYTES = 16

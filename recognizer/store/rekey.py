@@ -19,20 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from recognizer.gallery import keys
-from recognizer.gallery.crypto import (
+from recognizer.store import keys
+from recognizer.store.crypto import (
     KEY_ENV,
     NEW_KEY_ENV,
     AesGcmCipher,
     NullCipher,
+    TemplateCipher,
     TemplateKeyError,
     key_check_value,
     key_id,
     same_kcv,
 )
-from recognizer.gallery.index import reseal_file
-from recognizer.gallery.sql import SqlStore
-from recognizer.gallery.stores import StoreLocation
+from recognizer.store.open import StoreLocation
+from recognizer.store.sql import SqlStore
 
 _ROUNDS = 3  # finishing finds rows a server sealed with the old key only if it ran without
 # the new key, which the store refuses; a few rounds are plenty
@@ -48,14 +48,16 @@ class RekeyReport:
 
 def rekey(
     where: Path | StoreLocation,
-    index_paths: list[Path],
+    reseal_index: Callable[[TemplateCipher], int],
     current: bytes | None,
     target: bytes,
     batch: int = 1000,
     progress: Callable[[int], None] | None = None,
 ) -> RekeyReport:
     """Move a store (a SQLite file, or where StoreLocation says) from `current` (None:
-    plaintext) to `target`. Idempotent."""
+    plaintext) to `target`. Idempotent. `reseal_index` re-seals this node's index files under
+    the given cipher and says how many it wrote (the index is the gallery's, not the store's:
+    its caller knows where it is)."""
     location = where if isinstance(where, StoreLocation) else StoreLocation(Path(where))
     target_id, target_kcv = key_id(target), key_check_value(target)
     state = location.read_key_state()
@@ -90,7 +92,7 @@ def rekey(
         resealed = 0
         for _ in range(_ROUNDS):
             resealed += _reseal_all(store, batch, progress)
-            files = sum(reseal_file(p, store.cipher) for p in index_paths)
+            files = reseal_index(store.cipher)
             left = store.finish_rekey()
             if not left:
                 return RekeyReport(target_id, resealed, files)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from recognizer.gallery.crypto import TemplateCipher
+from recognizer.store.crypto import TemplateCipher
 
 # --- rows -------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,108 +30,16 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from recognizer.gallery import files, keys
-from recognizer.gallery.crypto import NullCipher, TemplateCipher
-from recognizer.gallery.rows import Change
-from recognizer.gallery.sql import NOTIFY_CHANNEL, PUT_META, SqlStore, ring, v3_template_counts
+from recognizer.store import files, keys, schema
+from recognizer.store.crypto import NullCipher, TemplateCipher
+from recognizer.store.rows import Change
+from recognizer.store.sql import NOTIFY_CHANNEL, PUT_META, SqlStore, ring
 
-log = logging.getLogger("recognizer.gallery.postgres")
+log = logging.getLogger("recognizer.store.postgres")
 
 # Advisory lock keys (any two int64s unique to this application).
 _WRITE_LOCK = 0x7265636F6701  # serial write transactions (SqlStore._tx(serial=True))
 _MIGRATE_LOCK = 0x7265636F6702  # one node migrates at a time
-
-# The schema as of version 2, the first version PostgreSQL runs (SQLite reached it through
-# release 0.1.0's version 1). Later versions are steps in MIGRATIONS, in both adapters.
-_BASELINE = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE identities (
-    id TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL,
-    external_ref TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    created_at DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE templates (
-    label BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- a sequence: never reused
-    identity_id TEXT NOT NULL REFERENCES identities(id),
-    model TEXT NOT NULL,
-    dim INTEGER NOT NULL,
-    vector BYTEA NOT NULL,
-    source TEXT NOT NULL DEFAULT '',
-    quality DOUBLE PRECISION NOT NULL DEFAULT 0,
-    created_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX templates_identity ON templates(identity_id, model);
-CREATE INDEX templates_model ON templates(model, label);
-CREATE TABLE plates (
-    plate TEXT NOT NULL,
-    identity_id TEXT NOT NULL REFERENCES identities(id),
-    created_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (plate, identity_id)
-);
-CREATE INDEX plates_identity ON plates(identity_id);
-CREATE TABLE payments (
-    binding_id TEXT PRIMARY KEY,
-    identity_id TEXT NOT NULL REFERENCES identities(id),
-    payment_ref TEXT NOT NULL,
-    factors TEXT NOT NULL,
-    ceiling_minor BIGINT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX payments_identity ON payments(identity_id);
-CREATE TABLE changes (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
-    label BIGINT NOT NULL,
-    model TEXT NOT NULL,
-    xid XID8 NOT NULL DEFAULT pg_current_xact_id(),  -- the writer: see the module docstring
-    at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
-);
-CREATE INDEX changes_xid ON changes(xid, seq);
-CREATE TABLE decisions (
-    decision_id TEXT NOT NULL,
-    gate_id TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    identity_id TEXT NOT NULL DEFAULT '',
-    outcome TEXT NOT NULL,
-    payload BYTEA NOT NULL,
-    inputs TEXT NOT NULL DEFAULT '{}',
-    created_at DOUBLE PRECISION NOT NULL,
-    input_digest TEXT NOT NULL DEFAULT '',
-    UNIQUE (gate_id, event_id)
-);
-CREATE INDEX decisions_created ON decisions(created_at);
-CREATE INDEX decisions_identity ON decisions(identity_id, created_at);
-CREATE TABLE audit (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    at DOUBLE PRECISION NOT NULL,
-    actor_role TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE sightings (
-    plate TEXT NOT NULL,
-    gate_id TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX sightings_plate ON sightings(plate, at);
-"""
-
-Migration = Callable[["_Conn"], None]
-BASELINE_VERSION = 2
-# version -> the step that brings version-1 to it. Append only, in step with SQLite's.
-MIGRATIONS: dict[int, Migration] = {
-    3: v3_template_counts,  # the same SQL on both adapters (gallery/sql.py)
-}
-
-
-def schema_version() -> int:
-    from recognizer.gallery.store import SCHEMA_VERSION
-
-    return SCHEMA_VERSION
 
 
 @functools.lru_cache(maxsize=1024)
@@ -206,7 +114,7 @@ class PostgresStore(SqlStore):
         """Bring the schema to this release's version, one transaction per step, one node at
         a time; returns the version found (0 for a new database). A database from a newer
         release is refused untouched."""
-        target_version = schema_version()
+        target_version = schema.SCHEMA_VERSION
         found = -1
         while True:
             with self._tx(serial=False) as c:
@@ -221,12 +129,12 @@ class PostgresStore(SqlStore):
                 if version >= target_version:
                     return found
                 if version == 0:
-                    for statement in filter(str.strip, _BASELINE.split(";")):
+                    for statement in filter(str.strip, schema.POSTGRES_BASELINE.split(";")):
                         c.execute(statement)
-                    reached = BASELINE_VERSION
+                    reached = schema.POSTGRES_BASELINE_VERSION
                 else:
                     reached = version + 1
-                    MIGRATIONS[reached](c)
+                    schema.POSTGRES_MIGRATIONS[reached](c)
                 c.execute(PUT_META, ("schema_version", str(reached)))
                 log.info("schema migrated from version %d to %d", version, reached)
 

@@ -1,7 +1,8 @@
 """Storage ports: what the service needs from its source of truth, adapter-free.
 
-Callers depend on these protocols, never on an adapter, so PostgreSQL can serve them beside
-the embedded SQLite (`SqliteStore`). Every adapter passes the one contract suite
+Callers depend on these protocols and open a store through `store/open.py`, never through
+an adapter (an import-linter contract enforces it), so PostgreSQL can serve them beside the
+embedded SQLite (`store/sqlite.py`). Every adapter passes the one contract suite
 (`tests/test_store_contract.py`). Writes that must be atomic with their record take it as an
 argument and commit both in one transaction: an admin change with its `AuditEntry`, a gate
 decision with its plate sighting, a template change with its change-log row.
@@ -16,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from recognizer.gallery.rows import (
+from recognizer.store.rows import (
     AuditEntry,
     AuditRow,
     Change,

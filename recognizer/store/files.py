@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-log = logging.getLogger("recognizer.gallery.files")
+log = logging.getLogger("recognizer.store.files")
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

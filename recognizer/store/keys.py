@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from recognizer.gallery.crypto import (
+from recognizer.store.crypto import (
     KEY_ENV,
     NEW_KEY_ENV,
     AesGcmCipher,

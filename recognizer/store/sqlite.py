@@ -22,7 +22,6 @@ change, so a change never commits without its audit record (nor the record witho
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -30,136 +29,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from recognizer.gallery import files, keys
-from recognizer.gallery.crypto import NullCipher, TemplateCipher
-from recognizer.gallery.rows import (  # re-exported: the rows are part of this module's API
-    AuditEntry,
-    AuditRow,
-    Change,
-    DecisionRow,
-    DeleteCounts,
-    IdentityRow,
-    PaymentRow,
-    SightingRow,
-    TemplateRow,
-)
-from recognizer.gallery.sql import SqlStore, legacy_view, ring, v3_template_counts
+from recognizer.store import files, keys, schema
+from recognizer.store.crypto import NullCipher, TemplateCipher
+from recognizer.store.rows import Change
+from recognizer.store.sql import SqlStore, legacy_view, ring
 
-__all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "AuditEntry",
-    "AuditRow",
-    "Change",
-    "DecisionRow",
-    "DeleteCounts",
-    "IdentityRow",
-    "PaymentRow",
-    "SightingRow",
-    "SqliteStore",
-    "TemplateRow",
-    "check_key",
-    "read_key_state",
-]
+__all__ = ["SqliteStore", "check_key", "read_key_state"]
 
 _NULL_CIPHER = NullCipher()
-
-# Version 1 as release 0.1.0 created it; later versions are the migrations below, applied in
-# order on every open (a new database runs them too, so there is one path to each version).
-_BASELINE = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS identities (
-    id TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL,
-    external_ref TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS templates (
-    label INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a label is never reused
-    identity_id TEXT NOT NULL REFERENCES identities(id),
-    model TEXT NOT NULL,
-    dim INTEGER NOT NULL,
-    vector BLOB NOT NULL,
-    source TEXT NOT NULL DEFAULT '',
-    quality REAL NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS templates_identity ON templates(identity_id, model);
-CREATE INDEX IF NOT EXISTS templates_model ON templates(model, label);
-CREATE TABLE IF NOT EXISTS plates (
-    plate TEXT NOT NULL,
-    identity_id TEXT NOT NULL REFERENCES identities(id),
-    created_at REAL NOT NULL,
-    PRIMARY KEY (plate, identity_id)
-);
-CREATE INDEX IF NOT EXISTS plates_identity ON plates(identity_id);
-CREATE TABLE IF NOT EXISTS payments (
-    binding_id TEXT PRIMARY KEY,
-    identity_id TEXT NOT NULL REFERENCES identities(id),
-    payment_ref TEXT NOT NULL,
-    factors TEXT NOT NULL,
-    ceiling_minor INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS payments_identity ON payments(identity_id);
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
-    label INTEGER NOT NULL,
-    model TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    decision_id TEXT NOT NULL,
-    gate_id TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    identity_id TEXT NOT NULL DEFAULT '',
-    outcome TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    inputs TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    UNIQUE (gate_id, event_id)
-);
-CREATE INDEX IF NOT EXISTS decisions_created ON decisions(created_at);
-CREATE INDEX IF NOT EXISTS decisions_identity ON decisions(identity_id, created_at);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor_role TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS sightings (
-    plate TEXT NOT NULL,
-    gate_id TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sightings_plate ON sightings(plate, at);
-"""
-
-Migration = Callable[[sqlite3.Connection], None]
-
-
-def _v2_decision_digest(c: sqlite3.Connection) -> None:
-    """Decisions keep a digest of their inputs, so a replay can prove the inputs are the same.
-    Rows of 0.1.0 get the digest of what they recorded."""
-    from recognizer.gate.inputs import legacy_digest  # the one definition of the digest
-
-    c.execute("ALTER TABLE decisions ADD COLUMN input_digest TEXT NOT NULL DEFAULT ''")
-    rows = c.execute("SELECT rowid, gate_id, event_id, inputs FROM decisions").fetchall()
-    for rowid, gate_id, event_id, inputs in rows:
-        digest = legacy_digest(gate_id, event_id, json.loads(inputs or "{}"))
-        c.execute("UPDATE decisions SET input_digest = ? WHERE rowid = ?", (digest, rowid))
-
-
-# version -> the step that brings version-1 to it. Append only; never edit a shipped step.
-MIGRATIONS: dict[int, Migration] = {
-    2: _v2_decision_digest,
-    3: v3_template_counts,  # the same SQL on both adapters (gallery/sql.py)
-}
-SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def _meta(c: sqlite3.Connection) -> dict[str, str] | None:
@@ -239,23 +116,23 @@ class SqliteStore(SqlStore):
         self.store_id: str = self._record_store(unlocked.record)
 
     def _migrate(self) -> int:
-        """Bring the schema to SCHEMA_VERSION, one transaction per step; returns the version
+        """Bring the schema to schema.SCHEMA_VERSION, one transaction per step; returns the version
         found (0 for a new database). A database from a newer release is refused untouched."""
         with self._tx() as c:
             found = int(c.execute("PRAGMA user_version").fetchone()[0])
-            if found > SCHEMA_VERSION:
+            if found > schema.SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has schema version {found}, newer than this release's "
-                    f"{SCHEMA_VERSION}: upgrade recognizer, or restore a backup"
+                    f"{schema.SCHEMA_VERSION}: upgrade recognizer, or restore a backup"
                 )
             if found == 0:
-                for statement in filter(str.strip, _BASELINE.split(";")):
+                for statement in filter(str.strip, schema.SQLITE_BASELINE.split(";")):
                     c.execute(statement)
                 c.execute("PRAGMA user_version = 1")
         version = max(found, 1)
-        for target in sorted(v for v in MIGRATIONS if v > version):
+        for target in sorted(v for v in schema.SQLITE_MIGRATIONS if v > version):
             with self._tx() as c:
-                MIGRATIONS[target](c)
+                schema.SQLITE_MIGRATIONS[target](c)
                 c.execute(f"PRAGMA user_version = {int(target)}")
             version = target
         return found
