@@ -170,17 +170,19 @@ class FaceIdentity:
     def verify(
         self, identity_id: str, image: np.ndarray, threshold: float | None = None
     ) -> VerifyResult:
+        """One store query on the way to a score (the identity's enrolled faces); an unknown
+        identity or one without a face is refused before any model work."""
         t = self.threshold(threshold)
-        self.gallery.store.get_identity(identity_id)
-        probe = self.probe(image)
-        scored = self.score_identity(identity_id, probe.embedding)
-        if scored is None:
+        templates = self.gallery.templates_for((identity_id,)).get(identity_id)
+        if templates is None:
+            self.gallery.store.get_identity(identity_id)  # NOT_FOUND for an unknown identity
             raise FailedPrecondition(
                 f"identity {identity_id} has no enrolled face",
                 field="identity_id",
                 reason="NO_TEMPLATES",
             )
-        score = scored.score
+        probe = self.probe(image)
+        score = float(self.gallery.score_against(templates, probe.embedding))
         return VerifyResult(
             score=score,
             match=score >= t,
@@ -193,18 +195,16 @@ class FaceIdentity:
 
     def score_identity(self, identity_id: str, embedding: np.ndarray) -> IdentityScore | None:
         """Similarity of a probe to one identity, with how many faces it has enrolled (an
-        impostor gets that many tries); None when it has no enrolled face."""
-        labels = self.gallery.store.template_labels(identity_id)
-        if not labels:
-            return None
-        return IdentityScore(float(self.gallery.verify(identity_id, embedding)), len(labels))
+        impostor gets that many tries); None when it has no enrolled face. One store query."""
+        scored = self.gallery.score(identity_id, embedding)
+        return None if scored is None else IdentityScore(float(scored[0]), scored[1])
 
     def identify(
         self, image: np.ndarray, top_k: int = 5, threshold: float | None = None
     ) -> IdentifyResult:
         if not 0 <= top_k <= 100:
             raise InvalidArgument(
-                "top_k must be within 1..100", field="top_k", reason="TOP_K_OUT_OF_RANGE"
+                "top_k must be within 0..100 (0: 5)", field="top_k", reason="TOP_K_OUT_OF_RANGE"
             )
         t = self.threshold(threshold)
         probe = self.probe(image)

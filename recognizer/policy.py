@@ -62,9 +62,6 @@ class GatePolicy:
     def matches(self, gate_id: str) -> bool:
         return any(fnmatch.fnmatchcase(gate_id, pattern) for pattern in self.gates)
 
-    def face_required(self, amount_minor: int) -> bool:
-        return amount_minor > self.plate_only_max_minor
-
     def liveness_required(self, amount_minor: int) -> bool:
         return self.require_liveness and amount_minor >= self.liveness_min_amount_minor
 

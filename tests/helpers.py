@@ -113,3 +113,9 @@ def make_payer(
         metadata=md,
     )
     return ident.identity_id
+
+
+def blurred(data: bytes, sigma: float) -> bytes:
+    """The photo out of focus (a frame that caught the driver moving)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".jpg", cv2.GaussianBlur(img, (0, 0), sigma))[1].tobytes()

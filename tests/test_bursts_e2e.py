@@ -18,10 +18,10 @@ from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests.conftest import KEYS, dataset, loaded_server
+from tests.helpers import blurred, scene
 from tests.helpers import error_reason as reason
 from tests.helpers import lfw_face as face
 from tests.helpers import make_payer as payer
-from tests.helpers import scene
 from tests.test_image_intake import violation
 
 POLICY = {
@@ -279,12 +279,6 @@ def test_a_strangers_burst_counts_every_frame_as_a_try(c: Client, powell: tuple[
         # that noise better than the one used.
         assert used.face_score >= alone[best].face_score - 0.03
         assert r.estimated_far >= alone[best].estimated_far
-
-
-def blurred(data: bytes, sigma: float) -> bytes:
-    """The photo out of focus (a frame that caught the driver moving)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return cv2.imencode(".jpg", cv2.GaussianBlur(img, (0, 0), sigma))[1].tobytes()
 
 
 def test_a_burst_stops_at_a_first_frame_that_allows_and_goes_on_when_it_does_not(

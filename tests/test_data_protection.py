@@ -1,6 +1,7 @@
 """Data protection: with a key set no template's bytes lie in any file of the data directory
 or of a backup; files are 0600 in a 0700 directory; audit records commit with their change;
-GetMetrics reports what it found before it repairs."""
+the consistency check reports what it found before it repairs, and GetMetrics reports
+the last check."""
 
 from __future__ import annotations
 
@@ -202,28 +203,47 @@ def entry(action: str, target: str) -> AuditEntry:
 # --- an honest consistency check --------------------------------------------------------------
 
 
-def test_stats_reports_an_orphan_before_repairing(tmp_path: Path) -> None:
+def test_check_reports_an_orphan_before_repairing(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db.sqlite")
     g = Gallery(store, MODEL, DIM, tmp_path / "faces.faiss")
     g.open()
     vecs = unit(np.random.default_rng(5).standard_normal((6, DIM)))
     g.enroll(store.create_identity("a").id, vecs[:5])
-    assert g.stats().consistent
+    assert g.check().consistent
 
     g.index.add([999_999], vecs[5:])  # an orphan vector: no such template in the store
-    found = g.stats()
+    found = g.check()
     assert not found.consistent and found.orphan_vectors == 1 and found.missing_vectors == 0
-    after = g.stats()  # repaired (rebuilt from the store) after reporting
+    after = g.check()  # repaired (rebuilt from the store) after reporting
     assert after.consistent and after.ntotal == 5
 
     g.index.remove([int(g.index.labels()[0])])  # a missing vector
-    found = g.stats()
+    found = g.check()
     assert (found.consistent, found.orphan_vectors, found.missing_vectors) == (False, 0, 1)
-    assert g.stats().consistent
+    assert g.check().consistent
     g.close()
 
 
-def test_stats_does_not_call_a_lagging_index_inconsistent(tmp_path: Path) -> None:
+def test_stats_only_reads_and_reports_the_last_check(tmp_path: Path) -> None:
+    """GetMetrics' figures: the index and store counts as they are, and the consistency the
+    last check found; reading them never repairs (nor lists every label)."""
+    store = SqliteStore(tmp_path / "db.sqlite")
+    g = Gallery(store, MODEL, DIM, tmp_path / "faces.faiss")
+    g.open()
+    assert not g.stats().consistent and g.stats().checked_at == 0.0  # never checked
+    vecs = unit(np.random.default_rng(7).standard_normal((4, DIM)))
+    g.enroll(store.create_identity("a").id, vecs[:3])
+    g.check()
+    g.index.add([999_999], vecs[3:])  # an orphan the last check did not see
+    st = g.stats()
+    assert st.consistent and st.ntotal == 4 and st.store_templates == 3
+    assert g.index.ntotal == 4  # not repaired by reading
+    assert not g.check().consistent and not g.stats().consistent
+    assert g.index.ntotal == 3  # the check repaired it
+    g.close()
+
+
+def test_check_does_not_call_a_lagging_index_inconsistent(tmp_path: Path) -> None:
     """A write in the store that the index has not applied yet is lag, not an orphan."""
     store = SqliteStore(tmp_path / "db.sqlite")
     g = Gallery(store, MODEL, DIM, tmp_path / "faces.faiss")
@@ -233,9 +253,9 @@ def test_stats_does_not_call_a_lagging_index_inconsistent(tmp_path: Path) -> Non
     rows = g.enroll(iid, vecs[:2])
     store.add_templates(iid, vecs[2:], MODEL)  # in the store, not yet in the index
     store.remove_template(iid, rows[0].label)
-    st = g.stats()
+    st = g.check()
     assert st.consistent and st.orphan_vectors == 0 and st.missing_vectors == 0
-    assert g.stats().ntotal == 2
+    assert g.check().ntotal == 2
     g.close()
 
 

@@ -124,11 +124,11 @@ def test_a_rebuild_does_not_apply_an_unsettled_change_twice(pg_url: str, tmp_pat
     slow.commit()
     slow.close()
     gallery.sync()
-    assert gallery.index.ntotal == 2 and gallery.stats().consistent
+    assert gallery.index.ntotal == 2 and gallery.check().consistent
     assert gallery.checkpoint(force=False)
     writer.add_templates(who, unit[2:3], "m")
     gallery.sync()
-    assert gallery.index.ntotal == 3 and gallery.stats().consistent
+    assert gallery.index.ntotal == 3 and gallery.check().consistent
     gallery.close()
     writer.close()
 

@@ -260,7 +260,7 @@ def test_identify_and_verify(tmp_path: Path) -> None:
         g.verify(empty, probes[0])
     with pytest.raises(InvalidArgument):
         g.identify(np.zeros(DIM + 1, np.float32), 3)
-    assert g.stats().consistent
+    assert g.check().consistent
     g.close()
 
 
@@ -362,7 +362,7 @@ def test_missing_or_corrupt_index_is_rebuilt(tmp_path: Path, damage: str) -> Non
     assert VectorIndex.load(path) is None
     g = open_gallery(tmp_path)
     np.testing.assert_array_equal(_reference(g, vecs[:, 0])[1], before[1])
-    assert g.stats().consistent
+    assert g.check().consistent
     g.close()
 
 
@@ -423,7 +423,7 @@ def test_index_from_another_model_is_rebuilt(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db.sqlite")
     other = Gallery(store, "other-model", DIM, tmp_path / "faces.faiss")
     other.open()
-    assert other.index.ntotal == 0 and other.stats().consistent
+    assert other.index.ntotal == 0 and other.check().consistent
     other.close()
 
 
@@ -524,23 +524,23 @@ def test_gallery_switches_kind_by_size(tmp_path: Path) -> None:
     assert all(m.identity_id != victim for m in g.identify(vecs[7][0], 5))
     g.close()
     g = open_gallery(tmp_path, flat_max=1000)  # the approximate index loads and stays
-    assert g.index.kind == IVF_PQFS and g.stats().consistent and g.index.ntotal == 1596
+    assert g.index.kind == IVF_PQFS and g.check().consistent and g.index.ntotal == 1596
     g.close()
     # A build configured for another approximate kind rebuilds the saved index in its own.
     g = open_gallery(tmp_path, flat_max=1000, index_params={"approx": IVF_FP16})
-    assert g.index.kind == IVF_FP16 and g.stats().consistent and g.index.ntotal == 1596
+    assert g.index.kind == IVF_FP16 and g.check().consistent and g.index.ntotal == 1596
     g.close()
 
 
-def test_stats_compare_label_sets_not_counts(tmp_path: Path) -> None:
+def test_check_compares_label_sets_not_counts(tmp_path: Path) -> None:
     g = open_gallery(tmp_path)
     enrol(g, people(2, 2, seed=5))
-    assert g.stats().consistent
+    assert g.check().consistent
     labels = np.sort(g.index.labels())
     # Swap one real label for a bogus one: the counts still agree, the sets do not.
     g.index.remove(labels[:1])
     g.index.add(np.array([10_000], np.int64), people(1, 1, seed=6)[0])
-    st = g.stats()
+    st = g.check()
     assert st.ntotal == st.store_templates
     assert not st.consistent
     g.close()

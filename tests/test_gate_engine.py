@@ -16,7 +16,8 @@ import pytest
 from recognizer import deadline
 from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 from recognizer.gate import EventInputs, GateEngine, GateRequest
-from recognizer.gate.types import Decision, Evidence, GateEvent
+from recognizer.gate.evidence import Gathered
+from recognizer.gate.types import Decision, GateEvent
 from recognizer.policy import PolicySet
 from recognizer.store.sqlite import SqliteStore
 from tests.test_gate_rules import FUSION, evidence, payer
@@ -33,13 +34,11 @@ class FakeGatherer:
         self.release.set()
         self.entered = threading.Event()
 
-    def gather(
-        self, event: GateEvent, now: float, allows: object = None
-    ) -> tuple[Evidence, None, None]:
+    def gather(self, event: GateEvent, now: float) -> Gathered:
         self.calls += 1
         self.entered.set()
         self.release.wait(10)
-        return evidence(payer(), now=now), None, None
+        return Gathered(evidence(payer(), now=now), None, None, False, None)  # type: ignore[arg-type]
 
     def close(self) -> None:
         pass
@@ -64,6 +63,7 @@ def engine(store: SqliteStore, gatherer: FakeGatherer, decoded: list[str]) -> Ga
         fusion=FUSION,
         policies=PolicySet(),
         decode=decode,
+        encode=encode,
         parse_plate=lambda text, field: text,
         clock=lambda: NOW,
     )
@@ -89,9 +89,9 @@ def request(**changes: object) -> GateRequest:
 def test_same_inputs_replay_other_inputs_are_refused(store: SqliteStore) -> None:
     g = FakeGatherer()
     eng = engine(store, g, [])
-    first = eng.authorize(request(), encode)
+    first = eng.authorize(request())
     assert not first.replayed
-    again = eng.authorize(request(), encode)
+    again = eng.authorize(request())
     assert again.replayed and again.payload == first.payload and g.calls == 1
     for change in (
         {"amount_minor": 99_999_999},
@@ -103,7 +103,7 @@ def test_same_inputs_replay_other_inputs_are_refused(store: SqliteStore) -> None
         {"observed_at_ns": int(NOW * 1e9)},
     ):
         with pytest.raises(AlreadyExists) as err:
-            eng.authorize(request(**change), encode)
+            eng.authorize(request(**change))
         assert err.value.reason == "EVENT_ID_REUSED"
     assert g.calls == 1 and len(store.list_decisions()) == 1
 
@@ -111,11 +111,11 @@ def test_same_inputs_replay_other_inputs_are_refused(store: SqliteStore) -> None
 def test_replay_comes_before_the_clock_and_decoding(store: SqliteStore) -> None:
     decoded: list[str] = []
     eng = engine(store, FakeGatherer(), decoded)
-    eng.authorize(request(), encode)
+    eng.authorize(request())
     assert decoded == ["vehicle_image", "face_image"]
     decoded.clear()
     eng._clock = lambda: NOW + 10 * 365 * 86400  # the server's clock moved on: still a replay
-    assert eng.authorize(request(), encode).replayed
+    assert eng.authorize(request()).replayed
     assert decoded == []
 
 
@@ -126,14 +126,14 @@ def test_a_joiner_with_other_inputs_is_refused_while_the_event_is_computed(
     g.release.clear()
     eng = engine(store, g, [])
     results: list[object] = []
-    owner = threading.Thread(target=lambda: results.append(eng.authorize(request(), encode)))
+    owner = threading.Thread(target=lambda: results.append(eng.authorize(request())))
     owner.start()
     assert g.entered.wait(5)
     with pytest.raises(AlreadyExists) as err:
-        eng.authorize(request(amount_minor=5), encode)
+        eng.authorize(request(amount_minor=5))
     assert err.value.reason == "EVENT_ID_REUSED"
     joined: list[object] = []
-    joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request(), encode)))
+    joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request())))
     joiner.start()
     time.sleep(0.05)
     g.release.set()
@@ -146,9 +146,9 @@ def test_a_caller_whose_deadline_ran_out_stores_nothing(store: SqliteStore) -> N
     g = FakeGatherer()
     eng = engine(store, g, [])
     with deadline.running(deadline.Budget.after(-1.0)), pytest.raises(DeadlineExceeded):
-        eng.authorize(request(), encode)
+        eng.authorize(request())
     assert store.list_decisions() == [] and store.last_sighting("京A12345") is None
-    fresh = eng.authorize(request(), encode)  # the retry computes afresh
+    fresh = eng.authorize(request())  # the retry computes afresh
     assert not fresh.replayed and g.calls == 1
 
 
@@ -157,7 +157,7 @@ def test_a_cancelled_caller_stores_nothing(store: SqliteStore) -> None:
     eng = engine(store, g, [])
     cancelled = deadline.Budget(None, cancelled=lambda: True)
     with deadline.running(cancelled), pytest.raises(DeadlineExceeded) as err:
-        eng.authorize(request(), encode)
+        eng.authorize(request())
     assert err.value.reason == "CANCELLED" and store.list_decisions() == []
 
 
@@ -167,10 +167,10 @@ def test_observed_at_far_from_the_server_clock_is_refused(
 ) -> None:
     eng = engine(store, FakeGatherer(), [])
     with pytest.raises(InvalidArgument) as err:
-        eng.authorize(request(observed_at_ns=int((NOW + skew_s) * 1e9)), encode)
+        eng.authorize(request(observed_at_ns=int((NOW + skew_s) * 1e9)))
     assert err.value.field == "observed_at"
     assert store.list_decisions() == []
-    ok = eng.authorize(request(event_id="E-2", observed_at_ns=int((NOW - 30) * 1e9)), encode)
+    ok = eng.authorize(request(event_id="E-2", observed_at_ns=int((NOW - 30) * 1e9)))
     assert not ok.replayed
 
 
@@ -190,10 +190,10 @@ def test_a_decision_from_the_previous_release_replays_for_its_inputs(
         input_digest=legacy_digest("G-1", "E-1", recorded),
     )
     eng = engine(store, FakeGatherer(), [])
-    r = eng.authorize(request(vehicle_sha256=()), encode)
+    r = eng.authorize(request(vehicle_sha256=()))
     assert r.replayed and r.payload == b"old-decision"
     with pytest.raises(AlreadyExists):
-        eng.authorize(request(), encode)
+        eng.authorize(request())
 
 
 def test_a_joiner_decides_itself_when_the_first_caller_gave_up(store: SqliteStore) -> None:
@@ -207,7 +207,7 @@ def test_a_joiner_decides_itself_when_the_first_caller_gave_up(store: SqliteStor
     def first() -> None:
         with deadline.running(gone):
             try:
-                eng.authorize(request(), encode)
+                eng.authorize(request())
             except DeadlineExceeded as exc:
                 errors.append(exc)
 
@@ -215,7 +215,7 @@ def test_a_joiner_decides_itself_when_the_first_caller_gave_up(store: SqliteStor
     owner.start()
     assert g.entered.wait(5)
     joined: list[object] = []
-    joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request(), encode)))
+    joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request())))
     joiner.start()
     time.sleep(0.05)
     g.release.set()
@@ -248,7 +248,7 @@ def test_a_bursts_first_corrupt_frame_in_order_is_the_error_and_nothing_is_store
     frames = (b"v0", b"v1", b"v2", b"v3")
     for _ in range(20):  # the pool's timing varies; the error must not
         with pytest.raises(InvalidArgument) as err:
-            eng.authorize(GateRequest(inputs, frames, (b"f0", b"f1"), True, False), encode)
+            eng.authorize(GateRequest(inputs, frames, (b"f0", b"f1"), True, False))
         assert err.value.field == "vehicle_images[1]", err.value.field  # frame 2 of 4
     assert "vehicle_image" in done and not any(f.startswith("face") for f in done)
     assert g.calls == 0 and store.list_decisions() == []

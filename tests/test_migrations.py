@@ -148,6 +148,6 @@ def test_the_previous_release_upgrades_and_its_index_file_still_loads(
     assert store.max_templates_per_identity() == 2
     gallery = Gallery(store, model=MODEL, dim=128, index_path=index_file)
     gallery.open()
-    assert gallery.index.ntotal == 5 and gallery.stats().consistent
+    assert gallery.index.ntotal == 5 and gallery.check().consistent
     gallery.close()
     assert user_version(data / "recognizer.db") == SCHEMA_VERSION == 3

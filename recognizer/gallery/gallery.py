@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +51,10 @@ class GalleryStats:
     nprobe: int
     nlist: int
     last_checkpoint_at: float
-    consistent: bool  # as found, before any repair
+    consistent: bool  # as the last check found it, before any repair
     orphan_vectors: int = 0  # in the index, not in the store (as of the index watermark)
     missing_vectors: int = 0  # in the store, not in the index
+    checked_at: float = 0.0  # when the index was last compared with the store (0: never)
 
 
 class _RWLock:
@@ -143,6 +144,7 @@ class Gallery:
         # Set by a node that follows a shared store (follower.py): False while the replica
         # is too far behind to answer a 1:N search.
         self.fresh: Callable[[], bool] | None = None
+        self._checked: GalleryStats | None = None  # what the last check() found
 
     @property
     def _tag(self) -> str:
@@ -411,8 +413,13 @@ class Gallery:
         if not self._ready:
             raise FailedPrecondition("face index is not loaded yet", reason="INDEX_NOT_READY")
 
-    def identify(self, vector: np.ndarray, top_k: int) -> list[Match]:
-        """Best identities first; an identity's score aggregates its retrieved templates."""
+    def identify(
+        self, vector: np.ndarray, top_k: int, owners: dict[int, str | None] | None = None
+    ) -> list[Match]:
+        """Best identities first; an identity's score aggregates its retrieved templates.
+
+        `owners` (label -> identity, None for a deleted row) is a cache the caller keeps for
+        several searches of one request: labels it holds are not asked of the store again."""
         self._require_ready()
         if self.fresh is not None and not self.fresh():
             raise Unavailable(
@@ -427,10 +434,14 @@ class Gallery:
             scores, labels = self._index.search(q, k)
         hits = [(int(lb), float(s)) for lb, s in zip(labels[0], scores[0], strict=True) if lb >= 0]
         # Labels whose rows were deleted since the search are dropped here.
-        owners = self.store.identity_for_labels(lb for lb, _ in hits)
+        known = {} if owners is None else owners
+        wanted = [lb for lb, _ in hits if lb not in known]
+        if wanted:
+            found = self.store.identity_for_labels(wanted)
+            known.update({lb: found.get(lb) for lb in wanted})
         per: dict[str, list[tuple[float, int]]] = {}
         for label, score in hits:
-            owner = owners.get(label)
+            owner = known.get(label)
             if owner is not None:
                 per.setdefault(owner, []).append((score, label))
         matches = [
@@ -440,24 +451,45 @@ class Gallery:
         matches.sort(key=lambda m: (-m.score, m.identity_id))
         return matches[:top_k]
 
+    def templates_for(self, identity_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Each identity's enrolled vectors (one row each), all in one store query; an identity
+        without an enrolled face (or unknown) is absent."""
+        found = self.store.templates_for(identity_ids, self.model)
+        return {
+            i: np.stack([r.vector for r in rows if r.vector is not None]).astype(np.float32)
+            for i, rows in found.items()
+        }
+
+    def score_against(self, templates: np.ndarray, vector: np.ndarray) -> float:
+        """Exact cosine of a probe against enrolled vectors, aggregated as in identify."""
+        q = self._unit_rows(vector, "embedding")[0]
+        return _aggregate(sorted((templates @ q).tolist(), reverse=True), self.aggregate)
+
+    def score(self, identity_id: str, vector: np.ndarray) -> tuple[float, int] | None:
+        """(aggregated score, enrolled faces) of a probe against one identity, in one store
+        query; None when it has no enrolled face (or is unknown)."""
+        self._unit_rows(vector, "embedding")
+        templates = self.templates_for((identity_id,)).get(identity_id)
+        if templates is None:
+            return None
+        return self.score_against(templates, vector), len(templates)
+
     def verify(self, identity_id: str, vector: np.ndarray) -> float:
         """Exact cosine against the identity's stored templates (aggregated as in identify)."""
-        q = self._unit_rows(vector, "embedding")[0]
-        self.store.get_identity(identity_id)  # NotFound for an unknown identity
-        rows = self.store.templates(identity_id, self.model)
-        if not rows:
+        scored = self.score(identity_id, vector)
+        if scored is None:
+            self.store.get_identity(identity_id)  # NotFound for an unknown identity
             raise FailedPrecondition(
                 f"identity {identity_id} has no enrolled face",
                 field="identity_id",
                 reason="NO_TEMPLATES",
             )
-        m = np.stack([r.vector for r in rows if r.vector is not None]).astype(np.float32)
-        sims = sorted((m @ q).tolist(), reverse=True)
-        return _aggregate(sims, self.aggregate)
+        return scored[0]
 
-    def stats(self) -> GalleryStats:
-        """Compares the index with the store before any repair and reports what it found;
-        then repairs (replays the log, or rebuilds), logging it."""
+    def check(self) -> GalleryStats:
+        """Compares the index with the store (every label of both: O(N), so the checkpoint
+        thread runs it, never a request) and reports what it found before any repair; then
+        repairs (replays the log, or rebuilds), logging it. `stats` reports it after."""
         with self._lock.read():
             kind, ntotal = self._index.kind, self._index.ntotal
             nprobe, nlist, watermark = self._index.nprobe, self._index.nlist, self._watermark
@@ -483,7 +515,7 @@ class Gallery:
             self.rebuild()
         elif later:
             self.sync()
-        return GalleryStats(
+        found = GalleryStats(
             model=self.model,
             dim=self.dim,
             ready=self._ready,
@@ -501,6 +533,35 @@ class Gallery:
             consistent=consistent,
             orphan_vectors=orphans,
             missing_vectors=missing,
+            checked_at=time.time(),
+        )
+        self._checked = found
+        return found
+
+    def stats(self) -> GalleryStats:
+        """Reads only: the index's own figures, the store's counts, and what the last check
+        found (consistent is False until a check has run). Never repairs."""
+        with self._lock.read():
+            kind, ntotal = self._index.kind, self._index.ntotal
+            nprobe, nlist, watermark = self._index.nprobe, self._index.nlist, self._watermark
+        last = self._checked
+        return GalleryStats(
+            model=self.model,
+            dim=self.dim,
+            ready=self._ready,
+            kind=kind,
+            ntotal=ntotal,
+            store_templates=self.store.count_templates(self.model),
+            identities=self.store.count_identities(),
+            watermark=watermark,
+            store_seq=self.store.current_seq(),
+            nprobe=nprobe,
+            nlist=nlist,
+            last_checkpoint_at=self._last_checkpoint_at,
+            consistent=last is not None and last.consistent,
+            orphan_vectors=last.orphan_vectors if last is not None else 0,
+            missing_vectors=last.missing_vectors if last is not None else 0,
+            checked_at=last.checked_at if last is not None else 0.0,
         )
 
 

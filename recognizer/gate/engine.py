@@ -31,7 +31,6 @@ from recognizer.gate.types import (
     Authorized,
     Decision,
     Direction,
-    Evidence,
     GateEvent,
     GateRequest,
     Outcome,
@@ -54,6 +53,7 @@ class GateEngine:
         fusion: FusionModel,
         policies: PolicySet,
         decode: Decode,
+        encode: Encode,
         parse_plate: ParsePlate,
         max_clock_skew_s: float = 600.0,
         clock: Callable[[], float] = time.time,
@@ -63,6 +63,7 @@ class GateEngine:
         self.fusion = fusion
         self.policies = policies
         self._decode = decode
+        self._encode = encode  # the decision record's codec: the API's response bytes
         self._parse_plate = parse_plate
         self.max_clock_skew_s = max_clock_skew_s
         self._clock = clock
@@ -73,7 +74,7 @@ class GateEngine:
 
     # --- idempotent entry point -----------------------------------------------------------
 
-    def authorize(self, request: GateRequest, encode: Encode) -> Authorized:
+    def authorize(self, request: GateRequest) -> Authorized:
         inputs = request.inputs
         if not inputs.gate_id:
             raise InvalidArgument("gate_id is required", field="gate_id", reason="MISSING")
@@ -100,7 +101,7 @@ class GateEngine:
             except DeadlineExceeded:
                 continue  # the first caller gave up and stored nothing: decide for this one
         try:
-            result = self._decide_and_record(request, digest, encode)
+            result = self._decide_and_record(request, digest)
             running[1].set_result(result)
             return result
         except BaseException as exc:
@@ -110,17 +111,17 @@ class GateEngine:
             with self._lock:
                 self._inflight.pop(key, None)
 
-    def _decide_and_record(self, request: GateRequest, digest: str, encode: Encode) -> Authorized:
+    def _decide_and_record(self, request: GateRequest, digest: str) -> Authorized:
         now = self._clock()
         event = self._event(request, now)
         policy = self.policies.for_gate(event.gate_id)
-
-        def allows(ev: Evidence) -> bool:
-            return rules.decide(ev, policy, self.fusion).outcome is Outcome.ALLOW
-
-        # A burst stops short of completing frames once the evidence already allows.
-        evidence, read, probe = self.evidence.gather(event, now, allows=allows)
-        verdict = rules.decide(evidence, policy, self.fusion)
+        # One pass: the fast path, decide, and complete only if the decision could improve.
+        gathered = self.evidence.gather(event, now)
+        verdict = rules.decide(gathered.evidence, policy, self.fusion)
+        if gathered.can_improve and verdict.outcome is not Outcome.ALLOW:
+            gathered = self.evidence.complete(gathered)
+            verdict = rules.decide(gathered.evidence, policy, self.fusion)
+        evidence, read, probe = gathered.evidence, gathered.read, gathered.probe
         decision = Decision(
             outcome=verdict.outcome,
             identity_id=verdict.identity_id,
@@ -136,7 +137,7 @@ class GateEngine:
             face_frame=evidence.face_frame,
             vehicle_frames_read=evidence.vehicle_frames_read,
         )
-        payload = encode(decision)
+        payload = self._encode(decision)
         sighting = (read.text, event.gate_id, event.direction.value, now) if read else None
         # A caller who has gone (or whose time cannot hold the write) gets nothing stored.
         with deadline.stage("gate.store"):

@@ -1,20 +1,25 @@
 """Gathering a gate event's evidence: the I/O half of the decision.
 
 Reads the plate and the face (both branches at once; a burst's plate frames are voted into
-one read per plate, and its face is the frame that scores best, counted as that many tries,
-or the first frame when that already allows), finds the payers the plate names, scores the
-face against them 1:1, or searches the gallery 1:N when the plate names no payer, and loads
-their bindings and the plate's last sighting. Everything it returns is plain data for
-`rules.decide`.
+one read per plate, and its face is the frame that scores best, counted as that many tries),
+finds the payers the plate names with their bindings, scores the face against them 1:1, or
+searches the gallery 1:N when the plate names no payer, and loads the plate's last sighting.
+Everything it returns is plain data for `rules.decide`.
+
+The engine runs it in one pass: `gather` (the fast path: a burst's best glimpse is left
+uncompleted when the first frame was analysed in full), decide, and `complete` only when the
+decision could improve (it was not ALLOW and a glimpse is pending), then decide again.
+Completing adds the glimpse's full analysis to the evidence and repeats no store query.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -22,12 +27,14 @@ import numpy as np
 from recognizer import accounting, deadline
 from recognizer.face.types import AnalyzedFace, FrameFace, Glimpse
 from recognizer.fusion import PlateEvidence
+from recognizer.gallery.gallery import Match
 from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, Sighting
 from recognizer.identity import FaceIdentity, IdentityScore
 from recognizer.plate.grammar import is_valid
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 from recognizer.plate.vote import vote_plates
 from recognizer.store.ports import Bindings, Sightings
+from recognizer.store.rows import PaymentRow, PlateHolder, SightingRow
 
 # A burst's face frames must be one person: each other frame's face scores against the face
 # used at least where a stranger would pass 1 time in 100 (the default profile: 0.34, where
@@ -45,10 +52,49 @@ Lookup = Callable[[str], Sequence[str]]  # plate text -> the identities it is bo
 
 
 class GateStore(Bindings, Sightings, Protocol):
-    """The store reads the gate needs: bindings, sightings, and the gallery's size."""
+    """The store reads the gate needs: plate holders with their bindings, sightings, and the
+    gallery's size."""
 
     def count_identities(self) -> int: ...
     def max_templates_per_identity(self) -> int: ...
+
+
+class _PlateBook:
+    """Who holds the texts one event read, with their payment bindings: each batch of new
+    texts (a read with its candidates) is one store query, and every text is asked once."""
+
+    __slots__ = ("_held", "_store")
+
+    def __init__(self, store: GateStore) -> None:
+        self._store = store
+        self._held: dict[str, list[PlateHolder]] = {}
+
+    def learn(self, texts: Iterable[str]) -> None:
+        new = set(texts) - self._held.keys()
+        if new:
+            found = self._store.plate_holders(new)
+            for text in new:
+                self._held[text] = found.get(text, [])
+
+    def learn_reads(self, reads: Sequence[PlateResult]) -> None:
+        self.learn(t for r in reads for t in (r.text, *r.candidate_texts))
+
+    def holders(self, text: str) -> list[str]:
+        self.learn((text,))
+        return [h.identity_id for h in self._held[text]]
+
+    def bindings(self, identity_id: str) -> tuple[Binding, ...]:
+        for held in self._held.values():
+            for h in held:
+                if h.identity_id == identity_id:
+                    return _bindings(h.payments)
+        return ()
+
+
+def _bindings(rows: Iterable[PaymentRow]) -> tuple[Binding, ...]:
+    return tuple(
+        Binding(p.binding_id, p.payment_ref, Factors(p.factors), p.ceiling_minor) for p in rows
+    )
 
 
 def text_read(text: str) -> PlateResult:
@@ -67,22 +113,55 @@ def text_read(text: str) -> PlateResult:
     )
 
 
-def names_a_payer(bound: Lookup, reads: Sequence[PlateResult]) -> bool:
+def names_a_payer(book: _PlateBook, reads: Sequence[PlateResult]) -> bool:
     """A valid read of a bound plate whose province was seen: the far-plate detector pass or
-    a later frame cannot add to it (they may see a province that was only guessed)."""
-    return any(r.pattern_valid and not r.province_guessed and bound(r.text) for r in reads)
+    a later frame cannot add to it (they may see a province that was only guessed). Asking
+    learns every text of the reads at once, candidates included, for the payers after."""
+    book.learn_reads(reads)
+    return any(r.pattern_valid and not r.province_guessed and book.holders(r.text) for r in reads)
 
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
     """What the branches saw of one event: the plate read reported, the payers it names,
-    and the face frames (the first analysed in full, the rest glimpsed)."""
+    and the face frames (those analysed in full, and the rest glimpsed)."""
 
     read: PlateResult | None
     by_plate: dict[str, PlateEvidence]
     vehicle_frames_read: int
     analysed: tuple[FrameFace, ...]
     glimpses: tuple[Glimpse, ...]
+
+
+@dataclass(slots=True)
+class _State:
+    """One event's gathering so far: what the branches saw, and what the store answered, so
+    that completing a frame adds to the evidence and asks the store nothing twice."""
+
+    event: GateEvent
+    now: float
+    seen: _Seen
+    book: _PlateBook
+    templates: dict[str, np.ndarray]  # the plate's payers' enrolled faces
+    last: SightingRow | None  # the read plate's last sighting
+    searches: dict[tuple[int, bool], list[Match]] = field(default_factory=dict)
+    owners: dict[int, str | None] = field(default_factory=dict)  # template label -> identity
+    searched: dict[str, tuple[Binding, ...]] = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # (identities, most templates of one) for 1:N
+    completed: bool = False
+    pending: Glimpse | None = None  # the glimpse `complete` would finish
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """The evidence of one event, the read reported and the face used; `can_improve` when a
+    glimpse that might rate higher than the face used was left uncompleted."""
+
+    evidence: Evidence
+    read: PlateResult | None
+    probe: AnalyzedFace | None
+    can_improve: bool
+    state: _State = field(repr=False, compare=False)
 
 
 class EvidenceGatherer:
@@ -107,7 +186,7 @@ class EvidenceGatherer:
 
     # --- branches -----------------------------------------------------------------------------
 
-    def _plate_branch(self, event: GateEvent, bound: Lookup) -> tuple[list[PlateResult], int]:
+    def _plate_branch(self, event: GateEvent, book: _PlateBook) -> tuple[list[PlateResult], int]:
         """The frames' reads (one frame's as read, a burst's voted per plate), and the gate's
         own read when it sent one (trusted as much as a plate_text alone would be); with how
         many frames were read."""
@@ -115,16 +194,17 @@ class EvidenceGatherer:
         reads: list[PlateResult] = []
         read = len(frames)
         if len(frames) == 1:  # the pipeline checks the budget per stage
-            enough = functools.partial(names_a_payer, bound)
+            enough = functools.partial(names_a_payer, book)
             reads = list(self.plates.read(frames[0], enough=enough))
         elif frames:
-            reads, read = self._read_burst(frames, bound)
+            reads, read = self._read_burst(frames, book)
         if event.plate_text:
             reads.append(text_read(event.plate_text))
+        book.learn_reads(reads)
         return reads, read
 
     def _read_burst(
-        self, frames: Sequence[np.ndarray], bound: Lookup
+        self, frames: Sequence[np.ndarray], book: _PlateBook
     ) -> tuple[list[PlateResult], int]:
         """Read the frames in order and vote per plate; stop once a plate voted so far is
         bound and its province was seen (an exact read: more frames cannot strengthen it).
@@ -133,16 +213,16 @@ class EvidenceGatherer:
         mode = getattr(self.plates, "mode", "cn")
         per_frame: list[list[PlateResult]] = []
         voted: list[PlateResult] = []
-        enough = functools.partial(names_a_payer, bound)
+        enough = functools.partial(names_a_payer, book)
         for image in frames:
             per_frame.append(list(self.plates.read(image, enough=enough)))
             voted = vote_plates(per_frame, lambda text: is_valid(text, mode))
-            if names_a_payer(bound, voted):
+            if names_a_payer(book, voted):
                 break
         return voted or [r for reads in per_frame for r in reads], len(per_frame)
 
     def _run_branches(
-        self, event: GateEvent, bound: Lookup
+        self, event: GateEvent, book: _PlateBook
     ) -> tuple[tuple[list[PlateResult], int], tuple[FrameFace, ...], tuple[Glimpse, ...]]:
         """Both branches at once. The first face frame is analysed in full in this thread (a
         one-frame event costs what it did before bursts); a burst's other face frames are
@@ -150,7 +230,7 @@ class EvidenceGatherer:
         to choose the frame and to check that every frame shows one person."""
         faces = self.identity.faces
         frames = event.face_images
-        plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event, bound))
+        plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event, book))
         rest_future = (
             accounting.submit(self._pool, lambda: faces.glimpse_frames(frames[1:], first=1))
             if len(frames) > 1
@@ -163,68 +243,57 @@ class EvidenceGatherer:
     # --- the face frame -----------------------------------------------------------------------
 
     def _choose(
-        self,
-        analysed: Sequence[FrameFace],
-        glimpses: Sequence[Glimpse],
-        rate: Callable[[np.ndarray], tuple[float, T]],
-        completing: bool,
-    ) -> tuple[FrameFace, T, bool]:
-        """The frame whose face rates highest, with what `rate` found for it, and whether a
-        glimpse that might rate higher was left uncompleted. The best glimpse is completed
-        (its mirror view and liveness added) when its quick rating comes within
-        GLIMPSE_SLACK of the first frame's full one and `completing` (or when no frame was
-        analysed in full); the frame used is the best full rating."""
-        full = [(*rate(ff.face.embedding), ff) for ff in analysed]
-        left = False
-        if glimpses:
-            quick, best = max(((rate(g.embedding)[0], g) for g in glimpses), key=lambda t: t[0])
-            if not full or quick > full[0][0] - GLIMPSE_SLACK:
-                if completing or not full:
-                    done = self.identity.faces.complete(best)
-                    full.append((*rate(done.face.embedding), done))
-                else:
-                    left = True
+        self, st: _State, rate: Callable[[int, bool, np.ndarray], tuple[float, T]]
+    ) -> tuple[FrameFace, T, Glimpse | None]:
+        """The frame whose face rates highest, with what `rate` found for it, and the glimpse
+        left uncompleted that might rate higher (None when there is none). The best glimpse
+        is completed (its mirror view and liveness added, and it joins the frames analysed)
+        only when no frame was analysed in full; otherwise it is pending when its quick
+        rating comes within GLIMPSE_SLACK of the first frame's full one, and `complete`
+        finishes it only if the decision could improve. The frame used is the best full
+        rating."""
+        seen = st.seen
+        full = [(*rate(ff.frame, True, ff.face.embedding), ff) for ff in seen.analysed]
+        pending: Glimpse | None = None
+        if seen.glimpses and not st.completed:
+            quick, best = max(
+                ((rate(g.frame, False, g.embedding)[0], g) for g in seen.glimpses),
+                key=lambda t: t[0],
+            )
+            if not full:
+                done = self._complete_glimpse(st, best)
+                full.append((*rate(done.frame, True, done.face.embedding), done))
+            elif quick > full[0][0] - GLIMPSE_SLACK:
+                pending = best
         _, found, used = max(full, key=lambda t: t[0])
-        return used, found, left
+        return used, found, pending
 
-    def _frame_for_payers(
-        self,
-        analysed: Sequence[FrameFace],
-        glimpses: Sequence[Glimpse],
-        pids: Sequence[str],
-        completing: bool,
-    ) -> tuple[FrameFace, dict[str, IdentityScore | None], bool]:
-        """The frame whose face scores highest against any of the plate's payers, with every
-        payer's score from it (one frame: its own scores, as before bursts)."""
+    def _complete_glimpse(self, st: _State, glimpse: Glimpse) -> FrameFace:
+        done: FrameFace = self.identity.faces.complete(glimpse)
+        seen = st.seen
+        st.seen = dataclasses.replace(
+            seen,
+            analysed=(*seen.analysed, done),
+            glimpses=tuple(g for g in seen.glimpses if g is not glimpse),
+        )
+        st.completed = True
+        return done
 
-        def rate(vec: np.ndarray) -> tuple[float, dict[str, IdentityScore | None]]:
-            scores = {pid: self.identity.score_identity(pid, vec) for pid in pids}
-            top = max((s.score for s in scores.values() if s is not None), default=-math.inf)
-            return top, scores
+    def _search(self, st: _State, frame: int, full: bool, vec: np.ndarray) -> list[Match]:
+        """The 1:N matches of one frame's face (full or glimpsed), searched once per event."""
+        key = (frame, full)
+        if key not in st.searches:
+            st.searches[key] = self.identity.gallery.identify(vec, self.search_k, st.owners)
+        return st.searches[key]
 
-        return self._choose(analysed, glimpses, rate, completing)
-
-    def _frame_for_search(
-        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], completing: bool
-    ) -> tuple[FrameFace, list[Any], bool]:
-        """The frame whose face's best 1:N match scores highest, with its matches."""
-
-        def rate(vec: np.ndarray) -> tuple[float, list[Any]]:
-            found = self.identity.gallery.identify(vec, self.search_k)
-            return (found[0].score if found else -math.inf), found
-
-        return self._choose(analysed, glimpses, rate, completing)
-
-    def _frames_agree(
-        self, analysed: Sequence[FrameFace], glimpses: Sequence[Glimpse], used: FrameFace
-    ) -> bool:
+    def _frames_agree(self, seen: _Seen, used: FrameFace) -> bool:
         """Every other frame's face is the same person as the face used: a stranger's frame
         scores this high against it at most FRAMES_AGREE_FMR of the time. A glimpse's
         front-view embedding scores against a full one as a full one does (the same impostor
         rate at the bar on every sample group; tests/test_frames_agree.py)."""
         probe = used.face.embedding
-        views = [(ff.frame, ff.face.embedding) for ff in analysed]
-        views += [(g.frame, g.embedding) for g in glimpses]
+        views = [(ff.frame, ff.face.embedding) for ff in seen.analysed]
+        views += [(g.frame, g.embedding) for g in seen.glimpses]
         bar = self._frames_agree_score
         return all(float(np.dot(vec, probe)) >= bar for i, vec in views if i != used.frame)
 
@@ -259,63 +328,108 @@ class EvidenceGatherer:
             shown = max(reads, key=lambda r: r.confidence)
         return shown, found
 
-    def _bindings(self, identity_id: str) -> tuple[Binding, ...]:
-        return tuple(
-            Binding(p.binding_id, p.payment_ref, Factors(p.factors), p.ceiling_minor)
-            for p in self.store.payments_for(identity_id)
-        )
-
     # --- the whole event ----------------------------------------------------------------------
 
-    def gather(
-        self, event: GateEvent, now: float, allows: Callable[[Evidence], bool] | None = None
-    ) -> tuple[Evidence, PlateResult | None, AnalyzedFace | None]:
-        """The event's evidence, the read reported and the face used.
+    def gather(self, event: GateEvent, now: float) -> Gathered:
+        """The event's evidence on the fast path: a burst's best glimpse is not completed
+        when the first frame was analysed in full (`complete` does that, if the decision
+        could improve). Every frame is still checked to show the same person.
 
-        `allows` (the gate's rules for this event: does the evidence ALLOW?) lets a burst exit
-        early: when the first frame, analysed in full, already allows, a glimpse that might
-        rate a little higher is not completed, because the decision cannot get better. Every
-        frame is still checked to show the same person. Without `allows`, the best frame is
-        always completed and used."""
-        # Who holds a plate text, looked up once per text and event (the plate branch asks
-        # while reading, to skip the far-plate pass; the payers are gathered from it after).
-        bound: Lookup = functools.cache(self.store.identities_for_plate)
-        (reads, vehicle_frames_read), analysed, glimpses = self._run_branches(event, bound)
+        Store reads, each once per event: the plates' holders with their bindings (one query
+        per batch of texts), the payers' enrolled faces (one), the 1:N search's owners (one
+        per face searched), the read plate's last sighting (one); for a payer found 1:N, its
+        bindings and the gallery's size."""
+        book = _PlateBook(self.store)
+        (reads, vehicle_frames_read), analysed, glimpses = self._run_branches(event, book)
         deadline.check("gate.match")
-        read, by_plate = self._plate_payers(reads, bound)
+        read, by_plate = self._plate_payers(reads, book.holders)
         seen = _Seen(read, by_plate, vehicle_frames_read, analysed, glimpses)
-        found, left = self._evidence(event, now, seen, completing=allows is None)
-        if left and allows is not None and not allows(found[0]):
-            found, _ = self._evidence(event, now, seen, completing=True)
-        return found
+        faces = bool(analysed or glimpses)
+        templates = self.identity.gallery.templates_for(by_plate) if faces and by_plate else {}
+        last = self.store.last_sighting(read.text) if read is not None else None
+        return self._assemble(_State(event, now, seen, book, templates, last))
 
-    def _evidence(
-        self, event: GateEvent, now: float, seen: _Seen, completing: bool
-    ) -> tuple[tuple[Evidence, PlateResult | None, AnalyzedFace | None], bool]:
-        """The evidence from what the branches saw, and whether a glimpse that might rate
-        higher than the frame used was left uncompleted (only when not `completing`)."""
-        read, by_plate, analysed, glimpses = seen.read, seen.by_plate, seen.analysed, seen.glimpses
+    def complete(self, gathered: Gathered) -> Gathered:
+        """The evidence with the pending glimpse completed (its mirror view and liveness) and
+        rated in full; the store is asked only what it was not asked before."""
+        pending = gathered.state.pending if gathered.can_improve else None
+        if pending is None:
+            return gathered
+        st = gathered.state
+        self._complete_glimpse(st, pending)
+        return self._assemble(st)
+
+    def _rate_payers(
+        self, st: _State
+    ) -> Callable[[int, bool, np.ndarray], tuple[float, dict[str, IdentityScore | None]]]:
+        gallery = self.identity.gallery
+
+        def rate(
+            frame: int, full: bool, vec: np.ndarray
+        ) -> tuple[float, dict[str, IdentityScore | None]]:
+            scores: dict[str, IdentityScore | None] = {}
+            for pid in st.seen.by_plate:
+                m = st.templates.get(pid)
+                scores[pid] = (
+                    None if m is None else IdentityScore(gallery.score_against(m, vec), len(m))
+                )
+            top = max((s.score for s in scores.values() if s is not None), default=-math.inf)
+            return top, scores
+
+        return rate
+
+    def _rate_search(
+        self, st: _State
+    ) -> Callable[[int, bool, np.ndarray], tuple[float, list[Match]]]:
+        def rate(frame: int, full: bool, vec: np.ndarray) -> tuple[float, list[Match]]:
+            found = self._search(st, frame, full, vec)
+            return (found[0].score if found else -math.inf), found
+
+        return rate
+
+    def _searched_payer(
+        self, st: _State, top: Match, plate: PlateEvidence, frames: int
+    ) -> Payer | None:
+        """The face's best 1:N match as a payer (None without a binding), judged 1:N over
+        the gallery's identities; the store is asked once per event."""
+        if top.identity_id not in st.searched:
+            st.searched[top.identity_id] = _bindings(self.store.payments_for(top.identity_id))
+        bindings = st.searched[top.identity_id]
+        if not bindings:
+            return None
+        if st.size is None:
+            # Every identity's templates were compared: the most any one holds.
+            st.size = (
+                max(1, self.store.count_identities()),
+                max(1, self.store.max_templates_per_identity()),
+            )
+        searched, templates = st.size
+        return Payer(top.identity_id, plate, top.score, searched, bindings, templates, frames)
+
+    def _assemble(self, st: _State) -> Gathered:
+        """The evidence from what the branches saw and the store answered."""
+        seen = st.seen
+        read, by_plate = seen.read, seen.by_plate
         threshold = self.identity.threshold()
         payers: list[Payer] = []
-        face_elsewhere = False
         used: FrameFace | None = None
-        left = False
+        pending: Glimpse | None = None
         scores: dict[str, IdentityScore | None] = {}
-        matches: list[Any] = []
+        matches: list[Match] = []
         # A burst's face is its best frame: an impostor's face gets one try per frame, and
         # the estimate counts them (Payer.frames), as it counts enrolled templates.
-        frames = len(analysed) + len(glimpses)
+        frames = len(seen.analysed) + len(seen.glimpses)
         if frames and by_plate:
-            used, scores, left = self._frame_for_payers(
-                analysed, glimpses, list(by_plate), completing
-            )
-            matches = self.identity.gallery.identify(used.face.embedding, self.search_k)
+            used, scores, pending = self._choose(st, self._rate_payers(st))
+            matches = self._search(st, used.frame, True, used.face.embedding)
         elif frames:
-            used, matches, left = self._frame_for_search(analysed, glimpses, completing)
+            used, matches, pending = self._choose(st, self._rate_search(st))
+        seen = st.seen  # a glimpse completed while choosing joined the frames analysed
         for pid, plate in by_plate.items():
             scored = scores.get(pid)
             score, templates = (scored.score, scored.templates) if scored else (None, 1)
-            payers.append(Payer(pid, plate, score, 0, self._bindings(pid), templates, frames))
+            payers.append(Payer(pid, plate, score, 0, st.book.bindings(pid), templates, frames))
+        face_elsewhere = False
         if used is not None:
             face_elsewhere = any(
                 m.score >= threshold and m.identity_id not in by_plate for m in matches
@@ -323,25 +437,18 @@ class EvidenceGatherer:
             if not by_plate and matches and matches[0].score >= threshold:
                 # The plate names no payer: the face's best match, judged 1:N. Any plate that
                 # was read is not this payer's (else the plate would have named them).
-                top = matches[0]
-                bindings = self._bindings(top.identity_id)
-                if bindings:
-                    plate = PlateEvidence.NO_MATCH if read is not None else PlateEvidence.ABSENT
-                    searched = max(1, self.store.count_identities())
-                    # Every identity's templates were compared: the most any one holds.
-                    templates = max(1, self.store.max_templates_per_identity())
-                    payers.append(
-                        Payer(
-                            top.identity_id, plate, top.score, searched, bindings, templates, frames
-                        )
-                    )
+                plate = PlateEvidence.NO_MATCH if read is not None else PlateEvidence.ABSENT
+                found = self._searched_payer(st, matches[0], plate, frames)
+                if found is not None:
+                    payers.append(found)
         probe = used.face if used is not None else None
-        last = self.store.last_sighting(read.text) if read is not None else None
+        last = st.last
+        event = st.event
         evidence = Evidence(
             gate_id=event.gate_id,
             amount_minor=event.amount_minor,
             direction=event.direction,
-            now=now,
+            now=st.now,
             vehicle_sent=bool(event.vehicle_images),
             plate_read=read is not None,
             face_sent=bool(event.face_images),
@@ -351,11 +458,12 @@ class EvidenceGatherer:
             face_elsewhere=face_elsewhere,
             last_sighting=Sighting(last.gate_id, last.direction, last.at) if last else None,
             face_liveness=probe.liveness if probe is not None else None,
-            face_frames_agree=used is None or self._frames_agree(analysed, glimpses, used),
+            face_frames_agree=used is None or self._frames_agree(seen, used),
             face_frame=used.frame if used is not None else 0,
             vehicle_frames_read=seen.vehicle_frames_read,
             # The read reported is the one the plate evidence rests on (_plate_payers): a
             # guessed province there is evidence the rules weigh.
             plate_province_guessed=read is not None and read.province_guessed,
         )
-        return (evidence, read, probe), left
+        st.pending = pending
+        return Gathered(evidence, read, probe, pending is not None, st)

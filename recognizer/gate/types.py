@@ -146,7 +146,8 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Authorized:
-    """What the servicer returns: the stored response bytes and whether this was a replay."""
+    """What the engine returns to the servicer: the stored response bytes (as the injected
+    codec wrote them) and whether this was a replay."""
 
     payload: bytes
     replayed: bool

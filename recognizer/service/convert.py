@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -215,6 +215,17 @@ def identity(
         plates=list(plates),
         payments=[payment(p) for p in payments],
     )
+
+
+def decision_codec(models: Iterable[Any]) -> Callable[[Decision], bytes]:
+    """The gate's decision record codec (injected into the engine once): the Authorize
+    response's bytes, which a replay returns as recorded."""
+    versions = tuple(models)
+
+    def encode(d: Decision) -> bytes:
+        return decision(d, versions).SerializeToString()
+
+    return encode
 
 
 def decision(d: Decision, models: Iterable[Any]) -> gate_pb2.AuthorizeResponse:

@@ -156,10 +156,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 found = k
         return found
 
-    def role_of(self, presented: str) -> Role | None:
-        key = self.key_of(presented)
-        return key.role if key is not None else None
-
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         if details.method.startswith(HEALTH_PREFIX):
             return continuation(details)  # probes carry no key

@@ -80,6 +80,7 @@ def default_engines(config: Config) -> Engines:
     from recognizer.imaging import decode
     from recognizer.plate.grammar import normalize, parse_plate
     from recognizer.plate.pipeline import build_plate_recognizer
+    from recognizer.service.convert import decision_codec
     from recognizer.store.crypto import cipher_from_env
     from recognizer.store.files import private_dir
     from recognizer.store.open import describe, open_store
@@ -103,6 +104,7 @@ def default_engines(config: Config) -> Engines:
         flat_max=config.flat_max,
     )
     gallery.open()
+    gallery.check()  # what GetMetrics reports until the checkpoint thread checks again
     follower = None
     if getattr(store, "shared", False):  # other nodes write: follow their changes
         follower = Follower(gallery, store, config.replica_poll_s, config.replica_max_lag_s)
@@ -124,6 +126,7 @@ def default_engines(config: Config) -> Engines:
             fusion=FusionModel.load(fusion_path(config)),
             policies=config.policies,
             decode=lambda data, field: decode(data, config.limits_for("Authorize"), field),
+            encode=decision_codec((*faces.model_versions, *plates.model_versions)),
             parse_plate=parse_client_plate,
             max_clock_skew_s=config.max_clock_skew_s,
         )
@@ -185,7 +188,8 @@ class Runtime:
         return self._engines
 
     def start_checkpoints(self) -> None:
-        """Persist the index now and then, so a restart replays little."""
+        """Persist the index now and then, so a restart replays little, and compare it with
+        the store (repairing what disagrees): GetMetrics reports the last comparison."""
 
         def loop() -> None:
             while not self._stop.wait(self.config.checkpoint_seconds):
@@ -195,6 +199,10 @@ class Runtime:
                         eng.gallery.checkpoint()
                     except Exception as exc:  # a failed checkpoint must not kill the server
                         log.error("checkpoint failed: %s", exc)
+                    try:  # compares every label (O(N)): here, never in a request
+                        eng.gallery.check()
+                    except Exception as exc:
+                        log.error("index consistency check failed: %s", exc)
 
         threading.Thread(target=loop, name="checkpoint", daemon=True).start()
 

@@ -1,6 +1,9 @@
-"""Thin servicers: decode, call one domain function, convert the result.
+"""Thin servicers: check the request's own fields, decode, call one domain function, convert
+the result.
 
-All validation and domain logic lives below; errors are mapped by ErrorInterceptor.
+What a servicer checks itself is the message's shape (page and list bounds, required fields,
+the gate a key may act for); the domain below validates what it means (images, plates,
+identities, policies). Errors of either are mapped by ErrorInterceptor.
 """
 
 from __future__ import annotations
@@ -285,9 +288,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
                 "no fusion calibration for this profile; run scripts/calibrate_fusion.py",
                 reason="FUSION_NOT_CALIBRATED",
             )
-        result = eng.gate.authorize(
-            gate_request, lambda d: convert.decision(d, eng.model_versions).SerializeToString()
-        )
+        result = eng.gate.authorize(gate_request)
         response = gate_pb2.AuthorizeResponse.FromString(result.payload)
         response.replayed = result.replayed
         response.event_id = request.event_id

@@ -59,6 +59,14 @@ class PaymentRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PlateHolder:
+    """An identity bound to a plate, with its payment bindings (oldest first)."""
+
+    identity_id: str
+    payments: tuple[PaymentRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRow:
     decision_id: str
     gate_id: str

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -31,12 +31,14 @@ from recognizer.store.rows import (
     DeleteCounts,
     IdentityRow,
     PaymentRow,
+    PlateHolder,
     SightingRow,
     TemplateRow,
     open_template,
     template_aad,
 )
 
+T = TypeVar("T")
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 NOTIFY_CHANNEL = "recognizer_changes"
 PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -70,7 +72,7 @@ class Connection(Protocol):
     def executemany(self, sql: str, params: Iterable[Any], /) -> Any: ...
 
 
-def _chunks(items: list[int], size: int = _IN_CHUNK) -> Iterator[list[int]]:
+def _chunks(items: list[T], size: int = _IN_CHUNK) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -347,6 +349,29 @@ class SqlStore:
             TemplateRow(*r[:7], vector=self._decrypt(r[0], r[1], r[2], r[3], r[7])) for r in rows
         ]
 
+    def templates_for(
+        self, identity_ids: Iterable[str], model: str
+    ) -> dict[str, list[TemplateRow]]:
+        """Several identities' templates for one model in one query (the gate scores a face
+        against every payer a plate names); identities without one are absent."""
+        wanted = sorted(set(identity_ids))
+        out: dict[str, list[TemplateRow]] = {}
+        if not wanted:
+            return out
+        with self._conn() as c:
+            for part in _chunks(wanted):
+                marks = ",".join("?" * len(part))
+                rows = c.execute(
+                    "SELECT label, identity_id, model, dim, source, quality, created_at, vector"
+                    f" FROM templates WHERE identity_id IN ({marks}) AND model = ?"
+                    " ORDER BY identity_id, label",
+                    (*part, model),
+                ).fetchall()
+                for r in rows:
+                    vector = self._decrypt(r[0], r[1], r[2], r[3], r[7])
+                    out.setdefault(r[1], []).append(TemplateRow(*r[:7], vector=vector))
+        return out
+
     def template_labels(self, identity_id: str) -> list[int]:
         with self._conn() as c:
             rows = c.execute(
@@ -472,6 +497,42 @@ class SqlStore:
                 (plate,),
             ).fetchall()
         return [r[0] for r in rows]
+
+    def plate_holders(self, plates: Iterable[str]) -> dict[str, list[PlateHolder]]:
+        """Who holds each of several plates, with each holder's payment bindings, in one query
+        (the texts a gate event read: the read and its candidates). Holders come in binding
+        order, as identities_for_plate gives them; plates no one holds are absent."""
+        wanted = sorted(set(plates))
+        out: dict[str, list[PlateHolder]] = {}
+        if not wanted:
+            return out
+        rows: list[Any] = []
+        with self._conn() as c:
+            for part in _chunks(wanted):
+                marks = ",".join("?" * len(part))
+                rows += c.execute(
+                    "SELECT p.plate, p.identity_id, pay.binding_id, pay.payment_ref,"
+                    " pay.factors, pay.ceiling_minor, pay.created_at"
+                    " FROM plates p LEFT JOIN payments pay ON pay.identity_id = p.identity_id"
+                    f" WHERE p.plate IN ({marks})"
+                    " ORDER BY p.plate, p.created_at, p.identity_id, pay.created_at,"
+                    " pay.binding_id",
+                    part,
+                ).fetchall()
+        payments: dict[tuple[str, str], list[PaymentRow]] = {}
+        for plate, identity_id, binding_id, ref, factors, ceiling, created in rows:
+            held = payments.get((plate, identity_id))
+            if held is None:
+                held = payments[(plate, identity_id)] = []
+                out.setdefault(plate, []).append(PlateHolder(identity_id))
+            if binding_id is not None:
+                held.append(
+                    PaymentRow(binding_id, identity_id, ref, factors, int(ceiling), created)
+                )
+        return {
+            plate: [PlateHolder(h.identity_id, tuple(payments[(plate, h.identity_id)])) for h in hs]
+            for plate, hs in out.items()
+        }
 
     def plates_for(self, identity_id: str) -> list[str]:
         with self._conn() as c:
