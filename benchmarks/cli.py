@@ -254,6 +254,16 @@ def burst_latency(
     help="Every face set, grayscale (infrared) ones too, and more impostor events per payer: "
     "at least 800 genuine and 2,000 impostor events on the sample data.",
 )
+@click.option(
+    "--face-floor-fmr",
+    default="shipped",
+    show_default=True,
+    help="The bench policy's face floor for PLATE_AND_FACE (an FMR, 'none', or 'shipped'); "
+    "with 'none' the worst-case section gives every floor's figures from one run.",
+)
+@click.option(
+    "--no-worst-case", is_flag=True, help="Skip the worst-case (targeted) impostor events."
+)
 def fusion(
     dataset: Path | None,
     profile: str,
@@ -266,6 +276,8 @@ def fusion(
     require_liveness: bool,
     burst: int,
     large: bool,
+    face_floor_fmr: str,
+    no_worst_case: bool,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -291,8 +303,23 @@ def fusion(
             require_liveness=require_liveness,
             burst=burst,
             large=large,
+            face_floor_fmr=_floor_option(face_floor_fmr),
+            worst_case=not no_worst_case,
         )
     _done(dest / "report.md")
+
+
+def _floor_option(value: str) -> float | None:
+    from recognizer.policy import FACE_FLOOR_FMR
+
+    if value == "shipped":
+        return FACE_FLOOR_FMR
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: an FMR, 'none' or 'shipped'") from None
 
 
 @bench.command()

@@ -11,7 +11,13 @@ Events (every image and frame is real; every read and score comes from the real 
 - stranger, no plate: a never-enrolled face and no vehicle at all, against the whole gallery
   (the 1:N path: every third payer also holds a FACE binding, so a face alone could pay);
 - payer, no plate: an enrolled payer's own face and no vehicle (reported apart: the 1:N path's
-  genuine side, not part of the FRR, since a PLATE_AND_FACE binding rightly needs the plate).
+  genuine side, not part of the FRR, since a PLATE_AND_FACE binding rightly needs the plate);
+- worst case (reported apart, a targeted attacker): for every genuine probe image, the payer
+  it most resembles (IdentifyFace, other identities only) with that payer's own vehicle frame
+  (the plate read exactly: a cloned plate). The prober's own templates are removed for its
+  events (a stranger is not enrolled), then enrolled again. The section also gives worst-case
+  ALLOWs and fused false rejects under each face floor (policy face_floor_fmr), computed from
+  the run's own face scores: exact for floors at or above the run's own.
 
 Plate-only accepts when the read equals a bound plate; face-only accepts when IdentifyFace
 finds an enrolled payer above the default threshold; fused accepts when Authorize says ALLOW.
@@ -36,6 +42,7 @@ import numpy as np
 from benchmarks.datasets import discover_face_sets, discover_plate_sets
 from benchmarks.metrics import wilson_ci
 from benchmarks.report import Report, decode_file, pct, plot_det, progress
+from recognizer.policy import FACE_FLOOR_FMR
 
 GATE = "bench-gate-1"
 POLICY = {
@@ -47,7 +54,7 @@ POLICY = {
 }
 IMPOSTOR_KINDS = ("wrong_face", "cloned_plate", "misread", "unknown", "stranger_no_plate")
 KINDS = ("genuine", *IMPOSTOR_KINDS)
-ASIDE_KINDS = ("payer_no_plate",)  # reported on their own, in neither FAR nor FRR
+ASIDE_KINDS = ("payer_no_plate", "worst_case")  # reported on their own, in neither FAR nor FRR
 FACE_BINDING_EVERY = 3  # every third payer also holds a FACE binding (the 1:N path)
 
 
@@ -82,6 +89,7 @@ class Outcome:
     reasons: tuple[str, ...]
     binding: str = ""  # factors of the binding Authorize charged ("" when none)
     bound_plate_read: bool = False  # a plate bound to the charged identity was read
+    gate_face_score: float = 0.0  # Authorize's face score against the payer it resolved
 
     @property
     def claims_missing_plate(self) -> bool:
@@ -245,6 +253,8 @@ def run(
     require_liveness: bool = False,
     burst: int = 1,
     large: bool = False,
+    face_floor_fmr: float | None = FACE_FLOOR_FMR,
+    worst_case: bool = True,
 ) -> Report:
     """`enrol_photos`: photos per payer given to EnrollFace (at most all but one, so every
     payer keeps a genuine probe); genuine probes are the photos from `probe_from` on (default
@@ -274,7 +284,7 @@ def run(
     )
     if quick:
         unbound = unbound[:12]
-    policy = {**POLICY, "require_liveness": require_liveness}
+    policy = {**POLICY, "require_liveness": require_liveness, "face_floor_fmr": face_floor_fmr}
     with inprocess_server(
         profile, face_threshold_min=0.2, policies=PolicySet.from_config([policy])
     ) as (port, key):
@@ -283,12 +293,13 @@ def run(
         ids: dict[str, str] = {}
         refs: dict[str, str] = {}  # payment_ref -> factors
         plates_of: dict[str, set[str]] = defaultdict(set)
+        templates: dict[str, list[str]] = {}
         for person, (_, plate) in progress(list(owned.items()), "enrol"):
             ident = c.identity.CreateIdentity(
                 identity_pb2.CreateIdentityRequest(display_name=person), metadata=md
             )
             try:
-                c.identity.EnrollFace(
+                enrolled = c.identity.EnrollFace(
                     identity_pb2.EnrollFaceRequest(
                         identity_id=ident.identity_id,
                         images=[
@@ -323,6 +334,7 @@ def run(
                 refs[ref] = name
             ids[person] = ident.identity_id
             plates_of[ident.identity_id].add(plate)
+            templates[person] = [f.template_id for f in enrolled.faces]
         owned = {p: v for p, v in owned.items() if p in ids}
         # Misreads that map to another bound plate: bind an unbound car's alternative
         # reading to a payer, so that car's read lands on that payer as a candidate.
@@ -351,6 +363,10 @@ def run(
         decide = _Decider(c, ids, refs, plates_of)
         outcomes = [decide(ev) for ev in progress(events, "authorize")]
         bursts = _burst_runs(decide, events, people, start, burst) if burst > 1 else None
+        if worst_case:
+            photos = {p: people[p][: min(enrol_photos, len(people[p]) - 1)] for p in ids}
+            targeted, untargeted = _worst_case_events(c, people, owned, ids, start)
+            outcomes += _worst_case_runs(c, decide, targeted, ids, templates, photos)
         c.close()
     rep = report(outcomes, out, profile, baseline=baseline, write=False)
     variant = [f"enrolment photos: {enrol_photos}"] if enrol_photos > 1 or probe_from else []
@@ -369,8 +385,164 @@ def run(
     rep.results["require_liveness"] = require_liveness
     if bursts is not None:
         rep.results["bursts"] = _burst_section(rep, outcomes, bursts, burst)
+    if worst_case:
+        rep.results["worst_case"] = _worst_case_section(
+            rep, outcomes, profile, face_floor_fmr, untargeted
+        )
+    rep.results["face_floor_fmr"] = face_floor_fmr
     rep.write(out)
     return rep
+
+
+def _worst_case_events(
+    c: Any,
+    people: dict[str, list[Path]],
+    owned: dict[str, tuple[Path, str]],
+    ids: dict[str, str],
+    start: int,
+) -> tuple[list[Event], int]:
+    """For every genuine probe image, the payer it most resembles by the gallery's own score
+    (other identities only), with that payer's vehicle frame; and how many probes had no
+    other identity above the server's lowest threshold (they cannot pay)."""
+    import grpc
+
+    from recognizer.v1 import recognition_pb2
+
+    name_of = {v: k for k, v in ids.items()}
+    events, untargeted = [], 0
+    for person in progress(sorted(owned), "worst case"):
+        for face in people[person][start:]:
+            try:
+                r = c.recognition.IdentifyFace(
+                    recognition_pb2.IdentifyFaceRequest(
+                        image=face.read_bytes(), top_k=5, threshold=0.2
+                    ),
+                    metadata=c.metadata,
+                )
+            except grpc.RpcError:  # no face found: nobody to resemble
+                untargeted += 1
+                continue
+            other = next((x.identity_id for x in r.candidates if x.identity_id != ids[person]), "")
+            if not other:
+                untargeted += 1
+                continue
+            events.append(Event("worst_case", person, owned[name_of[other]][0], face))
+    return events, untargeted
+
+
+def _worst_case_runs(
+    c: Any,
+    decide: _Decider,
+    events: Sequence[Event],
+    ids: dict[str, str],
+    templates: dict[str, list[str]],
+    photos: dict[str, list[Path]],
+) -> list[Outcome]:
+    """Each prober's events with the prober's own faces removed (an attacker is not
+    enrolled, so his face cannot match himself elsewhere), then his faces enrolled again."""
+    from recognizer.v1 import identity_pb2
+
+    md = c.metadata
+    by_person: dict[str, list[Event]] = defaultdict(list)
+    for ev in events:
+        by_person[ev.person].append(ev)
+    out: list[Outcome] = []
+    for person, evs in progress(list(by_person.items()), "worst case authorize"):
+        pid = ids[person]
+        for template in templates[person]:
+            c.identity.RemoveFace(
+                identity_pb2.RemoveFaceRequest(identity_id=pid, template_id=template), metadata=md
+            )
+        out += [decide(ev) for ev in evs]
+        again = c.identity.EnrollFace(
+            identity_pb2.EnrollFaceRequest(
+                identity_id=pid, images=[p.read_bytes() for p in photos[person]], force=True
+            ),
+            metadata=md,
+        )
+        templates[person] = [f.template_id for f in again.faces]
+    return out
+
+
+def _floor_scores(profile: str) -> dict[str, float | None]:
+    """The face floors compared: none, FMR 1e-4 and 1e-5 by the fusion model's impostor
+    tail, and the 1:1 threshold of the face calibration."""
+    from recognizer.face.calibration import FaceCalibration
+    from recognizer.fusion import FusionModel
+    from recognizer.models import DEFAULT_MODELS_DIR
+
+    fusion = FusionModel.load(DEFAULT_MODELS_DIR / f"fusion_{profile}.json")
+    face = FaceCalibration.load(DEFAULT_MODELS_DIR / f"face_calibration_{profile}.json")
+    return {
+        "none": None,
+        "1e-4": fusion.face_score_at(1e-4),
+        "1e-5": fusion.face_score_at(1e-5),
+        "1:1 threshold": float(face.threshold),
+    }
+
+
+def _allowed_with_floor(o: Outcome, floor: float | None) -> bool:
+    """Would this ALLOW stand under a face floor (PLATE_AND_FACE bindings only)?"""
+    if o.outcome != "ALLOW":
+        return False
+    return floor is None or o.binding != "plate_and_face" or o.gate_face_score >= floor
+
+
+def _worst_case_section(
+    rep: Report,
+    outcomes: Sequence[Outcome],
+    profile: str,
+    run_floor_fmr: float | None,
+    untargeted: int,
+) -> dict[str, object]:
+    worst = [o for o in outcomes if o.event.kind == "worst_case"]
+    gen = [o for o in outcomes if o.event.kind == "genuine"]
+    floors = _floor_scores(profile)
+    run_floor = None if run_floor_fmr is None else _run_floor(profile, run_floor_fmr)
+    rows, table = [], {}
+    for name, floor in floors.items():
+        # A floor weaker than the run's own cannot be computed from it (its ALLOWs are gone).
+        exact = run_floor is None or (floor is not None and floor >= run_floor - 1e-9)
+        allows = [o for o in worst if _allowed_with_floor(o, floor)]
+        rejects = sum(not _allowed_with_floor(o, floor) for o in gen)
+        table[name] = {
+            "score": floor,
+            "worst_case_allows": len(allows) if exact else None,
+            "fused_false_rejects": rejects if exact else None,
+            "allowed": [o.event.key() for o in allows] if exact else [],
+        }
+        rows.append(
+            [
+                name,
+                "-" if floor is None else f"{floor:.3f}",
+                f"{len(allows)}/{len(worst)}" if exact else "n/a",
+                f"{rejects}/{len(gen)}" if exact else "n/a",
+            ]
+        )
+    rep.h("Worst-case impostors: the payer each probe resembles most, with the payer's plate", 3)
+    rep.p(
+        f"{len(worst)} events, one per genuine probe image with another identity above the "
+        f"server's lowest threshold ({untargeted} probes had none). Each shows the payer's own "
+        "vehicle frame (a cloned plate, read exactly) and the probe's face; the prober's own "
+        "faces are removed for these events. This run's face floor: "
+        f"{'none' if run_floor_fmr is None else f'FMR {run_floor_fmr:.0e}'}; rows below the "
+        "run's floor are n/a (rerun with --face-floor-fmr none)."
+    )
+    rep.table(["face floor", "score", "worst-case ALLOWs", "fused false rejects"], rows)
+    for o in worst:
+        if o.outcome == "ALLOW":
+            rep.p(
+                f"ALLOWed: `{o.event.key()}` face {o.gate_face_score:.3f}, "
+                f"est. FAR {o.estimated_far:.2e}, {', '.join(o.reasons)}"
+            )
+    return {"events": len(worst), "untargeted": untargeted, "floors": table}
+
+
+def _run_floor(profile: str, fmr: float) -> float:
+    from recognizer.fusion import FusionModel
+    from recognizer.models import DEFAULT_MODELS_DIR
+
+    return FusionModel.load(DEFAULT_MODELS_DIR / f"fusion_{profile}.json").face_score_at(fmr)
 
 
 class _Decider:
@@ -432,6 +604,7 @@ class _Decider:
             reasons=codes,
             binding=self.refs.get(resp.payment_ref, ""),
             bound_plate_read=bool(read & self.plates_of.get(resp.identity_id, set())),
+            gate_face_score=resp.face_score,
         )
 
 
@@ -560,7 +733,7 @@ def report(
     rep = Report(f"Fusion benchmark ({profile} profile)")
     gen = [o for o in outcomes if o.event.kind == "genuine"]
     imp = [o for o in outcomes if o.event.kind in IMPOSTOR_KINDS]
-    aside = [o for o in outcomes if o.event.kind in ASIDE_KINDS]
+    aside = [o for o in outcomes if o.event.kind == "payer_no_plate"]
     # Charged through a factor it lacked: a false accept whoever was charged.
     claimed = [o for o in (*gen, *imp) if o.claims_missing_plate]
     claimed_gen = [o for o in claimed if o.event.kind == "genuine"]

@@ -202,10 +202,18 @@ class PlateModel:
     genuine: dict[str, float]
     misread: dict[str, float]  # "exact", "candidate": an unrelated plate read as a bound one
     clone_prior: float = 0.05
+    # The reader's confidence (product of its per-character probabilities) below which an
+    # exact read is not sure enough to pay alone on the plate-only tier, nor to turn its own
+    # candidates into evidence against the plates they name. Chosen by
+    # scripts/calibrate_fusion.py on crops and synthetic frames so that at most 0.5% of
+    # correct reads fall below it; 0 in files made before it (no bar).
+    sure_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clone_prior < 1.0:
             raise ValueError(f"clone_prior must be within [0, 1), got {self.clone_prior}")
+        if not 0.0 <= self.sure_confidence < 1.0:
+            raise ValueError(f"sure_confidence must be within [0, 1), got {self.sure_confidence}")
 
     def impostor(self, clone_prior: float | None = None) -> dict[str, float]:
         q = self.clone_prior if clone_prior is None else clone_prior
@@ -302,6 +310,17 @@ class FusionModel:
                 total += p_c * (1.0 if rest <= 0 else 0.0)
         return min(total, 1.0)
 
+    def face_score_at(self, fmr: float) -> float:
+        """The lowest cosine score whose estimated 1:1 false-match rate (the impostor tail,
+        extrapolated where the data runs out) is at most `fmr`: the policy's face floor."""
+        lo, hi = -1.0, 1.0
+        if self.face_tail(hi) > fmr:
+            return hi
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self.face_tail(mid) <= fmr else (mid, hi)
+        return hi
+
     def threshold_for(
         self,
         target_far: float,
@@ -362,6 +381,7 @@ class FusionModel:
                 "genuine": self.plate.genuine,
                 "misread": self.plate.misread,
                 "clone_prior": self.plate.clone_prior,
+                "sure_confidence": self.plate.sure_confidence,
             },
             "face_llr_clip": self.face_llr_clip,
             "meta": self.meta,
@@ -389,7 +409,12 @@ def _plate_from_json(plate: dict, meta: dict) -> PlateModel:  # type: ignore[typ
     """Current files hold the misread rates and the clone prior; files of release 0.1.0 held
     the impostor rates with the clone prior added to the exact one only."""
     if "misread" in plate:
-        return PlateModel(plate["genuine"], plate["misread"], plate.get("clone_prior", 0.05))
+        return PlateModel(
+            plate["genuine"],
+            plate["misread"],
+            plate.get("clone_prior", 0.05),
+            plate.get("sure_confidence", 0.0),
+        )
     q = float(meta.get("clone_rate", 0.05))
     imp = plate["impostor"]
     misread = {"exact": max(imp["exact"] - q, 0.0), "candidate": imp["candidate"]}

@@ -20,6 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The face floor shipped (see GatePolicy.face_floor_fmr): chosen by `bench fusion`'s
+# worst-case impostors (README "Threat model").
+FACE_FLOOR_FMR: float | None = 1e-4
+
 
 @dataclass(frozen=True, slots=True)
 class GatePolicy:
@@ -39,6 +43,13 @@ class GatePolicy:
     # an uncertain one STEP_UP (LIVENESS_UNCERTAIN), for amounts >= liveness_min_amount_minor.
     require_liveness: bool = False
     liveness_min_amount_minor: int = 0
+    # A gate's own `plate_text` counts as an exact read only where the site trusts that
+    # gate's reader; elsewhere it only names which payers to score (no plate evidence).
+    trust_plate_text: bool = False
+    # PLATE_AND_FACE also needs the face to pass on its own: a score whose estimated 1:1
+    # false-match rate is at most this (a targeted attacker brings the payer's cloned plate
+    # and the face most like the payer's). None: no floor beyond the fused target.
+    face_floor_fmr: float | None = FACE_FLOOR_FMR
 
     def __post_init__(self) -> None:
         for name in ("target_far", "plate_only_target_far", "step_up_far"):
@@ -53,6 +64,8 @@ class GatePolicy:
             or self.liveness_min_amount_minor < 0
         ):
             raise ValueError(f"policy {self.policy_id}: amounts and times must be >= 0")
+        if self.face_floor_fmr is not None and not 0.0 < self.face_floor_fmr < 1.0:
+            raise ValueError(f"policy {self.policy_id}: face_floor_fmr must be within (0, 1)")
         if self.clone_prior is not None and not 0.0 <= self.clone_prior < 1.0:
             raise ValueError(f"policy {self.policy_id}: clone_prior must be within [0, 1)")
         unknown = set(self.directions) - {"entry", "exit"}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -41,13 +42,28 @@ from benchmarks.datasets import parse_crop_name  # noqa: E402
 from benchmarks.synth_plates import SynthConfig, generate_dataset  # noqa: E402
 from recognizer.face.calibration import FaceCalibration  # noqa: E402
 from recognizer.fusion import FusionModel, PlateModel, fit_linear_llr  # noqa: E402
-from recognizer.plate.grammar import normalize  # noqa: E402
+from recognizer.plate.grammar import PROVINCES, normalize  # noqa: E402
 from recognizer.plate.pipeline import PlateRecognizer, build_plate_recognizer  # noqa: E402
 from recognizer.plate.types import PlateResult  # noqa: E402
 
-Read = tuple[str, list[str], list[str]]  # truth, exact reads, candidates
-
+# Every character a plate can hold: provinces, letters and digits (look-alikes).
+ALPHABET = sorted(set(PROVINCES) | set("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"))
+SURE_QUANTILE = 0.005  # at most this share of correct reads may fall below the sure bar
 DEFAULT_CROPS = ROOT.parent / "shared" / "datasets" / "plates" / "crops"
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One read of an image, as much as the gate's plate rules need."""
+
+    text: str
+    confidence: float
+    guessed: bool
+    valid: bool
+    candidate_texts: tuple[str, ...]
+
+
+Read = tuple[str, list[Seen]]  # truth, the image's reads
 
 
 def crop_truth(path: Path) -> str:
@@ -59,11 +75,49 @@ def expand(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _read(truth: str, reads: list[PlateResult]) -> Read:
+    return truth, [
+        Seen(r.text, r.confidence, r.province_guessed, r.pattern_valid, r.candidate_texts)
+        for r in reads
+    ]
+
+
+def _counted(read: Read, sure: float) -> tuple[str, list[str], list[str]]:
     """An image's reads as the gate counts them (gate/evidence.py): a read's text is exact
-    unless its province was guessed, and `PlateResult.candidate_texts` are candidates."""
-    exact = [r.text for r in reads if not r.province_guessed]
-    cands = [text for r in reads for text in r.candidate_texts]
+    unless its province was guessed; `candidate_texts` are candidates, except those of a
+    sure read (valid, province seen, confidence >= the bar), which are evidence against."""
+    truth, seen = read
+    exact = [r.text for r in seen if not r.guessed]
+    cands = [
+        t
+        for r in seen
+        if not (r.valid and not r.guessed and r.confidence >= sure)
+        for t in r.candidate_texts
+    ]
     return truth, exact, cands
+
+
+def sure_bar(sources: dict[str, list[Read]]) -> tuple[float, dict[str, float]]:
+    """The largest confidence bar below which at most SURE_QUANTILE of each source's correct
+    reads (exact, province seen) fall; with the share each source loses at it."""
+    correct = {
+        name: np.array(
+            [
+                r.confidence
+                for truth, seen in reads
+                for r in seen
+                if r.text == truth and not r.guessed
+            ]
+        )
+        for name, reads in sources.items()
+    }
+    bar = min(float(np.quantile(c, SURE_QUANTILE, method="lower")) for c in correct.values())
+    return bar, {name: float(np.mean(c < bar)) for name, c in correct.items()}
+
+
+def look_alikes(text: str) -> set[str]:
+    """Plates one character from `text` (the same length, one position changed to any
+    character the readers know): what a hostile driver would bind to a payer he targets."""
+    return {text[:i] + ch + text[i + 1 :] for i in range(len(text)) for ch in ALPHABET} - {text}
 
 
 def _crop_reads(recognizer: PlateRecognizer, crops: Path, limit: int | None) -> list[Read]:
@@ -84,21 +138,30 @@ def _frame_reads(recognizer: PlateRecognizer, n: int, seed: int) -> list[Read]:
     return out
 
 
-def _rates(reads: list[Read], bound: set[str]) -> dict[str, float]:
+def _rates(reads: list[Read], bound: set[str], sure: float) -> dict[str, float]:
     n = len(reads)
-    exact = sum(truth in tops for truth, tops, _ in reads)
-    cand = sum(truth not in tops and truth in alts for truth, tops, alts in reads)
+    counted = [_counted(r, sure) for r in reads]
+    exact = sum(truth in tops for truth, tops, _ in counted)
+    cand = sum(truth not in tops and truth in alts for truth, tops, alts in counted)
     return {
         "exact": exact / n,
         "candidate": cand / n,
         "no_match": (n - exact - cand) / n,
         # a read landing exactly / among the candidates on someone else's bound plate
         "misread_exact": sum(
-            any(t != truth and t in bound for t in tops) for truth, tops, _ in reads
+            any(t != truth and t in bound for t in tops) for truth, tops, _ in counted
         )
         / n,
         "misread_candidate": sum(
-            any(t != truth and t in bound for t in alts) for truth, _, alts in reads
+            any(t != truth and t in bound for t in alts) for truth, _, alts in counted
+        )
+        / n,
+        # the same against look-alikes: every plate one character from the car's own bound
+        # to a payer (a targeted attacker's choice, not a random plate)
+        "lookalike_exact": sum(bool(set(tops) & look_alikes(truth)) for truth, tops, _ in counted)
+        / n,
+        "lookalike_candidate": sum(
+            bool(set(alts) & look_alikes(truth)) for truth, _, alts in counted
         )
         / n,
     }
@@ -113,8 +176,9 @@ def plate_model(
     sources = {"crops": _crop_reads(recognizer, crops, limit)}
     if frames:
         sources["synthetic_frames"] = _frame_reads(recognizer, frames, seed)
-    bound = {truth for reads in sources.values() for truth, _, _ in reads}
-    rates = {name: _rates(reads, bound) for name, reads in sources.items()}
+    bound = {truth for reads in sources.values() for truth, _ in reads}
+    sure, below = sure_bar(sources)
+    rates = {name: _rates(reads, bound, sure) for name, reads in sources.items()}
     total = sum(len(r) for r in sources.values())
     floor = 1 / (total + 1)  # one pseudo-count keeps every LLR finite
 
@@ -122,16 +186,26 @@ def plate_model(
         return float(np.mean([r[key] for r in rates.values()]))
 
     genuine = {k: max(mean(k), floor) for k in ("exact", "candidate", "no_match")}
+    # A candidate's impostor rate is the look-alike one where that is higher: a hostile
+    # driver binds (or targets a payer with) a plate one character from his own. Exact
+    # misreads keep the random-plate rate: an exact read of a look-alike is what the clone
+    # prior already covers (the same plate read as the payer's).
     misread = {
         "exact": max(mean("misread_exact"), floor),
-        "candidate": max(mean("misread_candidate"), floor),
+        "candidate": max(mean("misread_candidate"), mean("lookalike_candidate"), floor),
     }
     stats = {
         "sources": {k: len(v) for k, v in sources.items()},
         "rates": rates,
         "bound_plates": len(bound),
+        "sure_confidence": sure,
+        "correct_reads_below_sure": below,
+        "misread_used": {
+            "exact": "misread_exact (random bound plates)",
+            "candidate": "max(misread_candidate, lookalike_candidate)",
+        },
     }
-    return PlateModel(genuine, misread, clone_rate), stats
+    return PlateModel(genuine, misread, clone_rate, sure), stats
 
 
 def main() -> None:
@@ -163,7 +237,9 @@ def main() -> None:
     out = args.out or ROOT / "models" / f"fusion_{args.profile}.json"
     if args.reuse_plate:
         old = FusionModel.load(out)
-        plate = PlateModel(old.plate.genuine, old.plate.misread, args.clone_rate)
+        plate = PlateModel(
+            old.plate.genuine, old.plate.misread, args.clone_rate, old.plate.sure_confidence
+        )
         stats = {**old.meta.get("plate_stats", {}), "reused_from": old.meta.get("made", "")}
     else:
         plate, stats = plate_model(args.crops, args.clone_rate, args.limit, args.frames, args.seed)

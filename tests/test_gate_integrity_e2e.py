@@ -31,6 +31,9 @@ POLICY = {
     "plate_only_target_far": 0.05,
     "min_travel_seconds": 120,
     "track_presence": False,
+    # The plate_text these tests send is the gate's own reader's (a trusted gate); the text
+    # against the camera, and untrusted text, are tests/test_plate_attacks_e2e.py.
+    "trust_plate_text": True,
 }
 SCOPED_KEY = "scoped-gate-key"
 PLATE_AND_FACE, PLATE, FACE = (
@@ -476,7 +479,9 @@ def assert_another_province_steps_up(c: Client, frame: bytes, truth: str) -> Non
     payer(c, None, [read.text], PLATE)
     r = call(c, request(amount_minor=500, vehicle_image=frame))
     assert r.plate.text == read.text and r.plate.province_guessed
-    assert r.outcome == STEP_UP, (r.outcome, codes(r))
+    # Never ALLOW; STEP_UP or DENY by the calibration (a candidate is no evidence for the
+    # payer once look-alike plates are counted: scripts/calibrate_fusion.py).
+    assert r.outcome in (STEP_UP, DENY), (r.outcome, codes(r))
     assert {"PLATE_PROVINCE_GUESSED", "PLATE_CANDIDATE_MATCH", "FACE_REQUIRED"} <= codes(r)
     assert not {"PLATE_EXACT_MATCH", "PLATE_ONLY_TIER"} & codes(r)
 

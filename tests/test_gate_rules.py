@@ -33,6 +33,7 @@ EXACT, CAND, NO, ABSENT = (
 )
 ALLOW, STEP_UP, DENY = Outcome.ALLOW, Outcome.STEP_UP, Outcome.DENY
 THRESHOLD = 0.30
+SURE = 0.6  # the plate-only tier's confidence bar in these tests
 NOW = 1_800_000_000.0
 
 
@@ -44,6 +45,7 @@ def _fusion() -> FusionModel:
         genuine={"exact": 0.93, "candidate": 0.02, "no_match": 0.05},
         misread={"exact": 0.001, "candidate": 0.001},
         clone_prior=0.05,
+        sure_confidence=SURE,
     )
     return FusionModel(fit_linear_llr(genuine, impostor), ImpostorTail.fit(impostor), plate)
 
@@ -71,7 +73,8 @@ def payer(
     searched: int = 0,
     pid: str = "payer",
 ) -> Payer:
-    return Payer(pid, plate, face, searched, bindings or (binding(),))
+    confidence = 0.9 if plate is EXACT else 0.0  # a sure exact read (above SURE)
+    return Payer(pid, plate, face, searched, bindings or (binding(),), plate_confidence=confidence)
 
 
 def evidence(*payers: Payer, **changes: object) -> Evidence:
@@ -177,12 +180,66 @@ CASES: list[tuple[str, Evidence, dict, Outcome, set[str], set[str]]] = [
         {"PLATE_ONLY_TIER"},
     ),
     (
+        # A candidate never pays alone (a look-alike plate one character away).
         "plate-only tier: the bound plate among the candidates",
         evidence(payer(CAND, None, PLATE_ONLY), amount_minor=500, **NO_FACE),
         {},
+        STEP_UP,
+        {"PLATE_READ_NOT_SURE", "PLATE_CANDIDATE_MATCH", "FACE_REQUIRED"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "plate-only tier: an exact read below the sure bar",
+        evidence(
+            dataclasses.replace(payer(EXACT, None, PLATE_ONLY), plate_confidence=0.5),
+            amount_minor=500,
+            **NO_FACE,
+        ),
+        {},
+        STEP_UP,
+        {"PLATE_READ_NOT_SURE", "PLATE_EXACT_MATCH", "FACE_REQUIRED"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "the gate's plate_text contradicts the camera: nobody is charged",
+        evidence(payer(EXACT, 0.95), plate_text_mismatch=True),
+        {},
+        STEP_UP,
+        {"PLATE_TEXT_MISMATCH"},
+        set(),
+    ),
+    (
+        "a payer named by an untrusted plate_text only: no plate evidence",
+        evidence(dataclasses.replace(payer(EXACT, 0.95), plate_by_text=True)),
+        {},
+        STEP_UP,
+        {"PLATE_TEXT_UNTRUSTED", "BINDING_FACTORS_MISSING", "FACE_MATCH"},
+        {"PLATE_EXACT_MATCH"},
+    ),
+    (
+        "a payer named by the plate_text of a trusted gate: an exact read",
+        evidence(dataclasses.replace(payer(EXACT, 0.95), plate_by_text=True)),
+        {"trust_plate_text": True},
         ALLOW,
-        {"PLATE_ONLY_TIER", "PLATE_CANDIDATE_MATCH"},
-        {"FACE_REQUIRED"},
+        {"PLATE_EXACT_MATCH", "FACE_MATCH"},
+        {"PLATE_TEXT_UNTRUSTED"},
+    ),
+    (
+        # A targeted attacker: the payer's cloned plate and the face most like the payer's.
+        "plate and face: the fused target is met but the face is below the floor",
+        evidence(payer(EXACT, 0.36)),
+        {"face_floor_fmr": 1e-5},
+        STEP_UP,
+        {"FACE_BELOW_FLOOR", "PLATE_EXACT_MATCH", "FACE_MATCH"},
+        set(),
+    ),
+    (
+        "plate and face: the same without a floor",
+        evidence(payer(EXACT, 0.36)),
+        {"face_floor_fmr": None},
+        ALLOW,
+        {"PLATE_EXACT_MATCH", "FACE_MATCH"},
+        {"FACE_BELOW_FLOOR"},
     ),
     (
         # The same read with its province guessed (the glyph hidden or out of frame): another
@@ -403,8 +460,10 @@ def test_rules_table(
     assert present <= codes, codes
     assert not absent & codes, codes
     assert codes <= set(REASONS)
-    # Only an ALLOW or a STEP_UP names the binding to charge; a DENY never does.
-    assert bool(verdict.payment_ref) == (outcome is not DENY)
+    # Only an ALLOW or a STEP_UP names the binding to charge; a DENY never does, nor does an
+    # event whose plate_text contradicts its camera.
+    assert bool(verdict.payment_ref) == (outcome is not DENY and "PLATE_TEXT_MISMATCH" not in codes)
+    assert bool(verdict.identity_id) != ("PLATE_TEXT_MISMATCH" in codes) or outcome is DENY
     if outcome is ALLOW:
         target = policy.plate_only_target_far if "PLATE_ONLY_TIER" in codes else policy.target_far
         assert verdict.fusion.estimated_far <= target
@@ -438,6 +497,22 @@ def test_the_1n_estimate_grows_with_n_and_the_decision_follows() -> None:
     # The same face compared 1:1 (a payer of the read plate) is far stronger evidence.
     one_to_one = decide(evidence(payer(EXACT, 0.95, FACE_ONLY)), policy, FUSION)
     assert one_to_one.fusion.estimated_far < fars[0]
+
+
+def test_the_face_floor_is_inclusive_and_the_sure_bar_too() -> None:
+    policy = dataclasses.replace(POLICY, face_floor_fmr=1e-5)
+    floor = FUSION.face_score_at(1e-5)
+    at = decide(evidence(payer(EXACT, floor)), policy, FUSION)
+    below = decide(evidence(payer(EXACT, floor - 1e-4)), policy, FUSION)
+    assert at.outcome is ALLOW and below.outcome is STEP_UP
+    ev = evidence(
+        dataclasses.replace(payer(EXACT, None, PLATE_ONLY), plate_confidence=SURE),
+        amount_minor=500,
+        **NO_FACE,
+    )
+    assert decide(ev, POLICY, FUSION).outcome is ALLOW
+    just_below = dataclasses.replace(ev.payers[0], plate_confidence=SURE - 1e-6)
+    assert decide(dataclasses.replace(ev, payers=(just_below,)), POLICY, FUSION).outcome is STEP_UP
 
 
 def test_a_clone_prior_is_a_site_parameter() -> None:

@@ -32,6 +32,7 @@ _BASE = {
     # Both gates see the same plate within seconds: no travel-time or presence signals here.
     "min_travel_seconds": 0,
     "track_presence": False,
+    "trust_plate_text": True,  # the plate_text here stands for the gate's own reader
 }
 POLICIES = [
     {"policy_id": "liveness-on", "gates": ["L-on-*"], "require_liveness": True, **_BASE},

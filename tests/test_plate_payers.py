@@ -9,7 +9,7 @@ from recognizer.gate.evidence import EvidenceGatherer
 from recognizer.plate.types import PlateResult
 from tests.test_bursts import read
 
-EXACT, CAND = PlateEvidence.EXACT, PlateEvidence.CANDIDATE
+EXACT, CAND, NOMATCH = PlateEvidence.EXACT, PlateEvidence.CANDIDATE, PlateEvidence.NO_MATCH
 BOUND = {"桂NFN001": ("victim",), "豫NFN001": ("second",), "皖NFN001": ("owner",)}
 
 
@@ -17,13 +17,26 @@ def bound(text: str) -> Sequence[str]:
     return BOUND.get(text, ())
 
 
-def payers(*reads: PlateResult) -> tuple[PlateResult | None, dict[str, PlateEvidence]]:
-    return EvidenceGatherer._plate_payers(reads, bound)
+def payers(
+    *reads: PlateResult, sure: float = 1.0
+) -> tuple[PlateResult | None, dict[str, PlateEvidence]]:
+    """Whom the reads name; by default no read is sure (the bar is above every read)."""
+    names = EvidenceGatherer._plate_payers(reads, bound, sure)
+    return names.read, names.evidence
 
 
 def test_a_read_names_its_plate_exactly_and_its_candidates_as_candidates() -> None:
     clean = read(("桂NFN001", 0.6), ("豫NFN001", 0.1))
     assert payers(clean) == (clean, {"victim": EXACT, "second": CAND})
+
+
+def test_a_sure_reads_candidates_are_evidence_against_the_plates_they_name() -> None:
+    clean = read(("桂NFN001", 0.6), ("豫NFN001", 0.1))
+    assert payers(clean, sure=0.6) == (clean, {"victim": EXACT, "second": NOMATCH})
+    assert payers(clean, sure=0.61) == (clean, {"victim": EXACT, "second": CAND})
+    # A guessed province is never sure: its candidates still name plates as candidates.
+    guessed = read(("桂NFN001", 0.6), ("豫NFN001", 0.1), guessed=True)
+    assert payers(guessed, sure=0.0) == (guessed, {"victim": CAND, "second": CAND})
 
 
 def test_a_guessed_province_names_its_plate_as_a_candidate_only() -> None:

@@ -97,6 +97,26 @@ def _bindings(rows: Iterable[PaymentRow]) -> tuple[Binding, ...]:
     )
 
 
+TEXT_READER = "gate"  # the reader of a plate the gate sent as text
+
+
+def top_read(reads: Sequence[PlateResult]) -> PlateResult | None:
+    """The camera's read: its most confident valid plate (None when it read none)."""
+    valid = [r for r in reads if r.pattern_valid and r.reader != TEXT_READER]
+    return max(valid, key=lambda r: r.confidence) if valid else None
+
+
+def _is_sure(read: PlateResult, sure_confidence: float) -> bool:
+    """A camera read that reads a valid plate, every character seen, confidently enough to
+    outrank its own candidates."""
+    return (
+        read.reader != TEXT_READER
+        and read.pattern_valid
+        and not read.province_guessed
+        and read.confidence >= sure_confidence
+    )
+
+
 def text_read(text: str) -> PlateResult:
     """A plate the gate's own camera read and sent as text: no box, no alternatives."""
     return PlateResult(
@@ -109,7 +129,7 @@ def text_read(text: str) -> PlateResult:
         plate_type=PlateType.UNKNOWN,
         pattern_valid=True,
         detector_score=0.0,
-        reader="gate",
+        reader=TEXT_READER,
     )
 
 
@@ -122,15 +142,42 @@ def names_a_payer(book: _PlateBook, reads: Sequence[PlateResult]) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Seen:
-    """What the branches saw of one event: the plate read reported, the payers it names,
-    and the face frames (those analysed in full, and the rest glimpsed)."""
+class PlateNames:
+    """Whom an event's plate reads name: the read reported, per identity how (exact,
+    candidate, or a sure read's candidate: no match), the confidence of the read that named
+    it exactly, and who was named only by the gate's plate_text."""
 
     read: PlateResult | None
-    by_plate: dict[str, PlateEvidence]
+    evidence: dict[str, PlateEvidence]
+    confidence: dict[str, float] = field(default_factory=dict)
+    by_text: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class _PlateSeen:
+    reads: list[PlateResult]
+    frames_read: int
+    text_mismatch: bool  # the gate's plate_text contradicts the camera's valid read
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What the branches saw of one event: whom the plate reads name, and the face frames
+    (those analysed in full, and the rest glimpsed)."""
+
+    names: PlateNames
     vehicle_frames_read: int
+    text_mismatch: bool
     analysed: tuple[FrameFace, ...]
     glimpses: tuple[Glimpse, ...]
+
+    @property
+    def read(self) -> PlateResult | None:
+        return self.names.read
+
+    @property
+    def by_plate(self) -> dict[str, PlateEvidence]:
+        return self.names.evidence
 
 
 @dataclass(slots=True)
@@ -173,11 +220,15 @@ class EvidenceGatherer:
         store: GateStore,
         workers: int = 2,
         search_k: int = 10,
+        sure_confidence: float = 0.0,
     ) -> None:
         self.plates = plates
         self.identity = identity
         self.store = store
         self.search_k = search_k
+        # A camera read at least this confident (the fusion calibration's bar) is sure: its
+        # candidates name other plates as evidence against them.
+        self.sure_confidence = sure_confidence
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-branch")
         self._frames_agree_score = identity.calibration.score_at(FRAMES_AGREE_FMR)
 
@@ -186,10 +237,12 @@ class EvidenceGatherer:
 
     # --- branches -----------------------------------------------------------------------------
 
-    def _plate_branch(self, event: GateEvent, book: _PlateBook) -> tuple[list[PlateResult], int]:
-        """The frames' reads (one frame's as read, a burst's voted per plate), and the gate's
-        own read when it sent one (trusted as much as a plate_text alone would be); with how
-        many frames were read."""
+    def _plate_branch(self, event: GateEvent, book: _PlateBook) -> _PlateSeen:
+        """The frames' reads (one frame's as read, a burst's voted per plate), with how many
+        frames were read. The camera outranks the gate's plate_text: with a valid camera
+        read the text adds nothing (it agrees, or it contradicts the read and says so); only
+        where the camera read no valid plate (or no frame was sent) does the text name
+        payers, as text (the rules weigh it by the policy's trust_plate_text)."""
         frames = event.vehicle_images
         reads: list[PlateResult] = []
         read = len(frames)
@@ -198,10 +251,15 @@ class EvidenceGatherer:
             reads = list(self.plates.read(frames[0], enough=enough))
         elif frames:
             reads, read = self._read_burst(frames, book)
+        mismatch = False
         if event.plate_text:
-            reads.append(text_read(event.plate_text))
+            top = top_read(reads)
+            if top is None:
+                reads.append(text_read(event.plate_text))
+            else:
+                mismatch = top.text != event.plate_text
         book.learn_reads(reads)
-        return reads, read
+        return _PlateSeen(reads, read, mismatch)
 
     def _read_burst(
         self, frames: Sequence[np.ndarray], book: _PlateBook
@@ -223,7 +281,7 @@ class EvidenceGatherer:
 
     def _run_branches(
         self, event: GateEvent, book: _PlateBook
-    ) -> tuple[tuple[list[PlateResult], int], tuple[FrameFace, ...], tuple[Glimpse, ...]]:
+    ) -> tuple[_PlateSeen, tuple[FrameFace, ...], tuple[Glimpse, ...]]:
         """Both branches at once. The first face frame is analysed in full in this thread (a
         one-frame event costs what it did before bursts); a burst's other face frames are
         glimpsed (front view only, no liveness) in the pool beside the plate branch: enough
@@ -301,32 +359,47 @@ class EvidenceGatherer:
 
     @staticmethod
     def _plate_payers(
-        reads: Sequence[PlateResult], bound: Lookup
-    ) -> tuple[PlateResult | None, dict[str, PlateEvidence]]:
+        reads: Sequence[PlateResult], bound: Lookup, sure_confidence: float = 0.0
+    ) -> PlateNames:
         """The read to report and, per identity, whether a read names its plate exactly or
         among the candidates. An identity matched both ways counts as exact. A read whose
         province was guessed names no plate exactly (its text is a candidate like the others),
         and when no read names a plate exactly it is the read reported, so the decision says
-        the province was a guess."""
+        the province was a guess. A candidate of a sure read (a valid camera read of another
+        plate, its province seen, at least `sure_confidence`) is evidence against the plate
+        it names (NO_MATCH): a look-alike plate cannot lean on the reader's second guess."""
         found: dict[str, PlateEvidence] = {}
+        confidence: dict[str, float] = {}
+        by_text: set[str] = set()
         shown: PlateResult | None = None
         for read in reads:
             if read.province_guessed:
                 continue
             for pid in bound(read.text):
+                if read.reader == TEXT_READER:
+                    if pid not in found:
+                        by_text.add(pid)
+                else:
+                    by_text.discard(pid)
                 found[pid] = PlateEvidence.EXACT
+                confidence[pid] = max(confidence.get(pid, 0.0), read.confidence)
                 shown = shown or read
         # Guessed reads first: one that names a payer is the read reported, so the rules see
         # the guess even when another read's candidate names the payer who would pay.
         for read in sorted(reads, key=lambda r: not r.province_guessed):
+            sure = _is_sure(read, sure_confidence)
             for text in read.candidate_texts:
                 for pid in bound(text):
-                    if pid not in found:
+                    if pid in found:
+                        continue
+                    if sure:
+                        found[pid] = PlateEvidence.NO_MATCH
+                    else:
                         found[pid] = PlateEvidence.CANDIDATE
                         shown = shown or read
         if shown is None and reads:
             shown = max(reads, key=lambda r: r.confidence)
-        return shown, found
+        return PlateNames(shown, found, confidence, frozenset(by_text))
 
     # --- the whole event ----------------------------------------------------------------------
 
@@ -340,10 +413,11 @@ class EvidenceGatherer:
         per face searched), the read plate's last sighting (one); for a payer found 1:N, its
         bindings and the gallery's size."""
         book = _PlateBook(self.store)
-        (reads, vehicle_frames_read), analysed, glimpses = self._run_branches(event, book)
+        plates, analysed, glimpses = self._run_branches(event, book)
         deadline.check("gate.match")
-        read, by_plate = self._plate_payers(reads, book.holders)
-        seen = _Seen(read, by_plate, vehicle_frames_read, analysed, glimpses)
+        names = self._plate_payers(plates.reads, book.holders, self.sure_confidence)
+        read, by_plate = names.read, names.evidence
+        seen = _Seen(names, plates.frames_read, plates.text_mismatch, analysed, glimpses)
         faces = bool(analysed or glimpses)
         templates = self.identity.gallery.templates_for(by_plate) if faces and by_plate else {}
         last = self.store.last_sighting(read.text) if read is not None else None
@@ -428,7 +502,19 @@ class EvidenceGatherer:
         for pid, plate in by_plate.items():
             scored = scores.get(pid)
             score, templates = (scored.score, scored.templates) if scored else (None, 1)
-            payers.append(Payer(pid, plate, score, 0, st.book.bindings(pid), templates, frames))
+            payers.append(
+                Payer(
+                    pid,
+                    plate,
+                    score,
+                    0,
+                    st.book.bindings(pid),
+                    templates,
+                    frames,
+                    plate_confidence=seen.names.confidence.get(pid, 0.0),
+                    plate_by_text=pid in seen.names.by_text,
+                )
+            )
         face_elsewhere = False
         if used is not None:
             face_elsewhere = any(
@@ -464,6 +550,7 @@ class EvidenceGatherer:
             # The read reported is the one the plate evidence rests on (_plate_payers): a
             # guessed province there is evidence the rules weigh.
             plate_province_guessed=read is not None and read.province_guessed,
+            plate_text_mismatch=seen.text_mismatch,
         )
         st.pending = pending
         return Gathered(evidence, read, probe, pending is not None, st)

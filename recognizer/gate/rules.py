@@ -8,6 +8,8 @@ that payer, and a face found by a 1:N search is judged by the 1:N false-accept r
 
 from __future__ import annotations
 
+import dataclasses
+
 from recognizer.face.types import LivenessDecision
 from recognizer.fusion import FusionModel, PlateEvidence
 from recognizer.gate.types import (
@@ -56,6 +58,14 @@ REASONS: dict[str, str] = {
     "LIVENESS_PASSED": "the policy requires liveness and the face passed",
     "FACE_FRAMES_DISAGREE": "the burst's face frames do not all show the face used (another "
     "person, or a photo mixed in): the driver confirms",
+    "PLATE_READ_NOT_SURE": "the plate-only tier pays only on an exact read whose every "
+    "character was seen and whose confidence passes the calibrated bar; this read does not",
+    "PLATE_TEXT_MISMATCH": "the gate's plate_text contradicts the plate the camera read: the "
+    "camera outranks the text, and the driver confirms",
+    "PLATE_TEXT_UNTRUSTED": "the payer was named by the gate's plate_text only, which this "
+    "policy does not trust as a read (trust_plate_text): no plate evidence either way",
+    "FACE_BELOW_FLOOR": "a plate-and-face binding needs the face to pass on its own as well, "
+    "at the policy's face floor (face_floor_fmr): a cloned plate must not carry a look-alike",
 }
 
 _MATCHED = (PlateEvidence.EXACT, PlateEvidence.CANDIDATE)
@@ -73,6 +83,7 @@ class _Reasons(list[Reason]):
 
 def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
     reasons = _Reasons()
+    ev = _weigh_plate_text(ev, policy, reasons)
     if ev.vehicle_sent and not ev.plate_read:
         reasons.add("PLATE_NOT_FOUND")
     if ev.face_sent and not ev.face_found:
@@ -134,13 +145,17 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
         and ev.amount_minor <= policy.plate_only_max_minor
         and not ev.plate_province_guessed
     )
+    # A candidate never pays alone: the plate-only tier needs a sure exact read.
+    if plate_only and not _sure_plate(payer, fusion):
+        reasons.add("PLATE_READ_NOT_SURE")
+        plate_only = False
     if plate_only:
         reasons.add("PLATE_ONLY_TIER")
     elif not ev.face_found:
         reasons.add("FACE_REQUIRED")
         soft = True
     target = policy.plate_only_target_far if plate_only else policy.target_far
-    soft = soft or not fits
+    soft = soft or not fits or (fits and _below_floor(payer, binding, policy, fusion, reasons))
 
     far = result.estimated_far
     if blocking:
@@ -153,6 +168,11 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
         outcome = Outcome.DENY
     if outcome is not Outcome.ALLOW and far > target:
         reasons.add("FAR_ABOVE_TARGET", f"estimated FAR {far:.2e} > target {target:.0e}")
+    if ev.plate_text_mismatch:
+        # The camera contradicts the gate's text: nobody is charged without the driver.
+        reasons.add("PLATE_TEXT_MISMATCH")
+        outcome = Outcome.DENY if blocking else Outcome.STEP_UP
+        return Verdict(outcome, "", "", result, tuple(reasons), payer.face_score)
     return Verdict(
         outcome,
         payer.identity_id,
@@ -161,6 +181,47 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
         tuple(reasons),
         payer.face_score,
     )
+
+
+def _weigh_plate_text(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> Evidence:
+    """A payer named only by the gate's plate_text: an exact read where the policy trusts
+    that gate's reader, otherwise no plate evidence at all (it only said whom to score)."""
+    if policy.trust_plate_text or not any(p.plate_by_text for p in ev.payers):
+        return ev
+    reasons.add("PLATE_TEXT_UNTRUSTED")
+    payers = tuple(
+        dataclasses.replace(p, plate=PlateEvidence.ABSENT, plate_confidence=0.0)
+        if p.plate_by_text
+        else p
+        for p in ev.payers
+    )
+    return dataclasses.replace(ev, payers=payers)
+
+
+def _sure_plate(payer: Payer, fusion: FusionModel) -> bool:
+    """An exact read of the payer's plate, confident enough to pay alone (the guessed
+    province is the caller's check)."""
+    return (
+        payer.plate is PlateEvidence.EXACT
+        and payer.plate_confidence >= fusion.plate.sure_confidence
+    )
+
+
+def _below_floor(
+    payer: Payer, binding: Binding, policy: GatePolicy, fusion: FusionModel, reasons: _Reasons
+) -> bool:
+    """PLATE_AND_FACE: the face must also pass on its own at the policy's floor."""
+    if binding.factors is not Factors.PLATE_AND_FACE or policy.face_floor_fmr is None:
+        return False
+    floor = fusion.face_score_at(policy.face_floor_fmr)
+    if payer.face_score is not None and payer.face_score >= floor:
+        return False
+    score = "no face" if payer.face_score is None else f"face score {payer.face_score:.3f}"
+    reasons.add(
+        "FACE_BELOW_FLOOR",
+        f"{score} < floor {floor:.3f} (FMR {policy.face_floor_fmr:.0e})",
+    )
+    return True
 
 
 def _face_conflict(ev: Evidence, reasons: _Reasons) -> bool:

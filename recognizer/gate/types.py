@@ -87,6 +87,10 @@ class Payer:
     bindings: tuple[Binding, ...]
     templates: int = 1  # enrolled faces per identity: an impostor's face gets that many tries
     frames: int = 1  # face frames of the burst scored (best one used): that many tries more
+    # The confidence of the camera read that named this payer's plate exactly (0 otherwise):
+    # the plate-only tier pays only on a sure read.
+    plate_confidence: float = 0.0
+    plate_by_text: bool = False  # named only by the gate's plate_text, not by the camera
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,7 @@ class Evidence:
     face_frame: int = 0  # the face frame used
     vehicle_frames_read: int = 0  # vehicle frames read before the plate was settled
     plate_province_guessed: bool = False  # the plate read's province was guessed, not read
+    plate_text_mismatch: bool = False  # the gate's plate_text contradicts the camera's read
 
 
 @dataclass(frozen=True, slots=True)

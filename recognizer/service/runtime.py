@@ -120,10 +120,16 @@ def default_engines(config: Config) -> Engines:
     )
     gate = None
     if fusion_path(config).is_file():
+        fusion = FusionModel.load(fusion_path(config))
         gate = GateEngine(
-            evidence=EvidenceGatherer(plates=plates, identity=identity, store=store),
+            evidence=EvidenceGatherer(
+                plates=plates,
+                identity=identity,
+                store=store,
+                sure_confidence=fusion.plate.sure_confidence,
+            ),
             store=store,
-            fusion=FusionModel.load(fusion_path(config)),
+            fusion=fusion,
             policies=config.policies,
             decode=lambda data, field: decode(data, config.limits_for("Authorize"), field),
             encode=decision_codec((*faces.model_versions, *plates.model_versions)),

@@ -1,0 +1,157 @@
+"""Plate evidence an attacker cannot steer, through the real Authorize RPC on the real models
+and real frames: a look-alike plate bound to a payer, a plate_text that contradicts the
+camera, and plate_text at a gate whose reader the policy does not trust."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from recognizer.client import Client
+from recognizer.plate.grammar import is_valid
+from recognizer.policy import PolicySet
+from recognizer.service.server import RunningServer
+from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
+from tests.conftest import dataset, loaded_server
+from tests.helpers import lfw_face as face
+from tests.helpers import make_payer, scene
+
+POLICIES = [
+    {
+        "policy_id": "plate-only",
+        "gates": ["A-*"],
+        "plate_only_max_minor": 1000,
+        "plate_only_target_far": 0.05,
+        "track_presence": False,
+    },
+    {
+        "policy_id": "trusted-reader",
+        "gates": ["T-*"],
+        "plate_only_max_minor": 1000,
+        "plate_only_target_far": 0.05,
+        "track_presence": False,
+        "trust_plate_text": True,
+    },
+]
+PLATE, PLATE_AND_FACE = identity_pb2.FACTOR_PLATE, identity_pb2.FACTOR_PLATE_AND_FACE
+ALLOW, STEP_UP = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_STEP_UP
+_plates = (f"京E{n:05d}" for n in itertools.count(30000))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with loaded_server(
+        tmp_path_factory.mktemp("plate-attacks"), policies=PolicySet.from_config(POLICIES)
+    ) as running:
+        yield running
+
+
+def authorize(c: Client, gate: str = "A-1", **fields: object) -> gate_pb2.AuthorizeResponse:
+    fields = {"amount_minor": 500, "currency": "CNY", **fields}
+    req = gate_pb2.AuthorizeRequest(gate_id=gate, event_id=uuid.uuid4().hex, **fields)
+    return c.gate.Authorize(req, metadata=c.metadata)
+
+
+def codes(r: gate_pb2.AuthorizeResponse) -> set[str]:
+    return {x.code for x in r.reasons}
+
+
+def frames() -> list[bytes]:
+    """Every sample gate frame: the CCPD scenes and the street photos."""
+    from benchmarks.datasets import discover_plate_sets
+    from benchmarks.report import decode_file
+
+    out = []
+    for pset in discover_plate_sets(dataset("plates")):
+        if pset.kind in ("ccpd", "street"):
+            out += [s.path.read_bytes() for s in pset.samples if decode_file(s.path) is not None]
+    assert len(out) >= 150, len(out)
+    return out
+
+
+def test_a_look_alike_plate_never_pays_on_the_plate_only_tier(c: Client) -> None:
+    """A hostile driver binds a plate one guess away from his own car's (a candidate of its
+    read) to a plate-only payer, then drives his own car through: every sample frame whose
+    read has a valid alternative candidate. No ALLOW (it was 122 of 122)."""
+    tried, allowed = 0, []
+    for k, frame in enumerate(frames()):
+        read = c.recognition.ReadPlates(
+            recognition_pb2.ReadPlatesRequest(image=frame), metadata=c.metadata
+        )
+        texts = {p.text for p in read.plates}
+        alternatives = [
+            x.text
+            for p in read.plates
+            for x in p.candidates[1:]
+            if is_valid(x.text, "cn") and x.text not in texts
+        ]
+        if not alternatives:
+            continue
+        try:
+            make_payer(c, None, [alternatives[0]], factors=PLATE, payment_ref=f"look-alike-{k}")
+        except Exception:  # the look-alike is bound already (another frame's)
+            continue
+        tried += 1
+        r = authorize(c, vehicle_image=frame)
+        if r.outcome == ALLOW:
+            allowed.append((alternatives[0], sorted(codes(r))))
+    assert tried >= 50, tried
+    assert allowed == [], f"{len(allowed)} of {tried} look-alikes paid: {allowed[:5]}"
+
+
+def test_the_plate_only_tier_still_pays_on_a_sure_exact_read(c: Client) -> None:
+    frame, truth = scene(0)
+    pid = make_payer(c, None, [truth], factors=PLATE, payment_ref="own-car")
+    r = authorize(c, vehicle_image=frame)
+    assert r.outcome == ALLOW and r.identity_id == pid, codes(r)
+    assert {"PLATE_EXACT_MATCH", "PLATE_ONLY_TIER"} <= codes(r)
+
+
+def test_plate_text_that_contradicts_the_camera_charges_nobody(c: Client) -> None:
+    """The frame reads one payer's plate; the gate's text names another payer. Before: ALLOW,
+    and which payer was charged depended on identity order."""
+    frame, truth = scene(1)
+    other = next(_plates)
+    make_payer(c, "Colin_Powell", [truth], payment_ref="frame-owner")
+    make_payer(c, "George_W_Bush", [other], payment_ref="text-owner")
+    for gate in ("A-1", "T-1"):  # trusting the gate's reader does not outrank its camera
+        r = authorize(
+            c,
+            gate,
+            amount_minor=5000,
+            vehicle_image=frame,
+            plate_text=other,
+            face_image=face("Colin_Powell", 1),
+        )
+        assert r.outcome == STEP_UP, (gate, codes(r))
+        assert "PLATE_TEXT_MISMATCH" in codes(r)
+        assert r.identity_id == "" and r.payment_ref == ""
+
+
+def test_plate_text_naming_only_a_candidate_adds_nothing(c: Client) -> None:
+    """The camera reads a plate nobody holds; the text names a payer's plate that is only a
+    candidate of that read. Before: the text made it an exact read, and the payer paid."""
+    frame, _ = scene(2)
+    read = c.recognition.ReadPlates(
+        recognition_pb2.ReadPlatesRequest(image=frame), metadata=c.metadata
+    ).plates[0]
+    candidate = next(x.text for x in read.candidates[1:] if is_valid(x.text, "cn"))
+    make_payer(c, None, [candidate], factors=PLATE, payment_ref="candidate-owner")
+    r = authorize(c, vehicle_image=frame, plate_text=candidate)
+    assert r.outcome != ALLOW and r.payment_ref == "", codes(r)
+    assert "PLATE_TEXT_MISMATCH" in codes(r)
+
+
+def test_plate_text_alone_pays_only_where_the_gate_reader_is_trusted(c: Client) -> None:
+    plate, other = next(_plates), next(_plates)  # two cars: one at each gate
+    make_payer(c, None, [plate], factors=PLATE, payment_ref="text-only")
+    pid = make_payer(c, None, [other], factors=PLATE, payment_ref="text-only-trusted")
+    untrusted = authorize(c, "A-1", plate_text=plate)
+    assert untrusted.outcome != ALLOW, codes(untrusted)
+    assert "PLATE_TEXT_UNTRUSTED" in codes(untrusted) and untrusted.plate_llr == 0.0
+    trusted = authorize(c, "T-1", plate_text=other)
+    assert trusted.outcome == ALLOW and trusted.identity_id == pid, codes(trusted)
+    assert "PLATE_EXACT_MATCH" in codes(trusted)
