@@ -26,7 +26,13 @@ import pytest
 
 from recognizer.client import Client
 from recognizer.v1 import gate_pb2, identity_pb2
-from tests.conftest import client_for, loaded_server, local_postgres
+from tests.conftest import (
+    client_for,
+    loaded_server,
+    local_postgres,
+    require_models,
+    start_server,
+)
 from tests.helpers import error_reason, lfw_face
 
 GATE = "G-faults"
@@ -287,51 +293,72 @@ def _wait_health(c: Client, service: str, want: str, seconds: float) -> None:
 
 
 def test_a_full_disk_is_unavailable_storage_full_and_recovers_by_itself(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = tmp_path / "data"
     _mount_tmpfs(data, "24m")
     try:
-        with loaded_server(data, checkpoint_seconds=3600.0) as running:
-            admin = client_for(running, "admin")
-            try:
-                md = admin.metadata
-                kept = admin.identity.CreateIdentity(
-                    identity_pb2.CreateIdentityRequest(display_name="before"), metadata=md
-                ).identity_id
-                filler = _fill(data)
-                refused = 0
-                for k in range(20):  # the WAL may hold a few more pages: then it is full
-                    try:
-                        admin.identity.CreateIdentity(
-                            identity_pb2.CreateIdentityRequest(display_name=f"full {k}"),
-                            metadata=md,
-                            timeout=10,
-                        )
-                    except grpc.RpcError as exc:
-                        assert exc.code() is grpc.StatusCode.UNAVAILABLE, exc
-                        assert error_reason(exc) == "STORAGE_FULL"
-                        refused += 1
-                        break
-                assert refused, "writes kept succeeding on a full disk"
-                _wait_health(admin, IDENTITY, "NOT_SERVING", 5)
-                assert admin.health(GATE_SERVICE) == "NOT_SERVING"
-                got = admin.identity.GetIdentity(
-                    identity_pb2.GetIdentityRequest(identity_id=kept), metadata=md
-                )
-                assert got.identity_id == kept  # reads keep working
-                filler.unlink()
-                _wait_health(admin, IDENTITY, "SERVING", 10)
-                after = admin.identity.CreateIdentity(
-                    identity_pb2.CreateIdentityRequest(display_name="after"), metadata=md
-                )
-                listed = admin.identity.ListIdentities(
-                    identity_pb2.ListIdentitiesRequest(), metadata=md
-                )
-                ids = {i.identity_id for i in listed.identities}
-                assert {kept, after.identity_id} <= ids  # nothing acknowledged was lost
-            finally:
-                admin.close()
+        require_models("default")
+        running = start_server(data, checkpoint_seconds=3600.0)
+        stopped = False
+        admin = client_for(running, "admin")
+        try:
+            assert running.runtime.wait(180), "models failed to load"
+            md = admin.metadata
+            kept = admin.identity.CreateIdentity(
+                identity_pb2.CreateIdentityRequest(display_name="before"), metadata=md
+            ).identity_id
+            filler = _fill(data)
+            refused = 0
+            for k in range(20):  # the WAL may hold a few more pages: then it is full
+                try:
+                    admin.identity.CreateIdentity(
+                        identity_pb2.CreateIdentityRequest(display_name=f"full {k}"),
+                        metadata=md,
+                        timeout=10,
+                    )
+                except grpc.RpcError as exc:
+                    assert exc.code() is grpc.StatusCode.UNAVAILABLE, exc
+                    assert error_reason(exc) == "STORAGE_FULL"
+                    refused += 1
+                    break
+            assert refused, "writes kept succeeding on a full disk"
+            _wait_health(admin, IDENTITY, "NOT_SERVING", 5)
+            assert admin.health(GATE_SERVICE) == "NOT_SERVING"
+            got = admin.identity.GetIdentity(
+                identity_pb2.GetIdentityRequest(identity_id=kept), metadata=md
+            )
+            assert got.identity_id == kept  # reads keep working
+            filler.unlink()
+            _wait_health(admin, IDENTITY, "SERVING", 10)
+            after = admin.identity.CreateIdentity(
+                identity_pb2.CreateIdentityRequest(display_name="after"), metadata=md
+            )
+            admin.identity.EnrollFace(  # the index now holds what its file does not
+                identity_pb2.EnrollFaceRequest(
+                    identity_id=after.identity_id,
+                    images=[lfw_face("Tony_Blair", 0)],
+                    force=True,
+                ),
+                metadata=md,
+            )
+            listed = admin.identity.ListIdentities(
+                identity_pb2.ListIdentitiesRequest(), metadata=md
+            )
+            ids = {i.identity_id for i in listed.identities}
+            assert {kept, after.identity_id} <= ids  # nothing acknowledged was lost
+            # Stopping on a full disk: a clean stop, one warning that the index was not saved.
+            _fill(data)
+            admin.close()
+            with caplog.at_level("WARNING"):
+                running.stop(grace=1.0)
+            stopped = True
+            warned = [r for r in caplog.records if "index file not saved" in r.getMessage()]
+            assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+        finally:
+            admin.close()
+            if not stopped:
+                running.stop(grace=1.0)
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
 
@@ -524,3 +551,189 @@ def test_sigterm_under_load_drains_before_the_port_closes(tmp_path: Path) -> Non
         worker.close()
     finally:
         server.kill()
+
+
+# --- the pieces, without a server -----------------------------------------------------------
+
+
+def test_the_sqlite_write_lock_is_waited_for_until_the_deadline_only(tmp_path: Path) -> None:
+    from recognizer import deadline
+    from recognizer.errors import DeadlineExceeded
+    from recognizer.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "r.db")
+    try:
+        with sqlite_locked(tmp_path / "r.db"):
+            t0 = time.monotonic()
+            with pytest.raises(DeadlineExceeded), deadline.running(deadline.Budget.after(0.5)):
+                store.create_identity("late")
+            assert 0.4 < time.monotonic() - t0 < 1.5
+        # The deadline passes inside the transaction: the check before COMMIT rolls it back.
+        budget = deadline.Budget.after(0.2)
+        with pytest.raises(DeadlineExceeded), deadline.running(budget), store._tx() as c:
+            c.execute("INSERT INTO meta VALUES ('late', 'x')")
+            time.sleep(0.3)
+        assert store.list_identities(10) == []
+        with store._conn() as c:
+            assert c.execute("SELECT COUNT(*) FROM meta WHERE key = 'late'").fetchone()[0] == 0
+    finally:
+        store.close()
+
+
+def test_store_health_clears_by_its_probe_and_tells_its_listeners() -> None:
+    from recognizer.store.faults import StoreHealth
+
+    health = StoreHealth(interval_s=0.02)
+    seen: list[bool] = []
+    health.on_change(lambda h: seen.append(h.writable))
+    tries = iter([False, False, True])
+    health.set_probe(StoreHealth.FULL, lambda: next(tries, True))
+    health.fail(StoreHealth.FULL, "no space")
+    assert not health.writable and health.full and health.reachable
+    end = time.monotonic() + 5
+    while not health.writable:
+        assert time.monotonic() < end, "the probe never cleared the condition"
+        time.sleep(0.01)
+    assert seen == [False, True]
+    health.close()
+
+
+def test_reconnects_back_off_at_most_database_retry_max_s() -> None:
+    from recognizer.store.postgres import _CappedAttempt
+
+    attempt = _CappedAttempt(timeout=3600.0, cap_s=1.0)
+    delays = []
+    for k in range(12):
+        attempt.update_delay(float(k))
+        delays.append(attempt.delay)
+    assert max(delays) <= 1.0 and delays[0] > 0
+
+
+def test_the_fault_settings_are_bounded() -> None:
+    from recognizer.config import ConfigError, load_config
+
+    assert load_config(env={}).drain_s == 2.0
+    assert load_config(env={}).database_retry_max_s == 1.0
+    for name, bad in (("drain_s", -1), ("database_retry_max_s", 0), ("database_wait_s", -5)):
+        with pytest.raises(ConfigError):
+            load_config(env={}, **{name: bad})
+
+
+# --- PostgreSQL killed under load on two nodes (slow) -------------------------------------
+
+
+class _Load(threading.Thread):
+    """CreateIdentity and Authorize on one node in a loop; records what was acknowledged
+    and when each call ended."""
+
+    def __init__(self, client: Client, gate: Client, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.client, self.gate, self.stop_event = client, gate, stop
+        self.acked: list[str] = []
+        self.events: list[str] = []
+        self.ends: list[tuple[float, bool]] = []  # (when a call ended, it succeeded)
+        self.codes: set[grpc.StatusCode] = set()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            event = uuid.uuid4().hex
+            try:
+                made = self.client.identity.CreateIdentity(
+                    identity_pb2.CreateIdentityRequest(display_name="load"),
+                    metadata=self.client.metadata,
+                    timeout=3.0,
+                )
+                self.acked.append(made.identity_id)
+                self.gate.gate.Authorize(
+                    gate_pb2.AuthorizeRequest(
+                        gate_id=GATE,
+                        event_id=event,
+                        plate_text="京A12345",
+                        amount_minor=1,
+                        currency="CNY",
+                    ),
+                    metadata=self.gate.metadata,
+                    timeout=3.0,
+                )
+                self.events.append(event)
+                self.ends.append((time.monotonic(), True))
+            except grpc.RpcError as exc:
+                self.codes.add(exc.code())
+                self.ends.append((time.monotonic(), False))
+                time.sleep(0.05)
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_postgres_killed_45s_under_load_on_two_nodes(tmp_path: Path) -> None:
+    import psycopg
+
+    from scripts import pg_local
+    from tests import procserver
+
+    outage_s = 45.0
+    with local_postgres("recognizer-pg-outage-") as db:
+        env = _pg_env(db.url, RECOGNIZER_DATABASE_WAIT_S="300")
+        nodes = [procserver.start(tmp_path / f"n{k}", extra_env=env) for k in range(2)]
+        late = None
+        stop = threading.Event()
+        clients = [(n.client("admin"), n.client("gate")) for n in nodes]
+        loads = [_Load(a, g, stop) for a, g in clients]
+        try:
+            for load in loads:
+                load.start()
+            time.sleep(3.0)
+            db.stop()
+            down_at = time.monotonic()
+            late = procserver.start(tmp_path / "late", extra_env=env, wait_serving=False)
+            end = down_at + 15
+            while clients[0][0].health(IDENTITY) != "NOT_SERVING":
+                assert time.monotonic() < end, "health did not follow the database down"
+                time.sleep(0.2)
+            time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
+            pg_local.start(db.data, durable=False, port=db.port)
+            back_at = time.monotonic()
+            end = back_at + 30
+            while not all(any(ok and at > back_at for at, ok in load.ends) for load in loads):
+                assert time.monotonic() < end, "no success after the database came back"
+                time.sleep(0.05)
+            for load in loads:
+                first = min(at for at, ok in load.ends if ok and at > back_at)
+                assert first - back_at < 2.0 + 0.2, first - back_at  # + one call's spacing
+            c = late.client()
+            try:
+                assert c.wait_serving(180), "".join(late.log[-20:])
+                c.identity.CreateIdentity(
+                    identity_pb2.CreateIdentityRequest(display_name="late node"),
+                    metadata=c.metadata,
+                    timeout=30,
+                )
+            finally:
+                c.close()
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            for load in loads:
+                load.join(30)
+            for a, g in clients:
+                a.close()
+                g.close()
+            for n in [*nodes, *([late] if late else [])]:
+                n.kill()
+        for load in loads:  # refusals only, never INTERNAL
+            assert load.codes <= {
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            }, load.codes
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            ids = {r[0] for r in conn.execute("SELECT id FROM identities")}
+            decided = conn.execute(
+                "SELECT event_id, COUNT(*) FROM decisions WHERE gate_id = %s GROUP BY event_id",
+                (GATE,),
+            ).fetchall()
+        acked = [i for load in loads for i in load.acked]
+        assert set(acked) <= ids, "an acknowledged identity was lost"
+        events = {e for load in loads for e in load.events}
+        per_event = dict(decided)
+        assert events <= set(per_event), "an acknowledged decision was lost"
+        assert all(n == 1 for n in per_event.values())

@@ -16,6 +16,7 @@ followers poll as well, because a notification is lost while a listener is disco
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
@@ -117,6 +118,8 @@ def wait_for_database(url: str, wait_s: float, retry_max_s: float) -> None:
                 log.warning("database reached after %d attempts", attempt)
             return
         except psycopg.Error as exc:
+            if not _unreachable(exc):
+                raise  # reached, and refused (a password, a database name): waiting won't do
             waited = time.monotonic() - t0
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if waited + delay > wait_s:
@@ -269,8 +272,9 @@ class PostgresStore(SqlStore):
                             yield c
                         finally:
                             if bounded and not raw.closed and not raw.broken:
-                                raw.execute("RESET statement_timeout")
-                                raw.execute("RESET lock_timeout")
+                                with contextlib.suppress(psycopg.Error):  # then it is broken
+                                    raw.execute("RESET statement_timeout")
+                                    raw.execute("RESET lock_timeout")
                 finally:
                     with self._busy_lock:
                         self._busy.discard(raw)
