@@ -664,11 +664,24 @@ class _Load(threading.Thread):
             time.sleep(0.05)
 
 
+def _pg_from_a_fresh_process(db: Any, action: str) -> None:
+    """Stop or start the test's PostgreSQL from a new single-threaded process: forking this
+    one while gRPC threads are busy (pg_local runs the server as another user, which
+    forks) can crash the child."""
+    from tests.conftest import REPO
+
+    code = "from pathlib import Path; from scripts import pg_local; " + (
+        f"pg_local.Cluster(Path({str(db.data)!r}), {db.port}, pg_local.bindir()).stop()"
+        if action == "stop"
+        else f"pg_local.start(Path({str(db.data)!r}), durable=False, port={db.port})"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
 @pytest.mark.slow
 def test_postgres_killed_45s_under_load_on_two_nodes(tmp_path: Path) -> None:
     import psycopg
 
-    from scripts import pg_local
     from tests import procserver
 
     outage_s = 45.0
@@ -683,7 +696,7 @@ def test_postgres_killed_45s_under_load_on_two_nodes(tmp_path: Path) -> None:
             for load in loads:
                 load.start()
             time.sleep(3.0)
-            db.stop()
+            _pg_from_a_fresh_process(db, "stop")
             down_at = time.monotonic()
             late = procserver.start(tmp_path / "late", extra_env=env, wait_serving=False)
             end = down_at + 15
@@ -691,7 +704,7 @@ def test_postgres_killed_45s_under_load_on_two_nodes(tmp_path: Path) -> None:
                 assert time.monotonic() < end, "health did not follow the database down"
                 time.sleep(0.2)
             time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
-            pg_local.start(db.data, durable=False, port=db.port)
+            _pg_from_a_fresh_process(db, "start")
             back_at = time.monotonic()
             end = back_at + 30
             while not all(any(ok and at > back_at for at, ok in load.ends) for load in loads):
