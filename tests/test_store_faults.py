@@ -489,6 +489,43 @@ def test_sigterm_with_a_call_stuck_in_the_store_exits_0(tmp_path: Path) -> None:
     _stuck_stop(tmp_path, runs=1)
 
 
+def test_sigterm_with_a_call_stuck_in_postgres_exits_0(tmp_path: Path, pg_url: str) -> None:
+    """The same on PostgreSQL: the stuck statement is cancelled, the process exits 0."""
+    from tests import procserver
+
+    server = procserver.start(
+        tmp_path / "node",
+        extra_env=_pg_env(pg_url, RECOGNIZER_STOP_GRACE_S="1", RECOGNIZER_DRAIN_S="0.2"),
+    )
+    c = server.client()
+    try:
+        before = postgres_counts(pg_url)
+        outcome: list[Any] = []
+        create = identity_pb2.CreateIdentityRequest(display_name="stuck")
+        with postgres_locked(pg_url):
+            caller = threading.Thread(
+                target=_call_into,
+                args=(
+                    outcome,
+                    functools.partial(c.identity.CreateIdentity, create, metadata=c.metadata),
+                ),
+            )
+            caller.start()
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            code = server.terminate(30)
+            took = time.monotonic() - t0
+            caller.join(10)
+        assert code == 0, "".join(server.log[-20:])
+        assert took < 15, took
+        assert outcome and outcome[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert postgres_counts(pg_url) == before
+        assert not any("Traceback" in line for line in server.log)
+    finally:
+        c.close()
+        server.kill()
+
+
 @pytest.mark.slow
 def test_sigterm_with_a_call_stuck_in_the_store_exits_0_20_times(tmp_path: Path) -> None:
     _stuck_stop(tmp_path, runs=20)
