@@ -95,12 +95,18 @@ class _CappedAttempt(AttemptWithBackoff):
 
 
 class _Pool(ConnectionPool):  # type: ignore[type-arg]
+    """The pool, with its reconnect backoff capped. psycopg_pool (3.2, 3.3) starts each
+    reconnect chain in `_add_connection(attempt=None)`; the cap is put in there, and the
+    45-s outage test (test-slow) checks the first success after the database returns."""
+
     retry_max_s = 1.0
 
-    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+    def _add_connection(
+        self, attempt: AttemptWithBackoff | None = None, *args: Any, **kwargs: Any
+    ) -> None:
         if attempt is None:
             attempt = _CappedAttempt(timeout=self.reconnect_timeout, cap_s=self.retry_max_s)
-        super()._add_connection(attempt, growing)
+        super()._add_connection(attempt, *args, **kwargs)
 
 
 def wait_for_database(url: str, wait_s: float, retry_max_s: float) -> None:
@@ -163,7 +169,6 @@ class PostgresStore(SqlStore):
         self.health.set_probe(faults.StoreHealth.UNREACHABLE, self._probe_reach)
         self.health.set_probe(faults.StoreHealth.FULL, self._probe_write)
         wait_for_database(url, database_wait_s, retry_max_s)
-        _Pool.retry_max_s = retry_max_s
         self._pool = _Pool(
             url,
             min_size=1,
@@ -177,6 +182,7 @@ class PostgresStore(SqlStore):
             timeout=wait_timeout_s,
             reconnect_timeout=24 * 3600.0,  # never give up on the database: it comes back
         )
+        self._pool.retry_max_s = retry_max_s  # before open: its first connections use it
         self._pool.open(wait=True, timeout=connect_timeout_s)
         try:
             with self._conn() as c:
