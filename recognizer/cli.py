@@ -69,9 +69,14 @@ def serve(
         click.echo(f"WARNING: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
     os.umask(0o077)  # whatever the process creates is private (files 0600, directories 0700)
     # Before the port is bound or a model loaded: a key that does not fit stops the boot.
+    from recognizer.store.faults import DatabaseUnreachable
     from recognizer.store.open import StoreLocation
 
-    _key_or_exit(StoreLocation.of(config))
+    try:
+        _key_or_exit(StoreLocation.of(config))
+    except DatabaseUnreachable as exc:
+        # The node waits for it (database_wait_s), NOT_SERVING; the key is checked then.
+        click.echo(f"warning: {exc}; waiting up to {config.database_wait_s:g}s", err=True)
     from recognizer.store.files import private_dir
 
     private_dir(config.data_dir)

@@ -113,6 +113,16 @@ class Config:
     # NOT_SERVING and 1:N searches are refused rather than answered from a stale gallery.
     replica_poll_s: float = 0.5
     replica_max_lag_s: float = 2.0
+    # Faults of the store (README "Operations"). A node that starts while PostgreSQL is down
+    # waits for it this long (retrying, NOT_SERVING), then exits 2; reconnects back off at
+    # most database_retry_max_s, so the first success comes soon after the database returns.
+    database_wait_s: float = 60.0
+    database_retry_max_s: float = 1.0
+    # On SIGTERM: health NOT_SERVING this long before the port closes (load balancers move
+    # away), then calls in flight get stop_grace_s to finish; a call still stuck in the store
+    # after it is interrupted.
+    drain_s: float = 2.0
+    stop_grace_s: float = 10.0
 
     def limits_for(self, rpc: str) -> ImageLimits:
         """The image limits of one RPC: image_limits with that RPC's pixel cap."""
@@ -216,6 +226,10 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "database_pool_size": (1, 1000),
     "replica_poll_s": (0.01, 60),
     "replica_max_lag_s": (0.1, None),
+    "database_wait_s": (0, 86400),
+    "database_retry_max_s": (0.05, 60),
+    "drain_s": (0, 600),
+    "stop_grace_s": (0, 3600),
 }
 
 

@@ -48,5 +48,16 @@ class DeadlineExceeded(RecognizerError):
 
 
 class Unavailable(RecognizerError):
-    """This node cannot answer now (a replica behind the shared store, the database down);
-    another node, or a retry, can."""
+    """This node cannot answer now (a replica behind the shared store, the database down,
+    the disk full); another node, or a retry after `retry_after_s` (when set), can."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str = "",
+        reason: str = "",
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, field=field, reason=reason)
+        self.retry_after_s = retry_after_s

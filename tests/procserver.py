@@ -46,8 +46,13 @@ class ServerProcess:
 
 
 def start(
-    data_dir: Path, *, extra_env: dict[str, str] | None = None, ready_timeout: float = 180
+    data_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 180,
+    wait_serving: bool = True,
 ) -> ServerProcess:
+    """A server process once it listens, and (with `wait_serving`) once it is SERVING."""
     env = {
         **os.environ,
         "RECOGNIZER_API_KEYS": ENV_KEYS,
@@ -95,6 +100,8 @@ def start(
         proc.kill()
         raise RuntimeError("server did not start:\n" + "".join(lines[-20:]))
     server = ServerProcess(proc, port_box[0], lines)
+    if not wait_serving:
+        return server
     c = server.client()
     try:
         if not c.wait_serving(ready_timeout):

@@ -15,6 +15,8 @@ from tests.conftest import client_for, loaded_server, local_postgres
 from tests.helpers import error_reason
 
 RECOGNITION = "recognizer.v1.RecognitionService"
+IDENTITY = "recognizer.v1.IdentityService"
+GATE = "recognizer.v1.GateService"
 
 
 def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: Path) -> None:
@@ -41,6 +43,8 @@ def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: 
             assert time.monotonic() < deadline, "health did not follow the database down"
             time.sleep(0.1)
         assert admin.health() == "SERVING"  # the process is alive: only 1:N work stops
+        for service in (IDENTITY, GATE):  # the writing services step aside too
+            assert admin.health(service) == "NOT_SERVING", service
         pg_local.start(db.data, durable=False, port=db.port)  # the same database comes back
         deadline = time.monotonic() + 30
         while True:
@@ -52,7 +56,7 @@ def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: 
                 assert time.monotonic() < deadline, "calls did not recover"
                 time.sleep(0.5)
         deadline = time.monotonic() + 10
-        while admin.health(RECOGNITION) != "SERVING":
+        while {admin.health(s) for s in (RECOGNITION, IDENTITY, GATE)} != {"SERVING"}:
             assert time.monotonic() < deadline, "health did not recover"
             time.sleep(0.1)
         listed = admin.identity.ListIdentities(

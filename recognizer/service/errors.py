@@ -82,8 +82,14 @@ def status_for_exception(exc: Exception) -> grpc.Status:
                 meta = {}
                 if isinstance(exc, errors.AlreadyExists) and exc.identity_id:
                     meta["identity_id"] = exc.identity_id
+                retry = exc.retry_after_s if isinstance(exc, errors.Unavailable) else None
                 return build_status(
-                    code, exc.message, reason=exc.reason, field=exc.field, metadata=meta
+                    code,
+                    exc.message,
+                    reason=exc.reason,
+                    field=exc.field,
+                    metadata=meta,
+                    retry_after_s=retry,
                 )
             return build_status(code, str(exc), reason="MODEL_NOT_READY")
     if isinstance(exc, psycopg.OperationalError | PoolTimeout):

@@ -325,7 +325,12 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                     return response
                 finally:
                     ended.set()
-                    gate.leave(time.monotonic() - t0)
+                    ran = time.monotonic() - t0
+                    if left is not None and context.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                        # A call that timed out (a stall in the store, say) teaches the
+                        # method's cost at most the budget it had, never the stall behind it.
+                        ran = min(ran, max(0.0, left))
+                    gate.leave(ran)
 
             return admitted
 

@@ -212,6 +212,15 @@ class Runtime:
 
         threading.Thread(target=loop, name="checkpoint", daemon=True).start()
 
+    def interrupt_store(self) -> None:
+        """After the stop's grace: end calls still stuck in the store (SQLite interrupt,
+        PostgreSQL cancel); they answer UNAVAILABLE and store nothing."""
+        eng = self._engines
+        store = getattr(eng.gallery, "store", None) if eng is not None else None
+        interrupt = getattr(store, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
     def close(self) -> None:
         self._stop.set()
         eng = self._engines
@@ -222,4 +231,10 @@ class Runtime:
         if eng.gate is not None:
             eng.gate.close()
         if eng.gallery is not None:
-            eng.gallery.close()
+            try:
+                eng.gallery.close()
+            except OSError as exc:  # a full disk: the store is closed, the file not written
+                log.warning(
+                    "index file not saved (%s): it is rebuilt from the store at the next start",
+                    exc.strerror or exc,
+                )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from recognizer.service.servicers import (
     RecognitionServicer,
 )
 from recognizer.store.crypto import TemplateKeyError
+from recognizer.store.faults import DatabaseUnreachable
 from recognizer.v1 import (
     gate_pb2,
     gate_pb2_grpc,
@@ -57,6 +59,35 @@ SERVICE_NAMES = (
 )
 # The services that search the face index, and so follow a replica's freshness.
 REPLICA_SERVICES = (SERVICE_NAMES[1], SERVICE_NAMES[2])
+# The services that write to the store, and so follow its health (a full disk, the database
+# out of reach): a load balancer moves their calls to a node that can write.
+WRITING_SERVICES = (SERVICE_NAMES[0], SERVICE_NAMES[2])
+
+
+class HealthState:
+    """What each service's health follows: models loaded, the replica fresh (1:N services),
+    the store reachable and writable (writing services), and not draining (all). One
+    place computes every service's status from them."""
+
+    def __init__(self, servicer: health.HealthServicer) -> None:
+        self._servicer = servicer
+        self._lock = threading.Lock()
+        self.loaded = False
+        self.replica_fresh = True
+        self.store_writable = True
+        self.draining = False
+
+    def update(self, **changes: bool) -> None:
+        with self._lock:
+            for name, value in changes.items():
+                setattr(self, name, value)
+            for service in ("", *SERVICE_NAMES):
+                ok = self.loaded and not self.draining
+                if service in REPLICA_SERVICES:
+                    ok = ok and self.replica_fresh
+                if service in WRITING_SERVICES:
+                    ok = ok and self.store_writable
+                self._servicer.set(service, _serving(ok))
 
 
 @dataclass(slots=True)
@@ -66,14 +97,21 @@ class RunningServer:
     runtime: Runtime
     health: health.HealthServicer
     metrics: Metrics
+    health_state: HealthState
     trimmer: IdleTrim | None = None
     metrics_http: Any = None  # the Prometheus endpoint's HTTP server, when on
     metrics_port: int = 0
 
-    def stop(self, grace: float | None = 5.0) -> None:
-        """Stop accepting calls, let in-flight ones finish, then persist and close."""
+    def stop(self, grace: float | None = 5.0, drain_s: float = 0.0) -> None:
+        """Drain (health NOT_SERVING for `drain_s` while calls are still served, so load
+        balancers move away), stop accepting calls, let in-flight ones finish within
+        `grace`, interrupt any still stuck in the store, then persist and close."""
+        self.health_state.update(draining=True)
+        if drain_s > 0:
+            time.sleep(drain_s)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.runtime.interrupt_store()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -133,22 +171,26 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    state = HealthState(health_servicer)
+    state.update()  # NOT_SERVING until loaded
 
     def on_ready(ok: bool) -> None:
-        for name in ("", *SERVICE_NAMES):
-            health_servicer.set(name, _serving(ok))
-        follower = runtime.engines.follower if ok else None
+        state.update(loaded=ok)
+        if not ok:
+            return
+        follower = runtime.engines.follower
         if follower is not None:
             # A replica behind the shared store must not answer 1:N: its load balancer moves
             # recognition and gate calls to another node (README "Several nodes").
-            def on_replica(fresh: bool) -> None:
-                for name in REPLICA_SERVICES:
-                    health_servicer.set(name, _serving(fresh))
-
-            follower.on_change(on_replica)
-            on_replica(follower.fresh())
+            follower.on_change(lambda fresh: state.update(replica_fresh=fresh))
+            state.update(replica_fresh=follower.fresh())
+        gallery = runtime.engines.gallery
+        store_health = getattr(getattr(gallery, "store", None), "health", None)
+        if store_health is not None:
+            # A full disk, or the database out of reach: the writing services step aside
+            # until the store's probe finds it working again (README "Operations").
+            store_health.on_change(lambda h: state.update(store_writable=h.writable))
+            state.update(store_writable=store_health.writable)
 
     runtime.on_change(on_ready)
     reflection.enable_server_reflection(
@@ -183,7 +225,15 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         },
     )
     return RunningServer(
-        server, port, runtime, health_servicer, metrics, trimmer, metrics_http, metrics_port
+        server,
+        port,
+        runtime,
+        health_servicer,
+        metrics,
+        state,
+        trimmer,
+        metrics_http,
+        metrics_port,
     )
 
 
@@ -203,9 +253,12 @@ def serve(config: Config) -> None:
     runtime = Runtime(config)
 
     def on_loaded(ok: bool) -> None:
-        # A template key that does not fit the store stops the process (nothing was written).
+        # A template key that does not fit the store stops the process (nothing was written),
+        # and so does a database still unreachable after database_wait_s.
         if not ok and isinstance(runtime.error, TemplateKeyError):
             log.error("template key refused: %s", runtime.error)
+            done.set()
+        if not ok and isinstance(runtime.error, DatabaseUnreachable):
             done.set()
 
     runtime.on_change(on_loaded)
@@ -218,7 +271,8 @@ def serve(config: Config) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     done.wait()
-    running.stop(grace=10.0)
+    failed = isinstance(runtime.error, TemplateKeyError | DatabaseUnreachable)
+    running.stop(grace=config.stop_grace_s, drain_s=0.0 if failed else config.drain_s)
     log.info("stopped")
-    if isinstance(runtime.error, TemplateKeyError):
+    if failed:
         raise SystemExit(2)

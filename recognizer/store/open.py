@@ -25,13 +25,26 @@ class StoreLocation:
     def of(cls, config: Config) -> StoreLocation:
         return cls(url=config.database_url) if config.uses_postgres else cls(config.db_path)
 
-    def open(self, cipher: TemplateCipher, pool_size: int = 2) -> Any:
+    def open(
+        self,
+        cipher: TemplateCipher,
+        pool_size: int = 2,
+        wait_s: float = 0.0,
+        retry_max_s: float = 1.0,
+    ) -> Any:
         """The adapter (SqlStore), key-checked and migrated; `pool_size` connections on
-        PostgreSQL (a command needs few, a server `database_pool_size`)."""
+        PostgreSQL (a command needs few, a server `database_pool_size`), waiting up to
+        `wait_s` for a database that is down (a server's `database_wait_s`)."""
         if self.url:
             from recognizer.store.postgres import PostgresStore  # psycopg only when used
 
-            return PostgresStore(self.url, cipher, pool_size=pool_size)
+            return PostgresStore(
+                self.url,
+                cipher,
+                pool_size=pool_size,
+                database_wait_s=wait_s,
+                retry_max_s=retry_max_s,
+            )
         from recognizer.store.sqlite import SqliteStore
 
         return SqliteStore(self._path, cipher)
@@ -69,7 +82,9 @@ def open_store(config: Config, cipher: TemplateCipher) -> Store:
     Either way the key is checked first and pending schema migrations are applied."""
     if not config.uses_postgres:
         private_dir(config.db_path.parent)
-    store: Store = StoreLocation.of(config).open(cipher, config.database_pool_size)
+    store: Store = StoreLocation.of(config).open(
+        cipher, config.database_pool_size, config.database_wait_s, config.database_retry_max_s
+    )
     return store
 
 

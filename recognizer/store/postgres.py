@@ -16,6 +16,7 @@ followers poll as well, because a notification is lost while a listener is disco
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
-from recognizer.store import files, keys, schema
+from recognizer.store import faults, files, keys, schema
 from recognizer.store.crypto import NullCipher, TemplateCipher
 from recognizer.store.rows import Change
 from recognizer.store.sql import NOTIFY_CHANNEL, PUT_META, SqlStore, ring
@@ -65,6 +67,84 @@ class _Conn:
         return cur
 
 
+_FIRST_RETRY_S = 0.1
+# Connection failures and a server going away (admin shutdown, crash, starting up).
+_GONE_STATES = ("57P01", "57P02", "57P03")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _GONE_STATES
+
+
+class _CappedAttempt(AttemptWithBackoff):
+    """psycopg_pool's reconnect backoff (1, 2, 4, 8... s), capped: whatever the outage's
+    length, the next attempt comes at most `cap_s` after the database returns."""
+
+    def __init__(self, *, timeout: float, cap_s: float) -> None:
+        super().__init__(timeout=timeout)
+        self.cap_s = cap_s
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.cap_s)
+
+
+class _Pool(ConnectionPool):  # type: ignore[type-arg]
+    """The pool, with its reconnect backoff capped. psycopg_pool (3.2, 3.3) starts each
+    reconnect chain in `_add_connection(attempt=None)`; the cap is put in there, and the
+    45-s outage test (test-slow) checks the first success after the database returns."""
+
+    retry_max_s = 1.0
+
+    def _add_connection(
+        self, attempt: AttemptWithBackoff | None = None, *args: Any, **kwargs: Any
+    ) -> None:
+        if attempt is None:
+            attempt = _CappedAttempt(timeout=self.reconnect_timeout, cap_s=self.retry_max_s)
+        super()._add_connection(attempt, *args, **kwargs)
+
+
+def wait_for_database(url: str, wait_s: float, retry_max_s: float) -> None:
+    """Connect once, retrying with backoff capped at `retry_max_s` for up to `wait_s`
+    seconds, one log line per failed attempt; raises faults.DatabaseUnreachable after."""
+    t0 = time.monotonic()
+    delay = _FIRST_RETRY_S
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as c:
+                c.execute("SELECT 1")
+            if attempt > 1:
+                log.warning("database reached after %d attempts", attempt)
+            return
+        except psycopg.Error as exc:
+            if not _unreachable(exc):
+                raise  # reached, and refused (a password, a database name): waiting won't do
+            waited = time.monotonic() - t0
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if waited + delay > wait_s:
+                raise faults.DatabaseUnreachable(
+                    f"the database was unreachable for {waited:.0f}s (database_wait_s = "
+                    f"{wait_s:g}); last error: {why}"
+                ) from None
+            log.warning(
+                "database unreachable (attempt %d, %.1fs waited of %gs): %s; retrying in %.2fs",
+                attempt,
+                waited,
+                wait_s,
+                why,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, retry_max_s)
+
+
 class PostgresStore(SqlStore):
     shared = True  # other nodes write too: a gallery on it must follow the change log
 
@@ -75,11 +155,21 @@ class PostgresStore(SqlStore):
         pool_size: int = 8,
         connect_timeout_s: float = 30.0,
         wait_timeout_s: float = 5.0,
+        database_wait_s: float = 0.0,
+        retry_max_s: float = 1.0,
     ) -> None:
         self.url = url
         self._local = threading.local()
         self._listener: psycopg.Connection[Any] | None = None
-        self._pool = ConnectionPool(
+        self._wait_timeout_s = wait_timeout_s
+        self._stopping = False
+        self._busy: set[psycopg.Connection[Any]] = set()  # sessions in use (interrupt)
+        self._busy_lock = threading.Condition()
+        self.health = faults.StoreHealth(interval_s=min(0.5, retry_max_s))
+        self.health.set_probe(faults.StoreHealth.UNREACHABLE, self._probe_reach)
+        self.health.set_probe(faults.StoreHealth.FULL, self._probe_write)
+        wait_for_database(url, database_wait_s, retry_max_s)
+        self._pool = _Pool(
             url,
             min_size=1,
             max_size=max(1, pool_size),
@@ -90,7 +180,9 @@ class PostgresStore(SqlStore):
             check=ConnectionPool.check_connection,
             # No free connection (or no database) within this: the call is UNAVAILABLE.
             timeout=wait_timeout_s,
+            reconnect_timeout=24 * 3600.0,  # never give up on the database: it comes back
         )
+        self._pool.retry_max_s = retry_max_s  # before open: its first connections use it
         self._pool.open(wait=True, timeout=connect_timeout_s)
         try:
             with self._conn() as c:
@@ -149,17 +241,118 @@ class PostgresStore(SqlStore):
         if pinned is not None:  # inside snapshot(): every read sees the one snapshot
             yield pinned
             return
-        with self._pool.connection() as raw:
-            yield _Conn(raw)
+        with self._session(tx=False) as c:
+            yield c
 
     @contextmanager
     def _tx(self, serial: bool = True) -> Iterator[_Conn]:
-        with self._pool.connection() as raw, raw.transaction():
-            c = _Conn(raw)
-            if serial:
-                # Check-then-write invariants hold as they do under SQLite's one writer.
-                c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+        """One transaction whose every wait (a pooled session, locks, statements) is bounded
+        by the caller's deadline, checked again before COMMIT: a call whose deadline passed
+        stores nothing."""
+        with self._session(tx=True, serial=serial) as c:
             yield c
+
+    @contextmanager
+    def _session(self, tx: bool, serial: bool = False) -> Iterator[_Conn]:
+        wait_s, bounded = faults.wait_bound(self._wait_timeout_s)
+        try:
+            with self._pool.connection(timeout=wait_s) as raw:
+                with self._busy_lock:
+                    self._busy.add(raw)
+                try:
+                    c = _Conn(raw)
+                    if tx:
+                        with raw.transaction():
+                            if bounded:
+                                self._limit(c, wait_s, local=True)
+                            if serial:
+                                # Check-then-write invariants hold as under SQLite's one writer.
+                                c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+                            yield c
+                            faults.before_commit()
+                        self.health.ok()
+                    else:
+                        if bounded:
+                            self._limit(c, wait_s, local=False)
+                        try:
+                            yield c
+                        finally:
+                            if bounded and not raw.closed and not raw.broken:
+                                with contextlib.suppress(psycopg.Error):  # then it is broken
+                                    raw.execute("RESET statement_timeout")
+                                    raw.execute("RESET lock_timeout")
+                finally:
+                    with self._busy_lock:
+                        self._busy.discard(raw)
+                        self._busy_lock.notify_all()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._translate(exc, bounded) from exc
+        self.health.ok(faults.StoreHealth.UNREACHABLE)
+
+    @staticmethod
+    def _limit(c: _Conn, seconds: float, local: bool) -> None:
+        """lock_timeout and statement_timeout of the caller's remaining deadline (for this
+        transaction, or this session until reset)."""
+        ms = f"{max(1, int(seconds * 1000))}ms"
+        c.execute(
+            "SELECT set_config('lock_timeout', ?, ?), set_config('statement_timeout', ?, ?)",
+            (ms, local, ms, local),
+        )
+
+    def _translate(self, exc: BaseException, bounded: bool) -> BaseException:
+        if self._stopping and isinstance(exc, psycopg.errors.QueryCanceled):
+            return faults.shutting_down()
+        if isinstance(exc, psycopg.errors.DiskFull):
+            self.health.fail(faults.StoreHealth.FULL, str(exc).strip())
+            return faults.storage_full("the database's disk")
+        if _unreachable(exc):
+            if isinstance(exc, PoolTimeout) and bounded and self.health.reachable:
+                return faults.deadline_passed("a database session")
+            self.health.fail(faults.StoreHealth.UNREACHABLE, str(exc).strip().split("\n")[0])
+            return exc
+        if bounded and isinstance(
+            exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled
+        ):
+            return faults.deadline_passed("a lock or a statement")
+        return exc
+
+    def _probe_reach(self) -> bool:
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=2) as c:
+                c.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def _probe_write(self) -> bool:
+        try:
+            with self._tx(serial=False) as c:
+                c.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
+        except Exception:
+            return False
+        return True
+
+    def interrupt(self) -> None:
+        """For a stopping server: cancel the statements of sessions in use (UNAVAILABLE
+        `SHUTTING_DOWN` for their calls; their transactions roll back)."""
+        self._stopping = True
+        with self._busy_lock:
+            busy = list(self._busy)
+        for raw in busy:
+            try:
+                raw.cancel_safe(timeout=2.0)
+            except Exception as exc:  # the session may be gone already
+                log.warning("cancel: %s", exc)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        with self._busy_lock:
+            while self._busy:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._busy_lock.wait(left)
+        return True
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -178,6 +371,9 @@ class PostgresStore(SqlStore):
         c.execute("SELECT pg_notify(?, '')", (NOTIFY_CHANNEL,))  # delivered on commit
 
     def close(self) -> None:
+        self.health.close()
+        if self._stopping:
+            self.wait_idle(2.0)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -265,8 +461,14 @@ def _meta(c: Any) -> dict[str, str] | None:
 
 def _peek_meta(url: str) -> dict[str, str] | None:
     """The meta rows of the database at `url`, read-only."""
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as raw:
-        return _meta(_Conn(raw))
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as raw:
+            return _meta(_Conn(raw))
+    except psycopg.OperationalError as exc:
+        if not _unreachable(exc):
+            raise
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise faults.DatabaseUnreachable(f"the database is unreachable: {why}") from None
 
 
 def read_key_state(url: str) -> keys.KeyState | None:

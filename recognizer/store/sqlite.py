@@ -22,21 +22,48 @@ change, so a change never commits without its audit record (nor the record witho
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
+import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from recognizer.store import files, keys, schema
+from recognizer.store import faults, files, keys, schema
 from recognizer.store.crypto import NullCipher, TemplateCipher
 from recognizer.store.rows import Change
 from recognizer.store.sql import SqlStore, legacy_view, ring
 
 __all__ = ["SqliteStore", "check_key", "read_key_state"]
 
+log = logging.getLogger("recognizer.store.sqlite")
+
 _NULL_CIPHER = NullCipher()
+_LOCK_POLL_S = 0.05  # BEGIN IMMEDIATE retries at this pace (sqlite3_interrupt cannot end a
+# busy wait, so waiting for the write lock is a loop here that a deadline or a stop can end)
+
+
+_FULL_FREE_BYTES = 1 << 20  # an I/O error with less free space than this is a full disk
+
+
+def _is_full(exc: BaseException, folder: str) -> bool:
+    """SQLITE_FULL, or an I/O error on a disk with (almost) no space left: SQLite reports
+    ENOSPC as either, depending on which file the write hit."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name == "SQLITE_FULL" or "disk is full" in str(exc):
+        return True
+    if name.startswith("SQLITE_IOERR") and folder:
+        try:
+            return shutil.disk_usage(folder).free < _FULL_FREE_BYTES
+        except OSError:
+            return False
+    return False
 
 
 def _meta(c: sqlite3.Connection) -> dict[str, str] | None:
@@ -97,6 +124,11 @@ class SqliteStore(SqlStore):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        self._stopping = False
+        self._active = 0  # store calls in progress (close waits for them after interrupt)
+        self._active_lock = threading.Condition()
+        self.health = faults.StoreHealth()
+        self.health.set_probe(faults.StoreHealth.FULL, self._probe_write)
         if not self._memory:
             Path(self.path).parent.mkdir(mode=files.DIR_MODE, parents=True, exist_ok=True)
             files.create_private(Path(self.path))
@@ -159,28 +191,107 @@ class SqliteStore(SqlStore):
     def _conn(self) -> Iterator[sqlite3.Connection]:
         if self._closed:
             raise RuntimeError("store is closed")
-        if self._shared is not None:
-            with self._lock:
-                yield self._shared
-            return
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            c = self._local.conn = self._open()
-        yield c
+        with self._active_lock:
+            self._active += 1
+        try:
+            if self._shared is not None:
+                with self._lock:
+                    yield self._shared
+                return
+            c = getattr(self._local, "conn", None)
+            if c is None:
+                c = self._local.conn = self._open()
+            yield c
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        finally:
+            with self._active_lock:
+                self._active -= 1
+                self._active_lock.notify_all()
+
+    def _translate(self, exc: sqlite3.Error) -> Exception:
+        """A full disk and an interrupted stop are conditions with their own answers; any
+        other SQLite error stays itself (an internal error)."""
+        if _is_full(exc, "" if self._memory else str(Path(self.path).parent)):
+            self.health.fail(faults.StoreHealth.FULL, str(exc))
+            return faults.storage_full(str(exc))
+        if self._stopping and isinstance(exc, sqlite3.OperationalError):
+            return faults.shutting_down()
+        return exc
+
+    def _begin(self, c: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting for the write lock at most until the caller's deadline
+        (or the busy timeout, without one); raises DeadlineExceeded when the deadline came
+        first. Polls in short busy waits, so a stopping server ends the wait too."""
+        wait_s, bounded = faults.wait_bound(self._busy_timeout_s)
+        give_up = time.monotonic() + wait_s
+        step_ms = max(1, int(_LOCK_POLL_S * 1000))
+        c.execute(f"PRAGMA busy_timeout={step_ms}")
+        try:
+            while True:
+                try:
+                    c.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    name = str(getattr(exc, "sqlite_errorname", ""))
+                    if not name.startswith("SQLITE_BUSY") and "locked" not in str(exc):
+                        raise
+                    if self._stopping:
+                        raise faults.shutting_down() from exc
+                    if time.monotonic() >= give_up:
+                        if bounded:
+                            raise faults.deadline_passed("the write lock") from exc
+                        raise
+        finally:
+            c.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
 
     @contextmanager
     def _tx(self, serial: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE takes the write lock up front (no upgrade deadlock).
-        SQLite has one writer at a time, so every transaction is serial."""
+        SQLite has one writer at a time, so every transaction is serial. The wait for the lock
+        is bounded by the caller's deadline, which is checked again before COMMIT: a call
+        whose deadline passed stores nothing."""
         with self._conn() as c:
-            c.execute("BEGIN IMMEDIATE")
+            self._begin(c)
             try:
                 yield c
+                faults.before_commit()
                 c.execute("COMMIT")
             except BaseException:
                 if c.in_transaction:  # also when COMMIT itself failed
-                    c.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
                 raise
+        self.health.ok(faults.StoreHealth.FULL)
+
+    def _probe_write(self) -> bool:
+        """While the disk is full: can a write commit again? (A real one: a row rewritten.)"""
+        try:
+            with self._tx(serial=False) as c:
+                c.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
+        except Exception:
+            return False
+        return True
+
+    def interrupt(self) -> None:
+        """For a stopping server: end store calls in progress (statements and waits for the
+        write lock) with UNAVAILABLE `SHUTTING_DOWN`; nothing of theirs commits."""
+        self._stopping = True
+        with self._conns_lock:
+            conns = list(self._conns)
+        for c in conns:
+            c.interrupt()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Whether every store call has ended within `timeout_s`."""
+        end = time.monotonic() + timeout_s
+        with self._active_lock:
+            while self._active:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._active_lock.wait(left)
+        return True
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -206,10 +317,18 @@ class SqliteStore(SqlStore):
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
+        """Close every connection, once no call uses one: a connection closed under a running
+        statement can crash the process, so after `interrupt` the calls get a moment to end,
+        and connections still busy then are left to the process's exit."""
+        busy = not self.wait_idle(2.0 if self._stopping else 10.0)
+        self.health.close()
         with self._conns_lock:
             self._closed = True
-            for c in self._conns:
-                c.close()
+            if busy:
+                log.warning("store calls still running at close: connections left open")
+            else:
+                for c in self._conns:
+                    c.close()
             self._conns.clear()
 
     def _read_meta(self, c: Any) -> dict[str, str] | None:
