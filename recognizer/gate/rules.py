@@ -8,7 +8,7 @@ that payer, and a face found by a 1:N search is judged by the 1:N false-accept r
 
 from __future__ import annotations
 
-from recognizer.face.types import LivenessDecision
+from recognizer.face.types import Liveness, LivenessDecision
 from recognizer.fusion import FusionModel, PlateEvidence
 from recognizer.gate.types import (
     Binding,
@@ -48,9 +48,11 @@ REASONS: dict[str, str] = {
     "PLATE_CLONE_SUSPECTED": "the plate was at another gate closer than the travel time",
     "ENTRY_WITHOUT_EXIT": "the plate entered twice without an exit",
     "EXIT_WITHOUT_ENTRY": "exit without a matching entry",
+    "DIRECTION_UNSPECIFIED_WHILE_PRESENT": "the event names no direction and the plate has an "
+    "open entry at a gate that tracks presence: the driver confirms",
     "FAR_ABOVE_TARGET": "the estimated false-accept probability is above the policy target",
-    "PRESENTATION_ATTACK_SUSPECTED": "the policy requires liveness and the face looks like a "
-    "presentation attack (e.g. a printed photo)",
+    "PRESENTATION_ATTACK_SUSPECTED": "the policy requires liveness and the face (or another "
+    "face frame of the burst) looks like a presentation attack (e.g. a printed photo)",
     "LIVENESS_UNCERTAIN": "the policy requires liveness and the face's liveness is uncertain "
     "(or was not assessed)",
     "LIVENESS_PASSED": "the policy requires liveness and the face passed",
@@ -131,7 +133,7 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
     plate_only = (
         fits
         and binding.factors is Factors.PLATE
-        and ev.amount_minor <= policy.plate_only_max_minor
+        and policy.plate_only_allows(ev.amount_minor)
         and not ev.plate_province_guessed
     )
     if plate_only:
@@ -211,7 +213,7 @@ def _liveness(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> tuple[bool
     """(likely attack, uncertain) when the policy requires liveness for this amount."""
     if not (ev.face_found and policy.liveness_required(ev.amount_minor)):
         return False, False
-    lv = ev.face_liveness
+    lv = _least_live(ev)
     if lv is None:
         reasons.add("LIVENESS_UNCERTAIN", "the policy requires liveness; none was assessed")
         return False, True
@@ -226,6 +228,25 @@ def _liveness(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> tuple[bool
         return False, True
     reasons.add("LIVENESS_PASSED", f"liveness score {lv.score:.3f}")
     return False, False
+
+
+_LIVENESS_RANK = {
+    LivenessDecision.ATTACK: 0,
+    LivenessDecision.UNCERTAIN: 1,
+    LivenessDecision.LIVE: 2,
+}
+
+
+def _least_live(ev: Evidence) -> Liveness | None:
+    """The burst is as live as its least live face frame: the face used and every other
+    frame checked (`Evidence.burst_liveness`); None (not assessed) ranks with uncertain.
+    Ties go to the lower score, so the answer does not depend on the frames' order."""
+    frames = (ev.face_liveness, *ev.burst_liveness)
+    assessed = [lv for lv in frames if lv is not None]
+    worst = min(assessed, key=lambda lv: (_LIVENESS_RANK[lv.decision], lv.score), default=None)
+    if worst is not None and (worst.decision is LivenessDecision.ATTACK or None not in frames):
+        return worst
+    return None
 
 
 def _fraud_signals(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> bool:
@@ -247,7 +268,11 @@ def _fraud_signals(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> bool:
             f"{policy.min_travel_seconds:.0f}s travel time",
         )
         fired = True
-    if policy.track_presence and ev.direction is not Direction.UNSPECIFIED:
+    if policy.track_presence and ev.direction is Direction.UNSPECIFIED:
+        if last.direction == Direction.ENTRY:
+            reasons.add("DIRECTION_UNSPECIFIED_WHILE_PRESENT")
+            fired = True
+    elif policy.track_presence:
         if ev.direction is Direction.ENTRY and last.direction == Direction.ENTRY:
             reasons.add("ENTRY_WITHOUT_EXIT")
             fired = True

@@ -108,6 +108,26 @@ class SightingRow:
     at: float
 
 
+class SightingMoved(Exception):
+    """`put_decision(seen=...)`: the plate's last sighting is no longer the one the decision
+    was made from (another decision for the plate was recorded meanwhile). Nothing was
+    stored; decide again from `last` and retry."""
+
+    def __init__(self, last: SightingRow | None) -> None:
+        super().__init__("the plate's last sighting moved")
+        self.last = last
+
+
+class _Unchecked:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHECKED"
+
+
+UNCHECKED: Any = _Unchecked()  # put_decision(seen=UNCHECKED): the sighting is not checked
+
+
 def template_aad(label: int, identity_id: str, model: str) -> bytes:
     return f"recognizer.template.v1|{label}|{identity_id}|{model}".encode()
 
