@@ -388,6 +388,270 @@ CASES: list[tuple[str, Evidence, dict, Outcome, set[str], set[str]]] = [
 ]
 
 
+# Issue 26: the boundaries and policy fields a mutant could move unseen.
+ENTRY_SEEN = Sighting("G-1", "entry", NOW - 3600)
+EXIT_SEEN = Sighting("G-1", "exit", NOW - 3600)
+SMALL = {"amount_minor": 500}
+CASES += [
+    (
+        "a PLATE binding pays on the plate alone at a small amount",
+        evidence(payer(EXACT, None, PLATE_ONLY), **SMALL, **NO_FACE),
+        {},
+        ALLOW,
+        {"PLATE_ONLY_TIER", "PLATE_EXACT_MATCH"},
+        {"FACE_REQUIRED"},
+    ),
+    (
+        "a PLATE_AND_FACE binding never pays on the plate alone, however small the amount",
+        evidence(payer(EXACT, None, binding(Factors.PLATE_AND_FACE)), **SMALL, **NO_FACE),
+        {},
+        STEP_UP,
+        {"FACE_REQUIRED", "BINDING_FACTORS_MISSING"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "a PLATE_AND_FACE binding with the face at a small amount: the full target applies",
+        evidence(payer(EXACT, 0.75, binding(Factors.PLATE_AND_FACE)), **SMALL),
+        {},
+        ALLOW,
+        {"FACE_MATCH", "PLATE_EXACT_MATCH"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "a FACE binding never pays on the plate alone at a small amount",
+        evidence(payer(EXACT, None, FACE_ONLY), **SMALL, **NO_FACE),
+        {},
+        STEP_UP,
+        {"FACE_REQUIRED", "BINDING_FACTORS_MISSING"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "amount 0 where the policy has no plate-only tier: the face is required",
+        evidence(payer(EXACT, None, PLATE_ONLY), amount_minor=0, **NO_FACE),
+        {"plate_only_max_minor": 0},
+        STEP_UP,
+        {"FACE_REQUIRED"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "the amount at the plate-only ceiling is within the tier",
+        evidence(payer(EXACT, None, PLATE_ONLY), amount_minor=1000, **NO_FACE),
+        {},
+        ALLOW,
+        {"PLATE_ONLY_TIER"},
+        set(),
+    ),
+    (
+        "one minor unit above the plate-only ceiling needs the face",
+        evidence(payer(EXACT, None, PLATE_ONLY), amount_minor=1001, **NO_FACE),
+        {},
+        STEP_UP,
+        {"FACE_REQUIRED"},
+        {"PLATE_ONLY_TIER"},
+    ),
+    (
+        "the amount at a binding's ceiling is within it",
+        evidence(payer(EXACT, 0.75, binding(Factors.PLATE_AND_FACE, 5000))),
+        {},
+        ALLOW,
+        set(),
+        {"AMOUNT_ABOVE_CEILING"},
+    ),
+    (
+        "one minor unit above a binding's ceiling is not",
+        evidence(payer(EXACT, 0.75, binding(Factors.PLATE_AND_FACE, 4999))),
+        {},
+        STEP_UP,
+        {"AMOUNT_ABOVE_CEILING"},
+        set(),
+    ),
+    (
+        "the first binding whose factors match pays, not merely the first within its ceiling",
+        evidence(payer(NO, 0.9, binding(Factors.PLATE_AND_FACE), FACE_ONLY)),
+        {"target_far": 1e-2},
+        ALLOW,
+        {"FACE_MATCH"},
+        {"BINDING_FACTORS_MISSING"},
+    ),
+    (
+        "a face scoring exactly the threshold matches (a FACE binding pays)",
+        evidence(payer(EXACT, THRESHOLD, FACE_ONLY)),
+        {"target_far": 0.5, "step_up_far": 0.5},
+        ALLOW,
+        {"FACE_MATCH"},
+        {"FACE_BELOW_THRESHOLD"},
+    ),
+    (
+        "a face just below the threshold does not",
+        evidence(payer(EXACT, THRESHOLD - 1e-6, FACE_ONLY)),
+        {"target_far": 0.5, "step_up_far": 0.5},
+        STEP_UP,
+        {"FACE_BELOW_THRESHOLD", "BINDING_FACTORS_MISSING"},
+        {"FACE_MATCH"},
+    ),
+    (
+        "exit after an entry is the ordinary way out",
+        evidence(payer(), direction=Direction.EXIT, last_sighting=ENTRY_SEEN),
+        {},
+        ALLOW,
+        set(),
+        {"EXIT_WITHOUT_ENTRY", "ENTRY_WITHOUT_EXIT"},
+    ),
+    (
+        "entry after an exit is the ordinary way in",
+        evidence(payer(), direction=Direction.ENTRY, last_sighting=EXIT_SEEN),
+        {},
+        ALLOW,
+        set(),
+        {"EXIT_WITHOUT_ENTRY", "ENTRY_WITHOUT_EXIT"},
+    ),
+    (
+        "exit twice",
+        evidence(payer(), direction=Direction.EXIT, last_sighting=EXIT_SEEN),
+        {},
+        STEP_UP,
+        {"EXIT_WITHOUT_ENTRY"},
+        set(),
+    ),
+    (
+        "no direction while the plate has an open entry steps up",
+        evidence(payer(), last_sighting=ENTRY_SEEN),
+        {},
+        STEP_UP,
+        {"DIRECTION_UNSPECIFIED_WHILE_PRESENT"},
+        {"ENTRY_WITHOUT_EXIT"},
+    ),
+    (
+        "no direction after an exit is as before",
+        evidence(payer(), last_sighting=EXIT_SEEN),
+        {},
+        ALLOW,
+        set(),
+        {"DIRECTION_UNSPECIFIED_WHILE_PRESENT"},
+    ),
+    (
+        "no direction while present where presence is not tracked",
+        evidence(payer(), last_sighting=ENTRY_SEEN),
+        {"track_presence": False},
+        ALLOW,
+        set(),
+        {"DIRECTION_UNSPECIFIED_WHILE_PRESENT"},
+    ),
+    (
+        "entry twice where presence is not tracked",
+        evidence(payer(), direction=Direction.ENTRY, last_sighting=ENTRY_SEEN),
+        {"track_presence": False},
+        ALLOW,
+        set(),
+        {"ENTRY_WITHOUT_EXIT"},
+    ),
+    (
+        "exit with no entry where presence is not tracked",
+        evidence(payer(), direction=Direction.EXIT),
+        {"track_presence": False},
+        ALLOW,
+        set(),
+        {"EXIT_WITHOUT_ENTRY"},
+    ),
+    (
+        "the same plate at another gate after exactly the travel time is no clone",
+        evidence(payer(), last_sighting=Sighting("G-2", "exit", NOW - 120)),
+        {},
+        ALLOW,
+        set(),
+        {"PLATE_CLONE_SUSPECTED"},
+    ),
+    (
+        "a site's longer travel time makes the same gap a clone suspect",
+        evidence(payer(), last_sighting=Sighting("G-2", "exit", NOW - 120)),
+        {"min_travel_seconds": 121},
+        STEP_UP,
+        {"PLATE_CLONE_SUSPECTED"},
+        set(),
+    ),
+    (
+        "the same gate soon after is no clone",
+        evidence(payer(), last_sighting=Sighting("G-1", "exit", NOW - 5)),
+        {},
+        ALLOW,
+        set(),
+        {"PLATE_CLONE_SUSPECTED"},
+    ),
+    (
+        "a direction the policy does not allow is denied",
+        evidence(payer(), direction=Direction.EXIT),
+        {"directions": ("entry",)},
+        DENY,
+        {"DIRECTION_NOT_ALLOWED"},
+        set(),
+    ),
+    (
+        "a soft signal with fused evidence against the payer is a DENY, not a STEP_UP",
+        evidence(payer(NO, 0.1, FACE_ONLY), last_sighting=Sighting("G-2", "exit", NOW - 5)),
+        {},
+        DENY,
+        {"PLATE_CLONE_SUSPECTED"},
+        set(),
+    ),
+    (
+        "liveness required: a print among the burst's other frames is denied",
+        evidence(payer(), face_liveness=LIVE_FACE, burst_liveness=(LIVE_FACE, ATTACK_FACE)),
+        LIVENESS_ON,
+        DENY,
+        {"PRESENTATION_ATTACK_SUSPECTED"},
+        {"LIVENESS_PASSED"},
+    ),
+    (
+        "liveness required: an uncertain frame in the burst steps up",
+        evidence(payer(), face_liveness=LIVE_FACE, burst_liveness=(UNCERTAIN_FACE,)),
+        LIVENESS_ON,
+        STEP_UP,
+        {"LIVENESS_UNCERTAIN"},
+        {"LIVENESS_PASSED"},
+    ),
+    (
+        "liveness required: a frame no stage assessed steps up, an attack beside it denies",
+        evidence(payer(), face_liveness=None, burst_liveness=(LIVE_FACE,)),
+        LIVENESS_ON,
+        STEP_UP,
+        {"LIVENESS_UNCERTAIN"},
+        {"LIVENESS_PASSED"},
+    ),
+    (
+        "liveness required: an attack beside an unassessed frame is denied",
+        evidence(payer(), face_liveness=None, burst_liveness=(ATTACK_FACE,)),
+        LIVENESS_ON,
+        DENY,
+        {"PRESENTATION_ATTACK_SUSPECTED"},
+        set(),
+    ),
+    (
+        "liveness required: a burst of live frames pays",
+        evidence(payer(), face_liveness=LIVE_FACE, burst_liveness=(LIVE_FACE, LIVE_FACE)),
+        LIVENESS_ON,
+        ALLOW,
+        {"LIVENESS_PASSED"},
+        set(),
+    ),
+    (
+        "liveness off: a print in the burst changes nothing",
+        evidence(payer(), face_liveness=LIVE_FACE, burst_liveness=(ATTACK_FACE,)),
+        {},
+        ALLOW,
+        set(),
+        {"PRESENTATION_ATTACK_SUSPECTED"},
+    ),
+    (
+        "liveness required from exactly this amount",
+        evidence(payer(), face_liveness=ATTACK_FACE, amount_minor=5000),
+        {**LIVENESS_ON, "liveness_min_amount_minor": 5000},
+        DENY,
+        {"PRESENTATION_ATTACK_SUSPECTED"},
+        set(),
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("ev", "changes", "outcome", "present", "absent"),
     [c[1:] for c in CASES],
@@ -463,3 +727,111 @@ def test_a_burst_counts_each_face_frame_as_a_try() -> None:
     assert fars[2] == pytest.approx(
         decide(evidence(as_templates), policy, FUSION).fusion.estimated_far
     )
+
+
+# --- issue 26: equality boundaries and the policy's own figures -------------------------------
+
+
+def _far(ev: Evidence, policy: GatePolicy = POLICY) -> float:
+    return decide(ev, policy, FUSION).fusion.estimated_far
+
+
+def test_a_far_exactly_at_the_target_allows_and_just_above_it_does_not() -> None:
+    ev = evidence(payer(EXACT, 0.5))
+    far = _far(ev)
+    assert 1e-9 < far < 1e-2
+    at = dataclasses.replace(POLICY, target_far=far, step_up_far=max(far, 1e-2))
+    assert decide(ev, at, FUSION).outcome is ALLOW
+    below = dataclasses.replace(at, target_far=math.nextafter(far, 0.0))
+    verdict = decide(ev, below, FUSION)
+    assert verdict.outcome is STEP_UP
+    assert "FAR_ABOVE_TARGET" in {r.code for r in verdict.reasons}
+
+
+def test_the_plate_only_target_is_the_policys_own() -> None:
+    ev = evidence(payer(EXACT, None, PLATE_ONLY), amount_minor=500, **NO_FACE)
+    far = _far(ev)
+    at = dataclasses.replace(POLICY, plate_only_target_far=far)
+    verdict = decide(ev, at, FUSION)
+    assert verdict.outcome is ALLOW and "PLATE_ONLY_TIER" in {r.code for r in verdict.reasons}
+    below = dataclasses.replace(POLICY, plate_only_target_far=math.nextafter(far, 0.0))
+    assert decide(ev, below, FUSION).outcome is not ALLOW
+    # The plate-only target never applies above the tier: there the full target does.
+    loose = dataclasses.replace(POLICY, target_far=0.5, step_up_far=0.5)
+    over = dataclasses.replace(ev, amount_minor=1001)
+    assert decide(over, loose, FUSION).outcome is STEP_UP  # FACE_REQUIRED, not the target
+
+
+def test_the_step_up_bar_is_the_policys_own_and_inclusive() -> None:
+    ev = evidence(payer(EXACT, 0.4))
+    far = _far(ev)
+    strict = dataclasses.replace(POLICY, target_far=far / 10, step_up_far=far)
+    assert decide(ev, strict, FUSION).outcome is STEP_UP
+    stricter = dataclasses.replace(strict, step_up_far=math.nextafter(far, 0.0))
+    assert decide(ev, stricter, FUSION).outcome is DENY
+    # A soft signal with evidence for the payer steps up whatever the step-up bar.
+    inside = dataclasses.replace(ev, direction=Direction.ENTRY, last_sighting=ENTRY_SEEN)
+    assert decide(inside, stricter, FUSION).outcome is STEP_UP
+
+
+def test_the_clone_prior_reaches_the_fusion() -> None:
+    ev = evidence(payer())
+    fused = decide(ev, dataclasses.replace(POLICY, clone_prior=0.2), FUSION).fusion
+    assert fused == FUSION.fuse(EXACT, 0.75, searched=0, clone_prior=0.2, templates=1)
+    assert fused.plate_llr < decide(ev, POLICY, FUSION).fusion.plate_llr
+
+
+def test_the_fused_payer_counts_templates_times_frames_and_the_searched() -> None:
+    p = dataclasses.replace(payer(NO, 0.6, FACE_ONLY, searched=7), templates=3, frames=2)
+    verdict = decide(evidence(p), POLICY, FUSION)
+    assert verdict.fusion == FUSION.fuse(NO, 0.6, searched=7, clone_prior=None, templates=6)
+    assert verdict.face_score == 0.6 and verdict.identity_id == "payer"
+
+
+def test_the_payer_with_the_strongest_evidence_pays_and_ties_go_by_id() -> None:
+    weak, strong = payer(EXACT, 0.4, pid="a"), payer(EXACT, 0.8, pid="b")
+    for order in ((weak, strong), (strong, weak)):
+        assert decide(evidence(*order), POLICY, FUSION).identity_id == "b"
+    twins = (payer(EXACT, 0.7, pid="x"), payer(EXACT, 0.7, pid="y"))
+    assert decide(evidence(*twins), POLICY, FUSION).identity_id == "y"
+    assert decide(evidence(*reversed(twins)), POLICY, FUSION).identity_id == "y"
+
+
+def test_an_unknown_vehicle_is_fused_as_what_was_read() -> None:
+    read = decide(evidence(), POLICY, FUSION)
+    assert read.outcome is DENY and read.identity_id == "" and read.payment_ref == ""
+    assert read.fusion == FUSION.fuse(NO, None, clone_prior=None)
+    unread = decide(
+        evidence(plate_read=False), dataclasses.replace(POLICY, clone_prior=0.3), FUSION
+    )
+    assert unread.fusion == FUSION.fuse(ABSENT, None, clone_prior=0.3)
+    assert unread.face_score is None
+
+
+def test_the_liveness_reason_names_the_least_live_frames_score() -> None:
+    ev = evidence(
+        payer(),
+        face_liveness=LIVE_FACE,
+        burst_liveness=(Liveness(0.2, LivenessDecision.ATTACK), ATTACK_FACE),
+    )
+    verdict = decide(ev, dataclasses.replace(POLICY, require_liveness=True), FUSION)
+    (attack,) = [r for r in verdict.reasons if r.code == "PRESENTATION_ATTACK_SUSPECTED"]
+    assert "0.020" in attack.message
+    unsure = dataclasses.replace(
+        ev, burst_liveness=(Liveness(0.5, LivenessDecision.UNCERTAIN), UNCERTAIN_FACE)
+    )
+    verdict = decide(unsure, dataclasses.replace(POLICY, require_liveness=True), FUSION)
+    (doubt,) = [r for r in verdict.reasons if r.code == "LIVENESS_UNCERTAIN"]
+    assert "0.450" in doubt.message
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_the_liveness_verdict_does_not_depend_on_the_frames_order(order: tuple) -> None:
+    frames = (LIVE_FACE, ATTACK_FACE, UNCERTAIN_FACE)
+    first, *rest = (frames[i] for i in order)
+    ev = evidence(payer(), face_liveness=first, burst_liveness=tuple(rest))
+    verdict = decide(ev, dataclasses.replace(POLICY, require_liveness=True), FUSION)
+    assert verdict.outcome is DENY
+    assert [r.code for r in verdict.reasons if "LIVENESS" in r.code or "ATTACK" in r.code] == [
+        "PRESENTATION_ATTACK_SUSPECTED"
+    ]
