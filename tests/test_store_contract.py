@@ -148,7 +148,7 @@ def test_a_decision_made_from_a_sighting_that_moved_is_not_stored(store: Store) 
 
     assert store.put_decision(row(1), sighting=(plate, "G", "entry", 1.0), seen=None) == row(1)
     stood = store.last_sighting(plate)
-    assert stood == SightingRow(plate, "G", "entry", 1.0)
+    assert stood == SightingRow(plate, "G", "entry", 1.0, "entry")
     with pytest.raises(SightingMoved) as moved:
         store.put_decision(row(2), sighting=(plate, "G", "entry", 2.0), seen=None)
     assert moved.value.last == stood
@@ -159,7 +159,12 @@ def test_a_decision_made_from_a_sighting_that_moved_is_not_stored(store: Store) 
     assert store.put_decision(row(1), sighting=(plate, "G", "exit", 3.0), seen=None) == row(1)
     # Without `seen` nothing is checked, as before.
     store.put_decision(row(4), sighting=(plate, "G", "exit", 4.0))
-    assert store.last_sighting(plate) == SightingRow(plate, "G", "exit", 4.0)
+    assert store.last_sighting(plate) == SightingRow(plate, "G", "exit", 4.0, "exit")
+    # A sighting without a direction is the last one, and presence is still the last named.
+    store.put_decision(row(5), sighting=(plate, "G", "unspecified", 5.0))
+    assert store.last_sighting(plate) == SightingRow(plate, "G", "unspecified", 5.0, "exit")
+    store.put_decision(row(6), sighting=("京A00006", "G", "unspecified", 6.0))
+    assert store.last_sighting("京A00006") == SightingRow("京A00006", "G", "unspecified", 6.0, "")
 
 
 def test_a_change_and_its_audit_record_commit_together(store: Store) -> None:

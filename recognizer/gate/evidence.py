@@ -172,7 +172,7 @@ class Gathered:
         """This evidence with the plate's last sighting as it stands now (another decision
         for the plate was recorded since it was read); nothing else is asked again."""
         self.state.last = last
-        sighting = Sighting(last.gate_id, last.direction, last.at) if last else None
+        sighting = Sighting(last.gate_id, last.direction, last.at, last.presence) if last else None
         evidence = dataclasses.replace(self.evidence, last_sighting=sighting)
         return dataclasses.replace(self, evidence=evidence)
 
@@ -481,7 +481,9 @@ class EvidenceGatherer:
             face_threshold=threshold,
             payers=tuple(payers),
             face_elsewhere=face_elsewhere,
-            last_sighting=Sighting(last.gate_id, last.direction, last.at) if last else None,
+            last_sighting=Sighting(last.gate_id, last.direction, last.at, last.presence)
+            if last
+            else None,
             face_liveness=probe.liveness if probe is not None else None,
             burst_liveness=tuple(
                 ff.face.liveness

@@ -268,15 +268,18 @@ def _fraud_signals(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> bool:
             f"{policy.min_travel_seconds:.0f}s travel time",
         )
         fired = True
+    # Presence follows the last sighting that named a direction: an event without one in
+    # between neither ends an entry nor starts one.
+    was = last.direction if last.presence is None else last.presence
     if policy.track_presence and ev.direction is Direction.UNSPECIFIED:
-        if last.direction == Direction.ENTRY:
+        if was == Direction.ENTRY:
             reasons.add("DIRECTION_UNSPECIFIED_WHILE_PRESENT")
             fired = True
     elif policy.track_presence:
-        if ev.direction is Direction.ENTRY and last.direction == Direction.ENTRY:
+        if ev.direction is Direction.ENTRY and was == Direction.ENTRY:
             reasons.add("ENTRY_WITHOUT_EXIT")
             fired = True
-        if ev.direction is Direction.EXIT and last.direction == Direction.EXIT:
+        if ev.direction is Direction.EXIT and was == Direction.EXIT:
             reasons.add("EXIT_WITHOUT_ENTRY")
             fired = True
     return fired

@@ -94,6 +94,7 @@ class Sighting:
     gate_id: str
     direction: str
     at: float  # server time
+    presence: str | None = None  # the last direction named ("" none); None: `direction`
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,9 @@ class SightingRow:
     gate_id: str
     direction: str
     at: float
+    # The direction of the plate's last sighting that named one ("" when none did): an event
+    # without a direction is seen for clone checks, and does not end a presence.
+    presence: str = ""
 
 
 class SightingMoved(Exception):

@@ -723,9 +723,10 @@ class SqlStore:
     @staticmethod
     def _last_sighting(c: Connection, plate: str) -> SightingRow | None:
         r = c.execute(
-            "SELECT plate, gate_id, direction, at FROM sightings WHERE plate = ?"
-            " ORDER BY at DESC LIMIT 1",
-            (plate,),
+            "SELECT plate, gate_id, direction, at, COALESCE((SELECT d.direction FROM sightings d"
+            " WHERE d.plate = ? AND d.direction <> 'unspecified' ORDER BY d.at DESC LIMIT 1), '')"
+            " FROM sightings WHERE plate = ? ORDER BY at DESC LIMIT 1",
+            (plate, plate),
         ).fetchone()
         return SightingRow(*r) if r else None
 
