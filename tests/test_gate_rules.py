@@ -713,9 +713,18 @@ def test_rules_table(
     assert codes <= set(REASONS)
     # Only an ALLOW or a STEP_UP names the binding to charge; a DENY never does.
     assert bool(verdict.payment_ref) == (outcome is not DENY)
+    target = policy.plate_only_target_far if "PLATE_ONLY_TIER" in codes else policy.target_far
     if outcome is ALLOW:
-        target = policy.plate_only_target_far if "PLATE_ONLY_TIER" in codes else policy.target_far
         assert verdict.fusion.estimated_far <= target
+    # What is reported follows from the evidence and the outcome, in every case.
+    assert ("PLATE_NOT_FOUND" in codes) == (ev.vehicle_sent and not ev.plate_read)
+    assert ("FACE_NOT_FOUND" in codes) == (ev.face_sent and not ev.face_found)
+    if ev.payers and "NO_PAYMENT_BINDING" not in codes:
+        above = outcome is not ALLOW and verdict.fusion.estimated_far > target
+        assert ("FAR_ABOVE_TARGET" in codes) == above, codes
+    for r in verdict.reasons:
+        if r.code not in DYNAMIC_MESSAGES:
+            assert r.message == REASONS[r.code], r
 
 
 def test_every_outcome_and_reason_is_reached() -> None:
@@ -771,6 +780,101 @@ def test_a_burst_counts_each_face_frame_as_a_try() -> None:
     assert fars[2] == pytest.approx(
         decide(evidence(as_templates), policy, FUSION).fusion.estimated_far
     )
+
+
+# Reasons whose message names the figures of the event (test_reason_messages pins them).
+DYNAMIC_MESSAGES = {
+    "FACE_1N_ESTIMATE",
+    "DIRECTION_NOT_ALLOWED",
+    "FAR_ABOVE_TARGET",
+    "BINDING_FACTORS_MISSING",
+    "LIVENESS_UNCERTAIN",
+    "LIVENESS_PASSED",
+    "PRESENTATION_ATTACK_SUSPECTED",
+    "PLATE_CLONE_SUSPECTED",
+    "EXIT_WITHOUT_ENTRY",
+}
+
+
+def _messages(ev: Evidence, **changes: object) -> dict[str, str]:
+    verdict = decide(ev, dataclasses.replace(POLICY, **changes), FUSION)
+    return {r.code: r.message for r in verdict.reasons}
+
+
+def test_reason_messages_name_the_events_figures() -> None:
+    searched = _messages(evidence(payer(NO, 0.9, searched=50)))
+    assert searched["FACE_1N_ESTIMATE"] == (
+        "the estimated FAR is the 1:N rate over 50 identities searched"
+    )
+    assert searched["BINDING_FACTORS_MISSING"] == "binding b-plate_and_face needs plate_and_face"
+    far = decide(evidence(payer(NO, 0.9, searched=50)), POLICY, FUSION).fusion.estimated_far
+    assert searched["FAR_ABOVE_TARGET"] == f"estimated FAR {far:.2e} > target 1e-05"
+    way = _messages(evidence(payer(), direction=Direction.EXIT), directions=("entry",))
+    assert way["DIRECTION_NOT_ALLOWED"] == "gate policy p does not allow it"
+    live = {"require_liveness": True}
+    assert _messages(evidence(payer(), face_liveness=None), **live)["LIVENESS_UNCERTAIN"] == (
+        "the policy requires liveness; none was assessed"
+    )
+    unsure = _messages(evidence(payer(), face_liveness=UNCERTAIN_FACE), **live)
+    assert unsure["LIVENESS_UNCERTAIN"] == "liveness score 0.450 is uncertain"
+    passed = _messages(evidence(payer(), face_liveness=LIVE_FACE), **live)
+    assert passed["LIVENESS_PASSED"] == "liveness score 0.930"
+    attack = _messages(evidence(payer(), face_liveness=ATTACK_FACE), **live)
+    assert attack["PRESENTATION_ATTACK_SUSPECTED"] == (
+        "liveness score 0.020: the face looks like a presentation attack"
+    )
+    clone = _messages(evidence(payer(), last_sighting=Sighting("G-2", "exit", NOW - 5)))
+    assert clone["PLATE_CLONE_SUSPECTED"] == (
+        "the plate was at gate G-2 5s ago, closer than the 120s travel time"
+    )
+    orphan = _messages(evidence(payer(), direction=Direction.EXIT))
+    assert orphan["EXIT_WITHOUT_ENTRY"] == "no entry recorded for this plate"
+    twice = _messages(evidence(payer(), direction=Direction.EXIT, last_sighting=EXIT_SEEN))
+    assert twice["EXIT_WITHOUT_ENTRY"] == REASONS["EXIT_WITHOUT_ENTRY"]
+
+
+def test_a_face_that_is_someone_elses_denies_even_the_plate_only_tier() -> None:
+    ev = evidence(payer(EXACT, 0.29, PLATE_ONLY), amount_minor=500, face_elsewhere=True)
+    site = dataclasses.replace(POLICY, plate_only_target_far=0.2)
+    verdict = decide(ev, site, FUSION)
+    assert verdict.outcome is DENY and not verdict.payment_ref
+    assert {"FACE_NOT_AMONG_PAYERS", "PLATE_ONLY_TIER"} <= {r.code for r in verdict.reasons}
+    alone = decide(dataclasses.replace(ev, face_elsewhere=False), site, FUSION)
+    assert alone.outcome is ALLOW  # the counterfactual: the face below the bar, no one's
+
+
+def test_a_payer_without_a_binding_is_named_and_not_charged() -> None:
+    p = Payer("payer", EXACT, 0.75, 0, ())
+    verdict = decide(evidence(p), POLICY, FUSION)
+    assert verdict.outcome is DENY and verdict.identity_id == "payer"
+    assert verdict.payment_ref == "" and verdict.face_score is None
+    assert verdict.fusion == FUSION.fuse(EXACT, 0.75, searched=0, clone_prior=None, templates=1)
+
+
+def test_a_soft_signal_steps_up_only_while_the_fused_llr_is_above_zero() -> None:
+    clone = Sighting("G-2", "exit", NOW - 5)
+    # Fused LLR 0.5 (far above every FAR bar): evidence for the payer, so the driver confirms.
+    score = FUSION.face_llr.inverse(0.5 - FUSION.plate.llr(NO, None))
+    ev = evidence(payer(NO, score, FACE_ONLY), last_sighting=clone)
+    strict = dataclasses.replace(POLICY, step_up_far=POLICY.target_far)
+    verdict = decide(ev, strict, FUSION)
+    assert verdict.fusion.fused_llr == pytest.approx(0.5)
+    assert verdict.fusion.estimated_far > strict.step_up_far and verdict.outcome is STEP_UP
+    # Fused LLR exactly 0 (no plate, no face): nothing for the payer, so DENY.
+    nothing = evidence(
+        payer(ABSENT, None, PLATE_ONLY), plate_read=False, vehicle_sent=False, **NO_FACE
+    )
+    verdict = decide(nothing, POLICY, FUSION)
+    assert verdict.fusion.fused_llr == 0.0 and verdict.outcome is DENY
+    assert "FACE_REQUIRED" in {r.code for r in verdict.reasons}
+
+
+def test_a_soft_signal_at_exactly_the_target_is_not_reported_above_it() -> None:
+    ev = evidence(payer(), direction=Direction.ENTRY, last_sighting=ENTRY_SEEN)
+    far = _far(ev)
+    at = dataclasses.replace(POLICY, target_far=far, step_up_far=max(far, 1e-2))
+    codes = {r.code for r in decide(ev, at, FUSION).reasons}
+    assert "ENTRY_WITHOUT_EXIT" in codes and "FAR_ABOVE_TARGET" not in codes
 
 
 # --- issue 26: equality boundaries and the policy's own figures -------------------------------
@@ -842,9 +946,10 @@ def test_the_payer_with_the_strongest_evidence_pays_and_ties_go_by_id() -> None:
 
 
 def test_an_unknown_vehicle_is_fused_as_what_was_read() -> None:
-    read = decide(evidence(), POLICY, FUSION)
+    site = dataclasses.replace(POLICY, clone_prior=0.3)
+    read = decide(evidence(), site, FUSION)
     assert read.outcome is DENY and read.identity_id == "" and read.payment_ref == ""
-    assert read.fusion == FUSION.fuse(NO, None, clone_prior=None)
+    assert read.fusion == FUSION.fuse(NO, None, clone_prior=0.3) != FUSION.fuse(NO, None)
     unread = decide(
         evidence(plate_read=False), dataclasses.replace(POLICY, clone_prior=0.3), FUSION
     )

@@ -105,7 +105,10 @@ def test_currency_codes(code: str, ok: bool) -> None:
         ({"directions": ("entry", "sideways")}, "unknown directions ['sideways']"),
         ({"default_direction": "exit", "directions": ("entry",)}, "default_direction must be"),
         ({"default_direction": "up"}, "default_direction must be"),
-        ({"currency": "XXX"}, "currency 'XXX' is not an ISO 4217 code"),
+        (
+            {"currency": "XXX"},
+            "currency 'XXX' is not an ISO 4217 code of money (three capitals; not XXX or XTS)",
+        ),
         ({"currency": "cny"}, "currency 'cny' is not an ISO 4217 code"),
     ],
 )
