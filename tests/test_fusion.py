@@ -370,3 +370,47 @@ def test_far_sums_the_plate_categories_and_takes_the_clone_prior_asked() -> None
     assert m.far(0.5, plate_present=False, face_present=False) == 0.0
     assert m.far(-0.5, plate_present=False, face_present=False) == 1.0
     assert m.far(-100.0) <= 1.0
+
+
+def test_the_chi2_quantile_is_within_one_percent() -> None:
+    from recognizer.fusion import Z95, _chi2_quantile
+
+    # Chi-square quantiles (k = 20, 50; 5% and 95%), from the tables.
+    for p_z, k, table in ((-Z95, 20, 10.851), (-Z95, 50, 34.764), (Z95, 50, 67.505)):
+        assert _chi2_quantile(p_z, k) == pytest.approx(table, rel=0.01), (p_z, k)
+
+
+def test_the_fitted_tail_beyond_the_data_by_hand() -> None:
+    from recognizer.fusion import Z95, _chi2_quantile
+
+    scores = np.arange(1, 41) * 0.01  # n = 40
+    tail = ImpostorTail.fit({"g": scores}, min_tail_count=10)
+    assert tail(0.31) == pytest.approx(10 / 40) and not tail.extrapolated(0.31)
+    u = 0.30  # the 10 top scores exceed it
+    excess = float(np.sum(scores[30:])) - 10 * u
+    lam = (10 / excess) * _chi2_quantile(-Z95, 20) / 20
+    assert tail(0.45) == pytest.approx((10 / 40) * math.exp(-lam * (0.45 - u)), rel=1e-9)
+    assert tail.extrapolated(0.45)
+    # The margin multiplies, and the estimate never exceeds 1.
+    wide = ImpostorTail.fit({"g": scores}, min_tail_count=10, margin=1.7)
+    assert wide(0.45) == pytest.approx(1.7 * tail(0.45)) and wide(-1.0) == 1.0
+
+
+def test_a_group_needs_more_scores_than_the_tail_count() -> None:
+    rng = np.random.default_rng(5)
+    tail = ImpostorTail.fit({"small": rng.normal(0, 0.1, 25), "big": rng.normal(0, 0.1, 26)})
+    assert set(tail.groups) == {"big"}
+    with pytest.raises(ValueError) as err:
+        ImpostorTail.fit({"small": rng.normal(0, 0.1, 25)})
+    assert str(err.value) == "no group holds more than 25 impostor scores"
+
+
+def test_far_of_a_1n_search_sums_the_plate_categories() -> None:
+    m = model()
+    imp = m.plate.impostor()
+    for t in (-2.0, 0.0, 3.0):
+        expected = sum(
+            imp[c] * one_to_n(max(m._face_tail_llr(t - m.plate.llr(c)), m.face_tail.floor), 5 * 2)
+            for c in imp
+        )
+        assert m.far(t, searched=5, templates=2) == pytest.approx(expected, rel=1e-12), t
