@@ -3,6 +3,10 @@
 Policies come from the config file (`[[policies]]` with `gates = ["P1-*", ...]` glob patterns);
 the first match wins, and an unknown gate gets the safe default: face and plate for any amount.
 
+A policy also says which direction an event must name (`require_direction`, or a single
+allowed direction; `default_direction` fills an UNSPECIFIED one in) and the one `currency` its
+amounts are in (an ISO 4217 code; default CNY).
+
 Plate-only payment (amounts up to `plate_only_max_minor`, on a PLATE binding) is a site's
 accepted risk: `plate_only_target_far` is the false-accept probability the site accepts for
 small amounts, and `clone_prior` is the site's estimate of how often an impostor vehicle
@@ -23,6 +27,20 @@ from typing import Any
 # The face floor shipped (see GatePolicy.face_floor_fmr): chosen by `bench fusion`'s
 # worst-case impostors (README "Threat model").
 FACE_FLOOR_FMR: float | None = 1e-4
+DIRECTIONS = ("entry", "exit")
+# ISO 4217 codes that name no money a gate can charge: "no currency" and the testing code.
+NOT_MONEY = frozenset({"XXX", "XTS"})
+
+
+def is_currency_code(code: str) -> bool:
+    """Shaped like an ISO 4217 alphabetic code (three ASCII capitals) that names money."""
+    return (
+        len(code) == 3
+        and code.isascii()
+        and code.isalpha()
+        and code.isupper()
+        and (code not in NOT_MONEY)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +68,11 @@ class GatePolicy:
     # false-match rate is at most this (a targeted attacker brings the payer's cloned plate
     # and the face most like the payer's). None: no floor beyond the fused target.
     face_floor_fmr: float | None = FACE_FLOOR_FMR
+    # An event without a direction is INVALID_ARGUMENT where the policy requires one (this, or
+    # a single allowed direction), unless `default_direction` ("entry" or "exit") fills it in.
+    require_direction: bool = False
+    default_direction: str = ""
+    currency: str = "CNY"  # amounts are in this ISO 4217 currency; a request's "" means it
 
     def __post_init__(self) -> None:
         for name in ("target_far", "plate_only_target_far", "step_up_far"):
@@ -68,15 +91,34 @@ class GatePolicy:
             raise ValueError(f"policy {self.policy_id}: face_floor_fmr must be within (0, 1)")
         if self.clone_prior is not None and not 0.0 <= self.clone_prior < 1.0:
             raise ValueError(f"policy {self.policy_id}: clone_prior must be within [0, 1)")
-        unknown = set(self.directions) - {"entry", "exit"}
+        unknown = set(self.directions) - set(DIRECTIONS)
         if unknown:
             raise ValueError(f"policy {self.policy_id}: unknown directions {sorted(unknown)}")
+        if self.default_direction and self.default_direction not in self.directions:
+            raise ValueError(
+                f"policy {self.policy_id}: default_direction must be one of {self.directions}"
+            )
+        if not is_currency_code(self.currency):
+            raise ValueError(
+                f"policy {self.policy_id}: currency {self.currency!r} is not an ISO 4217 code "
+                "of money (three capitals; not XXX or XTS)"
+            )
 
     def matches(self, gate_id: str) -> bool:
         return any(fnmatch.fnmatchcase(gate_id, pattern) for pattern in self.gates)
 
     def liveness_required(self, amount_minor: int) -> bool:
         return self.require_liveness and amount_minor >= self.liveness_min_amount_minor
+
+    def plate_only_allows(self, amount_minor: int) -> bool:
+        """The amount is within the plate-only tier; a ceiling of 0 means no tier at all (the
+        face is required for every amount, 0 included)."""
+        return self.plate_only_max_minor > 0 and amount_minor <= self.plate_only_max_minor
+
+    @property
+    def needs_direction(self) -> bool:
+        """An event must say which way it goes (or take `default_direction`)."""
+        return self.require_direction or len(self.directions) == 1
 
 
 SAFE_DEFAULT = GatePolicy(policy_id="default-safe", plate_only_max_minor=0)

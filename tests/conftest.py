@@ -29,9 +29,36 @@ STRICT_ENV = "RECOGNIZER_TESTS_STRICT"
 
 def missing(what: str) -> NoReturn:
     """Skip for want of `what` (a model, sample data, a font); fail instead under CI."""
-    if os.environ.get(STRICT_ENV) == "1":
+    if _strict():
         pytest.fail(f"missing in CI ({STRICT_ENV}=1): {what}", pytrace=False)
     pytest.skip(what)
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_ENV) == "1"
+
+
+def _fail_a_skip(report: Any) -> None:
+    """Under CI a skip is a failure that says what was skipped and why: `missing`, a direct
+    `pytest.skip`, `importorskip`, a skip marker or a module skipped at collection alike."""
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI ({STRICT_ENV}=1), which allows no skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    if _strict():
+        _fail_a_skip(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    if _strict():
+        _fail_a_skip(outcome.get_result())  # type: ignore[attr-defined]
 
 
 def dataset(*parts: str) -> Path:

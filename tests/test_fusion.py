@@ -220,3 +220,197 @@ def test_several_templates_give_an_impostor_several_tries() -> None:
     assert m.threshold_for(1e-3, templates=3) > m.threshold_for(1e-3)
     n1 = m.fuse(PlateEvidence.ABSENT, 0.3, searched=10, templates=3).estimated_far
     assert n1 == pytest.approx(m.fuse(PlateEvidence.ABSENT, 0.3, searched=30).estimated_far)
+
+
+# --- issue 26: what a mutant of fusion.py could move unseen ----------------------------------
+
+
+def _balanced_gradient(genuine: np.ndarray, impostor: np.ndarray, slope: float, offset: float):  # type: ignore[no-untyped-def]
+    """The prior-balanced logistic loss's gradient at (slope, offset), written out anew."""
+    total = np.zeros(2)
+    for scores, label in ((genuine, 1.0), (impostor, 0.0)):
+        p = 1.0 / (1.0 + np.exp(-(slope * scores + offset)))
+        r = (label - p) * (0.5 / len(scores))
+        total += np.array([np.sum(r * scores), np.sum(r)])
+    return total
+
+
+def test_the_llr_fit_is_a_stationary_point_whatever_the_class_sizes() -> None:
+    """The classes weigh equally: 2,000 genuine and 20,000 impostor scores give the LLR that
+    equal counts give (the same slope and offset), and the fit is converged, not stopped
+    early (the balanced loss's gradient vanishes there)."""
+    rng = np.random.default_rng(7)
+    gen = rng.normal(0.3, 0.1, 2_000)
+    imp = rng.normal(0.0, 0.1, 20_000)
+    fit = fit_linear_llr(gen, imp)
+    grad = _balanced_gradient(gen, imp, fit.slope, fit.offset)
+    assert np.abs(grad).max() < 1e-9, grad
+    assert fit.slope == pytest.approx(30.0, rel=0.06)
+    assert fit.offset == pytest.approx(-4.5, rel=0.08)
+    swapped = fit_linear_llr(imp + 0.3, gen + 0.3)  # the same shapes, the sizes swapped
+    assert (
+        np.abs(_balanced_gradient(imp + 0.3, gen + 0.3, swapped.slope, swapped.offset)).max() < 1e-9
+    )
+
+
+def test_one_to_n_edges() -> None:
+    assert one_to_n(0.1, 0) == 0.1 and one_to_n(0.1, 1) == 0.1
+    assert one_to_n(0.0, 50) == 0.0 and one_to_n(1.0, 50) == 1.0
+    assert one_to_n(0.1, 2) == pytest.approx(0.19)
+
+
+def test_the_face_llr_is_clipped_both_ways() -> None:
+    m = model()
+    clip = m.face_llr_clip
+    assert m.face(-5.0) == -clip and m.face(5.0) == clip
+    assert -clip < m.face(0.15) < clip and m.face(None) == 0.0
+    # The impostor tail in LLR terms: certain below the clip, impossible above it.
+    assert m._face_tail_llr(-clip) == 1.0 and m._face_tail_llr(-clip - 1.0) == 1.0
+    assert 0.0 < m._face_tail_llr(clip) < 1e-3 and m._face_tail_llr(clip + 1e-9) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"face_present": False}, {"plate_present": False}, {"searched": 20}, {"templates": 3}],
+)
+def test_threshold_for_meets_the_target_under_each_setting(kw: dict) -> None:
+    m = model()
+    t = m.threshold_for(1e-2, **kw)
+    assert m.far(t, **kw) <= 1e-2 < m.far(t - 1e-3, **kw)
+    if kw:
+        assert t != pytest.approx(m.threshold_for(1e-2), abs=1e-6)
+
+
+def test_a_saved_model_has_the_shipped_files_fields() -> None:
+    shipped = json.loads((MODELS / "fusion_default.json").read_text(encoding="utf-8"))
+    fresh = model().to_json()
+    assert set(fresh) == set(shipped)
+    assert set(fresh["face_tail"]) == set(shipped["face_tail"])
+    assert fresh["face_tail"]["kind"] == shipped["face_tail"]["kind"]
+    assert fresh["face_llr_clip"] == FusionModel.from_json(shipped).face_llr_clip == 25.0
+
+
+def _custom_model() -> FusionModel:
+    rng = np.random.default_rng(11)
+    tail = ImpostorTail.fit(
+        {"a": rng.normal(0.0, 0.1, 400), "b": rng.normal(0.05, 0.1, 300)},
+        min_tail_count=13,
+        margin=1.7,
+    )
+    fit = fit_linear_llr(rng.normal(0.3, 0.1, 500), rng.normal(0.0, 0.1, 500))
+    plate = PlateModel(PLATE.genuine, PLATE.misread, clone_prior=0.07)
+    return FusionModel(fit, tail, plate, face_llr_clip=12.5, meta={"made": "test"})
+
+
+def test_a_model_round_trips_with_every_field_off_its_default(tmp_path: Path) -> None:
+    m = _custom_model()
+    path = tmp_path / "fusion.json"
+    m.save(path)
+    assert json.loads(path.read_text(encoding="utf-8")) == m.to_json()
+    back = FusionModel.load(path)
+    assert back.face_llr == m.face_llr and back.plate == m.plate
+    assert back.face_tail.groups == m.face_tail.groups
+    assert (back.face_tail.min_tail_count, back.face_tail.margin) == (13, 1.7)
+    assert back.face_llr_clip == 12.5 and back.meta == {"made": "test"}
+    # A file without the optional fields takes their defaults.
+    bare = m.to_json()
+    del bare["face_llr_clip"], bare["meta"]
+    del bare["plate"]["clone_prior"]  # type: ignore[attr-defined]
+    old = FusionModel.from_json(bare)
+    assert old.face_llr_clip == 25.0 and old.meta == {} and old.plate.clone_prior == 0.05
+
+
+def test_one_array_is_one_group_with_the_default_tail_count() -> None:
+    tail = ImpostorTail.fit(np.random.default_rng(3).normal(0.0, 0.1, 100))
+    assert set(tail.groups) == {"all"} and tail.min_tail_count == 25 and tail.margin == 1.0
+
+
+def test_release_0_1_files_pooled_tail_and_impostor_rates() -> None:
+    scores = [float(v) for v in np.linspace(-0.3, 0.3, 30)]
+    assert ImpostorTail.from_json({"scores": scores}).min_tail_count == 10
+    assert ImpostorTail.from_json({"scores": scores, "min_tail_count": 50}).min_tail_count == 29
+    assert ImpostorTail.from_json({"scores": scores, "min_tail_count": 0}).min_tail_count == 1
+    legacy = {"genuine": PLATE.genuine, "impostor": {"exact": 0.12, "candidate": 0.03}}
+    with_rate = FusionModel.from_json(
+        {
+            "face_llr": {"slope": 30.0, "offset": -4.5},
+            "face_tail": {"scores": scores},
+            "plate": legacy,
+            "meta": {"clone_rate": 0.1},
+        }
+    ).plate
+    assert with_rate == PlateModel(PLATE.genuine, {"exact": 0.12 - 0.1, "candidate": 0.03}, 0.1)
+    without = FusionModel.from_json(
+        {
+            "face_llr": {"slope": 30.0, "offset": -4.5},
+            "face_tail": {"scores": scores},
+            "plate": legacy,
+        }
+    ).plate
+    assert without == PlateModel(PLATE.genuine, {"exact": 0.12 - 0.05, "candidate": 0.03}, 0.05)
+
+
+def test_a_plate_model_refuses_a_clone_prior_of_one() -> None:
+    assert PlateModel(PLATE.genuine, PLATE.misread, 0.0).clone_prior == 0.0
+    with pytest.raises(ValueError) as err:
+        PlateModel(PLATE.genuine, PLATE.misread, 1.0)
+    assert str(err.value) == "clone_prior must be within [0, 1), got 1.0"
+
+
+def test_far_sums_the_plate_categories_and_takes_the_clone_prior_asked() -> None:
+    m = model()
+    for q in (None, 0.3):
+        imp = m.plate.impostor(q)
+        for t in (-2.0, 0.0, 3.0, 6.0):
+            expected = sum(imp[c] * m._face_tail_llr(t - m.plate.llr(c, q)) for c in imp)
+            assert m.far(t, clone_prior=q) == pytest.approx(expected, rel=1e-12), (q, t)
+    assert m.far(3.0, clone_prior=0.3) != m.far(3.0)
+    # No plate: the face alone; no face either: nothing beats a positive threshold.
+    assert m.far(2.0, plate_present=False) == m._face_tail_llr(2.0)
+    assert m.far(0.5, plate_present=False, face_present=False) == 0.0
+    assert m.far(-0.5, plate_present=False, face_present=False) == 1.0
+    assert m.far(-100.0) <= 1.0
+
+
+def test_the_chi2_quantile_is_within_one_percent() -> None:
+    from recognizer.fusion import Z95, _chi2_quantile
+
+    # Chi-square quantiles (k = 20, 50; 5% and 95%), from the tables.
+    for p_z, k, table in ((-Z95, 20, 10.851), (-Z95, 50, 34.764), (Z95, 50, 67.505)):
+        assert _chi2_quantile(p_z, k) == pytest.approx(table, rel=0.01), (p_z, k)
+
+
+def test_the_fitted_tail_beyond_the_data_by_hand() -> None:
+    from recognizer.fusion import Z95, _chi2_quantile
+
+    scores = np.arange(1, 41) * 0.01  # n = 40
+    tail = ImpostorTail.fit({"g": scores}, min_tail_count=10)
+    assert tail(0.31) == pytest.approx(10 / 40) and not tail.extrapolated(0.31)
+    u = 0.30  # the 10 top scores exceed it
+    excess = float(np.sum(scores[30:])) - 10 * u
+    lam = (10 / excess) * _chi2_quantile(-Z95, 20) / 20
+    assert tail(0.45) == pytest.approx((10 / 40) * math.exp(-lam * (0.45 - u)), rel=1e-9)
+    assert tail.extrapolated(0.45)
+    # The margin multiplies, and the estimate never exceeds 1.
+    wide = ImpostorTail.fit({"g": scores}, min_tail_count=10, margin=1.7)
+    assert wide(0.45) == pytest.approx(1.7 * tail(0.45)) and wide(-1.0) == 1.0
+
+
+def test_a_group_needs_more_scores_than_the_tail_count() -> None:
+    rng = np.random.default_rng(5)
+    tail = ImpostorTail.fit({"small": rng.normal(0, 0.1, 25), "big": rng.normal(0, 0.1, 26)})
+    assert set(tail.groups) == {"big"}
+    with pytest.raises(ValueError) as err:
+        ImpostorTail.fit({"small": rng.normal(0, 0.1, 25)})
+    assert str(err.value) == "no group holds more than 25 impostor scores"
+
+
+def test_far_of_a_1n_search_sums_the_plate_categories() -> None:
+    m = model()
+    imp = m.plate.impostor()
+    for t in (-2.0, 0.0, 3.0):
+        expected = sum(
+            imp[c] * one_to_n(max(m._face_tail_llr(t - m.plate.llr(c)), m.face_tail.floor), 5 * 2)
+            for c in imp
+        )
+        assert m.far(t, searched=5, templates=2) == pytest.approx(expected, rel=1e-12), t

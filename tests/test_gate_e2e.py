@@ -23,6 +23,7 @@ from recognizer.v1 import gate_pb2, identity_pb2
 from tests import helpers
 from tests.conftest import client_for, loaded_server, missing
 from tests.helpers import lfw_face as face
+from tests.test_image_intake import violation
 
 POLICY = {
     "policy_id": "test-gates",
@@ -198,7 +199,7 @@ def test_bad_requests_are_invalid_argument(c: Client, fields: dict, field: str) 
     with pytest.raises(grpc.RpcError) as err:
         c.gate.Authorize(gate_pb2.AuthorizeRequest(**base), metadata=c.metadata)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-    assert field in err.value.details() or field == "vehicle_image"
+    assert violation(err.value)[1] == field, err.value.details()
 
 
 def test_gate_role_may_authorize_but_not_enrol(server: RunningServer) -> None:
@@ -235,5 +236,6 @@ def test_each_enrolled_face_is_one_more_try_for_an_impostor(
         assert r.identity_id == identity_id
         expected = fusion.far(r.fused_llr, templates=k)
         assert r.estimated_far == pytest.approx(expected, rel=1e-6), k
-    if two.face_llr == pytest.approx(one.face_llr):  # the new photo did not score higher
-        assert two.estimated_far > one.estimated_far
+    # Whatever the new photo scored, the same evidence counts one try more than it did with
+    # one photo enrolled.
+    assert two.estimated_far > fusion.far(two.fused_llr, templates=1)

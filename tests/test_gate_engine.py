@@ -34,7 +34,7 @@ class FakeGatherer:
         self.release.set()
         self.entered = threading.Event()
 
-    def gather(self, event: GateEvent, now: float) -> Gathered:
+    def gather(self, event: GateEvent, now: float, liveness: bool = False) -> Gathered:
         self.calls += 1
         self.entered.set()
         self.release.wait(10)

@@ -224,10 +224,15 @@ def test_a_face_found_1n_is_judged_by_the_1n_rate(c: Client) -> None:
 
 
 def test_a_stranger_without_a_plate_is_never_allowed(c: Client) -> None:
-    payer(c, "Gerhard_Schroeder", [], FACE)
+    identity_id = payer(c, "Gerhard_Schroeder", [], FACE)
+    # The counterfactual: the payer's own face without a plate is found 1:N (so the 1:N path
+    # is live and the payer is in the gallery), and the stranger's below is not.
+    own = call(c, request(face_image=face("Gerhard_Schroeder", 2)))
+    assert own.identity_id == identity_id and "FACE_IDENTIFIED_AMONG_PAYERS" in codes(own)
     for k in range(3):
         r = call(c, request(face_image=face("Ariel_Sharon", k)))
-        assert r.outcome != ALLOW, codes(r)
+        assert r.outcome == DENY and not r.identity_id and not r.payment_ref, codes(r)
+        assert "UNKNOWN_VEHICLE" in codes(r), codes(r)
 
 
 # --- 4. plate text is a plate ---------------------------------------------------------------

@@ -209,6 +209,22 @@ def test_one_event_sent_to_both_nodes_at_once_is_decided_once(
     assert far.outcome != gate_pb2.OUTCOME_ALLOW
 
 
+def test_simultaneous_entries_of_one_car_through_both_nodes_allow_once(
+    a: Client, b: Client
+) -> None:
+    """Issue 26: eight entries of one car at once, spread over the two nodes, at a gate that
+    tracks presence (the safe default does): exactly one ALLOW, as eight in turn give. The
+    plate's presence is locked across nodes while it is read and the decision recorded."""
+    from tests.test_gate_attacks_e2e import CARS_AT_ONCE, simultaneous_entries
+
+    for round_ in range(3):
+        plate = f"京R{round_:02d}{uuid.uuid4().int % 1000:03d}"
+        make_payer(a, "Colin_Powell", [plate])
+        outcomes = simultaneous_entries([a, b], "G-race", plate, "Colin_Powell")
+        assert outcomes.count(gate_pb2.OUTCOME_ALLOW) == 1, outcomes
+        assert outcomes.count(gate_pb2.OUTCOME_STEP_UP) == CARS_AT_ONCE - 1, outcomes
+
+
 def test_a_lagging_replica_stops_serving_1n_until_it_catches_up(
     cluster: Cluster, a: Client, b: Client
 ) -> None:

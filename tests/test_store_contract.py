@@ -16,7 +16,7 @@ from recognizer.errors import AlreadyExists, NotFound
 from recognizer.store.crypto import AesGcmCipher
 from recognizer.store.ports import Store
 from recognizer.store.postgres import PostgresStore
-from recognizer.store.rows import AuditEntry, DecisionRow
+from recognizer.store.rows import AuditEntry, DecisionRow, SightingMoved, SightingRow
 from recognizer.store.sqlite import SqliteStore
 
 MODEL = "contract-model"
@@ -135,6 +135,36 @@ def test_decisions_are_stored_once_and_carry_their_sighting(store: Store) -> Non
     store.put_decision(DecisionRow("d3", "G", "E2", "deny", b"3", created_at=50.0))
     assert next(d.decision_id for d in store.list_decisions(gate_id="G")) == "d1"
     assert store.purge_decisions(60.0) == 1 and store.purge_sightings(150.0) == 1
+
+
+def test_a_decision_made_from_a_sighting_that_moved_is_not_stored(store: Store) -> None:
+    """Issue 26: `seen` is the plate's last sighting the decision was made from. When another
+    decision for the plate was recorded since, nothing is stored and SightingMoved carries
+    the sighting that stands; a decision made from it is then stored."""
+    plate = "京A54321"
+
+    def row(n: int) -> DecisionRow:
+        return DecisionRow(f"d{n}", "G", f"E{n}", "allow", b"x", created_at=float(n))
+
+    assert store.put_decision(row(1), sighting=(plate, "G", "entry", 1.0), seen=None) == row(1)
+    stood = store.last_sighting(plate)
+    assert stood == SightingRow(plate, "G", "entry", 1.0, "entry")
+    with pytest.raises(SightingMoved) as moved:
+        store.put_decision(row(2), sighting=(plate, "G", "entry", 2.0), seen=None)
+    assert moved.value.last == stood
+    assert store.get_decision("G", "E2") is None and store.last_sighting(plate) == stood
+    assert store.put_decision(row(2), sighting=(plate, "G", "entry", 2.0), seen=stood) == row(2)
+    # The same event already stored (another node decided it): its row stands, moved or not.
+    assert store.put_decision(row(2), sighting=(plate, "G", "exit", 3.0), seen=stood) == row(2)
+    assert store.put_decision(row(1), sighting=(plate, "G", "exit", 3.0), seen=None) == row(1)
+    # Without `seen` nothing is checked, as before.
+    store.put_decision(row(4), sighting=(plate, "G", "exit", 4.0))
+    assert store.last_sighting(plate) == SightingRow(plate, "G", "exit", 4.0, "exit")
+    # A sighting without a direction is the last one, and presence is still the last named.
+    store.put_decision(row(5), sighting=(plate, "G", "unspecified", 5.0))
+    assert store.last_sighting(plate) == SightingRow(plate, "G", "unspecified", 5.0, "exit")
+    store.put_decision(row(6), sighting=("京A00006", "G", "unspecified", 6.0))
+    assert store.last_sighting("京A00006") == SightingRow("京A00006", "G", "unspecified", 6.0, "")
 
 
 def test_a_change_and_its_audit_record_commit_together(store: Store) -> None:

@@ -25,7 +25,7 @@ from recognizer import accounting, deadline
 from recognizer.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 from recognizer.fusion import FusionModel, PlateEvidence
 from recognizer.gate import rules
-from recognizer.gate.evidence import EvidenceGatherer
+from recognizer.gate.evidence import EvidenceGatherer, Gathered
 from recognizer.gate.inputs import frame_field
 from recognizer.gate.types import (
     Authorized,
@@ -34,10 +34,11 @@ from recognizer.gate.types import (
     GateEvent,
     GateRequest,
     Outcome,
+    Verdict,
 )
-from recognizer.policy import PolicySet
+from recognizer.policy import GatePolicy, PolicySet, is_currency_code
 from recognizer.store.ports import Decisions
-from recognizer.store.rows import DecisionRow
+from recognizer.store.rows import UNCHECKED, DecisionRow, SightingMoved
 
 Decode = Callable[[bytes, str], np.ndarray]
 ParsePlate = Callable[[str, str], str]  # (text, field) -> normalised plate, or InvalidArgument
@@ -113,21 +114,62 @@ class GateEngine:
 
     def _decide_and_record(self, request: GateRequest, digest: str) -> Authorized:
         now = self._clock()
-        event = self._event(request, now)
-        policy = self.policies.for_gate(event.gate_id)
+        policy = self.policies.for_gate(request.inputs.gate_id)
+        event = self._event(request, now, policy)
         # One pass: the fast path, decide, and complete only if the decision could improve.
-        gathered = self.evidence.gather(event, now)
+        liveness = policy.liveness_required(event.amount_minor)
+        gathered, verdict = self._verdict(self.evidence.gather(event, now, liveness), policy)
+        while True:
+            decision, payload = self._record(gathered, verdict, policy, now)
+            read = gathered.read
+            sighting = (read.text, event.gate_id, event.direction.value, now) if read else None
+            try:
+                # A caller who has gone (or whose time cannot hold the write) gets nothing
+                # stored. The plate is locked while its last sighting is checked and this
+                # event's recorded: N simultaneous events of one plate decide as N in turn.
+                with deadline.stage("gate.store"):
+                    row = self.store.put_decision(
+                        gate_id=event.gate_id,
+                        event_id=event.event_id,
+                        decision_id=decision.decision_id,
+                        identity_id=decision.identity_id,
+                        outcome=decision.outcome.value,
+                        payload=payload,
+                        inputs=request.inputs.record(),
+                        input_digest=digest,
+                        created_at=now,
+                        sighting=sighting,
+                        seen=gathered.last_seen if sighting else UNCHECKED,
+                    )
+                break
+            except SightingMoved as moved:
+                # Another decision for the plate was recorded since its sighting was read:
+                # decide again from the sighting that stands (the rules are pure and cheap).
+                gathered, verdict = self._verdict(gathered.with_last(moved.last), policy)
+        # Another process may have stored the event first: its decision stands, if it was
+        # made from the same inputs.
+        row = _same_event(row, digest)
+        return Authorized(row.payload, row.decision_id != decision.decision_id)
+
+    def _verdict(self, gathered: Gathered, policy: GatePolicy) -> tuple[Gathered, Verdict]:
+        """Decide; complete a pending glimpse and decide again only if that could improve."""
         verdict = rules.decide(gathered.evidence, policy, self.fusion)
         if gathered.can_improve and verdict.outcome is not Outcome.ALLOW:
             gathered = self.evidence.complete(gathered)
             verdict = rules.decide(gathered.evidence, policy, self.fusion)
-        evidence, read, probe = gathered.evidence, gathered.read, gathered.probe
+        return gathered, verdict
+
+    def _record(
+        self, gathered: Gathered, verdict: Verdict, policy: GatePolicy, now: float
+    ) -> tuple[Decision, bytes]:
+        """The decision record and its stored bytes (the API's response)."""
+        evidence = gathered.evidence
         decision = Decision(
             outcome=verdict.outcome,
             identity_id=verdict.identity_id,
             payment_ref=verdict.payment_ref,
-            plate=read,
-            face=probe,
+            plate=gathered.read,
+            face=gathered.probe,
             face_score=verdict.face_score,
             fusion=verdict.fusion,
             reasons=verdict.reasons,
@@ -137,30 +179,13 @@ class GateEngine:
             face_frame=evidence.face_frame,
             vehicle_frames_read=evidence.vehicle_frames_read,
         )
-        payload = self._encode(decision)
-        sighting = (read.text, event.gate_id, event.direction.value, now) if read else None
-        # A caller who has gone (or whose time cannot hold the write) gets nothing stored.
-        with deadline.stage("gate.store"):
-            row = self.store.put_decision(
-                gate_id=event.gate_id,
-                event_id=event.event_id,
-                decision_id=decision.decision_id,
-                identity_id=decision.identity_id,
-                outcome=decision.outcome.value,
-                payload=payload,
-                inputs=request.inputs.record(),
-                input_digest=digest,
-                created_at=now,
-                sighting=sighting,
-            )
-        # Another process may have stored the event first: its decision stands, if it was
-        # made from the same inputs.
-        row = _same_event(row, digest)
-        return Authorized(row.payload, row.decision_id != decision.decision_id)
+        return decision, self._encode(decision)
 
-    def _event(self, request: GateRequest, now: float) -> GateEvent:
+    def _event(self, request: GateRequest, now: float, policy: GatePolicy) -> GateEvent:
         """Validate and decode, cheapest checks first."""
         inputs = request.inputs
+        direction = _direction(inputs.direction, policy)
+        currency = _currency(inputs.currency, policy)
         if inputs.observed_at_ns:
             skew = inputs.observed_at_ns / 1e9 - now
             if abs(skew) > self.max_clock_skew_s:
@@ -192,8 +217,8 @@ class GateEngine:
             plate_text=plate_text,
             face_images=face,
             amount_minor=inputs.amount_minor,
-            currency=inputs.currency,
-            direction=Direction(inputs.direction),
+            currency=currency,
+            direction=direction,
         )
 
     def _decode_all(
@@ -220,6 +245,41 @@ class GateEngine:
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self.evidence.close()
+
+
+def _direction(sent: str, policy: GatePolicy) -> Direction:
+    """The event's direction: as sent, or the policy's default for an UNSPECIFIED one, which
+    a policy that needs a direction and names no default refuses."""
+    direction = Direction(sent)
+    if direction is not Direction.UNSPECIFIED:
+        return direction
+    if policy.default_direction:
+        return Direction(policy.default_direction)
+    if policy.needs_direction:
+        raise InvalidArgument(
+            f"gate policy {policy.policy_id} needs a direction ({' or '.join(policy.directions)})",
+            field="direction",
+            reason="DIRECTION_REQUIRED",
+        )
+    return direction
+
+
+def _currency(sent: str, policy: GatePolicy) -> str:
+    """The policy's one currency: sent as its ISO 4217 code, or left empty (it is then the
+    policy's, as clients before currencies were checked sent it)."""
+    if not sent or sent == policy.currency:
+        return policy.currency
+    if not is_currency_code(sent):
+        raise InvalidArgument(
+            f"currency {sent!r} is not an ISO 4217 code of money (three capital letters)",
+            field="currency",
+            reason="NOT_ISO_4217",
+        )
+    raise InvalidArgument(
+        f"gate policy {policy.policy_id} charges in {policy.currency}, not {sent}",
+        field="currency",
+        reason="CURRENCY_NOT_ACCEPTED",
+    )
 
 
 def _reused(gate_id: str, event_id: str) -> AlreadyExists:

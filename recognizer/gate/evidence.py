@@ -210,6 +210,19 @@ class Gathered:
     can_improve: bool
     state: _State = field(repr=False, compare=False)
 
+    @property
+    def last_seen(self) -> SightingRow | None:
+        """The read plate's last sighting as the store answered when gathering."""
+        return self.state.last
+
+    def with_last(self, last: SightingRow | None) -> Gathered:
+        """This evidence with the plate's last sighting as it stands now (another decision
+        for the plate was recorded since it was read); nothing else is asked again."""
+        self.state.last = last
+        sighting = Sighting(last.gate_id, last.direction, last.at, last.presence) if last else None
+        evidence = dataclasses.replace(self.evidence, last_sighting=sighting)
+        return dataclasses.replace(self, evidence=evidence)
+
 
 class EvidenceGatherer:
     def __init__(
@@ -326,6 +339,13 @@ class EvidenceGatherer:
         _, found, used = max(full, key=lambda t: t[0])
         return used, found, pending
 
+    def _complete_all(
+        self, analysed: tuple[FrameFace, ...], glimpses: tuple[Glimpse, ...]
+    ) -> tuple[tuple[FrameFace, ...], tuple[Glimpse, ...]]:
+        """Every face frame analysed in full (liveness included), in frame order."""
+        done = [self.identity.faces.complete(g) for g in glimpses]
+        return tuple(sorted((*analysed, *done), key=lambda ff: ff.frame)), ()
+
     def _complete_glimpse(self, st: _State, glimpse: Glimpse) -> FrameFace:
         done: FrameFace = self.identity.faces.complete(glimpse)
         seen = st.seen
@@ -403,10 +423,13 @@ class EvidenceGatherer:
 
     # --- the whole event ----------------------------------------------------------------------
 
-    def gather(self, event: GateEvent, now: float) -> Gathered:
+    def gather(self, event: GateEvent, now: float, liveness: bool = False) -> Gathered:
         """The event's evidence on the fast path: a burst's best glimpse is not completed
         when the first frame was analysed in full (`complete` does that, if the decision
-        could improve). Every frame is still checked to show the same person.
+        could improve). Every frame is still checked to show the same person. When the
+        policy requires `liveness`, every glimpse is completed at once instead, so that each
+        face frame's liveness is assessed (any attack vetoes) and the frame used does not
+        depend on the frames' order.
 
         Store reads, each once per event: the plates' holders with their bindings (one query
         per batch of texts), the payers' enrolled faces (one), the 1:N search's owners (one
@@ -414,6 +437,8 @@ class EvidenceGatherer:
         bindings and the gallery's size."""
         book = _PlateBook(self.store)
         plates, analysed, glimpses = self._run_branches(event, book)
+        if liveness and glimpses:
+            analysed, glimpses = self._complete_all(analysed, glimpses)
         deadline.check("gate.match")
         names = self._plate_payers(plates.reads, book.holders, self.sure_confidence)
         read, by_plate = names.read, names.evidence
@@ -542,8 +567,15 @@ class EvidenceGatherer:
             face_threshold=threshold,
             payers=tuple(payers),
             face_elsewhere=face_elsewhere,
-            last_sighting=Sighting(last.gate_id, last.direction, last.at) if last else None,
+            last_sighting=Sighting(last.gate_id, last.direction, last.at, last.presence)
+            if last
+            else None,
             face_liveness=probe.liveness if probe is not None else None,
+            burst_liveness=tuple(
+                ff.face.liveness
+                for ff in seen.analysed
+                if used is not None and ff.frame != used.frame
+            ),
             face_frames_agree=used is None or self._frames_agree(seen, used),
             face_frame=used.frame if used is not None else 0,
             vehicle_frames_read=seen.vehicle_frames_read,

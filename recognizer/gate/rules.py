@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from recognizer.face.types import LivenessDecision
+from recognizer.face.types import Liveness, LivenessDecision
 from recognizer.fusion import FusionModel, PlateEvidence
 from recognizer.gate.types import (
     Binding,
@@ -50,9 +50,11 @@ REASONS: dict[str, str] = {
     "PLATE_CLONE_SUSPECTED": "the plate was at another gate closer than the travel time",
     "ENTRY_WITHOUT_EXIT": "the plate entered twice without an exit",
     "EXIT_WITHOUT_ENTRY": "exit without a matching entry",
+    "DIRECTION_UNSPECIFIED_WHILE_PRESENT": "the event names no direction and the plate has an "
+    "open entry at a gate that tracks presence: the driver confirms",
     "FAR_ABOVE_TARGET": "the estimated false-accept probability is above the policy target",
-    "PRESENTATION_ATTACK_SUSPECTED": "the policy requires liveness and the face looks like a "
-    "presentation attack (e.g. a printed photo)",
+    "PRESENTATION_ATTACK_SUSPECTED": "the policy requires liveness and the face (or another "
+    "face frame of the burst) looks like a presentation attack (e.g. a printed photo)",
     "LIVENESS_UNCERTAIN": "the policy requires liveness and the face's liveness is uncertain "
     "(or was not assessed)",
     "LIVENESS_PASSED": "the policy requires liveness and the face passed",
@@ -142,7 +144,7 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
     plate_only = (
         fits
         and binding.factors is Factors.PLATE
-        and ev.amount_minor <= policy.plate_only_max_minor
+        and policy.plate_only_allows(ev.amount_minor)
         and not ev.plate_province_guessed
     )
     # A candidate never pays alone: the plate-only tier needs a sure exact read.
@@ -272,7 +274,7 @@ def _liveness(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> tuple[bool
     """(likely attack, uncertain) when the policy requires liveness for this amount."""
     if not (ev.face_found and policy.liveness_required(ev.amount_minor)):
         return False, False
-    lv = ev.face_liveness
+    lv = _least_live(ev)
     if lv is None:
         reasons.add("LIVENESS_UNCERTAIN", "the policy requires liveness; none was assessed")
         return False, True
@@ -287,6 +289,25 @@ def _liveness(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> tuple[bool
         return False, True
     reasons.add("LIVENESS_PASSED", f"liveness score {lv.score:.3f}")
     return False, False
+
+
+_LIVENESS_RANK = {
+    LivenessDecision.ATTACK: 0,
+    LivenessDecision.UNCERTAIN: 1,
+    LivenessDecision.LIVE: 2,
+}
+
+
+def _least_live(ev: Evidence) -> Liveness | None:
+    """The burst is as live as its least live face frame: the face used and every other
+    frame checked (`Evidence.burst_liveness`); None (not assessed) ranks with uncertain.
+    Ties go to the lower score, so the answer does not depend on the frames' order."""
+    frames = (ev.face_liveness, *ev.burst_liveness)
+    assessed = [lv for lv in frames if lv is not None]
+    worst = min(assessed, key=lambda lv: (_LIVENESS_RANK[lv.decision], lv.score), default=None)
+    if worst is not None and (worst.decision is LivenessDecision.ATTACK or None not in frames):
+        return worst
+    return None
 
 
 def _fraud_signals(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> bool:
@@ -308,11 +329,18 @@ def _fraud_signals(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> bool:
             f"{policy.min_travel_seconds:.0f}s travel time",
         )
         fired = True
-    if policy.track_presence and ev.direction is not Direction.UNSPECIFIED:
-        if ev.direction is Direction.ENTRY and last.direction == Direction.ENTRY:
+    # Presence follows the last sighting that named a direction: an event without one in
+    # between neither ends an entry nor starts one.
+    was = last.direction if last.presence is None else last.presence
+    if policy.track_presence and ev.direction is Direction.UNSPECIFIED:
+        if was == Direction.ENTRY:
+            reasons.add("DIRECTION_UNSPECIFIED_WHILE_PRESENT")
+            fired = True
+    elif policy.track_presence:
+        if ev.direction is Direction.ENTRY and was == Direction.ENTRY:
             reasons.add("ENTRY_WITHOUT_EXIT")
             fired = True
-        if ev.direction is Direction.EXIT and last.direction == Direction.EXIT:
+        if ev.direction is Direction.EXIT and was == Direction.EXIT:
             reasons.add("EXIT_WITHOUT_ENTRY")
             fired = True
     return fired

@@ -98,6 +98,7 @@ class Sighting:
     gate_id: str
     direction: str
     at: float  # server time
+    presence: str | None = None  # the last direction named ("" none); None: `direction`
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,8 @@ class Evidence:
     face_elsewhere: bool  # the face matches an identity outside the plate's payers
     last_sighting: Sighting | None  # of the plate read, before this event
     face_liveness: Liveness | None = None  # of the face found; None: no face or no stage
+    # of the burst's other face frames, each checked when the policy requires liveness
+    burst_liveness: tuple[Liveness | None, ...] = ()
     face_frames_agree: bool = True  # a burst's face frames all show the face used
     face_frame: int = 0  # the face frame used
     vehicle_frames_read: int = 0  # vehicle frames read before the plate was settled

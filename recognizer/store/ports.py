@@ -132,6 +132,7 @@ class Decisions(Protocol):
         row: DecisionRow | None = None,
         /,
         sighting: tuple[str, str, str, float] | None = None,
+        seen: SightingRow | None = ...,
         **fields: Any,
     ) -> DecisionRow: ...
     def list_decisions(

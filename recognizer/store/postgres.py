@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -42,6 +43,10 @@ log = logging.getLogger("recognizer.store.postgres")
 # Advisory lock keys (any two int64s unique to this application).
 _WRITE_LOCK = 0x7265636F6701  # serial write transactions (SqlStore._tx(serial=True))
 _MIGRATE_LOCK = 0x7265636F6702  # one node migrates at a time
+# A plate's presence (SqlStore._lock_plate): the two-int4 key space, which never meets the
+# one-int64 keys above; the plate's hash is the second key (a collision only serialises
+# two plates' decisions).
+_PLATE_LOCK_CLASS = 0x72637031
 
 
 @functools.lru_cache(maxsize=1024)
@@ -251,6 +256,11 @@ class PostgresStore(SqlStore):
         stores nothing."""
         with self._session(tx=True, serial=serial) as c:
             yield c
+
+    def _lock_plate(self, c: Any, plate: str) -> None:
+        digest = hashlib.blake2b(plate.encode("utf-8"), digest_size=4).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        c.execute("SELECT pg_advisory_xact_lock(?, ?)", (_PLATE_LOCK_CLASS, key))
 
     @contextmanager
     def _session(self, tx: bool, serial: bool = False) -> Iterator[_Conn]:

@@ -106,6 +106,29 @@ class SightingRow:
     gate_id: str
     direction: str
     at: float
+    # The direction of the plate's last sighting that named one ("" when none did): an event
+    # without a direction is seen for clone checks, and does not end a presence.
+    presence: str = ""
+
+
+class SightingMoved(Exception):
+    """`put_decision(seen=...)`: the plate's last sighting is no longer the one the decision
+    was made from (another decision for the plate was recorded meanwhile). Nothing was
+    stored; decide again from `last` and retry."""
+
+    def __init__(self, last: SightingRow | None) -> None:
+        super().__init__("the plate's last sighting moved")
+        self.last = last
+
+
+class _Unchecked:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHECKED"
+
+
+UNCHECKED: Any = _Unchecked()  # put_decision(seen=UNCHECKED): the sighting is not checked
 
 
 def template_aad(label: int, identity_id: str, model: str) -> bytes:

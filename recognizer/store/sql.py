@@ -25,6 +25,7 @@ from recognizer.errors import AlreadyExists, InvalidArgument, NotFound
 from recognizer.store import keys
 from recognizer.store.crypto import AesGcmCipher, CipherError, NullCipher, TemplateCipher
 from recognizer.store.rows import (
+    UNCHECKED,
     AuditEntry,
     AuditRow,
     DecisionRow,
@@ -32,6 +33,7 @@ from recognizer.store.rows import (
     IdentityRow,
     PaymentRow,
     PlateHolder,
+    SightingMoved,
     SightingRow,
     TemplateRow,
     open_template,
@@ -621,6 +623,7 @@ class SqlStore:
         row: DecisionRow | None = None,
         /,
         sighting: tuple[str, str, str, float] | None = None,
+        seen: SightingRow | None = UNCHECKED,
         **fields: Any,
     ) -> DecisionRow:
         """Store a decision once per (gate_id, event_id); returns the row that stands.
@@ -629,6 +632,12 @@ class SqlStore:
         row is returned unchanged. Accepts a DecisionRow or its fields as keywords. The plate
         `sighting` (plate, gate_id, direction, at) is recorded in the same transaction, and
         only when this call's decision is the one stored.
+
+        With `seen` (the plate's last sighting the decision was made from), the plate is
+        locked for the transaction and its last sighting read again: when it moved (another
+        decision for the plate was recorded since), nothing is stored and SightingMoved
+        carries the sighting that stands, so the caller decides again. Decisions that read
+        and then write one plate's presence are serialised that way, on every node.
         """
         if row is None:
             if isinstance(fields.get("inputs"), dict):
@@ -638,7 +647,16 @@ class SqlStore:
         if not row.gate_id or not row.event_id:
             raise InvalidArgument("gate_id and event_id are required", field="event_id")
         created = row.created_at or time.time()
+        select = f"SELECT {self._DECISION_COLS} FROM decisions WHERE gate_id = ? AND event_id = ?"
         with self._tx(serial=False) as c:
+            if sighting is not None and seen is not UNCHECKED:
+                self._lock_plate(c, sighting[0])
+                last = self._last_sighting(c, sighting[0])
+                if last != seen:
+                    stored = c.execute(select, (row.gate_id, row.event_id)).fetchone()
+                    if stored is None:
+                        raise SightingMoved(last)
+                    return self._decision(stored)  # another node recorded this very event
             inserted = c.execute(
                 f"INSERT INTO decisions ({self._DECISION_COLS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gate_id, event_id) DO NOTHING",
@@ -656,11 +674,13 @@ class SqlStore:
             ).rowcount
             if inserted and sighting is not None:
                 self._insert_sighting(c, *sighting)
-            r = c.execute(
-                f"SELECT {self._DECISION_COLS} FROM decisions WHERE gate_id = ? AND event_id = ?",
-                (row.gate_id, row.event_id),
-            ).fetchone()
+            r = c.execute(select, (row.gate_id, row.event_id)).fetchone()
         return self._decision(r)
+
+    def _lock_plate(self, c: Connection, plate: str) -> None:
+        """Hold one plate's sightings for the rest of the transaction. A write transaction
+        holds SQLite's one write lock already (BEGIN IMMEDIATE: every process, every thread);
+        PostgreSQL takes an advisory lock per plate."""
 
     def list_decisions(
         self, gate_id: str = "", identity_id: str = "", since: float = 0, limit: int = 100
@@ -698,11 +718,16 @@ class SqlStore:
 
     def last_sighting(self, plate: str) -> SightingRow | None:
         with self._conn() as c:
-            r = c.execute(
-                "SELECT plate, gate_id, direction, at FROM sightings WHERE plate = ?"
-                " ORDER BY at DESC LIMIT 1",
-                (plate,),
-            ).fetchone()
+            return self._last_sighting(c, plate)
+
+    @staticmethod
+    def _last_sighting(c: Connection, plate: str) -> SightingRow | None:
+        r = c.execute(
+            "SELECT plate, gate_id, direction, at, COALESCE((SELECT d.direction FROM sightings d"
+            " WHERE d.plate = ? AND d.direction <> 'unspecified' ORDER BY d.at DESC LIMIT 1), '')"
+            " FROM sightings WHERE plate = ? ORDER BY at DESC LIMIT 1",
+            (plate, plate),
+        ).fetchone()
         return SightingRow(*r) if r else None
 
     def purge_sightings(self, older_than: float) -> int:

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from recognizer.gallery.crypto import AesGcmCipher, NullCipher
-from recognizer.gallery.gallery import Gallery
 from recognizer.gallery.store import SqliteStore
+
+from recognizer.gallery.gallery import Gallery
 
 KEY = bytes(range(32))
 

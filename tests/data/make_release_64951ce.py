@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from recognizer.gallery.crypto import AesGcmCipher, NullCipher
+from recognizer.gallery.store import SCHEMA_VERSION, SqliteStore
 
 import recognizer
-from recognizer.gallery.crypto import AesGcmCipher, NullCipher
 from recognizer.gallery.gallery import Gallery
-from recognizer.gallery.store import SCHEMA_VERSION, SqliteStore
 
 KEY = bytes(range(32))
 
