@@ -242,7 +242,11 @@ class _FakeDetector:
         return (576,)
 
     def detect(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+        keep: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]:
         return self.dets
 
@@ -322,28 +326,59 @@ class _TwoPassDetector(_FakeDetector):
         return (576, 960)
 
     def detect(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+        keep: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]:
         sizes = sizes or self.sizes_for(image_bgr)
         self.passes.append(sizes)
-        return [_det(10)] + ([_det(200)] if 960 in sizes else [])
+        near = list(keep) or [_det(10)]  # the second pass finds the near plate again
+        return near + ([_det(200)] if 960 in sizes else [])
 
 
 @pytest.mark.parametrize(
-    ("enough", "passes", "plates"),
+    ("enough", "p", "passes", "plates"),
     [
-        (None, [(576, 960)], 2),  # ReadPlates: every plate, both passes
-        (lambda reads: True, [(576,)], 1),  # the gate has what it needs from the first
-        (lambda reads: False, [(576,), (576, 960)], 2),  # it does not: the whole frame
+        (None, 0.995, [(576,), (960,)], 2),  # ReadPlates: every plate, both passes
+        (lambda reads: True, 0.9, [(576,)], 1),  # the gate has what it needs from the first
+        (lambda reads: False, 0.9, [(576,), (960,)], 2),  # it does not: the far pass too
+        (lambda reads: False, 0.995, [(576,)], 1),  # ... unless the first read is sure
     ],
 )
 def test_the_far_plate_pass_runs_only_when_the_first_is_not_enough(
-    enough: object, passes: list[tuple[int, ...]], plates: int
+    enough: object, p: float, passes: list[tuple[int, ...]], plates: int
 ) -> None:
     det = _TwoPassDetector()
-    rec = PlateRecognizer(det, _FakeReader("main", ["皖A12345", "京A54321"] * 2), None)
+    reader = _FakeReader("main", ["皖A12345", "京A54321"], p=p)
+    rec = PlateRecognizer(det, reader, None)
     res = rec.read(_blue_frame(), enough=enough)  # type: ignore[arg-type]
     assert det.passes == passes and len(res) == plates
+    assert [r.text for r in res] == ["皖A12345", "京A54321"][:plates]
+    assert reader.calls == plates  # each plate read once: the far pass reads only its own
+
+
+def test_a_text_of_no_pattern_is_no_read() -> None:
+    # A line read twice (a single-row plate split as two rows) is no plate of any pattern.
+    main = _FakeReader("main", ["AO0U0A82M83"])
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), main, None)
+    assert rec.read(_blue_frame()) == []
+    crop = rec.read_crop(_blue_frame())
+    assert (crop.text, crop.candidates, crop.pattern_valid) == ("", (), False)
+    # A text of the generic pattern alone is still returned (and is not pattern_valid).
+    rec2 = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("main", ["D9823"]), None)
+    assert [(r.text, r.pattern_valid) for r in rec2.read(_blue_frame())] == [("D9823", False)]
+
+
+def test_a_nearly_square_plate_is_read_as_one_row_too() -> None:
+    # Yaw foreshortens a single-row plate to a two-row plate's shape: both layouts are read,
+    # and the one that reads as a valid plate wins.
+    square = np.array([[10, 10], [50, 10], [50, 40], [10, 40]], np.float32)
+    det = PlateDetection(np.array([10, 10, 50, 40], np.float32), square, 0.9)
+    main = _FakeReader("main", ["AO0U0A82M83", "川A82M83"])
+    (r,) = PlateRecognizer(_FakeDetector([det]), main, None).read(_blue_frame())
+    assert r.text == "川A82M83"
 
 
 def test_pipeline_alt_reader_used_when_main_invalid() -> None:
@@ -411,16 +446,17 @@ def test_clean_read_keeps_the_plate_alphabet_only() -> None:
 @pytest.mark.parametrize("mode", ["cn", "generic"])
 def test_reads_never_hold_characters_outside_the_plate_alphabet(mode: grammar.Mode) -> None:
     # A real PP-OCR read of a street frame: slashes from a bumper sticker inside the text.
-    rec = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["A02M0//A82M83"]), None)
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["D98//23"]), None)
     rec.mode = mode
     (r,) = rec.read(_blue_frame())
     allowed = set(grammar.plate_alphabet(mode))
-    assert r.text == "A02M0A82M83" and not r.pattern_valid
+    assert r.text == "D9823" and r.pattern_valid == (mode == "generic")
     assert len(r.char_confidences) == len(r.text)
     assert all(set(c.text) <= allowed for c in r.candidates)
-    only_junk = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["//:"]), None)
-    only_junk.mode = mode
-    assert only_junk.read(_blue_frame()) == []
+    for junk in ("//:", "A02M0//A82M83"):  # nothing left; no plate of any pattern (11 chars)
+        only_junk = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", [junk]), None)
+        only_junk.mode = mode
+        assert only_junk.read(_blue_frame()) == []
 
 
 def test_detector_searches_large_frames_at_a_second_size() -> None:

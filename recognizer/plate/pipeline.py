@@ -42,7 +42,11 @@ from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 class Detector(Protocol):
     def sizes_for(self, image_bgr: np.ndarray) -> tuple[int, ...]: ...
     def detect(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+        keep: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]: ...
     def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
 
@@ -77,11 +81,14 @@ def _layouts(aspect: float, plate_bgr: np.ndarray) -> tuple[bool, ...]:
 
     Only yellow plates are two-row, but perspective (or a rotated crop with background
     around it) makes a single-row plate look as narrow as a two-row one, so a narrowish
-    yellow plate is read both ways and the better reading wins (ties go to the first);
-    only a nearly square plate is taken as two-row outright.
+    yellow plate is read both ways and the better reading wins (ties go to the first).
+    A nearly square plate is read as two-row first, and as one row too: a single-row plate
+    turned away from the camera (yaw) is foreshortened to that shape, and its two-row split
+    reads as garbage (the upper halves of its characters, then the lower: 川A82M83 at about
+    60 degrees read as "AO0U0A82M83"), while the single-row warp reads it whole.
     """
     if aspect < SURELY_TWO_ROW_ASPECT:
-        return (True,)
+        return (True, False)
     if aspect < TWO_ROW_MAX_ASPECT and dominant_colour(plate_bgr) == "yellow":
         return (True, False) if aspect < TWO_ROW_CROP_ASPECT else (False, True)
     return (False,)
@@ -197,6 +204,9 @@ def _variants(line: np.ndarray) -> list[np.ndarray]:
 # on synthetic 1280x960 frames with 70-160 px plates (120 frames): exact reads 53 -> 89 and
 # frames with no read 55 -> 20 (1280: 96 and 10, at a larger cost per frame).
 DETECTOR_LARGE_SIZE = 960
+# A read at or above this confidence (a valid plate whose province was seen) ends a gate
+# frame's detector passes: the far-plate pass runs only when the first size found no such read.
+FAR_PASS_SKIP_CONFIDENCE = 0.5
 
 
 class PlateRecognizer:
@@ -441,6 +451,8 @@ class PlateRecognizer:
                 if self.mode == "cn"
                 else PlateType.GENERIC
             )
+            if not self.is_read(ch.text):  # no plate of any pattern: not a read
+                ch = _Choice("", (), (), False, ch.reader, 0.0, False)
             out.append(
                 PlateResult(
                     text=ch.text,
@@ -458,6 +470,12 @@ class PlateRecognizer:
             )
         return out
 
+    def is_read(self, text: str) -> bool:
+        """A text the pipeline may return: a plate of the mode's grammar, or of the generic
+        pattern (a foreign plate, or part of one: counted apart by the bench). Anything else
+        (a reader's garbage, a line read twice) is no read, and is returned as none."""
+        return is_valid(text, self.mode) or is_valid(text, "generic")
+
     # -- public API ------------------------------------------------------------------------
     def read(
         self,
@@ -467,45 +485,70 @@ class PlateRecognizer:
     ) -> list[PlateResult]:
         """Every plate in a frame, in detector order (most confident first); [] if none.
 
-        With `enough`, a frame that gets the second (far-plate) detector pass is first read
-        at the first size alone, and that answer stands when `enough` accepts it: the gate
-        stops once a read names a payer's plate. Otherwise the frame is read whole, as
-        without `enough` (the first size's detections again, through the joint NMS). With
-        `retry`, a frame where nothing was read gets a second detector look (the frame's own
-        size up to 1280 px, weaker boxes; see `PlateDetector.detect_again`), whose reads
-        count only when they are valid plates."""
+        A frame large enough for the second (far-plate) detector size is first read at the
+        first size alone. Without `enough` (ReadPlates: every plate) the second size then
+        runs, its boxes join the first size's in one NMS, and only the plates it alone found
+        are read. With `enough` (the gate), the first size's answer stands when `enough`
+        accepts it (a read names a payer's plate) or when it holds a sure read (`sure_read`:
+        a valid plate whose province was seen, at FAR_PASS_SKIP_CONFIDENCE or more: the car
+        at the gate is read, and far plates are other cars). With `retry`, a frame where
+        nothing was read gets a second detector look (the frame's own size up to 1280 px,
+        weaker boxes; see `PlateDetector.detect_again`), whose reads count only when they are
+        valid plates."""
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
         sizes = self.detector.sizes_for(image_bgr)
-        if enough is not None and len(sizes) > 1:
-            first = self._read_at(image_bgr, sizes[:1], max_candidates)
-            if enough(first):
-                return first
-        found = self._read_at(image_bgr, sizes, max_candidates)
+        with deadline.stage("plate.detect"):
+            dets = self.detector.detect(image_bgr, sizes[:1])
+        reads = self._read_detections(image_bgr, dets, max_candidates)
+        found = self._kept(reads)
+        if len(sizes) > 1 and not (
+            enough is not None and (enough(found) or any(self.sure_read(r) for r in found))
+        ):
+            with deadline.stage("plate.detect"):
+                merged = self.detector.detect(image_bgr, sizes[1:], keep=dets)
+            known = {id(d): r for d, r in zip(dets, reads, strict=True)}
+            new = [d for d in merged if id(d) not in known]
+            more = self._read_detections(image_bgr, new, max_candidates)
+            fresh = dict(zip(map(id, new), more, strict=True))
+            found = self._kept([known.get(id(d)) or fresh[id(d)] for d in merged])
         if found or not self.retry:
             return found
         # Nothing read: a second look (larger, lower threshold; see detect_again). Its weaker
         # boxes count only when they read as a valid plate.
         with deadline.stage("plate.detect"):
             dets = self.detector.detect_again(image_bgr)
-        return [
-            r for r in self._read_detections(image_bgr, dets, max_candidates) if r.pattern_valid
-        ]
+        return [r for r in self._kept(self._read_detections(image_bgr, dets, max_candidates))
+                if r.pattern_valid]  # fmt: skip
 
-    def _read_at(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...], max_candidates: int
-    ) -> list[PlateResult]:
-        assert self.detector is not None
-        with deadline.stage("plate.detect"):
-            dets = self.detector.detect(image_bgr, sizes)
-        return self._read_detections(image_bgr, dets, max_candidates)
+    def sure_read(self, read: PlateResult) -> bool:
+        """A read that more detector passes cannot improve: a valid plate of the mode whose
+        province was seen, at FAR_PASS_SKIP_CONFIDENCE or more."""
+        return (
+            read.pattern_valid
+            and not read.province_guessed
+            and read.confidence >= FAR_PASS_SKIP_CONFIDENCE
+        )
+
+    def _kept(self, reads: Sequence[PlateResult | None]) -> list[PlateResult]:
+        # A detection that reads as nothing is not a plate the caller can use, and a weak
+        # one counts only when its text is a valid plate (the detector was trained on blue
+        # CCPD plates and scores white and black plates low).
+        return [
+            r
+            for r in reads
+            if r is not None
+            and r.text
+            and (r.detector_score >= self.min_unverified_score or r.pattern_valid)
+        ]
 
     def _read_detections(
         self, image_bgr: np.ndarray, dets: Sequence[PlateDetection], max_candidates: int
     ) -> list[PlateResult]:
+        """One result per detection, in order (texts that are no read come back empty)."""
         if not dets:
             return []
-        results = self._results(
+        return self._results(
             [image_bgr] * len(dets),
             [d.box for d in dets],
             [d.corners for d in dets],
@@ -513,14 +556,6 @@ class PlateRecognizer:
             max_candidates,
             warp=True,
         )
-        # A detection that reads as nothing is not a plate the caller can use, and a weak
-        # one counts only when its text is a valid plate (the detector was trained on blue
-        # CCPD plates and scores white and black plates low).
-        return [
-            r
-            for r in results
-            if r.text and (r.detector_score >= self.min_unverified_score or r.pattern_valid)
-        ]
 
     def read_crop(self, crop_bgr: np.ndarray, max_candidates: int = 5) -> PlateResult:
         """Read an already cropped, roughly upright plate (no detector)."""
