@@ -15,7 +15,12 @@ from recognizer.plate import grammar, pipeline
 from recognizer.plate.classify import classify
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import PROVINCES
-from recognizer.plate.pipeline import PROVINCE_SEEN_MIN, PlateRecognizer, combine_province
+from recognizer.plate.pipeline import (
+    PROVINCE_SEEN_MIN,
+    PROVINCE_SURE,
+    PlateRecognizer,
+    combine_province,
+)
 from recognizer.plate.reader import CtcReader, Reading, ctc_greedy, ctc_log_likelihoods
 from recognizer.plate.rectify import split_two_row, warp_plate
 from recognizer.plate.types import PlateResult, PlateType
@@ -397,11 +402,12 @@ def test_pipeline_alt_reader_used_when_main_invalid() -> None:
 def test_pipeline_cross_check_prefers_letters() -> None:
     main = _FakeReader("main", ["皖A59031"])
     alt = _FakeReader("alt", ["皖A59D31"])  # clp sees a D where PP-OCR saw a 0
-    r = PlateRecognizer(None, main, alt).read_crop(_blue_frame())
+    r = PlateRecognizer(None, main, alt, cross_check=True).read_crop(_blue_frame())
     assert r.text == "皖A59D31" and r.candidates[0].text == r.text
     main2 = _FakeReader("main", ["皖AU5031"])
     alt2 = _FakeReader("alt", ["皖A05031"])  # the main reader's letter is kept
-    assert PlateRecognizer(None, main2, alt2).read_crop(_blue_frame()).text == "皖AU5031"
+    rec2 = PlateRecognizer(None, main2, alt2, cross_check=True)
+    assert rec2.read_crop(_blue_frame()).text == "皖AU5031"
 
 
 def test_pipeline_main_likelihood_settles_unclean_reads() -> None:
@@ -489,7 +495,7 @@ def test_combine_province_is_a_weighted_product() -> None:
 
 
 def test_pipeline_province_classifier_redecides_the_first_character() -> None:
-    main = _FakeReader("main", ["皖A12345"])
+    main = _FakeReader("main", ["皖A12345"], first=0.6)  # a province read below PROVINCE_SURE
     cls = _FakeProvince("湘")
     rec = PlateRecognizer(None, main, None, province=cls, province_crop_weight=0.75)  # type: ignore[arg-type]
     r = rec.read_crop(_blue_frame())
@@ -515,6 +521,16 @@ def test_pipeline_province_classifier_redecides_the_first_character() -> None:
     assert frame.read(_blue_frame())[0].text == "湘A12345"
     gen = PlateRecognizer(None, _FakeReader("m", ["AB1234"]), None, mode="generic", province=cls)  # type: ignore[arg-type]
     assert gen.read_crop(_blue_frame()).text == "AB1234"
+
+
+def test_a_sure_province_is_not_put_to_the_classifier() -> None:
+    cls = _FakeProvince("湘")
+    for first, asked, text in ((PROVINCE_SURE, 0, "皖A12345"), (0.8, 1, "湘A12345")):
+        main = _FakeReader("main", ["皖A12345"], first=first)
+        rec = PlateRecognizer(None, main, None, province=cls)  # type: ignore[arg-type]
+        before = cls.patches
+        assert rec.read_crop(_blue_frame()).text == text
+        assert cls.patches - before == asked
 
 
 def test_a_read_without_its_province_gets_one() -> None:
