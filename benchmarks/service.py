@@ -1,5 +1,10 @@
 """Service benchmark: a gRPC load generator that runs in its own process, apart from the
-server, ramping concurrency over IdentifyFace, ReadPlates and Authorize.
+server, ramping concurrency over IdentifyFace, ReadPlates and Authorize (a payer's car, a
+stranger's car, and a 70/30 mix of the two: see `GateEvents`).
+
+With ``--base-src`` (`run_compare`) it serves an earlier release's source tree beside this
+checkout instead, and measures ReadPlates and the three Authorize cases on both in
+interleaved rounds.
 
 Without ``--target`` it starts ``recognizer serve`` as a subprocess on a free loopback port
 with a temporary data dir, and stops it afterwards. Only 127.0.0.1 targets are accepted: a
