@@ -105,8 +105,18 @@ def faces(
     help="A source tree of an earlier release (stubs generated, models/ filled), served "
     "beside this checkout: ReadPlates exact rate and frame latency of both, interleaved.",
 )
+@click.option(
+    "--stages",
+    is_flag=True,
+    help="Also read the crops and synthetic crops with each cut of issue 28 put back.",
+)
 def plates(
-    dataset: Path | None, out: Path | None, quick: bool, no_grpc: bool, base_src: Path | None
+    dataset: Path | None,
+    out: Path | None,
+    quick: bool,
+    no_grpc: bool,
+    base_src: Path | None,
+    stages: bool,
 ) -> None:
     """Plate accuracy by type, confusions, stage latency, RapidOCR side by side.
 
@@ -116,7 +126,12 @@ def plates(
 
     dest = _out(out, "plates")
     bench_plates.run(
-        _resolve(dataset, "plates"), dest, quick=quick, grpc_check=not no_grpc, base_src=base_src
+        _resolve(dataset, "plates"),
+        dest,
+        quick=quick,
+        grpc_check=not no_grpc,
+        base_src=base_src,
+        stages=stages,
     )
     _done(dest / "report.md")
 

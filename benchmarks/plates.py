@@ -408,6 +408,7 @@ def run(
     quick: bool = False,
     grpc_check: bool = True,
     base_src: Path | None = None,
+    stages: bool = False,
 ) -> Report:
     import cv2
 
@@ -575,12 +576,74 @@ def run(
         rep.table(["set", "exact via gRPC", "exact in-process", "RPC errors", "equal"], grpc_rows)
     if base_src is not None:
         base_comparison(rep, results, sets, base_src)
+    if stages:
+        crop_sets = [s for s in sets if s.is_crops]
+        stage_section(rep, results, crop_sets[0] if crop_sets else None, 140 if quick else 560)
     synthetic_section(rep, results, recognizer, n=140 if quick else 560)
     if scenes:
         detector_sweep(rep, results, scenes[0], (384,) if quick else (320, 416, 512, 576, 640))
     rep.results = results
     rep.write(out)
     return rep
+
+
+def stage_section(
+    rep: Report, results: dict[str, Any], crops: PlateSet | None, n_synth: int, seed: int = 1
+) -> None:
+    """What each cut of issue 28 costs in accuracy: the production pipeline against itself
+    with one stage put back (the alternative reader on every clean line, the province
+    classifier on every province, PP-OCRv4 lines padded to 320 px), on the real crops and
+    seeded synthetic crops. The far-plate pass is measured on frames above (`gate path`)."""
+    from benchmarks.synth_plates import FontNotFoundError, generate_dataset
+    from recognizer.plate.pipeline import build_plate_recognizer
+
+    data: list[tuple[str, np.ndarray, str]] = []
+    if crops is not None:
+        for smp in crops.samples:
+            img = decode_file(smp.path)
+            if img is not None:
+                data.append(("crops", img, smp.plates[0]))
+    try:
+        data += [("synthetic", p.image, p.text) for p in generate_dataset(n_synth, seed)]
+    except FontNotFoundError as exc:
+        rep.p(f"**Synthetic plates left out of the stage table: {exc}**")
+    if not data:
+        return
+
+    def put_back(name: str) -> Any:
+        rec = build_plate_recognizer()
+        if name == "alternative reader on clean lines":
+            rec.cross_check = True
+        elif name == "province classifier on every province":
+            rec.province_sure = float("inf")
+        elif name == "PP-OCRv4 lines padded to 320 px":
+            rec.reader.pad_to = 320
+        return rec
+
+    variants = [
+        "production",
+        "alternative reader on clean lines",
+        "province classifier on every province",
+        "PP-OCRv4 lines padded to 320 px",
+    ]
+    rows, res = [], {}
+    for name in variants:
+        rec = put_back(name)
+        hits: dict[str, list[bool]] = defaultdict(list)
+        t0 = time.process_time()
+        for source, img, truth in progress(data, f"stages: {name}"):
+            hits[source].append(rec.read_crop(img).text == truth)
+        cpu = 1000 * (time.process_time() - t0) / len(data)
+        res[name] = {k: {"n": len(v), "exact": int(sum(v))} for k, v in hits.items()}
+        res[name]["cpu_ms_per_crop"] = cpu
+        rows.append([name, *(f"{sum(v)}/{len(v)}" for v in hits.values()), cpu])
+    results["stages"] = res
+    rep.h("The cuts of issue 28, each put back")
+    rep.p(
+        "`read_crop` exact reads with one stage put back as it ran before issue 28; CPU is this "
+        "process's per crop (other jobs ran on the machine: compare within the table)."
+    )
+    rep.table(["pipeline", *hits.keys(), "CPU ms / crop"], rows)
 
 
 SYNTH_GOALS = {"overall": 0.90, "yellow_two_row": 0.80, "green_new_energy": 0.80}

@@ -248,6 +248,7 @@ class PlateRecognizer:
         province_weight: float = PROVINCE_WEIGHT,
         province_crop_weight: float = PROVINCE_CROP_WEIGHT,
         retry: bool = False,
+        province_sure: float = PROVINCE_SURE,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -260,6 +261,7 @@ class PlateRecognizer:
         self.province_weight = province_weight  # plates found by the detector
         self.province_crop_weight = province_crop_weight  # read_crop
         self.retry = retry  # a second detector look at frames where nothing was read
+        self.province_sure = province_sure  # the classifier is asked below this only
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -390,7 +392,7 @@ class PlateRecognizer:
         if ch.text[0] not in PROVINCES:
             return ch
         seen = province_seen(ch)
-        if self.province is not None and weight > 0 and seen < PROVINCE_SURE:
+        if self.province is not None and weight > 0 and seen < self.province_sure:
             ch = self._province_redecide(ch, reading, plate, two_row, n, weight)
         return ch if seen >= PROVINCE_SEEN_MIN else replace(ch, guessed=True)
 
