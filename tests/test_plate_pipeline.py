@@ -763,3 +763,33 @@ def test_rank_candidates_inserts_faint_province() -> None:
     pos = _alts(*[[(c, 0.95)] for c in "HJS834"])
     cands = grammar.rank_candidates(pos, leading=[("津", 0.05), ("湘", 0.01)])
     assert cands[0].text == "津HJS834"
+
+
+class _RowsReader(_FakeReader):
+    """Reads a two-row plate's top row (the crop `top_row` cuts from the two-row warp) as
+    `top`, and every other line as `rest`."""
+
+    def __init__(self, top: str, rest: str) -> None:
+        super().__init__("main", [rest])
+        self.top, self.rest = top, rest
+
+    def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
+        out = []
+        for crop in crops:
+            self.texts = [self.top if crop.shape[:2] == (32, 112) else self.rest]
+            out += super().read_batch([crop])
+        return out
+
+
+def test_a_two_row_read_that_lost_its_top_row_reads_the_top_row_alone() -> None:
+    square = np.array([[10, 10], [50, 10], [50, 40], [10, 40]], np.float32)  # two-row shape
+    det = PlateDetection(np.array([10, 10, 50, 40], np.float32), square, 0.9)
+    (r,) = PlateRecognizer(_FakeDetector([det]), _RowsReader("苏C", "25829"), None).read(
+        _blue_frame()
+    )
+    assert (r.text, r.pattern_valid) == ("苏C25829", True)
+    # A top row that reads as no province and letter leaves the read as it was.
+    (r2,) = PlateRecognizer(_FakeDetector([det]), _RowsReader("//", "25829"), None).read(
+        _blue_frame()
+    )
+    assert (r2.text, r2.pattern_valid) == ("25829", False)

@@ -16,6 +16,7 @@ from recognizer.models import load as load_model
 from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import (
+    ALNUM,
     ISSUER,
     PLATE_ALPHABET,
     PROVINCES,
@@ -34,6 +35,7 @@ from recognizer.plate.rectify import (
     corner_aspect,
     split_two_row,
     to_single_row_line,
+    top_row,
     warp_plate,
 )
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
@@ -70,6 +72,11 @@ class _Choice:
     clean: bool  # the reader's own greedy text is a valid plate (no grammar repair)
     ranked: tuple[RankedPlate, ...] = ()  # every valid plate the grammar found, best first
     guessed: bool = False  # the province was put in, not read (PlateResult.province_guessed)
+
+
+def _bottom_row_only(text: str) -> bool:
+    """A read that is a two-row plate's bottom row (five letters or digits) and nothing else."""
+    return len(text) == 5 and all(c in ALNUM for c in text)
 
 
 def _crop_corners(w: int, h: int) -> np.ndarray:
@@ -345,6 +352,22 @@ class PlateRecognizer:
                 main[i] = self._rescore(views, opts, n) or main[i]
         return main, readings
 
+    def _with_top_row(self, ch: _Choice, top: Reading, line: Reading, n: int) -> _Choice:
+        """The valid plates of the top row's reading followed by the line's (the bottom row),
+        best first; `ch` when the top row does not read as a province and a letter (what a
+        single-row plate's upper half, cut where a top row would be, does not)."""
+        text, _ = clean_read(top.text, (), self.mode)
+        if len(text) != 2 or text[0] not in PROVINCES or text[1] not in ISSUER:
+            return ch
+        ranked = rank_plates([*top.alternatives, *line.alternatives], n, self.mode)
+        if not ranked:
+            return ch
+        best = ranked[0]
+        cands = tuple(PlateCandidate(r.text, r.probability) for r in ranked)
+        score = best.probability * 0.5  # a repair, as grammar repairs are scored in _choose
+        probs = best.char_probs
+        return _Choice(best.text, probs, cands, True, ch.reader, score, False, tuple(ranked))
+
     def _issuer_fix(self, ch: _Choice, reading: Reading, n: int) -> _Choice:
         """Re-decide an issuer letter read as O (see ISSUER_O_PRIOR)."""
         if not ch.valid or len(ch.text) < 2 or ch.text[1] != "O":
@@ -462,6 +485,25 @@ class PlateRecognizer:
                     lines.append(plate if warp else to_single_row_line(plate))
                 owner.append((i, two_row, plate))
         choices, readings = self._read_lines(lines, n)
+        # A line read as a two-row plate's bottom row alone lost the top row: the reader
+        # skipped the province and letter pasted left of it, or the plate was read as one row
+        # (a two-row crop with margins can be as wide as a single-row plate, and the top row's
+        # smaller glyphs go unread). The top row is then read on its own.
+        lost = [
+            k
+            for k, ch in enumerate(choices)
+            if not ch.valid and _bottom_row_only(ch.text) and self.mode == "cn"
+        ]
+        if lost:
+            for k in lost:
+                i, two_row, plate = owner[k]
+                if not two_row:
+                    plate = warp_plate(images[i], corners[i], TWO_ROW_SIZE) if warp else images[i]
+                    owner[k] = (i, True, plate)
+            with deadline.stage("plate.read"):
+                tops = self.reader.read_batch([top_row(owner[k][2]) for k in lost])
+            for k, top in zip(lost, tops, strict=True):
+                choices[k] = self._with_top_row(choices[k], top, readings[k], n)
         best: dict[int, tuple[_Choice, bool, np.ndarray, Reading]] = {}
         for (i, two_row, plate), ch, rd in zip(owner, choices, readings, strict=True):
             cur = best.get(i)
