@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bursts import perturbed_frames
-from benchmarks.datasets import parse_ccpd_name
 from benchmarks.metrics import percentiles
 from benchmarks.report import Report, progress, shown
-from benchmarks.service import subprocess_server
+from benchmarks.service import enrol_payers, subprocess_server
 from benchmarks.stats import ratio
 
 ONE, BURST, UNBOUND, BASE = (
@@ -35,46 +34,6 @@ ONE, BURST, UNBOUND, BASE = (
     "{n} frames, plate unbound",
     "1 frame, release before bursts",
 )
-
-
-def _payers(
-    client: Any, faces_dir: Path, scenes: list[Path], count: int
-) -> list[tuple[Path, Path]]:
-    """Enrol `count` people (first photo), each bound to one scene's plate; returns each
-    one's (scene, probe photo)."""
-    from recognizer.v1 import identity_pb2
-
-    md = client.metadata
-    people = sorted(d for d in faces_dir.iterdir() if d.is_dir())
-    out = []
-    for person, scene in zip(people, scenes, strict=False):
-        photos = sorted(person.glob("*.jpg"))
-        if len(out) == count or len(photos) < 2:
-            continue
-        ident = client.identity.CreateIdentity(
-            identity_pb2.CreateIdentityRequest(display_name=person.name), metadata=md
-        )
-        iid = ident.identity_id
-        client.identity.EnrollFace(
-            identity_pb2.EnrollFaceRequest(
-                identity_id=iid, images=[photos[0].read_bytes()], force=True
-            ),
-            metadata=md,
-        )
-        plate = parse_ccpd_name(scene.name) or ""
-        client.identity.BindPlate(
-            identity_pb2.BindPlateRequest(identity_id=iid, plate=plate), metadata=md
-        )
-        client.identity.BindPayment(
-            identity_pb2.BindPaymentRequest(
-                identity_id=iid,
-                payment_ref=f"ref-{iid}",
-                factors=identity_pb2.FACTOR_PLATE_AND_FACE,
-            ),
-            metadata=md,
-        )
-        out.append((scene, photos[1]))
-    return out
 
 
 def _sender(client: Any, **frames: Any) -> Callable[[], None]:
@@ -122,7 +81,7 @@ def run(
         clients = {}
         for name, (target, key) in servers.items():
             clients[name] = stack.enter_context(contextlib.closing(Client.connect(target, key)))
-        events = {name: _payers(c, faces_dir, bound, payers) for name, c in clients.items()}
+        events = {name: enrol_payers(c, faces_dir, bound, payers) for name, c in clients.items()}
         branch = clients["branch"]
         for scene, photo in events["branch"]:
             v, f = scene.read_bytes(), photo.read_bytes()

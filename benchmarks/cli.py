@@ -98,7 +98,26 @@ def faces(
 @out_option("plates")
 @quick_option
 @click.option("--no-grpc", is_flag=True, help="Skip the ReadPlates check through gRPC.")
-def plates(dataset: Path | None, out: Path | None, quick: bool, no_grpc: bool) -> None:
+@click.option(
+    "--base-src",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="A source tree of an earlier release (stubs generated, models/ filled), served "
+    "beside this checkout: ReadPlates exact rate and frame latency of both, interleaved.",
+)
+@click.option(
+    "--stages",
+    is_flag=True,
+    help="Also read the crops and synthetic crops with each cut of issue 28 put back.",
+)
+def plates(
+    dataset: Path | None,
+    out: Path | None,
+    quick: bool,
+    no_grpc: bool,
+    base_src: Path | None,
+    stages: bool,
+) -> None:
     """Plate accuracy by type, confusions, stage latency, RapidOCR side by side.
 
     DATASET holds CCPD frames, crops named by plate, or a labels.jsonl folder, or several
@@ -106,7 +125,14 @@ def plates(dataset: Path | None, out: Path | None, quick: bool, no_grpc: bool) -
     from benchmarks import plates as bench_plates
 
     dest = _out(out, "plates")
-    bench_plates.run(_resolve(dataset, "plates"), dest, quick=quick, grpc_check=not no_grpc)
+    bench_plates.run(
+        _resolve(dataset, "plates"),
+        dest,
+        quick=quick,
+        grpc_check=not no_grpc,
+        base_src=base_src,
+        stages=stages,
+    )
     _done(dest / "report.md")
 
 
@@ -129,6 +155,15 @@ def plates(dataset: Path | None, out: Path | None, quick: bool, no_grpc: bool) -
     default="default",
     help="Profile of the server started when no --target is given.",
 )
+@click.option(
+    "--base-src",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="A source tree of an earlier release (a git worktree or archive of it, with its "
+    "stubs generated and models/ filled), served beside this checkout: instead of the ramp, "
+    "ReadPlates and Authorize (payer's car, stranger's car, 70/30 mix) in interleaved rounds.",
+)
+@click.option("--rounds", type=click.IntRange(1, 50), default=5, help="Rounds with --base-src.")
 @out_option("service")
 @quick_option
 def service(
@@ -137,21 +172,39 @@ def service(
     api_key: str,
     n_requests: int | None,
     profile: str,
+    base_src: Path | None,
+    rounds: int,
     out: Path | None,
     quick: bool,
 ) -> None:
-    """gRPC load ramp (1..32 callers) over IdentifyFace, ReadPlates and Authorize.
+    """gRPC load ramp (1..32 callers) over IdentifyFace, ReadPlates and Authorize (a payer's
+    car, a stranger's car, a 70/30 mix); with --base-src, this checkout against an earlier
+    release in interleaved rounds.
 
     DATASET is the datasets root holding faces/ and plates/ (default ../shared/datasets)."""
     from benchmarks import service as bench_service
+
+    root = dataset or DATASETS
+    faces_dir = root / "faces" / "lfw10" if (root / "faces" / "lfw10").is_dir() else root / "faces"
+    if base_src is not None:
+        dest = _out(out, "service-vs-base")
+        bench_service.run_compare(
+            dest,
+            base_src=base_src,
+            faces_dir=faces_dir,
+            plates_dir=root / "plates" / "scenes",
+            requests=n_requests or (16 if quick else 40),
+            rounds=rounds,
+            profile=profile,
+        )
+        _done(dest / "report.md")
+        return
 
     if target is not None:
         try:
             bench_service.check_target(target)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--target") from exc
-    root = dataset or DATASETS
-    faces_dir = root / "faces" / "lfw10" if (root / "faces" / "lfw10").is_dir() else root / "faces"
     dest = _out(out, "service")
     bench_service.run(
         target,

@@ -9,6 +9,7 @@ Ground truth comes from the data itself, detected per folder:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import time
@@ -83,6 +84,41 @@ class SystemRun:
     extra_reads: int
     latency_ms: dict[str, tuple[float, ...]]  # stage -> per-image latency
     failures: int  # images that could not be decoded
+    texts: tuple[str, ...] = ()  # every text returned, matched or not
+
+
+def truncated(o: PlateOutcome) -> bool:
+    """A read that lost characters: shorter than the plate (not an empty read)."""
+    return 0 < len(o.predicted) < len(o.truth)
+
+
+@dataclass(frozen=True, slots=True)
+class TextChecks:
+    """What the returned texts are, in cn mode on Chinese sets: plates of the cn grammar,
+    texts of the generic pattern alone (counted, allowed), and anything else (never allowed);
+    reads that lost characters, of 8-character and of two-row plates."""
+
+    texts: int
+    cn_valid: int
+    generic_only: int
+    neither: int
+    truncated_8: int
+    truncated_two_row: int
+
+
+def text_checks(run: SystemRun) -> TextChecks:
+    from recognizer.plate.grammar import is_valid
+
+    cn = sum(is_valid(t, "cn") for t in run.texts)
+    generic = sum(not is_valid(t, "cn") and is_valid(t, "generic") for t in run.texts)
+    return TextChecks(
+        len(run.texts),
+        cn,
+        generic,
+        len(run.texts) - cn - generic,
+        sum(truncated(o) for o in run.outcomes if len(o.truth) == 8),
+        sum(truncated(o) for o in run.outcomes if o.predicted_type == "yellow_two_row"),
+    )
 
 
 def match_reads(truths: Sequence[str], reads: Sequence[str]) -> list[str]:
@@ -107,6 +143,7 @@ def run_system(system: str, pset: PlateSet, read: ReadFn) -> SystemRun:
     outcomes: list[PlateOutcome] = []
     lat: dict[str, list[float]] = defaultdict(list)
     extra = failures = 0
+    all_texts: list[str] = []
     for s in progress(pset.samples, f"{system} {pset.name}"):
         img = decode_file(s.path)
         if img is None:
@@ -117,6 +154,7 @@ def run_system(system: str, pset: PlateSet, read: ReadFn) -> SystemRun:
             for k, v in stages.items():
                 lat[k].append(v * 1000.0)
         texts = [t for t, _ in reads]
+        all_texts += texts
         types = dict(reads)
         matched = match_reads(s.plates, texts)
         extra += max(0, len(texts) - len(s.plates))
@@ -125,13 +163,21 @@ def run_system(system: str, pset: PlateSet, read: ReadFn) -> SystemRun:
             for t, m in zip(s.plates, matched, strict=True)
         ]
     return SystemRun(
-        system, tuple(outcomes), extra, {k: tuple(v) for k, v in lat.items()}, failures
+        system,
+        tuple(outcomes),
+        extra,
+        {k: tuple(v) for k, v in lat.items()},
+        failures,
+        tuple(all_texts),
     )
 
 
-def ours_reader(recognizer: Any, crops: bool) -> ReadFn:
+def ours_reader(recognizer: Any, crops: bool, gate: bool = False) -> ReadFn:
     """Time the detector on its own, then the whole read; the difference is
-    rectify + read + classify (the detector runs twice, which the timing accounts for)."""
+    rectify + read + classify (the detector runs twice, which the timing accounts for).
+    `gate`: read as the gate does for a stranger's car (an `enough` that never accepts, so
+    the far-plate pass runs unless the first size found a sure read)."""
+    enough = (lambda reads: False) if gate else None
 
     def read(img: np.ndarray) -> tuple[list[tuple[str, str]], dict[str, float]]:
         if crops:
@@ -146,7 +192,7 @@ def ours_reader(recognizer: Any, crops: bool) -> ReadFn:
             det.detect(img)
             stages["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        results = recognizer.read(img)
+        results = recognizer.read(img, enough=enough) if gate else recognizer.read(img)
         stages["read"] = time.perf_counter() - t0
         if "detect" in stages:
             stages["rectify+classify"] = max(0.0, stages["read"] - stages["detect"])
@@ -216,6 +262,13 @@ def top_confusions(outcomes: Sequence[PlateOutcome], n: int = 15) -> list[tuple[
     return [(a, b, c) for (a, b), c in counts.most_common(n)]
 
 
+GATE_PATH = "ours, gate path"
+
+
+def astuple_checks(c: TextChecks) -> list[int]:
+    return [c.texts, c.cn_valid, c.generic_only, c.neither, c.truncated_8, c.truncated_two_row]
+
+
 # --- gRPC ----------------------------------------------------------------------------------
 
 
@@ -258,7 +311,105 @@ def _lat_row(name: str, lat: dict[str, tuple[float, ...]]) -> list[list[Any]]:
     return rows
 
 
-def run(root: Path, out: Path, *, quick: bool = False, grpc_check: bool = True) -> Report:
+def base_comparison(
+    rep: Report, results: dict[str, Any], sets: Sequence[PlateSet], base_src: Path
+) -> None:
+    """ReadPlates of every frame through two real servers, this checkout and the release in
+    `base_src`, frame by frame with the servers' order alternating: exact rate and frame
+    latency of both, from the same run."""
+    import os
+
+    import grpc
+
+    from benchmarks.service import subprocess_server
+    from recognizer.client import Client
+    from recognizer.v1 import recognition_pb2
+
+    frames = [s for s in sets if not s.is_crops]
+    if not frames:
+        return
+    load_before = os.getloadavg()
+    rows, res = [], {}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "branch": stack.enter_context(subprocess_server()),
+            "base": stack.enter_context(
+                subprocess_server(env={"PYTHONPATH": str(base_src)}, cwd=base_src)
+            ),
+        }
+        clients = {
+            name: stack.enter_context(contextlib.closing(Client.connect(target, key)))
+            for name, (target, key) in servers.items()
+        }
+
+        def read(name: str, data: bytes) -> list[str]:
+            c = clients[name]
+            resp = c.recognition.ReadPlates(
+                recognition_pb2.ReadPlatesRequest(image=data), metadata=c.metadata, timeout=60
+            )
+            return [p.text for p in resp.plates]
+
+        for name in clients:  # warm-up, outside the measurement
+            with contextlib.suppress(grpc.RpcError):
+                read(name, frames[0].samples[0].path.read_bytes())
+        for pset in frames:
+            lat: dict[str, list[float]] = {n: [] for n in clients}
+            hits: dict[str, list[bool]] = {n: [] for n in clients}
+            errors: Counter[str] = Counter()
+            for i, smp in enumerate(progress(pset.samples, f"vs base {pset.name}")):
+                data = smp.path.read_bytes()
+                for name in ("base", "branch") if i % 2 == 0 else ("branch", "base"):
+                    t0 = time.perf_counter()
+                    try:
+                        reads = read(name, data)
+                    except grpc.RpcError:
+                        reads = []
+                        errors[name] += 1
+                    lat[name].append(1000 * (time.perf_counter() - t0))
+                    matched = match_reads(smp.plates, reads)
+                    hits[name] += [t == m for t, m in zip(smp.plates, matched, strict=True)]
+            med = {n: median(v) for n, v in lat.items()}
+            for name in ("base", "branch"):
+                k, n = sum(hits[name]), len(hits[name])
+                rows.append(
+                    [pset.name, name, n, f"{k}/{n}", pct(k / n if n else float("nan")),
+                     med[name], ratio(med[name], med["base"]), errors[name]]
+                )  # fmt: skip
+                res.setdefault(pset.name, {})[name] = {
+                    "plates": n,
+                    "exact": k,
+                    "p50_ms": med[name],
+                    "rpc_errors": errors[name],
+                }
+    load_after = os.getloadavg()
+    results["base_comparison"] = {
+        "base_src": str(base_src),
+        "load_before": load_before,
+        "load_after": load_after,
+        "sets": res,
+    }
+    rep.h("ReadPlates against an earlier release")
+    rep.p(
+        f"Two `recognizer serve` subprocesses: this checkout and `{shown(base_src)}`, every "
+        "frame sent to both one after the other (order alternating), through the gRPC API "
+        f"(decoding included). Load average before {tuple(round(x, 2) for x in load_before)}, "
+        f"after {tuple(round(x, 2) for x in load_after)}: read the ratios."
+    )
+    rep.table(
+        ["set", "server", "plates", "exact", "exact %", "p50 ms", "p50 / base", "RPC errors"],
+        rows,
+    )
+
+
+def run(
+    root: Path,
+    out: Path,
+    *,
+    quick: bool = False,
+    grpc_check: bool = True,
+    base_src: Path | None = None,
+    stages: bool = False,
+) -> Report:
     import cv2
 
     from recognizer.plate.pipeline import build_plate_recognizer
@@ -293,11 +444,20 @@ def run(root: Path, out: Path, *, quick: bool = False, grpc_check: bool = True) 
     bar_ours: list[float] = []
     bar_peer: list[float] = []
     goals: list[list[Any]] = []
+    check_rows: list[list[Any]] = []
     for pset in sets:
         ours = run_system("ours", pset, ours_reader(recognizer, pset.is_crops))
         runs = [ours]
         if not isinstance(peer, str):
             runs.append(run_system("RapidOCR", pset, rapidocr_reader(peer, pset.is_crops)))
+        if not pset.is_crops:  # the gate's read of a stranger's car (see ours_reader)
+            gate_run = run_system(GATE_PATH, pset, ours_reader(recognizer, False, gate=True))
+            runs.append(gate_run)
+            check_rows.append([pset.name, GATE_PATH, *astuple_checks(text_checks(gate_run))])
+        check_rows.insert(
+            len(check_rows) - (0 if pset.is_crops else 1),
+            [pset.name, "ours", *astuple_checks(text_checks(ours))],
+        )
         set_res: dict[str, Any] = {"kind": pset.kind, "systems": {}}
         for r in runs:
             a = accuracy(r.outcomes)
@@ -317,13 +477,14 @@ def run(root: Path, out: Path, *, quick: bool = False, grpc_check: bool = True) 
                 "extra_reads": r.extra_reads,
                 "decode_failures": r.failures,
                 "outcomes": [o for o in r.outcomes if not o.exact],
+                "text_checks": text_checks(r),
             }
         conf_sections.append((f"{pset.name} / ours", top_confusions(ours.outcomes)))
         a_ours = accuracy(ours.outcomes)
         bar_labels.append(pset.name)
         bar_ours.append(a_ours.exact)
         med_ours = median(list(ours.latency_ms.get("read", ())))
-        if len(runs) > 1:
+        if len(runs) > 1 and runs[1].system == "RapidOCR":
             a_peer = accuracy(runs[1].outcomes)
             bar_peer.append(a_peer.exact)
             med_peer = median(list(runs[1].latency_ms.get("read", ())))
@@ -385,6 +546,19 @@ def run(root: Path, out: Path, *, quick: bool = False, grpc_check: bool = True) 
     if goals:
         rep.h("Plate-issue goals")
         rep.table(["set", "goal", "measured", "met"], goals)
+    rep.h("Returned texts (cn mode)")
+    rep.p(
+        "Every text our pipeline returned: a plate of the cn grammar, a text of the generic "
+        "pattern alone (allowed, counted here), or neither (never allowed: 0 is the goal). "
+        "Truncated: a read shorter than the plate it was paired with, of 8-character plates "
+        "and of plates read as two-row. `gate path`: the read the gate makes of a stranger's "
+        "car (the far-plate pass skipped after a sure read at the first size)."
+    )
+    rep.table(
+        ["set", "system", "texts", "cn grammar", "generic only", "neither",
+         "truncated 8-char", "truncated two-row"],
+        check_rows,
+    )  # fmt: skip
     rep.h("By plate type (ground truth)")
     rep.table(["set", "system", "type", "plates", "exact", "char"], type_rows)
     rep.h("Latency (ms per image)")
@@ -400,12 +574,76 @@ def run(root: Path, out: Path, *, quick: bool = False, grpc_check: bool = True) 
     if grpc_rows:
         rep.h("Through the gRPC API (ReadPlates)")
         rep.table(["set", "exact via gRPC", "exact in-process", "RPC errors", "equal"], grpc_rows)
+    if base_src is not None:
+        base_comparison(rep, results, sets, base_src)
+    if stages:
+        crop_sets = [s for s in sets if s.is_crops]
+        stage_section(rep, results, crop_sets[0] if crop_sets else None, 140 if quick else 560)
     synthetic_section(rep, results, recognizer, n=140 if quick else 560)
     if scenes:
         detector_sweep(rep, results, scenes[0], (384,) if quick else (320, 416, 512, 576, 640))
     rep.results = results
     rep.write(out)
     return rep
+
+
+def stage_section(
+    rep: Report, results: dict[str, Any], crops: PlateSet | None, n_synth: int, seed: int = 1
+) -> None:
+    """What each cut of issue 28 costs in accuracy: the production pipeline against itself
+    with one stage put back (the alternative reader on every clean line, the province
+    classifier on every province, PP-OCRv4 lines padded to 320 px), on the real crops and
+    seeded synthetic crops. The far-plate pass is measured on frames above (`gate path`)."""
+    from benchmarks.synth_plates import FontNotFoundError, generate_dataset
+    from recognizer.plate.pipeline import build_plate_recognizer
+
+    data: list[tuple[str, np.ndarray, str]] = []
+    if crops is not None:
+        for smp in crops.samples:
+            img = decode_file(smp.path)
+            if img is not None:
+                data.append(("crops", img, smp.plates[0]))
+    try:
+        data += [("synthetic", p.image, p.text) for p in generate_dataset(n_synth, seed)]
+    except FontNotFoundError as exc:
+        rep.p(f"**Synthetic plates left out of the stage table: {exc}**")
+    if not data:
+        return
+
+    def put_back(name: str) -> Any:
+        rec = build_plate_recognizer()
+        if name == "alternative reader on clean lines":
+            rec.cross_check = True
+        elif name == "province classifier on every province":
+            rec.province_sure = float("inf")
+        elif name == "PP-OCRv4 lines padded to 320 px":
+            rec.reader.pad_to = 320
+        return rec
+
+    variants = [
+        "production",
+        "alternative reader on clean lines",
+        "province classifier on every province",
+        "PP-OCRv4 lines padded to 320 px",
+    ]
+    rows, res = [], {}
+    for name in variants:
+        rec = put_back(name)
+        hits: dict[str, list[bool]] = defaultdict(list)
+        t0 = time.process_time()
+        for source, img, truth in progress(data, f"stages: {name}"):
+            hits[source].append(rec.read_crop(img).text == truth)
+        cpu = 1000 * (time.process_time() - t0) / len(data)
+        res[name] = {k: {"n": len(v), "exact": int(sum(v))} for k, v in hits.items()}
+        res[name]["cpu_ms_per_crop"] = cpu
+        rows.append([name, *(f"{sum(v)}/{len(v)}" for v in hits.values()), cpu])
+    results["stages"] = res
+    rep.h("The cuts of issue 28, each put back")
+    rep.p(
+        "`read_crop` exact reads with one stage put back as it ran before issue 28; CPU is this "
+        "process's per crop (other jobs ran on the machine: compare within the table)."
+    )
+    rep.table(["pipeline", *hits.keys(), "CPU ms / crop"], rows)
 
 
 SYNTH_GOALS = {"overall": 0.90, "yellow_two_row": 0.80, "green_new_energy": 0.80}

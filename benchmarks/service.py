@@ -1,5 +1,10 @@
 """Service benchmark: a gRPC load generator that runs in its own process, apart from the
-server, ramping concurrency over IdentifyFace, ReadPlates and Authorize.
+server, ramping concurrency over IdentifyFace, ReadPlates and Authorize (a payer's car, a
+stranger's car, and a 70/30 mix of the two: see `GateEvents`).
+
+With ``--base-src`` (`run_compare`) it serves an earlier release's source tree beside this
+checkout instead, and measures ReadPlates and the three Authorize cases on both in
+interleaved rounds.
 
 Without ``--target`` it starts ``recognizer serve`` as a subprocess on a free loopback port
 with a temporary data dir, and stops it afterwards. Only 127.0.0.1 targets are accepted: a
@@ -30,7 +35,7 @@ from typing import Any
 
 from benchmarks.metrics import percentiles
 from benchmarks.report import DATASETS, Report, plot_lines, progress, shown
-from benchmarks.stats import ratio
+from benchmarks.stats import median, ratio
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -262,6 +267,140 @@ def _setup_gallery(client: Any, faces_dir: Path, identities: int) -> tuple[list[
     return probes, enrolled
 
 
+def enrol_payers(
+    client: Any, faces_dir: Path, scenes: Sequence[Path], count: int
+) -> list[tuple[Path, Path]]:
+    """Enrol `count` people (first photo), each bound to one scene's plate (a CCPD file name
+    holds its plate) with a PLATE_AND_FACE payment binding; returns each one's (scene, probe
+    photo: another photo of them)."""
+    from benchmarks.datasets import parse_ccpd_name
+    from recognizer.v1 import identity_pb2
+
+    md = client.metadata
+    people = sorted(d for d in faces_dir.iterdir() if d.is_dir())
+    out: list[tuple[Path, Path]] = []
+    for person, scene in zip(people, scenes, strict=False):
+        photos = sorted(person.glob("*.jpg"))
+        if len(out) == count or len(photos) < 2:
+            continue
+        ident = client.identity.CreateIdentity(
+            identity_pb2.CreateIdentityRequest(display_name=person.name), metadata=md
+        )
+        iid = ident.identity_id
+        client.identity.EnrollFace(
+            identity_pb2.EnrollFaceRequest(
+                identity_id=iid, images=[photos[0].read_bytes()], force=True
+            ),
+            metadata=md,
+        )
+        plate = parse_ccpd_name(scene.name) or ""
+        client.identity.BindPlate(
+            identity_pb2.BindPlateRequest(identity_id=iid, plate=plate), metadata=md
+        )
+        client.identity.BindPayment(
+            identity_pb2.BindPaymentRequest(
+                identity_id=iid,
+                payment_ref=f"ref-{iid}",
+                factors=identity_pb2.FACTOR_PLATE_AND_FACE,
+            ),
+            metadata=md,
+        )
+        out.append((scene, photos[1]))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GateEvents:
+    """Authorize inputs of the two kinds of car a gate sees: a payer's (the plate bound to an
+    enrolled payer, another photo of that payer: it exits early once the plate names them)
+    and a stranger's (a plate no one holds, the face of someone not enrolled: every stage
+    runs, 1:N search included)."""
+
+    payer: tuple[tuple[bytes, bytes], ...]  # (vehicle frame, face photo)
+    stranger: tuple[tuple[bytes, bytes], ...]
+
+
+def gate_events(client: Any, faces_dir: Path, plates_dir: Path, payers: int = 6) -> GateEvents:
+    """Enrol `payers` people bound to the first scenes' plates; strangers drive the next
+    scenes and show the photos of the people who were not enrolled."""
+    scenes = _files(plates_dir, 64)
+    enrolled = enrol_payers(client, faces_dir, scenes[:payers], payers)
+    names = {photo.parent.name for _, photo in enrolled}
+    others = [
+        p
+        for d in sorted(x for x in faces_dir.iterdir() if x.is_dir() and x.name not in names)
+        for p in _files(d, 50)
+    ]
+    unbound = scenes[payers : 2 * payers + 6]
+    payer = tuple((v.read_bytes(), f.read_bytes()) for v, f in enrolled)
+    stranger = (
+        tuple((v.read_bytes(), others[i % len(others)].read_bytes()) for i, v in enumerate(unbound))
+        if others
+        else ()
+    )
+    return GateEvents(payer, stranger)
+
+
+MIX_PAYERS = 0.7  # the mixed case: 7 payers' cars in 10
+
+
+def authorize_calls(client: Any, events: GateEvents) -> dict[str, Callable[[int], None]]:
+    """Authorize of a payer's car, of a stranger's car, and a 70/30 mix of the two (call i is a
+    payer's when i % 10 < 7), each with a fresh event id (a replay would skip the work)."""
+    from recognizer.v1 import gate_pb2
+
+    md = client.metadata
+
+    def send(vehicle: bytes, face: bytes) -> None:
+        client.gate.Authorize(
+            gate_pb2.AuthorizeRequest(
+                gate_id="bench-gate",
+                event_id=f"bench-{uuid.uuid4().hex}",
+                vehicle_image=vehicle,
+                face_image=face,
+                amount_minor=100,
+                currency="CNY",
+                direction=gate_pb2.DIRECTION_ENTRY,
+            ),
+            metadata=md,
+            timeout=60,
+        )
+
+    def payer(i: int) -> None:
+        send(*events.payer[i % len(events.payer)])
+
+    def stranger(i: int) -> None:
+        send(*events.stranger[i % len(events.stranger)])
+
+    def mix(i: int) -> None:
+        k = i % 10
+        if k < round(10 * MIX_PAYERS):
+            payer(i // 10 * 7 + k)
+        else:
+            stranger(i // 10 * 3 + k - 7)
+
+    calls: dict[str, Callable[[int], None]] = {}
+    if events.payer:
+        calls[AUTH_PAYER] = payer
+    if events.stranger:
+        calls[AUTH_STRANGER] = stranger
+    if events.payer and events.stranger:
+        calls[AUTH_MIX] = mix
+    return calls
+
+
+AUTH_PAYER, AUTH_STRANGER, AUTH_MIX = (
+    "Authorize (payer's car)",
+    "Authorize (stranger's car)",
+    "Authorize (70/30 mix)",
+)
+
+
+def rpc_name(method: str) -> str:
+    """The RPC behind a bench method name ("Authorize (payer's car)" -> "Authorize")."""
+    return method.split(" ", 1)[0]
+
+
 def run_load(
     target: str,
     api_key: str,
@@ -276,18 +415,26 @@ def run_load(
     import grpc
 
     from recognizer.client import Client
-    from recognizer.v1 import gate_pb2, recognition_pb2
+    from recognizer.v1 import recognition_pb2
 
     check_target(target)
     notes: list[str] = []
     client = Client.connect(target, api_key)
     if not client.wait_serving(120):
         raise RuntimeError(f"{target} is not SERVING")
-    probes, enrolled = _setup_gallery(client, faces_dir, identities)
-    notes.append(f"gallery: {enrolled} identities enrolled; {len(probes)} face probe images")
+    # The gallery: payers bound to plates (the Authorize cases); every other photo of every
+    # identity is an IdentifyFace probe.
+    events = gate_events(client, faces_dir, plates_dir, identities)
+    people = sorted(d for d in faces_dir.iterdir() if d.is_dir())
+    probes = [p.read_bytes() for d in people for p in _files(d, 50)[1:]]
+    notes.append(
+        f"gallery: {len(events.payer)} payers enrolled, each bound to a scene's plate "
+        f"(PLATE_AND_FACE); {len(probes)} face probe images; strangers' cars: "
+        f"{len(events.stranger)} unbound scenes with photos of people not enrolled"
+    )
     scenes = [p.read_bytes() for p in _files(plates_dir, 64)]
     md = client.metadata
-    rec, gate = client.recognition, client.gate
+    rec = client.recognition
 
     def identify(i: int) -> None:
         rec.IdentifyFace(
@@ -303,21 +450,6 @@ def run_load(
             timeout=60,
         )
 
-    def authorize(i: int) -> None:
-        gate.Authorize(
-            gate_pb2.AuthorizeRequest(
-                gate_id="bench-gate",
-                event_id=f"bench-{uuid.uuid4().hex}",  # unique: a replay would skip the work
-                vehicle_image=scenes[i % len(scenes)],
-                face_image=probes[i % len(probes)],
-                amount_minor=100,
-                currency="CNY",
-                direction=gate_pb2.DIRECTION_ENTRY,
-            ),
-            metadata=md,
-            timeout=60,
-        )
-
     methods: list[tuple[str, Callable[[int], None]]] = []
     if probes:
         methods.append(("IdentifyFace", identify))
@@ -328,15 +460,13 @@ def run_load(
     else:
         notes.append(f"ReadPlates skipped: no images in {plates_dir}")
     if probes and scenes:
+        calls = authorize_calls(client, events)
         try:
-            authorize(0)
-            methods.append(("Authorize", authorize))
+            for name, call in calls.items():
+                call(0)
+                methods.append((name, call))
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                notes.append(f"Authorize skipped: FAILED_PRECONDITION ({exc.details()})")
-            else:
-                notes.append(f"Authorize skipped: {exc.code().name} ({exc.details()})")
-
+            notes.append(f"Authorize skipped: {exc.code().name} ({exc.details()})")
     nan = float("nan")
     results: list[LevelResult] = []
     for name, call in methods:
@@ -348,7 +478,7 @@ def run_load(
             except grpc.RpcError:
                 before = None
             lat, statuses, wall = run_level(call, c, n, max_seconds)
-            server = _delta(client, name, before) if before is not None else None
+            server = _delta(client, rpc_name(name), before) if before is not None else None
             p = percentiles(lat, (50, 95, 99))
             done = sum(statuses.values())
             results.append(
@@ -495,3 +625,180 @@ def _metrics_section(rep: Report, scraped: dict[str, dict[str, float]]) -> None:
         "with the Prometheus client's text parser: the series move with the calls made."
     )
     rep.table(["series", "before", "after", "change"], rows)
+
+
+# --- against an earlier release ---------------------------------------------------------------
+
+# (case, concurrent callers) of the comparison, and what is read from each.
+COMPARE_CASES: tuple[tuple[str, int], ...] = (
+    ("ReadPlates", 1),
+    (AUTH_PAYER, 4),
+    (AUTH_STRANGER, 4),
+    (AUTH_MIX, 4),
+    (AUTH_STRANGER, 1),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CompareLevel:
+    server: str  # "branch" (this checkout) or "base" (--base-src)
+    case: str
+    concurrency: int
+    round: int
+    qps: float
+    p50_ms: float
+    handler_cpu_ms: float  # handler thread CPU per call (GetMetrics), nan without it
+    statuses: dict[str, int]
+
+
+def run_compare(
+    out: Path,
+    *,
+    base_src: Path,
+    faces_dir: Path,
+    plates_dir: Path,
+    requests: int,
+    rounds: int = 5,
+    max_seconds: float = 60.0,
+    profile: str = "default",
+) -> Report:
+    """This checkout and the release in `base_src`, each served by `recognizer serve` in its own
+    process, measured case by case in interleaved rounds (the servers' order alternating),
+    so whatever else loads the machine loads both alike: read medians over rounds and the
+    ratios between the servers."""
+    from recognizer.client import Client
+    from recognizer.v1 import recognition_pb2
+
+    load_before = os.getloadavg()
+    levels: list[CompareLevel] = []
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "branch": stack.enter_context(subprocess_server(profile)),
+            "base": stack.enter_context(
+                subprocess_server(profile, env={"PYTHONPATH": str(base_src)}, cwd=base_src)
+            ),
+        }
+        calls: dict[str, dict[str, Callable[[int], None]]] = {}
+        clients: dict[str, Any] = {}
+        scenes = [p.read_bytes() for p in _files(plates_dir, 64)]
+        for name, (target, key) in servers.items():
+            client = stack.enter_context(contextlib.closing(Client.connect(target, key)))
+            clients[name] = client
+
+            def read_plates(i: int, client: Any = client) -> None:
+                client.recognition.ReadPlates(
+                    recognition_pb2.ReadPlatesRequest(image=scenes[i % len(scenes)]),
+                    metadata=client.metadata,
+                    timeout=60,
+                )
+
+            events = gate_events(client, faces_dir, plates_dir)
+            calls[name] = {"ReadPlates": read_plates, **authorize_calls(client, events)}
+            for call in calls[name].values():  # warm-up, outside the measurement
+                call(0)
+        for r in progress(range(rounds), "interleaved rounds"):
+            order = ("base", "branch") if r % 2 == 0 else ("branch", "base")
+            for case, c in COMPARE_CASES:
+                for name in order:
+                    call = calls[name].get(case)
+                    if call is None:
+                        continue
+                    client = clients[name]
+                    try:
+                        before = _metrics(client)
+                    except Exception:  # no GetMetrics: no server side
+                        before = None
+                    lat, statuses, wall = run_level(call, c, max(requests, c), max_seconds)
+                    delta = _delta(client, rpc_name(case), before) if before else None
+                    cpu = (
+                        1000 * delta.cpu_seconds / delta.calls
+                        if delta and delta.calls
+                        else float("nan")
+                    )
+                    qps = statuses.get("OK", 0) / wall if wall else 0.0
+                    p50 = percentiles(lat, (50,))["p50"]
+                    levels.append(CompareLevel(name, case, c, r, qps, p50, cpu, dict(statuses)))
+    load_after = os.getloadavg()
+    rep = Report("Service against an earlier release (interleaved rounds)")
+    rep.p(
+        f"Servers: `recognizer serve --profile {profile}` subprocesses on loopback, this "
+        f"checkout and `{shown(base_src)}` (same interpreter and models). {rounds} rounds; in "
+        "each, every case runs on both servers back to back, their order alternating between "
+        f"rounds; {requests} calls per case and server (at most {max_seconds:.0f} s). Faces "
+        f"from `{shown(faces_dir)}`, frames from `{shown(plates_dir)}`. Load average (1, 5, 15 "
+        f"min) before {tuple(round(x, 2) for x in load_before)}, after "
+        f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} cores: other jobs ran "
+        "on the machine, so read the ratios of one run."
+    )
+    rows, summary = [], {}
+    for case, c in COMPARE_CASES:
+        med: dict[str, dict[str, float]] = {}
+        for name in ("base", "branch"):
+            ls = [lv for lv in levels if (lv.server, lv.case, lv.concurrency) == (name, case, c)]
+            if not ls:
+                continue
+            med[name] = {
+                "qps": _median([lv.qps for lv in ls]),
+                "p50_ms": _median([lv.p50_ms for lv in ls]),
+                "handler_cpu_ms": _median([lv.handler_cpu_ms for lv in ls]),
+                "errors": sum(n for lv in ls for k, n in lv.statuses.items() if k != "OK"),
+            }
+        if len(med) < 2:
+            continue
+        b, n = med["base"], med["branch"]
+        key = f"{case} @ {c}"
+        summary[key] = {
+            **{f"base_{k}": v for k, v in b.items()},
+            **{f"branch_{k}": v for k, v in n.items()},
+            "qps_ratio": ratio(n["qps"], b["qps"]),
+            "p50_ratio": ratio(n["p50_ms"], b["p50_ms"]),
+        }
+        rows.append(
+            [case, c, b["qps"], n["qps"], ratio(n["qps"], b["qps"]), b["p50_ms"], n["p50_ms"],
+             ratio(n["p50_ms"], b["p50_ms"]), b["handler_cpu_ms"], n["handler_cpu_ms"],
+             f"{b['errors']:.0f} / {n['errors']:.0f}"]
+        )  # fmt: skip
+    rep.h("Medians over rounds")
+    rep.table(
+        ["case", "callers", "base QPS", "branch QPS", "QPS ratio", "base p50 ms",
+         "branch p50 ms", "p50 ratio", "base handler CPU ms", "branch handler CPU ms",
+         "errors base / branch"],
+        rows,
+    )  # fmt: skip
+    goals = []
+    rp = summary.get("ReadPlates @ 1")
+    if rp:
+        goals.append(["ReadPlates p50, 1 caller ≤ 1.0x", f"{rp['p50_ratio']:.2f}x",
+                      rp["p50_ratio"] <= 1.0])  # fmt: skip
+    st = summary.get(f"{AUTH_STRANGER} @ 4")
+    if st:
+        goals.append(["Authorize stranger's car QPS, 4 callers ≥ 1.3x",
+                      f"{st['qps_ratio']:.2f}x", st["qps_ratio"] >= 1.3])  # fmt: skip
+    mx = summary.get(f"{AUTH_MIX} @ 4")
+    if mx:
+        goals.append(["70/30 mix ≥ 20 decisions/s, 4 callers", f"{mx['branch_qps']:.1f}/s",
+                      mx["branch_qps"] >= 20])  # fmt: skip
+    if goals:
+        rep.h("Goals")
+        rep.table(["goal", "measured (branch / base)", "met"], goals)
+    rep.h("Every round")
+    rep.table(
+        ["round", "server", "case", "callers", "QPS", "p50 ms", "handler CPU ms", "statuses"],
+        [[lv.round, lv.server, lv.case, lv.concurrency, lv.qps, lv.p50_ms, lv.handler_cpu_ms,
+          ", ".join(f"{k} {v}" for k, v in sorted(lv.statuses.items()))] for lv in levels],
+    )  # fmt: skip
+    rep.results = {
+        "base_src": str(base_src),
+        "rounds": rounds,
+        "requests": requests,
+        "load_before": load_before,
+        "load_after": load_after,
+        "summary": summary,
+        "levels": levels,
+    }
+    rep.write(out)
+    return rep
+
+
+def _median(values: Sequence[float]) -> float:
+    return median([v for v in values if v == v])  # nan (no server side) left out

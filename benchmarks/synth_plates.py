@@ -97,6 +97,12 @@ class SynthConfig:
     plate_height: tuple[int, int] = (28, 64)  # px of a single-row plate in crops
     scene_plate_width: tuple[int, int] = (110, 220)  # px plate width in scenes
     max_tilt: float = 0.12  # perspective jitter, fraction of the plate size
+    # Turn about the plate's vertical axis (degrees, uniform in the range, either side), seen
+    # by a pinhole camera `yaw_distance` plate widths away: the near edge taller than the far
+    # one, the plate foreshortened by cos(yaw). (0, 0), the default, draws no extra random
+    # number, so existing seeds give the same plates.
+    yaw: tuple[float, float] = (0.0, 0.0)
+    yaw_distance: float = 2.5
     blur: tuple[float, float] = (0.0, 1.2)  # Gaussian sigma at output scale
     noise: tuple[float, float] = (0.0, 8.0)  # Gaussian noise sigma, grey levels
     jpeg_quality: tuple[int, int] = (40, 95)
@@ -309,6 +315,9 @@ def generate(
     th = tw * ph / pw
     jitter = rng.uniform(-config.max_tilt, config.max_tilt, (4, 2)) * [tw, th]
     dst = np.array([[0, 0], [tw, 0], [tw, th], [0, th]], np.float32) + jitter.astype(np.float32)
+    if config.yaw != (0.0, 0.0):
+        yaw = np.deg2rad(rng.uniform(*config.yaw)) * rng.choice((-1.0, 1.0))
+        dst = yawed(dst, tw, th, float(yaw), config.yaw_distance)
     angle = np.deg2rad(rng.uniform(-6, 6))
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
     dst = dst @ rot.T
@@ -330,6 +339,18 @@ def generate(
     a = mask.astype(np.float32)[..., None] / 255
     frame = (bg * (1 - a) + warped * a).astype(np.uint8)
     return SynthPlate(_degrade(rng, frame, config), text, ptype, dst)
+
+
+def yawed(corners: np.ndarray, w: float, h: float, yaw: float, distance: float) -> np.ndarray:
+    """Corners of a w x h plate turned by `yaw` radians about its vertical axis, projected by a
+    pinhole camera `distance` plate widths away (focal length = distance, so an unturned plate
+    keeps its size)."""
+    c = np.asarray(corners, np.float64) - [w / 2, h / 2]
+    f = distance * w
+    x, z = c[:, 0] * np.cos(yaw), c[:, 0] * np.sin(yaw)
+    k = f / (f + z)
+    out = np.stack([x * k, c[:, 1] * k], 1)
+    return (out - out.min(0)).astype(np.float32)
 
 
 def type_schedule(n: int, proportions: Mapping[PlateType, float]) -> list[PlateType]:

@@ -60,3 +60,42 @@ def test_bootstrap_ci_brackets_the_estimate() -> None:
     gen, imp = rng.normal(1, 0.3, 300), rng.normal(0, 0.3, 3000)
     lo, hi = m.bootstrap_ci(gen, imp, "eer", reps=100)
     assert lo <= m.eer(gen, imp) <= hi
+
+
+def test_plate_text_checks_count_grammar_generic_and_truncated_reads() -> None:
+    from benchmarks.plates import PlateOutcome, SystemRun, text_checks, truncated
+
+    outcomes = (
+        PlateOutcome("a.jpg", "皖AD14488", "皖AD1448", "green_new_energy", "green_new_energy"),
+        PlateOutcome("b.jpg", "皖A12345", "皖A1234", "yellow", "yellow_two_row"),
+        PlateOutcome("c.jpg", "皖A12345", "", "blue", ""),  # no read is not a truncated read
+        PlateOutcome("d.jpg", "皖A12345", "皖A12345", "blue", "blue"),
+    )
+    texts = ("皖AD1448", "皖A1234", "D9823", "湘A669", "皖A12345")
+    run = SystemRun("ours", outcomes, 0, {}, 0, texts)
+    assert [truncated(o) for o in outcomes] == [True, True, False, False]
+    c = text_checks(run)
+    # 皖AD1448 is an ordinary 7-character plate; 皖A1234 and 湘A669 are no plate of either
+    # pattern (a CJK character); D9823 passes the generic pattern alone.
+    assert (c.texts, c.cn_valid, c.generic_only, c.neither) == (5, 2, 1, 2)
+    assert (c.truncated_8, c.truncated_two_row) == (1, 1)
+
+
+def test_the_gate_mix_sends_seven_payers_in_ten() -> None:
+    from benchmarks.service import AUTH_MIX, GateEvents, authorize_calls
+
+    sent: list[bytes] = []
+
+    class _Gate:
+        def Authorize(self, request: object, **kw: object) -> None:
+            sent.append(request.vehicle_image)  # type: ignore[attr-defined]
+
+    class _Client:
+        gate, metadata = _Gate(), ()
+
+    events = GateEvents(((b"p1", b"f"), (b"p2", b"f")), ((b"s1", b"f"), (b"s2", b"f")))
+    mix = authorize_calls(_Client(), events)[AUTH_MIX]
+    for i in range(100):
+        mix(i)
+    assert sum(v.startswith(b"p") for v in sent) == 70
+    assert set(sent) == {b"p1", b"p2", b"s1", b"s2"}  # every event of both kinds is sent

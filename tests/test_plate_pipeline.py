@@ -15,7 +15,12 @@ from recognizer.plate import grammar, pipeline
 from recognizer.plate.classify import classify
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import PROVINCES
-from recognizer.plate.pipeline import PROVINCE_SEEN_MIN, PlateRecognizer, combine_province
+from recognizer.plate.pipeline import (
+    PROVINCE_SEEN_MIN,
+    PROVINCE_SURE,
+    PlateRecognizer,
+    combine_province,
+)
 from recognizer.plate.reader import CtcReader, Reading, ctc_greedy, ctc_log_likelihoods
 from recognizer.plate.rectify import split_two_row, warp_plate
 from recognizer.plate.types import PlateResult, PlateType
@@ -242,7 +247,11 @@ class _FakeDetector:
         return (576,)
 
     def detect(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+        keep: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]:
         return self.dets
 
@@ -322,28 +331,59 @@ class _TwoPassDetector(_FakeDetector):
         return (576, 960)
 
     def detect(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+        keep: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]:
         sizes = sizes or self.sizes_for(image_bgr)
         self.passes.append(sizes)
-        return [_det(10)] + ([_det(200)] if 960 in sizes else [])
+        near = list(keep) or [_det(10)]  # the second pass finds the near plate again
+        return near + ([_det(200)] if 960 in sizes else [])
 
 
 @pytest.mark.parametrize(
-    ("enough", "passes", "plates"),
+    ("enough", "p", "passes", "plates"),
     [
-        (None, [(576, 960)], 2),  # ReadPlates: every plate, both passes
-        (lambda reads: True, [(576,)], 1),  # the gate has what it needs from the first
-        (lambda reads: False, [(576,), (576, 960)], 2),  # it does not: the whole frame
+        (None, 0.995, [(576,), (960,)], 2),  # ReadPlates: every plate, both passes
+        (lambda reads: True, 0.9, [(576,)], 1),  # the gate has what it needs from the first
+        (lambda reads: False, 0.9, [(576,), (960,)], 2),  # it does not: the far pass too
+        (lambda reads: False, 0.995, [(576,)], 1),  # ... unless the first read is sure
     ],
 )
 def test_the_far_plate_pass_runs_only_when_the_first_is_not_enough(
-    enough: object, passes: list[tuple[int, ...]], plates: int
+    enough: object, p: float, passes: list[tuple[int, ...]], plates: int
 ) -> None:
     det = _TwoPassDetector()
-    rec = PlateRecognizer(det, _FakeReader("main", ["皖A12345", "京A54321"] * 2), None)
+    reader = _FakeReader("main", ["皖A12345", "京A54321"], p=p)
+    rec = PlateRecognizer(det, reader, None)
     res = rec.read(_blue_frame(), enough=enough)  # type: ignore[arg-type]
     assert det.passes == passes and len(res) == plates
+    assert [r.text for r in res] == ["皖A12345", "京A54321"][:plates]
+    assert reader.calls == plates  # each plate read once: the far pass reads only its own
+
+
+def test_a_text_of_no_pattern_is_no_read() -> None:
+    # A line read twice (a single-row plate split as two rows) is no plate of any pattern.
+    main = _FakeReader("main", ["AO0U0A82M83"])
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), main, None)
+    assert rec.read(_blue_frame()) == []
+    crop = rec.read_crop(_blue_frame())
+    assert (crop.text, crop.candidates, crop.pattern_valid) == ("", (), False)
+    # A text of the generic pattern alone is still returned (and is not pattern_valid).
+    rec2 = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("main", ["D9823"]), None)
+    assert [(r.text, r.pattern_valid) for r in rec2.read(_blue_frame())] == [("D9823", False)]
+
+
+def test_a_nearly_square_plate_is_read_as_one_row_too() -> None:
+    # Yaw foreshortens a single-row plate to a two-row plate's shape: both layouts are read,
+    # and the one that reads as a valid plate wins.
+    square = np.array([[10, 10], [50, 10], [50, 40], [10, 40]], np.float32)
+    det = PlateDetection(np.array([10, 10, 50, 40], np.float32), square, 0.9)
+    main = _FakeReader("main", ["AO0U0A82M83", "川A82M83"])
+    (r,) = PlateRecognizer(_FakeDetector([det]), main, None).read(_blue_frame())
+    assert r.text == "川A82M83"
 
 
 def test_pipeline_alt_reader_used_when_main_invalid() -> None:
@@ -362,11 +402,12 @@ def test_pipeline_alt_reader_used_when_main_invalid() -> None:
 def test_pipeline_cross_check_prefers_letters() -> None:
     main = _FakeReader("main", ["皖A59031"])
     alt = _FakeReader("alt", ["皖A59D31"])  # clp sees a D where PP-OCR saw a 0
-    r = PlateRecognizer(None, main, alt).read_crop(_blue_frame())
+    r = PlateRecognizer(None, main, alt, cross_check=True).read_crop(_blue_frame())
     assert r.text == "皖A59D31" and r.candidates[0].text == r.text
     main2 = _FakeReader("main", ["皖AU5031"])
     alt2 = _FakeReader("alt", ["皖A05031"])  # the main reader's letter is kept
-    assert PlateRecognizer(None, main2, alt2).read_crop(_blue_frame()).text == "皖AU5031"
+    rec2 = PlateRecognizer(None, main2, alt2, cross_check=True)
+    assert rec2.read_crop(_blue_frame()).text == "皖AU5031"
 
 
 def test_pipeline_main_likelihood_settles_unclean_reads() -> None:
@@ -411,16 +452,17 @@ def test_clean_read_keeps_the_plate_alphabet_only() -> None:
 @pytest.mark.parametrize("mode", ["cn", "generic"])
 def test_reads_never_hold_characters_outside_the_plate_alphabet(mode: grammar.Mode) -> None:
     # A real PP-OCR read of a street frame: slashes from a bumper sticker inside the text.
-    rec = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["A02M0//A82M83"]), None)
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["D98//23"]), None)
     rec.mode = mode
     (r,) = rec.read(_blue_frame())
     allowed = set(grammar.plate_alphabet(mode))
-    assert r.text == "A02M0A82M83" and not r.pattern_valid
+    assert r.text == "D9823" and r.pattern_valid == (mode == "generic")
     assert len(r.char_confidences) == len(r.text)
     assert all(set(c.text) <= allowed for c in r.candidates)
-    only_junk = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", ["//:"]), None)
-    only_junk.mode = mode
-    assert only_junk.read(_blue_frame()) == []
+    for junk in ("//:", "A02M0//A82M83"):  # nothing left; no plate of any pattern (11 chars)
+        only_junk = PlateRecognizer(_FakeDetector([_det(10)]), _FakeReader("m", [junk]), None)
+        only_junk.mode = mode
+        assert only_junk.read(_blue_frame()) == []
 
 
 def test_detector_searches_large_frames_at_a_second_size() -> None:
@@ -453,7 +495,7 @@ def test_combine_province_is_a_weighted_product() -> None:
 
 
 def test_pipeline_province_classifier_redecides_the_first_character() -> None:
-    main = _FakeReader("main", ["皖A12345"])
+    main = _FakeReader("main", ["皖A12345"], first=0.6)  # a province read below PROVINCE_SURE
     cls = _FakeProvince("湘")
     rec = PlateRecognizer(None, main, None, province=cls, province_crop_weight=0.75)  # type: ignore[arg-type]
     r = rec.read_crop(_blue_frame())
@@ -479,6 +521,16 @@ def test_pipeline_province_classifier_redecides_the_first_character() -> None:
     assert frame.read(_blue_frame())[0].text == "湘A12345"
     gen = PlateRecognizer(None, _FakeReader("m", ["AB1234"]), None, mode="generic", province=cls)  # type: ignore[arg-type]
     assert gen.read_crop(_blue_frame()).text == "AB1234"
+
+
+def test_a_sure_province_is_not_put_to_the_classifier() -> None:
+    cls = _FakeProvince("湘")
+    for first, asked, text in ((PROVINCE_SURE, 0, "皖A12345"), (0.8, 1, "湘A12345")):
+        main = _FakeReader("main", ["皖A12345"], first=first)
+        rec = PlateRecognizer(None, main, None, province=cls)  # type: ignore[arg-type]
+        before = cls.patches
+        assert rec.read_crop(_blue_frame()).text == text
+        assert cls.patches - before == asked
 
 
 def test_a_read_without_its_province_gets_one() -> None:
@@ -711,3 +763,33 @@ def test_rank_candidates_inserts_faint_province() -> None:
     pos = _alts(*[[(c, 0.95)] for c in "HJS834"])
     cands = grammar.rank_candidates(pos, leading=[("津", 0.05), ("湘", 0.01)])
     assert cands[0].text == "津HJS834"
+
+
+class _RowsReader(_FakeReader):
+    """Reads a two-row plate's top row (the crop `top_row` cuts from the two-row warp) as
+    `top`, and every other line as `rest`."""
+
+    def __init__(self, top: str, rest: str) -> None:
+        super().__init__("main", [rest])
+        self.top, self.rest = top, rest
+
+    def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
+        out = []
+        for crop in crops:
+            self.texts = [self.top if crop.shape[:2] == (32, 112) else self.rest]
+            out += super().read_batch([crop])
+        return out
+
+
+def test_a_two_row_read_that_lost_its_top_row_reads_the_top_row_alone() -> None:
+    square = np.array([[10, 10], [50, 10], [50, 40], [10, 40]], np.float32)  # two-row shape
+    det = PlateDetection(np.array([10, 10, 50, 40], np.float32), square, 0.9)
+    (r,) = PlateRecognizer(_FakeDetector([det]), _RowsReader("苏C", "25829"), None).read(
+        _blue_frame()
+    )
+    assert (r.text, r.pattern_valid) == ("苏C25829", True)
+    # A top row that reads as no province and letter leaves the read as it was.
+    (r2,) = PlateRecognizer(_FakeDetector([det]), _RowsReader("//", "25829"), None).read(
+        _blue_frame()
+    )
+    assert (r2.text, r2.pattern_valid) == ("25829", False)

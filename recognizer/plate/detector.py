@@ -9,6 +9,7 @@ The network is fully convolutional, so the frame is letterboxed to a long side o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -136,21 +137,28 @@ class PlateDetector:
         image_bgr: np.ndarray,
         sizes: tuple[int, ...] | None = None,
         score_threshold: float | None = None,
+        keep: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]:
         """Plates at each input size (default `sizes_for`), through one NMS; boxes scoring
-        at least `score_threshold` (default: the detector's own)."""
+        at least `score_threshold` (default: the detector's own). `keep`: detections of an
+        earlier pass over the same frame, which enter the NMS with the new boxes (a pass at
+        another size adds the plates it alone finds); the ones that survive are returned as
+        the same objects, so a caller knows which plates it has already read."""
         sizes = sizes or self.sizes_for(image_bgr)
         threshold = self.score_threshold if score_threshold is None else score_threshold
         found = [self._candidates(image_bgr, size, threshold) for size in sizes]
-        boxes = np.concatenate([f[0] for f in found]).reshape(-1, 4)
-        corners = np.concatenate([f[1] for f in found]).reshape(-1, 4, 2)
-        scores = np.concatenate([f[2] for f in found])
+        boxes = np.concatenate([*(d.box[None] for d in keep), *(f[0] for f in found)])
+        corners = np.concatenate([*(d.corners[None] for d in keep), *(f[1] for f in found)])
+        scores = np.concatenate([[d.score for d in keep], *(f[2] for f in found)])
+        boxes, corners = boxes.reshape(-1, 4), corners.reshape(-1, 4, 2)
         if scores.size == 0:
             return []
-        keep = nms(boxes, scores, self.nms_threshold, self.max_plates)
+        picked = nms(boxes, scores, self.nms_threshold, self.max_plates)
         return [
-            PlateDetection(
+            keep[k]
+            if k < len(keep)
+            else PlateDetection(
                 boxes[k].astype(np.float32), corners[k].astype(np.float32), float(scores[k])
             )
-            for k in keep
+            for k in picked
         ]

@@ -16,6 +16,7 @@ from recognizer.models import load as load_model
 from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import (
+    ALNUM,
     ISSUER,
     PLATE_ALPHABET,
     PROVINCES,
@@ -34,6 +35,7 @@ from recognizer.plate.rectify import (
     corner_aspect,
     split_two_row,
     to_single_row_line,
+    top_row,
     warp_plate,
 )
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
@@ -42,7 +44,11 @@ from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 class Detector(Protocol):
     def sizes_for(self, image_bgr: np.ndarray) -> tuple[int, ...]: ...
     def detect(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...] | None = None
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+        keep: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]: ...
     def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
 
@@ -68,6 +74,11 @@ class _Choice:
     guessed: bool = False  # the province was put in, not read (PlateResult.province_guessed)
 
 
+def _bottom_row_only(text: str) -> bool:
+    """A read that is a two-row plate's bottom row (five letters or digits) and nothing else."""
+    return len(text) == 5 and all(c in ALNUM for c in text)
+
+
 def _crop_corners(w: int, h: int) -> np.ndarray:
     return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
 
@@ -77,16 +88,24 @@ def _layouts(aspect: float, plate_bgr: np.ndarray) -> tuple[bool, ...]:
 
     Only yellow plates are two-row, but perspective (or a rotated crop with background
     around it) makes a single-row plate look as narrow as a two-row one, so a narrowish
-    yellow plate is read both ways and the better reading wins (ties go to the first);
-    only a nearly square plate is taken as two-row outright.
+    yellow plate is read both ways and the better reading wins (ties go to the first).
+    A nearly square plate is read as two-row first, and as one row too: a single-row plate
+    turned away from the camera (yaw) is foreshortened to that shape, and its two-row split
+    reads as garbage (the upper halves of its characters, then the lower: 川A82M83 at about
+    60 degrees read as "AO0U0A82M83"), while the single-row warp reads it whole.
     """
     if aspect < SURELY_TWO_ROW_ASPECT:
-        return (True,)
+        return (True, False)
     if aspect < TWO_ROW_MAX_ASPECT and dominant_colour(plate_bgr) == "yellow":
         return (True, False) if aspect < TWO_ROW_CROP_ASPECT else (False, True)
     return (False,)
 
 
+# With cross_check (off in production since issue 28): the alternative reader also reads every
+# clean line, and its letter replaces the main reader's look-alike digit. Measured with it on
+# (1,000 real crops, 600 synthetic crops seed 0, 300 synthetic frames seed 4242): it changed
+# 2 reads of 1,900, both from right to wrong (京GU09N6 -> 京GU09NG, 豫G6H9E学 -> 豫GGH9E学),
+# for a second model run on every line. The measurement that chose it first:
 # Digit -> letter pairs both readers confuse. Measured on crops + CCPD + synthetic where the
 # two readers disagree at one position: when PP-OCRv4 reads the digit and clp_v2_c the
 # letter, the letter was right 6 times of 6 (0/D, 0/Q, 1/T, 6/G, 7/T); when PP-OCRv4 reads
@@ -144,6 +163,13 @@ PROVINCE_REPAIR_WEIGHT = 1.0
 # (545/588), 99.6% on frames (503/505), 96% on far frames (234/243), where the repair alone
 # marked 1-15%; under a sticker 86% (166/194), 87% (505/581), 98% (510/521), 97% (233/241).
 PROVINCE_SEEN_MIN = 0.02
+# The classifier is asked only about a province the reader saw below this probability: above
+# it the reader's own belief stands. Measured with the classifier asked about every valid read
+# (1,000 real crops and 600 synthetic crops at weight 1.0, 300 synthetic frames seed 4242 at
+# 0.25): the re-decision changed 25 provinces (11 to the right one, 4 from the right one, 10
+# from one wrong province to another), every one read below 0.78, so at 0.9 no read changes
+# and a sure province costs neither the classifier nor 31 CTC likelihoods.
+PROVINCE_SURE = 0.9
 
 
 # The issuing-authority letter O is a special code (GA 36: public-security and other official
@@ -197,6 +223,22 @@ def _variants(line: np.ndarray) -> list[np.ndarray]:
 # on synthetic 1280x960 frames with 70-160 px plates (120 frames): exact reads 53 -> 89 and
 # frames with no read 55 -> 20 (1280: 96 and 10, at a larger cost per frame).
 DETECTOR_LARGE_SIZE = 960
+# A read at or above this confidence (a valid plate whose province was seen) ends a gate
+# frame's detector passes: the far-plate pass runs only when the first size found no such read.
+# Chosen on synthetic frames only (seeds 4343: 200 frames of 1280x960 with 70-160 px plates;
+# 4444: 150 of 1160x720 with 90-240 px plates), plate read exactly with the far pass always
+# against skipping it after a sure read: 154 and 136 always; from a bar of 0.1, 0.3 or 0.5,
+# 151-152 and 134 (the 960 px pass read some near plates better); from 0.7, 155 and 137 with
+# the pass skipped on 63/200 and 89/150 frames; from 0.9, 155 and 136 (50 and 76 skipped).
+FAR_PASS_SKIP_CONFIDENCE = 0.7
+
+
+# PP-OCRv4 reads a plate line padded on the right to this width (see CtcReader.pad_to): it was
+# trained on padded lines, and unpadded plates lose characters. Measured on validation data
+# (1,000 real crops / 400 synthetic crops seed 0 / 200 synthetic frames seed 4242), exact:
+# 320 px 989 / 377 / 187, 256 px 988 / 378 / 188, none 976 / 378 / 187; the pipeline's CPU
+# over those sets 63.0 s, 56.7 s and 48.3 s. 256 reads as well as 320 for 10% less CPU.
+PP_OCR_PAD_TO = 256
 
 
 class PlateRecognizer:
@@ -207,12 +249,13 @@ class PlateRecognizer:
         alt_reader: Reader | None = None,
         mode: Mode = "cn",
         model_versions: tuple[ModelInfo, ...] = (),
-        cross_check: bool = True,
+        cross_check: bool = False,
         min_unverified_score: float = 0.5,
         province: ProvinceClassifier | None = None,
         province_weight: float = PROVINCE_WEIGHT,
         province_crop_weight: float = PROVINCE_CROP_WEIGHT,
         retry: bool = False,
+        province_sure: float = PROVINCE_SURE,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -225,6 +268,7 @@ class PlateRecognizer:
         self.province_weight = province_weight  # plates found by the detector
         self.province_crop_weight = province_crop_weight  # read_crop
         self.retry = retry  # a second detector look at frames where nothing was read
+        self.province_sure = province_sure  # the classifier is asked below this only
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -280,7 +324,8 @@ class PlateRecognizer:
         main = [self._choose(r, n) for r in readings]
         others: dict[int, _Choice] = {}  # the alternative reader's reads of unclean lines
         # The alternative reader runs when the main read is not a plate as read, and, with
-        # cross_check, on every line to settle digit/letter confusions (see _letter_fix).
+        # cross_check, on every line to settle digit/letter confusions (see _letter_fix): a
+        # clean line costs one model run.
         redo = [i for i, c in enumerate(main) if not c.clean or self.cross_check]
         if self.alt_reader is not None and redo:
             with deadline.stage("plate.read_alt"):
@@ -306,6 +351,25 @@ class PlateRecognizer:
                 opts = [main[i], *alt, *(self._choose(r, n) for r in views[1:])]
                 main[i] = self._rescore(views, opts, n) or main[i]
         return main, readings
+
+    def _with_top_row(self, ch: _Choice, top: Reading, line: Reading, n: int) -> _Choice:
+        """The valid plates of the top row's reading followed by the line's (the bottom row),
+        best first; `ch` when the top row does not read as a province and a letter (what a
+        single-row plate's upper half, cut where a top row would be, does not)."""
+        text, _ = clean_read(top.text, (), self.mode)
+        if len(text) != 2 or text[0] not in PROVINCES or text[1] not in ISSUER:
+            return ch
+        ranked = rank_plates([*top.alternatives, *line.alternatives], n, self.mode)
+        if not ranked:
+            return ch
+        best = ranked[0]
+        cands = tuple(PlateCandidate(r.text, r.probability) for r in ranked)
+        # A last resort: any layout that read a valid plate as a whole wins over this one
+        # (synthetic two-row crops, seed 1: scored as a grammar repair, 2 of 84 read right as
+        # a whole took a wrong province from the top row read alone).
+        score = 0.0
+        probs = best.char_probs
+        return _Choice(best.text, probs, cands, True, ch.reader, score, False, tuple(ranked))
 
     def _issuer_fix(self, ch: _Choice, reading: Reading, n: int) -> _Choice:
         """Re-decide an issuer letter read as O (see ISSUER_O_PRIOR)."""
@@ -354,7 +418,7 @@ class PlateRecognizer:
         if ch.text[0] not in PROVINCES:
             return ch
         seen = province_seen(ch)
-        if self.province is not None and weight > 0:
+        if self.province is not None and weight > 0 and seen < self.province_sure:
             ch = self._province_redecide(ch, reading, plate, two_row, n, weight)
         return ch if seen >= PROVINCE_SEEN_MIN else replace(ch, guessed=True)
 
@@ -424,6 +488,25 @@ class PlateRecognizer:
                     lines.append(plate if warp else to_single_row_line(plate))
                 owner.append((i, two_row, plate))
         choices, readings = self._read_lines(lines, n)
+        # A line read as a two-row plate's bottom row alone lost the top row: the reader
+        # skipped the province and letter pasted left of it, or the plate was read as one row
+        # (a two-row crop with margins can be as wide as a single-row plate, and the top row's
+        # smaller glyphs go unread). The top row is then read on its own.
+        lost = [
+            k
+            for k, ch in enumerate(choices)
+            if not ch.valid and _bottom_row_only(ch.text) and self.mode == "cn"
+        ]
+        if lost:
+            for k in lost:
+                i, two_row, plate = owner[k]
+                if not two_row:
+                    plate = warp_plate(images[i], corners[i], TWO_ROW_SIZE) if warp else images[i]
+                    owner[k] = (i, True, plate)
+            with deadline.stage("plate.read"):
+                tops = self.reader.read_batch([top_row(owner[k][2]) for k in lost])
+            for k, top in zip(lost, tops, strict=True):
+                choices[k] = self._with_top_row(choices[k], top, readings[k], n)
         best: dict[int, tuple[_Choice, bool, np.ndarray, Reading]] = {}
         for (i, two_row, plate), ch, rd in zip(owner, choices, readings, strict=True):
             cur = best.get(i)
@@ -441,6 +524,8 @@ class PlateRecognizer:
                 if self.mode == "cn"
                 else PlateType.GENERIC
             )
+            if not self.is_read(ch.text):  # no plate of any pattern: not a read
+                ch = _Choice("", (), (), False, ch.reader, 0.0, False)
             out.append(
                 PlateResult(
                     text=ch.text,
@@ -458,6 +543,12 @@ class PlateRecognizer:
             )
         return out
 
+    def is_read(self, text: str) -> bool:
+        """A text the pipeline may return: a plate of the mode's grammar, or of the generic
+        pattern (a foreign plate, or part of one: counted apart by the bench). Anything else
+        (a reader's garbage, a line read twice) is no read, and is returned as none."""
+        return is_valid(text, self.mode) or is_valid(text, "generic")
+
     # -- public API ------------------------------------------------------------------------
     def read(
         self,
@@ -467,45 +558,70 @@ class PlateRecognizer:
     ) -> list[PlateResult]:
         """Every plate in a frame, in detector order (most confident first); [] if none.
 
-        With `enough`, a frame that gets the second (far-plate) detector pass is first read
-        at the first size alone, and that answer stands when `enough` accepts it: the gate
-        stops once a read names a payer's plate. Otherwise the frame is read whole, as
-        without `enough` (the first size's detections again, through the joint NMS). With
-        `retry`, a frame where nothing was read gets a second detector look (the frame's own
-        size up to 1280 px, weaker boxes; see `PlateDetector.detect_again`), whose reads
-        count only when they are valid plates."""
+        A frame large enough for the second (far-plate) detector size is first read at the
+        first size alone. Without `enough` (ReadPlates: every plate) the second size then
+        runs, its boxes join the first size's in one NMS, and only the plates it alone found
+        are read. With `enough` (the gate), the first size's answer stands when `enough`
+        accepts it (a read names a payer's plate) or when it holds a sure read (`sure_read`:
+        a valid plate whose province was seen, at FAR_PASS_SKIP_CONFIDENCE or more: the car
+        at the gate is read, and far plates are other cars). With `retry`, a frame where
+        nothing was read gets a second detector look (the frame's own size up to 1280 px,
+        weaker boxes; see `PlateDetector.detect_again`), whose reads count only when they are
+        valid plates."""
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
         sizes = self.detector.sizes_for(image_bgr)
-        if enough is not None and len(sizes) > 1:
-            first = self._read_at(image_bgr, sizes[:1], max_candidates)
-            if enough(first):
-                return first
-        found = self._read_at(image_bgr, sizes, max_candidates)
+        with deadline.stage("plate.detect"):
+            dets = self.detector.detect(image_bgr, sizes[:1])
+        reads = self._read_detections(image_bgr, dets, max_candidates)
+        found = self._kept(reads)
+        if len(sizes) > 1 and not (
+            enough is not None and (enough(found) or any(self.sure_read(r) for r in found))
+        ):
+            with deadline.stage("plate.detect"):
+                merged = self.detector.detect(image_bgr, sizes[1:], keep=dets)
+            known = {id(d): r for d, r in zip(dets, reads, strict=True)}
+            new = [d for d in merged if id(d) not in known]
+            more = self._read_detections(image_bgr, new, max_candidates)
+            fresh = dict(zip(map(id, new), more, strict=True))
+            found = self._kept([known.get(id(d)) or fresh[id(d)] for d in merged])
         if found or not self.retry:
             return found
         # Nothing read: a second look (larger, lower threshold; see detect_again). Its weaker
         # boxes count only when they read as a valid plate.
         with deadline.stage("plate.detect"):
             dets = self.detector.detect_again(image_bgr)
-        return [
-            r for r in self._read_detections(image_bgr, dets, max_candidates) if r.pattern_valid
-        ]
+        return [r for r in self._kept(self._read_detections(image_bgr, dets, max_candidates))
+                if r.pattern_valid]  # fmt: skip
 
-    def _read_at(
-        self, image_bgr: np.ndarray, sizes: tuple[int, ...], max_candidates: int
-    ) -> list[PlateResult]:
-        assert self.detector is not None
-        with deadline.stage("plate.detect"):
-            dets = self.detector.detect(image_bgr, sizes)
-        return self._read_detections(image_bgr, dets, max_candidates)
+    def sure_read(self, read: PlateResult) -> bool:
+        """A read that more detector passes cannot improve: a valid plate of the mode whose
+        province was seen, at FAR_PASS_SKIP_CONFIDENCE or more."""
+        return (
+            read.pattern_valid
+            and not read.province_guessed
+            and read.confidence >= FAR_PASS_SKIP_CONFIDENCE
+        )
+
+    def _kept(self, reads: Sequence[PlateResult | None]) -> list[PlateResult]:
+        # A detection that reads as nothing is not a plate the caller can use, and a weak
+        # one counts only when its text is a valid plate (the detector was trained on blue
+        # CCPD plates and scores white and black plates low).
+        return [
+            r
+            for r in reads
+            if r is not None
+            and r.text
+            and (r.detector_score >= self.min_unverified_score or r.pattern_valid)
+        ]
 
     def _read_detections(
         self, image_bgr: np.ndarray, dets: Sequence[PlateDetection], max_candidates: int
     ) -> list[PlateResult]:
+        """One result per detection, in order (texts that are no read come back empty)."""
         if not dets:
             return []
-        results = self._results(
+        return self._results(
             [image_bgr] * len(dets),
             [d.box for d in dets],
             [d.corners for d in dets],
@@ -513,14 +629,6 @@ class PlateRecognizer:
             max_candidates,
             warp=True,
         )
-        # A detection that reads as nothing is not a plate the caller can use, and a weak
-        # one counts only when its text is a valid plate (the detector was trained on blue
-        # CCPD plates and scores white and black plates low).
-        return [
-            r
-            for r in results
-            if r.text and (r.detector_score >= self.min_unverified_score or r.pattern_valid)
-        ]
 
     def read_crop(self, crop_bgr: np.ndarray, max_candidates: int = 5) -> PlateResult:
         """Read an already cropped, roughly upright plate (no detector)."""
@@ -547,7 +655,9 @@ def build_plate_recognizer(
     # PP-OCR's dictionary lives in its metadata: class 0 is the blank, the last the space.
     pp_chars = load_charset_lines(ppocr.metadata["character"])
     # PaddleOCR feeds cv2's BGR straight in; measured on the crops BGR reads better.
-    main = CtcReader(ppocr, pp_chars, 48, rgb=False, candidate_chars=PLATE_ALPHABET, pad_to=320)
+    main = CtcReader(
+        ppocr, pp_chars, 48, rgb=False, candidate_chars=PLATE_ALPHABET, pad_to=PP_OCR_PAD_TO
+    )
     clp_chars = load_charset_lines(clp_dict.read_text(encoding="utf-8"))
     alt = CtcReader(clp, clp_chars, 32, rgb=False, fixed_width=160, candidate_chars=PLATE_ALPHABET)
     versions = (det_info, ppocr_info, clp_info)
@@ -559,4 +669,6 @@ def build_plate_recognizer(
     detector = PlateDetector(
         det, input_size=detector_size, score_threshold=0.2, large_size=detector_large_size
     )
-    return PlateRecognizer(detector, main, alt, mode, versions, province=classifier, retry=True)
+    return PlateRecognizer(
+        detector, main, alt, mode, versions, cross_check=False, province=classifier, retry=True
+    )

@@ -140,7 +140,8 @@ class CtcReader:
         self.fixed_width = fixed_width
         self.width_ratio = width_ratio
         # PP-OCR trains on lines padded to 320 px; reading a plate padded the same way fixed
-        # most D/0, G/6 and Q/0 confusions on the real crops (97.7% -> 98.8% exact).
+        # most D/0, G/6 and Q/0 confusions on the real crops (97.7% -> 98.8% exact); 256 px
+        # reads as well for less (pipeline.PP_OCR_PAD_TO).
         self.pad_to = pad_to
         self.top_k = top_k
         self._class_of = {ch: i for i, ch in enumerate(self.labels) if ch}

@@ -69,13 +69,19 @@ TOP_COLS = (0.15, 0.85)
 BOTTOM_ROW = (0.33, 1.0)
 
 
-def split_two_row(plate_bgr: np.ndarray) -> np.ndarray:
-    """Cut the top row off and put it left of the bottom row, both at the bottom's height."""
+def top_row(plate_bgr: np.ndarray) -> np.ndarray:
+    """The top row (province and issuer letter) of an upright two-row plate."""
     h, w = plate_bgr.shape[:2]
-    top = plate_bgr[
+    return plate_bgr[
         int(h * TOP_ROW[0]) : round(h * TOP_ROW[1]),
         int(w * TOP_COLS[0]) : round(w * TOP_COLS[1]),
     ]
+
+
+def split_two_row(plate_bgr: np.ndarray) -> np.ndarray:
+    """Cut the top row off and put it left of the bottom row, both at the bottom's height."""
+    h = plate_bgr.shape[0]
+    top = top_row(plate_bgr)
     bottom = plate_bgr[int(h * BOTTOM_ROW[0]) : h]
     bh = bottom.shape[0]
     tw = max(1, round(top.shape[1] * bh / max(top.shape[0], 1)))
