@@ -34,11 +34,20 @@ def missing(what: str) -> NoReturn:
     pytest.skip(what)
 
 
+def missing_data(path: Path) -> NoReturn:
+    """`missing` for sample data, saying how to get it."""
+    missing(
+        f"sample data {path} is absent. The sample datasets are not in the repository: put "
+        f"them in {DATASETS} (the folder `shared/datasets` beside the checkout); "
+        "tests/DATASETS.md lists each folder, its layout and its public source"
+    )
+
+
 def dataset(*parts: str) -> Path:
-    """A path under ../shared/datasets, or `missing` saying it is absent."""
+    """A path under ../shared/datasets, or `missing_data` saying how to get it."""
     path = DATASETS.joinpath(*parts)
     if not path.exists():
-        missing(f"sample data {path} is absent (expected ../shared/datasets beside the repo)")
+        missing_data(path)
     return path
 
 
