@@ -241,7 +241,9 @@ COMPOSE_PORTS = (55471, 50071, 50072, 9471, 9472, 9490)  # deploy/compose.yaml's
 
 
 def _port_free(port: int) -> bool:
+    """Nobody listens there (a closed server's TIME_WAIT connections do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
