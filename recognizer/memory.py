@@ -1,6 +1,6 @@
 """Keep the resident set near its working size after bursts of load (glibc malloc).
 
-Measured with `recognizer bench overload` (48 Authorize callers, 2 cores): RSS rose from
+Measured with `python -m benchmarks overload` (48 Authorize callers, 2 cores): RSS rose from
 ~350 MB to ~700 MB and stayed there. glibc gives each thread that contends for the heap an
 arena of its own (up to 8 per core: 17 heaps after a DetectFaces burst), and freed memory
 stays in those arenas. Two arenas, plus `malloc_trim` once a burst is over, bring it back to

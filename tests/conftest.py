@@ -59,13 +59,20 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
     outcome = yield
     if _strict():
         _fail_a_skip(outcome.get_result())  # type: ignore[attr-defined]
+def missing_data(path: Path) -> NoReturn:
+    """`missing` for sample data, saying how to get it."""
+    missing(
+        f"sample data {path} is absent. The sample datasets are not in the repository: put "
+        f"them in {DATASETS} (the folder `shared/datasets` beside the checkout); "
+        "tests/DATASETS.md lists each folder, its layout and its public source"
+    )
 
 
 def dataset(*parts: str) -> Path:
-    """A path under ../shared/datasets, or `missing` saying it is absent."""
+    """A path under ../shared/datasets, or `missing_data` saying how to get it."""
     path = DATASETS.joinpath(*parts)
     if not path.exists():
-        missing(f"sample data {path} is absent (expected ../shared/datasets beside the repo)")
+        missing_data(path)
     return path
 
 

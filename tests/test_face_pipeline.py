@@ -21,7 +21,7 @@ from recognizer.face.pipeline import FacePipeline, build_face_pipeline
 from recognizer.face.quality import QualityConfig, assess, estimate_pose
 from recognizer.face.types import Face, Selection
 from recognizer.onnx import ModelError
-from tests.conftest import files_in, missing
+from tests.conftest import files_in, missing, missing_data
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -32,7 +32,7 @@ PROFILE_MODELS = {"default": ("yunet", "sface_cpu"), "insightface": ("scrfd", "a
 def need_faces(*parts: str) -> Path:
     path = FACES.joinpath(*parts)
     if not path.exists():
-        missing(f"sample faces {path} absent (expected ../shared/datasets beside the repo)")
+        missing_data(path)
     return path
 
 

@@ -24,7 +24,7 @@ from recognizer.plate.pipeline import (
 from recognizer.plate.reader import CtcReader, Reading, ctc_greedy, ctc_log_likelihoods
 from recognizer.plate.rectify import split_two_row, warp_plate
 from recognizer.plate.types import PlateResult, PlateType
-from tests.conftest import files_in, missing
+from tests.conftest import files_in, missing, missing_data
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -668,7 +668,7 @@ def plate_models() -> None:
 @pytest.fixture()
 def plate_data() -> None:
     if not DATA.is_dir():
-        missing(f"sample plate datasets absent at {DATA}")
+        missing_data(DATA)
 
 
 needs_models = pytest.mark.usefixtures("plate_models")

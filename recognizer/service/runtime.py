@@ -16,6 +16,7 @@ from typing import Any
 
 from recognizer.config import Config
 from recognizer.errors import FailedPrecondition
+from recognizer.models import shipped_file
 
 log = logging.getLogger("recognizer.runtime")
 
@@ -42,11 +43,11 @@ EngineFactory = Callable[[Config], Engines]
 
 
 def face_calibration_path(config: Config) -> Path:
-    return config.models_dir / f"face_calibration_{config.profile}.json"
+    return shipped_file(f"face_calibration_{config.profile}.json", config.models_dir)
 
 
 def fusion_path(config: Config) -> Path:
-    return config.models_dir / f"fusion_{config.profile}.json"
+    return shipped_file(f"fusion_{config.profile}.json", config.models_dir)
 
 
 def liveness_stage(config: Config) -> Any:
