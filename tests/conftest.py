@@ -59,6 +59,8 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
     outcome = yield
     if _strict():
         _fail_a_skip(outcome.get_result())  # type: ignore[attr-defined]
+
+
 def missing_data(path: Path) -> NoReturn:
     """`missing` for sample data, saying how to get it."""
     missing(
