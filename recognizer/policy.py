@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
+CAMERAS = ("colour", "grey", "ir")
+
+
 @dataclass(frozen=True, slots=True)
 class GatePolicy:
     policy_id: str
@@ -39,6 +42,11 @@ class GatePolicy:
     # an uncertain one STEP_UP (LIVENESS_UNCERTAIN), for amounts >= liveness_min_amount_minor.
     require_liveness: bool = False
     liveness_min_amount_minor: int = 0
+    # The gate's face camera: "colour" (default), "grey" or "ir". The liveness model reads
+    # colour; on a grey or IR camera (night) it has no evidence, so liveness answers
+    # UNCERTAIN there and a policy that requires it STEP_UPs every face event (README
+    # "Liveness"), never DENY.
+    camera: str = "colour"
 
     def __post_init__(self) -> None:
         for name in ("target_far", "plate_only_target_far", "step_up_far"):
@@ -55,6 +63,11 @@ class GatePolicy:
             raise ValueError(f"policy {self.policy_id}: amounts and times must be >= 0")
         if self.clone_prior is not None and not 0.0 <= self.clone_prior < 1.0:
             raise ValueError(f"policy {self.policy_id}: clone_prior must be within [0, 1)")
+        if self.camera not in CAMERAS:
+            raise ValueError(
+                f"policy {self.policy_id}: camera must be one of {list(CAMERAS)}, "
+                f"got {self.camera!r}"
+            )
         unknown = set(self.directions) - {"entry", "exit"}
         if unknown:
             raise ValueError(f"policy {self.policy_id}: unknown directions {sorted(unknown)}")
