@@ -37,7 +37,7 @@ from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo
 from recognizer.onnx import ModelError, OnnxModel, sha256_file
 from recognizer.vision import to_bgr3
 
-SHIPPED_MODEL = "pad_nuaa"  # manifest name of the model trained by scripts/train_pad.py
+SHIPPED_MODEL = "pad_ref"  # manifest name of the reference model of scripts/train_pad.py
 DEFAULT_CONTEXT = 2.4  # for a model without "context" metadata (the shipped one says 1.6)
 DEFAULT_SIZE = 128
 PAD_VALUE = 127
