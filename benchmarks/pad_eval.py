@@ -136,12 +136,9 @@ def cross_attack(c: Corpus, x: np.ndarray, k: int = 3) -> list[FoldReport]:
     no_print = c.kind != "print"
     for name in face_sets(c):
         test = c.source == name
-        out.append(
-            report("prints only", name, c, x, fit(c, x, ~test & no_replay), test & ~no_print)[0]
-        )
-        out.append(
-            report("replays only", name, c, x, fit(c, x, ~test & no_print), test & ~no_replay)[0]
-        )
+        replays, prints = test & (c.kind == "replay"), test & (c.kind == "print")
+        out.append(report("prints only", name, c, x, fit(c, x, ~test & no_replay), replays)[0])
+        out.append(report("replays only", name, c, x, fit(c, x, ~test & no_print), prints)[0])
     for src in real_sources(c):
         subjects = sorted(set(c.group[c.source == src].tolist()))
         for fold in subject_folds(subjects, k):

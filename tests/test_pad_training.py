@@ -131,3 +131,37 @@ def test_train_pad_retrains_on_a_sites_own_folder(tmp_path: Path) -> None:
     assert "live" in meta["samples"] and "replay" in meta["samples"]
     assert stage.thresholds.attack <= stage.thresholds.live
     assert float(meta["context"]) == pm.CONTEXT
+
+
+def test_cross_attack_models_are_scored_on_the_attack_they_never_saw() -> None:
+    from benchmarks import pad_eval as pe
+    from benchmarks.pad_corpus import Corpus
+
+    rng = np.random.default_rng(0)
+    kinds, sources, groups = [], [], []
+    for src in ("s1", "s2", "s3"):
+        for person in range(3):
+            for kind in ("live", "live", "print", "replay"):
+                kinds.append(kind)
+                sources.append(src)
+                groups.append(f"{src}/{person}")
+    n = len(kinds)
+    kind = np.array(kinds)
+    # One feature says "attack"; a second separates prints from replays.
+    x = np.stack([(kind == "live") + 0.1 * rng.standard_normal(n), (kind == "print") * 1.0], 1)
+    corpus = Corpus(
+        np.array(sources),
+        np.array(groups),
+        kind,
+        kind != "live",
+        np.zeros((n, 3, 1, 1), np.uint8),
+        0,
+    )
+    folds = pe.cross_attack(corpus, x, k=0)
+    prints_only = [f for f in folds if f.protocol == "prints only"]
+    replays_only = [f for f in folds if f.protocol == "replays only"]
+    assert len(prints_only) == len(replays_only) == 3
+    for f in prints_only:
+        assert f.apcer_replay.total == 3 and f.apcer_print.total == 0
+    for f in replays_only:
+        assert f.apcer_print.total == 3 and f.apcer_replay.total == 0
