@@ -67,15 +67,6 @@ class Corpus:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Frame:
-    source: str
-    group: str
-    kind: str
-    synthetic: bool
-    image: np.ndarray
-
-
 def _crop(frame: np.ndarray, detect: Callable, context: float) -> np.ndarray | None:
     faces = detect(frame)
     if not faces:

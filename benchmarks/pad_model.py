@@ -24,14 +24,12 @@ pre-processing is written once.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import decode_file
-from recognizer.face.liveness import context_crop
 from recognizer.onnx import OnnxModel
 
 SIZE = 128
@@ -308,44 +306,7 @@ def session(data: bytes) -> OnnxModel:
         return OnnxModel(path, name="pad")
 
 
-# --- samples to crops to features ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Crops:
-    samples: tuple[PadSample, ...]  # the ones with a face
-    crops: np.ndarray  # (N, 3, SIZE, SIZE) float32
-    no_face: tuple[PadSample, ...]
-    detect_s: tuple[float, ...]  # per image with a face
-
-
-def crop_samples(
-    samples: Sequence[PadSample],
-    detect: Callable[[np.ndarray], list],
-    context: float = CONTEXT,
-    progress: Callable = lambda it, **_: it,
-) -> Crops:
-    """The largest detected face of each sample, cropped as the service crops it."""
-    import time
-
-    kept, crops, none, times = [], [], [], []
-    for s in progress(samples, desc="detect"):
-        img = decode_file(s.path)
-        if img is None:
-            none.append(s)
-            continue
-        t0 = time.perf_counter()
-        faces = detect(img)
-        dt = time.perf_counter() - t0
-        if not faces:
-            none.append(s)
-            continue
-        face = max(faces, key=lambda f: f.area)
-        kept.append(s)
-        crops.append(context_crop(img, face.box, (SIZE, SIZE), context).transpose(2, 0, 1))
-        times.append(dt)
-    arr = np.stack(crops).astype(np.float32) if crops else np.zeros((0, 3, SIZE, SIZE), np.float32)
-    return Crops(tuple(kept), arr, tuple(none), tuple(times))
+# --- crops to features ----------------------------------------------------------------------
 
 
 def features(model: OnnxModel, crops: np.ndarray, batch: int = 64) -> np.ndarray:
