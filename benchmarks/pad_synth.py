@@ -194,8 +194,9 @@ def make_medium_replay(
     img = cv2.copyMakeBorder(img, b, b, b, b, cv2.BORDER_CONSTANT, value=(bezel,) * 3)
     h, w = img.shape[:2]
     for _ in range(int(rng.integers(1, 3))):
+        cy, cx = _u(rng, 0, h), _u(rng, 0, w)  # drawn in this order: centre, then size
         sy, sx = _u(rng, 0.08, 0.4) * h, _u(rng, 0.08, 0.4) * w
-        g = _blob(h, w, _u(rng, 0, h), _u(rng, 0, w), sy, sx)
+        g = _blob(h, w, cy, cx, sy, sx)
         img = img + (g * _u(rng, 20, 110))[..., None]
     return img, np.ones((h, w), np.float32)
 
