@@ -382,24 +382,27 @@ def _floor_option(value: str) -> float | None:
     "faces_root",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     default=None,
-    help="Face sample sets for the BPCER of genuine photos (default ../shared/datasets/faces).",
+    help="Face sample sets: colour ones give bona fide photos and synthetic attacks, each "
+    "left out in turn (default ../shared/datasets/faces).",
 )
 @click.option(
     "--folds",
     type=click.IntRange(0, 100),
     default=0,
     show_default=True,
-    help="Subject groups for cross-validation (0: leave one subject out).",
+    help="Groups of DATASET's subjects left out in turn (0: one subject per fold).",
 )
 @out_option("pad")
 @quick_option
 def pad(
     dataset: Path | None, faces_root: Path | None, folds: int, out: Path | None, quick: bool
 ) -> None:
-    """Liveness (presentation-attack detection): leave-subjects-out APCER/BPCER/ACER, DET,
-    latency per face, and the BPCER on the face sample sets.
+    """Liveness (presentation-attack detection): folds disjoint by person and by set (leave a
+    face set out, leave subjects out, prints-only and replays-only models), APCER/BPCER at each
+    fold's own thresholds, latency per face, and the shipped stage on the face sample sets.
 
-    DATASET holds live/<subject>/ and print/<subject>/ (default ../shared/datasets/pad/nuaa)."""
+    DATASET holds live/<subject>/ and print/<subject>/ (default ../shared/datasets/pad/nuaa);
+    the corpus with its synthetic attacks is cached in .cache/pad/."""
     from benchmarks import pad as bench_pad
 
     dest = _out(out, "pad")

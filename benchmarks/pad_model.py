@@ -1,18 +1,22 @@
 """The project's presentation-attack (liveness) model: graph, features, training, thresholds.
 
-Shared by `scripts/train_pad.py` (trains the shipped model on every subject) and
-`benchmarks/pad.py` (leave-subjects-out cross-validation). Needs `onnx` (the `pad-train`
-extra, also in `dev`); no torch.
+Shared by `scripts/train_pad.py` (trains the shipped reference model) and `benchmarks/pad.py`
+(cross-validation, benchmarks/pad_eval.py). Needs `onnx` (the `pad-train` extra, also in
+`dev`); no torch.
 
 The model is ONE ONNX graph, input float32 [N, 3, 128, 128] BGR 0..255 (the context crop of
-`recognizer/face/liveness.py`), outputs `liveness` [N, 1] (probability live) and `features`
-[N, F]. Its first part computes fixed image features with ONNX ops:
+`recognizer/face/liveness.py`, CONTEXT x the face box), outputs `liveness` [N, 1] (calibrated
+probability live) and `features` [N, F]. Its first part computes fixed image features with
+ONNX ops:
 - colour layout: mean and standard deviation of Y, Cr, Cb and two opponent channels on a
   4x4 grid (a print's white border, the hand and what is behind it);
 - colour histograms: soft 8-bin histograms of Y, Cr and Cb over the crop;
 - texture: energies of fixed Laplacian, Sobel and difference-of-Gaussian filters of Y on the
   4x4 grid (the blur and flat texture of a reprinted face), as logs;
-its last part is a logistic regression (standardisation baked in) trained in numpy. Training
+- colour texture: uniform LBP(8, 1) histograms of Y, Cr and Cb, and of Y at half resolution
+  (halftone, paper grain, a screen's pixel grid and moire), square-rooted;
+its last part is a logistic regression (standardisation and Platt calibration baked in)
+trained in numpy. Training
 features come from running the feature part of the very same graph with onnxruntime, so the
 pre-processing is written once.
 """
@@ -20,19 +24,19 @@ pre-processing is written once.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import decode_file
-from recognizer.face.liveness import DEFAULT_CONTEXT, context_crop
 from recognizer.onnx import OnnxModel
 
 SIZE = 128
+CONTEXT = 1.6  # crop side / face box side: small enough that web photos keep it in the image
 GRID = 4
 HIST_BINS = 8
+LBP_BINS = 59  # uniform LBP(8, 1): 58 uniform patterns + one bin for the rest
 OPSET = 17
 SEED = 20101005  # fixed: training is deterministic anyway (Newton steps from zero)
 LABELS = {"live": 1, "print": 0}
@@ -192,6 +196,44 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
         "tex_log",
     )
     feats.append(node("Flatten", [log_e], "f_tex", axis=1))
+    # colour texture: uniform LBP histograms of Y, Cr, Cb, and of Y at half resolution
+    const("lbp_k", _lbp_kernels())
+    const("lbp_bits", (2.0 ** np.arange(8, dtype=np.float32)).reshape(1, 8, 1, 1))
+    const("lbp_lut", _uniform_lbp_lut())
+    const("lbp_bins", np.arange(LBP_BINS, dtype=np.int64).reshape(1, LBP_BINS, 1, 1))
+    const("zero", np.array(0.0, np.float32))
+    y_half = node("AveragePool", ["y255"], "y_half", kernel_shape=[2, 2], strides=[2, 2])
+    cr255 = node("Mul", ["cr_ch", "k255"], "cr255")
+    cb255 = node("Mul", ["cb_ch", "k255"], "cb255")
+    for name, ch in (("y", "y255"), ("cr", cr255), ("cb", cb255), ("y2", y_half)):
+        diff = node("Conv", [ch, "lbp_k"], f"lbp_{name}_d")
+        bits = node(
+            "Cast",
+            [node("GreaterOrEqual", [diff, "zero"], f"lbp_{name}_ge")],
+            f"lbp_{name}_b",
+            to=TensorProto.FLOAT,
+        )
+        code = node(
+            "ReduceSum",
+            [
+                node("Mul", [bits, "lbp_bits"], f"lbp_{name}_w"),
+                const(f"lbp_{name}_ax", np.array([1], np.int64)),
+            ],
+            f"lbp_{name}_code",
+            keepdims=1,
+        )
+        idx = node("Cast", [code], f"lbp_{name}_i", to=TensorProto.INT64)
+        label = node("Gather", ["lbp_lut", idx], f"lbp_{name}_u", axis=0)
+        onehot = node(
+            "Cast",
+            [node("Equal", [label, "lbp_bins"], f"lbp_{name}_eq")],
+            f"lbp_{name}_oh",
+            to=TensorProto.FLOAT,
+        )
+        hist = node("GlobalAveragePool", [onehot], f"lbp_{name}_h")
+        feats.append(
+            node("Flatten", [node("Sqrt", [hist], f"lbp_{name}_s")], f"f_lbp_{name}", axis=1)
+        )
     features = node("Concat", feats, "features", axis=1)
     n_feat = _n_features()
     if classifier is None:
@@ -210,7 +252,7 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
     node("Sigmoid", [logit], "liveness")
     graph = helper.make_graph(
         nodes,
-        "pad_nuaa",
+        "pad_ref",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
         [
             helper.make_tensor_value_info("liveness", TensorProto.FLOAT, ["N", 1]),
@@ -222,14 +264,38 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="recognizer"
     )
     model.ir_version = 8
-    helper.set_model_props(model, {"context": str(DEFAULT_CONTEXT), **(metadata or {})})
+    helper.set_model_props(model, {"context": str(CONTEXT), **(metadata or {})})
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
 def _n_features() -> int:
     cells = GRID * GRID
-    return 5 * cells * 2 + 3 * HIST_BINS + 5 * cells
+    return 5 * cells * 2 + 3 * HIST_BINS + 5 * cells + 4 * LBP_BINS
+
+
+def _lbp_kernels() -> np.ndarray:
+    """8 3x3 kernels: each of the 8 neighbours minus the centre (no padding)."""
+    k = np.zeros((8, 1, 3, 3), np.float32)
+    ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]
+    for i, (r, c) in enumerate(ring):
+        k[i, 0, r, c] = 1.0
+        k[i, 0, 1, 1] = -1.0
+    return k
+
+
+def _uniform_lbp_lut() -> np.ndarray:
+    """256 LBP codes to 59 labels: the 58 uniform patterns (at most 2 transitions round the
+    ring) in code order, every other code to label 58."""
+    lut = np.full(256, LBP_BINS - 1, np.int64)
+    label = 0
+    for code in range(256):
+        bits = [(code >> i) & 1 for i in range(8)]
+        if sum(bits[i] != bits[(i + 1) % 8] for i in range(8)) <= 2:
+            lut[code] = label
+            label += 1
+    assert label == LBP_BINS - 1
+    return lut
 
 
 def session(data: bytes) -> OnnxModel:
@@ -240,44 +306,7 @@ def session(data: bytes) -> OnnxModel:
         return OnnxModel(path, name="pad")
 
 
-# --- samples to crops to features ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Crops:
-    samples: tuple[PadSample, ...]  # the ones with a face
-    crops: np.ndarray  # (N, 3, SIZE, SIZE) float32
-    no_face: tuple[PadSample, ...]
-    detect_s: tuple[float, ...]  # per image with a face
-
-
-def crop_samples(
-    samples: Sequence[PadSample],
-    detect: Callable[[np.ndarray], list],
-    context: float = DEFAULT_CONTEXT,
-    progress: Callable = lambda it, **_: it,
-) -> Crops:
-    """The largest detected face of each sample, cropped as the service crops it."""
-    import time
-
-    kept, crops, none, times = [], [], [], []
-    for s in progress(samples, desc="detect"):
-        img = decode_file(s.path)
-        if img is None:
-            none.append(s)
-            continue
-        t0 = time.perf_counter()
-        faces = detect(img)
-        dt = time.perf_counter() - t0
-        if not faces:
-            none.append(s)
-            continue
-        face = max(faces, key=lambda f: f.area)
-        kept.append(s)
-        crops.append(context_crop(img, face.box, (SIZE, SIZE), context).transpose(2, 0, 1))
-        times.append(dt)
-    arr = np.stack(crops).astype(np.float32) if crops else np.zeros((0, 3, SIZE, SIZE), np.float32)
-    return Crops(tuple(kept), arr, tuple(none), tuple(times))
+# --- crops to features ----------------------------------------------------------------------
 
 
 def features(model: OnnxModel, crops: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -289,14 +318,24 @@ def features(model: OnnxModel, crops: np.ndarray, batch: int = 64) -> np.ndarray
 # --- training ----------------------------------------------------------------------------
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> Classifier:
-    """Class-balanced, L2-regularised logistic regression by Newton steps (deterministic)."""
+def fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float = 1.0,
+    iters: int = 50,
+    weights: np.ndarray | None = None,
+) -> Classifier:
+    """L2-regularised logistic regression by Newton steps (deterministic); class-balanced
+    unless `weights` (per sample, mean about 1) are given."""
     mean = x.mean(0)
     std = x.std(0) + 1e-6
     z = (x - mean) / std
     n, d = z.shape
     zb = np.hstack([z, np.ones((n, 1))])
-    sw = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum())) * n
+    if weights is None:
+        sw = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum())) * n
+    else:
+        sw = np.asarray(weights, np.float64)
     reg = np.full(d + 1, l2)
     reg[-1] = 0.0
     w = np.zeros(d + 1)
@@ -316,46 +355,90 @@ def predict(c: Classifier, x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.clip(z @ c.weights + c.bias, -30, 30)))
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float = 1.0) -> np.ndarray:
-    """Leave-one-subject-out scores: each subject scored by a model that never saw it."""
-    scores = np.zeros(len(y))
-    for g in np.unique(groups):
-        test = groups == g
-        c = fit_logistic(x[~test], y[~test], l2)
-        scores[test] = predict(c, x[test])
-    return scores
-
-
 # --- thresholds ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    attack: float  # below: ATTACK (at most `max_bpcer_attack` of bona fide, out of fold)
-    live: float  # at or above: LIVE (the equal-error point, out of fold)
+    attack: float  # below: ATTACK (at most `max_bpcer_attack` of any source's bona fide)
+    live: float  # at or above: LIVE (the worst source's equal-error point)
+
+
+def _rates(scores: np.ndarray, live: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bona, atk = np.sort(scores[live]), np.sort(scores[~live])
+    apcer = 1 - np.searchsorted(atk, t, side="left") / max(1, len(atk)) if len(atk) else 0 * t
+    bpcer = np.searchsorted(bona, t, side="left") / max(1, len(bona)) if len(bona) else 0 * t
+    return np.asarray(apcer, float), np.asarray(bpcer, float)
 
 
 def pick_thresholds(
-    scores: np.ndarray, live: np.ndarray, max_bpcer_attack: float = 0.01
+    scores: np.ndarray,
+    live: np.ndarray,
+    source: np.ndarray | None = None,
+    max_bpcer_attack: float = 0.02,
 ) -> Thresholds:
-    """From out-of-fold scores of the training subjects only: `live` where APCER = BPCER
-    (bona fide below it are rejected, attacks at or above it pass), `attack` low enough that
-    at most 1% of bona fide fall below it (a DENY for a live user stays rare)."""
-    bona = np.sort(scores[live])
-    atk = np.sort(scores[~live])
-    cands = np.unique(np.concatenate([bona, atk, [1.0]]))
-    apcer = 1 - np.searchsorted(atk, cands, side="left") / len(atk)
-    bpcer = np.searchsorted(bona, cands, side="left") / len(bona)
-    k = int(np.argmin(np.maximum(apcer, bpcer)))
+    """From out-of-fold scores of the training data only. `live`: the threshold where the
+    worst error over the sources (each source's APCER and BPCER, where it has that class) is
+    smallest: no one camera's bona fide or attacks are traded for another's. `attack`: low
+    enough that at most 2% of any source's bona fide fall below it (DENY for a live user stays
+    rare: the target is at least 97% not ATTACK on a camera never seen), never above
+    `live`."""
+    if source is None:
+        source = np.zeros(len(scores), int)
+    cands = np.unique(np.concatenate([scores, [1.0]]))
+    worst = np.zeros(len(cands))
+    t_attack = 1.0
+    for src in np.unique(source):
+        m = source == src
+        apcer, bpcer = _rates(scores[m], live[m], cands)
+        if (live[m]).any():
+            worst = np.maximum(worst, bpcer)
+            bona = np.sort(scores[m & live])
+            t_attack = min(t_attack, float(bona[int(np.floor(max_bpcer_attack * len(bona)))]))
+        if (~live[m]).any():
+            worst = np.maximum(worst, apcer)
+    k = int(np.argmin(worst))
     t_live = float(cands[k])
-    allowed = int(np.floor(max_bpcer_attack * len(bona)))
-    t_attack = float(bona[allowed]) if allowed < len(bona) else t_live
     return Thresholds(min(t_attack, t_live), t_live)
 
 
 # --- the whole recipe ----------------------------------------------------------------------
 
-L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+L2_GRID = (3.0, 30.0, 300.0)
+
+
+def inner_folds(source: np.ndarray, group: np.ndarray, synthetic_sources: set[str]) -> np.ndarray:
+    """The validation folds inside a training set, shaped like the outer ones: each face set
+    (a camera, whose attacks are synthetic) is one fold; a source of real frames (NUAA, a
+    site's folder) is split by subject into up to 3 folds. With fewer than 3 folds in all,
+    subjects are spread over up to 5 folds instead."""
+    fold = np.empty(len(source), object)
+    for src in np.unique(source):
+        m = source == src
+        if src in synthetic_sources:
+            fold[m] = f"set:{src}"
+            continue
+        subs = sorted(set(group[m].tolist()))
+        k = min(3, len(subs))
+        for i, g in enumerate(subs):
+            fold[m & (group == g)] = f"{src}:{i % k}"
+    if len(set(fold.tolist())) < 3:
+        subs = sorted(set(group.tolist()))
+        k = min(5, len(subs))
+        for i, g in enumerate(subs):
+            fold[group == g] = f"g:{i % k}"
+    return fold.astype(str)
+
+
+def sample_weights(live: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Each class weighs half; within a class, each source that has it weighs the same."""
+    w = np.zeros(len(live))
+    for cls in (True, False):
+        srcs = np.unique(source[live == cls])
+        for src in srcs:
+            m = (live == cls) & (source == src)
+            w[m] = 0.5 / (len(srcs) * m.sum())
+    return w * len(live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,32 +446,72 @@ class Trained:
     classifier: Classifier
     thresholds: Thresholds
     l2: float
-    oof_scores: np.ndarray  # leave-one-subject-out scores of the training samples
-    oof_error: float  # max(APCER, BPCER) of those at thresholds.live
+    oof_scores: np.ndarray  # out-of-fold (inner folds) scores of the training samples
+    folds: tuple[str, ...]  # the inner folds
 
 
-def _error(scores: np.ndarray, live: np.ndarray, t: float) -> float:
-    return max(float(np.mean(scores[~live] >= t)), float(np.mean(scores[live] < t)))
-
-
-def balanced_log_loss(scores: np.ndarray, live: np.ndarray) -> float:
-    """Mean log-loss with both classes weighted equally: a smooth model-selection criterion
-    (the error at one threshold jumps with a single subject and picked overfitted models)."""
+def balanced_log_loss(scores: np.ndarray, live: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Weighted log-loss with both classes weighted equally: a smooth model-selection
+    criterion (the error at one threshold jumps with a single subject)."""
     p = np.clip(scores, 1e-6, 1 - 1e-6)
-    return float(-0.5 * np.mean(np.log(p[live])) - 0.5 * np.mean(np.log(1 - p[~live])))
+    w = np.ones(len(p)) if w is None else w
+    lb = np.sum(w[live] * np.log(p[live])) / np.sum(w[live])
+    la = np.sum(w[~live] * np.log(1 - p[~live])) / np.sum(w[~live])
+    return float(-0.5 * lb - 0.5 * la)
 
 
-def train(x: np.ndarray, live: np.ndarray, groups: np.ndarray) -> Trained:
-    """Regularisation (by the balanced log-loss) and thresholds chosen from
-    leave-one-subject-out scores of these subjects only; then one model fitted on all."""
+def _fit_w(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float) -> Classifier:
+    return fit_logistic(x, y, l2, weights=w)
+
+
+def _calibrate(logit: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Platt scaling on out-of-fold logits, p = sigmoid(a * logit + c): (a, c) minimising
+    the weighted log-loss over a fixed grid (a in 0.1..3, c in -4..4; bounded, so nearly
+    separable folds cannot drive it to infinity; deterministic)."""
+    best = (np.inf, 1.0, 0.0)
+    for a in np.exp(np.linspace(np.log(0.1), np.log(3.0), 35)):
+        z = a * logit
+        for c in np.linspace(-4.0, 4.0, 81):
+            t = np.clip(z + c, -30, 30)
+            # log(1 + e^-t) for y = 1, log(1 + e^t) for y = 0
+            loss = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0.5, -t, t))))
+            if loss < best[0] - 1e-12:
+                best = (loss, float(a), float(c))
+    return best[1], best[2]
+
+
+def _logit(c: Classifier, x: np.ndarray) -> np.ndarray:
+    return ((x - c.mean) / c.std) @ c.weights + c.bias
+
+
+def train(
+    x: np.ndarray,
+    live: np.ndarray,
+    groups: np.ndarray,
+    source: np.ndarray | None = None,
+    synthetic_sources: set[str] | frozenset[str] = frozenset(),
+) -> Trained:
+    """L2 strength (by the weighted balanced log-loss), a Platt calibration and both
+    thresholds, all from out-of-fold scores over :func:`inner_folds` of these samples only;
+    then one model fitted on all of them, calibrated."""
+    source = np.full(len(live), "all") if source is None else source
     y = live.astype(np.float64)
+    w = sample_weights(live, source)
+    folds = inner_folds(source, groups, set(synthetic_sources))
     best: tuple[float, float, np.ndarray] | None = None
     for l2 in L2_GRID:  # ascending: a tie keeps the weaker regularisation
-        oof = out_of_fold(x, y, groups, l2)
-        loss = balanced_log_loss(oof, live)
+        oof = np.zeros(len(y))
+        for f in np.unique(folds):
+            test = folds == f
+            oof[test] = _logit(_fit_w(x[~test], y[~test], w[~test], l2), x[test])
+        loss = balanced_log_loss(1 / (1 + np.exp(-np.clip(oof, -30, 30))), live, w)
         if best is None or loss < best[0]:
             best = (loss, l2, oof)
     assert best is not None
-    _, l2, oof = best
-    th = pick_thresholds(oof, live)
-    return Trained(fit_logistic(x, y, l2), th, l2, oof, _error(oof, live, th.live))
+    _, l2, oof_logit = best
+    a, c = _calibrate(oof_logit, y, w)
+    oof = 1 / (1 + np.exp(-np.clip(a * oof_logit + c, -30, 30)))
+    th = pick_thresholds(oof, live, source)
+    raw = _fit_w(x, y, w, l2)
+    cal = Classifier(raw.mean, raw.std, raw.weights * a, raw.bias * a + c)
+    return Trained(cal, th, l2, oof, tuple(sorted(set(folds.tolist()))))

@@ -43,6 +43,9 @@ def is_currency_code(code: str) -> bool:
     )
 
 
+CAMERAS = ("colour", "grey", "ir")
+
+
 @dataclass(frozen=True, slots=True)
 class GatePolicy:
     policy_id: str
@@ -73,6 +76,11 @@ class GatePolicy:
     require_direction: bool = False
     default_direction: str = ""
     currency: str = "CNY"  # amounts are in this ISO 4217 currency; a request's "" means it
+    # The gate's face camera: "colour" (default), "grey" or "ir". The liveness model reads
+    # colour; on a grey or IR camera (night) it has no evidence, so liveness answers
+    # UNCERTAIN there and a policy that requires it STEP_UPs every face event (README
+    # "Liveness"), never DENY.
+    camera: str = "colour"
 
     def __post_init__(self) -> None:
         for name in ("target_far", "plate_only_target_far", "step_up_far"):
@@ -92,6 +100,12 @@ class GatePolicy:
         if self.clone_prior is not None and not 0.0 <= self.clone_prior < 1.0:
             raise ValueError(f"policy {self.policy_id}: clone_prior must be within [0, 1)")
         unknown = set(self.directions) - set(DIRECTIONS)
+        if self.camera not in CAMERAS:
+            raise ValueError(
+                f"policy {self.policy_id}: camera must be one of {list(CAMERAS)}, "
+                f"got {self.camera!r}"
+            )
+        unknown = set(self.directions) - {"entry", "exit"}
         if unknown:
             raise ValueError(f"policy {self.policy_id}: unknown directions {sorted(unknown)}")
         if self.default_direction and self.default_direction not in self.directions:

@@ -98,6 +98,8 @@ def evidence(*payers: Payer, **changes: object) -> Evidence:
 ATTACK_FACE = Liveness(0.02, LivenessDecision.ATTACK)
 UNCERTAIN_FACE = Liveness(0.45, LivenessDecision.UNCERTAIN)
 LIVE_FACE = Liveness(0.93, LivenessDecision.LIVE)
+# Scored low, but the stage had no evidence (crop mostly outside the frame): UNCERTAIN.
+MISSING_FACE = Liveness(0.01, LivenessDecision.UNCERTAIN, "60% of the context crop is outside")
 LIVENESS_ON = {"require_liveness": True}
 PLATE_ONLY = binding(Factors.PLATE)
 FACE_ONLY = binding(Factors.FACE)
@@ -401,6 +403,30 @@ CASES: list[tuple[str, Evidence, dict, Outcome, set[str], set[str]]] = [
         STEP_UP,
         {"LIVENESS_UNCERTAIN"},
         set(),
+    ),
+    (
+        "liveness required on a grey camera: even a face the model calls an attack steps up",
+        evidence(payer(), face_liveness=ATTACK_FACE),
+        {**LIVENESS_ON, "camera": "grey"},
+        STEP_UP,
+        {"LIVENESS_UNCERTAIN", "FACE_MATCH"},
+        {"PRESENTATION_ATTACK_SUSPECTED", "LIVENESS_PASSED"},
+    ),
+    (
+        "liveness required on an IR camera: a live-scored face steps up too",
+        evidence(payer(), face_liveness=LIVE_FACE),
+        {**LIVENESS_ON, "camera": "ir"},
+        STEP_UP,
+        {"LIVENESS_UNCERTAIN"},
+        {"LIVENESS_PASSED"},
+    ),
+    (
+        "liveness required: a face whose evidence is missing steps up, never denied",
+        evidence(payer(), face_liveness=MISSING_FACE),
+        LIVENESS_ON,
+        STEP_UP,
+        {"LIVENESS_UNCERTAIN"},
+        {"PRESENTATION_ATTACK_SUSPECTED", "LIVENESS_PASSED"},
     ),
     (
         "liveness required: a live face pays",
@@ -1063,3 +1089,10 @@ def test_the_liveness_verdict_does_not_depend_on_the_frames_order(order: tuple) 
     assert [r.code for r in verdict.reasons if "LIVENESS" in r.code or "ATTACK" in r.code] == [
         "PRESENTATION_ATTACK_SUSPECTED"
     ]
+
+
+def test_a_policy_names_its_camera_colour_by_default() -> None:
+    assert GatePolicy(policy_id="p").camera == "colour"
+    assert GatePolicy(policy_id="p", camera="ir").camera == "ir"
+    with pytest.raises(ValueError, match="camera"):
+        GatePolicy(policy_id="p", camera="thermal")

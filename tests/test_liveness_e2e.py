@@ -26,6 +26,7 @@ from tests.helpers import error_reason
 SUBJECT = "0001"
 PLATE = "京F10001"
 ALLOW, DENY = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_DENY
+STEP_UP = gate_pb2.OUTCOME_STEP_UP
 _BASE = {
     "plate_only_max_minor": 0,
     "target_far": 1e-5,
@@ -115,11 +116,16 @@ def test_a_print_of_the_payer_pays_without_liveness_and_not_with_it(
     # The counterfactual: the face matches the payer and the plate is theirs, so without the
     # liveness check the print attack pays. Without this the test below proves nothing.
     assert off.outcome == ALLOW and off.identity_id == payer, (off.face_score, codes(off))
-    assert off.face.liveness == common_pb2.LIVENESS_ATTACK, off.face.liveness_score
+    assert off.face.liveness != common_pb2.LIVENESS_LIVE, off.face.liveness_score
     on = authorize(c, "L-on-1", printed(k))
-    assert on.outcome == DENY and not on.payment_ref, codes(on)
-    assert "PRESENTATION_ATTACK_SUSPECTED" in codes(on)
-    assert on.face.liveness == common_pb2.LIVENESS_ATTACK
+    assert on.outcome != ALLOW, codes(on)
+    # A likely attack is DENY; a print the model is unsure of is STEP_UP (never ALLOW).
+    if on.face.liveness == common_pb2.LIVENESS_ATTACK:
+        assert on.outcome == DENY and not on.payment_ref, codes(on)
+        assert "PRESENTATION_ATTACK_SUSPECTED" in codes(on)
+    else:
+        assert on.face.liveness == common_pb2.LIVENESS_UNCERTAIN
+        assert on.outcome == STEP_UP and "LIVENESS_UNCERTAIN" in codes(on)
     assert on.face.liveness_score == pytest.approx(off.face.liveness_score)
 
 

@@ -11,7 +11,13 @@ Model input spec (the shipped model and any user model, see README "Liveness"):
   `context` comes from the model metadata key "context" (default 2.4);
 - output 0: [N] or [N, 1], the probability that the face is live, 0..1;
 - optional metadata "attack_threshold" and "live_threshold" (config values override them):
-  score < attack_threshold is ATTACK, score >= live_threshold is LIVE, between is UNCERTAIN.
+  score < attack_threshold is ATTACK, score >= live_threshold is LIVE, between is UNCERTAIN;
+- optional metadata "max_outside" (default 0.3) and "min_face_px" (default 40): see below.
+
+A face without the evidence the model needs is UNCERTAIN, never ATTACK, whatever its score
+(:func:`evidence_missing`): a frame with no colour (grayscale or IR: identical channels), a
+face smaller than `min_face_px`, or a context crop more than `max_outside` of whose area lies
+outside the image (the crop would be mostly grey padding, which the model never learned from).
 
 Pure numpy + OpenCV: no gRPC types; results are frozen slotted dataclasses.
 """
@@ -31,10 +37,13 @@ from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo
 from recognizer.onnx import ModelError, OnnxModel, sha256_file
 from recognizer.vision import to_bgr3
 
-SHIPPED_MODEL = "pad_nuaa"  # manifest name of the model trained by scripts/train_pad.py
-DEFAULT_CONTEXT = 2.4
+SHIPPED_MODEL = "pad_ref"  # manifest name of the reference model of scripts/train_pad.py
+DEFAULT_CONTEXT = 2.4  # for a model without "context" metadata (the shipped one says 1.6)
 DEFAULT_SIZE = 128
 PAD_VALUE = 127
+MAX_OUTSIDE = 0.3  # fraction of the context crop outside the image: more is UNCERTAIN
+MIN_FACE_PX = 40.0  # a face box side below this is UNCERTAIN (QualityConfig.min_size_px)
+GREY_TOLERANCE = 2.0  # mean |B-G|, |G-R| at or below this (grey levels): a frame without colour
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,54 @@ def context_box(box: np.ndarray, context: float) -> tuple[int, int, int]:
     side = max(2, round(context * max(x2 - x1, y2 - y1, 1.0)))
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     return round(cx - side / 2), round(cy - side / 2), side
+
+
+def outside_fraction(shape: tuple[int, ...], box: np.ndarray, context: float) -> float:
+    """The share of the context crop's area that lies outside an image of this shape."""
+    h, w = shape[:2]
+    x0, y0, side = context_box(box, context)
+    iw = max(0, min(w, x0 + side) - max(0, x0))
+    ih = max(0, min(h, y0 + side) - max(0, y0))
+    return 1.0 - iw * ih / float(side * side)
+
+
+def is_colourless(image_bgr: np.ndarray, box: np.ndarray | None = None) -> bool:
+    """True for a grey or IR frame: one channel, or channels equal (around the face when a
+    box is given; JPEG chroma noise is tolerated)."""
+    if image_bgr.ndim == 2 or image_bgr.shape[2] == 1:
+        return True
+    img = image_bgr
+    if box is not None:
+        h, w = img.shape[:2]
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+        if x2 - x1 >= 4 and y2 - y1 >= 4:
+            img = img[y1:y2, x1:x2]
+    sub = img[:: max(1, img.shape[0] // 64), :: max(1, img.shape[1] // 64)].astype(np.int16)
+    bg = float(np.mean(np.abs(sub[..., 0] - sub[..., 1])))
+    gr = float(np.mean(np.abs(sub[..., 1] - sub[..., 2])))
+    return max(bg, gr) <= GREY_TOLERANCE
+
+
+def evidence_missing(
+    image_bgr: np.ndarray,
+    box: np.ndarray,
+    context: float,
+    *,
+    max_outside: float = MAX_OUTSIDE,
+    min_face_px: float = MIN_FACE_PX,
+) -> str | None:
+    """Why this face cannot be judged live or attack (None when it can): the decision is
+    UNCERTAIN, never ATTACK, for these."""
+    if is_colourless(image_bgr, box):
+        return "no colour in the frame (grayscale or IR)"
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if max(x2 - x1, y2 - y1) < min_face_px:
+        return f"face smaller than {min_face_px:g} px"
+    out = outside_fraction(image_bgr.shape, box, context)
+    if out > max_outside:
+        return f"{out:.0%} of the context crop is outside the image"
+    return None
 
 
 def context_crop(
@@ -110,6 +167,8 @@ class LivenessStage:
         self.thresholds = thresholds or LivenessThresholds(
             float(meta.get("attack_threshold", 0.5)), float(meta.get("live_threshold", 0.5))
         )
+        self.max_outside = float(meta.get("max_outside", MAX_OUTSIDE))
+        self.min_face_px = float(meta.get("min_face_px", MIN_FACE_PX))
         self.info = info
 
     def crops(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
@@ -124,12 +183,27 @@ class LivenessStage:
         out = np.asarray(self.model.run(self.crops(image_bgr, faces))[0], np.float32)
         return np.clip(out.reshape(len(faces), -1)[:, -1], 0.0, 1.0)
 
+    def missing(self, image_bgr: np.ndarray, face: Face) -> str | None:
+        """Why this face lacks the evidence the model needs (None: it has it)."""
+        return evidence_missing(
+            image_bgr,
+            face.box,
+            self.context,
+            max_outside=self.max_outside,
+            min_face_px=self.min_face_px,
+        )
+
     def assess(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> list[Liveness]:
-        """One liveness result per face, in order (one model call for all of them)."""
-        return [
-            Liveness(float(s), self.thresholds.decide(float(s)))
-            for s in self.scores(image_bgr, faces)
-        ]
+        """One liveness result per face, in order (one model call for all of them). A face
+        whose evidence is missing is UNCERTAIN with the reason, its score still reported."""
+        out = []
+        for face, s in zip(faces, self.scores(image_bgr, faces), strict=True):
+            why = self.missing(image_bgr, face)
+            if why is not None:
+                out.append(Liveness(float(s), LivenessDecision.UNCERTAIN, why))
+            else:
+                out.append(Liveness(float(s), self.thresholds.decide(float(s))))
+        return out
 
 
 def build_liveness(

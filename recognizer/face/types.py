@@ -50,8 +50,11 @@ class LivenessDecision(StrEnum):
 class Liveness:
     """The liveness stage's view of one face (recognizer/face/liveness.py)."""
 
-    score: float  # 0..1, higher = live
+    score: float  # 0..1, higher = live (the model's per-frame probability)
     decision: LivenessDecision
+    # Why the decision is UNCERTAIN whatever the score: the evidence the model needs is
+    # missing (recognizer/face/liveness.py `evidence_missing`); "" when the score decided.
+    missing: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -278,6 +278,14 @@ def _liveness(ev: Evidence, policy: GatePolicy, reasons: _Reasons) -> tuple[bool
     if lv is None:
         reasons.add("LIVENESS_UNCERTAIN", "the policy requires liveness; none was assessed")
         return False, True
+    if policy.camera != "colour":  # the model reads colour: no evidence here, never ATTACK
+        reasons.add(
+            "LIVENESS_UNCERTAIN", f"the gate's camera is {policy.camera}: liveness needs colour"
+        )
+        return False, True
+    if lv.missing:  # the stage had not the evidence it needs (UNCERTAIN whatever the score)
+        reasons.add("LIVENESS_UNCERTAIN", f"liveness uncertain: {lv.missing}")
+        return False, True
     if lv.decision is LivenessDecision.ATTACK:
         reasons.add(
             "PRESENTATION_ATTACK_SUSPECTED",

@@ -1,0 +1,212 @@
+"""The liveness training and validation corpus: who, which camera, which attack, which crop.
+
+Shared by `scripts/train_pad.py` and `benchmarks/pad.py`. Every sample is one detected face
+(the largest of its frame), cropped with context exactly as the service crops it
+(recognizer/face/liveness.py), and labelled with:
+- `source`: the camera / collection ("nuaa", or a face set's folder name: "lfw10", ...). A
+  validation fold leaves one source out (a camera the model never saw);
+- `group`: the person ("nuaa/0003", "lfw10/Ariel_Sharon"): a person's bona fide photos and
+  every attack made from them share one group, so folds never split a person;
+- `kind`: "live", "print" or "replay" (real or synthetic);
+- `synthetic`: made by benchmarks/pad_synth.py from a bona fide photo of that group.
+
+Bona fide: NUAA live frames and every image of the *colour* face sets (grayscale sets carry no
+colour evidence: the stage answers UNCERTAIN for them and they are never trained on), each
+photo also once through :func:`pad_synth.bona_fide_variant`. Attacks: NUAA's real prints and,
+per colour photo, `prints` synthetic prints and `replays` synthetic replays. Faces whose
+evidence is missing (crop mostly outside the image, face too small: `recognizer.face.liveness
+.evidence_missing`) are left out, as the service never scores them either.
+
+Everything is seeded: photo i's k-th synthetic frame uses `np.random.default_rng((seed, i,
+k))`, so a sample does not depend on which others were generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import pad_model as pm
+from benchmarks import pad_synth as ps
+from benchmarks.datasets import discover_face_sets
+from benchmarks.report import decode_file
+from recognizer.face.liveness import context_crop, evidence_missing
+
+KINDS = ("live", "print", "replay")
+SEED = 27
+
+
+@dataclass(frozen=True, slots=True)
+class Corpus:
+    source: np.ndarray  # (N,) str
+    group: np.ndarray  # (N,) str
+    kind: np.ndarray  # (N,) str: live | print | replay
+    synthetic: np.ndarray  # (N,) bool
+    crops: np.ndarray  # (N, 3, SIZE, SIZE) uint8 BGR
+    dropped: int  # frames without a face, or with the evidence missing
+
+    @property
+    def live(self) -> np.ndarray:
+        return self.kind == "live"
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    def subset(self, mask: np.ndarray) -> Corpus:
+        return Corpus(
+            self.source[mask],
+            self.group[mask],
+            self.kind[mask],
+            self.synthetic[mask],
+            self.crops[mask],
+            self.dropped,
+        )
+
+
+def _crop(frame: np.ndarray, detect: Callable, context: float) -> np.ndarray | None:
+    faces = detect(frame)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f.area)
+    if evidence_missing(frame, face.box, context) is not None:
+        return None
+    return context_crop(frame, face.box, (pm.SIZE, pm.SIZE), context).transpose(2, 0, 1)
+
+
+def folder_frames(root: Path, source: str) -> list[tuple[str, str, Path]]:
+    """(group, kind, path) of a `live/<subject>/`, `print/<subject>/`, ... folder (any other
+    attack folder name counts as that kind of attack)."""
+    return [
+        (f"{source}/{s.subject}", "live" if s.live else s.path.parent.parent.name, s.path)
+        for s in pm.load_pad_folder(root)
+    ]
+
+
+def build(
+    detect: Callable,
+    *,
+    pad_root: Path | None,
+    faces_root: Path | None,
+    prints: int = 2,
+    replays: int = 2,
+    seed: int = SEED,
+    context: float = pm.CONTEXT,
+    progress: Callable = lambda it, **_: it,
+) -> Corpus:
+    """The corpus from a PAD folder (`live/`, `print/`, ...: real frames) and a root of face
+    sets (colour sets: bona fide photos and the synthetic attacks made from them)."""
+    src, grp, knd, syn, crops = [], [], [], [], []
+    dropped = 0
+
+    def add(source: str, group: str, kind: str, synthetic: bool, frame: np.ndarray) -> None:
+        nonlocal dropped
+        c = _crop(frame, detect, context)
+        if c is None:
+            dropped += 1
+            return
+        src.append(source)
+        grp.append(group)
+        knd.append(kind)
+        syn.append(synthetic)
+        crops.append(c)
+
+    if pad_root is not None:
+        name = pad_root.name
+        for group, kind, path in progress(folder_frames(pad_root, name), desc=name):
+            img = decode_file(path)
+            if img is None:
+                dropped += 1
+                continue
+            add(name, group, kind, False, img)
+    sets = [fs for fs in discover_face_sets(faces_root) if not fs.grayscale] if faces_root else []
+    for fs in sets:
+        for im in progress(fs.images, desc=f"{fs.name} + attacks"):
+            photo = decode_file(im.path)
+            if photo is None:
+                dropped += 1
+                continue
+            key = int.from_bytes(hashlib.sha256(f"{fs.name}/{im.path.name}".encode()).digest()[:4])
+            group = f"{fs.name}/{im.identity}"
+            add(fs.name, group, "live", False, photo)
+            add(fs.name, group, "live", True, ps.bona_fide_variant(photo, _rng(seed, key, 0)))
+            for k in range(prints):
+                add(fs.name, group, "print", True, ps.make_print(photo, _rng(seed, key, 1 + k)))
+            for k in range(replays):
+                frame = ps.make_replay(photo, _rng(seed, key, 100 + k))
+                add(fs.name, group, "replay", True, frame)
+    arr = np.stack(crops) if crops else np.zeros((0, 3, pm.SIZE, pm.SIZE), np.uint8)
+    return Corpus(
+        np.array(src),
+        np.array(grp),
+        np.array(knd),
+        np.array(syn, bool),
+        arr.astype(np.uint8),
+        dropped,
+    )
+
+
+def _rng(seed: int, key: int, k: int) -> np.random.Generator:
+    return np.random.default_rng((seed, key, k))
+
+
+def save(corpus: Corpus, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        source=corpus.source,
+        group=corpus.group,
+        kind=corpus.kind,
+        synthetic=corpus.synthetic,
+        crops=corpus.crops,
+        dropped=np.array(corpus.dropped),
+    )
+
+
+def load(path: Path) -> Corpus:
+    with np.load(path, allow_pickle=False) as z:
+        return Corpus(
+            z["source"], z["group"], z["kind"], z["synthetic"], z["crops"], int(z["dropped"])
+        )
+
+
+def cache_key(parts: Sequence[object]) -> str:
+    """A name for a cached corpus: the generator's version and the build arguments."""
+    h = hashlib.sha256()
+    h.update(repr((ps.VERSION, ps.FRAME, *parts)).encode())
+    return h.hexdigest()[:16]
+
+
+def cached(
+    cache_dir: Path,
+    detect: Callable,
+    *,
+    pad_root: Path | None,
+    faces_root: Path | None,
+    prints: int = 2,
+    replays: int = 2,
+    seed: int = SEED,
+    context: float = pm.CONTEXT,
+    progress: Callable = lambda it, **_: it,
+) -> Corpus:
+    """:func:`build`, kept in `cache_dir` under a key of the generator's code and the
+    arguments (the detector is YuNet as shipped; delete the folder after changing it)."""
+    key = cache_key((str(pad_root), str(faces_root), prints, replays, seed, context, pm.SIZE))
+    path = cache_dir / f"pad-corpus-{key}.npz"
+    if path.is_file():
+        return load(path)
+    corpus = build(
+        detect,
+        pad_root=pad_root,
+        faces_root=faces_root,
+        prints=prints,
+        replays=replays,
+        seed=seed,
+        context=context,
+        progress=progress,
+    )
+    save(corpus, path)
+    return corpus
