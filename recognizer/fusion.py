@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -232,6 +233,18 @@ class PlateModel:
         return value
 
 
+def lowest_score_at(rate: Callable[[float], float], target: float) -> float:
+    """The lowest cosine score whose `rate` (falling as the score rises) is at most `target`,
+    by bisection over [-1, 1]; 1.0 when no score reaches it."""
+    lo, hi = -1.0, 1.0
+    if rate(hi) > target:
+        return hi
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if rate(mid) <= target else (mid, hi)
+    return hi
+
+
 def one_to_n(p: float, searched: int) -> float:
     """P(the best of `searched` independent impostors passes) when one passes with p:
     1 - (1 - p)^N, computed without cancellation for tiny p."""
@@ -313,13 +326,7 @@ class FusionModel:
     def face_score_at(self, fmr: float) -> float:
         """The lowest cosine score whose estimated 1:1 false-match rate (the impostor tail,
         extrapolated where the data runs out) is at most `fmr`: the policy's face floor."""
-        lo, hi = -1.0, 1.0
-        if self.face_tail(hi) > fmr:
-            return hi
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if self.face_tail(mid) <= fmr else (mid, hi)
-        return hi
+        return lowest_score_at(self.face_tail, fmr)
 
     def threshold_for(
         self,

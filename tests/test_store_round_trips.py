@@ -20,7 +20,7 @@ from recognizer.service.runtime import fusion_path
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2
 from tests import helpers
-from tests.conftest import client_for, loaded_server, missing
+from tests.conftest import loaded_server, missing
 from tests.helpers import lfw_face as face
 
 BUDGET = 6
@@ -100,10 +100,9 @@ def check_budget(counted: CountingStore, budget: int = BUDGET) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def admin(server: RunningServer) -> Iterator[Client]:
-    client = client_for(server, "admin")
-    yield client
-    client.close()
+def admin(c: Client) -> Client:
+    """The module server's admin client (conftest's `c`)."""
+    return c
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from recognizer.fusion import ImpostorTail
+from recognizer.fusion import ImpostorTail, lowest_score_at
 
 SCORE_FLOOR_NOTE = (
     "fmr_at returns 1/(n_impostor+1) for scores above every impostor score: the data can "
@@ -124,13 +124,7 @@ class FaceCalibration:
     def score_at(self, fmr: float) -> float:
         """The lowest score whose estimated false-match rate is at most `fmr` (bisection over
         the cosine range; fmr_at falls as the score rises)."""
-        lo, hi = -1.0, 1.0
-        if self.fmr_at(hi) > fmr:
-            return hi
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if self.fmr_at(mid) <= fmr else (mid, hi)
-        return hi
+        return lowest_score_at(self.fmr_at, fmr)
 
     def fnmr_at(self, score: float) -> float:
         """Fraction of genuine scores < score, linearly interpolated; 0 with no genuine data."""
