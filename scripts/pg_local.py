@@ -80,10 +80,21 @@ class Cluster:
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         owner = _owner()
+        command = [str(self.bin / args[0]), *args[1:]]
+        if owner:
+            # As root, the server's owner runs it. setpriv drops the rights in a process of its
+            # own: subprocess's user=/group= do it in the child between fork and exec, which
+            # hung (a futex wait) when the forking process ran gRPC threads.
+            command = [
+                "setpriv",
+                f"--reuid={owner.pw_uid}",
+                f"--regid={owner.pw_gid}",
+                "--clear-groups",
+                "--",
+                *command,
+            ]
         return subprocess.run(
-            [str(self.bin / args[0]), *args[1:]],
-            user=owner.pw_uid if owner else None,
-            group=owner.pw_gid if owner else None,
+            command,
             capture_output=True,
             text=True,
             check=check,
