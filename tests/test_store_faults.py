@@ -246,11 +246,20 @@ def test_reads_under_a_postgres_table_lock_give_back_their_sessions_and_slots(
                     with pytest.raises(grpc.RpcError) as err:
                         admin.identity.GetIdentity(get, metadata=admin.metadata, timeout=1.0)
                     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-                    assert time.monotonic() - t0 < 1.5
+                    # Answered near its deadline, not when the lock goes (the bug: 15 s);
+                    # the slack is for a loaded machine.
+                    assert time.monotonic() - t0 < 5.0
+            # Once the lock goes, calls are served again at once: not refused for the length
+            # of the stall (the bug: DEADLINE_TOO_SHORT for about 15 s more).
             t0 = time.monotonic()
-            got = admin.identity.GetIdentity(get, metadata=admin.metadata, timeout=1.0)
+            while True:
+                try:
+                    got = admin.identity.GetIdentity(get, metadata=admin.metadata, timeout=2.0)
+                    break
+                except grpc.RpcError as exc:
+                    assert time.monotonic() - t0 < 8.0, exc
+                    time.sleep(0.2)
             assert got.identity_id == iid
-            assert time.monotonic() - t0 < 0.5
         finally:
             admin.close()
 

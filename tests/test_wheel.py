@@ -111,7 +111,7 @@ def test_the_wheel_installs_fetches_and_serves_outside_the_checkout(tmp_path: Pa
         "recognizer/_data/manifest.toml",
         "recognizer/_data/fusion_default.json",
         "recognizer/_data/face_calibration_default.json",
-        "recognizer/_data/trained/pad_nuaa.onnx",
+        "recognizer/_data/trained/pad_ref.onnx",
         "recognizer/_data/trained/province_cls.onnx",
         "recognizer/v1/gate_pb2.py",
         "recognizer/v1/gate_pb2_grpc.py",

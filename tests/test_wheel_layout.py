@@ -33,7 +33,7 @@ def packaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A package _data/ as setup.py lays it out, from this checkout's models/."""
     data = tmp_path / "_data"
     (data / "trained").mkdir(parents=True)
-    for name in ("manifest.toml", "fusion_default.json", "trained/pad_nuaa.onnx"):
+    for name in ("manifest.toml", "fusion_default.json", "trained/pad_ref.onnx"):
         shutil.copyfile(REPO / "models" / name, data / name)
     monkeypatch.setattr(m, "PACKAGED_DATA", data)
     return data
@@ -44,9 +44,9 @@ def test_an_empty_models_dir_reads_the_packaged_files(packaged: Path, tmp_path: 
     assert m.shipped_file("manifest.toml", weights) == packaged / "manifest.toml"
     assert m.shipped_file("fusion_default.json", weights) == packaged / "fusion_default.json"
     names = {e.name for e in m.load_manifest(weights)}
-    assert {"yunet", "pad_nuaa", "province_cls"} <= names
-    pad = m.find_entry("pad_nuaa", weights)
-    assert m.require(pad, weights) == packaged / "trained" / "pad_nuaa.onnx"
+    assert {"yunet", "pad_ref", "province_cls"} <= names
+    pad = m.find_entry("pad_ref", weights)
+    assert m.require(pad, weights) == packaged / "trained" / "pad_ref.onnx"
     # Fetched weights belong in models_dir, and say how to get them when absent.
     yunet = m.find_entry("yunet", weights)
     assert m.model_path(yunet, weights) == weights / yunet.file
@@ -79,5 +79,5 @@ def test_fetch_creates_models_dir_and_verifies_into_it(packaged: Path, tmp_path:
     (result,) = m.fetch([dict_entry], models_dir=weights, cache_dir=cache, download=no_download)
     assert result.file == weights / dict_entry.file and result.action == "extracted"
     assert m.state(dict_entry, weights) is m.ModelState.OK
-    (trained,) = m.fetch([m.find_entry("pad_nuaa", weights)], models_dir=weights, cache_dir=cache)
-    assert trained.action == "present" and trained.file == packaged / "trained" / "pad_nuaa.onnx"
+    (trained,) = m.fetch([m.find_entry("pad_ref", weights)], models_dir=weights, cache_dir=cache)
+    assert trained.action == "present" and trained.file == packaged / "trained" / "pad_ref.onnx"

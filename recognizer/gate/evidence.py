@@ -133,12 +133,16 @@ def text_read(text: str) -> PlateResult:
     )
 
 
-def names_a_payer(book: _PlateBook, reads: Sequence[PlateResult]) -> bool:
-    """A valid read of a bound plate whose province was seen: the far-plate detector pass or
-    a later frame cannot add to it (they may see a province that was only guessed). Asking
-    learns every text of the reads at once, candidates included, for the payers after."""
+def names_a_payer(
+    book: _PlateBook, sure: Callable[[PlateResult], bool], reads: Sequence[PlateResult]
+) -> bool:
+    """A sure read (`sure`: the reader's own bar for a read more passes cannot improve) of a
+    bound plate: the far-plate detector pass or a later frame cannot add to it. An unsure
+    read that names a payer does not end the reading: a look-alike bound to a payer could
+    otherwise stop the passes that read the car's own plate better. Asking learns every text
+    of the reads at once, candidates included, for the payers after."""
     book.learn_reads(reads)
-    return any(r.pattern_valid and not r.province_guessed and book.holders(r.text) for r in reads)
+    return any(sure(r) and book.holders(r.text) for r in reads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +248,11 @@ class EvidenceGatherer:
         self.sure_confidence = sure_confidence
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-branch")
         self._frames_agree_score = identity.calibration.score_at(FRAMES_AGREE_FMR)
+        # The reader's own test of a read more passes cannot improve (a valid plate, province
+        # seen, confident); without one, a valid read whose province was seen.
+        self._sure_read: Callable[[PlateResult], bool] = getattr(
+            plates, "sure_read", lambda r: r.pattern_valid and not r.province_guessed
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -260,7 +269,7 @@ class EvidenceGatherer:
         reads: list[PlateResult] = []
         read = len(frames)
         if len(frames) == 1:  # the pipeline checks the budget per stage
-            enough = functools.partial(names_a_payer, book)
+            enough = functools.partial(names_a_payer, book, self._sure_read)
             reads = list(self.plates.read(frames[0], enough=enough))
         elif frames:
             reads, read = self._read_burst(frames, book)
@@ -284,11 +293,11 @@ class EvidenceGatherer:
         mode = getattr(self.plates, "mode", "cn")
         per_frame: list[list[PlateResult]] = []
         voted: list[PlateResult] = []
-        enough = functools.partial(names_a_payer, book)
+        enough = functools.partial(names_a_payer, book, self._sure_read)
         for image in frames:
             per_frame.append(list(self.plates.read(image, enough=enough)))
             voted = vote_plates(per_frame, lambda text: is_valid(text, mode))
-            if names_a_payer(book, voted):
+            if names_a_payer(book, self._sure_read, voted):
                 break
         return voted or [r for reads in per_frame for r in reads], len(per_frame)
 
