@@ -45,6 +45,20 @@ from recognizer.v1 import (
 log = logging.getLogger("recognizer.server")
 
 
+class PortBusy(RuntimeError):
+    """A port the configuration names cannot be bound: one line for the operator, naming
+    the port and the setting that sets it (`recognizer serve` exits 2 with it)."""
+
+    def __init__(self, address: str, setting: str, flag: str) -> None:
+        env = f"RECOGNIZER_{setting.upper()}"
+        super().__init__(
+            f"cannot listen on {address} (in use, or not an address of this host): "
+            f"set another with {flag} or {env} (config `{setting}`)"
+        )
+        self.address = address
+        self.setting = setting
+
+
 def _serving(ok: bool) -> Any:
     return (
         health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -199,28 +213,44 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
 
     address = f"{config.host}:{config.port}"
     creds = _credentials(config)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = (
+            server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        )
+    except RuntimeError:  # grpcio raises on a port it cannot bind; older ones return 0
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {address}")
+        server.stop(None)
+        raise PortBusy(address, "port", "--port")
+    # Both ports are bound before anything starts: a busy one stops the boot with nothing
+    # to undo but the sockets.
+    metrics_http, metrics_port = None, 0
+    if config.metrics_port:
+        registry = telemetry.server_registry(
+            admission.queue_depths, lambda: _gallery_figures(runtime)
+        )
+        try:
+            metrics_http, metrics_port = telemetry.serve(
+                config.metrics_host, config.metrics_port, registry
+            )
+        except OSError:
+            server.stop(None)
+            raise PortBusy(
+                f"{config.metrics_host}:{config.metrics_port}", "metrics_port", "--metrics-port"
+            ) from None
     server.start()
     runtime.load_in_background()
     runtime.start_checkpoints()
     trimmer = None
     if config.idle_trim_s > 0:
         trimmer = IdleTrim(admission.idle, admission.activity, config.idle_trim_s).start()
-    metrics_http, metrics_port = None, 0
-    if config.metrics_port:
-        registry = telemetry.server_registry(
-            admission.queue_depths, lambda: _gallery_figures(runtime)
-        )
-        metrics_http, metrics_port = telemetry.serve(config.host, config.metrics_port, registry)
     log.info(
         "listening",
         extra={
             "fields": {
                 "address": f"{config.host}:{port}",
                 "tls": config.tls.enabled,
-                "metrics": f"{config.host}:{metrics_port}" if metrics_port else "off",
+                "metrics": f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
             }
         },
     )
