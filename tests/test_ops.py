@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from recognizer import __version__
+from recognizer.config import hash_key
 from recognizer.store.schema import SCHEMA_VERSION
+from recognizer.v1 import gate_pb2
 from tests import procserver
 from tests.conftest import ENV_KEYS, KEYS
 
@@ -133,3 +137,66 @@ def test_version_and_quiet_admin_commands(tmp_path: Path) -> None:
     assert migrated.returncode == 0, migrated.stderr
     assert "TEMPLATE_KEY" not in migrated.stderr
     assert f"migrated from version 0 to {SCHEMA_VERSION}" in migrated.stdout
+
+
+def access_lines(server: procserver.ServerProcess) -> list[dict]:
+    out = []
+    for line in list(server.log):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("logger") == "recognizer.access":
+            out.append(entry)
+    return out
+
+
+def test_a_disputed_authorize_is_found_in_the_access_log(tmp_path: Path) -> None:
+    server = procserver.start(tmp_path / "data")
+    gate, admin = server.client("gate"), server.client("admin")
+    try:
+        for k in range(3):  # other traffic around the disputed one
+            gate.gate.Authorize(
+                gate_pb2.AuthorizeRequest(
+                    gate_id="P1-north", event_id=f"evt-{k}", plate_text="京A12345"
+                ),
+                metadata=gate.metadata,
+            )
+        response, call = gate.gate.Authorize.with_call(
+            gate_pb2.AuthorizeRequest(
+                gate_id="P1-north", event_id="evt-disputed", plate_text="京B12345"
+            ),
+            metadata=(*gate.metadata, ("x-request-id", "dispute-42")),
+        )
+        assert ("x-request-id", "dispute-42") in tuple(call.initial_metadata())
+
+        found: list[dict] = []
+        for _ in range(100):  # the log pump runs in its own thread
+            found = [e for e in access_lines(server) if e.get("event_id") == "evt-disputed"]
+            if found:
+                break
+            time.sleep(0.05)
+        [line] = found
+        assert line["method"] == "/recognizer.v1.GateService/Authorize" and line["code"] == "OK"
+        assert line["gate_id"] == "P1-north" and line["request_id"] == "dispute-42"
+        assert line["decision_id"] == response.decision_id
+        outcome = gate_pb2.Outcome.Name(response.outcome).removeprefix("OUTCOME_").lower()
+        assert line["outcome"] == outcome
+        assert line["reasons"] == [r.code for r in response.reasons] and line["reasons"]
+        # The key's name, as configured from RECOGNIZER_API_KEYS; never the key.
+        assert line["key"] == f"env-gate-{hash_key(KEYS['gate'])[:8]}"
+        assert all(key not in "".join(server.log) for key in KEYS.values())
+        # Every line has its own request id.
+        ids = [e["request_id"] for e in access_lines(server)]
+        assert len(ids) == len(set(ids))
+
+        # From the line to the stored decision record.
+        records = admin.admin.ListDecisions(
+            gate_pb2.ListDecisionsRequest(gate_id="P1-north"), metadata=admin.metadata
+        ).decisions
+        [record] = [r for r in records if r.decision_id == line["decision_id"]]
+        assert record.event_id == "evt-disputed" and record.gate_id == "P1-north"
+    finally:
+        gate.close()
+        admin.close()
+        assert server.terminate() == 0
