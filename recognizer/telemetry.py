@@ -1,4 +1,5 @@
-"""Prometheus metrics, with the standard client library, on their own HTTP port.
+"""Prometheus metrics, with the standard client library, on their own HTTP port, with
+`/healthz` (the process answers) and `/readyz` (the writing services are SERVING) beside it.
 
 Counters and histograms are process-wide (one server per process in production); each
 server's endpoint serves them together with its own gallery gauges, read at scrape time.
@@ -6,17 +7,27 @@ Series (all prefixed `recognizer_`):
 - `requests_total{method,code}`, `request_seconds{method}`: every unary call;
 - `inference_seconds{model}`: onnxruntime run time per model;
 - `admission_rejections_total{method,reason}`, `queue_depth{method}`: overload;
-- `gate_decisions_total{outcome}`, `gate_reasons_total{reason}`: Authorize, replays excluded;
+- `gate_decisions_total{policy_id,outcome}`, `gate_reasons_total{policy_id,outcome,reason}`:
+  Authorize, replays excluded;
 - `gallery_templates`, `gallery_identities`: the face gallery's size.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,13 +50,16 @@ REJECTIONS = Counter(
     "recognizer_admission_rejections", "calls refused before their work started",
     ["method", "reason"], registry=REGISTRY,
 )  # fmt: skip
+# Labels stay bounded: policies and reason codes are the configuration's and the code's,
+# never a gate's or an event's id.
 DECISIONS = Counter(
-    "recognizer_gate_decisions", "Authorize decisions made (replays excluded), by outcome",
-    ["outcome"], registry=REGISTRY,
+    "recognizer_gate_decisions",
+    "Authorize decisions made (replays excluded), by policy and outcome",
+    ["policy_id", "outcome"], registry=REGISTRY,
 )  # fmt: skip
 REASONS = Counter(
-    "recognizer_gate_reasons", "reason codes of the decisions made", ["reason"],
-    registry=REGISTRY,
+    "recognizer_gate_reasons", "reason codes of the decisions made, by policy and outcome",
+    ["policy_id", "outcome", "reason"], registry=REGISTRY,
 )  # fmt: skip
 
 
@@ -58,10 +72,10 @@ def observe_inference(model: str, seconds: float) -> None:
     INFERENCE.labels(model).observe(seconds)
 
 
-def observe_decision(outcome: str, reasons: Iterable[str]) -> None:
-    DECISIONS.labels(outcome).inc()
+def observe_decision(policy_id: str, outcome: str, reasons: Iterable[str]) -> None:
+    DECISIONS.labels(policy_id, outcome).inc()
     for code in reasons:
-        REASONS.labels(code).inc()
+        REASONS.labels(policy_id, outcome, code).inc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +135,46 @@ def server_registry(
     return registry
 
 
-def serve(host: str, port: int, registry: CollectorRegistry) -> tuple[Any, int]:
-    """Start the /metrics endpoint; returns (the HTTP server, its port). Port 0 picks one."""
-    httpd, _thread = start_http_server(port, addr=host, registry=registry)
+class _Handler(BaseHTTPRequestHandler):
+    """/metrics, /healthz (the process answers) and /readyz (ready to take traffic); 404
+    anywhere else."""
+
+    registry: CollectorRegistry
+    ready: Callable[[], bool]
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self._answer(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._answer(200, b"ok\n")
+        elif path == "/readyz":
+            ok = self.ready()
+            self._answer(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+        else:
+            self._answer(404, b"not found: /metrics, /healthz, /readyz\n")
+
+    def _answer(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes and probes every few seconds: not for the log
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def serve(
+    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True
+) -> tuple[Any, int]:
+    """Start the HTTP endpoint (/metrics, /healthz, /readyz); returns (the HTTP server, its
+    port). Port 0 picks one. OSError if the port cannot be bound."""
+    handler = type("Handler", (_Handler,), {"registry": registry, "ready": staticmethod(ready)})
+    httpd = _Server((host, port), handler)
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
     return httpd, int(httpd.server_address[1])

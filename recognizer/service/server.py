@@ -91,17 +91,26 @@ class HealthState:
         self.store_writable = True
         self.draining = False
 
+    def _ok(self, service: str) -> bool:
+        ok = self.loaded and not self.draining
+        if service in REPLICA_SERVICES:
+            ok = ok and self.replica_fresh
+        if service in WRITING_SERVICES:
+            ok = ok and self.store_writable
+        return ok
+
     def update(self, **changes: bool) -> None:
         with self._lock:
             for name, value in changes.items():
                 setattr(self, name, value)
             for service in ("", *SERVICE_NAMES):
-                ok = self.loaded and not self.draining
-                if service in REPLICA_SERVICES:
-                    ok = ok and self.replica_fresh
-                if service in WRITING_SERVICES:
-                    ok = ok and self.store_writable
-                self._servicer.set(service, _serving(ok))
+                self._servicer.set(service, _serving(self._ok(service)))
+
+    def ready(self) -> bool:
+        """What /readyz answers: every writing service SERVING (models loaded, store
+        reachable and writable, replica fresh, not draining)."""
+        with self._lock:
+            return all(self._ok(service) for service in WRITING_SERVICES)
 
 
 @dataclass(slots=True)
@@ -231,7 +240,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         )
         try:
             metrics_http, metrics_port = telemetry.serve(
-                config.metrics_host, config.metrics_port, registry
+                config.metrics_host, config.metrics_port, registry, state.ready
             )
         except OSError:
             server.stop(None)
