@@ -9,7 +9,9 @@ Series (all prefixed `recognizer_`):
 - `admission_rejections_total{method,reason}`, `queue_depth{method}`: overload;
 - `gate_decisions_total{policy_id,outcome}`, `gate_reasons_total{policy_id,outcome,reason}`:
   Authorize, replays excluded;
-- `gallery_templates`, `gallery_identities`: the face gallery's size.
+- `gallery_templates`, `gallery_identities`: the face gallery's size;
+- `build_info{version,profile}`, `model_info{model,sha256}`; and the client library's
+  `process_*` series (CPU, memory, open files).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -34,6 +37,7 @@ from prometheus_client.registry import Collector
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes…
 REQUESTS = Counter(
     "recognizer_requests", "gRPC calls by method and status code", ["method", "code"],
     registry=REGISTRY,
@@ -126,12 +130,43 @@ class _ServerCollector(Collector):
                 yield GaugeMetricFamily(f"recognizer_replica_lag_{name}", doc, value=value)
 
 
+@dataclass(frozen=True, slots=True)
+class Build:
+    version: str
+    profile: str
+    models: tuple[tuple[str, str], ...] = ()  # (model name, sha256) of the profile's files
+
+
+class _BuildCollector(Collector):
+    def __init__(self, build: Build) -> None:
+        self._build = build
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "recognizer_build_info", "the release and profile running (always 1)",
+            labels=["version", "profile"],
+        )  # fmt: skip
+        info.add_metric([self._build.version, self._build.profile], 1)
+        yield info
+        models = GaugeMetricFamily(
+            "recognizer_model_info", "the profile's model files by sha256 (always 1)",
+            labels=["model", "sha256"],
+        )  # fmt: skip
+        for name, sha256 in self._build.models:
+            models.add_metric([name, sha256], 1)
+        yield models
+
+
 def server_registry(
-    queues: Callable[[], Mapping[str, int]], gallery: Callable[[], GalleryFigures | None]
+    queues: Callable[[], Mapping[str, int]],
+    gallery: Callable[[], GalleryFigures | None],
+    build: Build | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Forward())
     registry.register(_ServerCollector(queues, gallery))
+    if build is not None:
+        registry.register(_BuildCollector(build))
     return registry
 
 

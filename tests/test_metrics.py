@@ -14,6 +14,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from recognizer import __version__
+from recognizer import models as model_store
 from recognizer.service.runtime import Engines
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, recognition_pb2
@@ -97,6 +99,13 @@ def test_the_series_move_with_real_calls(server: RunningServer) -> None:
     assert value(after, "recognizer_admission_rejections_total", method=authorize) > refusals
     assert ("recognizer_gallery_templates", ()) in after
     assert ("recognizer_gallery_identities", ()) in after
+    assert value(after, "recognizer_build_info", version=__version__, profile="default") == 1
+    hashes = {e.name: e.sha256 for e in model_store.entries_for(["default"])}
+    shown = {
+        dict(ls)["model"]: dict(ls)["sha256"] for n, ls in after if n == "recognizer_model_info"
+    }
+    assert shown == hashes
+    assert value(after, "process_resident_memory_bytes") > 0
     depth = [k for k in after if k[0] == "recognizer_queue_depth"]
     assert depth and all(after[k] == 0 for k in depth)  # nothing waits once the calls are done
 

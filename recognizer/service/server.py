@@ -14,7 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recognizer import telemetry
+from recognizer import __version__, telemetry
+from recognizer import models as model_store
 from recognizer.config import Config
 from recognizer.memory import IdleTrim, limit_malloc_arenas
 from recognizer.service.interceptors import (
@@ -236,7 +237,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     metrics_http, metrics_port = None, 0
     if config.metrics_port:
         registry = telemetry.server_registry(
-            admission.queue_depths, lambda: _gallery_figures(runtime)
+            admission.queue_depths, lambda: _gallery_figures(runtime), _build(config)
         )
         try:
             metrics_http, metrics_port = telemetry.serve(
@@ -274,6 +275,15 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         metrics_http,
         metrics_port,
     )
+
+
+def _build(config: Config) -> telemetry.Build:
+    try:
+        entries = model_store.entries_for([config.profile], config.models_dir)
+    except (OSError, ValueError):  # no manifest where the models are: the version alone
+        entries = []
+    models = tuple((e.name, e.sha256) for e in entries)
+    return telemetry.Build(__version__, config.profile, models)
 
 
 def _gallery_figures(runtime: Runtime) -> telemetry.GalleryFigures | None:
