@@ -4,7 +4,8 @@
 Counters and histograms are process-wide (one server per process in production); each
 server's endpoint serves them together with its own gallery gauges, read at scrape time.
 Series (all prefixed `recognizer_`):
-- `requests_total{method,code}`, `request_seconds{method}`: every unary call;
+- `requests_total{method,code}`, `request_seconds{method,grpc_service,grpc_method}`: every
+  unary call;
 - `inference_seconds{model}`: onnxruntime run time per model;
 - `admission_rejections_total{method,reason}`, `queue_depth{method}`: overload;
 - `gate_decisions_total{policy_id,outcome}`, `gate_reasons_total{policy_id,outcome,reason}`:
@@ -43,8 +44,8 @@ REQUESTS = Counter(
     registry=REGISTRY,
 )  # fmt: skip
 LATENCY = Histogram(
-    "recognizer_request_seconds", "gRPC handler wall time by method", ["method"],
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    "recognizer_request_seconds", "gRPC handler wall time by method",
+    ["method", "grpc_service", "grpc_method"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )  # fmt: skip
 INFERENCE = Histogram(
     "recognizer_inference_seconds", "onnxruntime run time by model", ["model"],
@@ -69,7 +70,8 @@ REASONS = Counter(
 
 def observe_call(method: str, code: str, seconds: float) -> None:
     REQUESTS.labels(method, code).inc()
-    LATENCY.labels(method).observe(seconds)
+    service, _, name = method.lstrip("/").rpartition("/")  # "/pkg.Service/Method"
+    LATENCY.labels(method, service, name).observe(seconds)
 
 
 def observe_inference(model: str, seconds: float) -> None:

@@ -81,6 +81,12 @@ def test_the_series_move_with_real_calls(server: RunningServer) -> None:
     )
     assert moved == 1
     assert value(after, "recognizer_request_seconds_count", method=detect) >= 1
+    assert value(
+        after,
+        "recognizer_request_seconds_count",
+        grpc_service="recognizer.v1.RecognitionService",
+        grpc_method="DetectFaces",
+    ) == value(after, "recognizer_request_seconds_count", method=detect)
     assert value(after, "recognizer_inference_seconds_count", model="yunet") > value(
         before, "recognizer_inference_seconds_count", model="yunet"
     )
