@@ -41,6 +41,7 @@ ENV PATH=/opt/recognizer/bin:$PATH \
     RECOGNIZER_MODELS_DIR=/opt/recognizer/models \
     RECOGNIZER_DATA_DIR=/var/lib/recognizer \
     RECOGNIZER_HOST=0.0.0.0 \
+    RECOGNIZER_METRICS_HOST=0.0.0.0 \
     RECOGNIZER_PORT=50051
 USER recognizer
 WORKDIR /var/lib/recognizer

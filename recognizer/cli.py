@@ -11,12 +11,14 @@ from typing import Any
 
 import click
 
+from recognizer import __version__
 from recognizer import models as model_store
 from recognizer.cli_client import register as register_client_commands
 from recognizer.cli_client import table
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="recognizer")
 def main() -> None:
     """Identity and recognition service: plates, faces, and their fusion over gRPC."""
 
@@ -39,27 +41,44 @@ def main() -> None:
     default=None,
     help="Where the SQLite store and FAISS index live (default ./var).",
 )
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Prometheus /metrics port (default 9464, on metrics_host 127.0.0.1; 0 = off).",
+)
 @click.option("--profile", type=click.Choice(model_store.PROFILES), default=None)
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    envvar="RECOGNIZER_LOG_LEVEL",
+    show_default=True,
+    help="DEBUG, INFO, WARNING or ERROR (env RECOGNIZER_LOG_LEVEL).",
+)
 def serve(
     config_path: Path | None,
     host: str | None,
     port: int | None,
     data_dir: Path | None,
+    metrics_port: int | None,
     profile: str | None,
     log_level: str,
 ) -> None:
     """Run the gRPC server until SIGTERM."""
     from recognizer.config import ConfigError, load_config
     from recognizer.service import logs
+    from recognizer.service.server import PortBusy
     from recognizer.service.server import serve as run
 
     logs.configure(log_level)
-    overrides = {
-        k: v
-        for k, v in {"host": host, "port": port, "data_dir": data_dir, "profile": profile}.items()
-        if v is not None
+    given = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "metrics_port": metrics_port,
+        "profile": profile,
     }
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         config = load_config(config_path, **overrides)
     except ConfigError as exc:
@@ -80,7 +99,11 @@ def serve(
     from recognizer.store.files import private_dir
 
     private_dir(config.data_dir)
-    run(config)
+    try:
+        run(config)
+    except PortBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 def _key_or_exit(location: Any) -> None:

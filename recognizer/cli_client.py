@@ -34,6 +34,18 @@ def _connect(target: str, api_key: str) -> Any:
     return Client.connect(target, api_key)
 
 
+def _read_key(path: Path) -> str:
+    """The key in a file: its first line, without surrounding blanks."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"--api-key-file {path}: {exc.strerror}") from None
+    lines = text.strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise click.ClickException(f"--api-key-file {path}: the file is empty")
+    return lines[0].strip()
+
+
 def client_command(group: click.Group, name: str | None = None) -> Callable[..., Any]:
     """A command on `group` that gets a connected client as `c` and returns (message,
     render): the wrapper prints render(message), or the message as JSON with --json."""
@@ -46,17 +58,29 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[...,
             show_default="127.0.0.1:50051 or RECOGNIZER_TARGET",
         )
         @click.option(
+            "--api-key-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=lambda: os.environ.get("RECOGNIZER_API_KEY_FILE") or None,
+            help="File holding the API key (or RECOGNIZER_API_KEY_FILE, or the key itself "
+            "in RECOGNIZER_API_KEY): kept out of `ps` and shell history.",
+            show_default=False,
+        )
+        @click.option(
             "--api-key",
             default=lambda: os.environ.get("RECOGNIZER_API_KEY", ""),
-            help="API key (or RECOGNIZER_API_KEY).",
+            help="API key; visible in `ps` and shell history: prefer --api-key-file.",
             show_default=False,
         )
         @click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
         @functools.wraps(fn)
-        def run(target: str, api_key: str, as_json: bool, **kwargs: Any) -> None:
+        def run(
+            target: str, api_key_file: Path | None, api_key: str, as_json: bool, **kwargs: Any
+        ) -> None:
             import grpc
             from google.protobuf.json_format import MessageToJson
 
+            if api_key_file is not None:
+                api_key = _read_key(api_key_file)
             c = _connect(target, api_key)
             try:
                 message, render = fn(c, **kwargs)

@@ -62,7 +62,8 @@ class TlsConfig:
 class Config:
     host: str = "127.0.0.1"
     port: int = 50051
-    metrics_port: int = 9464  # Prometheus /metrics on `host`; 0 turns it off
+    metrics_port: int = 9464  # Prometheus /metrics (and /healthz, /readyz); 0 turns it off
+    metrics_host: str = "127.0.0.1"  # loopback unless asked: the endpoint has no auth
     data_dir: Path = Path("var")
     models_dir: Path = DEFAULT_MODELS_DIR
     profile: str = "default"
@@ -189,11 +190,14 @@ class ConfigError(ValueError):
     """A setting that is unknown, of the wrong type or out of range: start-up stops."""
 
 
-# RECOGNIZER_* variables that are not config fields: the client's, the keys', the tests'.
+# RECOGNIZER_* variables that are not config fields: the client's, the keys', the log
+# level's (`serve --log-level`), the tests'.
 OTHER_ENV = frozenset(
     {
         "RECOGNIZER_API_KEY",
+        "RECOGNIZER_API_KEY_FILE",
         "RECOGNIZER_TARGET",
+        "RECOGNIZER_LOG_LEVEL",
         "RECOGNIZER_API_KEYS",
         "RECOGNIZER_TEMPLATE_KEY",
         "RECOGNIZER_TEMPLATE_KEY_NEW",

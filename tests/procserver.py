@@ -51,6 +51,7 @@ def start(
     extra_env: dict[str, str] | None = None,
     ready_timeout: float = 180,
     wait_serving: bool = True,
+    args: tuple[str, ...] = (),
 ) -> ServerProcess:
     """A server process once it listens, and (with `wait_serving`) once it is SERVING."""
     env = {
@@ -71,6 +72,7 @@ def start(
             str(data_dir),
             "--log-level",
             "INFO",
+            *args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

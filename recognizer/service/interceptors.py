@@ -6,10 +6,13 @@ Order, outermost first: Observe -> Auth -> Admission -> Errors -> servicer.
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import logging
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +27,7 @@ from recognizer.deadline import RecentCosts
 from recognizer.service import limits, principal
 from recognizer.service.admission import MethodGate, Outcome, Verdict, uniform_jitter
 from recognizer.service.errors import build_status, status_for_exception
+from recognizer.v1 import gate_pb2
 
 log = logging.getLogger("recognizer.access")
 
@@ -79,8 +83,61 @@ class Metrics:
             return {k: replace(v) for k, v in self.methods.items()}
 
 
+REQUEST_ID_HEADER = "x-request-id"  # a caller's own id is kept (if sane); else one is made
+AUTHORIZE = "/recognizer.v1.GateService/Authorize"
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+# What the inner layers add to the call's access-log line (the key's name, from Auth).
+_access: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "access_fields", default=None
+)
+
+
+def note(**fields: Any) -> None:
+    """Add fields to the current call's access-log line (no-op outside a call)."""
+    current = _access.get()
+    if current is not None:
+        current.update(fields)
+
+
+def _key_name(key: ApiKey) -> str:
+    """A key's name for logs; an unnamed one by the start of its hash, never the key."""
+    return key.name or f"sha256:{key.sha256[:8]}"
+
+
+def request_id_of(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER:
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            if _REQUEST_ID_OK.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def decision_fields(method: str, request: Any, response: Any) -> dict[str, Any]:
+    """For Authorize: what finds a disputed decision (ids, outcome, reasons). Never images,
+    plates or amounts."""
+    if method != AUTHORIZE:
+        return {}
+    out: dict[str, Any] = {
+        "gate_id": getattr(request, "gate_id", ""),
+        "event_id": getattr(request, "event_id", ""),
+    }
+    if response is not None and hasattr(response, "decision_id"):
+        out["decision_id"] = response.decision_id
+        out["outcome"] = gate_pb2.Outcome.Name(response.outcome).removeprefix("OUTCOME_").lower()
+        out["reasons"] = [r.code for r in response.reasons]
+        out["policy_id"] = response.policy_id
+        out["replayed"] = response.replayed
+    return out
+
+
 class ObserveInterceptor(grpc.ServerInterceptor):
-    """One structured log line and one metrics record per call. Never logs payloads."""
+    """One structured log line and one metrics record per call. Never logs payloads.
+
+    The line carries a request id (the caller's `x-request-id`, else a new one, sent back in
+    the initial metadata), the API key's name (never the key), and for Authorize the gate,
+    event, decision id, outcome and reasons."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -90,12 +147,18 @@ class ObserveInterceptor(grpc.ServerInterceptor):
             def observed(request: Any, context: grpc.ServicerContext) -> Any:
                 t0, c0 = time.perf_counter(), time.thread_time()
                 usage, token = accounting.begin()
+                request_id = request_id_of(d.invocation_metadata)
+                fields: dict[str, Any] = {"request_id": request_id, "key": ""}
+                access = _access.set(fields)
                 ok = False
+                response = None
                 try:
+                    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     response = behavior(request, context)
                     ok = not _aborted(context)
                     return response
                 finally:
+                    _access.reset(access)
                     wall = time.perf_counter() - t0
                     cpu = time.thread_time() - c0 + usage.cpu
                     accounting.end(token)
@@ -110,6 +173,8 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                                 "code": code.name,
                                 "ms": round(wall * 1000, 2),
                                 "peer": context.peer(),
+                                **fields,
+                                **decision_fields(d.method, request, response if ok else None),
                             }
                         },
                     )
@@ -167,7 +232,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
         role = key.role if key is not None else None
         allowed = roles_for(details.method)
         if key is not None and role in allowed:
-            return _wrap(continuation, details, lambda behavior, _d: principal.bind(behavior, key))
+
+            def as_key(behavior: Behavior, _d: grpc.HandlerCallDetails) -> Behavior:
+                bound = principal.bind(behavior, key)
+
+                def named(request: Any, context: grpc.ServicerContext) -> Any:
+                    note(key=_key_name(key))
+                    return bound(request, context)
+
+                return named
+
+            return _wrap(continuation, details, as_key)
 
         if role is None:
             status = build_status(
@@ -183,6 +258,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             )
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            note(key=_key_name(key) if key is not None else "")
             context.abort_with_status(status)
 
         handler = continuation(details)

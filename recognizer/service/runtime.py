@@ -85,6 +85,7 @@ def default_engines(config: Config) -> Engines:
     from recognizer.store.crypto import cipher_from_env
     from recognizer.store.files import private_dir
     from recognizer.store.open import describe, open_store
+    from recognizer.store.schema import SCHEMA_VERSION
 
     def normalize_plate(text: str) -> str:
         return normalize(text, config.plate_mode)  # bound plates follow the reader's mode
@@ -95,8 +96,17 @@ def default_engines(config: Config) -> Engines:
     faces = build_face_pipeline(config.profile, config.models_dir, liveness=liveness_stage(config))
     plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
     private_dir(config.data_dir)  # the index file lives here whatever the store
-    store = open_store(config, cipher_from_env())
-    log.info("store %s (schema found at version %d)", describe(config), store.schema_upgraded_from)
+    store = open_store(config, cipher_from_env(warn=True))
+    found = store.schema_upgraded_from
+    if found == SCHEMA_VERSION:
+        log.info("store %s (schema at version %d)", describe(config), found)
+    else:
+        log.info(
+            "store %s (schema found at version %d, migrated to %d)",
+            describe(config),
+            found,
+            SCHEMA_VERSION,
+        )
     gallery = Gallery(
         store,
         model=faces.embedding_model_name,

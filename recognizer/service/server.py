@@ -14,7 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recognizer import telemetry
+from recognizer import __version__, telemetry
+from recognizer import models as model_store
 from recognizer.config import Config
 from recognizer.memory import IdleTrim, limit_malloc_arenas
 from recognizer.service.interceptors import (
@@ -43,6 +44,20 @@ from recognizer.v1 import (
 )
 
 log = logging.getLogger("recognizer.server")
+
+
+class PortBusy(RuntimeError):
+    """A port the configuration names cannot be bound: one line for the operator, naming
+    the port and the setting that sets it (`recognizer serve` exits 2 with it)."""
+
+    def __init__(self, address: str, setting: str, flag: str) -> None:
+        env = f"RECOGNIZER_{setting.upper()}"
+        super().__init__(
+            f"cannot listen on {address} (in use, or not an address of this host): "
+            f"set another with {flag} or {env} (config `{setting}`)"
+        )
+        self.address = address
+        self.setting = setting
 
 
 def _serving(ok: bool) -> Any:
@@ -77,17 +92,26 @@ class HealthState:
         self.store_writable = True
         self.draining = False
 
+    def _ok(self, service: str) -> bool:
+        ok = self.loaded and not self.draining
+        if service in REPLICA_SERVICES:
+            ok = ok and self.replica_fresh
+        if service in WRITING_SERVICES:
+            ok = ok and self.store_writable
+        return ok
+
     def update(self, **changes: bool) -> None:
         with self._lock:
             for name, value in changes.items():
                 setattr(self, name, value)
             for service in ("", *SERVICE_NAMES):
-                ok = self.loaded and not self.draining
-                if service in REPLICA_SERVICES:
-                    ok = ok and self.replica_fresh
-                if service in WRITING_SERVICES:
-                    ok = ok and self.store_writable
-                self._servicer.set(service, _serving(ok))
+                self._servicer.set(service, _serving(self._ok(service)))
+
+    def ready(self) -> bool:
+        """What /readyz answers: every writing service SERVING (models loaded, store
+        reachable and writable, replica fresh, not draining)."""
+        with self._lock:
+            return all(self._ok(service) for service in WRITING_SERVICES)
 
 
 @dataclass(slots=True)
@@ -199,28 +223,44 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
 
     address = f"{config.host}:{config.port}"
     creds = _credentials(config)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = (
+            server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        )
+    except RuntimeError:  # grpcio raises on a port it cannot bind; older ones return 0
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {address}")
+        server.stop(None)
+        raise PortBusy(address, "port", "--port")
+    # Both ports are bound before anything starts: a busy one stops the boot with nothing
+    # to undo but the sockets.
+    metrics_http, metrics_port = None, 0
+    if config.metrics_port:
+        registry = telemetry.server_registry(
+            admission.queue_depths, lambda: _gallery_figures(runtime), _build(config)
+        )
+        try:
+            metrics_http, metrics_port = telemetry.serve(
+                config.metrics_host, config.metrics_port, registry, state.ready
+            )
+        except OSError:
+            server.stop(None)
+            raise PortBusy(
+                f"{config.metrics_host}:{config.metrics_port}", "metrics_port", "--metrics-port"
+            ) from None
     server.start()
     runtime.load_in_background()
     runtime.start_checkpoints()
     trimmer = None
     if config.idle_trim_s > 0:
         trimmer = IdleTrim(admission.idle, admission.activity, config.idle_trim_s).start()
-    metrics_http, metrics_port = None, 0
-    if config.metrics_port:
-        registry = telemetry.server_registry(
-            admission.queue_depths, lambda: _gallery_figures(runtime)
-        )
-        metrics_http, metrics_port = telemetry.serve(config.host, config.metrics_port, registry)
     log.info(
         "listening",
         extra={
             "fields": {
                 "address": f"{config.host}:{port}",
                 "tls": config.tls.enabled,
-                "metrics": f"{config.host}:{metrics_port}" if metrics_port else "off",
+                "metrics": f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
             }
         },
     )
@@ -235,6 +275,15 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         metrics_http,
         metrics_port,
     )
+
+
+def _build(config: Config) -> telemetry.Build:
+    try:
+        entries = model_store.entries_for([config.profile], config.models_dir)
+    except (OSError, ValueError):  # no manifest where the models are: the version alone
+        entries = []
+    models = tuple((e.name, e.sha256) for e in entries)
+    return telemetry.Build(__version__, config.profile, models)
 
 
 def _gallery_figures(runtime: Runtime) -> telemetry.GalleryFigures | None:

@@ -294,6 +294,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         response.event_id = request.event_id
         if not result.replayed:
             telemetry.observe_decision(
+                response.policy_id,
                 gate_pb2.Outcome.Name(response.outcome).removeprefix("OUTCOME_").lower(),
                 (r.code for r in response.reasons),
             )

@@ -189,12 +189,16 @@ def keys_from_env(env: Mapping[str, str] | None = None) -> tuple[bytes | None, b
     return out[0], out[1]
 
 
-def cipher_from_env(env: Mapping[str, str] | None = None) -> AesGcmCipher | NullCipher:
+def cipher_from_env(
+    env: Mapping[str, str] | None = None, *, warn: bool = False
+) -> AesGcmCipher | NullCipher:
     """A ring of the keys in the environment (the current key first, then the rotation
-    target if set), or NullCipher (with a warning) when none is set. The store checks the
-    ring against its key-check values before using it."""
+    target if set), or NullCipher when none is set: with a warning if `warn` (the server,
+    once; admin commands stay quiet). The store checks the ring against its key-check
+    values before using it."""
     keys = [k for k in keys_from_env(env) if k is not None]
     if not keys:
-        log.warning("%s is not set: biometric templates are stored unencrypted", KEY_ENV)
+        if warn:
+            log.warning("%s is not set: biometric templates are stored unencrypted", KEY_ENV)
         return NullCipher()
     return AesGcmCipher(*keys)
