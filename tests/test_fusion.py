@@ -16,6 +16,7 @@ from recognizer.fusion import (
     PlateEvidence,
     PlateModel,
     fit_linear_llr,
+    lowest_score_at,
     one_to_n,
 )
 
@@ -414,3 +415,30 @@ def test_far_of_a_1n_search_sums_the_plate_categories() -> None:
             for c in imp
         )
         assert m.far(t, searched=5, templates=2) == pytest.approx(expected, rel=1e-12), t
+
+
+def test_the_sure_bar_round_trips_and_defaults_to_none_in_older_files() -> None:
+    model = FusionModel(
+        fit_linear_llr(np.array([0.6, 0.7]), np.array([0.0, 0.1])),
+        ImpostorTail.fit(np.linspace(-0.2, 0.2, 200)),
+        PlateModel(PLATE.genuine, PLATE.misread, 0.05, sure_confidence=0.3),
+    )
+    data = json.loads(json.dumps(model.to_json()))
+    assert data["plate"]["sure_confidence"] == 0.3
+    assert FusionModel.from_json(data).plate.sure_confidence == 0.3
+    del data["plate"]["sure_confidence"]  # a file made before the bar
+    assert FusionModel.from_json(data).plate.sure_confidence == 0.0
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="sure_confidence must be within"):
+            PlateModel(PLATE.genuine, PLATE.misread, 0.05, sure_confidence=bad)
+
+
+def test_lowest_score_at_bisects_the_cosine_range() -> None:
+    def step(at: float, below: float = 1.0, above: float = 0.0):  # type: ignore[no-untyped-def]
+        return lambda s: below if s < at else above
+
+    assert lowest_score_at(step(0.3), 0.0) == pytest.approx(0.3, abs=1e-9)
+    assert lowest_score_at(lambda s: 0.0, 0.5) == pytest.approx(-1.0, abs=1e-9)  # any score
+    assert lowest_score_at(step(1.5), 0.0) == 1.0  # no score in [-1, 1] reaches it
+    # A rate equal to the target at the top of the range still bisects.
+    assert lowest_score_at(step(0.3, 0.5, 0.2), 0.2) == pytest.approx(0.3, abs=1e-9)

@@ -1096,3 +1096,36 @@ def test_a_policy_names_its_camera_colour_by_default() -> None:
     assert GatePolicy(policy_id="p", camera="ir").camera == "ir"
     with pytest.raises(ValueError, match="camera"):
         GatePolicy(policy_id="p", camera="thermal")
+
+
+def test_the_floor_names_a_payer_without_an_enrolled_face() -> None:
+    ev = evidence(payer(EXACT, None), face_found=True)
+    floor = FUSION.face_score_at(1e-5)
+    msg = _messages(ev, face_floor_fmr=1e-5)["FACE_BELOW_FLOOR"]
+    assert msg == f"no face < floor {floor:.3f} (FMR 1e-05)"
+
+
+def test_liveness_messages_name_the_camera_and_the_missing_evidence() -> None:
+    live = {"require_liveness": True}
+    grey = _messages(evidence(payer(), face_liveness=LIVE_FACE), camera="grey", **live)
+    assert grey["LIVENESS_UNCERTAIN"] == "the gate's camera is grey: liveness needs colour"
+    small = dataclasses.replace(LIVE_FACE, missing="face too small")
+    unsure = _messages(evidence(payer(), face_liveness=small), **live)
+    assert unsure["LIVENESS_UNCERTAIN"] == "liveness uncertain: face too small"
+
+
+def test_untrusted_plate_text_takes_the_plate_evidence_of_its_own_payers_only() -> None:
+    by_text = dataclasses.replace(payer(EXACT, 0.95, pid="text"), plate_by_text=True)
+    by_camera = payer(EXACT, 0.95, pid="camera")
+    verdict = decide(evidence(by_text, by_camera), POLICY, FUSION)
+    assert verdict.identity_id == "camera" and verdict.outcome is ALLOW
+    assert verdict.fusion.plate_llr > 0
+
+
+def test_a_text_mismatch_with_a_blocking_signal_is_denied_and_charges_nobody() -> None:
+    ev = evidence(payer(EXACT, 0.95), plate_text_mismatch=True, face_elsewhere=True)
+    blocked = decide(dataclasses.replace(ev, payers=(payer(EXACT, 0.1),)), POLICY, FUSION)
+    assert blocked.outcome is DENY and "PLATE_TEXT_MISMATCH" in {r.code for r in blocked.reasons}
+    steps = decide(evidence(payer(EXACT, 0.95), plate_text_mismatch=True), POLICY, FUSION)
+    assert steps.outcome is STEP_UP
+    assert (steps.identity_id, steps.payment_ref, steps.face_score) == ("", "", 0.95)

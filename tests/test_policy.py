@@ -153,3 +153,15 @@ def test_policies_from_the_config_file() -> None:
     assert "unknown policy settings ['curency']" in str(err.value)
     assert "currency" in str(err.value).split("known:")[1]
     assert PolicySet.from_config([]).policies == ()
+
+
+@pytest.mark.parametrize("fmr", [0.0, 1.0, 1.5, -1e-4])
+def test_a_face_floor_is_an_fmr_within_zero_and_one(fmr: float) -> None:
+    with pytest.raises(ValueError, match="face_floor_fmr must be within"):
+        GatePolicy(policy_id="p", face_floor_fmr=fmr)
+    assert GatePolicy(policy_id="p", face_floor_fmr=None).face_floor_fmr is None
+
+
+def test_an_unknown_direction_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown directions"):
+        GatePolicy(policy_id="p", directions=("entry", "sideways"))
