@@ -99,13 +99,12 @@ class GatePolicy:
             raise ValueError(f"policy {self.policy_id}: face_floor_fmr must be within (0, 1)")
         if self.clone_prior is not None and not 0.0 <= self.clone_prior < 1.0:
             raise ValueError(f"policy {self.policy_id}: clone_prior must be within [0, 1)")
-        unknown = set(self.directions) - set(DIRECTIONS)
         if self.camera not in CAMERAS:
             raise ValueError(
                 f"policy {self.policy_id}: camera must be one of {list(CAMERAS)}, "
                 f"got {self.camera!r}"
             )
-        unknown = set(self.directions) - {"entry", "exit"}
+        unknown = set(self.directions) - set(DIRECTIONS)
         if unknown:
             raise ValueError(f"policy {self.policy_id}: unknown directions {sorted(unknown)}")
         if self.default_direction and self.default_direction not in self.directions:
