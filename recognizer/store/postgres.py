@@ -355,14 +355,9 @@ class PostgresStore(SqlStore):
                 log.warning("cancel: %s", exc)
 
     def wait_idle(self, timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
+        """Whether every store call has ended within `timeout_s`."""
         with self._busy_lock:
-            while self._busy:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._busy_lock.wait(left)
-        return True
+            return self._busy_lock.wait_for(lambda: not self._busy, timeout_s)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

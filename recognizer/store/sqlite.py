@@ -284,14 +284,8 @@ class SqliteStore(SqlStore):
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Whether every store call has ended within `timeout_s`."""
-        end = time.monotonic() + timeout_s
         with self._active_lock:
-            while self._active:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._active_lock.wait(left)
-        return True
+            return self._active_lock.wait_for(lambda: not self._active, timeout_s)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
