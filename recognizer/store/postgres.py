@@ -334,14 +334,6 @@ class PostgresStore(SqlStore):
             return False
         return True
 
-    def _probe_write(self) -> bool:
-        try:
-            with self._tx(serial=False) as c:
-                c.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
-        except Exception:
-            return False
-        return True
-
     def interrupt(self) -> None:
         """For a stopping server: cancel the statements of sessions in use (UNAVAILABLE
         `SHUTTING_DOWN` for their calls; their transactions roll back)."""

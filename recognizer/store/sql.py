@@ -143,6 +143,15 @@ class SqlStore:
         """The meta table, or None when the database has none yet."""
         raise NotImplementedError
 
+    def _probe_write(self) -> bool:
+        """While the disk is full: can a write commit again? (A real one: a row rewritten.)"""
+        try:
+            with self._tx(serial=False) as c:
+                c.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
+        except Exception:
+            return False
+        return True
+
     def _record_store(self, record: dict[str, str]) -> str:
         """After the key check and the migrations: the store's id (made on first open) and
         the key records the check asked to write. Returns the id."""

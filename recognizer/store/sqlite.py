@@ -264,15 +264,6 @@ class SqliteStore(SqlStore):
                 raise
         self.health.ok(faults.StoreHealth.FULL)
 
-    def _probe_write(self) -> bool:
-        """While the disk is full: can a write commit again? (A real one: a row rewritten.)"""
-        try:
-            with self._tx(serial=False) as c:
-                c.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
-        except Exception:
-            return False
-        return True
-
     def interrupt(self) -> None:
         """For a stopping server: end store calls in progress (statements and waits for the
         write lock) with UNAVAILABLE `SHUTTING_DOWN`; nothing of theirs commits."""
