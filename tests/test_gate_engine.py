@@ -20,7 +20,7 @@ from recognizer.gate.evidence import Gathered
 from recognizer.gate.types import Decision, GateEvent
 from recognizer.policy import PolicySet
 from recognizer.store.sqlite import SqliteStore
-from tests.test_gate_rules import FUSION, evidence, payer
+from tests.helpers import FUSION, evidence, payer
 
 NOW = 1_800_000_000.0
 

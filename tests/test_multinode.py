@@ -26,7 +26,14 @@ from recognizer.client import Client
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests import procserver
 from tests.conftest import dataset, files_in, require_models
-from tests.helpers import error_reason, lfw_face, make_payer, scene
+from tests.helpers import (
+    CARS_AT_ONCE,
+    error_reason,
+    lfw_face,
+    make_payer,
+    scene,
+    simultaneous_entries,
+)
 
 CATCH_UP_S = 2.0  # the acceptance bound: a write on one node is served by the other
 MAX_LAG_S = 1.0  # the nodes' replica_max_lag_s here (default 2 s), to keep the test short
@@ -215,7 +222,6 @@ def test_simultaneous_entries_of_one_car_through_both_nodes_allow_once(
     """Issue 26: eight entries of one car at once, spread over the two nodes, at a gate that
     tracks presence (the safe default does): exactly one ALLOW, as eight in turn give. The
     plate's presence is locked across nodes while it is read and the decision recorded."""
-    from tests.test_gate_attacks_e2e import CARS_AT_ONCE, simultaneous_entries
 
     for round_ in range(3):
         # The car's frame (the safe default does not trust a gate's plate_text): a scene no
