@@ -4,6 +4,7 @@ payers, gRPC answers, fakes of the engines, and the gate rules' evidence."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 import uuid
@@ -184,6 +185,21 @@ def simultaneous_entries(clients: list[Client], gate: str, name: str, **car: obj
 
     with ThreadPoolExecutor(CARS_AT_ONCE) as pool:
         return list(pool.map(one, range(CARS_AT_ONCE)))
+
+
+def wait_until_joined(thread: threading.Thread, timeout: float = 10.0) -> None:
+    """Wait until `thread` is blocked on a computation in flight (a Future's result), so that a
+    test exercises the join path itself rather than a caller arriving after the owner."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or -1)
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "result" and code.co_filename.endswith("futures/_base.py"):
+                return
+            frame = frame.f_back
+        time.sleep(0.001)
+    raise AssertionError(f"{thread.name} never waited on the computation in flight")
 
 
 # --- gRPC errors ------------------------------------------------------------------------
