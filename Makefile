@@ -75,7 +75,7 @@ container-deps:
 test: install models-all protos fonts postgres
 	$(BIN)/ruff check recognizer scripts benchmarks tests
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 test-slow: install models-all protos fonts postgres container-deps test-mutants
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

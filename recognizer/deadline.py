@@ -64,7 +64,7 @@ class RecentCosts:
         with self._lock:
             mean, dev, at = self._costs.get(name, (0.0, 0.0, 0.0))
             age = max(0.0, self._clock() - at)
-        return (mean + spread * dev) * 0.5 ** (age / self._half_life)
+        return float((mean + spread * dev) * 0.5 ** (age / self._half_life))
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,7 +216,7 @@ class PlateModel:
         if not 0.0 <= self.sure_confidence < 1.0:
             raise ValueError(f"sure_confidence must be within [0, 1), got {self.sure_confidence}")
 
-    def impostor(self, clone_prior: float | None = None) -> dict[str, float]:
+    def impostor(self, clone_prior: float | None = None) -> dict[PlateEvidence, float]:
         q = self.clone_prior if clone_prior is None else clone_prior
         out = {c: q * self.genuine[c] + (1.0 - q) * self.misread[c] for c in _MATCHES}
         out[PlateEvidence.NO_MATCH] = 1.0 - sum(out.values())

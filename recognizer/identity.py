@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from recognizer.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from recognizer.face.types import AnalyzedFace, Face, Liveness, LivenessDecision, Quality, Selection
+from recognizer.face.calibration import FaceCalibration
+from recognizer.face.types import (
+    AnalyzedFace,
+    Face,
+    FaceEngine,
+    Liveness,
+    LivenessDecision,
+    Quality,
+    Selection,
+)
 from recognizer.fusion import one_to_n
+from recognizer.gallery.gallery import Gallery
 from recognizer.store.rows import AuditEntry
 
 
@@ -69,9 +78,9 @@ class FaceIdentity:
 
     def __init__(
         self,
-        faces: Any,
-        gallery: Any,
-        calibration: Any,
+        faces: FaceEngine,
+        gallery: Gallery,
+        calibration: FaceCalibration,
         *,
         threshold_bounds: tuple[float, float] = (0.2, 0.95),
         enroll_require_liveness: bool = False,

@@ -68,7 +68,8 @@ def sface_cpu(data: bytes) -> bytes:
     _initializers_not_inputs(model)
     _prelu_as_relu_min(model)
     model.producer_name = "recognizer.model_transforms.sface_cpu"
-    return model.SerializeToString()
+    out: bytes = model.SerializeToString()
+    return out
 
 
 TRANSFORMS: dict[str, Callable[[bytes], bytes]] = {"sface_cpu": sface_cpu}

@@ -26,7 +26,8 @@ def _onnxruntime() -> ModuleType:
 
     # Some exported graphs (SFace) warn once per initializer while loading; keep errors only.
     ort.set_default_logger_severity(3)
-    return ort
+    module: ModuleType = ort
+    return module
 
 
 class ModelError(RuntimeError):
@@ -98,7 +99,7 @@ class OnnxModel:
         """Run the model on positional inputs; returns outputs in declared order."""
         feed = {n: np.ascontiguousarray(x) for n, x in zip(self.input_names, inputs, strict=True)}
         t0, c0 = time.perf_counter(), time.thread_time()
-        out = self._session.run(self.output_names, feed)
+        out: list[np.ndarray] = self._session.run(self.output_names, feed)
         dt = time.perf_counter() - t0
         # With one intra-op thread the model runs on this thread: its CPU time is the cost.
         accounting.add_inference(time.thread_time() - c0)

@@ -1,7 +1,15 @@
-"""Helpers shared by the end-to-end tests: sample images, payers, rich-status details."""
+"""Helpers and fakes shared by the tests (no test module imports another): sample images,
+payers, gRPC answers, fakes of the engines, and the gate rules' evidence."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -11,7 +19,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from recognizer.client import Client
-from recognizer.v1 import identity_pb2
+from recognizer.config import Config
+from recognizer.face.types import Face, Quality, Selection
+from recognizer.fusion import FusionModel, ImpostorTail, PlateEvidence, PlateModel, fit_linear_llr
+from recognizer.gate.types import Binding, Direction, Evidence, Factors, Payer
+from recognizer.plate.grammar import is_valid
+from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
+from recognizer.service.runtime import Engines
+from recognizer.v1 import gate_pb2, identity_pb2
 from tests.conftest import dataset
 
 
@@ -119,3 +134,217 @@ def blurred(data: bytes, sigma: float) -> bytes:
     """The photo out of focus (a frame that caught the driver moving)."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     return cv2.imencode(".jpg", cv2.GaussianBlur(img, (0, 0), sigma))[1].tobytes()
+
+
+# --- Authorize, end to end ------------------------------------------------------------------
+
+ALLOW, STEP_UP, DENY = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_STEP_UP, gate_pb2.OUTCOME_DENY
+ENTRY, EXIT = gate_pb2.DIRECTION_ENTRY, gate_pb2.DIRECTION_EXIT
+
+
+def authorize_request(gate: str, **fields: object) -> gate_pb2.AuthorizeRequest:
+    """An Authorize request with a new event id; 10.00 CNY unless `fields` say otherwise."""
+    base: dict[str, object] = {
+        "event_id": uuid.uuid4().hex,
+        "amount_minor": 1000,
+        "currency": "CNY",
+    }
+    base.update(fields)
+    return gate_pb2.AuthorizeRequest(gate_id=gate, **base)
+
+
+def authorize(c: Client, req: gate_pb2.AuthorizeRequest) -> gate_pb2.AuthorizeResponse:
+    """The call as a gate makes it: told the server is busy, it retries after a short delay."""
+    for _ in range(400):
+        try:
+            return c.gate.Authorize(req, metadata=c.metadata, timeout=120)
+        except grpc.RpcError as err:
+            if err.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("never admitted")
+
+
+def codes(resp: gate_pb2.AuthorizeResponse) -> set[str]:
+    return {r.code for r in resp.reasons}
+
+
+CARS_AT_ONCE = 8
+
+
+def simultaneous_entries(clients: list[Client], gate: str, name: str, **car: object) -> list[int]:
+    """CARS_AT_ONCE entries of one car (`car`: its plate_text or vehicle_image) sent at once,
+    spread over the clients, each with the fourth lfw10 photo of `name`; their outcomes."""
+    barrier = threading.Barrier(CARS_AT_ONCE)
+
+    def one(k: int) -> int:
+        c = clients[k % len(clients)]
+        req = authorize_request(gate, face_image=lfw_face(name, 3), direction=ENTRY, **car)
+        barrier.wait()
+        return authorize(c, req).outcome
+
+    with ThreadPoolExecutor(CARS_AT_ONCE) as pool:
+        return list(pool.map(one, range(CARS_AT_ONCE)))
+
+
+def wait_until_joined(thread: threading.Thread, timeout: float = 10.0) -> None:
+    """Wait until `thread` is blocked on a computation in flight (a Future's result), so that a
+    test exercises the join path itself rather than a caller arriving after the owner."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or -1)
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "result" and code.co_filename.endswith("futures/_base.py"):
+                return
+            frame = frame.f_back
+        time.sleep(0.001)
+    raise AssertionError(f"{thread.name} never waited on the computation in flight")
+
+
+# --- gRPC errors ------------------------------------------------------------------------
+
+
+def violation(err: grpc.RpcError) -> tuple[str, str]:
+    """(ErrorInfo reason, BadRequest field) of an error."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "a rich status was expected"
+    reason = field = ""
+    for d in status.details:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            reason = info.reason
+        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            d.Unpack(bad)
+            field = bad.field_violations[0].field
+    return reason, field
+
+
+# --- fakes of the engines, the embedder and a plate read ------------------------------------
+
+
+class FakeFaces:
+    """Stands in for the face pipeline: one face, or an unexpected crash."""
+
+    model_versions = ()
+
+    def __init__(self, crash: bool = False) -> None:
+        self.crash = crash
+
+    def detect(self, image: np.ndarray, selection: Selection) -> list[tuple[Face, Quality]]:
+        if self.crash:
+            raise RuntimeError("secret internal detail")
+        face = Face(np.array([1, 2, 30, 40], np.float32), np.zeros((5, 2), np.float32), 0.9)
+        q = Quality(0.8, 30.0, 100.0, 0.0, 0.0, 0.0, 0.9, True, ())
+        return [(face, q)]
+
+
+def fake_engines(crash: bool = False):  # type: ignore[no-untyped-def]
+    def factory(config: Config) -> Engines:
+        return Engines(faces=FakeFaces(crash), plates=None)
+
+    return factory
+
+
+class FakeEmbedder:
+    dim = 4
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.fronts: list[int] = []
+        self.finished: list[int] = []
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        self.calls.append(len(crops))
+        assert all(c.shape == (112, 112, 3) for c in crops)
+        out = np.zeros((len(crops), self.dim), np.float32)
+        out[np.arange(len(crops)), np.arange(len(crops)) % self.dim] = 1
+        return out
+
+    def front(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        self.fronts.append(len(crops))
+        return 2 * self.embed(crops)  # raw, unnormalised
+
+    def finish(self, crops: Sequence[np.ndarray], front: np.ndarray) -> np.ndarray:
+        self.finished.append(len(crops))
+        return front / np.linalg.norm(front, axis=1, keepdims=True)
+
+
+def read(*cands: tuple[str, float], box: float = 0.0, guessed: bool = False) -> PlateResult:
+    return PlateResult(
+        text=cands[0][0],
+        confidence=cands[0][1],
+        char_confidences=(cands[0][1],) * len(cands[0][0]),
+        candidates=tuple(PlateCandidate(t, p) for t, p in cands),
+        box=np.full(4, box, np.float32),
+        corners=np.zeros((4, 2), np.float32),
+        plate_type=PlateType.BLUE,
+        pattern_valid=is_valid(cands[0][0]),
+        detector_score=0.9,
+        reader="fake",
+        province_guessed=guessed,
+    )
+
+
+# --- the gate rules' evidence, with a synthetic fusion model ---------------------------------
+
+EXACT, CAND, NO, ABSENT = (
+    PlateEvidence.EXACT,
+    PlateEvidence.CANDIDATE,
+    PlateEvidence.NO_MATCH,
+    PlateEvidence.ABSENT,
+)
+THRESHOLD = 0.30
+SURE = 0.6  # the plate-only tier's confidence bar in these tests
+NOW = 1_800_000_000.0
+
+
+def _fusion() -> FusionModel:
+    rng = np.random.default_rng(3)
+    genuine = rng.normal(0.65, 0.1, 20_000)
+    impostor = rng.normal(0.05, 0.08, 20_000)
+    plate = PlateModel(
+        genuine={"exact": 0.93, "candidate": 0.02, "no_match": 0.05},
+        misread={"exact": 0.001, "candidate": 0.001},
+        clone_prior=0.05,
+        sure_confidence=SURE,
+    )
+    return FusionModel(fit_linear_llr(genuine, impostor), ImpostorTail.fit(impostor), plate)
+
+
+FUSION = _fusion()
+
+
+def binding(factors: Factors = Factors.PLATE_AND_FACE, ceiling: int = 0) -> Binding:
+    return Binding(f"b-{factors.value}", f"ref-{factors.value}", factors, ceiling)
+
+
+def payer(
+    plate: PlateEvidence = EXACT,
+    face: float | None = 0.75,
+    *bindings: Binding,
+    searched: int = 0,
+    pid: str = "payer",
+) -> Payer:
+    confidence = 0.9 if plate is EXACT else 0.0  # a sure exact read (above SURE)
+    return Payer(pid, plate, face, searched, bindings or (binding(),), plate_confidence=confidence)
+
+
+def evidence(*payers: Payer, **changes: object) -> Evidence:
+    base = Evidence(
+        gate_id="G-1",
+        amount_minor=5000,
+        direction=Direction.UNSPECIFIED,
+        now=NOW,
+        vehicle_sent=True,
+        plate_read=True,
+        face_sent=True,
+        face_found=True,
+        face_threshold=THRESHOLD,
+        payers=payers,
+        face_elsewhere=False,
+        last_sighting=None,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]

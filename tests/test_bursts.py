@@ -17,32 +17,15 @@ from recognizer.face.pipeline import FacePipeline
 from recognizer.face.types import Face, Liveness, LivenessDecision, Selection
 from recognizer.gate.inputs import MAX_FRAMES, check_burst, frame_field, legacy_digest
 from recognizer.plate.grammar import is_valid
-from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 from recognizer.plate.vote import MISSING_PROBABILITY, vote, vote_plates
 from recognizer.service import convert, limits
 from recognizer.v1 import gate_pb2
-from tests.test_face_pipeline import FakeEmbedder
+from tests.helpers import FakeEmbedder, read
 
 MiB = 1024 * 1024
 
 
 # --- the plate vote -------------------------------------------------------------------------
-
-
-def read(*cands: tuple[str, float], box: float = 0.0, guessed: bool = False) -> PlateResult:
-    return PlateResult(
-        text=cands[0][0],
-        confidence=cands[0][1],
-        char_confidences=(cands[0][1],) * len(cands[0][0]),
-        candidates=tuple(PlateCandidate(t, p) for t, p in cands),
-        box=np.full(4, box, np.float32),
-        corners=np.zeros((4, 2), np.float32),
-        plate_type=PlateType.BLUE,
-        pattern_valid=is_valid(cands[0][0]),
-        detector_score=0.9,
-        reader="fake",
-        province_guessed=guessed,
-    )
 
 
 def valid(text: str) -> bool:

@@ -20,11 +20,10 @@ from recognizer.service.runtime import fusion_path
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests.conftest import KEYS, dataset, loaded_server
-from tests.helpers import blurred, scene
+from tests.helpers import ALLOW, DENY, STEP_UP, blurred, codes, scene, violation
 from tests.helpers import error_reason as reason
 from tests.helpers import lfw_face as face
 from tests.helpers import make_payer as payer
-from tests.test_image_intake import violation
 
 POLICY = {
     "policy_id": "bursts",
@@ -34,7 +33,6 @@ POLICY = {
     "min_travel_seconds": 0,
     "track_presence": False,
 }
-ALLOW, STEP_UP, DENY = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_STEP_UP, gate_pb2.OUTCOME_DENY
 RANK = {DENY: 0, STEP_UP: 1, ALLOW: 2}
 MiB = 1024 * 1024
 
@@ -80,10 +78,6 @@ def request(gate: str = "B-1", **fields: object) -> gate_pb2.AuthorizeRequest:
 
 def call(c: Client, req: gate_pb2.AuthorizeRequest) -> gate_pb2.AuthorizeResponse:
     return c.gate.Authorize(req, metadata=c.metadata, timeout=120)
-
-
-def codes(resp: gate_pb2.AuthorizeResponse) -> set[str]:
-    return {r.code for r in resp.reasons}
 
 
 def refused(c: Client, req: gate_pb2.AuthorizeRequest) -> grpc.RpcError:

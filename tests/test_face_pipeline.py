@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -22,6 +21,7 @@ from recognizer.face.quality import QualityConfig, assess, estimate_pose
 from recognizer.face.types import Face, Selection
 from recognizer.onnx import ModelError
 from tests.conftest import files_in, missing, missing_data
+from tests.helpers import FakeEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -275,30 +275,6 @@ class FakeDetector:
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         assert image_bgr.ndim == 3 and image_bgr.shape[2] == 3
         return list(self.faces)
-
-
-class FakeEmbedder:
-    dim = 4
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-        self.fronts: list[int] = []
-        self.finished: list[int] = []
-
-    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        self.calls.append(len(crops))
-        assert all(c.shape == (112, 112, 3) for c in crops)
-        out = np.zeros((len(crops), self.dim), np.float32)
-        out[np.arange(len(crops)), np.arange(len(crops)) % self.dim] = 1
-        return out
-
-    def front(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        self.fronts.append(len(crops))
-        return 2 * self.embed(crops)  # raw, unnormalised
-
-    def finish(self, crops: Sequence[np.ndarray], front: np.ndarray) -> np.ndarray:
-        self.finished.append(len(crops))
-        return front / np.linalg.norm(front, axis=1, keepdims=True)
 
 
 class LinearModel:

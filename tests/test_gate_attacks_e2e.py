@@ -7,11 +7,7 @@ simultaneous entries of one car, and a burst that mixes a print with a live fram
 from __future__ import annotations
 
 import itertools
-import threading
-import time
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -22,12 +18,22 @@ from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests.conftest import client_for, dataset, files_in, loaded_server
+from tests.helpers import (
+    ALLOW,
+    CARS_AT_ONCE,
+    DENY,
+    ENTRY,
+    EXIT,
+    STEP_UP,
+    codes,
+    make_payer,
+    simultaneous_entries,
+    violation,
+)
+from tests.helpers import authorize as call
+from tests.helpers import authorize_request as request
 from tests.helpers import lfw_face as face
-from tests.helpers import make_payer
-from tests.test_image_intake import violation
 
-ALLOW, STEP_UP, DENY = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_STEP_UP, gate_pb2.OUTCOME_DENY
-ENTRY, EXIT = gate_pb2.DIRECTION_ENTRY, gate_pb2.DIRECTION_EXIT
 PLATE = identity_pb2.FACTOR_PLATE
 # The plate_text these tests send stands for the gate's own reader: a gate the site trusts
 # (issue 25; tests/test_plate_attacks_e2e.py tries the text against the camera).
@@ -75,34 +81,12 @@ def new_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
         client.close()
 
 
-def request(gate: str, **fields: object) -> gate_pb2.AuthorizeRequest:
-    base: dict[str, object] = {"event_id": uuid.uuid4().hex, "amount_minor": 1000}
-    base.update(fields)
-    return gate_pb2.AuthorizeRequest(gate_id=gate, **base)
-
-
-def call(c: Client, req: gate_pb2.AuthorizeRequest) -> gate_pb2.AuthorizeResponse:
-    # A gate retries when told the server is busy, after the delay it was given.
-    for _ in range(400):
-        try:
-            return c.gate.Authorize(req, metadata=c.metadata, timeout=120)
-        except grpc.RpcError as err:
-            if err.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
-            time.sleep(0.05)
-    raise AssertionError("never admitted")
-
-
 def refused(c: Client, req: gate_pb2.AuthorizeRequest) -> tuple[str, str]:
     """(reason, field) of an INVALID_ARGUMENT answer; fails on any other answer."""
     with pytest.raises(grpc.RpcError) as err:
         call(c, req)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     return violation(err.value)
-
-
-def codes(resp: gate_pb2.AuthorizeResponse) -> set[str]:
-    return {r.code for r in resp.reasons}
 
 
 def payer(c: Client, name: str | None, factors: int = identity_pb2.FACTOR_PLATE_AND_FACE) -> str:
@@ -214,23 +198,6 @@ def test_the_policys_currency_or_none_is_accepted(c: Client, new_server: Client)
 
 
 # --- one car, simultaneous entries --------------------------------------------------------
-
-CARS_AT_ONCE = 8
-
-
-def simultaneous_entries(clients: list[Client], gate: str, name: str, **car: object) -> list[int]:
-    """CARS_AT_ONCE entries of one car (`car`: its plate_text or vehicle_image) sent at once,
-    spread over the clients; their outcomes."""
-    barrier = threading.Barrier(CARS_AT_ONCE)
-
-    def one(k: int) -> int:
-        c = clients[k % len(clients)]
-        req = request(gate, face_image=face(name, 3), direction=ENTRY, **car)
-        barrier.wait()
-        return call(c, req).outcome
-
-    with ThreadPoolExecutor(CARS_AT_ONCE) as pool:
-        return list(pool.map(one, range(CARS_AT_ONCE)))
 
 
 def test_simultaneous_entries_of_one_car_allow_once(c: Client) -> None:

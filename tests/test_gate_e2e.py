@@ -22,8 +22,8 @@ from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests import helpers
 from tests.conftest import client_for, loaded_server, missing
+from tests.helpers import codes, violation
 from tests.helpers import lfw_face as face
-from tests.test_image_intake import violation
 
 POLICY = {
     "policy_id": "test-gates",
@@ -66,10 +66,6 @@ def authorize(
         ts.FromNanoseconds(int(when * 1e9))
         req.observed_at.CopyFrom(ts)
     return c.gate.Authorize(req, metadata=c.metadata)
-
-
-def codes(resp: gate_pb2.AuthorizeResponse) -> set[str]:
-    return {r.code for r in resp.reasons}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,7 +19,7 @@ from recognizer.gate.evidence import Gathered
 from recognizer.gate.types import Decision, GateEvent
 from recognizer.policy import PolicySet
 from recognizer.store.sqlite import SqliteStore
-from tests.test_gate_rules import FUSION, evidence, payer
+from tests.helpers import FUSION, evidence, payer, wait_until_joined
 
 NOW = 1_800_000_000.0
 
@@ -135,7 +134,7 @@ def test_a_joiner_with_other_inputs_is_refused_while_the_event_is_computed(
     joined: list[object] = []
     joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request())))
     joiner.start()
-    time.sleep(0.05)
+    wait_until_joined(joiner)
     g.release.set()
     owner.join(5)
     joiner.join(5)
@@ -217,7 +216,7 @@ def test_a_joiner_decides_itself_when_the_first_caller_gave_up(store: SqliteStor
     joined: list[object] = []
     joiner = threading.Thread(target=lambda: joined.append(eng.authorize(request())))
     joiner.start()
-    time.sleep(0.05)
+    wait_until_joined(joiner)
     g.release.set()
     owner.join(5)
     joiner.join(5)

@@ -118,9 +118,13 @@ class FakeStore:
 
 class NoPlates:
     mode = "cn"
+    model_versions = ()
 
-    def read(self, image: np.ndarray, enough=None) -> list:  # type: ignore[no-untyped-def]
+    def read(self, image: np.ndarray, max_candidates: int = 5, enough=None) -> list:  # type: ignore[no-untyped-def]
         return []
+
+    def sure_read(self, read: object) -> bool:
+        return False
 
 
 def gather(kinds: Sequence[int], liveness: bool, last: SightingRow | None = None):  # type: ignore[no-untyped-def]

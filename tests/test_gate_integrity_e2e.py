@@ -18,10 +18,18 @@ from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import loaded_server
+from tests.helpers import (
+    ALLOW,
+    DENY,
+    STEP_UP,
+    codes,
+    scene,
+    scene_with_province_painted,
+    scene_without_province,
+)
 from tests.helpers import error_reason as reason
 from tests.helpers import lfw_face as face
 from tests.helpers import make_payer as payer
-from tests.helpers import scene, scene_with_province_painted, scene_without_province
 
 POLICY = {
     "policy_id": "integrity",
@@ -41,7 +49,6 @@ PLATE_AND_FACE, PLATE, FACE = (
     identity_pb2.FACTOR_PLATE,
     identity_pb2.FACTOR_FACE,
 )
-ALLOW, STEP_UP, DENY = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_STEP_UP, gate_pb2.OUTCOME_DENY
 _plates = (f"京D{n:05d}" for n in itertools.count(20000))
 
 
@@ -69,10 +76,6 @@ def refused(fn: Callable[[], object]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as err:
         fn()
     return err.value
-
-
-def codes(resp: gate_pb2.AuthorizeResponse) -> set[str]:
-    return {r.code for r in resp.reasons}
 
 
 def ts(epoch_s: float) -> timestamp_pb2.Timestamp:

@@ -8,14 +8,11 @@ import dataclasses
 import itertools
 import math
 
-import numpy as np
 import pytest
 
 from recognizer.face.types import Liveness, LivenessDecision
-from recognizer.fusion import FusionModel, ImpostorTail, PlateEvidence, PlateModel, fit_linear_llr
 from recognizer.gate.rules import REASONS, decide
 from recognizer.gate.types import (
-    Binding,
     Direction,
     Evidence,
     Factors,
@@ -24,33 +21,23 @@ from recognizer.gate.types import (
     Sighting,
 )
 from recognizer.policy import GatePolicy
-
-EXACT, CAND, NO, ABSENT = (
-    PlateEvidence.EXACT,
-    PlateEvidence.CANDIDATE,
-    PlateEvidence.NO_MATCH,
-    PlateEvidence.ABSENT,
+from tests.helpers import (
+    ABSENT,
+    CAND,
+    EXACT,
+    FUSION,
+    NO,
+    NOW,
+    SURE,
+    THRESHOLD,
+    binding,
+    evidence,
+    payer,
 )
+
 ALLOW, STEP_UP, DENY = Outcome.ALLOW, Outcome.STEP_UP, Outcome.DENY
-THRESHOLD = 0.30
-SURE = 0.6  # the plate-only tier's confidence bar in these tests
-NOW = 1_800_000_000.0
 
 
-def _fusion() -> FusionModel:
-    rng = np.random.default_rng(3)
-    genuine = rng.normal(0.65, 0.1, 20_000)
-    impostor = rng.normal(0.05, 0.08, 20_000)
-    plate = PlateModel(
-        genuine={"exact": 0.93, "candidate": 0.02, "no_match": 0.05},
-        misread={"exact": 0.001, "candidate": 0.001},
-        clone_prior=0.05,
-        sure_confidence=SURE,
-    )
-    return FusionModel(fit_linear_llr(genuine, impostor), ImpostorTail.fit(impostor), plate)
-
-
-FUSION = _fusion()
 POLICY = GatePolicy(
     policy_id="p",
     plate_only_max_minor=1000,
@@ -60,39 +47,6 @@ POLICY = GatePolicy(
     directions=("entry", "exit"),
     min_travel_seconds=120,
 )
-
-
-def binding(factors: Factors = Factors.PLATE_AND_FACE, ceiling: int = 0) -> Binding:
-    return Binding(f"b-{factors.value}", f"ref-{factors.value}", factors, ceiling)
-
-
-def payer(
-    plate: PlateEvidence = EXACT,
-    face: float | None = 0.75,
-    *bindings: Binding,
-    searched: int = 0,
-    pid: str = "payer",
-) -> Payer:
-    confidence = 0.9 if plate is EXACT else 0.0  # a sure exact read (above SURE)
-    return Payer(pid, plate, face, searched, bindings or (binding(),), plate_confidence=confidence)
-
-
-def evidence(*payers: Payer, **changes: object) -> Evidence:
-    base = Evidence(
-        gate_id="G-1",
-        amount_minor=5000,
-        direction=Direction.UNSPECIFIED,
-        now=NOW,
-        vehicle_sent=True,
-        plate_read=True,
-        face_sent=True,
-        face_found=True,
-        face_threshold=THRESHOLD,
-        payers=payers,
-        face_elsewhere=False,
-        last_sighting=None,
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 ATTACK_FACE = Liveness(0.02, LivenessDecision.ATTACK)

@@ -22,7 +22,8 @@ from recognizer.service.runtime import Engines
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import KEYS, client_for, dataset, require_models, start_server
-from tests.test_imaging import jpeg_declaring, stored_as
+from tests.helpers import violation
+from tests.images import jpeg_declaring, stored_as
 
 # --- configuration --------------------------------------------------------------------------
 
@@ -80,23 +81,6 @@ def capped(tmp_path: Path) -> Iterator[RunningServer]:
 
 def jpeg(h: int = 64, w: int = 64) -> bytes:
     return cv2.imencode(".jpg", np.full((h, w, 3), 128, np.uint8))[1].tobytes()
-
-
-def violation(err: grpc.RpcError) -> tuple[str, str]:
-    """(ErrorInfo reason, BadRequest field) of an error."""
-    status = rpc_status.from_call(err)
-    assert status is not None, "a rich status was expected"
-    reason = field = ""
-    for d in status.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            reason = info.reason
-        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            d.Unpack(bad)
-            field = bad.field_violations[0].field
-    return reason, field
 
 
 def test_each_rpc_has_its_own_pixel_cap(capped: RunningServer) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -11,26 +10,12 @@ import pytest
 
 from recognizer.errors import InvalidArgument
 from recognizer.imaging import ImageLimits, decode, read_header
-
-
-def encode(ext: str, image: np.ndarray, params: list[int] | None = None) -> bytes:
-    ok, buf = cv2.imencode(ext, image, params or [])
-    assert ok
-    return buf.tobytes()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose IHDR claims a huge size: a decompression-bomb header."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", len(ihdr))
-        + chunk
-        + struct.pack(">I", zlib.crc32(chunk))
-        + b"\x00" * 32
-    )
-
+from tests.images import (
+    encode,
+    jpeg_declaring,
+    png_declaring,
+    stored_as,
+)
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8)
@@ -92,41 +77,6 @@ def test_byte_limit_checked_before_decode() -> None:
 # --- EXIF orientation --------------------------------------------------------------------
 
 
-def with_exif_orientation(jpeg: bytes, orientation: int, order: str = ">") -> bytes:
-    """The JPEG with an EXIF APP1 segment right after SOI whose IFD0 holds one tag:
-    Orientation (0x0112, SHORT). `order` is the TIFF byte order, ">" (MM) or "<" (II)."""
-    tiff = (
-        (b"MM" if order == ">" else b"II")
-        + struct.pack(order + "HI", 42, 8)  # magic, offset of IFD0
-        + struct.pack(order + "H", 1)  # one entry
-        + struct.pack(order + "HHIHH", 0x0112, 3, 1, orientation, 0)
-        + struct.pack(order + "I", 0)  # no next IFD
-    )
-    app1 = b"Exif\x00\x00" + tiff
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
-
-
-# How a camera stores an upright picture for each orientation: the inverse of what the tag
-# tells a viewer to do (written out independently of recognizer.imaging.orient).
-STORE = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, 1),  # the viewer turns it back clockwise
-    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
-    8: lambda a: np.rot90(a, -1),
-}
-
-
-def stored_as(upright: np.ndarray, orientation: int, order: str = ">") -> bytes:
-    stored = np.ascontiguousarray(STORE[orientation](upright))
-    return with_exif_orientation(
-        encode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 95]), orientation, order
-    )
-
-
 def portrait_pattern() -> np.ndarray:
     """An 80x48 portrait with no symmetry: a gradient and a bright block near the top left."""
     y, x = np.mgrid[0:80, 0:48]
@@ -183,16 +133,6 @@ def test_malformed_exif_means_upright(tiff: bytes) -> None:
 
 
 # --- pixel caps ---------------------------------------------------------------------------
-
-
-def jpeg_declaring(width: int, height: int) -> bytes:
-    """A small real JPEG whose frame header is rewritten to claim width x height."""
-    data = bytearray(encode(".jpg", np.full((16, 16), 128, np.uint8)))
-    i = 2
-    while data[i + 1] not in (0xC0, 0xC2):
-        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
-    data[i + 5 : i + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def test_a_small_file_declaring_40_megapixels_is_refused_by_default() -> None:

@@ -73,3 +73,19 @@ def test_the_command_line_loads_no_development_code() -> None:
 def test_the_wheel_packages_only_the_product() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["recognizer*"]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers and fakes live in tests/helpers.py (and tests/images.py), so a test
+    module can be read, moved or deleted on its own."""
+    offenders = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            hit = [n for n in names if n.startswith("tests.test_")]
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in hit]
+    assert not offenders, offenders

@@ -21,12 +21,10 @@ from tests.conftest import (
     files_in,
     loaded_server,
 )
-from tests.helpers import error_reason
+from tests.helpers import ALLOW, DENY, STEP_UP, codes, error_reason
 
 SUBJECT = "0001"
 PLATE = "京F10001"
-ALLOW, DENY = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_DENY
-STEP_UP = gate_pb2.OUTCOME_STEP_UP
 _BASE = {
     "plate_only_max_minor": 0,
     "target_far": 1e-5,
@@ -102,10 +100,6 @@ def authorize(c: Client, gate: str, face: bytes) -> gate_pb2.AuthorizeResponse:
         direction=gate_pb2.DIRECTION_ENTRY,
     )
     return c.gate.Authorize(req, metadata=c.metadata)
-
-
-def codes(resp: gate_pb2.AuthorizeResponse) -> set[str]:
-    return {r.code for r in resp.reasons}
 
 
 @pytest.mark.parametrize("k", PROBE_PRINT)

@@ -26,9 +26,20 @@ from recognizer.client import Client
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests import procserver
 from tests.conftest import dataset, files_in, require_models
-from tests.helpers import error_reason, lfw_face, make_payer, scene
+from tests.helpers import (
+    CARS_AT_ONCE,
+    error_reason,
+    lfw_face,
+    make_payer,
+    scene,
+    simultaneous_entries,
+)
 
-CATCH_UP_S = 2.0  # the acceptance bound: a write on one node is served by the other
+CATCH_UP_S = (
+    2.0  # the acceptance bound (make test-slow): a write on one node is served by the other
+)
+# The default tier checks that replication happens, not how fast: a loaded CI machine is slow.
+EVENTUALLY_S = 30.0
 MAX_LAG_S = 1.0  # the nodes' replica_max_lag_s here (default 2 s), to keep the test short
 RPC_TIMEOUT = 30.0
 RECOGNITION = "recognizer.v1.RecognitionService"
@@ -127,20 +138,30 @@ def test_an_enrolment_on_a_is_identified_on_b_and_a_deletion_on_b_leaves_a(
     person = "George_W_Bush"
     who = enrol(a, person, lfw_face(person, 0))
     probe = lfw_face(person, 1)
-    took = within(CATCH_UP_S, lambda: who in identify(b, probe))
-    assert took is not None, f"B did not find A's enrolment within {CATCH_UP_S}s"
+    took = within(EVENTUALLY_S, lambda: who in identify(b, probe))
+    assert took is not None, f"B did not find A's enrolment within {EVENTUALLY_S}s"
     assert who in identify(a, probe)
     b.identity.DeleteIdentity(
         identity_pb2.DeleteIdentityRequest(identity_id=who), metadata=b.metadata
     )
-    gone = within(CATCH_UP_S, lambda: who not in identify(a, probe))
-    assert gone is not None, f"A still returned B's deleted identity after {CATCH_UP_S}s"
+    gone = within(EVENTUALLY_S, lambda: who not in identify(a, probe))
+    assert gone is not None, f"A still returned B's deleted identity after {EVENTUALLY_S}s"
     with pytest.raises(grpc.RpcError) as err:
         a.identity.GetIdentity(
             identity_pb2.GetIdentityRequest(identity_id=who), metadata=a.metadata
         )
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
     print(f"\nreplication: enrol A->B {took:.2f}s, delete B->A {gone:.2f}s")
+
+
+@pytest.mark.slow
+def test_an_enrolment_on_a_is_identified_on_b_within_the_catch_up_bound(
+    a: Client, b: Client
+) -> None:
+    person = "Colin_Powell"
+    who = enrol(a, person, lfw_face(person, 0))
+    took = within(CATCH_UP_S, lambda: who in identify(b, lfw_face(person, 1)))
+    assert took is not None, f"B did not find A's enrolment within {CATCH_UP_S}s"
 
 
 def test_one_event_sent_to_both_nodes_at_once_is_decided_once(
@@ -215,7 +236,6 @@ def test_simultaneous_entries_of_one_car_through_both_nodes_allow_once(
     """Issue 26: eight entries of one car at once, spread over the two nodes, at a gate that
     tracks presence (the safe default does): exactly one ALLOW, as eight in turn give. The
     plate's presence is locked across nodes while it is read and the decision recorded."""
-    from tests.test_gate_attacks_e2e import CARS_AT_ONCE, simultaneous_entries
 
     for round_ in range(3):
         # The car's frame (the safe default does not trust a gate's plate_text): a scene no
@@ -234,7 +254,7 @@ def test_a_lagging_replica_stops_serving_1n_until_it_catches_up(
     it): the nodes report the lag, refuse 1:N and go NOT_SERVING, then recover."""
     person = "Tony_Blair"
     first = enrol(a, person, lfw_face(person, 0))
-    assert within(CATCH_UP_S, lambda: first in identify(b, lfw_face(person, 1))) is not None
+    assert within(EVENTUALLY_S, lambda: first in identify(b, lfw_face(person, 1))) is not None
     slow = psycopg.connect(cluster.url)
     try:
         blob, dim, model = slow.execute(
@@ -265,7 +285,7 @@ def test_a_lagging_replica_stops_serving_1n_until_it_catches_up(
         slow.commit()
     finally:
         slow.close()
-    assert within(CATCH_UP_S, lambda: b.health(RECOGNITION) == "SERVING") is not None
+    assert within(EVENTUALLY_S, lambda: b.health(RECOGNITION) == "SERVING") is not None
     found = identify(b, lfw_face(person, 1))
     assert {first, second, "slow-" + first} <= set(found)  # nothing skipped, in any order
     for c in (a, b):

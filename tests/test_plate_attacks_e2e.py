@@ -17,8 +17,8 @@ from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import dataset, loaded_server
+from tests.helpers import ALLOW, STEP_UP, codes, make_payer, scene
 from tests.helpers import lfw_face as face
-from tests.helpers import make_payer, scene
 
 POLICIES = [
     {
@@ -38,7 +38,6 @@ POLICIES = [
     },
 ]
 PLATE, PLATE_AND_FACE = identity_pb2.FACTOR_PLATE, identity_pb2.FACTOR_PLATE_AND_FACE
-ALLOW, STEP_UP = gate_pb2.OUTCOME_ALLOW, gate_pb2.OUTCOME_STEP_UP
 _plates = (f"京E{n:05d}" for n in itertools.count(30000))
 
 
@@ -54,10 +53,6 @@ def authorize(c: Client, gate: str = "A-1", **fields: object) -> gate_pb2.Author
     fields = {"amount_minor": 500, "currency": "CNY", **fields}
     req = gate_pb2.AuthorizeRequest(gate_id=gate, event_id=uuid.uuid4().hex, **fields)
     return c.gate.Authorize(req, metadata=c.metadata)
-
-
-def codes(r: gate_pb2.AuthorizeResponse) -> set[str]:
-    return {x.code for x in r.reasons}
 
 
 def frames() -> list[bytes]:

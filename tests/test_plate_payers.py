@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from recognizer.fusion import PlateEvidence
 from recognizer.gate.evidence import EvidenceGatherer
 from recognizer.plate.types import PlateResult
-from tests.test_bursts import read
+from tests.helpers import read
 
 EXACT, CAND, NOMATCH = PlateEvidence.EXACT, PlateEvidence.CANDIDATE, PlateEvidence.NO_MATCH
 BOUND = {"桂NFN001": ("victim",), "豫NFN001": ("second",), "皖NFN001": ("owner",)}

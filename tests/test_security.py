@@ -29,7 +29,7 @@ from recognizer.service.server import RunningServer, create_server
 from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import REPO, client_for, dataset, require_models, start_server
-from tests.test_server import fake_engines
+from tests.helpers import fake_engines
 
 KEY_ENV = "RECOGNIZER_TEMPLATE_KEY"
 

@@ -13,35 +13,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from recognizer.config import Config
-from recognizer.face.types import Face, Quality, Selection
 from recognizer.service.runtime import Engines
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import client_for, start_server
-from tests.test_imaging import png_declaring
-
-
-class FakeFaces:
-    """Stands in for the face pipeline: one face, or an unexpected crash."""
-
-    model_versions = ()
-
-    def __init__(self, crash: bool = False) -> None:
-        self.crash = crash
-
-    def detect(self, image: np.ndarray, selection: Selection) -> list[tuple[Face, Quality]]:
-        if self.crash:
-            raise RuntimeError("secret internal detail")
-        face = Face(np.array([1, 2, 30, 40], np.float32), np.zeros((5, 2), np.float32), 0.9)
-        q = Quality(0.8, 30.0, 100.0, 0.0, 0.0, 0.0, 0.9, True, ())
-        return [(face, q)]
-
-
-def fake_engines(crash: bool = False):  # type: ignore[no-untyped-def]
-    def factory(config: Config) -> Engines:
-        return Engines(faces=FakeFaces(crash), plates=None)
-
-    return factory
+from tests.helpers import fake_engines
+from tests.images import png_declaring
 
 
 @pytest.fixture()

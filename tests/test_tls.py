@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from recognizer.client import Client
 from recognizer.config import TlsConfig
 from tests.conftest import KEYS, start_server
-from tests.test_server import fake_engines
+from tests.helpers import fake_engines
 
 
 def _name(cn: str) -> x509.Name:

@@ -108,6 +108,7 @@ def test_the_wheel_installs_fetches_and_serves_outside_the_checkout(tmp_path: Pa
     tops = {n.split("/")[0] for n in names}
     assert tops == {"recognizer", wheel.name.split("-py3")[0] + ".dist-info"}, tops
     for shipped in (
+        "recognizer/py.typed",
         "recognizer/_data/manifest.toml",
         "recognizer/_data/fusion_default.json",
         "recognizer/_data/face_calibration_default.json",

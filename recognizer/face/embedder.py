@@ -39,7 +39,8 @@ def to_blob(crops: Sequence[np.ndarray], spec: Preprocess) -> np.ndarray:
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    out: np.ndarray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 class _Embedder:

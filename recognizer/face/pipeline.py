@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class FacePipeline:
         detector: Detector,
         embedder: Embedder,
         quality_config: QualityConfig = DEFAULT_QUALITY,
-        model_versions: tuple[Any, ...] = (),
+        model_versions: tuple[model_store.ModelInfo, ...] = (),
         embedding_model_name: str = "",
         liveness: LivenessStage | None = None,
     ) -> None:
@@ -64,7 +64,7 @@ class FacePipeline:
         self.embedder = embedder
         self.quality_config = quality_config
         self.liveness = liveness  # None: faces carry no liveness
-        self.model_versions = model_versions  # ModelInfo-like, reported in responses
+        self.model_versions = model_versions  # reported in responses
         self.embedding_model_name = embedding_model_name or type(embedder).__name__.lower()
 
     @property
@@ -91,9 +91,9 @@ class FacePipeline:
             faces = self._select(self.detector.detect(img), selection)
         live = self._liveness(img, faces) if liveness else [None] * len(faces)
         out = []
-        for face, liveness in zip(faces, live, strict=True):
+        for face, verdict in zip(faces, live, strict=True):
             crop = align(img, face.landmarks)
-            out.append((face, assess(img, face, crop, self.quality_config), crop, liveness))
+            out.append((face, assess(img, face, crop, self.quality_config), crop, verdict))
         return out
 
     def detect(

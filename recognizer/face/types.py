@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 import numpy as np
+
+from recognizer.models import ModelInfo
 
 
 class Selection(StrEnum):
@@ -90,3 +94,31 @@ class Glimpse:
     crop: np.ndarray = field(repr=False)  # the aligned crop, to add the mirror view
     front: np.ndarray = field(repr=False)  # the embedder's raw front-view output
     image: np.ndarray = field(repr=False)  # the frame (BGR), for liveness on completion
+
+
+class FaceEngine(Protocol):
+    """The face pipeline as its callers (the identity service, the gate, the servicers) see
+    it; `recognizer.face.pipeline.FacePipeline` is the one built from real models."""
+
+    @property
+    def model_versions(self) -> tuple[ModelInfo, ...]: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def embedding_model_name(self) -> str: ...
+
+    def detect(
+        self, image_bgr: np.ndarray, selection: Selection
+    ) -> list[tuple[Face, Quality, Liveness | None]]: ...
+
+    def analyze(self, image_bgr: np.ndarray, selection: Selection) -> list[AnalyzedFace]: ...
+
+    def analyze_frames(self, images: Sequence[np.ndarray]) -> tuple[FrameFace, ...]: ...
+
+    def glimpse_frames(
+        self, images: Sequence[np.ndarray], first: int = 0
+    ) -> tuple[Glimpse, ...]: ...
+
+    def complete(self, glimpse: Glimpse) -> FrameFace: ...

@@ -243,7 +243,7 @@ class Gallery:
         cipher = self.store.cipher
         if not cipher.encrypted or self.index_path is None or not self.index_path.exists():
             return False
-        return self._file_key != getattr(cipher, "primary_id", "")
+        return self._file_key != cipher.primary_id
 
     def _wrong_kind(self, count: int) -> bool:
         """Kind by size, with hysteresis so a gallery near flat_max does not flip-flop."""

@@ -156,6 +156,8 @@ class VectorIndex:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
     def _new_ivf(self, nlist: int, kind: str) -> Any:
+        quantizer: Any
+        index: Any
         if nlist > self.hnsw_coarse_above:
             # Assigning to tens of thousands of centroids by brute force would dominate.
             quantizer = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -310,6 +312,7 @@ class VectorIndex:
         if self.kind == FLAT:
             return faiss.vector_to_array(self._index.id_map).astype(np.int64)
         ivf = self._ivf()
+        assert ivf is not None  # not FLAT
         invlists = ivf.invlists
         parts = []
         for i in range(ivf.nlist):
@@ -339,7 +342,7 @@ class VectorIndex:
         sections = self._sections()
         digest = hashlib.sha256()
         for section in sections:
-            digest.update(memoryview(section))
+            digest.update(section.data)
         header = {
             "watermark": int(watermark),
             "tag": tag,
@@ -349,7 +352,7 @@ class VectorIndex:
             "sections": [int(s.nbytes) for s in sections],
             "sha256": digest.hexdigest(),
         }
-        _write_file(Path(path), header, [memoryview(s) for s in sections], cipher)
+        _write_file(Path(path), header, [s.data for s in sections], cipher)
 
     @classmethod
     def load(cls, path: Path, cipher: Any = None, **params: Any) -> tuple[VectorIndex, int] | None:
@@ -493,7 +496,7 @@ def _read_file(path: Path, cipher: Any) -> _Read:
             pos, i = pos + len(plain), i + 1
         if f.read(1):
             raise ValueError("trailing bytes after the sealed body")
-        return _Read(header, memoryview(body), kid)
+        return _Read(header, body.data, kid)
 
 
 def _peek_prefix(f: BinaryIO) -> bytes:

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from recognizer.gallery.gallery import Match
 from recognizer.gate.types import Binding, Evidence, Factors, GateEvent, Payer, Sighting
 from recognizer.identity import FaceIdentity, IdentityScore
 from recognizer.plate.grammar import is_valid
-from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
+from recognizer.plate.types import PlateCandidate, PlateEngine, PlateResult, PlateType
 from recognizer.plate.vote import vote_plates
 from recognizer.store.ports import Bindings, Sightings
 from recognizer.store.rows import PaymentRow, PlateHolder, SightingRow
@@ -232,7 +232,7 @@ class EvidenceGatherer:
     def __init__(
         self,
         *,
-        plates: Any,
+        plates: PlateEngine,
         identity: FaceIdentity,
         store: GateStore,
         workers: int = 2,
@@ -249,10 +249,8 @@ class EvidenceGatherer:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-branch")
         self._frames_agree_score = identity.calibration.score_at(FRAMES_AGREE_FMR)
         # The reader's own test of a read more passes cannot improve (a valid plate, province
-        # seen, confident); without one, a valid read whose province was seen.
-        self._sure_read: Callable[[PlateResult], bool] = getattr(
-            plates, "sure_read", lambda r: r.pattern_valid and not r.province_guessed
-        )
+        # seen, confident).
+        self._sure_read = plates.sure_read
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -290,7 +288,7 @@ class EvidenceGatherer:
         bound and its province was seen (an exact read: more frames cannot strengthen it).
         Returns the voted reads (every read when no frame read a valid text) and how many
         frames were read."""
-        mode = getattr(self.plates, "mode", "cn")
+        mode = self.plates.mode
         per_frame: list[list[PlateResult]] = []
         voted: list[PlateResult] = []
         enough = functools.partial(names_a_payer, book, self._sure_read)

@@ -157,7 +157,7 @@ def decide(ev: Evidence, policy: GatePolicy, fusion: FusionModel) -> Verdict:
         reasons.add("FACE_REQUIRED")
         soft = True
     target = policy.plate_only_target_far if plate_only else policy.target_far
-    soft = soft or not fits or (fits and _below_floor(payer, binding, policy, fusion, reasons))
+    soft = soft or not fits or _below_floor(payer, binding, policy, fusion, reasons)
 
     far = result.estimated_far
     if blocking:

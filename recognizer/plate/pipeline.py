@@ -204,7 +204,8 @@ def combine_province(ocr_loglik: np.ndarray, cls_logp: np.ndarray, weight: float
     """Normalised posterior over provinces from both log-beliefs (a weighted product)."""
     z = np.asarray(ocr_loglik, np.float64) + weight * np.asarray(cls_logp, np.float64)
     z = np.exp(z - z.max())
-    return z / z.sum()
+    out: np.ndarray = z / z.sum()
+    return out
 
 
 def _variants(line: np.ndarray) -> list[np.ndarray]:
@@ -308,7 +309,7 @@ class PlateRecognizer:
         if not pool:
             return None
         texts = list(pool)
-        loglik = sum(self.reader.log_likelihoods(v, texts) for v in views) / len(views)
+        loglik = np.asarray(sum(self.reader.log_likelihoods(v, texts) for v in views) / len(views))
         order = np.argsort(-np.asarray(loglik), kind="stable")[:n]
         cands = tuple(PlateCandidate(texts[j], float(np.exp(loglik[j]))) for j in order)
         best, reader = pool[cands[0].text]
@@ -347,8 +348,8 @@ class PlateRecognizer:
                 extra = self.reader.read_batch(batch)
             for j, i in enumerate(redo):
                 views = [readings[i], *extra[j * k : (j + 1) * k]]
-                alt = [others[i]] if i in others else []
-                opts = [main[i], *alt, *(self._choose(r, n) for r in views[1:])]
+                second: list[_Choice] = [others[i]] if i in others else []
+                opts = [main[i], *second, *(self._choose(r, n) for r in views[1:])]
                 main[i] = self._rescore(views, opts, n) or main[i]
         return main, readings
 
@@ -660,7 +661,7 @@ def build_plate_recognizer(
     )
     clp_chars = load_charset_lines(clp_dict.read_text(encoding="utf-8"))
     alt = CtcReader(clp, clp_chars, 32, rgb=False, fixed_width=160, candidate_chars=PLATE_ALPHABET)
-    versions = (det_info, ppocr_info, clp_info)
+    versions: tuple[ModelInfo, ...] = (det_info, ppocr_info, clp_info)
     classifier = None
     if province:  # off only while training the classifier itself
         prov, prov_info = load_model("province_cls", models_dir)

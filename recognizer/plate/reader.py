@@ -101,7 +101,8 @@ def ctc_log_likelihoods(
     # A path ends on the last label or on the blank after it (an empty text: the blank).
     last = np.where(lengths > 0, alpha[rows, np.maximum(2 * lengths - 1, 0)], 0.0)
     end = alpha[rows, 2 * lengths] + last
-    return log_scale + np.log(np.maximum(end, 1e-300))
+    out: np.ndarray = log_scale + np.log(np.maximum(end, 1e-300))
+    return out
 
 
 class CtcReader:

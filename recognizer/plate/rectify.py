@@ -26,7 +26,7 @@ def corner_aspect(corners: np.ndarray) -> float:
     c = np.asarray(corners, np.float32)
     w = (np.linalg.norm(c[1] - c[0]) + np.linalg.norm(c[2] - c[3])) / 2
     h = (np.linalg.norm(c[3] - c[0]) + np.linalg.norm(c[2] - c[1])) / 2
-    return float(w / max(h, 1e-6))
+    return float(w / max(float(h), 1e-6))
 
 
 def expand_corners(corners: np.ndarray, mx: float, my: float) -> np.ndarray:

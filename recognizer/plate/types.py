@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from recognizer.models import ModelInfo
+
+if TYPE_CHECKING:  # grammar imports these types
+    from recognizer.plate.grammar import Mode
 
 
 class PlateType(StrEnum):
@@ -51,3 +58,27 @@ class PlateResult:
         count them: the other candidates, and the text itself when its province was guessed
         (then it names no plate exactly)."""
         return tuple(c.text for c in self.candidates[0 if self.province_guessed else 1 :])
+
+
+class PlateEngine(Protocol):
+    """The plate pipeline as the gate and the servicers see it;
+    `recognizer.plate.pipeline.PlateRecognizer` is the one built from real models."""
+
+    @property
+    def mode(self) -> Mode: ...
+
+    @property
+    def model_versions(self) -> tuple[ModelInfo, ...]: ...
+
+    def read(
+        self,
+        image_bgr: np.ndarray,
+        max_candidates: int = 5,
+        enough: Callable[[list[PlateResult]], bool] | None = None,
+    ) -> list[PlateResult]:
+        """Every plate in a frame, most confident first; `enough` may end the reading early."""
+        ...
+
+    def sure_read(self, read: PlateResult) -> bool:
+        """A read more passes cannot improve (a valid plate, its province seen, confident)."""
+        ...

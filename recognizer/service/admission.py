@@ -5,7 +5,7 @@ estimated wait (the calls ahead of it, times the method's recent service time, o
 slots) plus its own service time would outlast its deadline: then it is refused at once,
 and told to come back after that estimated wait. A queued call that reaches the front
 starts only if its service time still fits in what is left of its deadline. No gRPC types
-here; the interceptor maps each `Outcome` to a status.
+here; the interceptor maps each `QueueOutcome` to a status.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ POLL_S = 0.05  # how often a queued call looks whether its caller has gone
 MIN_RETRY_S = 0.02  # never tell a client to come back sooner than this
 
 
-class Outcome(StrEnum):
+class QueueOutcome(StrEnum):
     ADMITTED = "admitted"
     FULL = "full"  # the queue is at its bound
     LATE = "late"  # the estimated finish is past the deadline: come back later
@@ -34,8 +34,8 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    outcome: Outcome
+class QueueVerdict:
+    outcome: QueueOutcome
     waited_s: float = 0.0  # time spent queued
     retry_after_s: float = 0.0  # for refusals: the estimated wait, with jitter
     queued_ahead: int = 0  # for refusals: calls that were waiting ahead of this one
@@ -57,7 +57,7 @@ class _Waiter:
         self.granted = False
 
 
-class MethodGate:
+class MethodQueue:
     """At most `limit` calls of one method run; at most `queue` more wait, first come first
     served. A finishing call hands its slot straight to the head of the queue."""
 
@@ -101,13 +101,15 @@ class MethodGate:
             return 0.0
         return (len(self._waiters) + 1) * service / self.limit
 
-    def _refusal(self, outcome: Outcome, wait: float, waited: float = 0.0) -> Verdict:
+    def _refusal(self, outcome: QueueOutcome, wait: float, waited: float = 0.0) -> QueueVerdict:
         """A refusal telling the caller to come back after the estimated wait (caller holds
         the lock)."""
         delay = max(MIN_RETRY_S, wait * self._jitter())
-        return Verdict(outcome, waited, delay, len(self._waiters))
+        return QueueVerdict(outcome, waited, delay, len(self._waiters))
 
-    def enter(self, remaining: float | None, cancelled: Callable[[], bool] = _never) -> Verdict:
+    def enter(
+        self, remaining: float | None, cancelled: Callable[[], bool] = _never
+    ) -> QueueVerdict:
         """Admit, queue, or refuse a call with `remaining` seconds to its deadline (None:
         no deadline). On ADMITTED the caller owns a slot and must call `leave` once."""
         t0 = self._clock()
@@ -117,16 +119,16 @@ class MethodGate:
         own = self._costs.expected(self.name, spread=2.0)
         with self._lock:
             if remaining is not None and remaining < self._min_deadline + service:
-                return Verdict(Outcome.TOO_SHORT)  # no queue could make this fit
+                return QueueVerdict(QueueOutcome.TOO_SHORT)  # no queue could make this fit
             if self.running < self.limit and not self._waiters:
                 self.running += 1
                 self.started += 1
-                return Verdict(Outcome.ADMITTED)
+                return QueueVerdict(QueueOutcome.ADMITTED)
             wait = self._wait_ahead(service)
             if len(self._waiters) >= self.queue:
-                return self._refusal(Outcome.FULL, wait)
+                return self._refusal(QueueOutcome.FULL, wait)
             if remaining is not None and wait + own > remaining:
-                return self._refusal(Outcome.LATE, wait)
+                return self._refusal(QueueOutcome.LATE, wait)
             me = _Waiter()
             self._waiters.append(me)
         # Leave the queue once the rest of the deadline could no longer hold the work.
@@ -142,20 +144,20 @@ class MethodGate:
             if not me.granted:
                 self._waiters.remove(me)
                 if cancelled():
-                    return Verdict(Outcome.CANCELLED, waited)
+                    return QueueVerdict(QueueOutcome.CANCELLED, waited)
                 if limit < self._max_wait:
-                    return Verdict(Outcome.TOO_SHORT, waited)
-                return self._refusal(Outcome.QUEUE_TIMEOUT, self._wait_ahead(service), waited)
+                    return QueueVerdict(QueueOutcome.TOO_SHORT, waited)
+                return self._refusal(QueueOutcome.QUEUE_TIMEOUT, self._wait_ahead(service), waited)
         # At the front: start only if the work still fits in what is left.
         if cancelled():
             self._release()
-            return Verdict(Outcome.CANCELLED, waited)
+            return QueueVerdict(QueueOutcome.CANCELLED, waited)
         if remaining is not None and remaining - waited < self._min_deadline + service:
             self._release()
-            return Verdict(Outcome.TOO_SHORT, waited)
+            return QueueVerdict(QueueOutcome.TOO_SHORT, waited)
         with self._lock:
             self.started += 1
-        return Verdict(Outcome.ADMITTED, waited)
+        return QueueVerdict(QueueOutcome.ADMITTED, waited)
 
     def leave(self, service_s: float | None = None) -> None:
         """Free the slot of an admitted call that ran for `service_s` seconds."""

@@ -25,7 +25,7 @@ from recognizer.api import API_KEY_HEADER
 from recognizer.config import ApiKey, Role, hash_key
 from recognizer.deadline import RecentCosts
 from recognizer.service import limits, principal
-from recognizer.service.admission import MethodGate, Outcome, Verdict, uniform_jitter
+from recognizer.service.admission import MethodQueue, QueueOutcome, QueueVerdict, uniform_jitter
 from recognizer.service.errors import build_status, status_for_exception
 from recognizer.v1 import gate_pb2
 
@@ -289,7 +289,7 @@ def _remaining(context: grpc.ServicerContext) -> float | None:
 class AdmissionInterceptor(grpc.ServerInterceptor):
     """Refuse work that cannot finish in time, and bound in-flight and queued calls per method.
 
-    Each method has its own gate (`admission.MethodGate`), so a flood of one method never
+    Each method has its own queue (`admission.MethodQueue`), so a flood of one method never
     takes the slots of another. A call that would wait past its deadline is refused at once
     with RESOURCE_EXHAUSTED and a RetryInfo of the estimated wait; one whose deadline cannot
     hold the work gets DEADLINE_EXCEEDED, before any work. An admitted call runs inside a
@@ -311,14 +311,14 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         self._min_deadline = min_deadline_ms / 1000.0
         self.costs = costs or RecentCosts()  # methods and stages, shared by all calls
         self._jitter = jitter
-        self._gates: dict[str, MethodGate] = {}
+        self._queues: dict[str, MethodQueue] = {}
         self._lock = threading.Lock()
 
-    def gate(self, method: str) -> MethodGate:
+    def queue(self, method: str) -> MethodQueue:
         with self._lock:
-            gate = self._gates.get(method)
-            if gate is None:
-                gate = self._gates[method] = MethodGate(
+            q = self._queues.get(method)
+            if q is None:
+                q = self._queues[method] = MethodQueue(
                     method,
                     self._max,
                     self._queue,
@@ -327,28 +327,28 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                     min_deadline_s=self._min_deadline,
                     jitter=self._jitter,
                 )
-            return gate
+            return q
 
-    def _all_gates(self) -> list[MethodGate]:
+    def _all_queues(self) -> list[MethodQueue]:
         with self._lock:
-            return list(self._gates.values())
+            return list(self._queues.values())
 
     def idle(self) -> bool:
         """No call of any method runs or waits."""
-        return all(g.running == 0 and g.waiting == 0 for g in self._all_gates())
+        return all(g.running == 0 and g.waiting == 0 for g in self._all_queues())
 
     def activity(self) -> int:
         """Calls admitted so far, all methods."""
-        return sum(g.started for g in self._all_gates())
+        return sum(g.started for g in self._all_queues())
 
     def queue_depths(self) -> dict[str, int]:
         """Calls waiting for a slot, by method."""
-        return {g.name: g.waiting for g in self._all_gates()}
+        return {g.name: g.waiting for g in self._all_queues()}
 
     @staticmethod
-    def _refuse(context: grpc.ServicerContext, method: str, verdict: Verdict) -> None:
+    def _refuse(context: grpc.ServicerContext, method: str, verdict: QueueVerdict) -> None:
         telemetry.REJECTIONS.labels(method, verdict.outcome.name.lower()).inc()
-        if verdict.outcome in (Outcome.TOO_SHORT, Outcome.CANCELLED):
+        if verdict.outcome in (QueueOutcome.TOO_SHORT, QueueOutcome.CANCELLED):
             context.abort_with_status(
                 build_status(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -357,9 +357,9 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 )
             )
         why = {
-            Outcome.FULL: "the queue is full",
-            Outcome.LATE: "the queue would outlast the deadline",
-            Outcome.QUEUE_TIMEOUT: "no slot within the queue time limit",
+            QueueOutcome.FULL: "the queue is full",
+            QueueOutcome.LATE: "the queue would outlast the deadline",
+            QueueOutcome.QUEUE_TIMEOUT: "no slot within the queue time limit",
         }[verdict.outcome]
         context.abort_with_status(
             build_status(
@@ -374,7 +374,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
-            gate = self.gate(d.method)
+            queue = self.queue(d.method)
 
             def admitted(request: Any, context: grpc.ServicerContext) -> Any:
                 ended = threading.Event()
@@ -384,8 +384,8 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                     # (a branch whose sibling failed) is for nobody either.
                     return ended.is_set() or not context.is_active()
 
-                verdict = gate.enter(_remaining(context), gone)
-                if verdict.outcome is not Outcome.ADMITTED:
+                verdict = queue.enter(_remaining(context), gone)
+                if verdict.outcome is not QueueOutcome.ADMITTED:
                     self._refuse(context, d.method, verdict)
                 t0 = time.monotonic()
                 # The budget ends min_deadline early: the answer still has to reach the
@@ -406,7 +406,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                         # A call that timed out (a stall in the store, say) teaches the
                         # method's cost at most the budget it had, never the stall behind it.
                         ran = min(ran, max(0.0, left))
-                    gate.leave(ran)
+                    queue.leave(ran)
 
             return admitted
 

@@ -69,6 +69,7 @@ def same_kcv(a: str, b: str) -> bool:
 @runtime_checkable
 class TemplateCipher(Protocol):
     encrypted: bool
+    primary_id: str  # the key new seals use; "" without a key
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes: ...
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from recognizer.store.crypto import TemplateCipher
 from recognizer.store.rows import (
     AuditEntry,
     AuditRow,
@@ -159,6 +160,7 @@ class Store(Identities, Templates, ChangeLog, Bindings, Decisions, Sightings, Au
     """Everything the service keeps, behind one adapter."""
 
     store_id: str
+    cipher: TemplateCipher
 
     def backup(self, dest: Path) -> None: ...
     def close(self) -> None: ...
