@@ -18,6 +18,7 @@ from recognizer import __version__, telemetry
 from recognizer import models as model_store
 from recognizer.config import Config
 from recognizer.memory import IdleTrim, limit_malloc_arenas
+from recognizer.service.authfail import FailedAuthAudit
 from recognizer.service.interceptors import (
     AdmissionInterceptor,
     AuthInterceptor,
@@ -165,6 +166,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     limit_malloc_arenas(config.malloc_arena_max)  # before the handler threads allocate
     runtime = runtime or Runtime(config)
     metrics = Metrics()
+    failed_auth = _failed_auth_audit(runtime)
     admission = AdmissionInterceptor(
         config.max_in_flight,
         config.min_deadline_ms,
@@ -175,7 +177,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
         interceptors=[
             ObserveInterceptor(metrics),
-            AuthInterceptor(config.api_keys),
+            AuthInterceptor(config.api_keys, failed_auth.failed),
             admission,
             ErrorInterceptor(),
         ],
@@ -251,6 +253,8 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     server.start()
     runtime.load_in_background()
     runtime.start_checkpoints()
+    runtime.start_retention()
+    runtime.every("failed-auth audit", failed_auth.window.window_s, failed_auth.flush)
     trimmer = None
     if config.idle_trim_s > 0:
         trimmer = IdleTrim(admission.idle, admission.activity, config.idle_trim_s).start()
@@ -275,6 +279,15 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         metrics_http,
         metrics_port,
     )
+
+
+def _failed_auth_audit(runtime: Runtime) -> FailedAuthAudit:
+    """Failed authentication goes to the store's audit, once per peer per minute."""
+
+    def write(actor: str, action: str, target: str, detail: dict[str, object]) -> None:
+        runtime.store().audit(actor, action, target, detail)
+
+    return FailedAuthAudit(write)
 
 
 def _build(config: Config) -> telemetry.Build:
