@@ -122,7 +122,7 @@ class FailedAuthAudit:
         window: FailureWindow | None = None,
     ) -> None:
         self._write = write
-        self.window = window or FailureWindow()
+        self.window = window if window is not None else FailureWindow()
 
     def failed(self, peer: str, key_name: str, reason: str) -> None:
         found = self.window.hit(peer_host(peer), key_name, reason)

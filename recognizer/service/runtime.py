@@ -69,7 +69,8 @@ def liveness_stage(config: Config) -> Any:
     return stage
 
 
-def default_engines(config: Config) -> Engines:
+def default_engines(config: Config, clock: Callable[[], float] = time.time) -> Engines:
+    """The real pipelines, store and gate; `clock` is the gate's (tests move it)."""
     # Imported here so that `recognizer models fetch` and the CLI client never load models.
     from recognizer.face.calibration import FaceCalibration
     from recognizer.face.pipeline import build_face_pipeline
@@ -147,6 +148,7 @@ def default_engines(config: Config) -> Engines:
             encode=decision_codec((*faces.model_versions, *plates.model_versions)),
             parse_plate=parse_client_plate,
             max_clock_skew_s=config.max_clock_skew_s,
+            clock=clock,
         )
     return Engines(
         faces, plates, gallery, identity, gate, follower, normalize_plate, parse_client_plate
