@@ -12,26 +12,20 @@ from recognizer.service.authfail import (
     FailureWindow,
     peer_host,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.test_admission import Clock
 
 
 def test_a_peer_is_reported_at_once_then_at_most_once_per_window_with_the_count() -> None:
     clock = Clock()
     w = FailureWindow(window_s=60.0, clock=clock)
+    start = clock.now
     first = w.hit("ipv4:10.0.0.1", "", "API_KEY_INVALID")
     assert first == Failures("ipv4:10.0.0.1", "", 1, (("API_KEY_INVALID", 1),))
     for i in range(9):
         clock.now += 5.0  # 45 s in all: inside the window
         assert w.hit("ipv4:10.0.0.1", "", "API_KEY_MISSING" if i % 3 else "API_KEY_INVALID") is None
     assert w.due() == []  # the window has not passed
-    clock.now = 1000.0 + 60.0
+    clock.now = start + 60.0
     again = w.hit("ipv4:10.0.0.1", "", "API_KEY_INVALID")
     # the nine counted in the window and this one, by reason
     assert again == Failures(
