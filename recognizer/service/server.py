@@ -18,7 +18,7 @@ from recognizer import __version__, telemetry
 from recognizer import models as model_store
 from recognizer.config import Config
 from recognizer.memory import IdleTrim, limit_malloc_arenas
-from recognizer.service.authfail import FailedAuthAudit
+from recognizer.service.authfail import FailedAuthAudit, FailureWindow
 from recognizer.service.interceptors import (
     AdmissionInterceptor,
     AuthInterceptor,
@@ -158,7 +158,9 @@ def _credentials(config: Config) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
-def create_server(config: Config, runtime: Runtime | None = None) -> RunningServer:
+def create_server(
+    config: Config, runtime: Runtime | None = None, auth_window: FailureWindow | None = None
+) -> RunningServer:
     """Build and start a server; port 0 picks a free port (see RunningServer.port).
 
     Models load in the background; health reports NOT_SERVING until they are ready.
@@ -166,7 +168,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     limit_malloc_arenas(config.malloc_arena_max)  # before the handler threads allocate
     runtime = runtime or Runtime(config)
     metrics = Metrics()
-    failed_auth = _failed_auth_audit(runtime)
+    failed_auth = _failed_auth_audit(runtime, auth_window)
     admission = AdmissionInterceptor(
         config.max_in_flight,
         config.min_deadline_ms,
@@ -281,13 +283,14 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     )
 
 
-def _failed_auth_audit(runtime: Runtime) -> FailedAuthAudit:
-    """Failed authentication goes to the store's audit, once per peer per minute."""
+def _failed_auth_audit(runtime: Runtime, window: FailureWindow | None) -> FailedAuthAudit:
+    """Failed authentication goes to the store's audit, once per peer per minute (`window`:
+    tests give one on their own clock)."""
 
     def write(actor: str, action: str, target: str, detail: dict[str, object]) -> None:
         runtime.store().audit(actor, action, target, detail)
 
-    return FailedAuthAudit(write)
+    return FailedAuthAudit(write, window)
 
 
 def _build(config: Config) -> telemetry.Build:
