@@ -282,22 +282,50 @@ def restore(src: Path, data_dir: Path) -> None:
 
 @main.command()
 @click.option(
-    "--older-than-days", type=float, default=None, help="Default: the configured retention_days."
+    "--older-than-days",
+    type=float,
+    default=None,
+    help="Decision records; default: the configured retention_days.",
+)
+@click.option(
+    "--sightings-older-than-days",
+    type=float,
+    default=None,
+    help="Plate sightings; default: the configured sightings_retention_days. Each plate's "
+    "latest sighting is kept (a parked car keeps its entry).",
 )
 @data_dir_option
-def purge(older_than_days: float | None, data_dir: Path) -> None:
-    """Delete decision records (and plate sightings) older than N days."""
+def purge(
+    older_than_days: float | None, sightings_older_than_days: float | None, data_dir: Path
+) -> None:
+    """Delete decision records and plate sightings past their retention."""
     from recognizer import maintenance
     from recognizer.config import load_config
     from recognizer.store.crypto import cipher_from_env
 
-    days = older_than_days if older_than_days is not None else load_config().retention_days
+    config = load_config()
+    days = older_than_days if older_than_days is not None else config.retention_days
+    seen = sightings_older_than_days
+    seen = seen if seen is not None else config.sightings_retention_days
     location = _location(data_dir)
     where = location if location.url else data_dir  # SQLite: the data directory, as before
-    decisions, sightings = _maintenance(lambda: maintenance.purge(where, days, cipher_from_env()))
-    click.echo(
-        f"purged {decisions} decision records and {sightings} sightings older than {days:g} days"
+    done = _maintenance(
+        lambda: maintenance.purge(where, days, seen, _cli_actor(), cipher_from_env())
     )
+    click.echo(
+        f"purged {done.decisions} decision records older than {days:g} days and "
+        f"{done.sightings} sightings older than {seen:g} days (each plate's latest kept)"
+    )
+
+
+def _cli_actor() -> str:
+    """Who ran a maintenance command, for its audit row: the local user, never just a role."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"cli:uid-{os.getuid()}"
 
 
 # --- template keys -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ models or the server.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -521,6 +522,46 @@ def register(main: click.Group) -> None:
             return table(
                 ["decided", "gate", "event", "outcome", "identity", "plate", "est. FAR", "reasons"],
                 rows,
+            )
+
+        return resp, render
+
+    @client_command(main)
+    @click.option("--since", type=click.DateTime(), default=None, help="From this time (UTC).")
+    @click.option("--until", type=click.DateTime(), default=None, help="Before this time (UTC).")
+    @click.option("--key", "key_name", default="", help="Only this API key's rows (its name).")
+    @click.option("--identity", "identity_id", default="", help="Only rows about this identity.")
+    @click.option("--page-size", type=int, default=100, show_default=True)
+    @click.option("--page-token", default="")
+    def audit(
+        c: Any,
+        since: datetime | None,
+        until: datetime | None,
+        key_name: str,
+        identity_id: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[Any, Render]:
+        """List the audit, newest first (admin): who did or read what, failed sign-ins."""
+        from recognizer.v1 import gate_pb2
+
+        req = gate_pb2.ListAuditRequest(
+            key_name=key_name, identity_id=identity_id, page_size=page_size, page_token=page_token
+        )
+        for name, when in (("since", since), ("until", until)):
+            if when is not None:
+                getattr(req, name).FromDatetime(when.replace(tzinfo=when.tzinfo or UTC))
+        resp = c.admin.ListAudit(req, metadata=c.metadata)
+
+        def render(r: Any) -> str:
+            from google.protobuf.json_format import MessageToDict
+
+            rows = [
+                (_when(a.at), a.key_name, a.action, a.target, json.dumps(MessageToDict(a.detail)))
+                for a in r.records
+            ]
+            return table(["at", "key", "action", "target", "detail"], rows) + (
+                f"\nnext page: --page-token {r.next_page_token}" if r.next_page_token else ""
             )
 
         return resp, render

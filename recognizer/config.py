@@ -97,6 +97,10 @@ class Config:
     max_clock_skew_s: float = 600.0  # Authorize observed_at further from server time: refused
     checkpoint_seconds: float = 30.0
     retention_days: int = 365
+    # Plate sightings are a movement history: the server purges them past this age every
+    # retention_interval_s (each plate's latest kept: a parked car keeps its entry).
+    sightings_retention_days: int = 30
+    retention_interval_s: float = 3600.0
     # Liveness (presentation-attack detection, README "Liveness"). The shipped model runs on
     # every face; a user's ONNX model replaces it when `liveness_model` names one, and then
     # `liveness_model_sha256` must be its sha256. Thresholds < 0: the model's own metadata.
@@ -227,6 +231,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_clock_skew_s": (1, None),
     "checkpoint_seconds": (0.1, None),
     "retention_days": (1, None),
+    "sightings_retention_days": (1, None),
+    "retention_interval_s": (0.05, 86400),
     "database_pool_size": (1, 1000),
     "replica_poll_s": (0.01, 60),
     "replica_max_lag_s": (0.1, None),

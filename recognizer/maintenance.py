@@ -26,6 +26,7 @@ from recognizer.onnx import sha256_file
 from recognizer.store import files
 from recognizer.store.crypto import NullCipher, TemplateCipher
 from recognizer.store.open import StoreLocation
+from recognizer.store.ports import Store
 
 log = logging.getLogger("recognizer.maintenance")
 
@@ -120,25 +121,52 @@ def backup_postgres(
     return BackupInfo(dest, seq, sums, time.time())
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    decisions: int
+    sightings: int
+
+
+def purge_store(
+    store: Store,
+    actor: str,
+    target: str,
+    sightings_days: float,
+    decisions_days: float | None = None,
+    audit_nothing: bool = True,
+) -> Purged:
+    """Retention on an open store: sightings older than `sightings_days` (each plate's latest
+    kept, so a parked car keeps its entry), and decisions older than `decisions_days` (None:
+    not decisions). One audit row by `actor` says what went, unless nothing went and
+    `audit_nothing` is false (the server's scheduled run)."""
+    for name, days in (("sightings_days", sightings_days), ("decisions_days", decisions_days)):
+        if days is not None and days < 0:
+            raise InvalidArgument(f"{name} must be >= 0", field=name)
+    now = time.time()
+    decisions = 0
+    if decisions_days is not None:
+        decisions = store.purge_decisions(now - decisions_days * 86400)
+    sightings = store.purge_sightings(now - sightings_days * 86400)
+    if decisions or sightings or audit_nothing:
+        detail: dict[str, float | int] = {"sightings_days": sightings_days, "sightings": sightings}
+        if decisions_days is not None:
+            detail |= {"decisions_days": decisions_days, "decisions": decisions}
+        store.audit(actor, "purge", target, detail)
+    return Purged(decisions, sightings)
+
+
 def purge(
-    where: Path | StoreLocation, older_than_days: float, cipher: TemplateCipher | None = None
-) -> tuple[int, int]:
-    """Retention: delete decision records and plate sightings older than N days, in a data
-    directory's store or the store at a StoreLocation."""
-    if older_than_days < 0:
-        raise InvalidArgument("older_than_days must be >= 0", field="older_than_days")
-    cutoff = time.time() - older_than_days * 86400
+    where: Path | StoreLocation,
+    decisions_days: float,
+    sightings_days: float,
+    actor: str,
+    cipher: TemplateCipher | None = None,
+) -> Purged:
+    """Retention (`recognizer purge`) on a data directory's store or the store at a
+    StoreLocation: decisions by `decisions_days`, sightings by `sightings_days`."""
     location = where if isinstance(where, StoreLocation) else StoreLocation(where / DB_NAME)
     store = location.open(cipher or NullCipher())
     try:
-        decisions = store.purge_decisions(cutoff)
-        sightings = store.purge_sightings(cutoff)
-        store.audit(
-            "admin",
-            "purge",
-            str(where),
-            {"older_than_days": older_than_days, "decisions": decisions, "sightings": sightings},
-        )
+        return purge_store(store, actor, str(where), sightings_days, decisions_days)
     finally:
         store.close()
-    return decisions, sightings

@@ -92,13 +92,13 @@ def require_models(profile: str = "default") -> None:
 
 
 def start_server(
-    tmp: Path, runtime_factory=None, extra_keys: str = "", **overrides
+    tmp: Path, runtime_factory=None, extra_keys: str = "", *, auth_window=None, **overrides
 ) -> RunningServer:  # type: ignore[no-untyped-def]
     keys = ",".join(filter(None, (ENV_KEYS, extra_keys)))
     overrides.setdefault("metrics_port", 0)  # tests that scrape pick a free port themselves
     config = load_config(env={"RECOGNIZER_API_KEYS": keys}, port=0, data_dir=tmp, **overrides)
     runtime = Runtime(config, runtime_factory) if runtime_factory else Runtime(config)
-    return create_server(config, runtime)
+    return create_server(config, runtime, auth_window)  # auth_window: its own clock
 
 
 @contextmanager

@@ -348,3 +348,13 @@ def evidence(*payers: Payer, **changes: object) -> Evidence:
         last_sighting=None,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+class Clock:
+    """A clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -21,6 +21,7 @@ from recognizer.deadline import Budget, RecentCosts
 from recognizer.errors import DeadlineExceeded
 from recognizer.service.admission import MethodQueue, QueueOutcome
 from recognizer.service.interceptors import QUEUE_WAIT_HEADER, AdmissionInterceptor
+from tests.helpers import Clock
 
 M = "/recognizer.v1.RecognitionService/DetectFaces"
 OTHER = "/recognizer.v1.RecognitionService/ReadPlates"
@@ -314,14 +315,6 @@ def test_a_call_without_a_deadline_has_an_open_budget() -> None:
 
 
 # --- budgets and recent costs ---------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_recent_costs_average_and_fade() -> None:

@@ -84,7 +84,7 @@ def jpeg(h: int = 64, w: int = 64) -> bytes:
 
 
 def test_each_rpc_has_its_own_pixel_cap(capped: RunningServer) -> None:
-    c = client_for(capped, "verifier")
+    c = client_for(capped, "admin")  # DetectFaces and ReadPlates (not the verifier's)
     image = jpeg()  # 4096 pixels: over DetectFaces' cap of 1000, under ReadPlates' default
     with pytest.raises(grpc.RpcError) as err:
         c.recognition.DetectFaces(
@@ -129,7 +129,7 @@ def test_authorize_frames_have_the_authorize_pixel_cap(tmp_path: Path) -> None:
 def test_a_small_file_declaring_a_huge_frame_is_refused_before_decoding(
     capped: RunningServer,
 ) -> None:
-    c = client_for(capped, "verifier")
+    c = client_for(capped, "gate")
     with pytest.raises(grpc.RpcError) as err:
         c.recognition.ReadPlates(
             recognition_pb2.ReadPlatesRequest(image=jpeg_declaring(11000, 3600)),
@@ -144,7 +144,7 @@ def test_a_small_file_declaring_a_huge_frame_is_refused_before_decoding(
 def test_message_size_limits(capped: RunningServer) -> None:
     # A client that sends more than the server takes, so the server's own cap is what answers.
     cap = capped.runtime.config.max_receive_bytes
-    c = Client.connect(f"127.0.0.1:{capped.port}", KEYS["verifier"], max_message_bytes=2 * cap)
+    c = Client.connect(f"127.0.0.1:{capped.port}", KEYS["gate"], max_message_bytes=2 * cap)
     limit = capped.runtime.config.image_limits.max_bytes
     # Over the image limit but under gRPC's cap: the handler names the field.
     with pytest.raises(grpc.RpcError) as err:

@@ -5,6 +5,7 @@ retention purge from the CLI, and an online backup taken under write load that r
 from __future__ import annotations
 
 import base64
+import getpass
 import logging
 import os
 import subprocess
@@ -28,7 +29,7 @@ from recognizer.service.runtime import Runtime
 from recognizer.service.server import RunningServer, create_server
 from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
-from tests.conftest import REPO, client_for, dataset, require_models, start_server
+from tests.conftest import KEYS, REPO, client_for, dataset, require_models, start_server
 from tests.helpers import fake_engines
 
 KEY_ENV = "RECOGNIZER_TEMPLATE_KEY"
@@ -278,8 +279,9 @@ def test_every_admin_action_is_audited(logged_server: tuple[RunningServer, Captu
     }
     assert wanted <= mine, f"missing audit rows: {wanted - mine}"
     assert any(r.action == "purge" and r.target == str(data_dir) for r in rows)
+    admin_key = f"env-admin-{hash_key(KEYS['admin'])[:8]}"  # the key's name, never the role
     for r in rows:
-        assert r.actor_role == "admin"
+        assert r.actor_role == (admin_key if r.action != "purge" else f"cli:{getpass.getuser()}")
         assert len(repr(r.detail)) < 2000, "audit rows hold identifiers, never images"
 
 

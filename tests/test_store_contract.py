@@ -134,7 +134,47 @@ def test_decisions_are_stored_once_and_carry_their_sighting(store: Store) -> Non
     assert store.last_sighting("京B00000") is None  # the losing write recorded nothing
     store.put_decision(DecisionRow("d3", "G", "E2", "deny", b"3", created_at=50.0))
     assert next(d.decision_id for d in store.list_decisions(gate_id="G")) == "d1"
-    assert store.purge_decisions(60.0) == 1 and store.purge_sightings(150.0) == 1
+    assert store.purge_decisions(60.0) == 1
+    assert store.purge_sightings(150.0) == 0  # the plate's only sighting is its latest
+
+
+def test_purging_sightings_keeps_each_plates_latest(store: Store) -> None:
+    """Issue 32: retention deletes old sightings but never a plate's latest, so a car that
+    entered long ago and is still parked keeps its entry (by time, not by direction)."""
+    for plate, direction, at in [
+        ("京A11111", "exit", 10.0),
+        ("京A11111", "entry", 20.0),  # parked since: the latest, kept however old
+        ("京B22222", "entry", 10.0),
+        ("京B22222", "exit", 30.0),
+        ("京B22222", "entry", 200.0),  # recent: kept
+        ("京C33333", "unspecified", 300.0),
+    ]:
+        store.record_sighting(plate, "G", direction, at)
+    assert store.purge_sightings(100.0) == 3
+    assert store.last_sighting("京A11111") == SightingRow("京A11111", "G", "entry", 20.0, "entry")
+    assert store.last_sighting("京B22222") == SightingRow("京B22222", "G", "entry", 200.0, "entry")
+    assert store.purge_sightings(1000.0) == 0  # every plate is down to its latest
+    assert store.last_sighting("京C33333") is not None
+
+
+def test_the_audit_lists_by_time_actor_and_target_in_pages(store: Store) -> None:
+    store.audit_all(
+        [AuditEntry(f"key-{i % 2}", "read_personal", f"id-{i % 3}", {"n": i}) for i in range(12)]
+    )
+    rows = store.list_audit(1000)
+    assert [r.detail["n"] for r in rows] == list(range(11, -1, -1))  # newest first
+    assert {r.detail["n"] for r in store.list_audit(1000, actor="key-1")} == {1, 3, 5, 7, 9, 11}
+    assert {r.detail["n"] for r in store.list_audit(1000, target="id-0")} == {0, 3, 6, 9}
+    both = store.list_audit(1000, actor="key-0", target="id-0")
+    assert {r.detail["n"] for r in both} == {0, 6}
+    first = store.list_audit(5)
+    second = store.list_audit(5, before_id=first[-1].id)
+    assert [r.detail["n"] for r in first + second] == list(range(11, 1, -1))
+    middle = rows[6].at
+    assert all(r.at >= middle for r in store.list_audit(1000, since=middle))
+    assert all(r.at < middle for r in store.list_audit(1000, until=middle))
+    assert store.list_audit(1000, since=middle, until=middle) == []
+    assert store.list_audit(1000, actor="nobody") == []
 
 
 def test_a_decision_made_from_a_sighting_that_moved_is_not_stored(store: Store) -> None:

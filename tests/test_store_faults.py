@@ -334,10 +334,20 @@ def test_a_full_disk_is_unavailable_storage_full_and_recovers_by_itself(
             assert refused, "writes kept succeeding on a full disk"
             _wait_health(admin, IDENTITY, "NOT_SERVING", 5)
             assert admin.health(GATE_SERVICE) == "NOT_SERVING"
-            got = admin.identity.GetIdentity(
-                identity_pb2.GetIdentityRequest(identity_id=kept), metadata=md
+            verifier = client_for(running, "verifier")
+            got = verifier.identity.GetIdentity(
+                identity_pb2.GetIdentityRequest(identity_id=kept), metadata=verifier.metadata
             )
+            verifier.close()
             assert got.identity_id == kept  # reads keep working
+            # An admin read of personal fields is audited first: with no room for the audit
+            # row, the fields are not handed out (issue 32).
+            with pytest.raises(grpc.RpcError) as unaudited:
+                admin.identity.GetIdentity(
+                    identity_pb2.GetIdentityRequest(identity_id=kept), metadata=md
+                )
+            assert unaudited.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert error_reason(unaudited.value) == "STORAGE_FULL"
             filler.unlink()
             _wait_health(admin, IDENTITY, "SERVING", 10)
             after = admin.identity.CreateIdentity(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from recognizer.errors import InvalidArgument
 from recognizer.face.types import Face, Liveness, LivenessDecision, Quality, Selection
@@ -267,3 +267,28 @@ def decision_record(row: Any) -> gate_pb2.DecisionRecord:
         amount_minor=int(inputs.get("amount_minor", 0)),
         direction=_DIRECTION_ENUM.get(Direction(inputs.get("direction", "unspecified")), 0),
     )
+
+
+# --- the audit (AdminService.ListAudit) ----------------------------------------------------
+
+
+def audit_record(row: Any) -> gate_pb2.AuditRecord:
+    detail = struct_pb2.Struct()
+    detail.update(row.detail)
+    return gate_pb2.AuditRecord(
+        id=row.id,
+        at=timestamp(row.at),
+        key_name=row.actor_role,  # the column keeps its name; it holds the key's name
+        action=row.action,
+        target=row.target,
+        detail=detail,
+    )
+
+
+def page_after(token: str) -> int:
+    """A ListAudit page token: the last id of the previous page, or INVALID_ARGUMENT."""
+    if not token:
+        return 0
+    if not token.isdigit() or not 0 < int(token) <= _INT64_MAX:
+        raise InvalidArgument("page_token must be a previous next_page_token", field="page_token")
+    return int(token)

@@ -100,11 +100,6 @@ def note(**fields: Any) -> None:
         current.update(fields)
 
 
-def _key_name(key: ApiKey) -> str:
-    """A key's name for logs; an unnamed one by the start of its hash, never the key."""
-    return key.name or f"sha256:{key.sha256[:8]}"
-
-
 def request_id_of(metadata: Any) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_HEADER:
@@ -195,7 +190,8 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     "/recognizer.v1.RecognitionService/DetectFaces": frozenset({_R.ADMIN, _R.VERIFIER}),
     "/recognizer.v1.RecognitionService/VerifyFace": frozenset({_R.ADMIN, _R.VERIFIER}),
     "/recognizer.v1.RecognitionService/IdentifyFace": frozenset({_R.ADMIN, _R.VERIFIER}),
-    "/recognizer.v1.RecognitionService/ReadPlates": frozenset({_R.ADMIN, _R.VERIFIER, _R.GATE}),
+    # Not the verifier: a plate is personal, and verifying payers needs no plate reader.
+    "/recognizer.v1.RecognitionService/ReadPlates": frozenset({_R.ADMIN, _R.GATE}),
     "/recognizer.v1.GateService/Authorize": frozenset({_R.ADMIN, _R.GATE}),
 }
 ANY_ROLE_PREFIXES = ("/grpc.reflection.",)
@@ -207,11 +203,17 @@ def roles_for(method: str) -> frozenset[Role]:
     return METHOD_ROLES.get(method, frozenset({Role.ADMIN}))
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """API key in `x-api-key` metadata; keys are compared as sha256 hashes."""
+# A refused call: (peer, the key's name or "", the reason); see service/authfail.py.
+OnFailure = Callable[[str, str, str], None]
 
-    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """API key in `x-api-key` metadata; keys are compared as sha256 hashes. Refusals go to
+    `on_failure` (the failed-authentication audit)."""
+
+    def __init__(self, keys: tuple[ApiKey, ...], on_failure: OnFailure | None = None) -> None:
         self._keys = keys
+        self._on_failure = on_failure
 
     def key_of(self, presented: str) -> ApiKey | None:
         digest = hash_key(presented)
@@ -233,11 +235,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         allowed = roles_for(details.method)
         if key is not None and role in allowed:
 
-            def as_key(behavior: Behavior, _d: grpc.HandlerCallDetails) -> Behavior:
-                bound = principal.bind(behavior, key)
+            def as_key(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+                bound = principal.bind(behavior, key, d.method)
 
                 def named(request: Any, context: grpc.ServicerContext) -> Any:
-                    note(key=_key_name(key))
+                    note(key=principal.key_name(key))
                     return bound(request, context)
 
                 return named
@@ -245,21 +247,29 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return _wrap(continuation, details, as_key)
 
         if role is None:
+            reason = "API_KEY_INVALID" if presented else "API_KEY_MISSING"
             status = build_status(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"missing or unknown API key (send it in the '{API_KEY_HEADER}' metadata)",
-                reason="API_KEY_INVALID" if presented else "API_KEY_MISSING",
+                reason=reason,
             )
         else:
+            reason = "ROLE_NOT_ALLOWED"
             status = build_status(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"role '{role}' may not call {details.method}",
-                reason="ROLE_NOT_ALLOWED",
+                reason=reason,
             )
+        name = principal.key_name(key) if key is not None else ""
+
+        def refused(context: grpc.ServicerContext) -> None:
+            note(key=name)
+            if self._on_failure is not None:
+                self._on_failure(context.peer(), name, reason)
+            context.abort_with_status(status)
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            note(key=_key_name(key) if key is not None else "")
-            context.abort_with_status(status)
+            refused(context)
 
         handler = continuation(details)
         if handler is None:
@@ -269,7 +279,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler.stream_stream is not None:  # reflection
 
             def deny_stream(request_iter: Any, context: grpc.ServicerContext) -> Any:
-                context.abort_with_status(status)
+                refused(context)
 
             return handler._replace(stream_stream=deny_stream)
         return handler

@@ -1,5 +1,6 @@
-"""Who is calling: the API key the auth interceptor matched, for checks that depend on the
-resource (a gate key may act only for the gates in its scope)."""
+"""Who is calling: the API key the auth interceptor matched, and the method it called, for
+checks that depend on the resource (a gate key may act only for the gates in its scope), for
+what a role may see (only admin reads personal fields) and for audit rows (the key's name)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ import contextvars
 from collections.abc import Callable
 from typing import Any
 
-from recognizer.config import ApiKey
+from recognizer.config import ApiKey, Role
 from recognizer.errors import PermissionDenied
 
-_current: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("principal", default=None)
+_current: contextvars.ContextVar[tuple[ApiKey, str] | None] = contextvars.ContextVar(
+    "principal", default=None
+)
 
 
-def bind(behavior: Callable[[Any, Any], Any], key: ApiKey) -> Callable[[Any, Any], Any]:
-    """The handler, run with `key` as the current principal."""
+def key_name(key: ApiKey) -> str:
+    """A key's name for logs and audit; an unnamed one by the start of its hash, never the
+    key itself."""
+    return key.name or f"sha256:{key.sha256[:8]}"
+
+
+def bind(
+    behavior: Callable[[Any, Any], Any], key: ApiKey, method: str = ""
+) -> Callable[[Any, Any], Any]:
+    """The handler, run with `key` as the current principal calling `method`."""
 
     def as_principal(request: Any, context: Any) -> Any:
-        token = _current.set(key)
+        token = _current.set((key, method))
         try:
             return behavior(request, context)
         finally:
@@ -26,10 +37,29 @@ def bind(behavior: Callable[[Any, Any], Any], key: ApiKey) -> Callable[[Any, Any
     return as_principal
 
 
+def actor() -> str:
+    """The current key's name ("" outside a call)."""
+    found = _current.get()
+    return key_name(found[0]) if found is not None else ""
+
+
+def method() -> str:
+    """The gRPC method being called ("" outside a call)."""
+    found = _current.get()
+    return found[1] if found is not None else ""
+
+
+def reads_personal() -> bool:
+    """Only an admin key sees plates, names and payment references."""
+    found = _current.get()
+    return found is not None and found[0].role is Role.ADMIN
+
+
 def require_gate(gate_id: str) -> None:
     """PERMISSION_DENIED unless the caller's key may act for this gate."""
-    key = _current.get()
-    if key is not None and not key.may_act_for(gate_id):
+    found = _current.get()
+    if found is not None and not found[0].may_act_for(gate_id):
+        key = found[0]
         raise PermissionDenied(
             f"this API key may not act for gate {gate_id!r} (its gates: {', '.join(key.gates)})",
             field="gate_id",

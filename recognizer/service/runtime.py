@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recognizer import maintenance
 from recognizer.config import Config
 from recognizer.errors import FailedPrecondition
 from recognizer.models import shipped_file
@@ -68,7 +69,8 @@ def liveness_stage(config: Config) -> Any:
     return stage
 
 
-def default_engines(config: Config) -> Engines:
+def default_engines(config: Config, clock: Callable[[], float] = time.time) -> Engines:
+    """The real pipelines, store and gate; `clock` is the gate's (tests move it)."""
     # Imported here so that `recognizer models fetch` and the CLI client never load models.
     from recognizer.face.calibration import FaceCalibration
     from recognizer.face.pipeline import build_face_pipeline
@@ -146,6 +148,7 @@ def default_engines(config: Config) -> Engines:
             encode=decision_codec((*faces.model_versions, *plates.model_versions)),
             parse_plate=parse_client_plate,
             max_clock_skew_s=config.max_clock_skew_s,
+            clock=clock,
         )
     return Engines(
         faces, plates, gallery, identity, gate, follower, normalize_plate, parse_client_plate
@@ -204,24 +207,55 @@ class Runtime:
             )
         return self._engines
 
+    def every(self, name: str, period_s: float, job: Callable[[], None]) -> None:
+        """Run `job` every `period_s` in a daemon thread until close(); a failed run is
+        logged and the next one comes on time (a background job never stops the server)."""
+
+        def loop() -> None:
+            while not self._stop.wait(period_s):
+                try:
+                    job()
+                except Exception as exc:
+                    log.error("%s failed: %s", name, exc)
+
+        threading.Thread(target=loop, name=name, daemon=True).start()
+
     def start_checkpoints(self) -> None:
         """Persist the index now and then, so a restart replays little, and compare it with
         the store (repairing what disagrees): GetMetrics reports the last comparison."""
 
-        def loop() -> None:
-            while not self._stop.wait(self.config.checkpoint_seconds):
-                eng = self._engines
-                if eng is not None and eng.gallery is not None:
-                    try:
-                        eng.gallery.checkpoint()
-                    except Exception as exc:  # a failed checkpoint must not kill the server
-                        log.error("checkpoint failed: %s", exc)
-                    try:  # compares every label (O(N)): here, never in a request
-                        eng.gallery.check()
-                    except Exception as exc:
-                        log.error("index consistency check failed: %s", exc)
+        def checkpoint() -> None:
+            eng = self._engines
+            if eng is not None and eng.gallery is not None:
+                try:
+                    eng.gallery.checkpoint()
+                except Exception as exc:  # a failed checkpoint must not skip the check
+                    log.error("checkpoint failed: %s", exc)
+                # compares every label (O(N)): here, never in a request
+                eng.gallery.check()
 
-        threading.Thread(target=loop, name="checkpoint", daemon=True).start()
+        self.every("index consistency check", self.config.checkpoint_seconds, checkpoint)
+
+    def store(self) -> Any:
+        """The open store (FAILED_PRECONDITION while models load, None without a gallery)."""
+        return getattr(self.engines.gallery, "store", None)
+
+    def start_retention(self) -> None:
+        """Purge plate sightings past sightings_retention_days every retention_interval_s
+        (each plate's latest kept); a run that purges nothing writes no audit row."""
+
+        def purge() -> None:
+            if self._engines is None or self.store() is None:
+                return
+            maintenance.purge_store(
+                self.store(),
+                "server:retention",
+                "sightings",
+                self.config.sightings_retention_days,
+                audit_nothing=False,
+            )
+
+        self.every("retention", self.config.retention_interval_s, purge)
 
     def interrupt_store(self) -> None:
         """After the stop's grace: end calls still stuck in the store (SQLite interrupt,

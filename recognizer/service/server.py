@@ -18,6 +18,7 @@ from recognizer import __version__, telemetry
 from recognizer import models as model_store
 from recognizer.config import Config
 from recognizer.memory import IdleTrim, limit_malloc_arenas
+from recognizer.service.authfail import FailedAuthAudit, FailureWindow
 from recognizer.service.interceptors import (
     AdmissionInterceptor,
     AuthInterceptor,
@@ -157,7 +158,9 @@ def _credentials(config: Config) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
-def create_server(config: Config, runtime: Runtime | None = None) -> RunningServer:
+def create_server(
+    config: Config, runtime: Runtime | None = None, auth_window: FailureWindow | None = None
+) -> RunningServer:
     """Build and start a server; port 0 picks a free port (see RunningServer.port).
 
     Models load in the background; health reports NOT_SERVING until they are ready.
@@ -165,6 +168,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     limit_malloc_arenas(config.malloc_arena_max)  # before the handler threads allocate
     runtime = runtime or Runtime(config)
     metrics = Metrics()
+    failed_auth = _failed_auth_audit(runtime, auth_window)
     admission = AdmissionInterceptor(
         config.max_in_flight,
         config.min_deadline_ms,
@@ -175,7 +179,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
         interceptors=[
             ObserveInterceptor(metrics),
-            AuthInterceptor(config.api_keys),
+            AuthInterceptor(config.api_keys, failed_auth.failed),
             admission,
             ErrorInterceptor(),
         ],
@@ -251,6 +255,8 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     server.start()
     runtime.load_in_background()
     runtime.start_checkpoints()
+    runtime.start_retention()
+    runtime.every("failed-auth audit", failed_auth.window.window_s, failed_auth.flush)
     trimmer = None
     if config.idle_trim_s > 0:
         trimmer = IdleTrim(admission.idle, admission.activity, config.idle_trim_s).start()
@@ -275,6 +281,16 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         metrics_http,
         metrics_port,
     )
+
+
+def _failed_auth_audit(runtime: Runtime, window: FailureWindow | None) -> FailedAuthAudit:
+    """Failed authentication goes to the store's audit, once per peer per minute (`window`:
+    tests give one on their own clock)."""
+
+    def write(actor: str, action: str, target: str, detail: dict[str, object]) -> None:
+        runtime.store().audit(actor, action, target, detail)
+
+    return FailedAuthAudit(write, window)
 
 
 def _build(config: Config) -> telemetry.Build:

@@ -16,7 +16,7 @@ import grpc
 from recognizer import telemetry
 from recognizer.errors import FailedPrecondition, InvalidArgument
 from recognizer.imaging import decode
-from recognizer.service import convert, principal
+from recognizer.service import convert, personal, principal
 from recognizer.service.interceptors import Metrics
 from recognizer.service.runtime import Runtime
 from recognizer.store.rows import AuditEntry
@@ -89,7 +89,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         eng = self._rt.engines
         threshold = request.threshold if request.HasField("threshold") else None
         r = eng.identity.identify(image, request.top_k, threshold)
-        return recognition_pb2.IdentifyFaceResponse(
+        personal.audit_reads(eng.gallery.store, (c.identity_id for c in r.candidates))
+        response = recognition_pb2.IdentifyFaceResponse(
             candidates=[
                 recognition_pb2.IdentifyCandidate(
                     identity_id=c.identity_id,
@@ -107,6 +108,7 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
             best_score=r.best_score,
             models=convert.model_versions(eng.faces.model_versions),
         )
+        return personal.candidates(response)
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
@@ -116,11 +118,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     def _identity(self, identity_id: str) -> identity_pb2.Identity:
         store = self._rt.engines.gallery.store
-        return convert.identity(
-            store.get_identity(identity_id),
-            store.template_labels(identity_id),
-            store.plates_for(identity_id),
-            store.payments_for(identity_id),
+        return personal.identity(
+            convert.identity(
+                store.get_identity(identity_id),
+                store.template_labels(identity_id),
+                store.plates_for(identity_id),
+                store.payments_for(identity_id),
+            )
         )
 
     def CreateIdentity(
@@ -131,14 +135,16 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             request.display_name,
             request.external_ref,
             dict(request.metadata),
-            audit=AuditEntry("admin", "create_identity", ""),  # target: the new id
+            audit=AuditEntry(principal.actor(), "create_identity", ""),  # target: the new id
         )
         return self._identity(row.id)
 
     def GetIdentity(
         self, request: identity_pb2.GetIdentityRequest, context: Ctx
     ) -> identity_pb2.Identity:
-        return self._identity(request.identity_id)
+        found = self._identity(request.identity_id)
+        personal.audit_reads(self._rt.engines.gallery.store, [found.identity_id])
+        return found
 
     def ListIdentities(
         self, request: identity_pb2.ListIdentitiesRequest, context: Ctx
@@ -146,10 +152,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgument("page_size must be within 0..1000", field="page_size")
         size = request.page_size or 100
-        rows = self._rt.engines.gallery.store.list_identities(size, request.page_token)
+        store = self._rt.engines.gallery.store
+        rows = store.list_identities(size, request.page_token)
+        found = [self._identity(r.id) for r in rows]
+        personal.audit_reads(store, (i.identity_id for i in found))
         return identity_pb2.ListIdentitiesResponse(
-            identities=[self._identity(r.id) for r in rows],
-            next_page_token=rows[-1].id if len(rows) == size else "",
+            identities=found, next_page_token=rows[-1].id if len(rows) == size else ""
         )
 
     def DeleteIdentity(
@@ -157,7 +165,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.DeleteIdentityResponse:
         gallery = self._rt.engines.gallery
         counts = gallery.delete_identity(
-            request.identity_id, AuditEntry("admin", "delete_identity", request.identity_id)
+            request.identity_id,
+            AuditEntry(principal.actor(), "delete_identity", request.identity_id),
         )
         return identity_pb2.DeleteIdentityResponse(
             templates_removed=counts.templates,
@@ -178,7 +187,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             force=request.force,
             source=request.source,
             # The store adds the new labels as "templates".
-            audit=AuditEntry("admin", "enroll_face", request.identity_id, {"force": request.force}),
+            audit=AuditEntry(
+                principal.actor(), "enroll_face", request.identity_id, {"force": request.force}
+            ),
         )
         return identity_pb2.EnrollFaceResponse(
             identity_id=request.identity_id,
@@ -201,7 +212,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             request.identity_id,
             convert.label(request.template_id),
             AuditEntry(
-                "admin", "remove_face", request.identity_id, {"template": request.template_id}
+                principal.actor(),
+                "remove_face",
+                request.identity_id,
+                {"template": request.template_id},
             ),
         )
         return identity_pb2.RemoveFaceResponse(remaining=remaining)
@@ -215,7 +229,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             request.identity_id,
             plate,
             self._rt.config.allow_shared_plates,
-            AuditEntry("admin", "bind_plate", request.identity_id, {"plate": plate}),
+            AuditEntry(principal.actor(), "bind_plate", request.identity_id, {"plate": plate}),
         )
         return identity_pb2.PlateBinding(identity_id=request.identity_id, plate=plate)
 
@@ -228,7 +242,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         store.unbind_plate(
             request.identity_id,
             plate,
-            AuditEntry("admin", "unbind_plate", request.identity_id, {"plate": plate}),
+            AuditEntry(principal.actor(), "unbind_plate", request.identity_id, {"plate": plate}),
         )
         return identity_pb2.UnbindPlateResponse()
 
@@ -236,8 +250,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.LookupPlateRequest, context: Ctx
     ) -> identity_pb2.LookupPlateResponse:
         plate = self._rt.engines.parse_plate(request.plate, "plate")
-        ids = self._rt.engines.gallery.store.identities_for_plate(plate)
-        return identity_pb2.LookupPlateResponse(plate=plate, identity_ids=ids)
+        store = self._rt.engines.gallery.store
+        ids = store.identities_for_plate(plate)
+        personal.audit_reads(store, ids)  # who holds a plate is personal
+        return personal.plate_lookup(
+            identity_pb2.LookupPlateResponse(plate=plate, identity_ids=ids)
+        )
 
     def BindPayment(
         self, request: identity_pb2.BindPaymentRequest, context: Ctx
@@ -255,7 +273,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             factors,
             request.ceiling_minor,
             # The store adds the new binding id as "binding".
-            AuditEntry("admin", "bind_payment", request.identity_id, {"factors": factors}),
+            AuditEntry(
+                principal.actor(), "bind_payment", request.identity_id, {"factors": factors}
+            ),
         )
         return convert.payment(row)
 
@@ -267,7 +287,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             request.identity_id,
             request.binding_id,
             AuditEntry(
-                "admin", "unbind_payment", request.identity_id, {"binding": request.binding_id}
+                principal.actor(),
+                "unbind_payment",
+                request.identity_id,
+                {"binding": request.binding_id},
             ),
         )
         return identity_pb2.UnbindPaymentResponse()
@@ -314,13 +337,42 @@ class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
         since = (
             convert.timestamp_ns(request.since, "since") / 1e9 if request.HasField("since") else 0.0
         )
-        rows = self._rt.engines.gallery.store.list_decisions(
+        store = self._rt.engines.gallery.store
+        rows = store.list_decisions(
             gate_id=request.gate_id,
             identity_id=request.identity_id,
             since=since,
             limit=request.limit or 100,
         )
+        # Decisions carry plates and payment references; an unidentified one is read as "".
+        personal.audit_reads(store, (r.identity_id for r in rows))
         return gate_pb2.ListDecisionsResponse(decisions=[convert.decision_record(r) for r in rows])
+
+    def ListAudit(
+        self, request: gate_pb2.ListAuditRequest, context: Ctx
+    ) -> gate_pb2.ListAuditResponse:
+        if not 0 <= request.page_size <= 1000:
+            raise InvalidArgument("page_size must be within 0..1000", field="page_size")
+        since = convert.timestamp_ns(request.since, "since") if request.HasField("since") else 0
+        until = convert.timestamp_ns(request.until, "until") if request.HasField("until") else 0
+        if request.HasField("until") and until <= since:
+            raise InvalidArgument("until must be after since", field="until")
+        size = request.page_size or 100
+        store = self._rt.engines.gallery.store
+        rows = store.list_audit(
+            size,
+            since=since / 1e9,
+            until=until / 1e9,
+            actor=request.key_name,
+            target=request.identity_id,
+            before_id=convert.page_after(request.page_token),
+        )
+        # The audit holds plates (bind_plate) and who did what: reading it is audited too.
+        personal.audit_reads(store, [request.identity_id])
+        return gate_pb2.ListAuditResponse(
+            records=[convert.audit_record(r) for r in rows],
+            next_page_token=str(rows[-1].id) if len(rows) == size else "",
+        )
 
     def GetMetrics(
         self, request: gate_pb2.GetMetricsRequest, context: Ctx

@@ -146,13 +146,25 @@ class Decisions(Protocol):
 class Sightings(Protocol):
     def record_sighting(self, plate: str, gate_id: str, direction: str, at: float) -> None: ...
     def last_sighting(self, plate: str) -> SightingRow | None: ...
-    def purge_sightings(self, older_than: float) -> int: ...
+    def purge_sightings(self, older_than: float) -> int:
+        """Older than `older_than`, except each plate's latest sighting."""
+        ...
 
 
 @runtime_checkable
 class Audit(Protocol):
     def audit(self, actor_role: str, action: str, target: str, detail: dict[str, Any]) -> None: ...
-    def list_audit(self, limit: int = 100) -> list[AuditRow]: ...
+    def audit_all(self, entries: Iterable[AuditEntry]) -> None: ...
+    def list_audit(
+        self,
+        limit: int = 100,
+        *,
+        since: float = 0.0,
+        until: float = 0.0,
+        actor: str = "",
+        target: str = "",
+        before_id: int = 0,
+    ) -> list[AuditRow]: ...
 
 
 @runtime_checkable

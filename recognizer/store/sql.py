@@ -740,8 +740,17 @@ class SqlStore:
         return SightingRow(*r) if r else None
 
     def purge_sightings(self, older_than: float) -> int:
+        """Retention: delete sightings before `older_than`, but never a plate's latest one:
+        a car that entered long ago and is still parked must not exit without an entry. (By
+        time alone, not by direction, so that sealing the direction changes nothing here.)"""
         with self._tx(serial=False) as c:
-            return int(c.execute("DELETE FROM sightings WHERE at < ?", (older_than,)).rowcount)
+            return int(
+                c.execute(
+                    "DELETE FROM sightings WHERE at < ? AND at <"
+                    " (SELECT MAX(s.at) FROM sightings s WHERE s.plate = sightings.plate)",
+                    (older_than,),
+                ).rowcount
+            )
 
     # --- audit --------------------------------------------------------------------------------
 
@@ -751,12 +760,43 @@ class SqlStore:
         with self._tx(serial=False) as c:
             write_audit(c, AuditEntry(actor_role, action, target, detail))
 
-    def list_audit(self, limit: int = 100) -> list[AuditRow]:
+    def audit_all(self, entries: Iterable[AuditEntry]) -> None:
+        """Append several audit records in one transaction (reads of personal fields: one row
+        per identity read)."""
+        with self._tx(serial=False) as c:
+            for entry in entries:
+                write_audit(c, entry)
+
+    def list_audit(
+        self,
+        limit: int = 100,
+        *,
+        since: float = 0.0,
+        until: float = 0.0,
+        actor: str = "",
+        target: str = "",
+        before_id: int = 0,
+    ) -> list[AuditRow]:
+        """Newest first; filters: `since <= at < until` (0: open), the actor (the key's
+        name), the target (an identity id), and `id < before_id` (0: from the newest)."""
         with self._conn() as c:
             rows = c.execute(
                 "SELECT id, at, actor_role, action, target, detail FROM audit"
+                " WHERE at >= ? AND (? = 0 OR at < ?) AND (? = '' OR actor_role = ?)"
+                " AND (? = '' OR target = ?) AND (? = 0 OR id < ?)"
                 " ORDER BY id DESC LIMIT ?",
-                (int(limit),),
+                (
+                    float(since),
+                    float(until),
+                    float(until),
+                    actor,
+                    actor,
+                    target,
+                    target,
+                    int(before_id),
+                    int(before_id),
+                    int(limit),
+                ),
             ).fetchall()
         return [AuditRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
