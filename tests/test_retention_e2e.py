@@ -61,8 +61,6 @@ def authorize(c: Client, plate: str, direction: int, photo: bytes) -> gate_pb2.A
     )
 
 
-
-
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_a_car_that_entered_40_days_ago_exits_normally_after_the_scheduled_purge(
     adapter: str, tmp_path: Path, request: pytest.FixtureRequest
