@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from recognizer.imaging import ImageLimits
 from recognizer.models import DEFAULT_MODELS_DIR, PROFILES
@@ -67,7 +67,7 @@ class Config:
     data_dir: Path = Path("var")
     models_dir: Path = DEFAULT_MODELS_DIR
     profile: str = "default"
-    plate_mode: str = "cn"  # "cn" or "generic"
+    plate_mode: Literal["cn", "generic"] = "cn"
     api_keys: tuple[ApiKey, ...] = ()
     tls: TlsConfig = field(default_factory=TlsConfig)
     image_limits: ImageLimits = field(default_factory=ImageLimits)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 log = logging.getLogger("recognizer.gallery.follower")
 
@@ -29,7 +29,10 @@ class ReplicaLag:
         return self.seconds <= bound_s
 
 
+@runtime_checkable
 class FollowedStore(Protocol):
+    """A store other nodes write to: its change log is followed."""
+
     def wait_for_change(self, timeout_s: float) -> bool: ...
     def backlog(self, seq: int, model: str) -> tuple[int, float]: ...
 

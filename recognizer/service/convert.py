@@ -103,7 +103,7 @@ def model_versions(items: Iterable[ModelInfo]) -> list[pb.ModelVersion]:
 
 # --- identities, bindings, decisions -----------------------------------------------------
 
-FACTORS = {
+FACTORS: dict[int, str] = {
     identity_pb2.FACTOR_UNSPECIFIED: "plate_and_face",  # the safe choice when unset
     identity_pb2.FACTOR_PLATE: "plate",
     identity_pb2.FACTOR_FACE: "face",
@@ -265,7 +265,9 @@ def decision_record(row: Any) -> gate_pb2.DecisionRecord:
         vehicle_images_sha256=inputs.get("vehicle_images_sha256", []),
         face_images_sha256=inputs.get("face_images_sha256", []),
         amount_minor=int(inputs.get("amount_minor", 0)),
-        direction=_DIRECTION_ENUM.get(Direction(inputs.get("direction", "unspecified")), 0),
+        direction=_DIRECTION_ENUM.get(
+            Direction(inputs.get("direction", "unspecified")), gate_pb2.DIRECTION_UNSPECIFIED
+        ),
     )
 
 

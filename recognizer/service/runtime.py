@@ -75,7 +75,7 @@ def default_engines(config: Config, clock: Callable[[], float] = time.time) -> E
     from recognizer.face.calibration import FaceCalibration
     from recognizer.face.pipeline import build_face_pipeline
     from recognizer.fusion import FusionModel
-    from recognizer.gallery.follower import Follower
+    from recognizer.gallery.follower import FollowedStore, Follower
     from recognizer.gallery.gallery import Gallery
     from recognizer.gate import GateEngine
     from recognizer.gate.evidence import EvidenceGatherer
@@ -119,7 +119,7 @@ def default_engines(config: Config, clock: Callable[[], float] = time.time) -> E
     gallery.open()
     gallery.check()  # what GetMetrics reports until the checkpoint thread checks again
     follower = None
-    if getattr(store, "shared", False):  # other nodes write: follow their changes
+    if isinstance(store, FollowedStore):  # other nodes write: follow their changes
         follower = Follower(gallery, store, config.replica_poll_s, config.replica_max_lag_s)
         gallery.fresh = follower.fresh
         follower.start()

@@ -173,6 +173,7 @@ class Store(Identities, Templates, ChangeLog, Bindings, Decisions, Sightings, Au
 
     store_id: str
     cipher: TemplateCipher
+    schema_upgraded_from: int  # the schema version this process found (and migrated from)
 
     def backup(self, dest: Path) -> None: ...
     def close(self) -> None: ...
