@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -65,16 +64,8 @@ def postgres() -> Iterator[Any]:
     """A durable throwaway PostgreSQL (pg_local.Cluster); stopped and removed on the way out."""
     from scripts import pg_local
 
-    # Under /tmp itself: as root the server runs as another user, who must reach the folder.
-    data = Path(tempfile.mkdtemp(prefix="recognizer-pg-"))
-    try:
-        cluster = pg_local.start(data, durable=True)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+    with pg_local.throwaway(durable=True) as cluster:
+        yield cluster
 
 
 def _new_database(cluster: Any, name: str) -> str:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,23 @@ def start(
     _wait_ready(cluster)
     _ensure_database(cluster)
     return cluster
+
+
+@contextlib.contextmanager
+def throwaway(*, durable: bool, prefix: str = "recognizer-pg-") -> Iterator[Cluster]:
+    """A cluster in a new folder, stopped and removed on the way out (tests, benchmarks)."""
+    import tempfile
+
+    # Under /tmp itself: as root the server runs as another user, who must reach the folder.
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        cluster = start(data, durable=durable)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def _wait_ready(cluster: Cluster, timeout: float = 30.0) -> None:

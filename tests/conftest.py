@@ -143,25 +143,14 @@ def admin(real_server: RunningServer) -> Iterator[Client]:
 def local_postgres(prefix: str = "recognizer-pg-") -> Iterator[Any]:
     """A throwaway PostgreSQL on 127.0.0.1 (scripts/pg_local.py), `missing` without the
     server binaries; stopped and removed afterwards."""
-    import shutil
-    import tempfile
-
     from scripts import pg_local
 
     try:
         pg_local.bindir()
     except pg_local.PostgresUnavailable as exc:
         missing(str(exc))
-    # Under /tmp itself: when we are root the server runs as another user, who must reach it.
-    data = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        cluster = pg_local.start(data, durable=False)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+    with pg_local.throwaway(durable=False, prefix=prefix) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
