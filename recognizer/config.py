@@ -97,6 +97,9 @@ class Config:
     max_clock_skew_s: float = 600.0  # Authorize observed_at further from server time: refused
     checkpoint_seconds: float = 30.0
     retention_days: int = 365
+    # `serve` refuses to start without a template key (RECOGNIZER_TEMPLATE_KEY): personal
+    # data would lie in plaintext. Development data directories (`make serve`) set this.
+    allow_plaintext: bool = False
     # Liveness (presentation-attack detection, README "Liveness"). The shipped model runs on
     # every face; a user's ONNX model replaces it when `liveness_model` names one, and then
     # `liveness_model_sha256` must be its sha256. Thresholds < 0: the model's own metadata.

@@ -56,6 +56,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         **env,
         "RECOGNIZER_API_KEYS": ENV_KEYS,
         "RECOGNIZER_METRICS_PORT": "0",
+        "RECOGNIZER_ALLOW_PLAINTEXT": "true",  # the key checks below are what these test
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
