@@ -352,8 +352,9 @@ def _rekey(
         click.echo(f"store already encrypted under key id {r.key_id}: nothing to do")
         return
     click.echo(
-        f"store encrypted under key id {r.key_id}: {r.templates_resealed} templates and "
-        f"{r.index_files_resealed} index files resealed"
+        f"store encrypted under key id {r.key_id}: {r.templates_resealed} templates, "
+        f"{r.personal_rows_resealed} rows of personal fields and {r.index_files_resealed} "
+        "index files resealed"
     )
 
 

@@ -46,6 +46,7 @@ class RekeyReport:
     templates_resealed: int
     index_files_resealed: int
     already_done: bool = False
+    personal_rows_resealed: int = 0  # rows of personal fields (store/sealing.py)
 
 
 def rekey(
@@ -91,14 +92,14 @@ def rekey(
     ring = AesGcmCipher(*([current] if current else []), target)
     store = location.open(ring)  # proves both keys against the records
     try:
-        resealed = 0
+        resealed, rows = 0, 0
         for _ in range(_ROUNDS):
             resealed += _reseal_all(store, batch, progress)
-            resealed += store.reseal_personal(batch, progress)
+            rows += store.reseal_personal(batch, progress)
             files = reseal_index(store.cipher)
             left = store.finish_rekey()
             if not left:
-                return RekeyReport(target_id, resealed, files)
+                return RekeyReport(target_id, resealed, files, personal_rows_resealed=rows)
         raise TemplateKeyError(
             f"{left} rows (templates or personal fields) are still sealed with another key: "
             "is a server without "

@@ -12,7 +12,6 @@ sightings, audit) pass serial=False.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -46,7 +45,8 @@ from recognizer.store.sealing import PREFIX_CHARS, FieldSealer
 log = logging.getLogger("recognizer.store.sql")
 T = TypeVar("T")
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
-_SIGHTING_PAGE = 4  # last_sighting's first page; later pages grow
+_SIGHTING_PAGE = 1  # last_sighting reads the newest first (it nearly always names a direction)
+_GATE_DIR = ("sightings.gate_id", "sightings.direction")
 NOTIFY_CHANNEL = "recognizer_changes"
 PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
@@ -79,8 +79,9 @@ class Connection(Protocol):
     def executemany(self, sql: str, params: Iterable[Any], /) -> Any: ...
 
 
-def _marks(values: tuple[str, ...]) -> str:
-    return ",".join("?" * len(values))
+def _in(values: tuple[str, ...]) -> str:
+    """`= ?` for one value (the usual case: one key, one index), else `IN (?, ...)`."""
+    return "= ?" if len(values) == 1 else f"IN ({','.join('?' * len(values))})"
 
 
 def _chunks(items: list[T], size: int = _IN_CHUNK) -> Iterator[list[T]]:
@@ -500,8 +501,7 @@ class SqlStore:
             holders = [
                 r[0]
                 for r in c.execute(
-                    f"SELECT identity_id FROM plates WHERE plate IN ({_marks(blinds)})"
-                    " ORDER BY created_at",
+                    f"SELECT identity_id FROM plates WHERE plate {_in(blinds)} ORDER BY created_at",
                     blinds,
                 )
             ]
@@ -529,7 +529,7 @@ class SqlStore:
         blinds = self.sealer.blinds(plate)
         with self._tx() as c:
             n = c.execute(
-                f"DELETE FROM plates WHERE plate IN ({_marks(blinds)}) AND identity_id = ?",
+                f"DELETE FROM plates WHERE plate {_in(blinds)} AND identity_id = ?",
                 (*blinds, identity_id),
             ).rowcount
             if n == 0:
@@ -541,7 +541,7 @@ class SqlStore:
         blinds = self.sealer.blinds(plate)
         with self._conn() as c:
             rows = c.execute(
-                f"SELECT identity_id FROM plates WHERE plate IN ({_marks(blinds)})"
+                f"SELECT identity_id FROM plates WHERE plate {_in(blinds)}"
                 " ORDER BY created_at, identity_id",
                 blinds,
             ).fetchall()
@@ -772,7 +772,7 @@ class SqlStore:
     ) -> None:
         blind, at = self.sealer.blind(plate), float(at)
         seal = self.sealer.seal
-        key = (blind, repr(at))
+        key = (blind, at)  # the AAD holds str(at): the float's shortest repr
         c.execute(
             "INSERT INTO sightings (plate, gate_id, direction, at, plate_text)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -798,8 +798,8 @@ class SqlStore:
         named a direction (sealed, so found here rather than in SQL; most sightings name one,
         so the first page nearly always holds it)."""
         blinds = self.sealer.blinds(plate)
-        where = f"FROM sightings WHERE plate IN ({_marks(blinds)}) ORDER BY at DESC"
-        last: SightingRow | None = None
+        where = f"FROM sightings WHERE plate {_in(blinds)} ORDER BY at DESC"
+        newest: tuple[str, str, str, float] | None = None
         offset, page = 0, _SIGHTING_PAGE
         while True:  # bounded: each page moves on through the plate's sightings
             rows = c.execute(
@@ -807,15 +807,15 @@ class SqlStore:
                 (*blinds, page, offset),
             ).fetchall()
             for blind, gate_id, direction, at in rows:
-                key = (blind, repr(float(at)))
-                direction = self.sealer.open(direction, "sightings.direction", key)
-                if last is None:
-                    gate_id = self.sealer.open(gate_id, "sightings.gate_id", key)
-                    last = SightingRow(plate, gate_id, direction, at)
+                gate_id, direction = self.sealer.open_row(
+                    (gate_id, direction), _GATE_DIR, (blind, at)
+                )
+                if newest is None:
+                    newest = (plate, gate_id, direction, at)
                 if direction != "unspecified":
-                    return dataclasses.replace(last, presence=direction)
+                    return SightingRow(*newest, direction)
             if len(rows) < page:
-                return last
+                return SightingRow(*newest) if newest else None
             offset, page = offset + page, page * 8
 
     def purge_sightings(self, older_than: float) -> int:
@@ -969,12 +969,12 @@ class SqlStore:
         """A sighting: its plate's index under the primary key; gate, direction and plate
         sealed under the new row identity (index and time)."""
         blind, at = key
-        old = (blind, repr(float(at)))
+        old = (blind, float(at))
         gate_id = self.sealer.open(values[0], "sightings.gate_id", old)
         direction = self.sealer.open(values[1], "sightings.direction", old)
         text = self.sealer.open(values[2] or blind, "sightings.plate_text", old)
         new = self.sealer.blind(text)
-        aad = (new, repr(float(at)))
+        aad = (new, float(at))
         sealed = [
             self.sealer.seal(v, f"sightings.{col}", aad)
             for v, col in ((gate_id, "gate_id"), (direction, "direction"), (text, "plate_text"))

@@ -84,7 +84,15 @@ def _unlock(c: sqlite3.Connection, cipher: TemplateCipher) -> keys.Unlocked:
 
 
 def _peek(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Any:
-    # Reads only: closing the last connection then leaves the files as they were.
+    # Reads only: closing the last connection then leaves the files as they were. A WAL left
+    # beside the file (a server that did not fold it) is read through a read-only connection,
+    # whose close cannot checkpoint it into the database (only its -shm read marks move).
+    if Path(f"{path}-wal").exists():
+        c = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        try:
+            return read(c)
+        finally:
+            c.close()
     c = sqlite3.connect(str(path), isolation_level=None)
     try:
         return read(c)
