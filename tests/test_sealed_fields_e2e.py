@@ -9,7 +9,9 @@ it was. Each variant takes about 20 s here, so both stay in the default tier."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -189,3 +191,48 @@ def test_no_personal_string_at_rest_50_people_200_events(tmp_path: Path) -> None
 
 def test_no_personal_string_at_rest_on_postgres(tmp_path: Path, pg_url: str) -> None:
     run(tmp_path, 50, 200, pg_url)
+
+
+RELEASE = Path(__file__).parent / "data" / "release-ce6c065"
+
+
+@pytest.mark.parametrize("kind", ["encrypted", "plain"])
+def test_the_previous_release_serves_after_its_upgrade(tmp_path: Path, kind: str) -> None:
+    """The previous release's data directory (tests/data/release-ce6c065), served: with its
+    key it is sealed on that first boot, and with allow_plaintext (no key) it stays plain."""
+    require_models("default")
+    data = tmp_path / "data"
+    shutil.copytree(RELEASE / kind, data)
+    ids = json.loads((RELEASE / f"{kind}-ids.json").read_text())
+    personal = json.loads((RELEASE / "personal.json").read_text(encoding="utf-8"))
+    pats = needles(personal["names"], personal["plates"], personal["payment_refs"])
+    if kind == "encrypted":
+        env = {KEY_ENV: base64.b64encode(bytes(range(32))).decode()}
+        env["RECOGNIZER_ALLOW_PLAINTEXT"] = "false"
+    else:
+        env = {"RECOGNIZER_ALLOW_PLAINTEXT": "true"}
+    server = procserver.start(data, extra_env=env)
+    try:
+        admin = server.client("admin")
+        try:
+            for k, identity_id in enumerate(ids):
+                got = admin.identity.GetIdentity(
+                    identity_pb2.GetIdentityRequest(identity_id=identity_id),
+                    metadata=admin.metadata,
+                )
+                assert got.display_name == personal["names"][k]
+                assert list(got.plates) == [personal["plates"][k]]
+                found = admin.identity.LookupPlate(
+                    identity_pb2.LookupPlateRequest(plate=personal["plates"][k]),
+                    metadata=admin.metadata,
+                )
+                assert list(found.identity_ids) == [identity_id]
+        finally:
+            admin.close()
+    finally:
+        assert server.terminate() == 0
+    left = scan([data], pats)
+    if kind == "encrypted":
+        assert left == []  # database, WAL, free pages and the pre-restore copy
+    else:
+        assert left  # allow_plaintext: kept as that release kept them
