@@ -331,3 +331,10 @@ def test_a_sealed_store_refuses_the_wrong_key_and_stays_unchanged(tmp_path: Path
         with pytest.raises(TemplateKeyError):
             sqlite_store(tmp_path, cipher)
     assert snapshot(tmp_path) == before
+
+
+def test_allow_plaintext_is_off_unless_set() -> None:
+    from recognizer.config import load_config
+
+    assert load_config(env={}).allow_plaintext is False
+    assert load_config(env={"RECOGNIZER_ALLOW_PLAINTEXT": "true"}).allow_plaintext is True

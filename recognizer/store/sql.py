@@ -47,6 +47,7 @@ T = TypeVar("T")
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 _SIGHTING_PAGE = 1  # last_sighting reads the newest first (it nearly always names a direction)
 _GATE_DIR = ("sightings.gate_id", "sightings.direction")
+_LAST_SIGHTINGS: dict[int, str] = {}  # last_sighting's query by the number of plate indexes
 NOTIFY_CHANNEL = "recognizer_changes"
 PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
@@ -798,14 +799,15 @@ class SqlStore:
         named a direction (sealed, so found here rather than in SQL; most sightings name one,
         so the first page nearly always holds it)."""
         blinds = self.sealer.blinds(plate)
-        where = f"FROM sightings WHERE plate {_in(blinds)} ORDER BY at DESC"
+        sql = _LAST_SIGHTINGS.get(len(blinds)) or _LAST_SIGHTINGS.setdefault(
+            len(blinds),
+            f"SELECT plate, gate_id, direction, at FROM sightings WHERE plate {_in(blinds)}"
+            " ORDER BY at DESC LIMIT ? OFFSET ?",
+        )
         newest: tuple[str, str, str, float] | None = None
         offset, page = 0, _SIGHTING_PAGE
         while True:  # bounded: each page moves on through the plate's sightings
-            rows = c.execute(
-                f"SELECT plate, gate_id, direction, at {where} LIMIT ? OFFSET ?",
-                (*blinds, page, offset),
-            ).fetchall()
+            rows = c.execute(sql, (*blinds, page, offset)).fetchall()
             for blind, gate_id, direction, at in rows:
                 gate_id, direction = self.sealer.open_row(
                     (gate_id, direction), _GATE_DIR, (blind, at)
