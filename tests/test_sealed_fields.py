@@ -338,3 +338,50 @@ def test_allow_plaintext_is_off_unless_set() -> None:
 
     assert load_config(env={}).allow_plaintext is False
     assert load_config(env={"RECOGNIZER_ALLOW_PLAINTEXT": "true"}).allow_plaintext is True
+
+
+def test_plaintext_rows_are_sealed_on_the_first_open_with_a_key(sealed: SqlStore) -> None:
+    """Both adapters: rows stored in plaintext (as schema 3 kept them, in a store whose
+    templates are sealed) are sealed by the next open with the key, and read back."""
+    plain = [
+        "INSERT INTO identities (id, display_name, external_ref, metadata, created_at)"
+        " VALUES ('id-1', '张伟', 'crm-1', '{\"note\": \"张伟\"}', 1.0)",
+        "INSERT INTO plates (plate, identity_id, created_at) VALUES ('京A12345', 'id-1', 2.0)",
+        "INSERT INTO payments VALUES ('b-1', 'id-1', 'pay-zw-0001', 'plate', 0, 3.0)",
+        "INSERT INTO decisions (decision_id, gate_id, event_id, identity_id, outcome, payload,"
+        " inputs, created_at, input_digest) VALUES ('d-1', 'G-1', 'e-1', 'id-1', 'allow',"
+        " 'pay-zw-0001', '{\"plate_text\": \"京A12345\"}', 4.0, 'ab')",
+        "INSERT INTO sightings (plate, gate_id, direction, at) VALUES ('京A12345', 'G-1',"
+        " 'entry', 5.0)",
+        "INSERT INTO audit (at, actor_role, action, target, detail) VALUES (6.0, 'admin',"
+        " 'bind_plate', 'id-1', '{\"plate\": \"京A12345\"}')",
+        "UPDATE meta SET value = 'plain' WHERE key = 'personal_fields'",
+    ]
+    with sealed._tx() as c:
+        for sql in plain:
+            c.execute(sql.replace("'pay-zw-0001', '{", "CAST('pay-zw-0001' AS BLOB), '{")
+                      if isinstance(sealed, SqliteStore) else
+                      sql.replace("'pay-zw-0001', '{", "'pay-zw-0001'::bytea, '{"))  # fmt: skip
+    store = (
+        SqliteStore(sealed.path, AesGcmCipher(KEY))
+        if isinstance(sealed, SqliteStore)
+        else PostgresStore(sealed.url, AesGcmCipher(KEY))
+    )
+    try:
+        assert store.get_identity("id-1").display_name == "张伟"
+        assert store.get_identity("id-1").metadata == {"note": "张伟"}
+        assert store.plates_for("id-1") == ["京A12345"]
+        assert store.identities_for_plate("京A12345") == ["id-1"]
+        assert [p.payment_ref for p in store.payments_for("id-1")] == ["pay-zw-0001"]
+        row = store.get_decision("G-1", "e-1")
+        assert row is not None and row.payload == b"pay-zw-0001"
+        last = store.last_sighting("京A12345")
+        assert last is not None and (last.gate_id, last.direction, last.at) == ("G-1", "entry", 5.0)
+        assert store.list_audit()[0].detail == {"plate": "京A12345"}
+        for table, column in (("identities", "display_name"), ("plates", "plate"),
+                              ("payments", "payment_ref"), ("decisions", "inputs"),
+                              ("sightings", "gate_id"), ("audit", "detail")):  # fmt: skip
+            values = [str(r[0]) for r in raw_rows(store, f"SELECT {column} FROM {table}")]
+            assert not any("张伟" in v or "京A12345" in v or "pay-zw" in v for v in values)
+    finally:
+        store.close()

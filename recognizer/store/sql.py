@@ -927,16 +927,19 @@ class SqlStore:
             f"SELECT {', '.join((*keys_, *texts, *blobs))} {self._unsealed(table)} LIMIT ?",
             (self.sealer.prefix, int(batch)),
         ).fetchall()
-        reseal = {"plates": self._reseal_plate, "sightings": self._reseal_sighting}.get(
-            table, self._reseal_row
-        )
-        sets = ", ".join(f"{col} = ?" for col in (*keys_, *texts, *blobs))
+        movers = {"plates": self._reseal_plate, "sightings": self._reseal_sighting}
+        reseal = movers.get(table, self._reseal_row)
+        # Only a plate's index moves (bindings, sightings); other keys are never written (an
+        # identity column such as PostgreSQL's audit.id may not be).
+        moved = keys_ if table in movers else ()
+        sets = ", ".join(f"{col} = ?" for col in (*moved, *texts, *blobs))
         where = " AND ".join(f"{col} = ?" for col in (*keys_, texts[0]))
         for r in rows:
             key, values = tuple(r[: len(keys_)]), list(r[len(keys_) :])
             new_key, new_values = reseal(table, key, values)
             c.execute(
-                f"UPDATE {table} SET {sets} WHERE {where}", (*new_key, *new_values, *key, values[0])
+                f"UPDATE {table} SET {sets} WHERE {where}",
+                (*(new_key if moved else ()), *new_values, *key, values[0]),
             )
         return len(rows)
 
