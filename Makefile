@@ -38,9 +38,14 @@ $(STUBS): $(PROTOS) scripts/gen_protos.py $(STAMP)
 
 protos: $(STUBS)
 
+# Without RECOGNIZER_TEMPLATE_KEY, `make serve` runs ./var as a development data directory:
+# allow_plaintext = true (said once here; `serve` refuses to start without a key otherwise).
 serve: setup
 	mkdir -p var
-	RECOGNIZER_API_KEYS="$${RECOGNIZER_API_KEYS:-$(DEV_KEYS)}" $(BIN)/recognizer serve
+	@test -n "$$RECOGNIZER_TEMPLATE_KEY" || echo "make serve: no RECOGNIZER_TEMPLATE_KEY, so ./var is a development data directory (allow_plaintext = true: personal data unsealed)"
+	RECOGNIZER_API_KEYS="$${RECOGNIZER_API_KEYS:-$(DEV_KEYS)}" \
+	RECOGNIZER_ALLOW_PLAINTEXT="$${RECOGNIZER_ALLOW_PLAINTEXT:-$$(test -n "$$RECOGNIZER_TEMPLATE_KEY" && echo false || echo true)}" \
+	$(BIN)/recognizer serve
 
 # PostgreSQL and two nodes on loopback, for trying several nodes (README "Several nodes").
 cluster: setup postgres

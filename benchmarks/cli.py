@@ -443,6 +443,29 @@ def calibration(dataset: Path | None, profiles: tuple[str, ...], out: Path | Non
 
 @bench.command()
 @click.option(
+    "--base-src",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="An earlier release's source tree (a git worktree) to measure against, in this run.",
+)
+@click.option("--people", type=int, default=2000, show_default=True, help="Identities (plates).")
+@click.option("--rounds", type=click.IntRange(2, 200), default=20, show_default=True)
+@click.option("--calls", type=int, default=500, show_default=True, help="Calls per round.")
+@out_option("store")
+def store(base_src: Path, people: int, rounds: int, calls: int, out: Path | None) -> None:
+    """Plate lookups (identities_for_plate, last_sighting) on sealed SQLite stores, this
+    checkout against --base-src, interleaved in one run: medians and ratios."""
+    from benchmarks import store_bench
+
+    dest = _out(out, "store")
+    result = store_bench.run(base_src, people, rounds, calls)
+    report = store_bench.report(base_src, people, rounds, calls, result)
+    click.echo(report.markdown())
+    _done(report.write(dest))
+
+
+@bench.command()
+@click.option(
     "--sizes", default="100000,1000000", show_default=True, help="Comma-separated gallery sizes."
 )
 @click.option("--dim", type=int, default=128, show_default=True)

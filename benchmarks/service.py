@@ -16,6 +16,7 @@ for their gRPC checks (same ``create_server`` the product runs).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import secrets
@@ -116,6 +117,9 @@ def subprocess_server(
             env={
                 **os.environ,
                 "RECOGNIZER_METRICS_PORT": "0",
+                # Served as in production, with a template key (a release that seals personal
+                # fields pays for it here; an older one seals templates only).
+                "RECOGNIZER_TEMPLATE_KEY": base64.b64encode(os.urandom(32)).decode(),
                 **(env or {}),
                 "RECOGNIZER_API_KEYS": f"admin:{key}",
             },

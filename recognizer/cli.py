@@ -87,6 +87,7 @@ def serve(
     if config.profile == "insightface":
         click.echo(f"WARNING: {model_store.NONCOMMERCIAL_NOTICE}", err=True)
     os.umask(0o077)  # whatever the process creates is private (files 0600, directories 0700)
+    _key_required_or_exit(config.allow_plaintext)
     # Before the port is bound or a model loaded: a key that does not fit stops the boot.
     from recognizer.store.faults import DatabaseUnreachable
     from recognizer.store.open import StoreLocation
@@ -103,6 +104,26 @@ def serve(
         run(config)
     except PortBusy as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _key_required_or_exit(allow_plaintext: bool) -> None:
+    """No key, no production: without a template key, templates and personal fields would
+    be stored in plaintext, which only a development data directory may choose."""
+    from recognizer.store.crypto import KEY_ENV, TemplateKeyError, keys_from_env
+
+    try:
+        key, _ = keys_from_env()
+    except TemplateKeyError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    if key is None and not allow_plaintext:
+        click.echo(
+            f"error: no template key: set {KEY_ENV} to a base64 32-byte key (`recognizer keys "
+            "generate`), or set allow_plaintext = true (RECOGNIZER_ALLOW_PLAINTEXT=true) for a "
+            "development data directory, whose personal data is then stored in plaintext",
+            err=True,
+        )
         sys.exit(2)
 
 
@@ -359,8 +380,9 @@ def _rekey(
         click.echo(f"store already encrypted under key id {r.key_id}: nothing to do")
         return
     click.echo(
-        f"store encrypted under key id {r.key_id}: {r.templates_resealed} templates and "
-        f"{r.index_files_resealed} index files resealed"
+        f"store encrypted under key id {r.key_id}: {r.templates_resealed} templates, "
+        f"{r.personal_rows_resealed} rows of personal fields and {r.index_files_resealed} "
+        "index files resealed"
     )
 
 

@@ -101,6 +101,9 @@ class Config:
     # retention_interval_s (each plate's latest kept: a parked car keeps its entry).
     sightings_retention_days: int = 30
     retention_interval_s: float = 3600.0
+    # `serve` refuses to start without a template key (RECOGNIZER_TEMPLATE_KEY): personal
+    # data would lie in plaintext. Development data directories (`make serve`) set this.
+    allow_plaintext: bool = False
     # Liveness (presentation-attack detection, README "Liveness"). The shipped model runs on
     # every face; a user's ONNX model replaces it when `liveness_model` names one, and then
     # `liveness_model_sha256` must be its sha256. Thresholds < 0: the model's own metadata.

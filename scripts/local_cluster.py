@@ -46,6 +46,8 @@ def main() -> int:
         **os.environ,
         "RECOGNIZER_DATABASE_URL": db.url,
         "RECOGNIZER_API_KEYS": os.environ.get("RECOGNIZER_API_KEYS", DEV_KEYS),
+        # A development cluster, like `make serve`: unsealed unless a template key is set.
+        "RECOGNIZER_ALLOW_PLAINTEXT": os.environ.get("RECOGNIZER_ALLOW_PLAINTEXT", "true"),
     }
     nodes: list[subprocess.Popen[bytes]] = []
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from recognizer.gallery.gallery import Gallery
 from recognizer.store.crypto import NullCipher, TemplateCipher
+from recognizer.store.rows import AuditEntry, DecisionRow
 from recognizer.store.sqlite import SqliteStore
 
 RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
@@ -63,6 +65,55 @@ def read_templates(data: Path, cipher: TemplateCipher) -> dict[int, np.ndarray]:
         }
     finally:
         store.close()
+
+
+Person = tuple[str, str, str, str, str]  # name, plate, payment ref, last gate, decision inputs
+
+
+def add_personal(data: Path, cipher: TemplateCipher | None, n: int) -> dict[str, Person]:
+    """Personal fields for the first n identities of a data directory (a bound plate with its
+    audit record, a payment binding, a decision and its sighting); identity id -> fields."""
+    store = SqliteStore(data / "recognizer.db", cipher or NullCipher())
+    out: dict[str, Person] = {}
+    try:
+        for k, ident in enumerate(store.list_identities(n)):
+            plate, ref, inputs = (
+                f"京A{k:05d}",
+                f"pay-{k:05d}",
+                json.dumps({"plate_text": f"京A{k:05d}"}),
+            )
+            audit = AuditEntry("admin", "bind_plate", ident.id, {"plate": plate})
+            store.bind_plate(ident.id, plate, audit=audit)
+            store.bind_payment(ident.id, ref, "plate_and_face", 0)
+            row = DecisionRow(
+                f"d{k}", "G-1", f"e{k}", "allow", ref.encode(), ident.id, inputs, 1e3 + k
+            )
+            store.put_decision(row, sighting=(plate, f"G-{k}", "entry", 1e3 + k))
+            out[ident.id] = (ident.display_name, plate, ref, f"G-{k}", inputs)
+    finally:
+        store.close()
+    return out
+
+
+def read_personal(data: Path, cipher: TemplateCipher, ids: list[str]) -> dict[str, Person]:
+    """The same fields read back through the store (its plates looked up by blind index)."""
+    store = SqliteStore(data / "recognizer.db", cipher)
+    out: dict[str, Person] = {}
+    try:
+        for k, identity_id in enumerate(ids):
+            (plate,) = store.plates_for(identity_id)
+            (payment,) = store.payments_for(identity_id)
+            assert store.identities_for_plate(plate) == [identity_id]
+            last = store.last_sighting(plate)
+            row = store.get_decision("G-1", f"e{k}")
+            assert (
+                last is not None and row is not None and row.payload == payment.payment_ref.encode()
+            )
+            name = store.get_identity(identity_id).display_name
+            out[identity_id] = (name, plate, payment.payment_ref, last.gate_id, row.inputs)
+    finally:
+        store.close()
+    return out
 
 
 def needles(vectors: list[np.ndarray]) -> dict[bytes, str]:

@@ -58,6 +58,7 @@ def start(
         **os.environ,
         "RECOGNIZER_API_KEYS": ENV_KEYS,
         "RECOGNIZER_METRICS_PORT": "0",
+        "RECOGNIZER_ALLOW_PLAINTEXT": "true",  # a test data directory (unless a key is given)
         **(extra_env or {}),
     }
     proc = subprocess.Popen(

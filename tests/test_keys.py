@@ -29,18 +29,22 @@ from recognizer.store.crypto import (
     key_id,
 )
 from recognizer.store.keys import SCHEME_AES, SCHEME_NONE
+from recognizer.store.sealing import text_prefix
 from recognizer.store.sqlite import SqliteStore, read_key_state
 from recognizer.v1 import gate_pb2
-from tests import procserver
+from tests import personal, procserver
 from tests.conftest import ENV_KEYS, require_models
 from tests.keyfixtures import (
     DIM,
     MODEL,
     RELEASE,
     RELEASE_KEY,
+    Person,
+    add_personal,
     b64,
     build_gallery,
     copy_release,
+    read_personal,
     read_templates,
     scan,
     snapshot,
@@ -56,6 +60,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         **env,
         "RECOGNIZER_API_KEYS": ENV_KEYS,
         "RECOGNIZER_METRICS_PORT": "0",
+        "RECOGNIZER_ALLOW_PLAINTEXT": "true",  # the key checks below are what these test
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
@@ -257,12 +262,16 @@ def ring_for(data: Path, old: bytes | None, new: bytes) -> AesGcmCipher | NullCi
     return AesGcmCipher(old) if old else NullCipher()
 
 
+PERSONAL = 40  # identities with personal fields (plates, payments, decisions, sightings, audit)
+
+
 def rekey_kill_loop(
     tmp: Path, args: list[str], old: bytes | None, new: bytes, env: dict[str, str], kills: int
-) -> tuple[Path, dict[int, np.ndarray]]:
+) -> tuple[Path, dict[int, np.ndarray], dict[str, Person]]:
     data = tmp / "data"
     data.mkdir()
     originals = build_gallery(data, 10_000, AesGcmCipher(old) if old else None)
+    people = add_personal(data, AesGcmCipher(old) if old else None, PERSONAL)
     rng = random.Random(len(args) * 1000 + kills)
     killed, mid_way = 0, 0
     for _ in range(kills * 4):  # bounded: a run that finishes first is not a kill
@@ -277,15 +286,19 @@ def rekey_kill_loop(
         assert got.keys() == originals.keys()
         for label, vec in originals.items():
             np.testing.assert_array_equal(got[label], vec)
+        # Personal fields too, plates found by their index under either key.
+        assert read_personal(data, ring_for(data, old, new), list(people)) == people
     assert killed == kills, f"only {killed} of {kills} runs were killed before finishing"
     assert mid_way, "no kill landed between the start and the end of the re-key"
     done = run_keys(args, data, env)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
-    return data, originals
+    return data, originals, people
 
 
-def check_final(data: Path, originals: dict[int, np.ndarray], new: bytes) -> None:
+def check_final(
+    data: Path, originals: dict[int, np.ndarray], people: dict[str, Person], new: bytes
+) -> None:
     state = read_key_state(data / "recognizer.db")
     assert (state.scheme, state.key_id, state.pending_kcv) == (SCHEME_AES, key_id(new), "")
     got = read_templates(data, AesGcmCipher(new))  # the new key alone reads everything
@@ -298,12 +311,26 @@ def check_final(data: Path, originals: dict[int, np.ndarray], new: bytes) -> Non
     assert set(loaded[0].labels().tolist()) == set(originals)
     assert not list(data.glob(".*.tmp")), "a killed run's temp file was left behind"
     assert not scan(data, list(originals.values()))
+    assert read_personal(data, AesGcmCipher(new), list(people)) == people
+    # Plates and payment references (the synthetic names, "p10", are too short to look for:
+    # the prefix check below covers them).
+    pats = personal.needles([], [p[1] for p in people.values()], [p[2] for p in people.values()])
+    assert personal.scan([data], pats) == []
+    prefix = text_prefix(key_id(new))
+    with sqlite3.connect(data / "recognizer.db") as c:
+        for table, column in (("identities", "display_name"), ("plates", "plate_text"),
+                              ("payments", "payment_ref"), ("decisions", "inputs"),
+                              ("audit", "detail"), ("sightings", "gate_id")):  # fmt: skip
+            left = c.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE substr({column}, 1, 16) <> ?", (prefix,)
+            )
+            assert left.fetchone()[0] == 0, f"{table} rows not sealed under the new key"
 
 
 def test_keys_encrypt_survives_sigkill(tmp_path: Path) -> None:
     env = {KEY_ENV: b64(K1)}
-    data, originals = rekey_kill_loop(tmp_path, ["encrypt"], None, K1, env, 5)
-    check_final(data, originals, K1)
+    data, originals, people = rekey_kill_loop(tmp_path, ["encrypt"], None, K1, env, 5)
+    check_final(data, originals, people, K1)
     again = run_keys(["encrypt"], data, env)  # a rerun after success is a no-op
     out, _ = again.communicate(timeout=60)
     assert again.returncode == 0 and "nothing to do" in out
@@ -311,8 +338,8 @@ def test_keys_encrypt_survives_sigkill(tmp_path: Path) -> None:
 
 def test_keys_rotate_survives_sigkill(tmp_path: Path) -> None:
     env = {KEY_ENV: b64(K1), NEW_KEY_ENV: b64(K2)}
-    data, originals = rekey_kill_loop(tmp_path, ["rotate"], K1, K2, env, 5)
-    check_final(data, originals, K2)
+    data, originals, people = rekey_kill_loop(tmp_path, ["rotate"], K1, K2, env, 5)
+    check_final(data, originals, people, K2)
     # The old key is refused now; a rerun is a no-op.
     with pytest.raises(TemplateKeyError, match="wrong key"):
         SqliteStore(data / "recognizer.db", AesGcmCipher(K1))

@@ -150,4 +150,4 @@ def test_the_previous_release_upgrades_and_its_index_file_still_loads(
     gallery.open()
     assert gallery.index.ntotal == 5 and gallery.check().consistent
     gallery.close()
-    assert user_version(data / "recognizer.db") == SCHEMA_VERSION == 3
+    assert user_version(data / "recognizer.db") == SCHEMA_VERSION == 4

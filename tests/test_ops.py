@@ -28,7 +28,12 @@ def serve_once(data_dir: Path, *args: str, env: dict[str, str]) -> subprocess.Co
     """A `recognizer serve` expected to stop by itself (a busy port): its exit and output."""
     return subprocess.run(
         [sys.executable, "-m", "recognizer.cli", "serve", "--data-dir", str(data_dir), *args],
-        env={**os.environ, "RECOGNIZER_API_KEYS": ENV_KEYS, **env},
+        env={
+            **os.environ,
+            "RECOGNIZER_API_KEYS": ENV_KEYS,
+            "RECOGNIZER_ALLOW_PLAINTEXT": "true",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=120,

@@ -283,12 +283,14 @@ def _mount_tmpfs(folder: Path, size: str) -> None:
 def _fill(folder: Path) -> Path:
     """A file that takes every free byte of `folder`'s filesystem."""
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    # Unbuffered: a write the disk takes only in part leaves nothing behind for close() to
+    # flush (a buffered file raised ENOSPC from close() whenever the free space was not a
+    # multiple of the chunk).
+    with open(filler, "wb", buffering=0) as f:
         chunk = b"\0" * (1 << 16)
         for _ in range(100_000):  # bounded: far more than the tmpfs holds
             try:
                 f.write(chunk)
-                f.flush()
             except OSError:
                 break
     return filler

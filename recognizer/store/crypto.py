@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from recognizer.errors import FailedPrecondition
 
@@ -60,6 +61,13 @@ def key_id(key: bytes) -> str:
 
 def key_check_value(key: bytes) -> str:
     return _hmac(key, b"recognizer.template-key.kcv.v1").hex()
+
+
+def blind_index_key(key: bytes) -> bytes:
+    """The key of the plate blind index (store/sealing.py), derived from a template key for
+    that one purpose, so an HMAC never uses the AES key itself."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"recognizer.blind-index.v1")
+    return hkdf.derive(key)
 
 
 def same_kcv(a: str, b: str) -> bool:
@@ -112,6 +120,8 @@ class AesGcmCipher:
             self._kcvs.setdefault(kid, key_check_value(k))
         self._raw = {key_id(k): k for k in (key, *more)}
         self.primary_id = key_id(key)
+        # key id -> blind-index key, the primary's first (lookups try every key held).
+        self.blind_keys = {kid: blind_index_key(self._raw[kid]) for kid in self._keys}
         self.primary_prefix = MAGIC + bytes.fromhex(self.primary_id)
         self.plaintext_ok = plaintext_ok
 
@@ -200,6 +210,6 @@ def cipher_from_env(
     keys = [k for k in keys_from_env(env) if k is not None]
     if not keys:
         if warn:
-            log.warning("%s is not set: biometric templates are stored unencrypted", KEY_ENV)
+            log.warning("%s is not set: templates and personal fields are stored unsealed", KEY_ENV)
         return NullCipher()
     return AesGcmCipher(*keys)

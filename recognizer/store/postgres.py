@@ -197,6 +197,7 @@ class PostgresStore(SqlStore):
             self.cipher: TemplateCipher = unlocked.cipher
             self.schema_upgraded_from = self._migrate()
             self.store_id: str = self._record_store(unlocked.record)
+            self._seal_personal_fields()
         except BaseException:
             self.close()
             raise
@@ -237,6 +238,16 @@ class PostgresStore(SqlStore):
 
     def _read_meta(self, c: Any) -> dict[str, str] | None:
         return _meta(c)
+
+    def _compact(self) -> None:
+        """Rewrite the sealed tables (VACUUM FULL), so their old plaintext row versions leave
+        the table files; the database's own WAL keeps them until it recycles its segments."""
+        tables = ", ".join(self._SEALED_TABLES)
+        try:
+            with self._conn() as c:
+                c.execute(f"VACUUM FULL {tables}")
+        except Exception as exc:  # another node may hold the tables: VACUUM later
+            log.warning("VACUUM FULL after sealing failed (%s): run it yourself", exc)
 
     # --- connections and transactions ---------------------------------------------------------
 

@@ -3,11 +3,13 @@ a new key, crash-safe and resumable.
 
 1. The new key's id and KCV are recorded as "pending" (one transaction) after the current
    key is proven against the store's KCV.
-2. Templates are resealed in label order, a batch per transaction; rows already sealed with
-   the new key are skipped, so a rerun after a crash continues where it stopped.
+2. Templates are resealed in label order, a batch per transaction, then the personal fields
+   of every table (store/sealing.py; plate indexes recomputed under the new key); rows
+   already sealed with the new key are skipped, so a rerun after a crash continues where it
+   stopped.
 3. Each index file is rewritten sealed with the new key (temp file, fsync, rename).
-4. One transaction checks that no template is left under another key, then makes the new
-   key the store's key and clears "pending".
+4. One transaction checks that no template or personal field is left under another key,
+   then makes the new key the store's key and clears "pending"; SQLite is then VACUUMed.
 
 A kill at any point leaves a store that opens with the old and new keys together (the
 server serves it, sealing new rows with the new key); rerunning the command finishes it.
@@ -44,6 +46,7 @@ class RekeyReport:
     templates_resealed: int
     index_files_resealed: int
     already_done: bool = False
+    personal_rows_resealed: int = 0  # rows of personal fields (store/sealing.py)
 
 
 def rekey(
@@ -89,15 +92,17 @@ def rekey(
     ring = AesGcmCipher(*([current] if current else []), target)
     store = location.open(ring)  # proves both keys against the records
     try:
-        resealed = 0
+        resealed, rows = 0, 0
         for _ in range(_ROUNDS):
             resealed += _reseal_all(store, batch, progress)
+            rows += store.reseal_personal(batch, progress)
             files = reseal_index(store.cipher)
             left = store.finish_rekey()
             if not left:
-                return RekeyReport(target_id, resealed, files)
+                return RekeyReport(target_id, resealed, files, personal_rows_resealed=rows)
         raise TemplateKeyError(
-            f"{left} templates are still sealed with another key: is a server without "
+            f"{left} rows (templates or personal fields) are still sealed with another key: "
+            "is a server without "
             f"{NEW_KEY_ENV} writing to this store? Stop it and rerun",
             reason="KEY_ROTATION_UNFINISHED",
         )

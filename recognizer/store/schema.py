@@ -17,7 +17,7 @@ from typing import Any
 
 from recognizer.store.sql import PUT_META, Connection
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 POSTGRES_BASELINE_VERSION = 2
 
 # Version 1 as release 0.1.0 created it; later versions are the steps below, applied in order
@@ -225,12 +225,30 @@ def v3_template_counts(c: Connection) -> None:
     c.execute(PUT_META, ("identities", str(int(n))))
 
 
+def v4_sealed_fields(c: Connection) -> None:
+    """Schema 4: personal fields may be sealed (store/sealing.py). A plate's column then holds
+    its blind index, and the sealed plate text goes beside it (`plate_text`, in bindings and
+    sightings) so that a key rotation can recompute the index. Rows already stored stay as
+    they are, and meta `personal_fields` says so ("plain"): the first open with a template
+    key seals them (SqlStore.seal_personal_fields), then says "sealed"."""
+    c.execute("ALTER TABLE plates ADD COLUMN plate_text TEXT NOT NULL DEFAULT ''")
+    c.execute("ALTER TABLE sightings ADD COLUMN plate_text TEXT NOT NULL DEFAULT ''")
+    # Covering indexes for the gate's two lookups per event, so that neither reads the (now
+    # wider) table rows: a plate's holders in binding order, and its newest sightings.
+    c.execute("CREATE INDEX plates_lookup ON plates(plate, created_at, identity_id)")
+    c.execute("DROP INDEX sightings_plate")
+    c.execute("CREATE INDEX sightings_plate ON sightings(plate, at, gate_id, direction)")
+    c.execute(PUT_META, ("personal_fields", "plain"))
+
+
 # version -> the step that brings version-1 to it, per adapter. Append only.
 SQLITE_MIGRATIONS: dict[int, Migration] = {
     2: v2_decision_digest,
     3: v3_template_counts,
+    4: v4_sealed_fields,
 }
 POSTGRES_MIGRATIONS: dict[int, Migration] = {
     3: v3_template_counts,
+    4: v4_sealed_fields,
 }
 assert max(SQLITE_MIGRATIONS) == max(POSTGRES_MIGRATIONS) == SCHEMA_VERSION

@@ -13,11 +13,12 @@ sightings, audit) pass serial=False.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
@@ -39,9 +40,14 @@ from recognizer.store.rows import (
     open_template,
     template_aad,
 )
+from recognizer.store.sealing import PREFIX_CHARS, FieldSealer
 
+log = logging.getLogger("recognizer.store.sql")
 T = TypeVar("T")
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
+_SIGHTING_PAGE = 1  # last_sighting reads the newest first (it nearly always names a direction)
+_GATE_DIR = ("sightings.gate_id", "sightings.direction")
+_LAST_SIGHTINGS: dict[int, str] = {}  # last_sighting's query by the number of plate indexes
 NOTIFY_CHANNEL = "recognizer_changes"
 PUT_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
@@ -74,25 +80,30 @@ class Connection(Protocol):
     def executemany(self, sql: str, params: Iterable[Any], /) -> Any: ...
 
 
+def _in(values: tuple[str, ...]) -> str:
+    """`= ?` for one value (the usual case: one key, one index), else `IN (?, ...)`."""
+    return "= ?" if len(values) == 1 else f"IN ({','.join('?' * len(values))})"
+
+
 def _chunks(items: list[T], size: int = _IN_CHUNK) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
-def write_audit(c: Connection, entry: AuditEntry | None, **found: Any) -> None:
+def write_audit(c: Connection, sealer: FieldSealer, entry: AuditEntry | None, **found: Any) -> None:
     if entry is None:
         return
-    detail = {**entry.detail, **found}
-    c.execute(
-        "INSERT INTO audit (at, actor_role, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-        (
-            time.time(),
-            entry.actor_role,
-            entry.action,
-            entry.target,
-            json.dumps(detail, sort_keys=True),
-        ),
-    )
+    detail = json.dumps({**entry.detail, **found}, sort_keys=True)
+    plain = "" if sealer.sealed else detail  # sealed: never written in plaintext, even briefly
+    # Inserted first: the row's id is part of the sealed detail's associated data.
+    audit_id = c.execute(
+        "INSERT INTO audit (at, actor_role, action, target, detail) VALUES (?, ?, ?, ?, ?)"
+        " RETURNING id",
+        (time.time(), entry.actor_role, entry.action, entry.target, plain),
+    ).fetchone()[0]
+    if sealer.sealed:
+        sealed = sealer.seal(detail, "audit.detail", (audit_id,))
+        c.execute("UPDATE audit SET detail = ? WHERE id = ?", (sealed, audit_id))
 
 
 def legacy_view(c: Connection) -> keys.Legacy:
@@ -167,9 +178,12 @@ class SqlStore:
 
     # --- identities ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _identity(r: tuple[Any, ...]) -> IdentityRow:
-        return IdentityRow(r[0], r[1], r[2], json.loads(r[3]), r[4])
+    def _identity(self, r: tuple[Any, ...]) -> IdentityRow:
+        name, ref, meta = (
+            self.sealer.open(v, f"identities.{col}", (r[0],))
+            for v, col in ((r[1], "display_name"), (r[2], "external_ref"), (r[3], "metadata"))
+        )
+        return IdentityRow(r[0], name, ref, json.loads(meta), r[4])
 
     def create_identity(
         self,
@@ -187,12 +201,23 @@ class SqlStore:
             c.execute(
                 "INSERT INTO identities (id, display_name, external_ref, metadata, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (row.id, row.display_name, row.external_ref, json.dumps(meta), row.created_at),
+                (
+                    row.id,
+                    *(
+                        self.sealer.seal(v, f"identities.{col}", (row.id,))
+                        for v, col in (
+                            (row.display_name, "display_name"),
+                            (row.external_ref, "external_ref"),
+                            (json.dumps(meta), "metadata"),
+                        )
+                    ),
+                    row.created_at,
+                ),
             )
             _count_identities(c, +1)
             if audit is not None and not audit.target:
                 audit = AuditEntry(audit.actor_role, audit.action, row.id, audit.detail)
-            write_audit(c, audit)
+            write_audit(c, self.sealer, audit)
         return row
 
     def get_identity(self, identity_id: str) -> IdentityRow:
@@ -259,7 +284,7 @@ class SqlStore:
             n_b = c.execute("DELETE FROM payments WHERE identity_id = ?", (identity_id,)).rowcount
             c.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
             _count_identities(c, -1)
-            write_audit(c, audit, templates=labels)
+            write_audit(c, self.sealer, audit, templates=labels)
         self._after_delete()
         return DeleteCounts(n_t, n_p, n_b)
 
@@ -310,7 +335,7 @@ class SqlStore:
                 )
             self._changed(c)
             _count_templates(c, identity_id, len(rows))
-            write_audit(c, audit, templates=[r.label for r in rows])
+            write_audit(c, self.sealer, audit, templates=[r.label for r in rows])
         return rows
 
     def remove_template(self, identity_id: str, label: int, audit: AuditEntry | None = None) -> int:
@@ -339,7 +364,7 @@ class SqlStore:
                     (identity_id, model),
                 ).fetchone()[0]
             )
-            write_audit(c, audit)
+            write_audit(c, self.sealer, audit)
         self._after_delete()
         return remaining
 
@@ -471,16 +496,18 @@ class SqlStore:
         A repeated bind is audited too (the call succeeded)."""
         if not plate:
             raise InvalidArgument("plate is required", field="plate")
+        blinds = self.sealer.blinds(plate)
         with self._tx() as c:
             self._require_identity(c, identity_id)
             holders = [
                 r[0]
                 for r in c.execute(
-                    "SELECT identity_id FROM plates WHERE plate = ? ORDER BY created_at", (plate,)
+                    f"SELECT identity_id FROM plates WHERE plate {_in(blinds)} ORDER BY created_at",
+                    blinds,
                 )
             ]
             if identity_id in holders:
-                write_audit(c, audit)
+                write_audit(c, self.sealer, audit)
                 return
             if holders and not allow_shared:
                 raise AlreadyExists(
@@ -488,24 +515,36 @@ class SqlStore:
                     identity_id=holders[0],
                     field="plate",
                 )
-            c.execute("INSERT INTO plates VALUES (?, ?, ?)", (plate, identity_id, time.time()))
-            write_audit(c, audit)
+            self._insert_plate(c, identity_id, plate, time.time())
+            write_audit(c, self.sealer, audit)
+
+    def _insert_plate(self, c: Connection, identity_id: str, plate: str, created: float) -> None:
+        blind = self.sealer.blind(plate)
+        sealed = self.sealer.seal(plate, "plates.plate_text", (identity_id, blind))
+        c.execute(
+            "INSERT INTO plates (plate, identity_id, created_at, plate_text) VALUES (?, ?, ?, ?)",
+            (blind, identity_id, created, sealed if self.sealer.sealed else ""),
+        )
 
     def unbind_plate(self, identity_id: str, plate: str, audit: AuditEntry | None = None) -> None:
+        blinds = self.sealer.blinds(plate)
         with self._tx() as c:
             n = c.execute(
-                "DELETE FROM plates WHERE plate = ? AND identity_id = ?", (plate, identity_id)
+                f"DELETE FROM plates WHERE plate {_in(blinds)} AND identity_id = ?",
+                (*blinds, identity_id),
             ).rowcount
             if n == 0:
                 self._require_identity(c, identity_id)
                 raise NotFound(f"plate {plate} is not bound to {identity_id!r}", field="plate")
-            write_audit(c, audit)
+            write_audit(c, self.sealer, audit)
 
     def identities_for_plate(self, plate: str) -> list[str]:
+        blinds = self.sealer.blinds(plate)
         with self._conn() as c:
             rows = c.execute(
-                "SELECT identity_id FROM plates WHERE plate = ? ORDER BY created_at, identity_id",
-                (plate,),
+                f"SELECT identity_id FROM plates WHERE plate {_in(blinds)}"
+                " ORDER BY created_at, identity_id",
+                blinds,
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -513,7 +552,9 @@ class SqlStore:
         """Who holds each of several plates, with each holder's payment bindings, in one query
         (the texts a gate event read: the read and its candidates). Holders come in binding
         order, as identities_for_plate gives them; plates no one holds are absent."""
-        wanted = sorted(set(plates))
+        # Each plate under every index it may be stored under (one, but during a re-key).
+        plate_of = {b: p for p in sorted(set(plates)) for b in self.sealer.blinds(p)}
+        wanted = sorted(plate_of)
         out: dict[str, list[PlateHolder]] = {}
         if not wanted:
             return out
@@ -531,12 +572,14 @@ class SqlStore:
                     part,
                 ).fetchall()
         payments: dict[tuple[str, str], list[PaymentRow]] = {}
-        for plate, identity_id, binding_id, ref, factors, ceiling, created in rows:
+        for blind, identity_id, binding_id, ref, factors, ceiling, created in rows:
+            plate = plate_of[blind]
             held = payments.get((plate, identity_id))
             if held is None:
                 held = payments[(plate, identity_id)] = []
                 out.setdefault(plate, []).append(PlateHolder(identity_id))
             if binding_id is not None:
+                ref = self.sealer.open(ref, "payments.payment_ref", (binding_id,))
                 held.append(
                     PaymentRow(binding_id, identity_id, ref, factors, int(ceiling), created)
                 )
@@ -548,9 +591,14 @@ class SqlStore:
     def plates_for(self, identity_id: str) -> list[str]:
         with self._conn() as c:
             rows = c.execute(
-                "SELECT plate FROM plates WHERE identity_id = ? ORDER BY plate", (identity_id,)
+                "SELECT plate, plate_text FROM plates WHERE identity_id = ?", (identity_id,)
             ).fetchall()
-        return [r[0] for r in rows]
+        return sorted(self._plate_text(identity_id, blind, text) for blind, text in rows)
+
+    def _plate_text(self, identity_id: str, blind: str, sealed: str) -> str:
+        """A binding's plate: sealed beside its index or, in a plaintext row (no key, or a
+        store being sealed), the index column itself."""
+        return self.sealer.open(sealed or blind, "plates.plate_text", (identity_id, blind))
 
     # --- payment bindings ---------------------------------------------------------------------
 
@@ -577,13 +625,13 @@ class SqlStore:
                 (
                     row.binding_id,
                     row.identity_id,
-                    row.payment_ref,
+                    self.sealer.seal(row.payment_ref, "payments.payment_ref", (row.binding_id,)),
                     row.factors,
                     row.ceiling_minor,
                     row.created_at,
                 ),
             )
-            write_audit(c, audit, binding=row.binding_id)
+            write_audit(c, self.sealer, audit, binding=row.binding_id)
         return row
 
     def unbind_payment(
@@ -597,7 +645,7 @@ class SqlStore:
             if n == 0:
                 self._require_identity(c, identity_id)
                 raise NotFound(f"unknown payment binding {binding_id!r}", field="binding_id")
-            write_audit(c, audit)
+            write_audit(c, self.sealer, audit)
 
     def payments_for(self, identity_id: str) -> list[PaymentRow]:
         with self._conn() as c:
@@ -606,7 +654,10 @@ class SqlStore:
                 " FROM payments WHERE identity_id = ? ORDER BY created_at, binding_id",
                 (identity_id,),
             ).fetchall()
-        return [PaymentRow(*r) for r in rows]
+        return [
+            PaymentRow(r[0], r[1], self.sealer.open(r[2], "payments.payment_ref", (r[0],)), *r[3:])
+            for r in rows
+        ]
 
     # --- decisions ----------------------------------------------------------------------------
 
@@ -615,9 +666,12 @@ class SqlStore:
         " input_digest"
     )
 
-    @staticmethod
-    def _decision(r: tuple[Any, ...]) -> DecisionRow:
-        return DecisionRow(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7], r[8])
+    def _decision(self, r: tuple[Any, ...]) -> DecisionRow:
+        key = (r[1], r[2])  # gate_id, event_id
+        payload = self.sealer.open_bytes(r[4], "decisions.payload", key)
+        inputs = self.sealer.open(r[6], "decisions.inputs", key)
+        digest = self.sealer.open(r[8], "decisions.input_digest", key)
+        return DecisionRow(r[0], r[1], r[2], r[3], payload, r[5], inputs, r[7], digest)
 
     def get_decision(self, gate_id: str, event_id: str) -> DecisionRow | None:
         with self._conn() as c:
@@ -656,6 +710,7 @@ class SqlStore:
         if not row.gate_id or not row.event_id:
             raise InvalidArgument("gate_id and event_id are required", field="event_id")
         created = row.created_at or time.time()
+        key = (row.gate_id, row.event_id)
         select = f"SELECT {self._DECISION_COLS} FROM decisions WHERE gate_id = ? AND event_id = ?"
         with self._tx(serial=False) as c:
             if sighting is not None and seen is not UNCHECKED:
@@ -674,11 +729,11 @@ class SqlStore:
                     row.gate_id,
                     row.event_id,
                     row.outcome,
-                    bytes(row.payload),
+                    self.sealer.seal_bytes(row.payload, "decisions.payload", key),
                     row.identity_id,
-                    row.inputs,
+                    self.sealer.seal(row.inputs, "decisions.inputs", key),
                     created,
-                    row.input_digest,
+                    self.sealer.seal(row.input_digest, "decisions.input_digest", key),
                 ),
             ).rowcount
             if inserted and sighting is not None:
@@ -713,12 +768,22 @@ class SqlStore:
 
     # --- plate sightings (clone / presence checks at the gate) --------------------------------
 
-    @staticmethod
     def _insert_sighting(
-        c: Connection, plate: str, gate_id: str, direction: str, at: float
+        self, c: Connection, plate: str, gate_id: str, direction: str, at: float
     ) -> None:
+        blind, at = self.sealer.blind(plate), float(at)
+        seal = self.sealer.seal
+        key = (blind, at)  # the AAD holds str(at): the float's shortest repr
         c.execute(
-            "INSERT INTO sightings VALUES (?, ?, ?, ?)", (plate, gate_id, str(direction), float(at))
+            "INSERT INTO sightings (plate, gate_id, direction, at, plate_text)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                blind,
+                seal(gate_id, "sightings.gate_id", key),
+                seal(str(direction), "sightings.direction", key),
+                at,
+                seal(plate, "sightings.plate_text", key) if self.sealer.sealed else "",
+            ),
         )
 
     def record_sighting(self, plate: str, gate_id: str, direction: str, at: float) -> None:
@@ -729,15 +794,31 @@ class SqlStore:
         with self._conn() as c:
             return self._last_sighting(c, plate)
 
-    @staticmethod
-    def _last_sighting(c: Connection, plate: str) -> SightingRow | None:
-        r = c.execute(
-            "SELECT plate, gate_id, direction, at, COALESCE((SELECT d.direction FROM sightings d"
-            " WHERE d.plate = ? AND d.direction <> 'unspecified' ORDER BY d.at DESC LIMIT 1), '')"
-            " FROM sightings WHERE plate = ? ORDER BY at DESC LIMIT 1",
-            (plate, plate),
-        ).fetchone()
-        return SightingRow(*r) if r else None
+    def _last_sighting(self, c: Connection, plate: str) -> SightingRow | None:
+        """The plate's newest sighting, with its presence: the direction of the newest one that
+        named a direction (sealed, so found here rather than in SQL; most sightings name one,
+        so the first page nearly always holds it)."""
+        blinds = self.sealer.blinds(plate)
+        sql = _LAST_SIGHTINGS.get(len(blinds)) or _LAST_SIGHTINGS.setdefault(
+            len(blinds),
+            f"SELECT plate, gate_id, direction, at FROM sightings WHERE plate {_in(blinds)}"
+            " ORDER BY at DESC LIMIT ? OFFSET ?",
+        )
+        newest: tuple[str, str, str, float] | None = None
+        offset, page = 0, _SIGHTING_PAGE
+        while True:  # bounded: each page moves on through the plate's sightings
+            rows = c.execute(sql, (*blinds, page, offset)).fetchall()
+            for blind, gate_id, direction, at in rows:
+                gate_id, direction = self.sealer.open_row(
+                    (gate_id, direction), _GATE_DIR, (blind, at)
+                )
+                if newest is None:
+                    newest = (plate, gate_id, direction, at)
+                if direction != "unspecified":
+                    return SightingRow(*newest, direction)
+            if len(rows) < page:
+                return SightingRow(*newest) if newest else None
+            offset, page = offset + page, page * 8
 
     def purge_sightings(self, older_than: float) -> int:
         """Retention: delete sightings before `older_than`, but never a plate's latest one:
@@ -758,14 +839,14 @@ class SqlStore:
         """Append an audit record on its own, for actions that change nothing else here.
         Callers pass identifiers and outcomes, never images."""
         with self._tx(serial=False) as c:
-            write_audit(c, AuditEntry(actor_role, action, target, detail))
+            write_audit(c, self.sealer, AuditEntry(actor_role, action, target, detail))
 
     def audit_all(self, entries: Iterable[AuditEntry]) -> None:
         """Append several audit records in one transaction (reads of personal fields: one row
         per identity read)."""
         with self._tx(serial=False) as c:
             for entry in entries:
-                write_audit(c, entry)
+                write_audit(c, self.sealer, entry)
 
     def list_audit(
         self,
@@ -798,7 +879,152 @@ class SqlStore:
                     int(limit),
                 ),
             ).fetchall()
-        return [AuditRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [
+            AuditRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                json.loads(self.sealer.open(r[5], "audit.detail", (r[0],))),
+            )
+            for r in rows
+        ]
+
+    # --- personal fields (sealing.py) ----------------------------------------------------------
+
+    def _compact(self) -> None:
+        """After a store's rows were sealed: drop the old plaintext pages (SQLite VACUUMs)."""
+
+    def _after_sealing(self) -> None:
+        """After the first seal: seal or remove plaintext copies beside the store (SQLite's
+        `pre-restore-*` folders)."""
+
+    def _seal_personal_fields(self) -> None:
+        """Called by the adapters once the key is proven and the schema migrated: the sealer
+        for this store's cipher and, on the first open with a key, the sealing of every row
+        stored in plaintext before (resumable: a rerun continues), then compaction."""
+        with self._conn() as c:
+            state = (self._read_meta(c) or {}).get("personal_fields", "plain")
+        self.sealer = FieldSealer(self.cipher, lenient=state != "sealed")
+        plaintext_ok = bool(getattr(self.cipher, "plaintext_ok", False))
+        if not self.sealer.sealed or plaintext_ok or state == "sealed":
+            return  # plaintext mode, `keys encrypt` (it seals them), or done already
+        sealed = self.reseal_personal()
+        with self._tx() as c:
+            c.execute(PUT_META, ("personal_fields", "sealed"))
+        self.sealer = FieldSealer(self.cipher)
+        self._compact()
+        self._after_sealing()
+        log.info("personal fields sealed: %d rows", sealed)
+
+    # table -> (its key columns, sealed text columns, sealed byte columns); the first text
+    # column tells whether a row is sealed under the primary key yet (sealing.PREFIX_CHARS).
+    _SEALED_TABLES: ClassVar[
+        dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
+    ] = {
+        "identities": (("id",), ("display_name", "external_ref", "metadata"), ()),
+        "payments": (("binding_id",), ("payment_ref",), ()),
+        "decisions": (("gate_id", "event_id"), ("inputs", "input_digest"), ("payload",)),
+        "audit": (("id",), ("detail",), ()),
+        "plates": (("plate", "identity_id"), ("plate_text",), ()),
+        "sightings": (("plate", "at"), ("gate_id", "direction", "plate_text"), ()),
+    }
+
+    def _unsealed(self, table: str) -> str:
+        marker = self._SEALED_TABLES[table][1][0]
+        return f"FROM {table} WHERE substr({marker}, 1, {PREFIX_CHARS}) <> ?"
+
+    def reseal_personal(
+        self, batch: int = 1000, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Seal every personal field under the primary key (plaintext rows, or rows of the
+        key being retired), `batch` rows per transaction; plate indexes are recomputed.
+        Rows done are skipped, so a rerun after a crash continues. Returns rows rewritten."""
+        assert self.sealer.sealed
+        total = 0
+        for table in self._SEALED_TABLES:
+            with self._conn() as c:
+                left = int(
+                    c.execute(
+                        f"SELECT COUNT(*) {self._unsealed(table)}", (self.sealer.prefix,)
+                    ).fetchone()[0]
+                )
+            for _ in range(left // batch + 2):  # bounded: each batch seals what it reads
+                with self._tx() as c:
+                    n = self._reseal_batch(c, table, batch)
+                self._after_delete()  # old page images leave the WAL
+                total += n
+                if progress is not None and n:
+                    progress(total)
+                if n < batch:
+                    break
+        return total
+
+    def _reseal_batch(self, c: Connection, table: str, batch: int) -> int:
+        keys_, texts, blobs = self._SEALED_TABLES[table]
+        rows = c.execute(
+            f"SELECT {', '.join((*keys_, *texts, *blobs))} {self._unsealed(table)} LIMIT ?",
+            (self.sealer.prefix, int(batch)),
+        ).fetchall()
+        movers = {"plates": self._reseal_plate, "sightings": self._reseal_sighting}
+        reseal = movers.get(table, self._reseal_row)
+        # Only a plate's index moves (bindings, sightings); other keys are never written (an
+        # identity column such as PostgreSQL's audit.id may not be).
+        moved = keys_ if table in movers else ()
+        sets = ", ".join(f"{col} = ?" for col in (*moved, *texts, *blobs))
+        where = " AND ".join(f"{col} = ?" for col in (*keys_, texts[0]))
+        for r in rows:
+            key, values = tuple(r[: len(keys_)]), list(r[len(keys_) :])
+            new_key, new_values = reseal(table, key, values)
+            c.execute(
+                f"UPDATE {table} SET {sets} WHERE {where}",
+                (*(new_key if moved else ()), *new_values, *key, values[0]),
+            )
+        return len(rows)
+
+    def _reseal_row(
+        self, table: str, key: tuple[Any, ...], values: list[Any]
+    ) -> tuple[tuple[Any, ...], list[Any]]:
+        """A row whose key stays: each field opened and sealed again under the primary key."""
+        _, texts, blobs = self._SEALED_TABLES[table]
+        out: list[Any] = []
+        for value, col in zip(values, (*texts, *blobs), strict=True):
+            where = f"{table}.{col}"
+            if col in texts:
+                out.append(self.sealer.seal(self.sealer.open(value, where, key), where, key))
+            else:
+                out.append(
+                    self.sealer.seal_bytes(self.sealer.open_bytes(value, where, key), where, key)
+                )
+        return key, out
+
+    def _reseal_plate(
+        self, table: str, key: tuple[Any, ...], values: list[Any]
+    ) -> tuple[tuple[Any, ...], list[Any]]:
+        """A binding: its index under the primary key, and its plate sealed beside it."""
+        blind, identity_id = key
+        text = self._plate_text(identity_id, blind, values[0])
+        new = self.sealer.blind(text)
+        return (new, identity_id), [self.sealer.seal(text, "plates.plate_text", (identity_id, new))]
+
+    def _reseal_sighting(
+        self, table: str, key: tuple[Any, ...], values: list[Any]
+    ) -> tuple[tuple[Any, ...], list[Any]]:
+        """A sighting: its plate's index under the primary key; gate, direction and plate
+        sealed under the new row identity (index and time)."""
+        blind, at = key
+        old = (blind, float(at))
+        gate_id = self.sealer.open(values[0], "sightings.gate_id", old)
+        direction = self.sealer.open(values[1], "sightings.direction", old)
+        text = self.sealer.open(values[2] or blind, "sightings.plate_text", old)
+        new = self.sealer.blind(text)
+        aad = (new, float(at))
+        sealed = [
+            self.sealer.seal(v, f"sightings.{col}", aad)
+            for v, col in ((gate_id, "gate_id"), (direction, "direction"), (text, "plate_text"))
+        ]
+        return (new, at), sealed
 
     # --- re-keying (recognizer keys encrypt|rotate; see rekey.py) ------------------------------
 
@@ -838,8 +1064,8 @@ class SqlStore:
         return (int(rows[-1][0]) if rows else 0), rewritten
 
     def finish_rekey(self) -> int:
-        """Make the pending key the store's key, if every template is sealed with it.
-        Returns how many are not (then nothing changes)."""
+        """Make the pending key the store's key, if every template and personal field is
+        sealed with it. Returns how many rows are not (then nothing changes)."""
         assert isinstance(self.cipher, AesGcmCipher)
         state = self.key_state()
         prefix = self.cipher.primary_prefix
@@ -850,9 +1076,18 @@ class SqlStore:
                     (len(prefix), prefix),
                 ).fetchone()[0]
             )
+            left += sum(
+                int(
+                    c.execute(
+                        f"SELECT COUNT(*) {self._unsealed(t)}", (self.sealer.prefix,)
+                    ).fetchone()[0]
+                )
+                for t in self._SEALED_TABLES
+            )
             if left:
                 return left
             record = keys.records(keys.SCHEME_AES, state.pending_key_id, state.pending_kcv)
-            c.executemany(PUT_META, record.items())
+            c.executemany(PUT_META, (*record.items(), ("personal_fields", "sealed")))
             c.execute("DELETE FROM meta WHERE key IN ('pending_key_id', 'pending_kcv')")
+        self._compact()  # the retired key's (or plaintext) pages go
         return 0

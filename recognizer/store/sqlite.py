@@ -84,7 +84,15 @@ def _unlock(c: sqlite3.Connection, cipher: TemplateCipher) -> keys.Unlocked:
 
 
 def _peek(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Any:
-    # Reads only: closing the last connection then leaves the files as they were.
+    # Reads only: closing the last connection then leaves the files as they were. A WAL left
+    # beside the file (a server that did not fold it) is read through a read-only connection,
+    # whose close cannot checkpoint it into the database (only its -shm read marks move).
+    if Path(f"{path}-wal").exists():
+        c = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        try:
+            return read(c)
+        finally:
+            c.close()
     c = sqlite3.connect(str(path), isolation_level=None)
     try:
         return read(c)
@@ -146,6 +154,7 @@ class SqliteStore(SqlStore):
                 files.tighten(Path(self.path + suffix))
         self.schema_upgraded_from = self._migrate()
         self.store_id: str = self._record_store(unlocked.record)
+        self._seal_personal_fields()
 
     def _migrate(self) -> int:
         """Bring the schema to schema.SCHEMA_VERSION, one transaction per step; returns the version
@@ -300,6 +309,39 @@ class SqliteStore(SqlStore):
         # Busy readers can block it; the next automatic checkpoint then completes it.
         with self._conn() as c, contextlib.suppress(sqlite3.OperationalError):
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _compact(self) -> None:
+        """Rebuild the file (VACUUM) and fold the WAL into it, truncated: the pages that held
+        plaintext (or the retired key's blobs) are gone from the database, its free pages and
+        the WAL."""
+        if self._shared is not None:
+            return
+        try:
+            with self._conn() as c:
+                c.execute("VACUUM")
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError as exc:  # another process reading: no VACUUM now
+            log.warning("VACUUM after sealing failed (%s): old pages remain until the next", exc)
+
+    def _after_sealing(self) -> None:
+        """`recognizer restore` keeps the files it replaced in `pre-restore-*` folders: each
+        such store is sealed too (with this key, which must open it), its index files (derived
+        data) removed; a folder this key cannot seal is removed."""
+        if self._memory:
+            return
+        here = Path(self.path)
+        for folder in sorted(here.parent.glob("pre-restore-*")):
+            if not folder.is_dir():
+                continue
+            try:
+                if (folder / here.name).is_file():
+                    SqliteStore(folder / here.name, self.cipher).close()
+                for index in folder.glob("*.faiss"):
+                    index.unlink()
+                log.info("sealed the store kept in %s", folder)
+            except Exception as exc:  # whatever failed, the copy must not stay plain
+                log.warning("removed %s: its store could not be sealed (%s)", folder, exc)
+                shutil.rmtree(folder)
 
     def close(self) -> None:
         """Close every connection, once no call uses one: a connection closed under a running
