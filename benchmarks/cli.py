@@ -317,6 +317,13 @@ def burst_latency(
 @click.option(
     "--no-worst-case", is_flag=True, help="Skip the worst-case (targeted) impostor events."
 )
+@click.option(
+    "--shipped-liveness",
+    is_flag=True,
+    help="With --require-liveness: score every face with the shipped liveness model (it saw "
+    "the colour face sets in training: flattering) instead of, per face set, the fold model "
+    "that left that set out (trained first, cached in .cache/pad/folds).",
+)
 def fusion(
     dataset: Path | None,
     profile: str,
@@ -331,6 +338,7 @@ def fusion(
     large: bool,
     face_floor_fmr: str,
     no_worst_case: bool,
+    shipped_liveness: bool,
 ) -> None:
     """Gate events from real faces and plate frames through Authorize: plate-only, face-only
     and fused FAR/FRR with 95% intervals and a DET plot.
@@ -344,6 +352,9 @@ def fusion(
         outcomes = bench_fusion.outcomes_from_json(from_results)
         bench_fusion.report(outcomes, dest, profile, baseline=baseline)
     else:
+        folds = None
+        if require_liveness and not shipped_liveness:
+            folds = _liveness_folds(root)
         bench_fusion.run(
             root / "faces",
             root / "plates",
@@ -358,8 +369,27 @@ def fusion(
             large=large,
             face_floor_fmr=_floor_option(face_floor_fmr),
             worst_case=not no_worst_case,
+            liveness_models=folds,
         )
     _done(dest / "report.md")
+
+
+def _liveness_folds(root: Path) -> dict[str, Path]:
+    """Per colour face set, the liveness model trained without it (benchmarks/pad_folds.py)."""
+    from benchmarks import pad_folds
+    from benchmarks.pad import CACHE
+    from benchmarks.report import progress
+    from recognizer import models as model_store
+    from recognizer.face.detector import YuNetDetector
+
+    det_model, _ = model_store.load("yunet")
+    return pad_folds.leave_set_out_models(
+        CACHE,
+        YuNetDetector(det_model).detect,
+        pad_root=root / "pad" / "nuaa",
+        faces_root=root / "faces",
+        progress=progress,
+    )
 
 
 def _floor_option(value: str) -> float | None:

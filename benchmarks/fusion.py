@@ -32,7 +32,7 @@ import json
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,7 @@ def run(
     large: bool = False,
     face_floor_fmr: float | None = FACE_FLOOR_FMR,
     worst_case: bool = True,
+    liveness_models: dict[str, Path] | None = None,
 ) -> Report:
     """`enrol_photos`: photos per payer given to EnrollFace (at most all but one, so every
     payer keeps a genuine probe); genuine probes are the photos from `probe_from` on (default
@@ -268,8 +269,11 @@ def run(
     `large`: every face set, grayscale ones too (an infrared gate camera); the strangers are
     the LARGE_HELD people with the fewest photos, and each payer gets more impostor events
     (LARGE_WRONG_FACES other payers' faces, LARGE_CLONES cloned plates): the issue's 800
-    genuine and 2,000 impostor events."""
-    from benchmarks.service import inprocess_server
+    genuine and 2,000 impostor events.
+    `liveness_models`: {face set: liveness model file}; every Authorize of a face of that set
+    is scored with that model (benchmarks/pad_folds.py: the fold model that never saw the
+    set), other sets (grayscale ones) with the shipped model."""
+    from benchmarks.service import inprocess_running
     from recognizer.client import Client
     from recognizer.policy import PolicySet
     from recognizer.v1 import identity_pb2, recognition_pb2
@@ -285,10 +289,10 @@ def run(
     if quick:
         unbound = unbound[:12]
     policy = {**POLICY, "require_liveness": require_liveness, "face_floor_fmr": face_floor_fmr}
-    with inprocess_server(
+    with inprocess_running(
         profile, face_threshold_min=0.2, policies=PolicySet.from_config([policy])
-    ) as (port, key):
-        c = Client.connect(f"127.0.0.1:{port}", key)
+    ) as (running, key):
+        c = Client.connect(f"127.0.0.1:{running.port}", key)
         md = c.metadata
         ids: dict[str, str] = {}
         refs: dict[str, str] = {}  # payment_ref -> factors
@@ -360,7 +364,9 @@ def run(
         start = enrol_photos if probe_from is None else max(probe_from, enrol_photos)
         per_payer = {"wrong_faces": LARGE_WRONG_FACES, "clones": LARGE_CLONES} if large else {}
         events = events_for(people, owned, held, unbound, misread, probe_from=start, **per_payer)
-        decide = _Decider(c, ids, refs, plates_of)
+        decide: Any = _Decider(c, ids, refs, plates_of)
+        if liveness_models:
+            decide = _FoldLiveness(decide, running.runtime.engines.faces, liveness_models)
         outcomes = [decide(ev) for ev in progress(events, "authorize")]
         bursts = _burst_runs(decide, events, people, start, burst) if burst > 1 else None
         if worst_case:
@@ -383,6 +389,8 @@ def run(
     )
     rep.results["enrolment"] = {"photos": enrol_photos, "probe_from": start}
     rep.results["require_liveness"] = require_liveness
+    if require_liveness:
+        rep.results["liveness"] = _liveness_section(rep, outcomes, liveness_models, faces_root)
     if bursts is not None:
         rep.results["bursts"] = _burst_section(rep, outcomes, bursts, burst)
     if worst_case:
@@ -543,6 +551,114 @@ def _run_floor(profile: str, fmr: float) -> float:
     from recognizer.models import DEFAULT_MODELS_DIR
 
     return FusionModel.load(DEFAULT_MODELS_DIR / f"fusion_{profile}.json").face_score_at(fmr)
+
+
+class _FoldLiveness:
+    """A decider that scores each event's faces with its face set's liveness model: the
+    in-process server's liveness stage is swapped before each call (events run one at a
+    time; the product never does this)."""
+
+    def __init__(self, decide: Callable[..., Outcome], faces: Any, models: dict[str, Path]):
+        from recognizer.face.liveness import build_liveness
+        from recognizer.onnx import sha256_file
+
+        self.decide, self.faces, self.shipped = decide, faces, faces.liveness
+        self.stages = {
+            name: build_liveness(model_path=path, model_sha256=sha256_file(path))
+            for name, path in models.items()
+        }
+
+    def __call__(self, ev: Event, *args: Any, **kwargs: Any) -> Outcome:
+        self.faces.liveness = self.stages.get(face_set(ev.face), self.shipped)
+        try:
+            return self.decide(ev, *args, **kwargs)
+        finally:
+            self.faces.liveness = self.shipped
+
+
+def face_set(face: Path) -> str:
+    """The sample set a face photo belongs to (`<set>/<identity>/<file>`)."""
+    return face.parent.parent.name
+
+
+def _liveness_section(
+    rep: Report,
+    outcomes: Sequence[Outcome],
+    models: dict[str, Path] | None,
+    faces_root: Path,
+) -> dict[str, Any]:
+    """Which liveness model scored each face set, and the genuine events per set: colour
+    sets count in the FRR budget; grayscale ones (no colour: UNCERTAIN) are reported apart."""
+    from recognizer.onnx import OnnxModel
+
+    grey = {s.name for s in discover_face_sets(faces_root) if s.grayscale}
+    rows, per_set = [], {}
+    for name in sorted({face_set(o.event.face) for o in outcomes}):
+        gen = [o for o in outcomes if o.event.kind == "genuine" and face_set(o.event.face) == name]
+        if models and name in models:
+            meta = OnnxModel(models[name], name=f"pad-without-{name}").metadata
+            model = f"fold model without {name} (live from {float(meta['live_threshold']):.3f})"
+        else:
+            model = "shipped" + (" (no colour: UNCERTAIN)" if name in grey else "")
+        counts = {k: sum(o.outcome == k for o in gen) for k in ("ALLOW", "STEP_UP", "DENY")}
+        uncertain = sum("LIVENESS_UNCERTAIN" in o.reasons for o in gen)
+        attack = sum("PRESENTATION_ATTACK_SUSPECTED" in o.reasons for o in gen)
+        per_set[name] = {
+            "grayscale": name in grey,
+            "model": model,
+            "genuine": len(gen),
+            **counts,
+            "liveness_uncertain": uncertain,
+            "attack_suspected": attack,
+        }
+        rows.append(
+            [
+                name,
+                "grey" if name in grey else "colour",
+                model,
+                len(gen),
+                counts["ALLOW"],
+                counts["STEP_UP"],
+                counts["DENY"],
+                uncertain,
+                attack,
+            ]
+        )
+    rep.h("Liveness by face set", 3)
+    rep.p(
+        "Genuine events per face set, liveness required. "
+        + (
+            "Each colour set's faces are scored by the liveness fold model trained without "
+            "that set (benchmarks/pad_folds.py, the shipped recipe), so no face was seen in "
+            "training. "
+            if models
+            else "Every face is scored by the shipped model, which saw the colour sets in "
+            "training (flattering). "
+        )
+        + "Grayscale sets carry no colour: liveness is UNCERTAIN and the gate STEP_UPs them; "
+        "they are reported here, apart from the colour sets."
+    )
+    rep.table(
+        [
+            "set",
+            "camera",
+            "liveness model",
+            "genuine",
+            "ALLOW",
+            "STEP_UP",
+            "DENY",
+            "LIVENESS_UNCERTAIN",
+            "attack suspected",
+        ],
+        rows,
+    )
+    colour = [v for v in per_set.values() if not v["grayscale"]]
+    return {
+        "fold_models": bool(models),
+        "per_set": per_set,
+        "colour_genuine_not_allowed": sum(v["genuine"] - v["ALLOW"] for v in colour),
+        "colour_genuine": sum(v["genuine"] for v in colour),
+    }
 
 
 class _Decider:

@@ -12,7 +12,8 @@ Shared by `scripts/train_pad.py` and `benchmarks/pad.py`. Every sample is one de
 
 Bona fide: NUAA live frames and every image of the *colour* face sets (grayscale sets carry no
 colour evidence: the stage answers UNCERTAIN for them and they are never trained on), each
-photo also once through :func:`pad_synth.bona_fide_variant`. Attacks: NUAA's real prints and,
+photo also `variants` times through :func:`pad_synth.bona_fide_variant` (other cameras).
+Attacks: NUAA's real prints and,
 per colour photo, `prints` synthetic prints and `replays` synthetic replays. Faces whose
 evidence is missing (crop mostly outside the image, face too small: `recognizer.face.liveness
 .evidence_missing`) are left out, as the service never scores them either.
@@ -38,6 +39,7 @@ from recognizer.face.liveness import context_crop, evidence_missing
 
 KINDS = ("live", "print", "replay")
 SEED = 27
+VARIANTS = 2  # bona fide variants (other synthetic cameras) per colour photo
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ def build(
     faces_root: Path | None,
     prints: int = 2,
     replays: int = 2,
+    variants: int = VARIANTS,
     seed: int = SEED,
     context: float = pm.CONTEXT,
     progress: Callable = lambda it, **_: it,
@@ -132,7 +135,9 @@ def build(
             key = int.from_bytes(hashlib.sha256(f"{fs.name}/{im.path.name}".encode()).digest()[:4])
             group = f"{fs.name}/{im.identity}"
             add(fs.name, group, "live", False, photo)
-            add(fs.name, group, "live", True, ps.bona_fide_variant(photo, _rng(seed, key, 0)))
+            for k in range(variants):
+                frame = ps.bona_fide_variant(photo, _rng(seed, key, 50 * k))
+                add(fs.name, group, "live", True, frame)
             for k in range(prints):
                 add(fs.name, group, "print", True, ps.make_print(photo, _rng(seed, key, 1 + k)))
             for k in range(replays):
@@ -188,13 +193,16 @@ def cached(
     faces_root: Path | None,
     prints: int = 2,
     replays: int = 2,
+    variants: int = VARIANTS,
     seed: int = SEED,
     context: float = pm.CONTEXT,
     progress: Callable = lambda it, **_: it,
 ) -> Corpus:
     """:func:`build`, kept in `cache_dir` under a key of the generator's code and the
     arguments (the detector is YuNet as shipped; delete the folder after changing it)."""
-    key = cache_key((str(pad_root), str(faces_root), prints, replays, seed, context, pm.SIZE))
+    key = cache_key(
+        (str(pad_root), str(faces_root), prints, replays, variants, seed, context, pm.SIZE)
+    )
     path = cache_dir / f"pad-corpus-{key}.npz"
     if path.is_file():
         return load(path)
@@ -204,6 +212,7 @@ def cached(
         faces_root=faces_root,
         prints=prints,
         replays=replays,
+        variants=variants,
         seed=seed,
         context=context,
         progress=progress,

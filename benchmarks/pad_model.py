@@ -15,6 +15,11 @@ ONNX ops:
   4x4 grid (the blur and flat texture of a reprinted face), as logs;
 - colour texture: uniform LBP(8, 1) histograms of Y, Cr and Cb, and of Y at half resolution
   (halftone, paper grain, a screen's pixel grid and moire), square-rooted;
+- the medium (:func:`_medium_features`, added for transfer across attack types and cameras:
+  they describe what any recapture does, not one generator): colour moments of Y, Cr, Cb,
+  HSV saturation and value over the crop and its centre, the share of specular pixels, the
+  power spectrum of Y in radial bands with its high-band peak (a DFT as matrix products),
+  and Laplacian-variance blur at two scales;
 its last part is a logistic regression (standardisation and Platt calibration baked in)
 trained in numpy. Training
 features come from running the feature part of the very same graph with onnxruntime, so the
@@ -24,7 +29,7 @@ pre-processing is written once.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,24 +71,25 @@ def load_pad_folder(root: Path) -> list[PadSample]:
 # --- graph -------------------------------------------------------------------------------
 
 
-def _gauss(sigma: float, radius: int) -> np.ndarray:
+DOG_SIGMAS = (0.7, 1.4, 2.8)
+# 1x1 conv from the three Gaussian blurs to the two DoGs (0.7 - 1.4, 1.4 - 2.8)
+_DOG_PAIRS = np.array([[1, -1, 0], [0, 1, -1]], np.float32).reshape(2, 3, 1, 1)
+
+
+def _gauss1(sigma: float, radius: int) -> np.ndarray:
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     g = np.exp(-(x**2) / (2 * sigma**2))
-    g /= g.sum()
-    return np.outer(g, g)
+    return g / g.sum()
 
 
 def _texture_kernels() -> np.ndarray:
-    """Fixed filters on Y, all 13x13 (zero-padded): Laplacian, Sobel x/y, two DoGs."""
-    k = 13
-    c = k // 2
-    bank = np.zeros((5, 1, k, k), np.float32)
-    bank[0, 0, c - 1 : c + 2, c - 1 : c + 2] = [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
+    """Fixed 3x3 filters on Y: Laplacian, Sobel x and y (the two DoGs are separable:
+    DOG_SIGMAS)."""
+    bank = np.zeros((3, 1, 3, 3), np.float32)
+    bank[0, 0] = [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
     sobel = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
-    bank[1, 0, c - 1 : c + 2, c - 1 : c + 2] = sobel
-    bank[2, 0, c - 1 : c + 2, c - 1 : c + 2] = sobel.T
-    bank[3, 0] = _gauss(0.7, c) - _gauss(1.4, c)
-    bank[4, 0] = _gauss(1.4, c) - _gauss(2.8, c)
+    bank[1, 0] = sobel
+    bank[2, 0] = sobel.T
     return bank
 
 
@@ -123,7 +129,7 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
         return name
 
     def node(op: str, inputs: Sequence[str], output: str, **attrs: object) -> str:
-        nodes.append(helper.make_node(op, list(inputs), [output], **attrs))
+        nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attrs))
         return output
 
     cell = SIZE // GRID
@@ -182,7 +188,16 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
         feats.append(node("Flatten", [h], f"f_hist_{name}", axis=1))
     # texture energies on Y (0..255 scale, so energies are in grey levels)
     y255 = node("Mul", ["y_ch", const("k255", np.array(255.0, np.float32))], "y255")
-    resp = node("Conv", [y255, const("tex_w", _texture_kernels())], "tex", pads=[6, 6, 6, 6])
+    # the 3x3 filters apart from the 13x13 DoGs: the same responses, a quarter of the work
+    small = node("Conv", [y255, const("tex_w3", _texture_kernels())], "tex3", pads=[1] * 4)
+    # the DoGs from three separable Gaussians (13 taps a row, then a column: the same sums)
+    g1 = np.stack([_gauss1(s, 6) for s in DOG_SIGMAS]).astype(np.float32)
+    rows = node("Conv", [y255, const("dog_r", g1[:, None, None, :])], "dog_rows", pads=[0, 6, 0, 6])
+    blurs = node(
+        "Conv", [rows, const("dog_c", g1[:, None, :, None])], "dog_g", pads=[6, 0, 6, 0], group=3
+    )
+    dog = node("Conv", [blurs, const("dog_w", _DOG_PAIRS)], "tex13")
+    resp = node("Concat", [small, dog], "tex", axis=1)
     energy = node(
         "AveragePool",
         [node("Abs", [resp], "tex_abs")],
@@ -234,6 +249,7 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
         feats.append(
             node("Flatten", [node("Sqrt", [hist], f"lbp_{name}_s")], f"f_lbp_{name}", axis=1)
         )
+    feats += _medium_features(node, const)
     features = node("Concat", feats, "features", axis=1)
     n_feat = _n_features()
     if classifier is None:
@@ -271,7 +287,244 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
 
 def _n_features() -> int:
     cells = GRID * GRID
-    return 5 * cells * 2 + 3 * HIST_BINS + 5 * cells + 4 * LBP_BINS
+    medium = 5 * 6 + 1 + 2 * (RINGS + 1) + 6
+    return 5 * cells * 2 + 3 * HIST_BINS + 5 * cells + 4 * LBP_BINS + medium
+
+
+RINGS = 16  # radial bands of the power spectrum
+
+
+def _dft(n: int) -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(n)
+    a = 2 * np.pi * np.outer(k, k) / n
+    return np.cos(a).astype(np.float32), np.sin(a).astype(np.float32)
+
+
+def _rings(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """[n*n, RINGS] one-hot radial bands 1..RINGS of an n x n spectrum (band 0, round DC,
+    left out; the last band holds the corners), and the high half's mask as weights of a
+    mean."""
+    f = np.fft.fftfreq(n)
+    r = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2) / 0.5
+    idx = np.minimum((r * RINGS).astype(int), RINGS).ravel()
+    onehot = (idx[:, None] == np.arange(1, RINGS + 1)[None, :]).astype(np.float32)
+    hi = (idx >= RINGS // 2).astype(np.float32)
+    return onehot, hi
+
+
+def _medium_features(node: Callable[..., str], const: Callable[..., str]) -> list[str]:
+    """What the medium does to the whole crop, whoever made it (a print, a screen, a camera):
+    - colour moments (mean, log std, skewness) of Y, Cr, Cb, saturation and value (HSV's V),
+      over the crop and over its centre (the face), and the share of specular pixels
+      (bright and unsaturated: a print's sheen, a screen's glare);
+    - the power spectrum of Y (Hann window) in RINGS radial bands, as log shares of the
+      total, and the high half's peak over its mean (moire, a pixel grid, a halftone screen
+      are peaks; a live face's texture is not), over the crop and over its centre;
+    - blur: log variance of the Laplacian at full and half resolution and their difference,
+      crop and centre (a recaptured face loses its finest detail first)."""
+    from onnx import TensorProto
+
+    q, c = SIZE // 4, SIZE // 2
+    out: list[str] = []
+
+    def centre(t: str, name: str) -> str:
+        return node(
+            "Slice",
+            [
+                t,
+                const(f"{name}_s", np.array([q, q], np.int64)),
+                const(f"{name}_e", np.array([q + c, q + c], np.int64)),
+                const(f"{name}_a", np.array([2, 3], np.int64)),
+            ],
+            name,
+        )
+
+    v = node("ReduceMax", ["x01"], "hsv_v", axes=[1], keepdims=1)
+    lo = node("ReduceMin", ["x01"], "hsv_lo", axes=[1], keepdims=1)
+    sat = node(
+        "Div",
+        [
+            node("Sub", [v, lo], "hsv_range"),
+            node("Add", [v, const("eps_v", np.array(1e-3, np.float32))], "hsv_v_e"),
+        ],
+        "hsv_s",
+    )
+    five = node("Concat", ["y_ch", "cr_ch", "cb_ch", sat, v], "mom_in", axis=1)
+    for part, t in (("all", five), ("mid", centre(five, "mom_mid"))):
+        m = node("GlobalAveragePool", [t], f"mom_{part}_m")
+        d = node("Sub", [t, m], f"mom_{part}_d")
+        d2 = node("Mul", [d, d], f"mom_{part}_d2")
+        var = node("GlobalAveragePool", [d2], f"mom_{part}_v")
+        sd = node(
+            "Sqrt",
+            [
+                node(
+                    "Add",
+                    [var, const(f"mom_{part}_eps", np.array(1e-8, np.float32))],
+                    f"mom_{part}_ve",
+                )
+            ],
+            f"mom_{part}_sd",
+        )
+        m3 = node("GlobalAveragePool", [node("Mul", [d2, d], f"mom_{part}_d3")], f"mom_{part}_m3")
+        skew = node(
+            "Div",
+            [m3, node("Mul", [node("Mul", [sd, sd], f"mom_{part}_sd2"), sd], f"mom_{part}_sd3")],
+            f"mom_{part}_sk",
+        )
+        logsd = node("Log", [node("Add", [sd, "eps_std"], f"mom_{part}_sde")], f"mom_{part}_lsd")
+        for k, t2 in (("m", m), ("lsd", logsd), ("sk", skew)):
+            out.append(node("Flatten", [t2], f"f_mom_{part}_{k}", axis=1))
+    spec = node(
+        "Cast",
+        [
+            node(
+                "And",
+                [
+                    node("Greater", [v, const("spec_v", np.array(0.9, np.float32))], "spec_hi"),
+                    node("Less", [sat, const("spec_s", np.array(0.15, np.float32))], "spec_ls"),
+                ],
+                "spec_and",
+            )
+        ],
+        "spec_f",
+        to=TensorProto.FLOAT,
+    )
+    out.append(
+        node(
+            "Flatten",
+            [node("Sqrt", [node("GlobalAveragePool", [spec], "spec_m")], "spec_sq")],
+            "f_spec",
+            axis=1,
+        )
+    )
+    # power spectrum of Y: F = W X W^T with W = C - iS (C, S symmetric)
+    for part, y, n in (("all", "y_ch", SIZE), ("mid", centre("y_ch", "fft_mid_y"), c)):
+        cos, sin = _dft(n)
+        hann = np.hanning(n).astype(np.float32)
+        onehot, hi = _rings(n)
+        p = node("Sub", [y, node("GlobalAveragePool", [y], f"fft_{part}_mu")], f"fft_{part}_p")
+        p = node(
+            "Mul", [p, const(f"fft_{part}_win", np.outer(hann, hann)[None, None])], f"fft_{part}_pw"
+        )
+        cn, sn = const(f"fft_{part}_c", cos), const(f"fft_{part}_sn", sin)
+        cx = node("MatMul", [cn, p], f"fft_{part}_cx")
+        sx = node("MatMul", [sn, p], f"fft_{part}_sx")
+        re = node(
+            "Sub",
+            [
+                node("MatMul", [cx, cn], f"fft_{part}_cxc"),
+                node("MatMul", [sx, sn], f"fft_{part}_sxs"),
+            ],
+            f"fft_{part}_re",
+        )
+        im = node(
+            "Add",
+            [
+                node("MatMul", [cx, sn], f"fft_{part}_cxs"),
+                node("MatMul", [sx, cn], f"fft_{part}_sxc"),
+            ],
+            f"fft_{part}_im",
+        )
+        pw = node(
+            "Add",
+            [node("Mul", [re, re], f"fft_{part}_re2"), node("Mul", [im, im], f"fft_{part}_im2")],
+            f"fft_{part}_pow",
+        )
+        flat = node("Flatten", [pw], f"fft_{part}_flat", axis=1)
+        tot = node(
+            "Add",
+            [
+                node(
+                    "ReduceSum",
+                    [flat, const(f"fft_{part}_ax", np.array([1], np.int64))],
+                    f"fft_{part}_tot0",
+                    keepdims=1,
+                ),
+                const(f"fft_{part}_eps", np.array(1e-9, np.float32)),
+            ],
+            f"fft_{part}_tot",
+        )
+        prof = node(
+            "Div",
+            [node("MatMul", [flat, const(f"fft_{part}_rings", onehot)], f"fft_{part}_prof0"), tot],
+            f"fft_{part}_prof",
+        )
+        out.append(
+            node("Log", [node("Add", [prof, f"fft_{part}_eps"], f"fft_{part}_pe")], f"f_fft_{part}")
+        )
+        hmax = node(
+            "ReduceMax",
+            [node("Mul", [flat, const(f"fft_{part}_hi", hi[None])], f"fft_{part}_hv")],
+            f"fft_{part}_hmax",
+            axes=[1],
+            keepdims=1,
+        )
+        hmean = node(
+            "MatMul",
+            [flat, const(f"fft_{part}_him", (hi / hi.sum())[:, None])],
+            f"fft_{part}_hmean",
+        )
+        ratio = node(
+            "Div",
+            [
+                hmax,
+                node(
+                    "Add",
+                    [hmean, const(f"fft_{part}_e12", np.array(1e-12, np.float32))],
+                    f"fft_{part}_hme",
+                ),
+            ],
+            f"fft_{part}_ratio",
+        )
+        out.append(
+            node(
+                "Log",
+                [node("Add", [ratio, f"fft_{part}_eps"], f"fft_{part}_re9")],
+                f"f_fft_{part}_peak",
+            )
+        )
+    # blur: Laplacian variance at two scales
+    lap = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32).reshape(1, 1, 3, 3)
+    const("blur_lap", lap)
+    for part, y in (("all", "y255"), ("mid", centre("y255", "blur_mid_y"))):
+        logs = []
+        for scale, t in (
+            ("1", y),
+            (
+                "2",
+                node("AveragePool", [y], f"blur_{part}_half", kernel_shape=[2, 2], strides=[2, 2]),
+            ),
+        ):
+            r = node("Conv", [t, "blur_lap"], f"blur_{part}_{scale}_r")
+            m = node("GlobalAveragePool", [r], f"blur_{part}_{scale}_m")
+            m2 = node(
+                "GlobalAveragePool",
+                [node("Mul", [r, r], f"blur_{part}_{scale}_r2")],
+                f"blur_{part}_{scale}_m2",
+            )
+            var = node(
+                "Sub",
+                [m2, node("Mul", [m, m], f"blur_{part}_{scale}_mm")],
+                f"blur_{part}_{scale}_v",
+            )
+            logs.append(
+                node(
+                    "Log",
+                    [
+                        node(
+                            "Add",
+                            [node("Relu", [var], f"blur_{part}_{scale}_vp"), "eps_tex"],
+                            f"blur_{part}_{scale}_ve",
+                        )
+                    ],
+                    f"blur_{part}_{scale}_l",
+                )
+            )
+        diff = node("Sub", logs, f"blur_{part}_d")
+        for k, t in enumerate((*logs, diff)):
+            out.append(node("Flatten", [t], f"f_blur_{part}_{k}", axis=1))
+    return out
 
 
 def _lbp_kernels() -> np.ndarray:

@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 
 FRAME = (480, 640)  # height, width of the generated frames
-VERSION = 1  # bump when a change alters the frames (cached corpora are keyed by it)
+VERSION = 2  # bump when a change alters the frames (cached corpora are keyed by it)
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -261,7 +261,9 @@ def make_replay(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def bona_fide_variant(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The same bona fide photo through another camera: rescaled 0.6..1.6x, mild blur,
-    brightness and contrast +-10%, sensor noise and JPEG (no medium, no perspective)."""
+    brightness and contrast +-10%, white balance +-6% per channel, saturation 80..115%,
+    sensor noise and JPEG (no medium, no perspective): a camera's colour rendering, like its
+    sharpness, must not tell the classes apart by itself."""
     x = photo.astype(np.float32)
     h, w = x.shape[:2]
     s = _u(rng, 0.6, 1.6)
@@ -269,4 +271,7 @@ def bona_fide_variant(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray
     x = cv2.resize(x, (max(8, round(w * s)), max(8, round(h * s))), interpolation=interp)
     x = _blur(x, _u(rng, 0, 1.0))
     x = (x - 128) * _u(rng, 0.9, 1.1) + 128 + _u(rng, -12, 12)
+    x = x * (1 + rng.uniform(-0.06, 0.06, 3).astype(np.float32))
+    grey = x.mean(2, keepdims=True)
+    x = grey + _u(rng, 0.8, 1.15) * (x - grey)
     return _sensor(x, rng)

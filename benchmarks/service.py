@@ -55,6 +55,19 @@ def inprocess_server(
     """A real server in this process on a free loopback port; yields (port, admin key).
 
     The threshold floor is lowered to -1 so a bench may ask for every top-k candidate."""
+    with inprocess_running(profile, data_dir, timeout, **overrides) as (running, key):
+        yield running.port, key
+
+
+@contextlib.contextmanager
+def inprocess_running(
+    profile: str = "default",
+    data_dir: Path | None = None,
+    timeout: float = 300.0,
+    **overrides: Any,
+) -> Iterator[tuple[Any, str]]:
+    """:func:`inprocess_server`, yielding the running server itself (a bench that reaches
+    into its engines, e.g. to score each face set with its own liveness fold model)."""
     from recognizer.config import load_config
     from recognizer.service.server import create_server
 
@@ -74,7 +87,7 @@ def inprocess_server(
         try:
             if not running.runtime.wait(timeout):
                 raise RuntimeError(f"server models failed to load for profile {profile}")
-            yield running.port, key
+            yield running, key
         finally:
             running.stop()
 

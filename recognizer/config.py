@@ -111,7 +111,7 @@ class Config:
     liveness_model_sha256: str = ""
     liveness_attack_threshold: float = -1.0
     liveness_live_threshold: float = -1.0
-    enroll_require_liveness: bool = False  # EnrollFace refuses a likely attack
+    enroll_require_liveness: bool = False  # EnrollFace refuses a likely attack or uncertain face
     # Storage (README "Several nodes"): empty or a file path is SQLite (a relative path is
     # under data_dir); postgresql://... is PostgreSQL, shared by every node, with a pool.
     database_url: str = ""

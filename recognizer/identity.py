@@ -175,6 +175,16 @@ class FaceIdentity:
                 field=field,
                 reason="PRESENTATION_ATTACK_SUSPECTED",
             )
+        if probe.liveness.decision is LivenessDecision.UNCERTAIN:
+            # Enrolment is the one moment a template is made: a print the model is unsure of
+            # (or a face it cannot judge) must not become one when the switch is on.
+            why = probe.liveness.missing or f"liveness score {probe.liveness.score:.3f}"
+            raise FailedPrecondition(
+                f"{field}: enrolment requires a live face and liveness is uncertain ({why}); "
+                "enrol from a live colour frame",
+                field=field,
+                reason="LIVENESS_UNCERTAIN",
+            )
 
     def verify(
         self, identity_id: str, image: np.ndarray, threshold: float | None = None

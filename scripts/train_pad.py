@@ -11,7 +11,7 @@ the model is for evaluation; see models/trained/pad_ref.md):
 - NUAA real frames (`--pad-data`, default ../shared/datasets/pad/nuaa: live and print
   frames, subject 0001 held out by `--hold-out` so the tests score a subject it never saw);
 - every *colour* face sample set under `--faces` (default ../shared/datasets/faces): each
-  photo bona fide, once more through another synthetic camera, and `--prints` synthetic
+  photo bona fide, twice more through other synthetic cameras, and `--prints` synthetic
   prints and `--replays` synthetic screen replays of it (benchmarks/pad_synth.py, `--seed`).
 
 A site retrains on its own frames with `--data DIR`, laid out `live/<subject>/*.jpg`,
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "held_out": ",".join(sorted(held)),
         "samples": ", ".join(f"{n} {k}" for k, n in counts.items()),
         "synthetic": f"benchmarks/pad_synth.py v{pc.ps.VERSION}, seed {args.seed}, "
-        f"{args.prints} prints + {args.replays} replays per photo"
+        f"{args.prints} prints + {args.replays} replays + {pc.VARIANTS} bona fide camera "
+        "variants per photo"
         if syn
         else "none",
         "inner_folds": ",".join(trained.folds),

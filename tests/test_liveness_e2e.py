@@ -9,7 +9,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import grpc
+import numpy as np
 import pytest
 
 from recognizer.client import Client
@@ -145,6 +147,35 @@ def test_enrolment_refuses_a_print_when_the_switch_is_on(c: Client) -> None:
     assert error_reason(err.value) == "PRESENTATION_ATTACK_SUSPECTED"
     got = c.identity.GetIdentity(identity_pb2.GetIdentityRequest(identity_id=ident), metadata=md)
     assert got.face_count == 0, "nothing is stored"
+
+
+def test_enrolment_refuses_an_uncertain_face_when_the_switch_is_on(c: Client) -> None:
+    """UNCERTAIN is not enough to make a template: a grey copy of a live frame (no colour,
+    so the stage cannot judge it) is refused with LIVENESS_UNCERTAIN, and nothing is stored;
+    its colour original enrols."""
+    md = c.metadata
+    ident = c.identity.CreateIdentity(
+        identity_pb2.CreateIdentityRequest(display_name="grey 0001"), metadata=md
+    ).identity_id
+    img = cv2.imdecode(np.frombuffer(live(40), np.uint8), cv2.IMREAD_COLOR)
+    grey = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    ok, buf = cv2.imencode(".png", grey)
+    assert ok
+    with pytest.raises(grpc.RpcError) as err:
+        c.identity.EnrollFace(
+            identity_pb2.EnrollFaceRequest(identity_id=ident, images=[buf.tobytes()], force=True),
+            metadata=md,
+        )
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert error_reason(err.value) == "LIVENESS_UNCERTAIN"
+    assert "no colour" in err.value.details()
+    got = c.identity.GetIdentity(identity_pb2.GetIdentityRequest(identity_id=ident), metadata=md)
+    assert got.face_count == 0, "nothing is stored"
+    resp = c.identity.EnrollFace(
+        identity_pb2.EnrollFaceRequest(identity_id=ident, images=[live(40)], force=True),
+        metadata=md,
+    )
+    assert resp.faces[0].face.liveness == common_pb2.LIVENESS_LIVE
 
 
 def test_every_face_call_reports_liveness(c: Client, payer: str) -> None:

@@ -165,3 +165,56 @@ def test_cross_attack_models_are_scored_on_the_attack_they_never_saw() -> None:
         assert f.apcer_replay.total == 3 and f.apcer_print.total == 0
     for f in replays_only:
         assert f.apcer_print.total == 3 and f.apcer_replay.total == 0
+
+
+def test_fold_models_leave_their_set_out_and_the_bench_scores_each_set_with_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import fusion, pad_folds
+    from benchmarks.pad_corpus import Corpus
+
+    rng = np.random.default_rng(1)
+    kinds, sources, groups, syn = [], [], [], []
+    for src in ("nuaa", "s1", "s2"):
+        for person in range(3):
+            for kind in ("live", "live", "print", "replay"):
+                kinds.append(kind)
+                sources.append(src)
+                groups.append(f"{src}/{person}")
+                syn.append(src != "nuaa" and kind != "live")
+    kind = np.array(kinds)
+    # Bona fide crops are bright and noisy, attacks darker and smoother.
+    crops = rng.integers(0, 60, (len(kind), 3, pm.SIZE, pm.SIZE)).astype(np.uint8)
+    crops[kind == "live"] += 120
+    corpus = Corpus(np.array(sources), np.array(groups), kind, np.array(syn), crops, 0)
+    monkeypatch.setattr(pad_folds.pc, "cached", lambda *a, **k: corpus)
+    models = pad_folds.leave_set_out_models(
+        tmp_path, lambda img: [], pad_root=None, faces_root=tmp_path
+    )
+    assert set(models) == {"s1", "s2"}, "one model per face set whose attacks are synthetic"
+    for name, path in models.items():
+        stage = build_liveness(model_path=path, model_sha256=sha256_file(path))
+        meta = stage.model.metadata
+        assert meta["left_out"] == name and name not in meta["sources"].split(",")
+        assert stage.thresholds.attack <= stage.thresholds.live
+    again = pad_folds.leave_set_out_models(
+        tmp_path, lambda img: [], pad_root=None, faces_root=tmp_path
+    )
+    assert again == models, "cached"
+
+    class Faces:
+        liveness = "shipped"
+
+    faces, seen = Faces(), []
+
+    def decide(ev: fusion.Event) -> str:
+        seen.append(faces.liveness)
+        return "outcome"
+
+    fold = fusion._FoldLiveness(decide, faces, models)  # type: ignore[arg-type]
+    root = tmp_path / "faces"
+    for face in (root / "s1/a/a_1.jpg", root / "grey/b/b_1.jpg", root / "s2/c/c_1.jpg"):
+        assert fold(fusion.Event("genuine", "x", None, face)) == "outcome"
+        assert faces.liveness == "shipped", "restored after every event"
+    assert seen[0] is fold.stages["s1"] and seen[2] is fold.stages["s2"]
+    assert seen[1] == "shipped", "a set without a fold model (grey) keeps the shipped model"
