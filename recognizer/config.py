@@ -114,6 +114,8 @@ class Config:
     # NOT_SERVING and 1:N searches are refused rather than answered from a stale gallery.
     replica_poll_s: float = 0.5
     replica_max_lag_s: float = 2.0
+    # AdminService.WatchDecisions: streams open at once (each holds a worker thread).
+    watch_max_streams: int = 8
     # Faults of the store (README "Operations"). A node that starts while PostgreSQL is down
     # waits for it this long (retrying, NOT_SERVING), then exits 2; reconnects back off at
     # most database_retry_max_s, so the first success comes soon after the database returns.
@@ -230,6 +232,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "database_pool_size": (1, 1000),
     "replica_poll_s": (0.01, 60),
     "replica_max_lag_s": (0.1, None),
+    "watch_max_streams": (0, 1000),
     "database_wait_s": (0, 86400),
     "database_retry_max_s": (0.05, 60),
     "drain_s": (0, 600),

@@ -32,6 +32,7 @@ from recognizer.service.servicers import (
     IdentityServicer,
     RecognitionServicer,
 )
+from recognizer.service.watch import DecisionFeed
 from recognizer.store.crypto import TemplateKeyError
 from recognizer.store.faults import DatabaseUnreachable
 from recognizer.v1 import (
@@ -125,6 +126,7 @@ class RunningServer:
     trimmer: IdleTrim | None = None
     metrics_http: Any = None  # the Prometheus endpoint's HTTP server, when on
     metrics_port: int = 0
+    feed: DecisionFeed | None = None
 
     def stop(self, grace: float | None = 5.0, drain_s: float = 0.0) -> None:
         """Drain (health NOT_SERVING for `drain_s` while calls are still served, so load
@@ -134,6 +136,8 @@ class RunningServer:
         if drain_s > 0:
             time.sleep(drain_s)
         self.health.enter_graceful_shutdown()
+        if self.feed is not None:  # watch streams end now, not at the end of the grace
+            self.feed.close()
         self.server.stop(grace).wait()
         self.runtime.interrupt_store()
         if self.metrics_http is not None:
@@ -191,7 +195,12 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         RecognitionServicer(runtime), server
     )
     gate_pb2_grpc.add_GateServiceServicer_to_server(GateServicer(runtime), server)
-    gate_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime, metrics), server)
+    feed = DecisionFeed(
+        lambda: runtime.engines.gallery.store, config.watch_max_streams, config.replica_poll_s
+    )
+    gate_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(runtime, metrics, feed), server
+    )
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -274,6 +283,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
         trimmer,
         metrics_http,
         metrics_port,
+        feed,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import grpc
 
@@ -19,6 +20,7 @@ from recognizer.imaging import decode
 from recognizer.service import convert, principal
 from recognizer.service.interceptors import Metrics
 from recognizer.service.runtime import Runtime
+from recognizer.service.watch import DecisionFeed
 from recognizer.store.rows import AuditEntry
 from recognizer.v1 import (
     gate_pb2,
@@ -302,9 +304,10 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
 
 
 class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
-    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, metrics: Metrics, feed: DecisionFeed) -> None:
         self._rt = runtime
         self._metrics = metrics
+        self._feed = feed
 
     def ListDecisions(
         self, request: gate_pb2.ListDecisionsRequest, context: Ctx
@@ -321,6 +324,12 @@ class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
             limit=request.limit or 100,
         )
         return gate_pb2.ListDecisionsResponse(decisions=[convert.decision_record(r) for r in rows])
+
+    def WatchDecisions(
+        self, request: gate_pb2.WatchDecisionsRequest, context: Ctx
+    ) -> Iterator[gate_pb2.WatchDecisionsResponse]:
+        rows = self._feed.watch(request.gate_id, request.after_decision_id, context.is_active)
+        return (gate_pb2.WatchDecisionsResponse(decision=convert.decision_record(r)) for r in rows)
 
     def GetMetrics(
         self, request: gate_pb2.GetMetricsRequest, context: Ctx

@@ -1,0 +1,223 @@
+"""AdminService.WatchDecisions through a real server and client on 127.0.0.1 (SQLite).
+
+Most tests run a server whose runtime holds only the store (no models), and store decisions
+straight into it as the gate does; one makes its decision through Authorize on the real
+models. The PostgreSQL case, two nodes, is in tests/test_multinode.py.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from recognizer.client import Client
+from recognizer.config import Config
+from recognizer.service.runtime import Engines
+from recognizer.service.server import RunningServer
+from recognizer.store.crypto import NullCipher
+from recognizer.store.open import open_store
+from recognizer.v1 import gate_pb2
+from tests.conftest import client_for, start_server
+from tests.helpers import error_reason, scene
+
+WAIT_S = 30.0  # generous: a bound on a hang, not a latency target (that is test-slow's)
+
+
+@dataclass
+class StoreOnly:
+    """A gallery double: the servicers reach the store through it."""
+
+    store: Any
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def store_only(config: Config) -> Engines:
+    return Engines(faces=None, plates=None, gallery=StoreOnly(open_store(config, NullCipher())))
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = start_server(tmp_path, runtime_factory=store_only)
+    try:
+        assert running.runtime.wait(WAIT_S)
+        yield running
+    finally:
+        running.stop(grace=1.0)
+
+
+def decide(running: RunningServer, gate_id: str) -> str:
+    """Store a decision as the gate does; its id."""
+    decision_id = uuid.uuid4().hex
+    response = gate_pb2.AuthorizeResponse(
+        decision_id=decision_id, outcome=gate_pb2.OUTCOME_STEP_UP, policy_id="default"
+    )
+    running.runtime.engines.gallery.store.put_decision(
+        decision_id=decision_id,
+        gate_id=gate_id,
+        event_id=uuid.uuid4().hex,
+        outcome="step_up",
+        payload=response.SerializeToString(),
+    )
+    return decision_id
+
+
+class Watch:
+    """A WatchDecisions stream read by a thread into a queue."""
+
+    def __init__(self, client: Client, gate_id: str = "", after: str = "") -> None:
+        self.call = client.admin.WatchDecisions(
+            gate_pb2.WatchDecisionsRequest(gate_id=gate_id, after_decision_id=after),
+            metadata=client.metadata,
+        )
+        self.call.initial_metadata()  # the server has fixed where the watch starts
+        self.got: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for item in self.call:
+                self.got.put(item.decision)
+        except grpc.RpcError as exc:
+            self.got.put(exc)
+
+    def next(self) -> Any:
+        return self.got.get(timeout=WAIT_S)
+
+    def ids(self, n: int) -> list[str]:
+        return [self.next().decision_id for _ in range(n)]
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(WAIT_S)
+
+
+def test_decisions_stream_as_stored_and_only_the_gate_asked_for(server: RunningServer) -> None:
+    with closing(client_for(server, "admin")) as c:
+        watch = Watch(c, gate_id="G-1")
+        try:
+            first = decide(server, "G-1")
+            decide(server, "G-2")  # another gate's: not sent
+            second = decide(server, "G-1")
+            assert watch.ids(2) == [first, second]
+            assert watch.got.empty()
+        finally:
+            watch.close()
+        everything = Watch(c)
+        try:
+            ids = [decide(server, gate) for gate in ("G-1", "G-2")]
+            assert everything.ids(2) == ids
+        finally:
+            everything.close()
+
+
+def test_a_reconnect_with_the_last_id_resumes_without_loss_or_repeats(
+    server: RunningServer,
+) -> None:
+    with closing(client_for(server, "admin")) as c:
+        watch = Watch(c, gate_id="G-1")
+        seen = decide(server, "G-1")
+        assert watch.ids(1) == [seen]
+        watch.close()
+        missed = [decide(server, gate) for gate in ("G-1", "G-2", "G-1")]
+        resumed = Watch(c, gate_id="G-1", after=seen)
+        try:
+            assert resumed.ids(2) == [missed[0], missed[2]]
+            live = decide(server, "G-1")
+            assert resumed.ids(1) == [live]
+            assert resumed.got.empty()
+        finally:
+            resumed.close()
+
+
+def test_bad_watches_get_clear_errors(server: RunningServer) -> None:
+    with closing(client_for(server, "admin")) as c:
+        unknown = Watch(c, after=uuid.uuid4().hex)
+        err = unknown.next()
+        assert isinstance(err, grpc.RpcError) and err.code() is grpc.StatusCode.NOT_FOUND
+        assert "after_decision_id" in (err.details() or "")
+        too_long = Watch(c, after="x" * 65)
+        err = too_long.next()
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert error_reason(err) == "TOO_LONG"
+    for role in ("gate", "verifier"):
+        with closing(client_for(server, role)) as other:
+            denied = Watch(other)
+            err = denied.next()
+            assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_watch_max_streams_bounds_open_streams(tmp_path: Path) -> None:
+    running = start_server(tmp_path, runtime_factory=store_only, watch_max_streams=1)
+    try:
+        assert running.runtime.wait(WAIT_S)
+        with closing(client_for(running, "admin")) as c:
+            first = Watch(c)
+            decide(running, "G-1")
+            first.next()  # the first stream is open
+            err = Watch(c).next()
+            assert err.code() is grpc.StatusCode.UNAVAILABLE
+            assert error_reason(err) == "TOO_MANY_STREAMS"
+            first.close()
+    finally:
+        running.stop(grace=1.0)
+
+
+def test_a_stopping_server_ends_its_streams_with_shutting_down(tmp_path: Path) -> None:
+    running = start_server(tmp_path, runtime_factory=store_only, stop_grace_s=60)
+    stopped = False
+    try:
+        assert running.runtime.wait(WAIT_S)
+        with closing(client_for(running, "admin")) as c:
+            watch = Watch(c)
+            decide(running, "G-1")
+            watch.next()
+            stopper = threading.Thread(target=running.stop, kwargs={"grace": 60.0})
+            stopper.start()
+            err = watch.next()
+            assert err.code() is grpc.StatusCode.UNAVAILABLE
+            assert error_reason(err) == "SHUTTING_DOWN"
+            stopper.join(WAIT_S)
+            assert not stopper.is_alive(), "the stream held the stop for its whole grace"
+            stopped = True
+    finally:
+        if not stopped:
+            running.stop(grace=1.0)
+
+
+def test_an_authorize_is_seen_on_the_stream(admin: Client, real_server: RunningServer) -> None:
+    gate_id = f"G-watch-{uuid.uuid4().hex[:8]}"
+    frame, _ = scene(0)
+    watch = Watch(admin, gate_id=gate_id)
+    try:
+        response = admin.gate.Authorize(
+            gate_pb2.AuthorizeRequest(
+                gate_id=gate_id,
+                event_id="E-1",
+                vehicle_image=frame,
+                amount_minor=500,
+                currency="CNY",
+                direction=gate_pb2.DIRECTION_ENTRY,
+            ),
+            metadata=admin.metadata,
+            timeout=60,
+        )
+        record = watch.next()
+        assert record.decision_id == response.decision_id
+        assert (record.gate_id, record.event_id) == (gate_id, "E-1")
+        assert record.response.outcome == response.outcome
+        assert [r.code for r in record.response.reasons] == [r.code for r in response.reasons]
+        assert record.amount_minor == 500
+    finally:
+        watch.close()
