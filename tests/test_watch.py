@@ -221,3 +221,57 @@ def test_an_authorize_is_seen_on_the_stream(admin: Client, real_server: RunningS
         assert record.amount_minor == 500
     finally:
         watch.close()
+
+
+# --- PostgreSQL: every node sees every node's decisions, in commit order -------------------
+
+
+def test_on_postgresql_node_b_streams_a_decision_stored_by_node_a(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Not timed (test-slow's multinode test holds the 2-s bound): B hears A's NOTIFY."""
+    a = start_server(tmp_path / "a", runtime_factory=store_only, database_url=pg_url)
+    b = start_server(tmp_path / "b", runtime_factory=store_only, database_url=pg_url)
+    try:
+        assert a.runtime.wait(WAIT_S) and b.runtime.wait(WAIT_S)
+        with closing(client_for(b, "admin")) as c:
+            watch = Watch(c, gate_id="G-1")
+            made = [decide(a, "G-1"), decide(b, "G-2"), decide(a, "G-1")]
+            assert watch.ids(2) == [made[0], made[2]]
+            watch.close()
+            later = decide(a, "G-1")
+            resumed = Watch(c, gate_id="G-1", after=made[2])
+            assert resumed.ids(1) == [later]
+            resumed.close()
+    finally:
+        a.stop(grace=1.0)
+        b.stop(grace=1.0)
+
+
+def test_on_postgresql_a_decision_committed_late_is_not_skipped(pg_url: str) -> None:
+    """Transactions commit out of order: a watcher must not pass a decision whose writer is
+    still open (it would never see it), nor send one twice."""
+    import psycopg
+
+    from recognizer.store.open import StoreLocation
+
+    config = Config(database_url=pg_url)
+    store = StoreLocation.of(config).open(NullCipher(), 4, 0.0, 1.0)
+    try:
+        start = store.decision_head()
+        with psycopg.connect(pg_url) as late:  # a writer that began first and commits last
+            late.execute(
+                "INSERT INTO decisions (decision_id, gate_id, event_id, outcome, payload,"
+                " created_at) VALUES ('late', 'G', 'E-late', 'deny', '', extract(epoch FROM now()))"
+            )
+            early = store.put_decision(
+                decision_id="early", gate_id="G", event_id="E-early", outcome="deny", payload=b""
+            )
+            assert store.decisions_after(start, 10) == []  # held back behind the open writer
+            late.commit()
+        both = store.decisions_after(start, 10)
+        assert [row.decision_id for _, row in both] == ["late", early.decision_id]
+        assert store.decisions_after(both[-1][0], 10) == []
+        assert store.decision_mark("early") == both[-1][0]
+    finally:
+        store.close()
