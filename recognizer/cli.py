@@ -99,11 +99,20 @@ def serve(
     from recognizer.store.files import private_dir
 
     private_dir(config.data_dir)
+    from recognizer.store import dirlock
+
+    try:  # held for the process's life: restore refuses the directory meanwhile
+        lock = dirlock.hold(config.data_dir, "a running server")
+    except dirlock.DataDirHeld as exc:
+        click.echo(f"error: {exc}: give each server its own --data-dir", err=True)
+        sys.exit(2)
     try:
         run(config)
     except PortBusy as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        lock.release()
 
 
 def _key_or_exit(location: Any) -> None:
@@ -284,20 +293,34 @@ def restore(src: Path, data_dir: Path) -> None:
 @click.option(
     "--older-than-days", type=float, default=None, help="Default: the configured retention_days."
 )
+@click.option(
+    "--pre-restore",
+    is_flag=True,
+    help="Also remove the pre-restore-* folders restores left in the data directory, as old.",
+)
 @data_dir_option
-def purge(older_than_days: float | None, data_dir: Path) -> None:
+def purge(older_than_days: float | None, pre_restore: bool, data_dir: Path) -> None:
     """Delete decision records (and plate sightings) older than N days."""
     from recognizer import maintenance
     from recognizer.config import load_config
     from recognizer.store.crypto import cipher_from_env
 
     days = older_than_days if older_than_days is not None else load_config().retention_days
+    if pre_restore:
+        _purge_pre_restore(data_dir, days)
     location = _location(data_dir)
     where = location if location.url else data_dir  # SQLite: the data directory, as before
     decisions, sightings = _maintenance(lambda: maintenance.purge(where, days, cipher_from_env()))
     click.echo(
         f"purged {decisions} decision records and {sightings} sightings older than {days:g} days"
     )
+
+
+def _purge_pre_restore(data_dir: Path, days: float) -> None:
+    from recognizer import maintenance
+
+    removed = _maintenance(lambda: maintenance.purge_pre_restore(data_dir, days))
+    click.echo(f"removed {len(removed)} pre-restore folders older than {days:g} days")
 
 
 # --- template keys -------------------------------------------------------------------------
