@@ -105,6 +105,15 @@ _access: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
 )
 
 
+def abort(context: grpc.ServicerContext, status: grpc.Status) -> None:
+    """abort_with_status, with the call's request id in the trailers."""
+    current = _access.get()
+    if current is not None and current.get("request_id"):
+        trailers = (*status.trailing_metadata, (REQUEST_ID_HEADER, current["request_id"]))
+        status = status._replace(trailing_metadata=trailers)  # type: ignore[attr-defined]
+    context.abort_with_status(status)
+
+
 def note(**fields: Any) -> None:
     """Add fields to the current call's access-log line (no-op outside a call)."""
     current = _access.get()
@@ -165,9 +174,12 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                 ok = False
                 response = None
                 try:
-                    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     response = behavior(request, context)
                     ok = not _aborted(context)
+                    # Headers only with an answer: a refusal stays a trailers-only response,
+                    # which a client's retry policy may retry (headers commit the call). A
+                    # refusal carries the id in its trailers (`abort`).
+                    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     return response
                 finally:
                     _access.reset(access)
@@ -309,7 +321,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
             note(key=_key_name(key) if key is not None else "")
-            context.abort_with_status(status)
+            abort(context, status)
 
         handler = continuation(details)
         if handler is None:
@@ -321,7 +333,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler.stream_stream is not None:  # reflection
 
             def deny_stream(request_iter: Any, context: grpc.ServicerContext) -> Any:
-                context.abort_with_status(status)
+                abort(context, status)
 
             return handler._replace(stream_stream=deny_stream)
         return handler
@@ -401,19 +413,21 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
     def _refuse(context: grpc.ServicerContext, method: str, verdict: Verdict) -> None:
         telemetry.REJECTIONS.labels(method, verdict.outcome.name.lower()).inc()
         if verdict.outcome in (Outcome.TOO_SHORT, Outcome.CANCELLED):
-            context.abort_with_status(
+            abort(
+                context,
                 build_status(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     "the deadline ran out before work started",
                     reason="DEADLINE_TOO_SHORT",
-                )
+                ),
             )
         why = {
             Outcome.FULL: "the queue is full",
             Outcome.LATE: "the queue would outlast the deadline",
             Outcome.QUEUE_TIMEOUT: "no slot within the queue time limit",
         }[verdict.outcome]
-        context.abort_with_status(
+        abort(
+            context,
             build_status(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many calls to {method}: {why}; "
@@ -421,7 +435,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 reason="OVERLOADED",
                 metadata={"queued_ahead": str(verdict.queued_ahead)},
                 retry_after_s=verdict.retry_after_s,
-            )
+            ),
         )
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
@@ -495,13 +509,14 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
 
 def _refuse_undecodable(request: Any, context: grpc.ServicerContext, method: str) -> None:
     if isinstance(request, Undecodable):
-        context.abort_with_status(
+        abort(
+            context,
             build_status(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid message for {method} "
                 f"({request.error}); check string fields are UTF-8",
                 reason="MALFORMED_REQUEST",
-            )
+            ),
         )
     if isinstance(request, Message):
         limits.check(request)
@@ -513,7 +528,7 @@ def _mapped_stream(stream: Iterator[Any], context: grpc.ServicerContext) -> Iter
     except Exception as exc:
         if _aborted(context):
             raise
-        context.abort_with_status(status_for_exception(exc))
+        abort(context, status_for_exception(exc))
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -528,7 +543,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 except Exception as exc:
                     if _aborted(context):
                         raise  # the servicer already chose a status
-                    context.abort_with_status(status_for_exception(exc))
+                    abort(context, status_for_exception(exc))
 
             return mapped
 
