@@ -198,9 +198,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     feed = DecisionFeed(
         lambda: runtime.engines.gallery.store, config.watch_max_streams, config.replica_poll_s
     )
-    gate_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(runtime, metrics, feed), server
-    )
+    gate_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime, metrics, feed), server)
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

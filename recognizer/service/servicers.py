@@ -299,6 +299,9 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
                 response.policy_id,
                 gate_pb2.Outcome.Name(response.outcome).removeprefix("OUTCOME_").lower(),
                 (r.code for r in response.reasons),
+                request.amount_minor,
+                # The only currency the deciding policy accepts (an empty one means it).
+                self._rt.config.policies.for_gate(request.gate_id).currency,
             )
         return response
 
