@@ -7,6 +7,7 @@ models. The PostgreSQL case, two nodes, is in tests/test_multinode.py.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import uuid
@@ -26,7 +27,7 @@ from recognizer.service.server import RunningServer
 from recognizer.store.crypto import NullCipher
 from recognizer.store.open import open_store
 from recognizer.v1 import gate_pb2
-from tests.conftest import client_for, start_server
+from tests.conftest import KEYS, client_for, start_server
 from tests.helpers import error_reason, scene
 
 WAIT_S = 30.0  # generous: a bound on a hang, not a latency target (that is test-slow's)
@@ -141,7 +142,10 @@ def test_a_reconnect_with_the_last_id_resumes_without_loss_or_repeats(
             resumed.close()
 
 
-def test_bad_watches_get_clear_errors(server: RunningServer) -> None:
+def test_bad_watches_get_clear_errors(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="recognizer.access")
     with closing(client_for(server, "admin")) as c:
         unknown = Watch(c, after=uuid.uuid4().hex)
         err = unknown.next()
@@ -156,6 +160,16 @@ def test_bad_watches_get_clear_errors(server: RunningServer) -> None:
             denied = Watch(other)
             err = denied.next()
             assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    # The access log has each refused watch, with the key's name (never the key).
+    lines = [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "recognizer.access" and r.fields["method"].endswith("/WatchDecisions")  # type: ignore[attr-defined]
+    ]
+    codes = ["INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "PERMISSION_DENIED"]
+    assert sorted(line["code"] for line in lines) == codes
+    assert all(line["key"] and line["sent"] == 0 for line in lines)
+    assert not any(key in str(lines) for key in KEYS.values())
 
 
 def test_watch_max_streams_bounds_open_streams(tmp_path: Path) -> None:

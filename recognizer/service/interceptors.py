@@ -196,13 +196,13 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                 t0 = time.perf_counter()
                 request_id = request_id_of(d.invocation_metadata)
                 fields: dict[str, Any] = {"request_id": request_id, "key": "", "sent": 0}
-                access = _access.set(fields)
-                try:  # the inner wrappers note the key now; the stream runs as it is read
-                    stream = behavior(request, context)
-                finally:
-                    _access.reset(access)
-                context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                 try:
+                    access = _access.set(fields)
+                    try:  # the inner wrappers note the key now; the stream runs as it is read
+                        stream = behavior(request, context)
+                    finally:
+                        _access.reset(access)
+                    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     for item in stream:
                         fields["sent"] += 1
                         yield item
