@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from recognizer import accounting, deadline, telemetry
+from recognizer import accounting, deadline, telemetry, tracing
 from recognizer.api import API_KEY_HEADER
 from recognizer.config import ApiKey, Role, hash_key
 from recognizer.deadline import RecentCosts
@@ -174,7 +174,8 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                 ok = False
                 response = None
                 try:
-                    response = behavior(request, context)
+                    with tracing.span(d.method, request_id=request_id):
+                        response = behavior(request, context)
                     ok = not _aborted(context)
                     # Headers only with an answer: a refusal stays a trailers-only response,
                     # which a client's retry policy may retry (headers commit the call). A

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recognizer import __version__, telemetry
+from recognizer import __version__, telemetry, tracing
 from recognizer import models as model_store
 from recognizer.config import Config
 from recognizer.memory import IdleTrim, limit_malloc_arenas
@@ -167,6 +167,7 @@ def create_server(config: Config, runtime: Runtime | None = None) -> RunningServ
     Models load in the background; health reports NOT_SERVING until they are ready.
     """
     limit_malloc_arenas(config.malloc_arena_max)  # before the handler threads allocate
+    tracing.configure(config.trace_exporter)
     runtime = runtime or Runtime(config)
     metrics = Metrics()
     admission = AdmissionInterceptor(
