@@ -339,24 +339,12 @@ def test_sigkill_during_enrolment_loses_no_acknowledged_write(cluster: Cluster, 
 def test_watch_decisions_on_b_sees_a_decision_made_on_a_within_2s(
     cluster: Cluster, a: Client, b: Client
 ) -> None:
-    from tests.test_watch import Watch
+    from tests.test_watch import Watch, authorize_scene
 
     gate_id = f"G-watch-{uuid.uuid4().hex[:8]}"
-    frame, _ = scene(1)
     watch = Watch(b, gate_id=gate_id)
     try:
-        response = a.gate.Authorize(
-            gate_pb2.AuthorizeRequest(
-                gate_id=gate_id,
-                event_id="E-1",
-                vehicle_image=frame,
-                amount_minor=500,
-                currency="CNY",
-                direction=gate_pb2.DIRECTION_ENTRY,
-            ),
-            metadata=a.metadata,
-            timeout=RPC_TIMEOUT,
-        )
+        response = authorize_scene(a, gate_id, 1)
         answered = time.monotonic()
         record = watch.next()
         took = time.monotonic() - answered

@@ -210,23 +210,28 @@ def test_a_stopping_server_ends_its_streams_with_shutting_down(tmp_path: Path) -
             running.stop(grace=1.0)
 
 
+def authorize_scene(c: Client, gate_id: str, k: int) -> gate_pb2.AuthorizeResponse:
+    """A stranger's car (the k-th scene frame) at `gate_id`, 500 CNY, event E-1."""
+    frame, _ = scene(k)
+    return c.gate.Authorize(
+        gate_pb2.AuthorizeRequest(
+            gate_id=gate_id,
+            event_id="E-1",
+            vehicle_image=frame,
+            amount_minor=500,
+            currency="CNY",
+            direction=gate_pb2.DIRECTION_ENTRY,
+        ),
+        metadata=c.metadata,
+        timeout=60,
+    )
+
+
 def test_an_authorize_is_seen_on_the_stream(admin: Client, real_server: RunningServer) -> None:
     gate_id = f"G-watch-{uuid.uuid4().hex[:8]}"
-    frame, _ = scene(0)
     watch = Watch(admin, gate_id=gate_id)
     try:
-        response = admin.gate.Authorize(
-            gate_pb2.AuthorizeRequest(
-                gate_id=gate_id,
-                event_id="E-1",
-                vehicle_image=frame,
-                amount_minor=500,
-                currency="CNY",
-                direction=gate_pb2.DIRECTION_ENTRY,
-            ),
-            metadata=admin.metadata,
-            timeout=60,
-        )
+        response = authorize_scene(admin, gate_id, 0)
         record = watch.next()
         assert record.decision_id == response.decision_id
         assert (record.gate_id, record.event_id) == (gate_id, "E-1")
