@@ -49,7 +49,8 @@ def test_bench_quick_writes_only_where_git_ignores() -> None:
     assert all(path.startswith("benchmarks/results/") for path in full)  # the record
 
 
-@pytest.mark.slow  # every quick bench, minutes
+@pytest.mark.slow  # every quick bench: about 10 minutes on a quiet machine
+@pytest.mark.timeout(3600)  # beyond the suite's 600 s per test
 def test_make_bench_quick_leaves_git_status_clean() -> None:
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
