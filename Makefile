@@ -116,14 +116,17 @@ bench: setup models-all bench-deps postgres
 	$(BENCH) cluster --out $(BENCH_OUT)/cluster
 	$(BENCH) results --results $(BENCH_OUT) --command "make bench"
 
+# The quick run is a check, not a record: it writes under benchmarks/out/ (git-ignored) and
+# leaves the committed results, which only `make bench` changes, as they are.
+QUICK_OUT := benchmarks/out
 bench-quick: setup models-all bench-deps
-	$(BENCH) faces --quick --out $(BENCH_OUT)/faces
-	$(BENCH) plates --quick --out $(BENCH_OUT)/plates
-	$(BENCH) fusion --quick --out $(BENCH_OUT)/fusion
-	$(BENCH) pad --quick --out $(BENCH_OUT)/pad
-	$(BENCH) index --quick --out $(BENCH_OUT)/index
-	$(BENCH) service --quick --out $(BENCH_OUT)/service
-	$(BENCH) results --results $(BENCH_OUT) --command "make bench-quick"
+	$(BENCH) faces --quick --out $(QUICK_OUT)/faces
+	$(BENCH) plates --quick --out $(QUICK_OUT)/plates
+	$(BENCH) fusion --quick --out $(QUICK_OUT)/fusion
+	$(BENCH) pad --quick --out $(QUICK_OUT)/pad
+	$(BENCH) index --quick --out $(QUICK_OUT)/index
+	$(BENCH) service --quick --out $(QUICK_OUT)/service
+	$(BENCH) results --results $(QUICK_OUT) --dest $(QUICK_OUT)/RESULTS.md --command "make bench-quick"
 
 lint: install
 	$(BIN)/ruff check recognizer scripts benchmarks tests

@@ -596,12 +596,39 @@ def overload(
     show_default=True,
 )
 @click.option("--command", "commands", multiple=True, help="The commands that made them.")
-def results(results_dir: Path, commands: tuple[str, ...]) -> None:
-    """Collect every report under RESULTS into benchmarks/RESULTS.md."""
+@click.option(
+    "--dest",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=REPO_ROOT / "benchmarks" / "RESULTS.md",
+    show_default=True,
+    help="The page to write (bench-quick: under benchmarks/out/, beside its results).",
+)
+def results(results_dir: Path, commands: tuple[str, ...], dest: Path) -> None:
+    """Collect every report under RESULTS into one page (benchmarks/RESULTS.md)."""
     from benchmarks.report import collect_results
 
-    path = collect_results(results_dir, REPO_ROOT / "benchmarks" / "RESULTS.md", commands)
+    path = collect_results(results_dir, dest, commands)
     _done(path)
+
+
+@bench.command()
+@click.argument(
+    "results_dir",
+    required=False,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=REPO_ROOT / "benchmarks" / "results",
+)
+def compact(results_dir: Path) -> None:
+    """Rewrite every results.json under RESULTS_DIR as a summary (as benches now write
+    them: event rows keep their id, outcome and reasons; other rows only their count)."""
+    import json
+
+    from benchmarks.report import write_compact
+
+    for path in sorted(results_dir.rglob("results.json")):
+        before = path.stat().st_size
+        write_compact(json.loads(path.read_text(encoding="utf-8")), path)
+        click.echo(f"{path}: {before // 1000} kB -> {path.stat().st_size // 1000} kB", err=True)
 
 
 @bench.command()

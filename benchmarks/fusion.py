@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 from benchmarks.datasets import discover_face_sets, discover_plate_sets
 from benchmarks.metrics import wilson_ci
-from benchmarks.report import Report, decode_file, pct, plot_det, progress
+from benchmarks.report import ROWS_NAME, Report, decode_file, event_key, pct, plot_det, progress
 from recognizer.policy import FACE_FLOOR_FMR
 
 GATE = "bench-gate-1"
@@ -950,10 +951,16 @@ def report(
 
 
 def outcomes_from_json(path: Path) -> list[Outcome]:
-    """The events of an earlier run's results.json, to report them again."""
+    """The events of an earlier run's rows.json (or a results.json from before results were
+    summaries), to report them again."""
     out = []
     for e in json.loads(path.read_text(encoding="utf-8"))["results"]["events"]:
         ev = e.pop("event")
+        if not isinstance(ev, dict):
+            raise click.ClickException(
+                f"{path} is a summary (events by id only): report again from the run's "
+                f"{ROWS_NAME}, beside it"
+            )
         event = Event(
             ev["kind"],
             ev["person"],
@@ -997,17 +1004,18 @@ def _one_to_n_section(
 
 def _moved_section(rep: Report, outcomes: Sequence[Outcome], baseline: Path) -> list[dict]:
     """Events whose Authorize outcome differs from a baseline run's (results.json)."""
-    before = {o.event.key(): o for o in outcomes_from_json(baseline)}
+    events = json.loads(baseline.read_text(encoding="utf-8"))["results"]["events"]
+    before = {event_key(e["event"]): (e["outcome"], e.get("reasons") or []) for e in events}
     moved = []
     for o in outcomes:
         old = before.get(o.event.key())
-        if old is not None and old.outcome != o.outcome:
+        if old is not None and old[0] != o.outcome:
             moved.append(
                 {
                     "event": o.event.key(),
-                    "before": old.outcome,
+                    "before": old[0],
                     "after": o.outcome,
-                    "reasons_before": list(old.reasons),
+                    "reasons_before": list(old[1]),
                     "reasons_after": list(o.reasons),
                 }
             )

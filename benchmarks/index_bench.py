@@ -25,8 +25,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
+from benchmarks.report import progress
 from recognizer.gallery.index import APPROXIMATE, FLAT, VectorIndex
 
 TARGET_MS = 3.0
@@ -189,7 +189,7 @@ def run_index_bench(
             size = ivf.serialized_size()
             default_nprobe = ivf.nprobe
             sweep = sorted({*nprobes, default_nprobe})
-            for nprobe in tqdm(sweep, desc=f"{kind} n={n}", leave=False):
+            for nprobe in progress(sweep, f"{kind} n={n}"):
                 if nprobe > ivf.nlist:
                     continue
                 ivf.nprobe = nprobe

@@ -361,7 +361,7 @@ class _Admin:
     def __init__(self, target: str, api_key: str, every_s: float = 0.25) -> None:
         from recognizer.client import Client
 
-        self.client = Client.connect(target, api_key)
+        self.client = Client.connect(target, api_key, retry=False)  # counts each refusal
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._every = every_s

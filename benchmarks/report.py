@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -172,13 +173,63 @@ class Report:
         return "\n\n".join(["\n".join(head), *self.sections]) + "\n"
 
     def write(self, out_dir: Path) -> Path:
+        """report.md; results.json, a summary fit to commit (`compact`); and rows.json, the
+        whole results (git-ignored: `--from-results` reads it)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "report.md").write_text(self.markdown(), encoding="utf-8")
-        payload = {"title": self.title, "machine": self.machine, "results": self.results}
-        (out_dir / "results.json").write_text(
-            json.dumps(to_jsonable(payload), indent=2, ensure_ascii=False), encoding="utf-8"
+        payload = to_jsonable(
+            {"title": self.title, "machine": self.machine, "results": self.results}
         )
+        (out_dir / ROWS_NAME).write_text(
+            json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+        write_compact(payload, out_dir / "results.json")
         return out_dir / "report.md"
+
+
+# --- committed results: summaries ---------------------------------------------------------
+
+ROWS_NAME = "rows.json"  # a run's every row, beside its results.json; not committed
+ROW_LIMIT = 50  # a longer list of records is rows, not a summary
+
+
+def event_key(event: Any) -> str:
+    """An event's id by file names only (fusion's Event.key), from its JSON form."""
+    if not isinstance(event, dict):
+        return str(event)
+    car = Path(event["vehicle"]).name if event.get("vehicle") else "-"
+    face = Path(event["face"])
+    return f"{event['kind']}|{car}|{face.parent.name}/{face.name}"
+
+
+def _event_row(value: Any) -> bool:
+    return isinstance(value, dict) and {"event", "outcome"} <= value.keys()
+
+
+def compact(value: Any) -> Any:
+    """What a committed results.json keeps: every summary figure; of each event row its id,
+    outcome and reasons (what `--baseline` compares); other long lists of records only
+    their count (the rows are in rows.json)."""
+    if _event_row(value):
+        return {
+            "event": event_key(value["event"]),
+            "outcome": value["outcome"],
+            "reasons": value.get("reasons"),
+        }
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    if not isinstance(value, list):
+        return value
+    records = all(isinstance(v, dict) and not _event_row(v) for v in value)
+    if len(value) > ROW_LIMIT and records:
+        return {"rows": len(value), "in": ROWS_NAME}
+    return [compact(v) for v in value]
+
+
+def write_compact(payload: Any, path: Path) -> None:
+    path.write_text(
+        json.dumps(compact(payload), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 # --- images ------------------------------------------------------------------------------
@@ -200,12 +251,20 @@ def decode_file(path: Path) -> np.ndarray | None:
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    """tqdm on stderr; quiet when stderr is not a terminal (CI logs stay readable)."""
-    from tqdm import tqdm
+    """A tqdm bar on stderr when it is a terminal; otherwise one line per stage as it ends
+    (how many, how long), so a log gets no redrawn bar and still shows the run moving."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    yield from tqdm(
-        items, desc=desc, total=total, file=sys.stderr, leave=False, disable=None, unit="it"
-    )
+        yield from tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, unit="it")
+        return
+    t0, done = time.perf_counter(), 0
+    try:
+        for item in items:
+            done += 1
+            yield item
+    finally:
+        print(f"{desc}: {done} in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
 
 # --- plots -------------------------------------------------------------------------------

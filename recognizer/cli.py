@@ -100,11 +100,20 @@ def serve(
     from recognizer.store.files import private_dir
 
     private_dir(config.data_dir)
+    from recognizer.store import dirlock
+
+    try:  # held for the process's life: restore refuses the directory meanwhile
+        lock = dirlock.hold(config.data_dir, "a running server")
+    except dirlock.DataDirHeld as exc:
+        click.echo(f"error: {exc}: give each server its own --data-dir", err=True)
+        sys.exit(2)
     try:
         run(config)
     except PortBusy as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        lock.release()
 
 
 def _key_required_or_exit(allow_plaintext: bool) -> None:
@@ -315,9 +324,17 @@ def restore(src: Path, data_dir: Path) -> None:
     help="Plate sightings; default: the configured sightings_retention_days. Each plate's "
     "latest sighting is kept (a parked car keeps its entry).",
 )
+@click.option(
+    "--pre-restore",
+    is_flag=True,
+    help="Also remove the pre-restore-* folders restores left in the data directory, as old.",
+)
 @data_dir_option
 def purge(
-    older_than_days: float | None, sightings_older_than_days: float | None, data_dir: Path
+    older_than_days: float | None,
+    sightings_older_than_days: float | None,
+    pre_restore: bool,
+    data_dir: Path,
 ) -> None:
     """Delete decision records and plate sightings past their retention."""
     from recognizer import maintenance
@@ -328,6 +345,8 @@ def purge(
     days = older_than_days if older_than_days is not None else config.retention_days
     seen = sightings_older_than_days
     seen = seen if seen is not None else config.sightings_retention_days
+    if pre_restore:
+        _purge_pre_restore(data_dir, days)
     location = _location(data_dir)
     where = location if location.url else data_dir  # SQLite: the data directory, as before
     done = _maintenance(
@@ -347,6 +366,13 @@ def _cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
         return f"cli:uid-{os.getuid()}"
+
+
+def _purge_pre_restore(data_dir: Path, days: float) -> None:
+    from recognizer import maintenance
+
+    removed = _maintenance(lambda: maintenance.purge_pre_restore(data_dir, days))
+    click.echo(f"removed {len(removed)} pre-restore folders older than {days:g} days")
 
 
 # --- template keys -------------------------------------------------------------------------

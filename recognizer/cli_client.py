@@ -80,13 +80,15 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[...,
             import grpc
             from google.protobuf.json_format import MessageToJson
 
+            from recognizer.client import describe_error
+
             if api_key_file is not None:
                 api_key = _read_key(api_key_file)
             c = _connect(target, api_key)
             try:
                 message, render = fn(c, **kwargs)
             except grpc.RpcError as exc:
-                raise click.ClickException(f"{exc.code().name}: {exc.details()}") from exc
+                raise click.ClickException(describe_error(exc, target)) from exc
             finally:
                 c.close()
             if as_json:

@@ -1,7 +1,15 @@
-"""A small typed client over the generated stubs, used by the CLI, tests and benchmarks."""
+"""A small typed client over the generated stubs, used by the CLI, tests and benchmarks.
+
+Calls that are safe to repeat, reads and Authorize (idempotent by its event id), are
+retried by gRPC's own retry policy (the channel's service config) when the server is
+unavailable or refuses for overload, after the delay the server asks for
+(`grpc-retry-pushback-ms`) or with backoff. Writes (CreateIdentity, EnrollFace, ...) are
+never retried: a retry after a lost answer could enrol a face twice.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +22,43 @@ from recognizer.v1 import (
     identity_pb2_grpc,
     recognition_pb2_grpc,
 )
+
+# (service, methods): every method of the service when methods is empty.
+SAFE_TO_RETRY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("recognizer.v1.GateService", ("Authorize",)),
+    ("recognizer.v1.RecognitionService", ()),  # reads only
+    ("recognizer.v1.IdentityService", ("GetIdentity", "ListIdentities", "LookupPlate")),
+    ("recognizer.v1.AdminService", ("ListDecisions", "GetMetrics")),
+    ("grpc.health.v1.Health", ("Check",)),
+)
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+}
+
+
+def service_config() -> str:
+    names = [
+        {"service": service, "method": method}
+        for service, methods in SAFE_TO_RETRY
+        for method in methods
+    ] + [{"service": service} for service, methods in SAFE_TO_RETRY if not methods]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+
+
+# What gRPC says when nothing answers at the address (refused, unresolvable, unreachable).
+_NO_SERVER = ("failed to connect to all addresses", "DNS resolution failed", "Connection refused")
+
+
+def describe_error(err: grpc.RpcError, target: str) -> str:
+    """One line for a failed call: "No server at HOST:PORT" when nothing answered there."""
+    details = err.details() or ""
+    if err.code() is grpc.StatusCode.UNAVAILABLE and any(s in details for s in _NO_SERVER):
+        return f"No server at {target}"
+    return f"{err.code().name}: {details}"
 
 
 @dataclass(slots=True)
@@ -33,11 +78,22 @@ class Client:
         client_cert: Path | None = None,
         client_key: Path | None = None,
         max_message_bytes: int = 32 * 1024 * 1024,
+        retry: bool = True,
     ) -> Client:
-        options = [
+        """`retry=False`: every refusal reaches the caller (tests and benches of refusals)."""
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_retries", int(retry)),
         ]
+        if retry:
+            options += [
+                ("grpc.service_config", service_config()),
+                # A retry resends the request: keep a whole Authorize burst for it (gRPC's
+                # default buffer, 256 KiB, would commit a call with a few frames unretried).
+                ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+                ("grpc.retry_buffer_size", 4 * max_message_bytes),
+            ]
         if ca_cert is not None:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=ca_cert.read_bytes(),

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+from recognizer import tracing
 from recognizer.imaging import ImageLimits
 from recognizer.models import DEFAULT_MODELS_DIR, PROFILES
 from recognizer.policy import PolicySet
@@ -121,6 +122,11 @@ class Config:
     # NOT_SERVING and 1:N searches are refused rather than answered from a stale gallery.
     replica_poll_s: float = 0.5
     replica_max_lag_s: float = 2.0
+    # AdminService.WatchDecisions: streams open at once (each holds a worker thread).
+    watch_max_streams: int = 8
+    # OpenTelemetry spans per request and stage (recognizer/tracing.py, the `tracing` extra):
+    # "" exports nothing of ours; "console" prints them.
+    trace_exporter: str = ""
     # Faults of the store (README "Operations"). A node that starts while PostgreSQL is down
     # waits for it this long (retrying, NOT_SERVING), then exits 2; reconnects back off at
     # most database_retry_max_s, so the first success comes soon after the database returns.
@@ -239,6 +245,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "database_pool_size": (1, 1000),
     "replica_poll_s": (0.01, 60),
     "replica_max_lag_s": (0.1, None),
+    "watch_max_streams": (0, 1000),
     "database_wait_s": (0, 86400),
     "database_retry_max_s": (0.05, 60),
     "drain_s": (0, 600),
@@ -353,6 +360,8 @@ def load_config(
         raise ConfigError(f"profile must be one of {PROFILES}, got {cfg.profile!r}")
     if cfg.plate_mode not in ("cn", "generic"):
         raise ConfigError("plate_mode must be 'cn' or 'generic'")
+    if cfg.trace_exporter not in tracing.EXPORTERS:
+        raise ConfigError(f"trace_exporter must be one of {tracing.EXPORTERS}")
     if bool(cfg.liveness_model) != bool(cfg.liveness_model_sha256):
         raise ConfigError(
             "liveness_model and liveness_model_sha256 go together: a user's liveness model "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from recognizer import tracing
 from recognizer.errors import DeadlineExceeded
 
 
@@ -132,10 +133,12 @@ def stage(name: str) -> Iterator[None]:
     completes: a stage that failed says little about what the next one will cost)."""
     budget = _current.get()
     if budget is None:
-        yield
+        with tracing.span(name):
+            yield
         return
     budget.check(name)
     t0 = time.monotonic()
-    yield
+    with tracing.span(name):
+        yield
     if budget.costs is not None:
         budget.costs.observe(name, time.monotonic() - t0)

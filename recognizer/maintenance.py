@@ -23,7 +23,7 @@ from pathlib import Path
 from recognizer.errors import FailedPrecondition, InvalidArgument
 from recognizer.gallery.index import copy_file
 from recognizer.onnx import sha256_file
-from recognizer.store import files
+from recognizer.store import dirlock, files
 from recognizer.store.crypto import NullCipher, TemplateCipher
 from recognizer.store.open import StoreLocation
 from recognizer.store.ports import Store
@@ -33,6 +33,8 @@ log = logging.getLogger("recognizer.maintenance")
 DB_NAME = "recognizer.db"
 PG_DUMP_NAME = "recognizer.pgdump"
 MANIFEST = "backup.json"
+PRE_RESTORE = "pre-restore-"  # + the time of the restore, UTC
+PRE_RESTORE_STAMP = "%Y%m%dT%H%M%S"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,8 @@ def backup(data_dir: Path, dest: Path, cipher: TemplateCipher | None = None) -> 
 
 
 def restore(src: Path, data_dir: Path) -> BackupInfo:
-    """Replace a data directory's store and index with a verified backup (server stopped).
+    """Replace a data directory's store and index with a verified backup. Refused while a
+    server holds the directory (its lock, `store.dirlock`), which it holds meanwhile.
 
     The files it replaces are kept beside it as `pre-restore-<time>/`."""
     manifest = src / MANIFEST
@@ -86,8 +89,21 @@ def restore(src: Path, data_dir: Path) -> BackupInfo:
         if sha256_file(src / name) != digest:
             raise FailedPrecondition(f"backup file {name} fails its sha256 check")
     files.private_dir(data_dir)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    aside = data_dir / f"pre-restore-{stamp}"
+    try:
+        with dirlock.held(data_dir, "restore"):
+            _replace(src, data_dir, meta["files"])
+    except dirlock.DataDirHeld as exc:
+        raise FailedPrecondition(
+            f"{exc}: stop the server first; nothing was changed", reason="DATA_DIR_IN_USE"
+        ) from None
+    return BackupInfo(
+        data_dir, int(meta["store_seq"]), dict(meta["files"]), float(meta["created_at"])
+    )
+
+
+def _replace(src: Path, data_dir: Path, names: dict[str, str]) -> None:
+    stamp = dt.datetime.now(dt.UTC).strftime(PRE_RESTORE_STAMP)
+    aside = data_dir / f"{PRE_RESTORE}{stamp}"
     current = [
         p
         for p in data_dir.iterdir()
@@ -97,11 +113,26 @@ def restore(src: Path, data_dir: Path) -> BackupInfo:
         aside.mkdir(mode=files.DIR_MODE)
         for p in current:
             p.rename(aside / p.name)
-    for name in meta["files"]:
+    for name in names:
         shutil.copy2(src / name, data_dir / name)  # keeps the backup's 0600
-    return BackupInfo(
-        data_dir, int(meta["store_seq"]), dict(meta["files"]), float(meta["created_at"])
-    )
+
+
+def purge_pre_restore(data_dir: Path, older_than_days: float) -> list[Path]:
+    """Remove the `pre-restore-<time>/` folders restores left in a data directory that are
+    older than N days (by the time in their name; others are left alone). Returns them."""
+    if older_than_days < 0:
+        raise InvalidArgument("older_than_days must be >= 0", field="older_than_days")
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=older_than_days)
+    removed = []
+    for folder in sorted(Path(data_dir).glob(f"{PRE_RESTORE}*")):
+        try:
+            made = dt.datetime.strptime(folder.name.removeprefix(PRE_RESTORE), PRE_RESTORE_STAMP)
+        except ValueError:
+            continue  # not a name restore gives: not ours to remove
+        if folder.is_dir() and made.replace(tzinfo=dt.UTC) < cutoff:
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 def backup_postgres(

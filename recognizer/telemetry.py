@@ -62,6 +62,12 @@ DECISIONS = Counter(
     "Authorize decisions made (replays excluded), by policy and outcome",
     ["policy_id", "outcome"], registry=REGISTRY,
 )  # fmt: skip
+# A policy charges in one currency (the engine refuses any other), so currency adds no series.
+AMOUNTS = Counter(
+    "recognizer_gate_amount_minor",
+    "amounts of the decisions made, in minor units, by policy, currency and outcome",
+    ["policy_id", "currency", "outcome"], registry=REGISTRY,
+)  # fmt: skip
 REASONS = Counter(
     "recognizer_gate_reasons", "reason codes of the decisions made, by policy and outcome",
     ["policy_id", "outcome", "reason"], registry=REGISTRY,
@@ -78,8 +84,11 @@ def observe_inference(model: str, seconds: float) -> None:
     INFERENCE.labels(model).observe(seconds)
 
 
-def observe_decision(policy_id: str, outcome: str, reasons: Iterable[str]) -> None:
+def observe_decision(
+    policy_id: str, outcome: str, reasons: Iterable[str], amount_minor: int = 0, currency: str = ""
+) -> None:
     DECISIONS.labels(policy_id, outcome).inc()
+    AMOUNTS.labels(policy_id, currency, outcome).inc(max(0, amount_minor))
     for code in reasons:
         REASONS.labels(policy_id, outcome, code).inc()
 

@@ -129,7 +129,8 @@ def c(server: RunningServer) -> Iterator[Client]:
 
 
 def client_for(running: RunningServer, role: str | None) -> Client:
-    return Client.connect(f"127.0.0.1:{running.port}", KEYS[role] if role else "")
+    # No retries: the tests see each refusal (tests/test_client_retry.py tests retrying).
+    return Client.connect(f"127.0.0.1:{running.port}", KEYS[role] if role else "", retry=False)
 
 
 @pytest.fixture()

@@ -4,6 +4,9 @@ payers, gRPC answers, fakes of the engines, and the gate rules' evidence."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import queue
+import subprocess
 import sys
 import threading
 import time
@@ -11,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
@@ -358,3 +362,62 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Watch:
+    """A WatchDecisions stream read by a thread into a queue."""
+
+    def __init__(self, client: Client, gate_id: str = "", after: str = "") -> None:
+        self.call = client.admin.WatchDecisions(
+            gate_pb2.WatchDecisionsRequest(gate_id=gate_id, after_decision_id=after),
+            metadata=client.metadata,
+        )
+        self.call.initial_metadata()  # the server has fixed where the watch starts
+        self.got: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for item in self.call:
+                self.got.put(item.decision)
+        except grpc.RpcError as exc:
+            self.got.put(exc)
+
+    def next(self) -> Any:
+        return self.got.get(timeout=30.0)
+
+    def ids(self, n: int) -> list[str]:
+        return [self.next().decision_id for _ in range(n)]
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(30.0)
+
+
+def authorize_scene(c: Client, gate_id: str, k: int) -> gate_pb2.AuthorizeResponse:
+    """A stranger's car (the k-th scene frame) at `gate_id`, 500 CNY, event E-1."""
+    frame, _ = scene(k)
+    return c.gate.Authorize(
+        gate_pb2.AuthorizeRequest(
+            gate_id=gate_id,
+            event_id="E-1",
+            vehicle_image=frame,
+            amount_minor=500,
+            currency="CNY",
+            direction=gate_pb2.DIRECTION_ENTRY,
+        ),
+        metadata=c.metadata,
+        timeout=60,
+    )
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECOGNIZER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "recognizer.cli", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -22,7 +22,7 @@ class ServerProcess:
     log: list[str] = field(default_factory=list)
 
     def client(self, role: str = "admin") -> Client:
-        return Client.connect(f"127.0.0.1:{self.port}", KEYS[role])
+        return Client.connect(f"127.0.0.1:{self.port}", KEYS[role], retry=False)
 
     def rss_bytes(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()

@@ -152,3 +152,57 @@ def test_small_helpers() -> None:
     assert median([1.0, 2.0, 3.0, 4.0]) == 2.5
     assert np.isnan(median([]))
     assert ratio(1.0, 4.0) == 0.25 and np.isnan(ratio(1.0, 0.0))
+
+
+def test_committed_results_are_summaries_that_a_baseline_still_compares(tmp_path: Path) -> None:
+    import dataclasses
+
+    import click
+
+    from benchmarks import fusion
+    from benchmarks.report import ROWS_NAME
+
+    def row(person: str, outcome: str, reasons: list[str]) -> dict:
+        return {
+            "event": {
+                "kind": "genuine",
+                "person": person,
+                "vehicle": f"plates/street/{person}.jpg",
+                "face": f"faces/set/{person}/{person}_0001.jpg",
+            },
+            "present": person, "outcome": outcome, "identity_id": person, "plate_exact": True,
+            "plate_llr": 3.0, "face_llr": 14.0, "fused_llr": 17.0, "estimated_far": 1e-9,
+            "face_top1": person, "face_score": 0.75, "reasons": reasons,
+        }  # fmt: skip
+
+    rows = [row(f"p{k}", "ALLOW", ["PLATE_EXACT_MATCH", "FACE_MATCH"]) for k in range(60)]
+    probes = [{"path": f"x/{k}.jpg", "score": 0.5} for k in range(60)]  # other rows: counted
+    machine = {k: "-" for k in ("cpu", "cores", "python", "onnxruntime", "numpy", "faiss")}
+    machine |= {"opencv": "-", "date": "-"}
+    rep = Report("fusion", machine=machine)
+    rep.results = {"systems": {"far": 0.0}, "events": rows, "faces": {"answers": probes}}
+    rep.write(tmp_path)
+    summary = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert summary["systems"] == {"far": 0.0}
+    assert summary["faces"]["answers"] == {"rows": 60, "in": ROWS_NAME}
+    outcomes = fusion.outcomes_from_json(tmp_path / ROWS_NAME)  # the whole rows, to report
+    assert [e["event"] for e in summary["events"]] == [o.event.key() for o in outcomes]
+    assert summary["events"][0] == {
+        "event": outcomes[0].event.key(),
+        "outcome": "ALLOW",
+        "reasons": ["PLATE_EXACT_MATCH", "FACE_MATCH"],
+    }
+    # A later run where one event moved: the summary, as a baseline, lists it with reasons.
+    now = [dataclasses.replace(outcomes[7], outcome="STEP_UP", reasons=("FACE_REQUIRED",))]
+    moved = fusion._moved_section(Report("again", machine=machine), now, tmp_path / "results.json")
+    assert moved == [
+        {
+            "event": outcomes[7].event.key(),
+            "before": "ALLOW",
+            "after": "STEP_UP",
+            "reasons_before": ["PLATE_EXACT_MATCH", "FACE_MATCH"],
+            "reasons_after": ["FACE_REQUIRED"],
+        }
+    ]
+    with pytest.raises(click.ClickException):
+        fusion.outcomes_from_json(tmp_path / "results.json")  # a summary cannot be re-reported

@@ -58,7 +58,9 @@ def test_the_series_move_with_real_calls(server: RunningServer) -> None:
         recognition_pb2.DetectFacesRequest(image=lfw_face("Colin_Powell", 0)), metadata=c.metadata
     )
     decision = c.gate.Authorize(
-        gate_pb2.AuthorizeRequest(gate_id="M-1", event_id="m-1", plate_text="京A12345"),
+        gate_pb2.AuthorizeRequest(
+            gate_id="M-1", event_id="m-1", plate_text="京A12345", amount_minor=700
+        ),
         metadata=c.metadata,
     )
     authorize = "/recognizer.v1.GateService/Authorize"
@@ -95,6 +97,14 @@ def test_the_series_move_with_real_calls(server: RunningServer) -> None:
     assert value(
         after, "recognizer_gate_decisions_total", policy_id=policy, outcome=outcome
     ) == 1 + value(before, "recognizer_gate_decisions_total", policy_id=policy, outcome=outcome)
+    money = {
+        "policy_id": policy,
+        "outcome": outcome,
+        "currency": server.runtime.config.policies.for_gate("M-1").currency,
+    }
+    assert value(after, "recognizer_gate_amount_minor_total", **money) == 700 + value(
+        before, "recognizer_gate_amount_minor_total", **money
+    )
     for r in decision.reasons:
         labels = {"policy_id": policy, "outcome": outcome, "reason": r.code}
         assert value(after, "recognizer_gate_reasons_total", **labels) == 1 + value(

@@ -353,3 +353,23 @@ def test_sigkill_during_enrolment_loses_no_acknowledged_write(cluster: Cluster, 
     finally:
         a2.close()
     print(f"\nkill: {len(acked)} enrolments acknowledged by A, all on B; A caught up")
+
+
+@pytest.mark.slow  # timing-bound; tests/test_watch.py checks the same without a clock
+def test_watch_decisions_on_b_sees_a_decision_made_on_a_within_2s(
+    cluster: Cluster, a: Client, b: Client
+) -> None:
+    from tests.helpers import Watch, authorize_scene
+
+    gate_id = f"G-watch-{uuid.uuid4().hex[:8]}"
+    watch = Watch(b, gate_id=gate_id)
+    try:
+        response = authorize_scene(a, gate_id, 1)
+        answered = time.monotonic()
+        record = watch.next()
+        took = time.monotonic() - answered
+        assert record.decision_id == response.decision_id
+        assert took <= CATCH_UP_S, f"node B streamed node A's decision {took:.2f}s after it"
+        print(f"\nwatch: A's decision on B's stream {took:.3f}s after A answered")
+    finally:
+        watch.close()

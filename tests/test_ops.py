@@ -16,6 +16,7 @@ from recognizer.store.schema import SCHEMA_VERSION
 from recognizer.v1 import gate_pb2
 from tests import procserver
 from tests.conftest import ENV_KEYS, KEYS
+from tests.helpers import cli
 
 
 def free_port() -> int:
@@ -34,17 +35,6 @@ def serve_once(data_dir: Path, *args: str, env: dict[str, str]) -> subprocess.Co
             "RECOGNIZER_ALLOW_PLAINTEXT": "true",
             **env,
         },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECOGNIZER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "recognizer.cli", *args],
-        env={**clean, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -205,3 +195,56 @@ def test_a_disputed_authorize_is_found_in_the_access_log(tmp_path: Path) -> None
         gate.close()
         admin.close()
         assert server.terminate() == 0
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_restore_refuses_a_live_data_directory_and_changes_nothing(tmp_path: Path) -> None:
+    live, backup = tmp_path / "live", tmp_path / "backup"
+    quiet = {"RECOGNIZER_CHECKPOINT_SECONDS": "3600"}  # an idle server writes nothing
+    server = procserver.start(live, extra_env=quiet)
+    try:
+        made = cli("backup", str(backup), "--data-dir", str(live))
+        assert made.returncode == 0, made.stderr
+        before = snapshot(live)
+        assert "recognizer.db" in before
+        refused = cli("restore", str(backup), "--data-dir", str(live))
+        assert refused.returncode != 0
+        assert "in use by a running server" in refused.stderr and "Traceback" not in refused.stderr
+        assert snapshot(live) == before
+        assert not list(live.glob("pre-restore-*"))
+        # A second server on the same directory stops at once, naming it.
+        second = serve_once(live, "--port", str(free_port()), "--metrics-port", "0", env={})
+        assert second.returncode == 2, second.stderr
+        [line] = error_lines(second.stderr)
+        assert str(live) in line and "--data-dir" in line
+        assert server.alive()
+    finally:
+        assert server.terminate() == 0
+    # Once the server has stopped, the lock is gone with it.
+    done = cli("restore", str(backup), "--data-dir", str(live))
+    assert done.returncode == 0, done.stderr
+    assert len(list(live.glob("pre-restore-*"))) == 1
+
+
+def test_purge_pre_restore_removes_only_old_restore_folders(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from recognizer.maintenance import PRE_RESTORE, PRE_RESTORE_STAMP
+
+    now = dt.datetime.now(dt.UTC)
+    old = tmp_path / f"{PRE_RESTORE}{(now - dt.timedelta(days=40)).strftime(PRE_RESTORE_STAMP)}"
+    new = tmp_path / f"{PRE_RESTORE}{(now - dt.timedelta(days=2)).strftime(PRE_RESTORE_STAMP)}"
+    other = tmp_path / f"{PRE_RESTORE}mine"  # not a name restore gives
+    for folder in (old, new, other):
+        folder.mkdir()
+        (folder / "recognizer.db").write_bytes(b"x")
+    done = cli("purge", "--pre-restore", "--older-than-days", "30", "--data-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 pre-restore folders" in done.stdout
+    assert not old.exists() and new.is_dir() and other.is_dir()
+    plain = cli("purge", "--older-than-days", "0", "--data-dir", str(tmp_path))
+    assert plain.returncode == 0, plain.stderr
+    assert new.is_dir()  # only with --pre-restore

@@ -117,6 +117,8 @@ def requests(iid: str, template_id: str) -> dict[str, Message]:
         "ListDecisions": gate_pb2.ListDecisionsRequest(limit=1000),
         "GetMetrics": gate_pb2.GetMetricsRequest(),
         "ListAudit": gate_pb2.ListAuditRequest(page_size=1000),
+        # A server stream: the verifier's answer (or the error) comes on reading it.
+        "WatchDecisions": gate_pb2.WatchDecisionsRequest(),
     }
 
 
@@ -132,6 +134,10 @@ def call(c: Client, name: str, request: Message) -> tuple[bytes, grpc.StatusCode
     details and trailing metadata."""
     try:
         response = stub_method(c, name)(request, metadata=c.metadata, timeout=60)
+        if not isinstance(response, Message):  # a stream: its first message, or its error
+            first = next(response)
+            response.cancel()
+            return first.SerializeToString(), grpc.StatusCode.OK
     except grpc.RpcError as err:
         trailers = b"".join(
             v if isinstance(v, bytes) else v.encode() for _, v in err.trailing_metadata() or ()

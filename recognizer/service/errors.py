@@ -37,6 +37,9 @@ def _pack(msg) -> any_pb2.Any:  # type: ignore[no-untyped-def]
     return a
 
 
+PUSHBACK_HEADER = "grpc-retry-pushback-ms"
+
+
 def build_status(
     code: grpc.StatusCode,
     message: str,
@@ -71,7 +74,12 @@ def build_status(
         delay = duration_pb2.Duration(seconds=secs, nanos=int((retry_after_s - secs) * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
-    return rpc_status.to_status(status)
+    built = rpc_status.to_status(status)
+    if retry_after_s is None:
+        return built
+    # The same delay for gRPC's own retry policy, which reads this header, not RetryInfo.
+    pushback = (PUSHBACK_HEADER, str(max(0, round(retry_after_s * 1000))))
+    return built._replace(trailing_metadata=(*built.trailing_metadata, pushback))
 
 
 def status_for_exception(exc: Exception) -> grpc.Status:

@@ -1,7 +1,9 @@
 """Server interceptors: metrics+logging, auth, admission (deadlines, in-flight limits), errors.
 
 Each wraps the unary handler so the servicers stay thin and never see auth or accounting.
-Order, outermost first: Observe -> Auth -> Admission -> Errors -> servicer.
+Order, outermost first: Observe -> Auth -> Admission -> Errors -> servicer. The one server
+stream (WatchDecisions) is observed, authorised and error-mapped too; it is not admitted
+(its own bound is `watch_max_streams`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
-from recognizer import accounting, deadline, telemetry
+from recognizer import accounting, deadline, telemetry, tracing
 from recognizer.api import API_KEY_HEADER
 from recognizer.config import ApiKey, Role, hash_key
 from recognizer.deadline import RecentCosts
@@ -37,15 +39,25 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
+Wrapper = Callable[[Behavior, grpc.HandlerCallDetails], Behavior]
+
+
 def _wrap(
     continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
     details: grpc.HandlerCallDetails,
-    wrapper: Callable[[Behavior, grpc.HandlerCallDetails], Behavior],
+    wrapper: Wrapper,
+    streams: Wrapper | None = None,
 ) -> grpc.RpcMethodHandler | None:
+    """`wrapper` around a unary handler, `streams` around a server-streaming one (its
+    behaviour returns an iterator); reflection's bidirectional streams pass untouched."""
     handler = continuation(details)
-    if handler is None or handler.unary_unary is None:
-        return handler  # the API is unary only; reflection streams pass through untouched
-    return handler._replace(unary_unary=wrapper(handler.unary_unary, details))
+    if handler is None:
+        return None
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=wrapper(handler.unary_unary, details))
+    if handler.unary_stream is not None and streams is not None:
+        return handler._replace(unary_stream=streams(handler.unary_stream, details))
+    return handler
 
 
 def _aborted(context: grpc.ServicerContext) -> bool:
@@ -91,6 +103,15 @@ _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _access: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "access_fields", default=None
 )
+
+
+def abort(context: grpc.ServicerContext, status: grpc.Status) -> None:
+    """abort_with_status, with the call's request id in the trailers."""
+    current = _access.get()
+    if current is not None and current.get("request_id"):
+        trailers = (*status.trailing_metadata, (REQUEST_ID_HEADER, current["request_id"]))
+        status = status._replace(trailing_metadata=trailers)  # type: ignore[attr-defined]
+    context.abort_with_status(status)
 
 
 def note(**fields: Any) -> None:
@@ -148,9 +169,13 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                 ok = False
                 response = None
                 try:
-                    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                    response = behavior(request, context)
+                    with tracing.span(d.method, request_id=request_id):
+                        response = behavior(request, context)
                     ok = not _aborted(context)
+                    # Headers only with an answer: a refusal stays a trailers-only response,
+                    # which a client's retry policy may retry (headers commit the call). A
+                    # refusal carries the id in its trailers (`abort`).
+                    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     return response
                 finally:
                     _access.reset(access)
@@ -158,25 +183,56 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                     cpu = time.thread_time() - c0 + usage.cpu
                     accounting.end(token)
                     self._metrics.record(d.method, ok, wall, cpu, usage.inference)
-                    code = context.code() or grpc.StatusCode.OK
-                    telemetry.observe_call(d.method, code.name, wall)
-                    log.info(
-                        "rpc",
-                        extra={
-                            "fields": {
-                                "method": d.method,
-                                "code": code.name,
-                                "ms": round(wall * 1000, 2),
-                                "peer": context.peer(),
-                                **fields,
-                                **decision_fields(d.method, request, response if ok else None),
-                            }
-                        },
-                    )
+                    _log_call(d.method, context, wall, fields, request, response if ok else None)
 
             return observed
 
-        return _wrap(continuation, details, wrapper)
+        def streamed(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+            def observed(request: Any, context: grpc.ServicerContext) -> Any:
+                t0 = time.perf_counter()
+                request_id = request_id_of(d.invocation_metadata)
+                fields: dict[str, Any] = {"request_id": request_id, "key": "", "sent": 0}
+                try:
+                    access = _access.set(fields)
+                    try:  # the inner wrappers note the key now; the stream runs as it is read
+                        stream = behavior(request, context)
+                    finally:
+                        _access.reset(access)
+                    context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                    for item in stream:
+                        fields["sent"] += 1
+                        yield item
+                finally:
+                    _log_call(d.method, context, time.perf_counter() - t0, fields, request, None)
+
+            return observed
+
+        return _wrap(continuation, details, wrapper, streamed)
+
+
+def _log_call(
+    method: str,
+    context: grpc.ServicerContext,
+    wall: float,
+    fields: dict[str, Any],
+    request: Any,
+    response: Any,
+) -> None:
+    code = context.code() or grpc.StatusCode.OK
+    telemetry.observe_call(method, code.name, wall)
+    log.info(
+        "rpc",
+        extra={
+            "fields": {
+                "method": method,
+                "code": code.name,
+                "ms": round(wall * 1000, 2),
+                "peer": context.peer(),
+                **fields,
+                **decision_fields(method, request, response),
+            }
+        },
+    )
 
 
 # --- authentication and roles ------------------------------------------------------------
@@ -244,7 +300,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
                 return named
 
-            return _wrap(continuation, details, as_key)
+            def stream_as_key(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+                bound = principal.bind_stream(behavior, key, d.method)
+
+                def named(request: Any, context: grpc.ServicerContext) -> Any:
+                    note(key=principal.key_name(key))
+                    return bound(request, context)
+
+                return named
+
+            return _wrap(continuation, details, as_key, stream_as_key)
 
         if role is None:
             reason = "API_KEY_INVALID" if presented else "API_KEY_MISSING"
@@ -266,7 +331,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             note(key=name)
             if self._on_failure is not None:
                 self._on_failure(context.peer(), name, reason)
-            context.abort_with_status(status)
+            abort(context, status)
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
             refused(context)
@@ -276,6 +341,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return None
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=deny)
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=deny)
         if handler.stream_stream is not None:  # reflection
 
             def deny_stream(request_iter: Any, context: grpc.ServicerContext) -> Any:
@@ -359,19 +426,21 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
     def _refuse(context: grpc.ServicerContext, method: str, verdict: QueueVerdict) -> None:
         telemetry.REJECTIONS.labels(method, verdict.outcome.name.lower()).inc()
         if verdict.outcome in (QueueOutcome.TOO_SHORT, QueueOutcome.CANCELLED):
-            context.abort_with_status(
+            abort(
+                context,
                 build_status(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     "the deadline ran out before work started",
                     reason="DEADLINE_TOO_SHORT",
-                )
+                ),
             )
         why = {
             QueueOutcome.FULL: "the queue is full",
             QueueOutcome.LATE: "the queue would outlast the deadline",
             QueueOutcome.QUEUE_TIMEOUT: "no slot within the queue time limit",
         }[verdict.outcome]
-        context.abort_with_status(
+        abort(
+            context,
             build_status(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many calls to {method}: {why}; "
@@ -379,7 +448,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 reason="OVERLOADED",
                 metadata={"queued_ahead": str(verdict.queued_ahead)},
                 retry_after_s=verdict.retry_after_s,
-            )
+            ),
         )
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
@@ -451,33 +520,52 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
     return parse
 
 
+def _refuse_undecodable(request: Any, context: grpc.ServicerContext, method: str) -> None:
+    if isinstance(request, Undecodable):
+        abort(
+            context,
+            build_status(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid message for {method} "
+                f"({request.error}); check string fields are UTF-8",
+                reason="MALFORMED_REQUEST",
+            ),
+        )
+    if isinstance(request, Message):
+        limits.check(request)
+
+
+def _mapped_stream(stream: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    try:
+        yield from stream
+    except Exception as exc:
+        if _aborted(context):
+            raise
+        abort(context, status_for_exception(exc))
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Domain exceptions -> rich status; unexpected ones -> INTERNAL without a trace."""
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
             def mapped(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, Undecodable):
-                    context.abort_with_status(
-                        build_status(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the request is not a valid message for {d.method} "
-                            f"({request.error}); check string fields are UTF-8",
-                            reason="MALFORMED_REQUEST",
-                        )
-                    )
                 try:
-                    if isinstance(request, Message):
-                        limits.check(request)
+                    _refuse_undecodable(request, context, d.method)
                     return behavior(request, context)
                 except Exception as exc:
                     if _aborted(context):
                         raise  # the servicer already chose a status
-                    context.abort_with_status(status_for_exception(exc))
+                    abort(context, status_for_exception(exc))
 
             return mapped
 
-        handler = _wrap(continuation, details, wrapper)
-        if handler is None or handler.unary_unary is None:
+        def streamed(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+            # The servicer sets its stream up when called (a watch fixes where it starts);
+            # errors come then, or later as the stream is read.
+            return wrapper(lambda r, c: _mapped_stream(behavior(r, c), c), d)
+
+        handler = _wrap(continuation, details, wrapper, streamed)
+        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
             return handler
         return handler._replace(request_deserializer=_lenient(handler.request_deserializer))

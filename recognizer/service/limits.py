@@ -26,6 +26,7 @@ STRING_LIMITS: dict[str, int] = {
     "binding_id": 64,
     "template_id": 20,
     "page_token": 64,
+    "after_decision_id": 64,
 }
 REPEATED_LIMITS: dict[str, int] = {
     "images": 10,

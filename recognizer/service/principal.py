@@ -5,7 +5,7 @@ what a role may see (only admin reads personal fields) and for audit rows (the k
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from recognizer.config import ApiKey, Role
@@ -33,6 +33,28 @@ def bind(
             return behavior(request, context)
         finally:
             _current.reset(token)
+
+    return as_principal
+
+
+def bind_stream(
+    behavior: Callable[[Any, Any], Iterator[Any]], key: ApiKey, method: str = ""
+) -> Callable[[Any, Any], Iterator[Any]]:
+    """A server-streaming handler, run with `key` as the current principal: when it is
+    called and at each step of its stream (gRPC reads the stream outside the call)."""
+    bound = bind(behavior, key, method)
+
+    def as_principal(request: Any, context: Any) -> Iterator[Any]:
+        stream = iter(bound(request, context))
+        while True:
+            token = _current.set((key, method))
+            try:
+                item = next(stream)
+            except StopIteration:
+                return
+            finally:
+                _current.reset(token)
+            yield item
 
     return as_principal
 

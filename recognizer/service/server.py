@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recognizer import __version__, telemetry
+from recognizer import __version__, telemetry, tracing
 from recognizer import models as model_store
 from recognizer.config import Config
 from recognizer.memory import IdleTrim, limit_malloc_arenas
@@ -33,6 +33,7 @@ from recognizer.service.servicers import (
     IdentityServicer,
     RecognitionServicer,
 )
+from recognizer.service.watch import DecisionFeed
 from recognizer.store.crypto import TemplateKeyError
 from recognizer.store.faults import DatabaseUnreachable
 from recognizer.v1 import (
@@ -126,6 +127,7 @@ class RunningServer:
     trimmer: IdleTrim | None = None
     metrics_http: Any = None  # the Prometheus endpoint's HTTP server, when on
     metrics_port: int = 0
+    feed: DecisionFeed | None = None
 
     def stop(self, grace: float | None = 5.0, drain_s: float = 0.0) -> None:
         """Drain (health NOT_SERVING for `drain_s` while calls are still served, so load
@@ -135,6 +137,8 @@ class RunningServer:
         if drain_s > 0:
             time.sleep(drain_s)
         self.health.enter_graceful_shutdown()
+        if self.feed is not None:  # watch streams end now, not at the end of the grace
+            self.feed.close()
         self.server.stop(grace).wait()
         self.runtime.interrupt_store()
         if self.metrics_http is not None:
@@ -166,6 +170,7 @@ def create_server(
     Models load in the background; health reports NOT_SERVING until they are ready.
     """
     limit_malloc_arenas(config.malloc_arena_max)  # before the handler threads allocate
+    tracing.configure(config.trace_exporter)
     runtime = runtime or Runtime(config)
     metrics = Metrics()
     failed_auth = _failed_auth_audit(runtime, auth_window)
@@ -195,7 +200,10 @@ def create_server(
         RecognitionServicer(runtime), server
     )
     gate_pb2_grpc.add_GateServiceServicer_to_server(GateServicer(runtime), server)
-    gate_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime, metrics), server)
+    feed = DecisionFeed(
+        lambda: runtime.engines.gallery.store, config.watch_max_streams, config.replica_poll_s
+    )
+    gate_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime, metrics, feed), server)
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -280,6 +288,7 @@ def create_server(
         trimmer,
         metrics_http,
         metrics_port,
+        feed,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import grpc
 
@@ -19,7 +20,9 @@ from recognizer.imaging import decode
 from recognizer.service import convert, personal, principal
 from recognizer.service.interceptors import Metrics
 from recognizer.service.runtime import Runtime
-from recognizer.store.rows import AuditEntry
+from recognizer.service.watch import DecisionFeed
+from recognizer.store.ports import Audit
+from recognizer.store.rows import AuditEntry, DecisionRow
 from recognizer.v1 import (
     gate_pb2,
     gate_pb2_grpc,
@@ -320,14 +323,18 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
                 response.policy_id,
                 gate_pb2.Outcome.Name(response.outcome).removeprefix("OUTCOME_").lower(),
                 (r.code for r in response.reasons),
+                request.amount_minor,
+                # The only currency the deciding policy accepts (an empty one means it).
+                self._rt.config.policies.for_gate(request.gate_id).currency,
             )
         return response
 
 
 class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
-    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, metrics: Metrics, feed: DecisionFeed) -> None:
         self._rt = runtime
         self._metrics = metrics
+        self._feed = feed
 
     def ListDecisions(
         self, request: gate_pb2.ListDecisionsRequest, context: Ctx
@@ -373,6 +380,21 @@ class AdminServicer(gate_pb2_grpc.AdminServiceServicer):
             records=[convert.audit_record(r) for r in rows],
             next_page_token=str(rows[-1].id) if len(rows) == size else "",
         )
+
+    def WatchDecisions(
+        self, request: gate_pb2.WatchDecisionsRequest, context: Ctx
+    ) -> Iterator[gate_pb2.WatchDecisionsResponse]:
+        rows = self._feed.watch(request.gate_id, request.after_decision_id, context.is_active)
+        return self._watched(self._rt.engines.gallery.store, rows)
+
+    @staticmethod
+    def _watched(
+        store: Audit, rows: Iterator[DecisionRow]
+    ) -> Iterator[gate_pb2.WatchDecisionsResponse]:
+        for r in rows:
+            # Each decision carries a plate and a payment reference: an audited read.
+            personal.audit_reads(store, [r.identity_id])
+            yield gate_pb2.WatchDecisionsResponse(decision=convert.decision_record(r))
 
     def GetMetrics(
         self, request: gate_pb2.GetMetricsRequest, context: Ctx

@@ -22,6 +22,7 @@ from recognizer.store.rows import (
     AuditEntry,
     AuditRow,
     Change,
+    DecisionMark,
     DecisionRow,
     DeleteCounts,
     IdentityRow,
@@ -140,6 +141,18 @@ class Decisions(Protocol):
         self, gate_id: str = "", identity_id: str = "", since: float = 0, limit: int = 100
     ) -> list[DecisionRow]: ...
     def purge_decisions(self, older_than: float) -> int: ...
+
+
+class WatchedDecisions(Protocol):
+    """Decisions in the order they were stored, for watchers (AdminService.WatchDecisions).
+    Both adapters; kept out of `Store` so a store double needs it only where it is watched."""
+
+    def wait_for_decision(self, timeout_s: float) -> bool: ...
+    def decision_mark(self, decision_id: str) -> DecisionMark | None: ...
+    def decision_head(self) -> DecisionMark: ...
+    def decisions_after(
+        self, mark: DecisionMark, limit: int
+    ) -> list[tuple[DecisionMark, DecisionRow]]: ...
 
 
 @runtime_checkable

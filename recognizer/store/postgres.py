@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from psycopg_pool.base import AttemptWithBackoff
 
 from recognizer.store import faults, files, keys, schema
 from recognizer.store.crypto import NullCipher, TemplateCipher
-from recognizer.store.rows import Change
+from recognizer.store.rows import Change, DecisionMark, DecisionRow
 from recognizer.store.sql import NOTIFY_CHANNEL, PUT_META, SqlStore, ring
 
 log = logging.getLogger("recognizer.store.postgres")
@@ -114,6 +114,51 @@ class _Pool(ConnectionPool):  # type: ignore[type-arg]
         super()._add_connection(attempt, *args, **kwargs)
 
 
+DECISION_PAYLOAD = "decision"  # a decision's NOTIFY; template changes send ''
+
+
+class _Listener:
+    """One LISTEN session on the store's channel, woken only by the payloads it is for.
+
+    Used by one thread at a time (the replica's follower, or the decision feed)."""
+
+    def __init__(self, url: str, wanted: Callable[[str], bool], what: str) -> None:
+        self._url = url
+        self._wanted = wanted
+        self._what = what
+        self._raw: psycopg.Connection[Any] | None = None
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a wanted NOTIFY, or `timeout_s`. False on timeout or when the session
+        is down (it reconnects next time; the caller polls anyway)."""
+        give_up = time.monotonic() + timeout_s
+        try:
+            if self._raw is None or self._raw.closed:
+                self._raw = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+                self._raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            while (left := give_up - time.monotonic()) > 0:  # each turn takes one notify
+                notifies = self._raw.notifies(timeout=left, stop_after=1)
+                try:
+                    got = next(notifies, None)
+                finally:
+                    notifies.close()
+                if got is None:
+                    return False
+                if self._wanted(got.payload):
+                    return True
+            return False
+        except psycopg.Error as exc:
+            log.warning("%s listener: %s; polling until it reconnects", self._what, exc)
+            self.close()
+            time.sleep(min(timeout_s, 1.0))
+            return False
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+
 def wait_for_database(url: str, wait_s: float, retry_max_s: float) -> None:
     """Connect once, retrying with backoff capped at `retry_max_s` for up to `wait_s`
     seconds, one log line per failed attempt; raises faults.DatabaseUnreachable after."""
@@ -165,7 +210,8 @@ class PostgresStore(SqlStore):
     ) -> None:
         self.url = url
         self._local = threading.local()
-        self._listener: psycopg.Connection[Any] | None = None
+        self._changes = _Listener(url, lambda p: p != DECISION_PAYLOAD, "change")
+        self._decisions = _Listener(url, lambda p: p == DECISION_PAYLOAD, "decision")
         self._wait_timeout_s = wait_timeout_s
         self._stopping = False
         self._busy: set[psycopg.Connection[Any]] = set()  # sessions in use (interrupt)
@@ -382,9 +428,8 @@ class PostgresStore(SqlStore):
         self.health.close()
         if self._stopping:
             self.wait_idle(2.0)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self._changes.close()
+        self._decisions.close()
         self._pool.close()
 
     # --- change log ---------------------------------------------------------------------------
@@ -421,22 +466,64 @@ class PostgresStore(SqlStore):
         return int(n), max(0.0, float(age))
 
     def wait_for_change(self, timeout_s: float) -> bool:
-        """Block until a NOTIFY of a committed change, or `timeout_s`. False on timeout or
-        when the listener is down (it reconnects next time; the caller polls anyway)."""
-        try:
-            if self._listener is None or self._listener.closed:
-                self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-                self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
-                return True
-            return False
-        except psycopg.Error as exc:
-            log.warning("change listener: %s; polling until it reconnects", exc)
-            if self._listener is not None:
-                self._listener.close()
-            self._listener = None
-            time.sleep(min(timeout_s, 1.0))
-            return False
+        """Block until a NOTIFY of a committed template change, or `timeout_s`."""
+        return self._changes.wait(timeout_s)
+
+    # --- watching decisions (WatchDecisions) ----------------------------------------------------
+    #
+    # A decision's position is the id of the transaction that wrote it, as for the change log:
+    # watchers read only rows older than their snapshot's xmin, below which no row can still
+    # appear, so a watch neither skips a late commit nor sends one twice. The decisions table
+    # has no column for it (the schema is not this code's to change), so the position is the
+    # row's system column xmin, widened to 64 bits against the snapshot's next id; that holds
+    # for rows less than 2^32 transactions old. Rows are scanned by created_at from
+    # WATCH_SCAN_SLACK_S before the mark (its index): a later transaction's decision was made
+    # at most a call's length plus the nodes' clock skew before the mark's.
+
+    WATCH_SCAN_SLACK_S = 900.0
+    _SNAP = (
+        "WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nx,"
+        " pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS line)"
+    )
+    _POS = "s.nx - ((s.nx - d.xmin::text::bigint) % 4294967296)"
+
+    def _notify_decision(self, c: Any) -> None:
+        c.execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, DECISION_PAYLOAD))  # on commit
+
+    def wait_for_decision(self, timeout_s: float) -> bool:
+        """Block until a NOTIFY of a decision stored on any node, or `timeout_s`."""
+        return self._decisions.wait(timeout_s)
+
+    def decision_mark(self, decision_id: str) -> DecisionMark | None:
+        """Where a decision stands (no index on decision_id: a scan, once per watch)."""
+        with self._conn() as c:
+            r = c.execute(
+                f"{self._SNAP} SELECT {self._POS}, d.created_at FROM decisions d, s"
+                " WHERE d.decision_id = ?",
+                (decision_id,),
+            ).fetchone()
+        return DecisionMark(int(r[0]), float(r[1])) if r else None
+
+    def decision_head(self) -> DecisionMark:
+        """The settled line now: a watch from here sees decisions committed later."""
+        with self._conn() as c:
+            line = c.execute(f"{self._SNAP} SELECT line FROM s").fetchone()[0]
+        return DecisionMark(int(line) - 1, time.time())
+
+    def decisions_after(
+        self, mark: DecisionMark, limit: int
+    ) -> list[tuple[DecisionMark, DecisionRow]]:
+        """Settled decisions after `mark`, in transaction order."""
+        cols = ", ".join(f"d.{col.strip()}" for col in self._DECISION_COLS.split(","))
+        with self._conn() as c:
+            rows = c.execute(
+                f"{self._SNAP}, w AS (SELECT {self._POS} AS pos, s.line, {cols}"
+                " FROM decisions d, s WHERE d.created_at >= ?)"
+                f" SELECT pos, {self._DECISION_COLS} FROM w WHERE pos > ? AND pos < line"
+                " ORDER BY pos LIMIT ?",
+                (mark.created_at - self.WATCH_SCAN_SLACK_S, mark.position, int(limit)),
+            ).fetchall()
+        return self._marked(rows)
 
     # --- maintenance --------------------------------------------------------------------------
 

@@ -80,6 +80,18 @@ class DecisionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionMark:
+    """Where a stored decision stands in the order decisions are watched (WatchDecisions).
+
+    `position` orders decisions as they were committed: SQLite's rowid (one writer at a
+    time), PostgreSQL's writing transaction id. `created_at` lets PostgreSQL scan only recent
+    rows (its decisions have no index on the transaction id)."""
+
+    position: int
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRow:
     id: int
     at: float

@@ -29,6 +29,7 @@ from recognizer.store.rows import (
     UNCHECKED,
     AuditEntry,
     AuditRow,
+    DecisionMark,
     DecisionRow,
     DeleteCounts,
     IdentityRow,
@@ -738,8 +739,22 @@ class SqlStore:
             ).rowcount
             if inserted and sighting is not None:
                 self._insert_sighting(c, *sighting)
+            if inserted:
+                self._notify_decision(c)
             r = c.execute(select, (row.gate_id, row.event_id)).fetchone()
+        if inserted:
+            self._decision_committed()
         return self._decision(r)
+
+    def _notify_decision(self, c: Connection) -> None:
+        """Inside the transaction that stored a new decision (PostgreSQL: NOTIFY on commit)."""
+
+    def _decision_committed(self) -> None:
+        """After that transaction committed (SQLite: wake this process's watchers)."""
+
+    def _marked(self, rows: Iterable[Any]) -> list[tuple[DecisionMark, DecisionRow]]:
+        """Rows of (position, the decision columns...) as watchers read them."""
+        return [(DecisionMark(int(r[0]), float(r[8])), self._decision(r[1:])) for r in rows]
 
     def _lock_plate(self, c: Connection, plate: str) -> None:
         """Hold one plate's sightings for the rest of the transaction. A write transaction

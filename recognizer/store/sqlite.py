@@ -35,7 +35,7 @@ from typing import Any
 
 from recognizer.store import faults, files, keys, schema
 from recognizer.store.crypto import NullCipher, TemplateCipher
-from recognizer.store.rows import Change
+from recognizer.store.rows import Change, DecisionMark, DecisionRow
 from recognizer.store.sql import SqlStore, legacy_view, ring
 
 __all__ = ["SqliteStore", "check_key", "read_key_state"]
@@ -135,6 +135,7 @@ class SqliteStore(SqlStore):
         self._stopping = False
         self._active = 0  # store calls in progress (close waits for them after interrupt)
         self._active_lock = threading.Condition()
+        self._decided = threading.Event()  # a decision committed (wait_for_decision)
         self.health = faults.StoreHealth()
         self.health.set_probe(faults.StoreHealth.FULL, self._probe_write)
         if not self._memory:
@@ -388,6 +389,46 @@ class SqliteStore(SqlStore):
                 "SELECT COUNT(*) FROM changes WHERE seq > ? AND model = ?", (int(seq), model)
             ).fetchone()[0]
         return int(n), 0.0
+
+    # --- watching decisions (WatchDecisions) ----------------------------------------------------
+
+    def _decision_committed(self) -> None:
+        self._decided.set()
+
+    def wait_for_decision(self, timeout_s: float) -> bool:
+        """Block until a decision commits in this process, or `timeout_s`. One waiter (the
+        server's decision feed): a wake-up lost between the wait and the clear is harmless,
+        as the feed reads after it wakes and polls anyway."""
+        woke = self._decided.wait(timeout_s)
+        self._decided.clear()
+        return woke
+
+    def decision_mark(self, decision_id: str) -> DecisionMark | None:
+        """Where a decision stands (no index on decision_id: a scan, once per watch)."""
+        with self._conn() as c:
+            r = c.execute(
+                "SELECT rowid, created_at FROM decisions WHERE decision_id = ?", (decision_id,)
+            ).fetchone()
+        return DecisionMark(int(r[0]), float(r[1])) if r else None
+
+    def decision_head(self) -> DecisionMark:
+        """The last decision stored: a watch from here sees only later ones."""
+        with self._conn() as c:
+            r = c.execute("SELECT MAX(rowid) FROM decisions").fetchone()
+        return DecisionMark(int(r[0] or 0))
+
+    def decisions_after(
+        self, mark: DecisionMark, limit: int
+    ) -> list[tuple[DecisionMark, DecisionRow]]:
+        """Decisions stored after `mark`, in commit order (the rowid: one writer at a time,
+        and retention deletes the oldest rows, never the newest)."""
+        with self._conn() as c:
+            rows = c.execute(
+                f"SELECT rowid, {self._DECISION_COLS} FROM decisions WHERE rowid > ?"
+                " ORDER BY rowid LIMIT ?",
+                (mark.position, int(limit)),
+            ).fetchall()
+        return self._marked(rows)
 
     # --- maintenance --------------------------------------------------------------------------
 
