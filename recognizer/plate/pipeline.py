@@ -26,9 +26,11 @@ from recognizer.plate.grammar import (
     is_valid,
     rank_plates,
 )
+from recognizer.plate.overlay import erase_overlay
 from recognizer.plate.province import CLASSES, ProvinceClassifier, province_patch
 from recognizer.plate.reader import CtcReader, Reading, load_charset_lines
 from recognizer.plate.rectify import (
+    SINGLE_ROW_SIZE,
     SURELY_TWO_ROW_ASPECT,
     TWO_ROW_MAX_ASPECT,
     TWO_ROW_SIZE,
@@ -256,6 +258,7 @@ class PlateRecognizer:
         province_crop_weight: float = PROVINCE_CROP_WEIGHT,
         retry: bool = False,
         province_sure: float = PROVINCE_SURE,
+        erase_stamps: bool = True,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -269,6 +272,7 @@ class PlateRecognizer:
         self.province_crop_weight = province_crop_weight  # read_crop
         self.retry = retry  # a second detector look at frames where nothing was read
         self.province_sure = province_sure  # the classifier is asked below this only
+        self.erase_stamps = erase_stamps  # burned-in camera text off warped plates (overlay.py)
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -475,13 +479,13 @@ class PlateRecognizer:
         lines: list[np.ndarray] = []
         owner: list[tuple[int, bool, np.ndarray]] = []  # plate index, two-row, plate image
         for i, (img, cor) in enumerate(zip(images, corners, strict=True)):
-            single = warp_plate(img, cor) if warp else img
+            single = self._warp(img, cor) if warp else img
             h, w = img.shape[:2]
             aspect = corner_aspect(cor) if warp else w / max(h, 1)
             for two_row in _layouts(aspect, single):
                 plate = single
                 if two_row:
-                    plate = warp_plate(img, cor, TWO_ROW_SIZE) if warp else img
+                    plate = self._warp(img, cor, TWO_ROW_SIZE) if warp else img
                 if two_row:
                     lines.append(split_two_row(plate))
                 else:
@@ -501,7 +505,7 @@ class PlateRecognizer:
             for k in lost:
                 i, two_row, plate = owner[k]
                 if not two_row:
-                    plate = warp_plate(images[i], corners[i], TWO_ROW_SIZE) if warp else images[i]
+                    plate = self._warp(images[i], corners[i], TWO_ROW_SIZE) if warp else images[i]
                     owner[k] = (i, True, plate)
             with deadline.stage("plate.read"):
                 tops = self.reader.read_batch([top_row(owner[k][2]) for k in lost])
@@ -542,6 +546,12 @@ class PlateRecognizer:
                 )
             )
         return out
+
+    def _warp(
+        self, image: np.ndarray, corners: np.ndarray, size: tuple[int, int] = SINGLE_ROW_SIZE
+    ) -> np.ndarray:
+        plate = warp_plate(image, corners, size)
+        return erase_overlay(plate) if self.erase_stamps else plate
 
     def is_read(self, text: str) -> bool:
         """A text the pipeline may return: a plate of the mode's grammar, or of the generic
