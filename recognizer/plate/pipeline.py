@@ -51,6 +51,7 @@ class Detector(Protocol):
         sizes: tuple[int, ...] | None = None,
         score_threshold: float | None = None,
         keep: Sequence[PlateDetection] = (),
+        settled: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]: ...
     def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
 
@@ -259,6 +260,7 @@ class PlateRecognizer:
         retry: bool = False,
         province_sure: float = PROVINCE_SURE,
         erase_stamps: bool = True,
+        settle_sure: bool = True,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -273,6 +275,7 @@ class PlateRecognizer:
         self.retry = retry  # a second detector look at frames where nothing was read
         self.province_sure = province_sure  # the classifier is asked below this only
         self.erase_stamps = erase_stamps  # burned-in camera text off warped plates (overlay.py)
+        self.settle_sure = settle_sure  # the far pass does not re-read a plate read for sure
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -571,8 +574,9 @@ class PlateRecognizer:
         A frame large enough for the second (far-plate) detector size is first read at the
         first size alone. Without `enough` (ReadPlates: every plate) the second size then
         runs, its boxes join the first size's in one NMS, and only the plates it alone found
-        are read. With `enough` (the gate), the first size's answer stands when `enough`
-        accepts it (a read names a payer's plate) or when it holds a sure read (`sure_read`:
+        are read (a plate the first size read for sure keeps its box and its read). With
+        `enough` (the gate), the first size's answer stands when `enough` accepts it (a read
+        names a payer's plate) or when it holds a sure read (`sure_read`:
         a valid plate whose province was seen, at FAR_PASS_SKIP_CONFIDENCE or more: the car
         at the gate is read, and far plates are other cars). With `retry`, a frame where
         nothing was read gets a second detector look (the frame's own size up to 1280 px,
@@ -588,8 +592,13 @@ class PlateRecognizer:
         if len(sizes) > 1 and not (
             enough is not None and (enough(found) or any(self.sure_read(r) for r in found))
         ):
+            # A plate read for sure stays as read: the far pass's box of it would be read
+            # again (it often outscores the first size's box in the NMS) for no better text.
+            sure = [self.settle_sure and self.sure_read(r) for r in reads]
+            settled = [d for d, s in zip(dets, sure, strict=True) if s]
+            unsure = [d for d, s in zip(dets, sure, strict=True) if not s]
             with deadline.stage("plate.detect"):
-                merged = self.detector.detect(image_bgr, sizes[1:], keep=dets)
+                merged = self.detector.detect(image_bgr, sizes[1:], keep=unsure, settled=settled)
             known = {id(d): r for d, r in zip(dets, reads, strict=True)}
             new = [d for d in merged if id(d) not in known]
             more = self._read_detections(image_bgr, new, max_candidates)
