@@ -579,6 +579,7 @@ def run(
     if stages:
         crop_sets = [s for s in sets if s.is_crops]
         stage_section(rep, results, crop_sets[0] if crop_sets else None, 140 if quick else 560)
+        frame_stage_section(rep, results, [s for s in sets if not s.is_crops])
     synthetic_section(rep, results, recognizer, n=140 if quick else 560)
     if scenes:
         detector_sweep(rep, results, scenes[0], (384,) if quick else (320, 416, 512, 576, 640))
@@ -644,6 +645,48 @@ def stage_section(
         "process's per crop (other jobs ran on the machine: compare within the table)."
     )
     rep.table(["pipeline", *hits.keys(), "CPU ms / crop"], rows)
+
+
+def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[PlateSet]) -> None:
+    """The frame stages of issue 28's second round, each taken out in turn: the burned-in
+    text erase (recognizer/plate/overlay.py) and the far pass keeping a first-size sure read
+    (a plate the far pass finds again is otherwise read again). ReadPlates' path (`read`),
+    every labelled plate of the frame sets: exact = the plate among the frame's reads."""
+    from recognizer.plate.pipeline import build_plate_recognizer
+
+    data = [(s.name, img, smp.plates) for s in sets for smp in s.samples
+            if (img := decode_file(smp.path)) is not None]  # fmt: skip
+    if not data:
+        return
+    variants = {
+        "production": {},
+        "no stamp erase": {"erase_stamps": False},
+        "far pass re-reads sure plates": {"settle_sure": False},
+    }
+    rows, res = [], {}
+    for name, change in variants.items():
+        rec = build_plate_recognizer()
+        for attr, value in change.items():
+            setattr(rec, attr, value)
+        hits: dict[str, list[bool]] = defaultdict(list)
+        cpu: list[float] = []
+        for source, img, plates in progress(data, f"frame stages: {name}"):
+            t0 = time.process_time()
+            texts = {r.text for r in rec.read(img)}
+            cpu.append(1000 * (time.process_time() - t0))
+            hits[source] += [p in texts for p in plates]
+        res[name] = {k: {"n": len(v), "exact": int(sum(v))} for k, v in hits.items()}
+        res[name]["cpu_ms_per_frame_p50"] = median(cpu)
+        rows.append([name, *(f"{sum(v)}/{len(v)}" for v in hits.values()), median(cpu)])
+    results["frame_stages"] = res
+    rep.h("Frame stages, each taken out")
+    rep.p(
+        "`read` (ReadPlates' path) with one stage of the frame path taken out; exact = the "
+        "labelled plate among the frame's reads (no pairing, so it can differ by a plate from "
+        "the accuracy table). CPU: this process's median per frame (other jobs ran on the "
+        "machine: compare within the table)."
+    )
+    rep.table(["pipeline", *hits.keys(), "CPU ms / frame (p50)"], rows)
 
 
 SYNTH_GOALS = {"overall": 0.90, "yellow_two_row": 0.80, "green_new_energy": 0.80}

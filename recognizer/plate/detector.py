@@ -138,25 +138,31 @@ class PlateDetector:
         sizes: tuple[int, ...] | None = None,
         score_threshold: float | None = None,
         keep: Sequence[PlateDetection] = (),
+        settled: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]:
         """Plates at each input size (default `sizes_for`), through one NMS; boxes scoring
         at least `score_threshold` (default: the detector's own). `keep`: detections of an
         earlier pass over the same frame, which enter the NMS with the new boxes (a pass at
         another size adds the plates it alone finds); the ones that survive are returned as
-        the same objects, so a caller knows which plates it has already read."""
+        the same objects, so a caller knows which plates it has already read. `settled`: such
+        detections whose plates were read for sure; they outrank every other box (a new box
+        of the same plate would only be read again)."""
         sizes = sizes or self.sizes_for(image_bgr)
         threshold = self.score_threshold if score_threshold is None else score_threshold
         found = [self._candidates(image_bgr, size, threshold) for size in sizes]
-        boxes = np.concatenate([*(d.box[None] for d in keep), *(f[0] for f in found)])
-        corners = np.concatenate([*(d.corners[None] for d in keep), *(f[1] for f in found)])
-        scores = np.concatenate([[d.score for d in keep], *(f[2] for f in found)])
+        old = [*settled, *keep]
+        boxes = np.concatenate([*(d.box[None] for d in old), *(f[0] for f in found)])
+        corners = np.concatenate([*(d.corners[None] for d in old), *(f[1] for f in found)])
+        scores = np.concatenate([[d.score for d in old], *(f[2] for f in found)])
         boxes, corners = boxes.reshape(-1, 4), corners.reshape(-1, 4, 2)
         if scores.size == 0:
             return []
-        picked = nms(boxes, scores, self.nms_threshold, self.max_plates)
+        rank = scores.copy()
+        rank[: len(settled)] += 2.0  # above any score (scores are probabilities)
+        picked = nms(boxes, rank, self.nms_threshold, self.max_plates)
         return [
-            keep[k]
-            if k < len(keep)
+            old[k]
+            if k < len(old)
             else PlateDetection(
                 boxes[k].astype(np.float32), corners[k].astype(np.float32), float(scores[k])
             )

@@ -26,9 +26,11 @@ from recognizer.plate.grammar import (
     is_valid,
     rank_plates,
 )
+from recognizer.plate.overlay import erase_overlay
 from recognizer.plate.province import CLASSES, ProvinceClassifier, province_patch
 from recognizer.plate.reader import CtcReader, Reading, load_charset_lines
 from recognizer.plate.rectify import (
+    SINGLE_ROW_SIZE,
     SURELY_TWO_ROW_ASPECT,
     TWO_ROW_MAX_ASPECT,
     TWO_ROW_SIZE,
@@ -49,6 +51,7 @@ class Detector(Protocol):
         sizes: tuple[int, ...] | None = None,
         score_threshold: float | None = None,
         keep: Sequence[PlateDetection] = (),
+        settled: Sequence[PlateDetection] = (),
     ) -> list[PlateDetection]: ...
     def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
 
@@ -257,6 +260,8 @@ class PlateRecognizer:
         province_crop_weight: float = PROVINCE_CROP_WEIGHT,
         retry: bool = False,
         province_sure: float = PROVINCE_SURE,
+        erase_stamps: bool = True,
+        settle_sure: bool = True,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -270,6 +275,8 @@ class PlateRecognizer:
         self.province_crop_weight = province_crop_weight  # read_crop
         self.retry = retry  # a second detector look at frames where nothing was read
         self.province_sure = province_sure  # the classifier is asked below this only
+        self.erase_stamps = erase_stamps  # burned-in camera text off warped plates (overlay.py)
+        self.settle_sure = settle_sure  # the far pass does not re-read a plate read for sure
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -476,13 +483,13 @@ class PlateRecognizer:
         lines: list[np.ndarray] = []
         owner: list[tuple[int, bool, np.ndarray]] = []  # plate index, two-row, plate image
         for i, (img, cor) in enumerate(zip(images, corners, strict=True)):
-            single = warp_plate(img, cor) if warp else img
+            single = self._warp(img, cor) if warp else img
             h, w = img.shape[:2]
             aspect = corner_aspect(cor) if warp else w / max(h, 1)
             for two_row in _layouts(aspect, single):
                 plate = single
                 if two_row:
-                    plate = warp_plate(img, cor, TWO_ROW_SIZE) if warp else img
+                    plate = self._warp(img, cor, TWO_ROW_SIZE) if warp else img
                 if two_row:
                     lines.append(split_two_row(plate))
                 else:
@@ -502,7 +509,7 @@ class PlateRecognizer:
             for k in lost:
                 i, two_row, plate = owner[k]
                 if not two_row:
-                    plate = warp_plate(images[i], corners[i], TWO_ROW_SIZE) if warp else images[i]
+                    plate = self._warp(images[i], corners[i], TWO_ROW_SIZE) if warp else images[i]
                     owner[k] = (i, True, plate)
             with deadline.stage("plate.read"):
                 tops = self.reader.read_batch([top_row(owner[k][2]) for k in lost])
@@ -544,6 +551,12 @@ class PlateRecognizer:
             )
         return out
 
+    def _warp(
+        self, image: np.ndarray, corners: np.ndarray, size: tuple[int, int] = SINGLE_ROW_SIZE
+    ) -> np.ndarray:
+        plate = warp_plate(image, corners, size)
+        return erase_overlay(plate) if self.erase_stamps else plate
+
     def is_read(self, text: str) -> bool:
         """A text the pipeline may return: a plate of the mode's grammar, or of the generic
         pattern (a foreign plate, or part of one: counted apart by the bench). Anything else
@@ -562,8 +575,9 @@ class PlateRecognizer:
         A frame large enough for the second (far-plate) detector size is first read at the
         first size alone. Without `enough` (ReadPlates: every plate) the second size then
         runs, its boxes join the first size's in one NMS, and only the plates it alone found
-        are read. With `enough` (the gate), the first size's answer stands when `enough`
-        accepts it (a read names a payer's plate) or when it holds a sure read (`sure_read`:
+        are read (a plate the first size read for sure keeps its box and its read). With
+        `enough` (the gate), the first size's answer stands when `enough` accepts it (a read
+        names a payer's plate) or when it holds a sure read (`sure_read`:
         a valid plate whose province was seen, at FAR_PASS_SKIP_CONFIDENCE or more: the car
         at the gate is read, and far plates are other cars). With `retry`, a frame where
         nothing was read gets a second detector look (the frame's own size up to 1280 px,
@@ -579,8 +593,13 @@ class PlateRecognizer:
         if len(sizes) > 1 and not (
             enough is not None and (enough(found) or any(self.sure_read(r) for r in found))
         ):
+            # A plate read for sure stays as read: the far pass's box of it would be read
+            # again (it often outscores the first size's box in the NMS) for no better text.
+            sure = [self.settle_sure and self.sure_read(r) for r in reads]
+            settled = [d for d, s in zip(dets, sure, strict=True) if s]
+            unsure = [d for d, s in zip(dets, sure, strict=True) if not s]
             with deadline.stage("plate.detect"):
-                merged = self.detector.detect(image_bgr, sizes[1:], keep=dets)
+                merged = self.detector.detect(image_bgr, sizes[1:], keep=unsure, settled=settled)
             known = {id(d): r for d, r in zip(dets, reads, strict=True)}
             new = [d for d in merged if id(d) not in known]
             more = self._read_detections(image_bgr, new, max_candidates)
