@@ -80,6 +80,7 @@ container-deps:
 test: install models-all protos fonts postgres
 	$(BIN)/ruff check recognizer scripts benchmarks tests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 test-slow: install models-all protos fonts postgres container-deps test-mutants
@@ -131,6 +132,7 @@ bench-quick: setup models-all bench-deps
 lint: install
 	$(BIN)/ruff check recognizer scripts benchmarks tests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/ruff format --check recognizer scripts benchmarks tests
 
 clean:

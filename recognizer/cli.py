@@ -78,7 +78,7 @@ def serve(
         "metrics_port": metrics_port,
         "profile": profile,
     }
-    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     try:
         config = load_config(config_path, **overrides)
     except ConfigError as exc:

@@ -335,9 +335,7 @@ def register(main: click.Group) -> None:
                 plate_text=plate_text,
                 amount_minor=amount_minor,
                 currency=currency,
-                direction=gate_pb2.Direction.Value(
-                    f"DIRECTION_{(direction or 'unspecified')}".upper()
-                ),
+                direction=f"DIRECTION_{(direction or 'unspecified')}".upper(),
             ),
             metadata=c.metadata,
         )
@@ -408,7 +406,7 @@ def register(main: click.Group) -> None:
             identity_pb2.BindPaymentRequest(
                 identity_id=identity_id,
                 payment_ref=payment_ref,
-                factors=identity_pb2.Factor.Value(f"FACTOR_{factors.upper()}"),
+                factors=f"FACTOR_{factors.upper()}",
                 ceiling_minor=ceiling_minor,
             ),
             metadata=c.metadata,

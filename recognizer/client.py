@@ -128,7 +128,7 @@ class Client:
     def health(self, service: str = "", timeout: float = 5.0) -> str:
         stub = health_pb2_grpc.HealthStub(self.channel)
         resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
     def wait_serving(self, timeout: float = 120.0) -> bool:
         """Poll health until SERVING (models loaded) or the timeout passes."""

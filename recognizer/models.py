@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from recognizer.onnx import ModelError, OnnxModel, sha256_file
+from recognizer.onnx import ModelError as ModelError  # raised here; callers catch it here
+from recognizer.onnx import OnnxModel, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGED_DATA = PACKAGE_DIR / "_data"  # in a wheel: manifest, calibration, trained models

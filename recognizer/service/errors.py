@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any, cast
 
 import grpc
 import psycopg
@@ -74,12 +75,12 @@ def build_status(
         delay = duration_pb2.Duration(seconds=secs, nanos=int((retry_after_s - secs) * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
-    built = rpc_status.to_status(status)
+    built: Any = rpc_status.to_status(status)  # a grpc.Status namedtuple; grpc_status is untyped
     if retry_after_s is None:
-        return built
+        return cast(grpc.Status, built)
     # The same delay for gRPC's own retry policy, which reads this header, not RetryInfo.
     pushback = (PUSHBACK_HEADER, str(max(0, round(retry_after_s * 1000))))
-    return built._replace(trailing_metadata=(*built.trailing_metadata, pushback))
+    return cast(grpc.Status, built._replace(trailing_metadata=(*built.trailing_metadata, pushback)))
 
 
 def status_for_exception(exc: Exception) -> grpc.Status:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -42,26 +42,42 @@ Behavior = Callable[[Any, grpc.ServicerContext], Any]
 Wrapper = Callable[[Behavior, grpc.HandlerCallDetails], Behavior]
 
 
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
+
+
+def _replaced(handler: Handler, **changes: Any) -> Handler:
+    """The handler with some fields changed: grpc's handlers are namedtuples, which its type
+    stubs do not say."""
+    out: Handler = cast(Any, handler)._replace(**changes)
+    return out
+
+
+def _code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """The status the handler set, if any (`code()` exists since grpc 1.38; not in its stubs)."""
+    code: grpc.StatusCode | None = cast(Any, context).code()
+    return code
+
+
 def _wrap(
-    continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+    continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
     details: grpc.HandlerCallDetails,
     wrapper: Wrapper,
     streams: Wrapper | None = None,
-) -> grpc.RpcMethodHandler | None:
+) -> Handler | None:
     """`wrapper` around a unary handler, `streams` around a server-streaming one (its
     behaviour returns an iterator); reflection's bidirectional streams pass untouched."""
     handler = continuation(details)
     if handler is None:
         return None
     if handler.unary_unary is not None:
-        return handler._replace(unary_unary=wrapper(handler.unary_unary, details))
+        return _replaced(handler, unary_unary=wrapper(handler.unary_unary, details))
     if handler.unary_stream is not None and streams is not None:
-        return handler._replace(unary_stream=streams(handler.unary_stream, details))
+        return _replaced(handler, unary_stream=streams(handler.unary_stream, details))
     return handler
 
 
 def _aborted(context: grpc.ServicerContext) -> bool:
-    return context.code() not in (None, grpc.StatusCode.OK)
+    return _code(context) not in (None, grpc.StatusCode.OK)
 
 
 # --- metrics and access log -------------------------------------------------------------
@@ -218,7 +234,7 @@ def _log_call(
     request: Any,
     response: Any,
 ) -> None:
-    code = context.code() or grpc.StatusCode.OK
+    code = _code(context) or grpc.StatusCode.OK
     telemetry.observe_call(method, code.name, wall)
     log.info(
         "rpc",
@@ -340,15 +356,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=deny)
+            return _replaced(handler, unary_unary=deny)
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=deny)
+            return _replaced(handler, unary_stream=deny)
         if handler.stream_stream is not None:  # reflection
 
             def deny_stream(request_iter: Any, context: grpc.ServicerContext) -> Any:
                 refused(context)
 
-            return handler._replace(stream_stream=deny_stream)
+            return _replaced(handler, stream_stream=deny_stream)
         return handler
 
 
@@ -481,7 +497,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
                 finally:
                     ended.set()
                     ran = time.monotonic() - t0
-                    if left is not None and context.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if left is not None and _code(context) is grpc.StatusCode.DEADLINE_EXCEEDED:
                         # A call that timed out (a stall in the store, say) teaches the
                         # method's cost at most the budget it had, never the stall behind it.
                         ran = min(ran, max(0.0, left))
@@ -568,4 +584,4 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = _wrap(continuation, details, wrapper, streamed)
         if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
             return handler
-        return handler._replace(request_deserializer=_lenient(handler.request_deserializer))
+        return _replaced(handler, request_deserializer=_lenient(handler.request_deserializer))

@@ -8,6 +8,8 @@ limits (`recognizer.imaging`), not here.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -41,7 +43,9 @@ MAP_VALUE_CHARS = 1024
 def _repeated(fd: FieldDescriptor) -> bool:
     # protobuf 5+ spells it is_repeated; older releases only have the label.
     flag = getattr(fd, "is_repeated", None)
-    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+    if flag is not None:
+        return bool(flag)
+    return bool(cast(Any, fd).label == FieldDescriptor.LABEL_REPEATED)  # not in newer stubs
 
 
 def _too_long(path: str, limit: int, what: str) -> InvalidArgument:

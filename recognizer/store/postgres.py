@@ -99,7 +99,7 @@ class _CappedAttempt(AttemptWithBackoff):
         self.delay = min(self.delay, self.cap_s)
 
 
-class _Pool(ConnectionPool):  # type: ignore[type-arg]
+class _Pool(ConnectionPool):
     """The pool, with its reconnect backoff capped. psycopg_pool (3.2, 3.3) starts each
     reconnect chain in `_add_connection(attempt=None)`; the cap is put in there, and the
     45-s outage test (test-slow) checks the first success after the database returns."""
@@ -452,17 +452,21 @@ class PostgresStore(SqlStore):
         """The position up to which the log is settled (the snapshot's xmin − 1)."""
         with self._conn() as c:
             r = c.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1")
-            return int(r.fetchone()[0])
+            row = r.fetchone()
+            assert row is not None  # a SELECT of one value
+            return int(row[0])
 
     def backlog(self, seq: int, model: str) -> tuple[int, float]:
         """(changes after position `seq`, seconds since the oldest of them was made), by the
         database's clock: (0, 0.0) when none."""
         with self._conn() as c:
-            n, age = c.execute(
+            row = c.execute(
                 "SELECT COUNT(*), COALESCE(extract(epoch FROM clock_timestamp()) - MIN(at), 0)"
                 " FROM changes WHERE xid > ?::text::xid8 AND model = ?",
                 (int(seq), model),
             ).fetchone()
+        assert row is not None  # an aggregate: always one row
+        n, age = row
         return int(n), max(0.0, float(age))
 
     def wait_for_change(self, timeout_s: float) -> bool:
@@ -507,7 +511,9 @@ class PostgresStore(SqlStore):
     def decision_head(self) -> DecisionMark:
         """The settled line now: a watch from here sees decisions committed later."""
         with self._conn() as c:
-            line = c.execute(f"{self._SNAP} SELECT line FROM s").fetchone()[0]
+            row = c.execute(f"{self._SNAP} SELECT line FROM s").fetchone()
+            assert row is not None  # a SELECT of one value
+            line = row[0]
         return DecisionMark(int(line) - 1, time.time())
 
     def decisions_after(

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -67,7 +67,8 @@ def _count_templates(c: Connection, identity_id: str, delta: int) -> None:
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
@@ -77,7 +78,7 @@ class Cursor(Protocol):
 class Connection(Protocol):
     """What the shared SQL needs of a connection: sqlite3's, or the PostgreSQL wrapper."""
 
-    def execute(self, sql: str, params: Any = ..., /) -> Cursor: ...
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
     def executemany(self, sql: str, params: Iterable[Any], /) -> Any: ...
 
 
@@ -382,9 +383,7 @@ class SqlStore:
                 " FROM templates WHERE identity_id = ? AND model = ? ORDER BY label",
                 (identity_id, model),
             ).fetchall()
-        return [
-            TemplateRow(*r[:7], vector=self._decrypt(r[0], r[1], r[2], r[3], r[7])) for r in rows
-        ]
+        return [self._template_row(r) for r in rows]
 
     def templates_for(
         self, identity_ids: Iterable[str], model: str
@@ -405,9 +404,13 @@ class SqlStore:
                     (*part, model),
                 ).fetchall()
                 for r in rows:
-                    vector = self._decrypt(r[0], r[1], r[2], r[3], r[7])
-                    out.setdefault(r[1], []).append(TemplateRow(*r[:7], vector=vector))
+                    out.setdefault(r[1], []).append(self._template_row(r))
         return out
+
+    def _template_row(self, r: Any) -> TemplateRow:
+        """A row of (label, identity_id, model, dim, source, quality, created_at, vector)."""
+        vector = self._decrypt(r[0], r[1], r[2], r[3], r[7])
+        return TemplateRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], vector=vector)
 
     def template_labels(self, identity_id: str) -> list[int]:
         with self._conn() as c:
