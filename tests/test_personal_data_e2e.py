@@ -240,6 +240,13 @@ def test_admin_reads_of_personal_fields_are_audited_with_the_key_method_and_iden
     )
     c.admin.ListDecisions(gate_pb2.ListDecisionsRequest(identity_id=payer), metadata=md)
     c.admin.ListAudit(gate_pb2.ListAuditRequest(identity_id=payer), metadata=md)
+    decided = c.gate.Authorize(
+        gate_pb2.AuthorizeRequest(
+            gate_id="G-2", event_id=uuid.uuid4().hex, plate_text=PLATE, amount_minor=100
+        ),
+        metadata=md,
+    )
+    assert decided.identity_id == payer and decided.payment_ref == REF  # what an admin reads
     rows = [r for r in audit(c, identity_id=payer) if r.id not in before]
     reads = [r for r in rows if r.action == "read_personal"]
     assert {r.detail["method"] for r in reads} == {
@@ -251,6 +258,7 @@ def test_admin_reads_of_personal_fields_are_audited_with_the_key_method_and_iden
             "RecognitionService/IdentifyFace",
             "AdminService/ListDecisions",
             "AdminService/ListAudit",
+            "GateService/Authorize",
         )
     }
     assert {r.key_name for r in reads} == {key_name("admin")}

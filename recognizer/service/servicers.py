@@ -327,6 +327,8 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
                 # The only currency the deciding policy accepts (an empty one means it).
                 self._rt.config.policies.for_gate(request.gate_id).currency,
             )
+        if response.identity_id:  # a payer's payment reference and plate went back
+            personal.audit_reads(eng.gallery.store, [response.identity_id])  # admin keys only
         return response
 
 
