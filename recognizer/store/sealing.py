@@ -26,6 +26,7 @@ import base64
 import binascii
 import functools
 import hmac
+import threading
 from typing import Any
 
 from recognizer.errors import FailedPrecondition
@@ -35,7 +36,9 @@ BLIND_BYTES = 16  # 128 bits of HMAC-SHA256: collisions are out of reach
 # Per store, in memory only: a plate's indexes, and opened text fields by (sealed value,
 # column, row identity), so a row read again (a plate's last sighting, its holders' payment
 # references) costs no HMAC or AES-GCM. The row identity is part of the key: a value moved
-# to another row is opened (and refused) afresh.
+# to another row is opened (and refused) afresh. Rows this store sealed itself are remembered
+# as they are written (`remember_row`): the sealed values carry a fresh nonce, so only that
+# very row, as written, can ever hit such an entry.
 BLIND_CACHE = 4096
 OPEN_CACHE = 16384
 _AAD = "recognizer.field.v1"
@@ -74,15 +77,18 @@ class FieldSealer:
             self._blind_keys = ()
         self.blinds = functools.lru_cache(maxsize=BLIND_CACHE)(self._blinds)
         self._opened = functools.lru_cache(maxsize=OPEN_CACHE)(self._open_text)
-        self._opened_row = functools.lru_cache(maxsize=OPEN_CACHE)(self._open_row)
+        # Several fields of one row: (columns, *sealed values, *row identity) -> their texts.
+        # A plain dict (a hit is one lookup, no lock); writes and eviction (oldest first) hold
+        # the lock.
+        self._rows: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self._rows_lock = threading.Lock()
 
     # --- the blind index ---------------------------------------------------------------------
 
     def blind(self, plate: str) -> str:
-        """The plate's index under the primary key (what a write stores)."""
-        if not self._blind_keys:
-            return plate
-        return self._mac(self._blind_keys[0], plate)
+        """The plate's index under the primary key (what a write stores): the first of
+        `blinds`, through the same cache, so that a plate just written is looked up for free."""
+        return self.blinds(plate)[0]
 
     def _blinds(self, plate: str) -> tuple[str, ...]:
         """Every index the plate may be stored under: one per key held, and the plate itself
@@ -145,13 +151,35 @@ class FieldSealer:
     def open_row(
         self, values: tuple[str, ...], wheres: tuple[str, ...], row: tuple[Any, ...]
     ) -> tuple[str, ...]:
-        """Several text fields of one row at once (one cache lookup: the gate's hot path)."""
-        return self._opened_row(values, wheres, row) if self.sealed else values
+        """Several text fields of one row at once (one cache lookup: the gate's hot path).
+        `wheres` is one constant tuple per call site; the key is flat (cheaper to hash)."""
+        if not self.sealed:
+            return values
+        key = (wheres, *values, *row)
+        got = self._rows.get(key)
+        if got is None:
+            got = tuple(self._open_text(v, w, row) for v, w in zip(values, wheres, strict=True))
+            self._remember(key, got)
+        return got
 
-    def _open_row(
-        self, values: tuple[str, ...], wheres: tuple[str, ...], row: tuple[Any, ...]
-    ) -> tuple[str, ...]:
-        return tuple(self._open_text(v, w, row) for v, w in zip(values, wheres, strict=True))
+    def remember_row(
+        self,
+        values: tuple[str, ...],
+        wheres: tuple[str, ...],
+        row: tuple[Any, ...],
+        plain: tuple[str, ...],
+    ) -> None:
+        """`values` are `plain` as this sealer just sealed them for `row`: a later `open_row`
+        of that very row needs no AES-GCM. (Only these exact sealed values under this row
+        identity hit; anything else stored there is opened, and refused, as usual.)"""
+        if self.sealed:
+            self._remember((wheres, *values, *row), plain)
+
+    def _remember(self, key: tuple[Any, ...], plain: tuple[str, ...]) -> None:
+        with self._rows_lock:
+            self._rows[key] = plain
+            if len(self._rows) > OPEN_CACHE:
+                del self._rows[next(iter(self._rows))]
 
     def _open_text(self, value: str, where: str, row: tuple[Any, ...]) -> str:
         assert isinstance(self._cipher, AesGcmCipher)
