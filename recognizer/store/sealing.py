@@ -122,8 +122,13 @@ class FieldSealer:
         if not kid:
             self._plain_allowed(where, row)
             return blob
+        return self._open_as(kid, blob, where, row)
+
+    def _open_as(self, kid: str, blob: bytes, where: str, row: tuple[Any, ...]) -> bytes:
+        """A blob sealed under key `kid` (of this ring), or SealedFieldError."""
+        assert isinstance(self._cipher, AesGcmCipher)
         try:
-            return self._cipher.decrypt(blob, self._aad(kid, where, row))
+            return self._cipher.open_as(kid, blob, self._aad(kid, where, row))
         except CipherError as exc:
             raise SealedFieldError(
                 f"{where} of row {row} does not open under its row: it was moved from another "
@@ -189,10 +194,11 @@ class FieldSealer:
                 blob = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 blob = b""
-        if not self._cipher.key_id_of(blob):  # plain text (a store being sealed)
+        kid = self._cipher.key_id_of(blob)
+        if not kid:  # plain text (a store being sealed)
             self._plain_allowed(where, row)
             return value
-        return self.open_bytes(blob, where, row).decode("utf-8")
+        return self._open_as(kid, blob, where, row).decode("utf-8")
 
     def is_current(self, value: str | bytes) -> bool:
         """Whether a stored value is sealed under the primary key (a re-seal skips it)."""
