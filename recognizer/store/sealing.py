@@ -37,11 +37,12 @@ BLIND_BYTES = 16  # 128 bits of HMAC-SHA256: collisions are out of reach
 # column, row identity), so a row read again (a plate's last sighting, its holders' payment
 # references) costs no HMAC or AES-GCM. The row identity is part of the key: a value moved
 # to another row is opened (and refused) afresh. Rows this store sealed itself are remembered
-# as they are written (`remember_row`): the sealed values carry a fresh nonce, so only that
+# as they are written (`remember_sighting`): the sealed values carry a fresh nonce, so only that
 # very row, as written, can ever hit such an entry.
 BLIND_CACHE = 4096
 OPEN_CACHE = 16384
 _AAD = "recognizer.field.v1"
+_SIGHTING = "sightings"  # the sighting cache's key tag
 _B64_MAGIC = base64.b64encode(MAGIC)[:4].decode()  # "UlRL": every sealed text starts so
 # The text form's prefix is base64(magic + key id): 12 bytes, so 16 characters that do not
 # depend on what follows (prefix_of).
@@ -77,7 +78,7 @@ class FieldSealer:
             self._blind_keys = ()
         self.blinds = functools.lru_cache(maxsize=BLIND_CACHE)(self._blinds)
         self._opened = functools.lru_cache(maxsize=OPEN_CACHE)(self._open_text)
-        # Several fields of one row: (columns, *sealed values, *row identity) -> their texts.
+        # A sighting's gate and direction: (_SIGHTING, plate index, *sealed, time) -> texts.
         # A plain dict (a hit is one lookup, no lock); writes and eviction (oldest first) hold
         # the lock.
         self._rows: dict[tuple[Any, ...], tuple[str, ...]] = {}
@@ -153,32 +154,31 @@ class FieldSealer:
         """The text sealed in `value` (`where`, `row` as it was sealed), or SealedFieldError."""
         return self._opened(value, where, row) if self.sealed else value
 
-    def open_row(
-        self, values: tuple[str, ...], wheres: tuple[str, ...], row: tuple[Any, ...]
-    ) -> tuple[str, ...]:
-        """Several text fields of one row at once (one cache lookup: the gate's hot path).
-        `wheres` is one constant tuple per call site; the key is flat (cheaper to hash)."""
+    def open_sighting(self, blind: str, fetched: tuple[str, str, float]) -> tuple[str, str]:
+        """A sighting's gate and direction from its row as fetched (sealed gate, sealed
+        direction, time) and its plate index: one flat cache lookup, the gate's hot path."""
         if not self.sealed:
-            return values
-        key = (wheres, *values, *row)
+            return fetched[0], fetched[1]
+        key = (_SIGHTING, blind, *fetched)
         got = self._rows.get(key)
         if got is None:
-            got = tuple(self._open_text(v, w, row) for v, w in zip(values, wheres, strict=True))
+            row = (blind, fetched[2])
+            got = (
+                self._open_text(fetched[0], "sightings.gate_id", row),
+                self._open_text(fetched[1], "sightings.direction", row),
+            )
             self._remember(key, got)
-        return got
+        return got  # type: ignore[return-value]
 
-    def remember_row(
-        self,
-        values: tuple[str, ...],
-        wheres: tuple[str, ...],
-        row: tuple[Any, ...],
-        plain: tuple[str, ...],
+    def remember_sighting(
+        self, blind: str, fetched: tuple[str, str, float], gate_id: str, direction: str
     ) -> None:
-        """`values` are `plain` as this sealer just sealed them for `row`: a later `open_row`
-        of that very row needs no AES-GCM. (Only these exact sealed values under this row
-        identity hit; anything else stored there is opened, and refused, as usual.)"""
+        """`fetched` is (gate_id, direction, at) as this sealer just sealed them for a new
+        sighting: reading that very row back needs no AES-GCM. (Only these exact sealed
+        values, with their fresh nonces, under this row identity hit; anything else stored
+        there is opened, and refused, as usual.)"""
         if self.sealed:
-            self._remember((wheres, *values, *row), plain)
+            self._remember((_SIGHTING, blind, *fetched), (gate_id, direction))
 
     def _remember(self, key: tuple[Any, ...], plain: tuple[str, ...]) -> None:
         with self._rows_lock:

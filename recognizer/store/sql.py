@@ -47,7 +47,6 @@ log = logging.getLogger("recognizer.store.sql")
 T = TypeVar("T")
 _IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 _SIGHTING_PAGE = 1  # last_sighting reads the newest first (it nearly always names a direction)
-_GATE_DIR = ("sightings.gate_id", "sightings.direction")
 _NEWEST_SIGHTING = (  # the covering index (plate, at, gate_id, direction) answers it
     "SELECT gate_id, direction, at FROM sightings WHERE plate = ? ORDER BY at DESC LIMIT 1"
 )
@@ -795,22 +794,22 @@ class SqlStore:
         sealer = self.sealer
         blind, at, direction = sealer.blind(plate), float(at), str(direction)
         key = (blind, at)  # the AAD holds str(at): the float's shortest repr
-        sealed = (
+        fetched = (  # as last_sighting fetches it back
             sealer.seal(gate_id, "sightings.gate_id", key),
             sealer.seal(direction, "sightings.direction", key),
+            at,
         )
         c.execute(
             "INSERT INTO sightings (plate, gate_id, direction, at, plate_text)"
             " VALUES (?, ?, ?, ?, ?)",
             (
                 blind,
-                *sealed,
-                at,
+                *fetched,
                 sealer.seal(plate, "sightings.plate_text", key) if sealer.sealed else "",
             ),
         )
         # The next event of this plate reads this row back (last_sighting): no AES-GCM then.
-        sealer.remember_row(sealed, _GATE_DIR, key, (gate_id, direction))
+        sealer.remember_sighting(blind, fetched, gate_id, direction)
 
     def record_sighting(self, plate: str, gate_id: str, direction: str, at: float) -> None:
         with self._tx(serial=False) as c:
@@ -829,7 +828,7 @@ class SqlStore:
             r = c.execute(_NEWEST_SIGHTING, blinds).fetchone()
             if r is None:
                 return None
-            gate_id, direction = self.sealer.open_row(r[:2], _GATE_DIR, (blinds[0], r[2]))
+            gate_id, direction = self.sealer.open_sighting(blinds[0], r)
             if direction != "unspecified":
                 return SightingRow(plate, gate_id, direction, r[2], direction)
         sql = _LAST_SIGHTINGS.get(len(blinds)) or _LAST_SIGHTINGS.setdefault(
@@ -842,9 +841,7 @@ class SqlStore:
         while True:  # bounded: each page moves on through the plate's sightings
             rows = c.execute(sql, (*blinds, page, offset)).fetchall()
             for blind, gate_id, direction, at in rows:
-                gate_id, direction = self.sealer.open_row(
-                    (gate_id, direction), _GATE_DIR, (blind, at)
-                )
+                gate_id, direction = self.sealer.open_sighting(blind, (gate_id, direction, at))
                 if newest is None:
                     newest = (plate, gate_id, direction, at)
                 if direction != "unspecified":
