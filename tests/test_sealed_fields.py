@@ -255,6 +255,31 @@ def test_a_sealed_value_moved_to_another_row_is_refused(
         store.close()
 
 
+def test_a_moved_sighting_is_refused_by_the_store_that_wrote_and_read_it(tmp_path: Path) -> None:
+    """The store remembers the sightings it sealed and read (no AES-GCM on the gate's hot
+    path), keyed by the sealed values and the row: values moved while it runs still fail."""
+    store = sqlite_store(tmp_path, AesGcmCipher(KEY))
+    try:
+        (_, p1, _), (_, p2, _) = PEOPLE
+        store.record_sighting(p1, "G-1", "entry", 1000.0)
+        store.record_sighting(p2, "G-2", "exit", 1001.0)
+        for _ in range(2):  # written (remembered), then read (remembered)
+            last = store.last_sighting(p1)
+            assert last is not None and (last.gate_id, last.presence) == ("G-1", "entry")
+        with sqlite3.connect(tmp_path / "recognizer.db") as c:
+            (v1, d1), (v2, d2) = c.execute(
+                "SELECT gate_id, direction FROM sightings ORDER BY at"
+            ).fetchall()
+            c.execute("UPDATE sightings SET gate_id = ?, direction = ? WHERE at = 1000.0", (v2, d2))
+            c.execute("UPDATE sightings SET gate_id = ?, direction = ? WHERE at = 1001.0", (v1, d1))
+        for plate in (p1, p2):
+            with pytest.raises(SealedFieldError) as err:
+                store.last_sighting(plate)
+            assert err.value.reason == "SEALED_FIELD_MOVED"
+    finally:
+        store.close()
+
+
 # --- the previous release -------------------------------------------------------------------
 
 

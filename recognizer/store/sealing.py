@@ -26,6 +26,7 @@ import base64
 import binascii
 import functools
 import hmac
+import threading
 from typing import Any
 
 from recognizer.errors import FailedPrecondition
@@ -35,10 +36,13 @@ BLIND_BYTES = 16  # 128 bits of HMAC-SHA256: collisions are out of reach
 # Per store, in memory only: a plate's indexes, and opened text fields by (sealed value,
 # column, row identity), so a row read again (a plate's last sighting, its holders' payment
 # references) costs no HMAC or AES-GCM. The row identity is part of the key: a value moved
-# to another row is opened (and refused) afresh.
+# to another row is opened (and refused) afresh. Rows this store sealed itself are remembered
+# as they are written (`remember_sighting`): the sealed values carry a fresh nonce, so only that
+# very row, as written, can ever hit such an entry.
 BLIND_CACHE = 4096
 OPEN_CACHE = 16384
 _AAD = "recognizer.field.v1"
+_SIGHTING = "sightings"  # the sighting cache's key tag
 _B64_MAGIC = base64.b64encode(MAGIC)[:4].decode()  # "UlRL": every sealed text starts so
 # The text form's prefix is base64(magic + key id): 12 bytes, so 16 characters that do not
 # depend on what follows (prefix_of).
@@ -74,15 +78,18 @@ class FieldSealer:
             self._blind_keys = ()
         self.blinds = functools.lru_cache(maxsize=BLIND_CACHE)(self._blinds)
         self._opened = functools.lru_cache(maxsize=OPEN_CACHE)(self._open_text)
-        self._opened_row = functools.lru_cache(maxsize=OPEN_CACHE)(self._open_row)
+        # A sighting's gate and direction: (_SIGHTING, plate index, *sealed, time) -> texts.
+        # A plain dict (a hit is one lookup, no lock); writes and eviction (oldest first) hold
+        # the lock.
+        self._rows: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self._rows_lock = threading.Lock()
 
     # --- the blind index ---------------------------------------------------------------------
 
     def blind(self, plate: str) -> str:
-        """The plate's index under the primary key (what a write stores)."""
-        if not self._blind_keys:
-            return plate
-        return self._mac(self._blind_keys[0], plate)
+        """The plate's index under the primary key (what a write stores): the first of
+        `blinds`, through the same cache, so that a plate just written is looked up for free."""
+        return self.blinds(plate)[0]
 
     def _blinds(self, plate: str) -> tuple[str, ...]:
         """Every index the plate may be stored under: one per key held, and the plate itself
@@ -116,8 +123,13 @@ class FieldSealer:
         if not kid:
             self._plain_allowed(where, row)
             return blob
+        return self._open_as(kid, blob, where, row)
+
+    def _open_as(self, kid: str, blob: bytes, where: str, row: tuple[Any, ...]) -> bytes:
+        """A blob sealed under key `kid` (of this ring), or SealedFieldError."""
+        assert isinstance(self._cipher, AesGcmCipher)
         try:
-            return self._cipher.decrypt(blob, self._aad(kid, where, row))
+            return self._cipher.open_as(kid, blob, self._aad(kid, where, row))
         except CipherError as exc:
             raise SealedFieldError(
                 f"{where} of row {row} does not open under its row: it was moved from another "
@@ -142,16 +154,37 @@ class FieldSealer:
         """The text sealed in `value` (`where`, `row` as it was sealed), or SealedFieldError."""
         return self._opened(value, where, row) if self.sealed else value
 
-    def open_row(
-        self, values: tuple[str, ...], wheres: tuple[str, ...], row: tuple[Any, ...]
-    ) -> tuple[str, ...]:
-        """Several text fields of one row at once (one cache lookup: the gate's hot path)."""
-        return self._opened_row(values, wheres, row) if self.sealed else values
+    def open_sighting(self, blind: str, fetched: tuple[str, str, float]) -> tuple[str, str]:
+        """A sighting's gate and direction from its row as fetched (sealed gate, sealed
+        direction, time) and its plate index: one flat cache lookup, the gate's hot path."""
+        if not self.sealed:
+            return fetched[0], fetched[1]
+        key = (_SIGHTING, blind, *fetched)
+        got = self._rows.get(key)
+        if got is None:
+            row = (blind, fetched[2])
+            got = (
+                self._open_text(fetched[0], "sightings.gate_id", row),
+                self._open_text(fetched[1], "sightings.direction", row),
+            )
+            self._remember(key, got)
+        return got  # type: ignore[return-value]
 
-    def _open_row(
-        self, values: tuple[str, ...], wheres: tuple[str, ...], row: tuple[Any, ...]
-    ) -> tuple[str, ...]:
-        return tuple(self._open_text(v, w, row) for v, w in zip(values, wheres, strict=True))
+    def remember_sighting(
+        self, blind: str, fetched: tuple[str, str, float], gate_id: str, direction: str
+    ) -> None:
+        """`fetched` is (gate_id, direction, at) as this sealer just sealed them for a new
+        sighting: reading that very row back needs no AES-GCM. (Only these exact sealed
+        values, with their fresh nonces, under this row identity hit; anything else stored
+        there is opened, and refused, as usual.)"""
+        if self.sealed:
+            self._remember((_SIGHTING, blind, *fetched), (gate_id, direction))
+
+    def _remember(self, key: tuple[Any, ...], plain: tuple[str, ...]) -> None:
+        with self._rows_lock:
+            self._rows[key] = plain
+            if len(self._rows) > OPEN_CACHE:
+                del self._rows[next(iter(self._rows))]
 
     def _open_text(self, value: str, where: str, row: tuple[Any, ...]) -> str:
         assert isinstance(self._cipher, AesGcmCipher)
@@ -161,10 +194,11 @@ class FieldSealer:
                 blob = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 blob = b""
-        if not self._cipher.key_id_of(blob):  # plain text (a store being sealed)
+        kid = self._cipher.key_id_of(blob)
+        if not kid:  # plain text (a store being sealed)
             self._plain_allowed(where, row)
             return value
-        return self.open_bytes(blob, where, row).decode("utf-8")
+        return self._open_as(kid, blob, where, row).decode("utf-8")
 
     def is_current(self, value: str | bytes) -> bool:
         """Whether a stored value is sealed under the primary key (a re-seal skips it)."""
