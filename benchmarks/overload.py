@@ -30,8 +30,8 @@ from typing import Any
 
 import grpc
 
-from benchmarks.metrics import percentiles
 from benchmarks.service import check_target
+from devtools.metrics import percentiles
 from recognizer.service.interceptors import API_KEY_HEADER, QUEUE_WAIT_HEADER
 from recognizer.v1 import recognition_pb2
 

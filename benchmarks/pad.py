@@ -3,7 +3,7 @@ validated the way the field will see it (issue 27).
 
 The corpus (benchmarks/pad_corpus.py): DIR's real frames (`live/<subject>/`,
 `print/<subject>/`, default NUAA) and every colour face sample set with synthetic prints and
-screen replays made from its photos (benchmarks/pad_synth.py, seeded). Folds
+screen replays made from its photos (devtools/pad_synth.py, seeded). Folds
 (benchmarks/pad_eval.py) are disjoint by subject and by set; each fold's model, calibration and
 thresholds come from its training part only (inner folds of the same shape) and it is reported
 on the left-out part at those thresholds:
@@ -33,9 +33,9 @@ import numpy as np
 from benchmarks import pad_corpus as pc
 from benchmarks import pad_eval as pe
 from benchmarks import pad_model as pm
-from benchmarks.datasets import discover_face_sets
-from benchmarks.metrics import percentiles
-from benchmarks.report import Report, decode_file, fmt, pct, progress, shown
+from benchmarks.report import Report, fmt, pct, progress, shown
+from devtools.datasets import decode_file, discover_face_sets
+from devtools.metrics import percentiles
 from recognizer.face.types import LivenessDecision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,7 +244,7 @@ def run(
     rep.p(
         f"Corpus: real frames of `{shown(dataset)}` and the colour face sets of "
         f"`{shown(faces_root) if faces_root else '-'}` with synthetic attacks "
-        f"(benchmarks/pad_synth.py v{pc.ps.VERSION}, seed {pc.SEED}): {len(corpus)} faces "
+        f"(devtools/pad_synth.py v{pc.ps.VERSION}, seed {pc.SEED}): {len(corpus)} faces "
         f"({kinds['live']} bona fide, {kinds['print']} prints, {kinds['replay']} replays; "
         f"{int(corpus.synthetic.sum())} synthetic), {len(set(corpus.group.tolist()))} people, "
         f"{corpus.dropped} frames without a face or without the evidence (not scored). "

@@ -8,7 +8,7 @@ Shared by `scripts/train_pad.py` and `benchmarks/pad.py`. Every sample is one de
 - `group`: the person ("nuaa/0003", "lfw10/Ariel_Sharon"): a person's bona fide photos and
   every attack made from them share one group, so folds never split a person;
 - `kind`: "live", "print" or "replay" (real or synthetic);
-- `synthetic`: made by benchmarks/pad_synth.py from a bona fide photo of that group.
+- `synthetic`: made by devtools/pad_synth.py from a bona fide photo of that group.
 
 Bona fide: NUAA live frames and every image of the *colour* face sets (grayscale sets carry no
 colour evidence: the stage answers UNCERTAIN for them and they are never trained on), each
@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import pad_model as pm
-from benchmarks import pad_synth as ps
-from benchmarks.datasets import discover_face_sets
-from benchmarks.report import decode_file
+from devtools import pad_synth as ps
+from devtools.datasets import decode_file, discover_face_sets
 from recognizer.face.liveness import context_crop, evidence_missing
 
 KINDS = ("live", "print", "replay")

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets import PlateSet, discover_plate_sets, truth_type
-from benchmarks.metrics import percentiles, wilson_ci
-from benchmarks.report import Report, decode_file, pct, plot_bars, progress, shown
-from benchmarks.stats import GAP, char_accuracy, confusions, edit_distance, median, ratio
+from benchmarks.report import Report, pct, plot_bars, progress, shown
+from devtools.datasets import PlateSet, decode_file, discover_plate_sets, truth_type
+from devtools.metrics import percentiles, wilson_ci
+from devtools.stats import GAP, char_accuracy, confusions, edit_distance, median, ratio
 
 # Separators a general OCR puts inside a plate: the middle dot, spaces, dashes.
 _SEPARATORS = re.compile(r"[\s.·•・\-_:：,，'\"]")
@@ -595,7 +595,7 @@ def stage_section(
     with one stage put back (the alternative reader on every clean line, the province
     classifier on every province, PP-OCRv4 lines padded to 320 px), on the real crops and
     seeded synthetic crops. The far-plate pass is measured on frames above (`gate path`)."""
-    from benchmarks.synth_plates import FontNotFoundError, generate_dataset
+    from devtools.synth_plates import FontNotFoundError, generate_dataset
     from recognizer.plate.pipeline import build_plate_recognizer
 
     data: list[tuple[str, np.ndarray, str]] = []
@@ -696,7 +696,7 @@ def synthetic_section(
     rep: Report, results: dict[str, Any], recognizer: Any, n: int, seed: int = 1
 ) -> None:
     """Seeded synthetic crops of every type in fixed proportions, read by our pipeline."""
-    from benchmarks.synth_plates import FontNotFoundError, generate_dataset
+    from devtools.synth_plates import FontNotFoundError, generate_dataset
 
     try:
         plates = list(generate_dataset(n, seed))
@@ -725,7 +725,7 @@ def synthetic_section(
     results["synthetic"] = {"seed": seed, "types": res}
     rep.h("Synthetic plates (seeded, fixed type proportions)")
     rep.p(
-        f"{n} crops from `benchmarks.synth_plates` (seed {seed}): rendered with a CJK font, "
+        f"{n} crops from `devtools.synth_plates` (seed {seed}): rendered with a CJK font, "
         "then perspective, blur, noise, lighting and JPEG; exact ground truth."
     )
     rep.table(["type", "plates", "exact", "goal", "met"], rows)

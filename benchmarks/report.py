@@ -232,21 +232,6 @@ def write_compact(payload: Any, path: Path) -> None:
     )
 
 
-# --- images ------------------------------------------------------------------------------
-
-
-def decode_file(path: Path) -> np.ndarray | None:
-    """The server's own intake, so a benchmark sees exactly what a request would; None for a
-    file the server would refuse (the street set holds one truncated camera JPEG)."""
-    from recognizer.errors import InvalidArgument
-    from recognizer.imaging import decode
-
-    try:
-        return decode(path.read_bytes(), field=path.name)
-    except InvalidArgument:
-        return None
-
-
 # --- progress ----------------------------------------------------------------------------
 
 
@@ -295,7 +280,7 @@ def plot_det(
     ylabel: str = "FNMR (false non-match rate)",
 ) -> Path:
     """DET curves (FNMR against FMR, both log) for {label: (genuine, impostor)} score sets."""
-    from benchmarks.metrics import det_curve
+    from devtools.metrics import det_curve
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))

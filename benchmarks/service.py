@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metrics import percentiles
 from benchmarks.report import DATASETS, Report, plot_lines, progress, shown
-from benchmarks.stats import median, ratio
+from devtools.metrics import percentiles
+from devtools.stats import median, ratio
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -290,7 +290,7 @@ def enrol_payers(
     """Enrol `count` people (first photo), each bound to one scene's plate (a CCPD file name
     holds its plate) with a PLATE_AND_FACE payment binding; returns each one's (scene, probe
     photo: another photo of them)."""
-    from benchmarks.datasets import parse_ccpd_name
+    from devtools.datasets import parse_ccpd_name
     from recognizer.v1 import identity_pb2
 
     md = client.metadata

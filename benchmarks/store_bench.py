@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from benchmarks.report import REPO_ROOT, Report, shown
-from benchmarks.stats import median, ratio
+from devtools.stats import median, ratio
 
 OPS = ("identities_for_plate", "last_sighting")
 WORKER = Path(__file__).with_name("store_worker.py")

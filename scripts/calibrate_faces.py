@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +31,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.calibration import GROUPS
+from recognizer.face.calibration import SCORE_FLOOR_NOTE, compact
+from recognizer.face.pipeline import FacePipeline, build_face_pipeline
+from recognizer.face.types import Selection
+from recognizer.models import DEFAULT_MODELS_DIR
 
-from benchmarks.calibration import GROUPS  # noqa: E402
-from recognizer.face.calibration import SCORE_FLOOR_NOTE, compact  # noqa: E402
-from recognizer.face.pipeline import FacePipeline, build_face_pipeline  # noqa: E402
-from recognizer.face.types import Selection  # noqa: E402
-from recognizer.models import DEFAULT_MODELS_DIR  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATASETS = ("lfw10", "misc", "asianfaces_cn", "lfw_subset", "att_orl")
 GROUP_OF = {ds: g for g, members in GROUPS.items() for ds in members}

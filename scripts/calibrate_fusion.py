@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +34,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devtools.datasets import parse_crop_name
+from devtools.synth_plates import SynthConfig, generate_dataset
+from recognizer.face.calibration import FaceCalibration
+from recognizer.fusion import FusionModel, PlateModel, fit_linear_llr
+from recognizer.plate.grammar import PROVINCES, normalize
+from recognizer.plate.pipeline import PlateRecognizer, build_plate_recognizer
+from recognizer.plate.types import PlateResult
 
-from benchmarks.datasets import parse_crop_name  # noqa: E402
-from benchmarks.synth_plates import SynthConfig, generate_dataset  # noqa: E402
-from recognizer.face.calibration import FaceCalibration  # noqa: E402
-from recognizer.fusion import FusionModel, PlateModel, fit_linear_llr  # noqa: E402
-from recognizer.plate.grammar import PROVINCES, normalize  # noqa: E402
-from recognizer.plate.pipeline import PlateRecognizer, build_plate_recognizer  # noqa: E402
-from recognizer.plate.types import PlateResult  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # Every character a plate can hold: provinces, letters and digits (look-alikes).
 ALPHABET = sorted(set(PROVINCES) | set("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"))

@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pg_local
+from devtools import pg_local
 
 DEV_KEYS = "admin:dev-admin-key,verifier:dev-verifier-key,gate:dev-gate-key"
 

@@ -3,7 +3,7 @@
 .venv/bin/python scripts/make_examples.py [--out examples] [--cache-dir .cache/wheels]
 
 - car.jpg, car2.jpg: two frames of one car with the plate 京A12345, drawn here (a car's rear
-  in flat shapes, the plate rendered by benchmarks/synth_plates.py at GA 36 geometry, seeded
+  in flat shapes, the plate rendered by devtools/synth_plates.py at GA 36 geometry, seeded
   noise): this project's own work, under the project's licence. Needs a CJK font
   (`make fonts`).
 - astronaut.jpg: the photograph of the astronaut Eileen Collins that scikit-image ships
@@ -29,11 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from devtools.synth_plates import render_plate
+from recognizer.plate.types import PlateType
 
-from benchmarks.synth_plates import render_plate  # noqa: E402
-from recognizer.plate.types import PlateType  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PLATE = "京A12345"
 SKIMAGE = "scikit-image==0.26.0"

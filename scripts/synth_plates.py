@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.synth_plates import SynthConfig, generate_dataset
+from devtools.synth_plates import SynthConfig, generate_dataset
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ the model is for evaluation; see models/trained/pad_ref.md):
   frames, subject 0001 held out by `--hold-out` so the tests score a subject it never saw);
 - every *colour* face sample set under `--faces` (default ../shared/datasets/faces): each
   photo bona fide, twice more through other synthetic cameras, and `--prints` synthetic
-  prints and `--replays` synthetic screen replays of it (benchmarks/pad_synth.py, `--seed`).
+  prints and `--replays` synthetic screen replays of it (devtools/pad_synth.py, `--seed`).
 
 A site retrains on its own frames with `--data DIR`, laid out `live/<subject>/*.jpg`,
 `print/<subject>/*.jpg`, `replay/<subject>/*.jpg` (any folder other than `live` is an
@@ -37,14 +37,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core, and the same sums on every run
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from benchmarks import pad_corpus as pc  # noqa: E402
 from benchmarks import pad_model as pm  # noqa: E402
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "subjects": str(len(groups)),
         "held_out": ",".join(sorted(held)),
         "samples": ", ".join(f"{n} {k}" for k, n in counts.items()),
-        "synthetic": f"benchmarks/pad_synth.py v{pc.ps.VERSION}, seed {args.seed}, "
+        "synthetic": f"devtools/pad_synth.py v{pc.ps.VERSION}, seed {args.seed}, "
         f"{args.prints} prints + {args.replays} replays + {pc.VARIANTS} bona fide camera "
         "variants per photo"
         if syn

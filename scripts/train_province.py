@@ -8,7 +8,7 @@ read here):
 - real crops: ../shared/datasets/plates/crops (sirius-ai/LPRNet_Pytorch data/test,
   Apache-2.0), file name = plate. A fixed, seeded 20% is held out for validation. 95% are 皖,
   so every class is weighted by the inverse of its count (balanced).
-- synthetic plates of every type and province: benchmarks/synth_plates.py (this project),
+- synthetic plates of every type and province: devtools/synth_plates.py (this project),
   half as crops with margin (the read_crop path), half warped from jittered true corners
   (the detector path, like a detector's corner error). Validation uses another seed.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,26 +32,25 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.synth_plates import (  # noqa: E402
+from devtools.synth_plates import (
     DEFAULT_PROPORTIONS,
     SynthConfig,
     generate,
     generate_dataset,
     type_schedule,
 )
-from recognizer.onnx import OnnxModel  # noqa: E402
-from recognizer.plate.classify import TWO_ROW_CROP_ASPECT  # noqa: E402
-from recognizer.plate.province import (  # noqa: E402
+from recognizer.onnx import OnnxModel
+from recognizer.plate.classify import TWO_ROW_CROP_ASPECT
+from recognizer.plate.province import (
     CLASSES,
     PATCH_H,
     PATCH_W,
     province_patch,
 )
-from recognizer.plate.rectify import SINGLE_ROW_SIZE, TWO_ROW_SIZE, warp_plate  # noqa: E402
-from recognizer.plate.types import PlateType  # noqa: E402
+from recognizer.plate.rectify import SINGLE_ROW_SIZE, TWO_ROW_SIZE, warp_plate
+from recognizer.plate.types import PlateType
+
+REPO = Path(__file__).resolve().parents[1]
 
 CROPS = REPO.parent / "shared" / "datasets" / "plates" / "crops"
 OUT = REPO / "models" / "trained" / "province_cls.onnx"

@@ -1,6 +1,6 @@
 """Choose the stamp-erase bar (recognizer/plate/overlay.py) on synthetic frames only.
 
-Seeded synthetic gate frames (benchmarks.synth_plates), each read as it is and with a
+Seeded synthetic gate frames (devtools.synth_plates), each read as it is and with a
 camera timestamp burned in over the plate's lower or upper edge (white, black outline, as
 gate cameras draw it), at every grid value of (OVERLAY_MIN, OVERLAY_GAP) and with the erase
 off. Prints exact reads per set; the street and scene frames are never read here.
@@ -11,15 +11,11 @@ off. Prints exact reads per set; the street and scene frames are never read here
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.synth_plates import SynthConfig, SynthPlate, generate_dataset
+from devtools.synth_plates import SynthConfig, SynthPlate, generate_dataset
 from recognizer.plate import overlay
 from recognizer.plate.pipeline import build_plate_recognizer
 

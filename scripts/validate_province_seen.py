@@ -20,14 +20,13 @@ Data (validation only: the street and scene frames are test sets and are never r
 - real crops: the validation split of scripts/train_province.py (crop_split), which the
   province classifier did not train on; read_crop;
 - synthetic crops (read_crop), synthetic 640x480 frames and far 1280x960 frames with small
-  plates (the detector path), benchmarks/synth_plates.py at seeds used nowhere else.
+  plates (the detector path), devtools/synth_plates.py at seeds used nowhere else.
 Everything is seeded: the same command prints the same numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,22 +35,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from train_province import crop_split, read_image  # noqa: E402
-
-from benchmarks.synth_plates import (  # noqa: E402
+from devtools.synth_plates import (
     SynthConfig,
     cover,
     generate_dataset,
     plate_colour,
     province_box,
 )
-from recognizer.plate import pipeline as pl  # noqa: E402
-from recognizer.plate.grammar import PROVINCES  # noqa: E402
-from recognizer.plate.types import PlateResult  # noqa: E402
+from recognizer.plate import pipeline as pl
+from recognizer.plate.grammar import PROVINCES
+from recognizer.plate.types import PlateResult
+from scripts.train_province import crop_split, read_image
+
+REPO = Path(__file__).resolve().parents[1]
 
 SEED = 6161
 GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)

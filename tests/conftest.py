@@ -142,9 +142,9 @@ def admin(real_server: RunningServer) -> Iterator[Client]:
 
 @contextmanager
 def local_postgres(prefix: str = "recognizer-pg-") -> Iterator[Any]:
-    """A throwaway PostgreSQL on 127.0.0.1 (scripts/pg_local.py), `missing` without the
+    """A throwaway PostgreSQL on 127.0.0.1 (devtools/pg_local.py), `missing` without the
     server binaries; stopped and removed afterwards."""
-    from scripts import pg_local
+    from devtools import pg_local
 
     try:
         pg_local.bindir()

@@ -41,7 +41,7 @@ def lfw_face(name: str, k: int) -> bytes:
 
 def _scene_path(k: int) -> tuple[Path, str]:
     """The k-th CCPD frame's path and the plate its file name records."""
-    from benchmarks.datasets import parse_ccpd_name
+    from devtools.datasets import parse_ccpd_name
 
     path = sorted(dataset("plates", "scenes").iterdir())[k]
     truth = parse_ccpd_name(path.name)
@@ -72,7 +72,7 @@ def scene_without_province(k: int, cut: float = 0.13) -> tuple[bytes, str]:
     """The k-th CCPD frame with everything left of `cut` of its plate's width cut away, so the
     province glyph is out of the frame and the rest of the plate in it (a car half past the
     camera's edge); and the plate's text."""
-    from benchmarks.synth_plates import plate_point
+    from devtools.synth_plates import plate_point
 
     img, corners, truth = _scene_plate(k)
     x = round(max(plate_point(corners, cut, 0.0)[0], plate_point(corners, cut, 1.0)[0]))
@@ -82,7 +82,7 @@ def scene_without_province(k: int, cut: float = 0.13) -> tuple[bytes, str]:
 def scene_with_province_painted(k: int, width: float = 0.15) -> tuple[bytes, str]:
     """The k-th CCPD frame with the left `width` of its plate, the province glyph, painted in
     the plate's own colour (a sticker, dirt); and the plate's text."""
-    from benchmarks.synth_plates import cover, plate_colour
+    from devtools.synth_plates import cover, plate_colour
 
     img, corners, truth = _scene_plate(k)
     return _png(cover(img, corners, (0.0, width, 0.0, 1.0), plate_colour(img, corners))), truth

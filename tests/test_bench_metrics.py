@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import metrics as m
+from devtools import metrics as m
 
 
 def test_det_with_three_impostors_has_the_expected_points() -> None:

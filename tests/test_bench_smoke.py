@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.datasets import FaceImage, parse_ccpd_name, parse_crop_name, truth_type
 from benchmarks.faces import pair_scores
 from benchmarks.plates import (
     PlateOutcome,
@@ -19,7 +18,8 @@ from benchmarks.plates import (
 )
 from benchmarks.report import Report, fmt, md_table, to_jsonable
 from benchmarks.service import check_target
-from benchmarks.stats import GAP, align, char_accuracy, confusions, edit_distance, median, ratio
+from devtools.datasets import FaceImage, parse_ccpd_name, parse_crop_name, truth_type
+from devtools.stats import GAP, align, char_accuracy, confusions, edit_distance, median, ratio
 
 
 def test_ccpd_name_decoding() -> None:

@@ -20,7 +20,7 @@ GATE = "recognizer.v1.GateService"
 
 
 def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: Path) -> None:
-    from scripts import pg_local
+    from devtools import pg_local
 
     with (
         local_postgres("recognizer-pg-down-") as db,

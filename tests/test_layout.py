@@ -23,7 +23,7 @@ def test_client_and_cli_import_neither_the_runtime_nor_the_server() -> None:
     assert out.stdout.strip() == "", f"client imports pulled in: {out.stdout.strip()}"
 
 
-DEV = ("benchmarks", "tests", "scripts")
+DEV = ("benchmarks", "devtools", "tests", "scripts")
 
 
 def test_the_product_never_imports_development_code() -> None:
@@ -53,8 +53,8 @@ def test_the_product_never_imports_development_code() -> None:
 
 
 def test_the_command_line_loads_no_development_code() -> None:
-    """Every command's help, the server and the CLI loaded: none of benchmarks, scripts or
-    tests in sys.modules, although the checkout's root is on sys.path (as it is here)."""
+    """Every command's help, the server and the CLI loaded: none of benchmarks, devtools,
+    scripts or tests in sys.modules, although the checkout's root is on sys.path (as it is here)."""
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"

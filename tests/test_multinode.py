@@ -1,6 +1,6 @@
 """Two `recognizer serve` processes on one PostgreSQL: the shared store and FAISS replicas.
 
-The PostgreSQL server is the session's own (scripts/pg_local.py, started by the `pg_cluster`
+The PostgreSQL server is the session's own (devtools/pg_local.py, started by the `pg_cluster`
 fixture on 127.0.0.1); the nodes are real subprocesses on loopback ports with the real
 models, each with its own data directory for its index file. Replication is checked through
 the public API only: what one node writes, the other must answer from its own index.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import pad_model as pm
-from benchmarks import pad_synth as ps
+from devtools import pad_synth as ps
 from recognizer.face.liveness import build_liveness
 from recognizer.onnx import sha256_file
 from tests.conftest import dataset, files_in

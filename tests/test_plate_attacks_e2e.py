@@ -57,8 +57,7 @@ def authorize(c: Client, gate: str = "A-1", **fields: object) -> gate_pb2.Author
 
 def frames() -> list[bytes]:
     """Every sample gate frame: the CCPD scenes and the street photos."""
-    from benchmarks.datasets import discover_plate_sets
-    from benchmarks.report import decode_file
+    from devtools.datasets import decode_file, discover_plate_sets
 
     out = []
     for pset in discover_plate_sets(dataset("plates")):

@@ -223,7 +223,7 @@ def test_classify_colours(
 
 
 def test_synth_plates_classified() -> None:
-    synth = pytest.importorskip("benchmarks.synth_plates")
+    synth = pytest.importorskip("devtools.synth_plates")
     try:
         synth.find_cjk_font()
     except synth.FontNotFoundError as exc:
@@ -728,7 +728,7 @@ def test_blank_frame_has_no_plate(recognizer: PlateRecognizer) -> None:
 @needs_models
 @needs_data
 def test_ccpd_scene_read_exactly(recognizer: PlateRecognizer) -> None:
-    from benchmarks.datasets import parse_ccpd_name
+    from devtools.datasets import parse_ccpd_name
 
     files = files_in(DATA / "scenes", "*.jpg")[:3]
     for f in files:

@@ -398,7 +398,7 @@ def _log_lines(server: Any, text: str) -> list[str]:
 def test_a_node_started_while_postgres_is_down_waits_and_serves_once_it_is_back(
     tmp_path: Path,
 ) -> None:
-    from scripts import pg_local
+    from devtools import pg_local
     from tests import procserver
 
     with local_postgres("recognizer-pg-late-") as db:
@@ -728,7 +728,7 @@ def _pg_from_a_fresh_process(db: Any, action: str) -> None:
     forks) can crash the child."""
     from tests.conftest import REPO
 
-    code = "from pathlib import Path; from scripts import pg_local; " + (
+    code = "from pathlib import Path; from devtools import pg_local; " + (
         f"pg_local.Cluster(Path({str(db.data)!r}), {db.port}, pg_local.bindir()).stop()"
         if action == "stop"
         else f"pg_local.start(Path({str(db.data)!r}), durable=False, port={db.port})"

@@ -16,10 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import decode_file
-
 FACE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp")
 PLATE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def decode_file(path: Path) -> np.ndarray | None:
+    """The server's own intake, so a benchmark sees exactly what a request would; None for a
+    file the server would refuse (the street set holds one truncated camera JPEG)."""
+    from recognizer.errors import InvalidArgument
+    from recognizer.imaging import decode
+
+    try:
+        return decode(path.read_bytes(), field=path.name)
+    except InvalidArgument:
+        return None
+
 
 # --- faces ---------------------------------------------------------------------------------
 

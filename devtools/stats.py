@@ -1,4 +1,4 @@
-"""Metric helpers that benchmarks/metrics.py does not have (string accuracy, confusions).
+"""Metric helpers that devtools/metrics.py does not have (string accuracy, confusions).
 
 Pure Python; each function has a known-answer test in tests/test_bench_smoke.py.
 """
