@@ -91,9 +91,20 @@ def require_models(profile: str = "default") -> None:
             missing(f"model {entry.name} not fetched; run `recognizer models fetch`")
 
 
+# In-process servers started on the real models this session (a fake runtime_factory is not
+# counted, nor the subprocess nodes of tests/procserver.py): printed at the end of the run.
+REAL_MODEL_SERVERS = [0]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(f"real-model servers started in-process: {REAL_MODEL_SERVERS[0]}")
+
+
 def start_server(
     tmp: Path, runtime_factory=None, extra_keys: str = "", *, auth_window=None, **overrides
 ) -> RunningServer:  # type: ignore[no-untyped-def]
+    if runtime_factory is None:
+        REAL_MODEL_SERVERS[0] += 1
     keys = ",".join(filter(None, (ENV_KEYS, extra_keys)))
     overrides.setdefault("metrics_port", 0)  # tests that scrape pick a free port themselves
     config = load_config(env={"RECOGNIZER_API_KEYS": keys}, port=0, data_dir=tmp, **overrides)
