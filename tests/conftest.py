@@ -124,10 +124,50 @@ def loaded_server(tmp: Path, **kwargs: Any) -> Iterator[RunningServer]:
         running.stop(grace=1.0)
 
 
+# The policies of every module on `real_server`, each on gate ids of its own (a module's
+# prefix is unique to it: no glob here matches another's gates). A module that needs a
+# server-wide setting of its own starts its own server, saying why.
+_TRUSTED = {"trust_plate_text": True}  # the plate_text sent stands for the gate's own reader
+_QUIET = {"min_travel_seconds": 0, "track_presence": False, **_TRUSTED}
+_PLATE_ONLY = {"plate_only_max_minor": 1000, "plate_only_target_far": 0.05}
+TEST_POLICIES: list[dict[str, Any]] = [
+    # tests/test_gate_attacks_e2e.py: E-, P-, T-, L-, R-, D-, EU-
+    {"policy_id": "entry-only", "gates": ["E-*"], "directions": ["entry"], **_QUIET},
+    {"policy_id": "presence", "gates": ["P-*"], "track_presence": True, **_TRUSTED},
+    {"policy_id": "small-plate-only", "gates": ["T-*"], "plate_only_max_minor": 500, **_QUIET},
+    {"policy_id": "liveness", "gates": ["L-*"], "require_liveness": True, **_QUIET},
+    {"policy_id": "required", "gates": ["R-*"], "require_direction": True, **_QUIET},
+    {
+        "policy_id": "entry-default",
+        "gates": ["D-*"],
+        "directions": ["entry"],
+        "default_direction": "entry",
+        "min_travel_seconds": 0,
+        "track_presence": True,
+        **_TRUSTED,
+    },
+    {"policy_id": "euro", "gates": ["EU-*"], "currency": "EUR", **_QUIET},
+    # tests/test_plate_attacks_e2e.py: PA- (an untrusted reader), PT- (a trusted one)
+    {"policy_id": "plate-only", "gates": ["PA-*"], "track_presence": False, **_PLATE_ONLY},
+    {
+        "policy_id": "trusted-reader",
+        "gates": ["PT-*"],
+        "track_presence": False,
+        **_PLATE_ONLY,
+        **_TRUSTED,
+    },
+]
+
+
 @pytest.fixture(scope="session")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server on the real default models, shared by the end-to-end tests."""
-    with loaded_server(tmp_path_factory.mktemp("server")) as running:
+    """One server on the real default models, shared by the end-to-end tests: it carries
+    every module's gate policies (`TEST_POLICIES`); gates no policy names get default-safe."""
+    from recognizer.policy import PolicySet
+
+    with loaded_server(
+        tmp_path_factory.mktemp("server"), policies=PolicySet.from_config(TEST_POLICIES)
+    ) as running:
         yield running
 
 
