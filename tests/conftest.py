@@ -91,8 +91,10 @@ def require_models(profile: str = "default") -> None:
             missing(f"model {entry.name} not fetched; run `recognizer models fetch`")
 
 
-# In-process servers started on the real models this session (a fake runtime_factory is not
-# counted, nor the subprocess nodes of tests/procserver.py): printed at the end of the run.
+# In-process servers started on the real models this session: start_server without a
+# runtime_factory, and loaded_server with one (a clock around the real engines); fakes given to
+# start_server are not counted, nor the subprocess nodes of tests/procserver.py. Printed at the
+# end of the run.
 REAL_MODEL_SERVERS = [0]
 
 
@@ -116,6 +118,8 @@ def start_server(
 def loaded_server(tmp: Path, **kwargs: Any) -> Iterator[RunningServer]:
     """`start_server` on the real default models, once they are loaded; stopped after."""
     require_models("default")
+    if kwargs.get("runtime_factory") is not None:  # real engines behind a factory (a clock)
+        REAL_MODEL_SERVERS[0] += 1
     running = start_server(tmp, **kwargs)
     try:
         assert running.runtime.wait(180), "models failed to load"
