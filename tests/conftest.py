@@ -91,9 +91,22 @@ def require_models(profile: str = "default") -> None:
             missing(f"model {entry.name} not fetched; run `recognizer models fetch`")
 
 
+# In-process servers started on the real models this session: start_server without a
+# runtime_factory, and loaded_server with one (a clock around the real engines); fakes given to
+# start_server are not counted, nor the subprocess nodes of tests/procserver.py. Printed at the
+# end of the run.
+REAL_MODEL_SERVERS = [0]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(f"real-model servers started in-process: {REAL_MODEL_SERVERS[0]}")
+
+
 def start_server(
     tmp: Path, runtime_factory=None, extra_keys: str = "", *, auth_window=None, **overrides
 ) -> RunningServer:  # type: ignore[no-untyped-def]
+    if runtime_factory is None:
+        REAL_MODEL_SERVERS[0] += 1
     keys = ",".join(filter(None, (ENV_KEYS, extra_keys)))
     overrides.setdefault("metrics_port", 0)  # tests that scrape pick a free port themselves
     config = load_config(env={"RECOGNIZER_API_KEYS": keys}, port=0, data_dir=tmp, **overrides)
@@ -105,6 +118,8 @@ def start_server(
 def loaded_server(tmp: Path, **kwargs: Any) -> Iterator[RunningServer]:
     """`start_server` on the real default models, once they are loaded; stopped after."""
     require_models("default")
+    if kwargs.get("runtime_factory") is not None:  # real engines behind a factory (a clock)
+        REAL_MODEL_SERVERS[0] += 1
     running = start_server(tmp, **kwargs)
     try:
         assert running.runtime.wait(180), "models failed to load"
@@ -113,10 +128,50 @@ def loaded_server(tmp: Path, **kwargs: Any) -> Iterator[RunningServer]:
         running.stop(grace=1.0)
 
 
+# The policies of every module on `real_server`, each on gate ids of its own (a module's
+# prefix is unique to it: no glob here matches another's gates). A module that needs a
+# server-wide setting of its own starts its own server, saying why.
+_TRUSTED = {"trust_plate_text": True}  # the plate_text sent stands for the gate's own reader
+_QUIET = {"min_travel_seconds": 0, "track_presence": False, **_TRUSTED}
+_PLATE_ONLY = {"plate_only_max_minor": 1000, "plate_only_target_far": 0.05}
+TEST_POLICIES: list[dict[str, Any]] = [
+    # tests/test_gate_attacks_e2e.py: E-, P-, T-, L-, R-, D-, EU-
+    {"policy_id": "entry-only", "gates": ["E-*"], "directions": ["entry"], **_QUIET},
+    {"policy_id": "presence", "gates": ["P-*"], "track_presence": True, **_TRUSTED},
+    {"policy_id": "small-plate-only", "gates": ["T-*"], "plate_only_max_minor": 500, **_QUIET},
+    {"policy_id": "liveness", "gates": ["L-*"], "require_liveness": True, **_QUIET},
+    {"policy_id": "required", "gates": ["R-*"], "require_direction": True, **_QUIET},
+    {
+        "policy_id": "entry-default",
+        "gates": ["D-*"],
+        "directions": ["entry"],
+        "default_direction": "entry",
+        "min_travel_seconds": 0,
+        "track_presence": True,
+        **_TRUSTED,
+    },
+    {"policy_id": "euro", "gates": ["EU-*"], "currency": "EUR", **_QUIET},
+    # tests/test_plate_attacks_e2e.py: PA- (an untrusted reader), PT- (a trusted one)
+    {"policy_id": "plate-only", "gates": ["PA-*"], "track_presence": False, **_PLATE_ONLY},
+    {
+        "policy_id": "trusted-reader",
+        "gates": ["PT-*"],
+        "track_presence": False,
+        **_PLATE_ONLY,
+        **_TRUSTED,
+    },
+]
+
+
 @pytest.fixture(scope="session")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server on the real default models, shared by the end-to-end tests."""
-    with loaded_server(tmp_path_factory.mktemp("server")) as running:
+    """One server on the real default models, shared by the end-to-end tests: it carries
+    every module's gate policies (`TEST_POLICIES`); gates no policy names get default-safe."""
+    from recognizer.policy import PolicySet
+
+    with loaded_server(
+        tmp_path_factory.mktemp("server"), policies=PolicySet.from_config(TEST_POLICIES)
+    ) as running:
         yield running
 
 

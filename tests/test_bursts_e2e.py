@@ -37,6 +37,7 @@ RANK = {DENY: 0, STEP_UP: 1, ALLOW: 2}
 MiB = 1024 * 1024
 
 
+# Its own server: it binds scene 0's plate, which test_plate_attacks_e2e binds on real_server.
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(

@@ -36,6 +36,7 @@ def dev_keys() -> str:
     return match.group(1)
 
 
+# Its own server: it asserts the gallery is empty after the tour, and binds the tour's plate.
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(tmp_path_factory.mktemp("tour"), extra_keys=dev_keys()) as running:

@@ -226,6 +226,7 @@ class Fuzzer:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
+# Its own server: the fuzzer sends arbitrary admin calls, and it measures the process's memory.
 @pytest.fixture(scope="module")
 def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
     require_models("default")

@@ -7,17 +7,15 @@ simultaneous entries of one car, and a burst that mixes a print with a live fram
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from recognizer.client import Client
-from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
-from tests.conftest import client_for, dataset, files_in, loaded_server
+from tests.conftest import dataset, files_in
 from tests.helpers import (
     ALLOW,
     CARS_AT_ONCE,
@@ -35,50 +33,23 @@ from tests.helpers import authorize_request as request
 from tests.helpers import lfw_face as face
 
 PLATE = identity_pb2.FACTOR_PLATE
-# The plate_text these tests send stands for the gate's own reader: a gate the site trusts
-# (issue 25; tests/test_plate_attacks_e2e.py tries the text against the camera).
-_TRUSTED = {"trust_plate_text": True}
-_QUIET = {"min_travel_seconds": 0, "track_presence": False, **_TRUSTED}
-# Settings of issue 26 only in the second server's policies, so that each attack on the first
-# showed its own failure on the code before the fix.
-POLICIES = [
-    {"policy_id": "entry-only", "gates": ["E-*"], "directions": ["entry"], **_QUIET},
-    {"policy_id": "presence", "gates": ["P-*"], "track_presence": True, **_TRUSTED},
-    {"policy_id": "small-plate-only", "gates": ["T-*"], "plate_only_max_minor": 500, **_QUIET},
-    {"policy_id": "liveness", "gates": ["L-*"], "require_liveness": True, **_QUIET},
-]
-NEW_POLICIES = [
-    {"policy_id": "required", "gates": ["R-*"], "require_direction": True, **_QUIET},
-    {
-        "policy_id": "entry-default",
-        "gates": ["D-*"],
-        "directions": ["entry"],
-        "default_direction": "entry",
-        "min_travel_seconds": 0,
-        "track_presence": True,
-        **_TRUSTED,
-    },
-    {"policy_id": "euro", "gates": ["EU-*"], "currency": "EUR", **_QUIET},
-]
+# The policies are conftest's TEST_POLICIES on the shared `real_server`: entry-only E-*,
+# presence P-*, small-plate-only T-*, liveness L-*, and issue 26's required R-*,
+# entry-default D-* and euro EU-*. The plate_text these tests send stands for the gate's own
+# reader: a gate the site trusts (issue 25; tests/test_plate_attacks_e2e.py tries the text
+# against the camera).
 _plates = (f"京D{n:05d}" for n in itertools.count(26000))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with loaded_server(
-        tmp_path_factory.mktemp("attacks"), policies=PolicySet.from_config(POLICIES)
-    ) as running:
-        yield running
+def server(real_server: RunningServer) -> RunningServer:
+    return real_server
 
 
 @pytest.fixture(scope="module")
-def new_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    with loaded_server(
-        tmp_path_factory.mktemp("attacks-new"), policies=PolicySet.from_config(NEW_POLICIES)
-    ) as running:
-        client = client_for(running, "admin")
-        yield client
-        client.close()
+def new_server(c: Client) -> Client:
+    """The policies of issue 26 (R-*, D-*, EU-*): on the same server now, by their gates."""
+    return c
 
 
 def refused(c: Client, req: gate_pb2.AuthorizeRequest) -> tuple[str, str]:

@@ -41,6 +41,8 @@ def scene() -> tuple[bytes, str]:
     return helpers.scene(0)
 
 
+# Its own server: it binds scene 0's plate (test_plate_attacks_e2e does on real_server), and its
+# 1:N face search among payers must find its own Colin_Powell (test_gate_attacks_e2e enrols him).
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(

@@ -52,6 +52,7 @@ PLATE_AND_FACE, PLATE, FACE = (
 _plates = (f"京D{n:05d}" for n in itertools.count(20000))
 
 
+# Its own server: it binds scene 0's plate, which test_plate_attacks_e2e binds on real_server.
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(

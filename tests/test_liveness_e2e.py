@@ -58,6 +58,7 @@ PROBE_LIVE = (30, 50)
 PROBE_PRINT = (0, 60, 120)
 
 
+# Its own server: enroll_require_liveness=True is server-wide (other modules enrol photos).
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(

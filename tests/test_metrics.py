@@ -29,6 +29,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Its own server: it scrapes counters that other modules' calls would move.
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(tmp_path_factory.mktemp("metrics"), metrics_port=free_port()) as running:

@@ -49,6 +49,7 @@ def key_name(role: str) -> str:
 AUTH_CLOCK = Clock()
 
 
+# Its own server: the failed-authentication window (auth_window, its clock) is server-wide.
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(

@@ -6,50 +6,30 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from recognizer.client import Client
 from recognizer.plate.grammar import is_valid
-from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
-from tests.conftest import dataset, loaded_server
+from tests.conftest import dataset
 from tests.helpers import ALLOW, STEP_UP, codes, make_payer, scene
 from tests.helpers import lfw_face as face
 
-POLICIES = [
-    {
-        "policy_id": "plate-only",
-        "gates": ["A-*"],
-        "plate_only_max_minor": 1000,
-        "plate_only_target_far": 0.05,
-        "track_presence": False,
-    },
-    {
-        "policy_id": "trusted-reader",
-        "gates": ["T-*"],
-        "plate_only_max_minor": 1000,
-        "plate_only_target_far": 0.05,
-        "track_presence": False,
-        "trust_plate_text": True,
-    },
-]
+# The policies are conftest's TEST_POLICIES on the shared `real_server`: plate-only at PA-*
+# (a reader the policy does not trust), trusted-reader at PT-* (one it trusts).
 PLATE, PLATE_AND_FACE = identity_pb2.FACTOR_PLATE, identity_pb2.FACTOR_PLATE_AND_FACE
 _plates = (f"京E{n:05d}" for n in itertools.count(30000))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with loaded_server(
-        tmp_path_factory.mktemp("plate-attacks"), policies=PolicySet.from_config(POLICIES)
-    ) as running:
-        yield running
+def server(real_server: RunningServer) -> RunningServer:
+    return real_server
 
 
-def authorize(c: Client, gate: str = "A-1", **fields: object) -> gate_pb2.AuthorizeResponse:
+def authorize(c: Client, gate: str = "PA-1", **fields: object) -> gate_pb2.AuthorizeResponse:
     fields = {"amount_minor": 500, "currency": "CNY", **fields}
     req = gate_pb2.AuthorizeRequest(gate_id=gate, event_id=uuid.uuid4().hex, **fields)
     return c.gate.Authorize(req, metadata=c.metadata)
@@ -108,7 +88,7 @@ def test_plate_text_that_contradicts_the_camera_charges_nobody(c: Client) -> Non
     other = next(_plates)
     make_payer(c, "Colin_Powell", [truth], payment_ref="frame-owner")
     make_payer(c, "George_W_Bush", [other], payment_ref="text-owner")
-    for gate in ("A-1", "T-1"):  # trusting the gate's reader does not outrank its camera
+    for gate in ("PA-1", "PT-1"):  # trusting the gate's reader does not outrank its camera
         r = authorize(
             c,
             gate,
@@ -143,10 +123,10 @@ def test_plate_text_alone_pays_only_where_the_gate_reader_is_trusted(c: Client) 
     plate, other = next(_plates), next(_plates)  # two cars: one at each gate
     make_payer(c, None, [plate], factors=PLATE, payment_ref="text-only")
     pid = make_payer(c, None, [other], factors=PLATE, payment_ref="text-only-trusted")
-    untrusted = authorize(c, "A-1", plate_text=plate)
+    untrusted = authorize(c, "PA-1", plate_text=plate)
     assert untrusted.outcome != ALLOW, codes(untrusted)
     assert "PLATE_TEXT_UNTRUSTED" in codes(untrusted) and untrusted.plate_llr == 0.0
-    trusted = authorize(c, "T-1", plate_text=other)
+    trusted = authorize(c, "PT-1", plate_text=other)
     assert trusted.outcome == ALLOW and trusted.identity_id == pid, codes(trusted)
     assert "PLATE_EXACT_MATCH" in codes(trusted)
 
@@ -200,7 +180,7 @@ def test_a_stranger_with_the_resembled_payers_cloned_plate_does_not_pay(
         metadata=c.metadata,
     )
     attack = (dataset("faces", faces, stranger) / photo).read_bytes()
-    r = authorize(c, "T-1", amount_minor=5000, plate_text=plate, face_image=attack)
+    r = authorize(c, "PT-1", amount_minor=5000, plate_text=plate, face_image=attack)
     assert r.identity_id == ident and "PLATE_EXACT_MATCH" in codes(r)
     assert r.outcome != ALLOW, (round(r.face_score, 3), r.estimated_far, codes(r))
     assert "FACE_BELOW_FLOOR" in codes(r)

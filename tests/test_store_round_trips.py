@@ -56,6 +56,7 @@ class CountingStore:
         return counted
 
 
+# Its own server: its store is wrapped to count round trips (other modules' calls would count).
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,10 @@ class HealthState:
             return all(self._ok(service) for service in WRITING_SERVICES)
 
 
+def _no_admission() -> bool:
+    return True
+
+
 @dataclass(slots=True)
 class RunningServer:
     server: grpc.Server
@@ -128,6 +133,7 @@ class RunningServer:
     metrics_http: Any = None  # the Prometheus endpoint's HTTP server, when on
     metrics_port: int = 0
     feed: DecisionFeed | None = None
+    idle: Callable[[], bool] = _no_admission  # True: no call of any method runs or waits
 
     def stop(self, grace: float | None = 5.0, drain_s: float = 0.0) -> None:
         """Drain (health NOT_SERVING for `drain_s` while calls are still served, so load
@@ -289,6 +295,7 @@ def create_server(
         metrics_http,
         metrics_port,
         feed,
+        admission.idle,
     )
 
 
