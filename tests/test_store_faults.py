@@ -485,6 +485,27 @@ def _call_into(out: list[Any], call: Callable[[], Any]) -> None:
         out.append(exc.code())
 
 
+def _stop_with_a_stuck_create(
+    server: Any, c: Any, until_blocked: Callable[[], None]
+) -> tuple[int, float, list[Any]]:
+    """A CreateIdentity without a deadline sent from a thread; once `until_blocked` returns
+    (it waits for the call to be stuck in the store), SIGTERM: (exit code, seconds the stop
+    took, the call's outcome)."""
+    outcome: list[Any] = []
+    create = identity_pb2.CreateIdentityRequest(display_name="stuck")
+    caller = threading.Thread(
+        target=_call_into,
+        args=(outcome, functools.partial(c.identity.CreateIdentity, create, metadata=c.metadata)),
+    )
+    caller.start()
+    until_blocked()
+    t0 = time.monotonic()
+    code = server.terminate(30)
+    took = time.monotonic() - t0
+    caller.join(10)
+    return code, took, outcome
+
+
 def _stuck_stop(tmp_path: Path, runs: int, timed: bool = False) -> None:
     """SIGTERM while a CreateIdentity without a deadline waits for SQLite's write lock
     (another process holds it past the stop's grace): exit 0, and nothing of it stored."""
@@ -499,22 +520,9 @@ def _stuck_stop(tmp_path: Path, runs: int, timed: bool = False) -> None:
         try:
             db = data / "recognizer.db"
             before = sqlite_counts(db)
-            outcome: list[Any] = []
-            create = identity_pb2.CreateIdentityRequest(display_name="stuck")
             with sqlite_locked(db):
-                caller = threading.Thread(
-                    target=_call_into,
-                    args=(
-                        outcome,
-                        functools.partial(c.identity.CreateIdentity, create, metadata=c.metadata),
-                    ),
-                )
-                caller.start()
-                time.sleep(0.5)  # the call is waiting for the lock now
-                t0 = time.monotonic()
-                code = server.terminate(30)
-                took = time.monotonic() - t0
-                caller.join(10)
+                # The call is waiting for the lock after half a second.
+                code, took, outcome = _stop_with_a_stuck_create(server, c, lambda: time.sleep(0.5))
             assert code == 0, (run, code, "".join(server.log[-20:]))
             assert took < 15 or not timed, took  # a clock bound: the slow tier only
             assert outcome and isinstance(outcome[0], grpc.StatusCode), outcome
@@ -545,22 +553,10 @@ def test_sigterm_with_a_call_stuck_in_postgres_exits_0(
     c = server.client()
     try:
         before = postgres_counts(pg_url)
-        outcome: list[Any] = []
-        create = identity_pb2.CreateIdentityRequest(display_name="stuck")
         with postgres_locked(pg_url):
-            caller = threading.Thread(
-                target=_call_into,
-                args=(
-                    outcome,
-                    functools.partial(c.identity.CreateIdentity, create, metadata=c.metadata),
-                ),
+            code, took, outcome = _stop_with_a_stuck_create(
+                server, c, lambda: _wait_for_a_lock_wait(pg_url)
             )
-            caller.start()
-            _wait_for_a_lock_wait(pg_url)  # the call is waiting for the lock now
-            t0 = time.monotonic()
-            code = server.terminate(30)
-            took = time.monotonic() - t0
-            caller.join(10)
         assert code == 0, "".join(server.log[-20:])
         assert took < 15 or not timed, took
         assert outcome and outcome[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
