@@ -20,6 +20,7 @@ from recognizer.face.types import (
     LivenessDecision,
     Quality,
 )
+from recognizer.gallery.gallery import Match
 from recognizer.gate.evidence import EvidenceGatherer
 from recognizer.gate.types import Direction, GateEvent
 from recognizer.store.rows import PaymentRow, PlateHolder, SightingRow
@@ -34,6 +35,7 @@ KINDS = {
     2: (0.70, Liveness(0.05, LivenessDecision.ATTACK)),
     3: (0.80, Liveness(0.50, LivenessDecision.UNCERTAIN)),
     4: (0.60, Liveness(0.90, LivenessDecision.LIVE)),
+    5: (0.20, Liveness(0.92, LivenessDecision.LIVE)),  # a stranger: far below the bar
 }
 
 
@@ -67,9 +69,20 @@ class FakeFaces:
     def analyze_frames(self, images: Sequence[np.ndarray]) -> tuple[FrameFace, ...]:
         return tuple(FrameFace(i, self._analyzed(img)) for i, img in enumerate(images))
 
-    def glimpse_frames(self, images: Sequence[np.ndarray], first: int = 0) -> tuple[Glimpse, ...]:
+    def glimpse_frames(
+        self, images: Sequence[np.ndarray], first: int = 0, liveness: bool = False
+    ) -> tuple[Glimpse, ...]:
         return tuple(
-            Glimpse(first + i, FACE, QUALITY, vector(KINDS[kind_of(img)][0]), img, img, img)
+            Glimpse(
+                first + i,
+                FACE,
+                QUALITY,
+                vector(KINDS[kind_of(img)][0]),
+                img,
+                img,
+                img,
+                KINDS[kind_of(img)][1] if liveness else None,
+            )
             for i, img in enumerate(images)
         )
 
@@ -86,7 +99,7 @@ class FakeGallery:
         return float(np.max(m @ vec))
 
     def identify(self, vec: np.ndarray, k: int, owners: dict) -> list:
-        return []
+        return [Match(PAYER, float(vec @ BASE), 0)]
 
 
 class FakeCalibration:
@@ -115,6 +128,15 @@ class FakeStore:
     def last_sighting(self, plate: str) -> SightingRow | None:
         return self.last
 
+    def payments_for(self, identity_id: str) -> list[PaymentRow]:
+        return [PaymentRow("b1", PAYER, "ref", "plate_and_face", 0, 0.0)]
+
+    def count_identities(self) -> int:
+        return 1
+
+    def max_templates_per_identity(self) -> int:
+        return 1
+
 
 class NoPlates:
     mode = "cn"
@@ -127,14 +149,16 @@ class NoPlates:
         return False
 
 
-def gather(kinds: Sequence[int], liveness: bool, last: SightingRow | None = None):  # type: ignore[no-untyped-def]
+def gather(  # type: ignore[no-untyped-def]
+    kinds: Sequence[int], liveness: bool, last: SightingRow | None = None, plate: str = PLATE
+):
     identity = FakeIdentity()
     g = EvidenceGatherer(plates=NoPlates(), identity=identity, store=FakeStore(last))  # type: ignore[arg-type]
     try:
         event = GateEvent(
             gate_id="G-1",
             event_id="e",
-            plate_text=PLATE,
+            plate_text=plate,
             face_images=tuple(image(k) for k in kinds),
             amount_minor=100,
             direction=Direction.ENTRY,
@@ -152,7 +176,7 @@ def test_the_frame_used_carries_its_own_liveness() -> None:
     assert ev.face_frame == 2 and got.probe is not None
     assert ev.face_liveness == KINDS[1][1] == got.probe.liveness
     assert sorted(ev.burst_liveness, key=lambda lv: lv.score) == [KINDS[2][1], KINDS[4][1]]
-    assert sorted(faces.completed) == [1, 2] and not got.can_improve
+    assert sorted(faces.completed) == [0, 1, 2] and not got.can_improve
     assert ev.payers[0].face_score == pytest.approx(0.9, abs=1e-6)
     assert ev.payers[0].frames == 3
 
@@ -163,7 +187,7 @@ def test_with_liveness_required_the_order_of_the_frames_changes_nothing() -> Non
         got, faces = gather(order, liveness=True)
         ev = got.evidence
         assert order[ev.face_frame] == 1 and ev.face_liveness == KINDS[1][1]
-        assert sorted(faces.completed) == [1, 2, 3]
+        assert sorted(faces.completed) == [0, 1, 2, 3]
         seen.add((ev.face_liveness, tuple(sorted(ev.burst_liveness, key=lambda lv: lv.score))))
     assert len(seen) == 1
 
@@ -172,13 +196,37 @@ def test_without_liveness_the_early_exit_stays() -> None:
     # The first frame is analysed in full; a later glimpse that might rate higher is left
     # pending (completed only if the decision could improve), and none is completed now.
     got, faces = gather([4, 1], liveness=False)
-    assert faces.completed == [] and got.can_improve
+    assert faces.completed == [0] and got.can_improve
     assert got.evidence.face_frame == 0 and got.evidence.face_liveness == KINDS[4][1]
     assert got.evidence.burst_liveness == ()
     # A first frame far ahead leaves nothing pending.
     ahead, faces = gather([1, 4], liveness=False)
-    assert faces.completed == [] and not ahead.can_improve
+    assert faces.completed == [0] and not ahead.can_improve
     assert ahead.evidence.face_liveness == KINDS[1][1]
+
+
+def test_a_strangers_face_far_below_the_bar_is_not_completed() -> None:
+    # No payer is named and the front view scores far below the bar against everyone: the
+    # mirror view cannot change the decision, so none is added; its liveness was assessed.
+    got, faces = gather([5], liveness=False, plate="")
+    assert faces.completed == [] and not got.can_improve and got.probe is not None
+    assert got.evidence.face_found and got.evidence.face_liveness == KINDS[5][1]
+    assert not got.evidence.payers and not got.evidence.face_elsewhere
+    # The same face with a plate that names a payer is rated against the payer in full.
+    named, faces = gather([5], liveness=False)
+    assert faces.completed == [0]
+    assert named.evidence.payers[0].face_score == pytest.approx(0.2, abs=1e-6)
+
+
+def test_a_face_near_the_bar_is_completed_beside_the_plate() -> None:
+    # Without a plate the face is found 1:N: near the bar it is completed at once, and the
+    # payer it matches is searched with the full embedding.
+    got, faces = gather([1], liveness=False, plate="")
+    assert faces.completed == [0]
+    assert [p.identity_id for p in got.evidence.payers] == [PAYER]
+    # A burst of strangers far from the bar completes none of its frames.
+    far, faces = gather([5, 5], liveness=False, plate="")
+    assert faces.completed == [] and far.evidence.face_found
 
 
 def test_a_moved_sighting_replaces_the_one_gathered() -> None:

@@ -82,10 +82,11 @@ class FrameFace:
 
 @dataclass(frozen=True, slots=True)
 class Glimpse:
-    """A burst frame's face seen at half the cost: detected, aligned, quality-checked and
-    embedded from its front view only, with no mirror view and no liveness. Its embedding is
-    for comparing frames, never for a decision or a template: `FacePipeline.complete` makes
-    it a full :class:`FrameFace` (one more embedder run and the liveness check)."""
+    """A frame's face seen at half the cost: detected, aligned, quality-checked and embedded
+    from its front view only, with no mirror view (and liveness only when asked for). Its
+    embedding is for comparing frames, and for a stranger's face far below the bar (the gate's
+    GLIMPSE_MARGIN), never for a template: `FacePipeline.complete` makes it a full
+    :class:`FrameFace` (one more embedder run, and the liveness check if not done)."""
 
     frame: int  # index of the frame among the burst's face frames
     face: Face
@@ -94,6 +95,7 @@ class Glimpse:
     crop: np.ndarray = field(repr=False)  # the aligned crop, to add the mirror view
     front: np.ndarray = field(repr=False)  # the embedder's raw front-view output
     image: np.ndarray = field(repr=False)  # the frame (BGR), for liveness on completion
+    liveness: Liveness | None = None  # assessed while glimpsing (the first frame), or None
 
 
 class FaceEngine(Protocol):
@@ -118,7 +120,7 @@ class FaceEngine(Protocol):
     def analyze_frames(self, images: Sequence[np.ndarray]) -> tuple[FrameFace, ...]: ...
 
     def glimpse_frames(
-        self, images: Sequence[np.ndarray], first: int = 0
+        self, images: Sequence[np.ndarray], first: int = 0, liveness: bool = False
     ) -> tuple[Glimpse, ...]: ...
 
     def complete(self, glimpse: Glimpse) -> FrameFace: ...

@@ -47,6 +47,13 @@ FRAMES_AGREE_FMR = 1e-2
 # 0.0006 below the best frame's full score. Detecting glimpses at a smaller size was tried and
 # dropped: coarser landmarks made the front-view score too noisy (sd 0.027) to pick frames by.
 GLIMPSE_SLACK = 0.005
+# A face whose front view scores this far below the bar against everyone in the gallery is
+# not completed (no mirror view, ~17 ms) unless the plate names a payer: the mirror view
+# cannot lift it to the bar, so the decision is the same. A full embedding rose at most 0.060
+# above its front view (below the bar) on lfw_subset and att_orl, twice that is the margin,
+# and on the sets left out (asianfaces_cn, lfw10, misc; at most 0.050) none rose above it
+# (`scripts/validate_glimpse_margin.py`).
+GLIMPSE_MARGIN = 0.12
 T = TypeVar("T")
 Lookup = Callable[[str], Sequence[str]]  # plate text -> the identities it is bound to
 
@@ -184,6 +191,17 @@ class _Seen:
         return self.names.evidence
 
 
+@dataclass(frozen=True, slots=True)
+class _Branches:
+    """What the plate and face branches found, with the 1:N searches already made."""
+
+    plate: _PlateSeen
+    analysed: tuple[FrameFace, ...]
+    glimpses: tuple[Glimpse, ...]
+    searches: dict[tuple[int, bool], list[Match]]
+    owners: dict[int, str | None]
+
+
 @dataclass(slots=True)
 class _State:
     """One event's gathering so far: what the branches saw, and what the store answered, so
@@ -299,13 +317,12 @@ class EvidenceGatherer:
                 break
         return voted or [r for reads in per_frame for r in reads], len(per_frame)
 
-    def _run_branches(
-        self, event: GateEvent, book: _PlateBook
-    ) -> tuple[_PlateSeen, tuple[FrameFace, ...], tuple[Glimpse, ...]]:
-        """Both branches at once. The first face frame is analysed in full in this thread (a
-        one-frame event costs what it did before bursts); a burst's other face frames are
-        glimpsed (front view only, no liveness) in the pool beside the plate branch: enough
-        to choose the frame and to check that every frame shows one person."""
+    def _run_branches(self, event: GateEvent, book: _PlateBook) -> _Branches:
+        """Both branches at once. The first face frame is glimpsed with its liveness in this
+        thread and searched 1:N; it is completed there too (beside the plate branch) when it
+        comes near the bar, as a payer's face does. A burst's other face frames are glimpsed
+        (front view only, no liveness) in the pool beside the plate branch: enough to choose
+        the frame and to check that every frame shows one person."""
         faces = self.identity.faces
         frames = event.face_images
         plate_future = accounting.submit(self._pool, lambda: self._plate_branch(event, book))
@@ -314,30 +331,46 @@ class EvidenceGatherer:
             if len(frames) > 1
             else None
         )
-        analysed = faces.analyze_frames(frames[:1])
-        glimpses = rest_future.result() if rest_future is not None else ()
-        return plate_future.result(), analysed, glimpses
+        analysed: tuple[FrameFace, ...] = ()
+        searches: dict[tuple[int, bool], list[Match]] = {}
+        owners: dict[int, str | None] = {}
+        first = faces.glimpse_frames(frames[:1], liveness=True)
+        if first:
+            quick = self.identity.gallery.identify(first[0].embedding, self.search_k, owners)
+            searches[(first[0].frame, False)] = quick
+            if self._near_bar(quick[0].score if quick else -math.inf):
+                analysed, first = (faces.complete(first[0]),), ()
+        glimpses = first + (rest_future.result() if rest_future is not None else ())
+        return _Branches(plate_future.result(), analysed, glimpses, searches, owners)
+
+    def _near_bar(self, quick: float) -> bool:
+        """A front-view score that completing the face might lift to the bar."""
+        return quick >= self.identity.threshold() - GLIMPSE_MARGIN
 
     # --- the face frame -----------------------------------------------------------------------
 
     def _choose(
-        self, st: _State, rate: Callable[[int, bool, np.ndarray], tuple[float, T]]
+        self,
+        st: _State,
+        rate: Callable[[int, bool, np.ndarray], tuple[float, T]],
+        far_stays_glimpse: bool = False,
     ) -> tuple[FrameFace, T, Glimpse | None]:
         """The frame whose face rates highest, with what `rate` found for it, and the glimpse
         left uncompleted that might rate higher (None when there is none). The best glimpse
         is completed (its mirror view and liveness added, and it joins the frames analysed)
-        only when no frame was analysed in full; otherwise it is pending when its quick
-        rating comes within GLIMPSE_SLACK of the first frame's full one, and `complete`
-        finishes it only if the decision could improve. The frame used is the best full
-        rating."""
+        only when no frame was analysed in full, unless `far_stays_glimpse` and its rating
+        is far below the bar (GLIMPSE_MARGIN): then it is used as glimpsed. Otherwise it is
+        pending when its quick rating comes within GLIMPSE_SLACK of the first frame's full
+        one, and `complete` finishes it only if the decision could improve. The frame used
+        is the best full rating."""
         seen = st.seen
         full = [(*rate(ff.frame, True, ff.face.embedding), ff) for ff in seen.analysed]
         pending: Glimpse | None = None
         if seen.glimpses and not st.completed:
-            quick, best = max(
-                ((rate(g.frame, False, g.embedding)[0], g) for g in seen.glimpses),
-                key=lambda t: t[0],
-            )
+            rated = [(*rate(g.frame, False, g.embedding), g) for g in seen.glimpses]
+            quick, found, best = max(rated, key=lambda t: t[0])
+            if not full and far_stays_glimpse and not self._near_bar(quick):
+                return _as_glimpsed(best), found, None
             if not full:
                 done = self._complete_glimpse(st, best)
                 full.append((*rate(done.frame, True, done.face.embedding), done))
@@ -443,17 +476,23 @@ class EvidenceGatherer:
         per face searched), the read plate's last sighting (one); for a payer found 1:N, its
         bindings and the gallery's size."""
         book = _PlateBook(self.store)
-        plates, analysed, glimpses = self._run_branches(event, book)
+        found = self._run_branches(event, book)
+        plates, analysed, glimpses = found.plate, found.analysed, found.glimpses
         if liveness and glimpses:
             analysed, glimpses = self._complete_all(analysed, glimpses)
         deadline.check("gate.match")
         names = self._plate_payers(plates.reads, book.holders, self.sure_confidence)
         read, by_plate = names.read, names.evidence
+        if by_plate and glimpses and glimpses[0].frame == 0:
+            # The plate names payers: the first frame is rated against them in full.
+            analysed = (self.identity.faces.complete(glimpses[0]), *analysed)
+            glimpses = glimpses[1:]
         seen = _Seen(names, plates.frames_read, plates.text_mismatch, analysed, glimpses)
         faces = bool(analysed or glimpses)
         templates = self.identity.gallery.templates_for(by_plate) if faces and by_plate else {}
         last = self.store.last_sighting(read.text) if read is not None else None
-        return self._assemble(_State(event, now, seen, book, templates, last))
+        st = _State(event, now, seen, book, templates, last, found.searches, found.owners)
+        return self._assemble(st)
 
     def complete(self, gathered: Gathered) -> Gathered:
         """The evidence with the pending glimpse completed (its mirror view and liveness) and
@@ -529,7 +568,7 @@ class EvidenceGatherer:
             used, scores, pending = self._choose(st, self._rate_payers(st))
             matches = self._search(st, used.frame, True, used.face.embedding)
         elif frames:
-            used, matches, pending = self._choose(st, self._rate_search(st))
+            used, matches, pending = self._choose(st, self._rate_search(st), True)
         seen = st.seen  # a glimpse completed while choosing joined the frames analysed
         for pid, plate in by_plate.items():
             scored = scores.get(pid)
@@ -593,3 +632,11 @@ class EvidenceGatherer:
         )
         st.pending = pending
         return Gathered(evidence, read, probe, pending is not None, st)
+
+
+def _as_glimpsed(glimpse: Glimpse) -> FrameFace:
+    """A glimpse used as it is: a stranger's face far below the bar (GLIMPSE_MARGIN)."""
+    return FrameFace(
+        glimpse.frame,
+        AnalyzedFace(glimpse.face, glimpse.quality, glimpse.embedding, glimpse.liveness),
+    )
