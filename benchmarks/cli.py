@@ -273,7 +273,8 @@ def burst_latency(
     "--from-results",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     default=None,
-    help="Report again the events of this results.json instead of running them.",
+    help="Report again an earlier run's rows.json (the whole results, beside its "
+    "results.json) instead of running the events.",
 )
 @click.option(
     "--enrol-photos",
@@ -349,8 +350,7 @@ def fusion(
     root = dataset or DATASETS
     dest = _out(out, "fusion")
     if from_results is not None:
-        outcomes = bench_fusion.outcomes_from_json(from_results)
-        bench_fusion.report(outcomes, dest, profile, baseline=baseline)
+        bench_fusion.report_from_rows(from_results, dest, baseline=baseline)
     else:
         folds = None
         if require_liveness and not shipped_liveness:

@@ -194,7 +194,7 @@ def test_committed_results_are_summaries_that_a_baseline_still_compares(tmp_path
     }
     # A later run where one event moved: the summary, as a baseline, lists it with reasons.
     now = [dataclasses.replace(outcomes[7], outcome="STEP_UP", reasons=("FACE_REQUIRED",))]
-    moved = fusion._moved_section(Report("again", machine=machine), now, tmp_path / "results.json")
+    moved = fusion.moved_events(now, tmp_path / "results.json")
     assert moved == [
         {
             "event": outcomes[7].event.key(),
