@@ -587,6 +587,25 @@ def overload(
     _done(dest / "results.json")
 
 
+@bench.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Output folder (default RUN_DIR itself).",
+)
+def report_again(run_dir: Path, out: Path | None) -> None:
+    """Write RUN_DIR's report again from its rows.json, measuring nothing (faces, fusion,
+    calibration, service, cluster and burst-latency runs)."""
+    from benchmarks.rewrite import rewrite
+
+    try:
+        _done(rewrite(run_dir, out or run_dir))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @bench.command()
 @click.option(
     "--results",

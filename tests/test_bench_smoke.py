@@ -275,3 +275,32 @@ def test_burst_latency_report_comes_back_from_rows_json(tmp_path: Path) -> None:
     }  # fmt: skip
     text = _written_again(tmp_path, bl.render, results)
     assert "| 3 frames, plate bound | 3 | 24 | 28 | 2 |" in text
+
+
+def test_bench_report_writes_a_run_again_from_its_rows_json(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from benchmarks import burst_latency as bl
+    from benchmarks.cli import bench
+
+    times = {bl.ONE: [10.0, 12.0, 14.0]}
+    results = {
+        "profile": "default", "frames": 3, "load_before": (1.0, 1.0, 1.0),
+        "load_after": (1.0, 1.0, 1.0), "p50_ms": {bl.ONE: 12.0}, "p95_ms": {bl.ONE: 14.0},
+        "times_ms": times,
+        "inputs": {"base": "-", "requests": 3, "payers": 6, "faces": "f", "plates": "p",
+                   "cores": 2},
+    }  # fmt: skip
+    bl.render(results).write(tmp_path / "run")
+    done = CliRunner().invoke(
+        bench, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "again")]
+    )
+    assert done.exit_code == 0, done.output
+    for name in ("report.md", "results.json"):  # the run's machine line and figures, as they were
+        assert (tmp_path / "again" / name).read_text() == (tmp_path / "run" / name).read_text()
+    # A run from before reports were written from results alone is refused, clearly.
+    rows = json.loads((tmp_path / "run" / "rows.json").read_text())
+    del rows["results"]["inputs"]
+    (tmp_path / "run" / "rows.json").write_text(json.dumps(rows))
+    done = CliRunner().invoke(bench, ["report", str(tmp_path / "run")])
+    assert done.exit_code != 0 and "measure it again" in done.output
