@@ -40,6 +40,7 @@ def rewrite(run_dir: Path, out: Path) -> Path:
     render = renderer(payload["title"], out)
     if render is None:
         raise ValueError(f"no report writer for {payload['title']!r}")
+    out.mkdir(parents=True, exist_ok=True)  # plots are drawn there before report.md
     try:
         rep = render(payload["results"])
     except KeyError as exc:  # results from before reports were written from results alone

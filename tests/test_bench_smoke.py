@@ -244,6 +244,11 @@ def test_service_ramp_and_comparison_reports_come_back_from_rows_json(tmp_path: 
     # Handler CPU 1.6 s and inference 1.28 s over 16 calls: 100 and 80 ms a call.
     assert "| ReadPlates | 1 | 16 | 8 | 120 | 130 | 140 | – | 100 | 80 | 1.25 | 1.562 |" in text
     assert "UNAVAILABLE 1" in text and "| x | 1 | 17 | 16 |" in text
+    from benchmarks.rewrite import rewrite  # into a folder that does not exist yet: plots too
+
+    fresh = tmp_path / "fresh" / "dir"
+    assert rewrite(tmp_path / "ramp" / "run", fresh).read_text().endswith(text.split("\n", 4)[-1])
+    assert (fresh / "service_qps.png").is_file() and (fresh / "service_p99_ms.png").is_file()
 
     levels = [
         CompareLevel(server, AUTH_STRANGER, 4, r, qps, 100.0 / qps, 50.0, {"OK": 16})
