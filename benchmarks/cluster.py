@@ -20,6 +20,7 @@ size its own peak RSS.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -999,9 +1000,11 @@ def _measure_nodes(
     """The service and lag parts, on two nodes sharing one PostgreSQL database."""
     load = results["load"]
     url = _new_database(cluster, "nodes")
-    nodes = [
-        _start_node(stack, settings.profile, {"RECOGNIZER_DATABASE_URL": url}) for _ in range(2)
-    ]
+    # The nodes of one store share its template key: each server started alone gets its own,
+    # and a node refuses a store sealed under another key.
+    key = base64.b64encode(os.urandom(32)).decode()
+    pg_env = {"RECOGNIZER_DATABASE_URL": url, "RECOGNIZER_TEMPLATE_KEY": key}
+    nodes = [_start_node(stack, settings.profile, pg_env) for _ in range(2)]
     if "service" in settings.parts:
         sqlite_node = _start_node(stack, settings.profile, {})
         load["service_before"] = _load()
