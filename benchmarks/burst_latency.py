@@ -18,12 +18,13 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from benchmarks.bursts import perturbed_frames
-from benchmarks.report import Report, progress, shown
+from benchmarks.report import Report, progress, shown, to_jsonable
 from benchmarks.service import enrol_payers, subprocess_server
 from devtools.metrics import percentiles
 from devtools.stats import ratio
@@ -55,6 +56,48 @@ def _sender(client: Any, **frames: Any) -> Callable[[], None]:
     return send
 
 
+def _cases(
+    clients: dict[str, Any],
+    events: dict[str, list[tuple[Path, Path]]],
+    unbound: list[Path],
+    frames: int,
+) -> dict[str, list[Callable[[], None]]]:
+    """The senders of each case: one frame and bursts (bound and unbound plates) on this
+    checkout, one frame on the release before bursts."""
+    cases: dict[str, list[Callable[[], None]]] = defaultdict(list)
+    branch = clients["branch"]
+
+    def burst(scene: Path, photo: Path) -> Callable[[], None]:
+        vehicles, faces = perturbed_frames(scene, frames), perturbed_frames(photo, frames)
+        return _sender(branch, vehicle_images=vehicles, face_images=faces)
+
+    for scene, photo in events["branch"]:
+        v, f = scene.read_bytes(), photo.read_bytes()
+        cases[ONE].append(_sender(branch, vehicle_image=v, face_image=f))
+        cases[BURST.format(n=frames)].append(burst(scene, photo))
+    for (_, photo), scene in zip(events["branch"], unbound, strict=False):
+        cases[UNBOUND.format(n=frames)].append(burst(scene, photo))
+    for scene, photo in events.get("base", []):
+        v, f = scene.read_bytes(), photo.read_bytes()
+        cases[BASE].append(_sender(clients["base"], vehicle_image=v, face_image=f))
+    return dict(cases)
+
+
+def _interleaved(
+    cases: dict[str, list[Callable[[], None]]], requests: int
+) -> dict[str, list[float]]:
+    """ms per call of each case, one call at a time, round robin over the cases."""
+    for sends in cases.values():  # warm-up, outside the measurement
+        sends[0]()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for i in progress(range(requests), "interleaved calls"):
+        for name, sends in cases.items():
+            t0 = time.perf_counter()
+            sends[i % len(sends)]()
+            times[name].append(1000 * (time.perf_counter() - t0))
+    return times
+
+
 def run(
     out: Path,
     *,
@@ -71,78 +114,62 @@ def run(
     scenes = sorted(plates_dir.glob("*.jpg"))
     bound, unbound = scenes[:payers], scenes[payers : 2 * payers]
     load_before = os.getloadavg()
-    cases: dict[str, list[Callable[[], None]]] = {}
     with contextlib.ExitStack() as stack:
         servers = {"branch": stack.enter_context(subprocess_server(profile))}
         if base_src is not None:
             servers["base"] = stack.enter_context(
                 subprocess_server(profile, env={"PYTHONPATH": str(base_src)}, cwd=base_src)
             )
-        clients = {}
-        for name, (target, key) in servers.items():
-            clients[name] = stack.enter_context(contextlib.closing(Client.connect(target, key)))
+        clients = {
+            name: stack.enter_context(contextlib.closing(Client.connect(target, key)))
+            for name, (target, key) in servers.items()
+        }
         events = {name: enrol_payers(c, faces_dir, bound, payers) for name, c in clients.items()}
-        branch = clients["branch"]
-        for scene, photo in events["branch"]:
-            v, f = scene.read_bytes(), photo.read_bytes()
-            cases.setdefault(ONE, []).append(_sender(branch, vehicle_image=v, face_image=f))
-            cases.setdefault(BURST.format(n=frames), []).append(
-                _sender(
-                    branch,
-                    vehicle_images=perturbed_frames(scene, frames),
-                    face_images=perturbed_frames(photo, frames),
-                )
-            )
-        for (_, photo), scene in zip(events["branch"], unbound, strict=False):
-            cases.setdefault(UNBOUND.format(n=frames), []).append(
-                _sender(
-                    branch,
-                    vehicle_images=perturbed_frames(scene, frames),
-                    face_images=perturbed_frames(photo, frames),
-                )
-            )
-        if "base" in clients:
-            for scene, photo in events["base"]:
-                cases.setdefault(BASE, []).append(
-                    _sender(
-                        clients["base"],
-                        vehicle_image=scene.read_bytes(),
-                        face_image=photo.read_bytes(),
-                    )
-                )
-        for sends in cases.values():  # warm-up, outside the measurement
-            sends[0]()
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        for i in progress(range(requests), "interleaved calls"):
-            for name, sends in cases.items():
-                t0 = time.perf_counter()
-                sends[i % len(sends)]()
-                times[name].append(1000 * (time.perf_counter() - t0))
-    load_after = os.getloadavg()
+        times = _interleaved(_cases(clients, events, unbound, frames), requests)
     stats = {name: percentiles(ts, (50, 95)) for name, ts in times.items()}
-    rep = Report("Authorize latency: one frame and bursts")
-    rep.p(
-        f"Servers: `recognizer serve --profile {profile}` subprocesses on loopback (this "
-        f"checkout; the release before bursts from `{shown(base_src) if base_src else '-'}`). "
-        f"{requests} calls per case, one at a time, interleaved round robin; {len(bound)} "
-        f"payers (faces from `{shown(faces_dir)}`, frames from `{shown(plates_dir)}`). Load "
-        f"average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
-        f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} cores."
-    )
-    one = stats[ONE]["p50"]
-    rows = [
-        [name, len(times[name]), s["p50"], s["p95"], ratio(s["p50"], one)]
-        for name, s in stats.items()
-    ]
-    rep.table(["case", "calls", "p50 ms", "p95 ms", "p50 / one frame (this checkout)"], rows)
-    rep.results = {
+    results = {
         "profile": profile,
         "frames": frames,
         "load_before": load_before,
-        "load_after": load_after,
+        "load_after": os.getloadavg(),
         "p50_ms": {k: v["p50"] for k, v in stats.items()},
         "p95_ms": {k: v["p95"] for k, v in stats.items()},
         "times_ms": times,
+        "inputs": {
+            "base": shown(base_src) if base_src else "-",
+            "requests": requests,
+            "payers": len(bound),
+            "faces": shown(faces_dir),
+            "plates": shown(plates_dir),
+            "cores": os.cpu_count(),
+        },
     }
+    rep = render(results)
     rep.write(out)
+    return rep
+
+
+def render(results: Mapping[str, Any]) -> Report:
+    """The report of a results tree (a run's, or an earlier run's rows.json)."""
+    tree = to_jsonable(results)
+    inputs = tree["inputs"]
+    rep = Report("Authorize latency: one frame and bursts")
+    rep.p(
+        f"Servers: `recognizer serve --profile {tree['profile']}` subprocesses on loopback "
+        f"(this checkout; the release before bursts from `{inputs['base']}`). "
+        f"{inputs['requests']} calls per case, one at a time, interleaved round robin; "
+        f"{inputs['payers']} payers (faces from `{inputs['faces']}`, frames from "
+        f"`{inputs['plates']}`). Load average (1, 5, 15 min) before "
+        f"{tuple(round(x, 2) for x in tree['load_before'])}, after "
+        f"{tuple(round(x, 2) for x in tree['load_after'])} on {inputs['cores']} cores."
+    )
+    p50, p95, one = tree["p50_ms"], tree["p95_ms"], tree["p50_ms"][ONE]
+    rep.table(
+        ["case", "calls", "p50 ms", "p95 ms", "p50 / one frame (this checkout)"],
+        [
+            [name, len(tree["times_ms"][name]), p50[name], p95[name], ratio(p50[name], one)]
+            for name in p50
+        ],
+    )
+    rep.results = dict(results)
     return rep

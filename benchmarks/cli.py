@@ -273,7 +273,8 @@ def burst_latency(
     "--from-results",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     default=None,
-    help="Report again the events of this results.json instead of running them.",
+    help="Report again an earlier run's rows.json (the whole results, beside its "
+    "results.json) instead of running the events.",
 )
 @click.option(
     "--enrol-photos",
@@ -349,8 +350,7 @@ def fusion(
     root = dataset or DATASETS
     dest = _out(out, "fusion")
     if from_results is not None:
-        outcomes = bench_fusion.outcomes_from_json(from_results)
-        bench_fusion.report(outcomes, dest, profile, baseline=baseline)
+        bench_fusion.report_from_rows(from_results, dest, baseline=baseline)
     else:
         folds = None
         if require_liveness and not shipped_liveness:
@@ -585,6 +585,25 @@ def overload(
     (dest / "results.json").write_text(json.dumps(to_jsonable(result), indent=1))
     click.echo(bench_overload.format_gate_result(result))
     _done(dest / "results.json")
+
+
+@bench.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Output folder (default RUN_DIR itself).",
+)
+def report_again(run_dir: Path, out: Path | None) -> None:
+    """Write RUN_DIR's report again from its rows.json, measuring nothing (faces, fusion,
+    calibration, service, cluster and burst-latency runs)."""
+    from benchmarks.rewrite import rewrite
+
+    try:
+        _done(rewrite(run_dir, out or run_dir))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @bench.command()

@@ -20,6 +20,7 @@ size its own peak RSS.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -31,14 +32,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.report import REPO_ROOT, Report, shown
+from benchmarks.report import REPO_ROOT, Report, num, shown, to_jsonable, typed
 from devtools.metrics import percentiles
 from devtools.stats import median, ratio
 
@@ -372,18 +374,12 @@ def _calls(
     return {"IdentifyFace": identify, "Authorize": authorize}
 
 
-def run_service(
-    sqlite_node: _Node,
-    pg_nodes: Sequence[_Node],
-    faces_dir: Path,
-    plates_dir: Path,
-    *,
-    concurrency: int,
-    requests: int,
-    rounds: int,
-    max_seconds: float,
-) -> tuple[list[ServiceRow], list[str]]:
-    from benchmarks.service import _files, _setup_gallery, run_level
+def _service_setups(
+    sqlite_node: _Node, pg_nodes: Sequence[_Node], faces_dir: Path, plates_dir: Path
+) -> tuple[dict[str, dict[str, Callable[[int], None]]], list[str]]:
+    """The same gallery on SQLite and (through the first node) on PostgreSQL, and the calls
+    of each set-up, every node warmed up."""
+    from benchmarks.service import _files, _setup_gallery
 
     notes: list[str] = []
     scenes = [p.read_bytes() for p in _files(plates_dir, 64)]
@@ -408,14 +404,31 @@ def run_service(
             [n.client() for n in pg_nodes], probes, scenes
         ),
     }
-    lat: dict[tuple[str, str], list[float]] = {}
-    ok: dict[tuple[str, str], int] = {}
-    wall: dict[tuple[str, str], float] = {}
-    errors: dict[tuple[str, str], dict[str, int]] = {}
     for calls in setups.values():
         for call in calls.values():
             for i in range(len(pg_nodes)):  # warm every node, outside the measurement
                 call(i)
+    return setups, notes
+
+
+def run_service(
+    sqlite_node: _Node,
+    pg_nodes: Sequence[_Node],
+    faces_dir: Path,
+    plates_dir: Path,
+    *,
+    concurrency: int,
+    requests: int,
+    rounds: int,
+    max_seconds: float,
+) -> tuple[list[ServiceRow], list[str]]:
+    from benchmarks.service import run_level
+
+    setups, notes = _service_setups(sqlite_node, pg_nodes, faces_dir, plates_dir)
+    lat: dict[tuple[str, str], list[float]] = defaultdict(list)
+    ok: dict[tuple[str, str], int] = defaultdict(int)
+    wall: dict[tuple[str, str], float] = defaultdict(float)
+    errors: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     order = list(setups)
     for r in range(rounds):
         # Alternate which set-up goes first, so a drift in the machine's load hits both.
@@ -423,24 +436,20 @@ def run_service(
             for method, call in setups[name].items():
                 key = (name, method)
                 got, statuses, seconds = run_level(call, concurrency, requests, max_seconds)
-                lat.setdefault(key, []).extend(got)
-                ok[key] = ok.get(key, 0) + statuses.pop("OK", 0)
-                wall[key] = wall.get(key, 0.0) + seconds
-                bad = errors.setdefault(key, {})
-                for status, count in statuses.items():
-                    bad[status] = bad.get(status, 0) + count
+                lat[key].extend(got)
+                ok[key] += statuses.pop("OK", 0)
+                wall[key] += seconds
+                errors[key].update(statuses)
     rows = []
-    for name in order:
-        for method in METHODS:
-            key = (name, method)
-            p = percentiles(lat[key], (50, 99))
-            done = ok[key] + sum(errors[key].values())
-            rows.append(
-                ServiceRow(
-                    name, method, concurrency, done, ok[key], wall[key],
-                    ratio(ok[key], wall[key]), p["p50"], p["p99"], errors[key],
-                )
-            )  # fmt: skip
+    for key in ((name, method) for name in order for method in METHODS):
+        p = percentiles(lat[key], (50, 99))
+        done = ok[key] + sum(errors[key].values())
+        rows.append(
+            ServiceRow(
+                *key, concurrency, done, ok[key], wall[key], ratio(ok[key], wall[key]),
+                p["p50"], p["p99"], dict(errors[key]),
+            )
+        )  # fmt: skip
     return rows, notes
 
 
@@ -542,6 +551,29 @@ def _deciles(calls: Sequence[tuple[float, float]]) -> tuple[float, ...]:
     return tuple(float(x) for x in np.percentile([t[0] for t in calls], range(10, 100, 10)))
 
 
+def _store_round(
+    base: Path, args: dict[str, Any], cwd: Path, r: int, reps: int, sessions: list[_Session]
+) -> dict[str, Timings]:
+    """One fresh pair of worker processes (old, new), every operation called alternately."""
+    pair = {"old": _Session(base, args, cwd)}
+    sessions.append(pair["old"])
+    pair["new"] = _Session(REPO_ROOT, args, cwd)
+    sessions.append(pair["new"])
+    if pair["old"].imported["shared_sql"] or not pair["new"].imported["shared_sql"]:
+        raise RuntimeError("the old worker has the shared SQL, or the new one lacks it")
+    got: dict[str, Timings] = {"old": {}, "new": {}}
+    try:
+        for k in range(reps):
+            for i, op in enumerate(STORE_OPS):
+                order = ("old", "new") if (k + i + r) % 2 == 0 else ("new", "old")
+                for which in order:
+                    got[which].setdefault(op, []).append(pair[which].time(op, k))
+    finally:
+        for session in pair.values():
+            session.close()
+    return got
+
+
 def run_store(
     pg_url: str, *, rounds: int, reps: int, prefill: int, timeout_s: float = 1800.0
 ) -> tuple[list[StoreRow], list[str]]:
@@ -555,28 +587,13 @@ def run_store(
     watchdog.daemon = True
     watchdog.start()
     args = {"url": "", "reps": reps, "prefill": prefill, "seed": 1}
+    pg_reps = min(reps, 200)
     try:
         with base_tree() as base, tempfile.TemporaryDirectory(prefix="bench-cluster-") as cwd:
             for r in range(rounds):
-                pair = {"old": _Session(base, args, Path(cwd))}
-                sessions.append(pair["old"])
-                pair["new"] = _Session(REPO_ROOT, args, Path(cwd))
-                sessions.append(pair["new"])
-                if pair["old"].imported["shared_sql"] or not pair["new"].imported["shared_sql"]:
-                    raise RuntimeError("the old worker has the shared SQL, or the new one lacks it")
-                got: dict[str, Timings] = {"old": {}, "new": {}}
-                try:
-                    for k in range(reps):
-                        for i, op in enumerate(STORE_OPS):
-                            order = ("old", "new") if (k + i + r) % 2 == 0 else ("new", "old")
-                            for which in order:
-                                got[which].setdefault(op, []).append(pair[which].time(op, k))
-                finally:
-                    for session in pair.values():
-                        session.close()
+                got = _store_round(base, args, Path(cwd), r, reps, sessions)
                 old.append(got["old"])
                 new.append(got["new"])
-            pg_reps = min(reps, 200)
             pg_session = _Session(REPO_ROOT, {**args, "url": pg_url, "reps": pg_reps}, Path(cwd))
             sessions.append(pg_session)
             try:
@@ -595,22 +612,25 @@ def run_store(
         f"alternates too); PostgreSQL: {pg_reps} calls of each, new code only; every "
         "worker runs FAISS on one thread (OMP_NUM_THREADS=1)",
     ]
-    rows = []
-    for op in STORE_OPS:
-        o = [t for run in old for t in run[op]]
-        n = [t for run in new for t in run[op]]
-        wall_o, wall_n = median([t[0] for t in o]), median([t[0] for t in n])
-        cpu_o, cpu_n = median([t[1] for t in o]), median([t[1] for t in n])
-        per_round = tuple(
-            ratio(median([t[0] for t in b[op]]), median([t[0] for t in a[op]]))
-            for a, b in zip(old, new, strict=True)
-        )
-        paired = median([ratio(b[0], a[0]) for a, b in zip(o, n, strict=True)])
-        rows.append(
-            StoreRow(op, wall_o, wall_n, paired, cpu_o, cpu_n,
-                     ratio(cpu_n, cpu_o), median(pg[op]), per_round, _deciles(o), _deciles(n))
-        )  # fmt: skip
-    return rows, notes
+    return [_store_row(op, old, new, pg[op]) for op in STORE_OPS], notes
+
+
+def _store_row(
+    op: str, old: Sequence[Timings], new: Sequence[Timings], pg: list[float]
+) -> StoreRow:
+    o = [t for run in old for t in run[op]]
+    n = [t for run in new for t in run[op]]
+    wall_o, wall_n = median([t[0] for t in o]), median([t[0] for t in n])
+    cpu_o, cpu_n = median([t[1] for t in o]), median([t[1] for t in n])
+    per_round = tuple(
+        ratio(median([t[0] for t in b[op]]), median([t[0] for t in a[op]]))
+        for a, b in zip(old, new, strict=True)
+    )
+    paired = median([ratio(b[0], a[0]) for a, b in zip(o, n, strict=True)])
+    return StoreRow(
+        op, wall_o, wall_n, paired, cpu_o, cpu_n, ratio(cpu_n, cpu_o), median(pg), per_round,
+        _deciles(o), _deciles(n),
+    )  # fmt: skip
 
 
 # --- 3. replica lag under an enrolment load -------------------------------------------------
@@ -726,40 +746,33 @@ def _writer_order(pg_url: str, identities: Sequence[str]) -> list[tuple[str, int
     return [(str(r[0]), int(r[2])) for r in sorted(rows, key=lambda r: r[1])]
 
 
-def run_lag(
-    a: Any,
-    probe: Callable[[], tuple[int, float, int]],
-    probe_name: str,
-    pg_url: str,
-    images: Sequence[bytes],
-    *,
-    seconds: float,
-    enrollers: int,
-    sample_s: float,
-) -> LagResult:
-    import grpc
+@dataclass(slots=True)
+class _LagLoad:
+    """What the enrolling threads and the sampler of one lag run share."""
 
-    from recognizer.v1 import identity_pb2
+    probe: Callable[[], tuple[int, float, int]]
+    deadline: float
+    samples: list[LagSample] = field(default_factory=list)
+    acks: dict[str, float] = field(default_factory=dict)  # identity -> when A answered
+    errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
 
-    base = probe()[2]
-    samples: list[LagSample] = []
-    acks: dict[str, float] = {}
-    errors = [0]
-    lock = threading.Lock()
-    stop_sampling = threading.Event()
-    deadline = time.monotonic() + seconds
-
-    def sampler() -> None:
-        while not stop_sampling.is_set():
+    def sample(self, every_s: float) -> None:
+        while not self.stop.is_set():
             t0 = time.monotonic()
             with contextlib.suppress(Exception):  # one failed read is one sample fewer
-                changes, lag_s, templates = probe()
-                samples.append(LagSample(time.monotonic(), changes, lag_s, templates))
-            stop_sampling.wait(max(0.0, sample_s - (time.monotonic() - t0)))
+                changes, lag_s, templates = self.probe()
+                self.samples.append(LagSample(time.monotonic(), changes, lag_s, templates))
+            self.stop.wait(max(0.0, every_s - (time.monotonic() - t0)))
 
-    def enroller(w: int) -> None:
+    def enrol(self, a: Any, images: Sequence[bytes], w: int, enrollers: int) -> None:
+        import grpc
+
+        from recognizer.v1 import identity_pb2
+
         k = w
-        while time.monotonic() < deadline:
+        while time.monotonic() < self.deadline:
             try:
                 ident = a.identity.CreateIdentity(
                     identity_pb2.CreateIdentityRequest(display_name=f"lag-{w}-{k}"),
@@ -773,33 +786,50 @@ def run_lag(
                     metadata=a.metadata,
                     timeout=30,
                 )
-                with lock:
-                    acks[ident] = time.monotonic()
+                with self.lock:
+                    self.acks[ident] = time.monotonic()
             except grpc.RpcError:
-                with lock:
-                    errors[0] += 1
+                with self.lock:
+                    self.errors += 1
             k += enrollers
 
-    sampling = threading.Thread(target=sampler, daemon=True)
+
+def run_lag(
+    a: Any,
+    probe: Callable[[], tuple[int, float, int]],
+    probe_name: str,
+    pg_url: str,
+    images: Sequence[bytes],
+    *,
+    seconds: float,
+    enrollers: int,
+    sample_s: float,
+) -> LagResult:
+    base = probe()[2]
+    load = _LagLoad(probe, time.monotonic() + seconds)
+    sampling = threading.Thread(target=load.sample, args=(sample_s,), daemon=True)
     sampling.start()
-    workers = [threading.Thread(target=enroller, args=(w,), daemon=True) for w in range(enrollers)]
+    workers = [
+        threading.Thread(target=load.enrol, args=(a, images, w, enrollers), daemon=True)
+        for w in range(enrollers)
+    ]
     for t in workers:
         t.start()
     for t in workers:
         t.join(seconds + 120)
     load_end = time.monotonic()
     # Keep sampling until B holds every acknowledged enrolment (bounded).
+    samples, acks = load.samples, load.acks
     _wait_for(lambda: bool(samples) and samples[-1].templates >= base + len(acks), 30, 0.1)
-    stop_sampling.set()
+    load.stop.set()
     sampling.join(10)
-    order = _writer_order(pg_url, list(acks))
-    vis, early, missing = visibility_ms(acks, order, samples, base)
+    vis, early, missing = visibility_ms(acks, _writer_order(pg_url, list(acks)), samples, base)
     during = [s for s in samples if s.at <= load_end] or samples
     lag = percentiles([s.seconds for s in during], (50, 99))
     chg = percentiles([s.changes for s in during], (50, 99))
     v = percentiles(vis, (50, 99))
     return LagResult(
-        probe_name, seconds, enrollers, len(acks), errors[0], len(during),
+        probe_name, seconds, enrollers, len(acks), load.errors, len(during),
         lag["p50"], lag["p99"], max((s.seconds for s in during), default=float("nan")),
         chg["p50"], chg["p99"], max((s.changes for s in during), default=0),
         v["p50"], v["p99"], max(vis, default=float("nan")), early, missing,
@@ -924,7 +954,6 @@ def _raise_interrupt(*_: object) -> None:
 
 
 def run(faces_dir: Path, plates_dir: Path, out: Path, settings: Settings) -> Report:
-    rep = Report("Cluster benchmark: PostgreSQL and FAISS replicas (issue #16)")
     results: dict[str, Any] = {"settings": settings, "load": {}}
     load = results["load"]
     previous = None
@@ -934,36 +963,7 @@ def run(faces_dir: Path, plates_dir: Path, out: Path, settings: Settings) -> Rep
         with postgres() as cluster, contextlib.ExitStack() as stack:
             load["start"] = _load()
             if "service" in settings.parts or "lag" in settings.parts:
-                url = _new_database(cluster, "nodes")
-                pg_env = {"RECOGNIZER_DATABASE_URL": url}
-                nodes = [_start_node(stack, settings.profile, pg_env) for _ in range(2)]
-                if "service" in settings.parts:
-                    sqlite_node = _start_node(stack, settings.profile, {})
-                    load["service_before"] = _load()
-                    rows, notes = run_service(
-                        sqlite_node, nodes, faces_dir, plates_dir,
-                        concurrency=settings.concurrency, requests=settings.requests,
-                        rounds=settings.service_rounds, max_seconds=60.0,
-                    )  # fmt: skip
-                    load["service_after"] = _load()
-                    results["service"] = {"rows": rows, "notes": notes}
-                if "lag" in settings.parts:
-                    images = _face_images(faces_dir)
-                    a, b = nodes[0].client(), nodes[1].client()
-                    lag_rows = []
-                    load["lag_before"] = _load()
-                    for name, probe in (
-                        ("/metrics", _prometheus_probe(nodes[1].metrics_url)),
-                        ("GetMetrics", _getmetrics_probe(b)),
-                    ):
-                        lag_rows.append(
-                            run_lag(
-                                a, probe, name, url, images, seconds=settings.lag_seconds,
-                                enrollers=2, sample_s=0.05,
-                            )
-                        )  # fmt: skip
-                    load["lag_after"] = _load()
-                    results["lag"] = lag_rows
+                _measure_nodes(cluster, stack, settings, faces_dir, plates_dir, results)
                 stack.close()  # the nodes stop before the workers need the cores
             if "store" in settings.parts:
                 load["store_before"] = _load()
@@ -983,15 +983,63 @@ def run(faces_dir: Path, plates_dir: Path, out: Path, settings: Settings) -> Rep
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    write_report(rep, results, faces_dir, plates_dir, settings)
+    results["inputs"] = {"faces": shown(faces_dir), "plates": shown(plates_dir)}
+    rep = render(results)
     rep.write(out)
     return rep
 
 
-def write_report(
-    rep: Report, results: dict[str, Any], faces_dir: Path, plates_dir: Path, settings: Settings
+def _measure_nodes(
+    cluster: Any,
+    stack: contextlib.ExitStack,
+    settings: Settings,
+    faces_dir: Path,
+    plates_dir: Path,
+    results: dict[str, Any],
 ) -> None:
+    """The service and lag parts, on two nodes sharing one PostgreSQL database."""
     load = results["load"]
+    url = _new_database(cluster, "nodes")
+    # The nodes of one store share its template key: each server started alone gets its own,
+    # and a node refuses a store sealed under another key.
+    key = base64.b64encode(os.urandom(32)).decode()
+    pg_env = {"RECOGNIZER_DATABASE_URL": url, "RECOGNIZER_TEMPLATE_KEY": key}
+    nodes = [_start_node(stack, settings.profile, pg_env) for _ in range(2)]
+    if "service" in settings.parts:
+        sqlite_node = _start_node(stack, settings.profile, {})
+        load["service_before"] = _load()
+        rows, notes = run_service(
+            sqlite_node, nodes, faces_dir, plates_dir,
+            concurrency=settings.concurrency, requests=settings.requests,
+            rounds=settings.service_rounds, max_seconds=60.0,
+        )  # fmt: skip
+        load["service_after"] = _load()
+        results["service"] = {"rows": rows, "notes": notes}
+    if "lag" in settings.parts:
+        images = _face_images(faces_dir)
+        a, b = nodes[0].client(), nodes[1].client()
+        load["lag_before"] = _load()
+        results["lag"] = [
+            run_lag(
+                a, probe, name, url, images, seconds=settings.lag_seconds, enrollers=2,
+                sample_s=0.05,
+            )
+            for name, probe in (
+                ("/metrics", _prometheus_probe(nodes[1].metrics_url)),
+                ("GetMetrics", _getmetrics_probe(b)),
+            )
+        ]  # fmt: skip
+        load["lag_after"] = _load()
+
+
+# --- the report: from the results alone -----------------------------------------------------
+
+
+def render(results: Mapping[str, Any]) -> Report:
+    """The report of a results tree (a run's, or an earlier run's rows.json)."""
+    tree = to_jsonable(results)
+    load = tree["load"]
+    rep = Report("Cluster benchmark: PostgreSQL and FAISS replicas (issue #16)")
     rep.p(
         "All on 127.0.0.1: a throwaway PostgreSQL 15 (devtools/pg_local.py, fsync on) and "
         "`recognizer serve` subprocesses with the real models. The machine has 2 cores shared "
@@ -999,127 +1047,147 @@ def write_report(
         "per part, and the same-run ratios matter more than the absolute figures. "
         f"Load at start {load.get('start')}, at the end {load.get('end')}."
     )
-    if "service" in results:
-        rows: list[ServiceRow] = results["service"]["rows"]
-        rep.h("Service: one SQLite node against two nodes on one PostgreSQL")
-        rep.p(
-            f"{settings.concurrency} callers in total; on two nodes the calls go round-robin "
-            f"over both. {settings.service_rounds} interleaved rounds of {settings.requests} "
-            "requests per method and set-up (the set-up that goes first alternates); "
-            f"percentiles over every round. Faces from `{shown(faces_dir)}`, frames from "
-            f"`{shown(plates_dir)}`. Both nodes share the same 2 cores, so two nodes cannot "
-            "double the QPS here: the point is the cost of PostgreSQL against SQLite per call. "
-            "`PostgreSQL, 1 node` sends every call to the first of the two nodes: one server "
-            "process against one, since two processes also take a larger share of cores "
-            "that other jobs are using. "
-            f"Load before {load.get('service_before')}, after {load.get('service_after')}."
-        )
-        for n in results["service"]["notes"]:
-            rep.p(f"- {n}")
-        by = {(r.setup, r.method): r for r in rows}
-        setups = list(dict.fromkeys(r.setup for r in rows))
-        table = []
-        for r in rows:
-            first = by[(setups[0], r.method)]
-            errs = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "–"
-            table.append([
-                r.method, r.setup, r.concurrency, r.ok, r.qps, r.p50_ms, r.p99_ms, errs,
-                ratio(r.qps, first.qps), ratio(r.p50_ms, first.p50_ms),
-            ])  # fmt: skip
-        rep.table(
-            ["method", "set-up", "callers", "ok", "QPS", "p50 ms", "p99 ms", "errors",
-             "QPS / SQLite", "p50 / SQLite"],
-            sorted(table, key=lambda t: (METHODS.index(t[0]), setups.index(t[1]))),
-        )  # fmt: skip
-    if "store" in results:
-        srows: list[StoreRow] = results["store"]["rows"]
-        rep.h("Store operations: SQLite before and after the refactoring")
-        rep.p(
-            "The SQLite store of this checkout against the previous release's, each in its own "
-            f"process with a new file prefilled with {settings.store_prefill} identities. "
-            "Medians in ms. `enrol` is create_identity and add_templates of one template (two "
-            "transactions, each fsynced); `put_decision` writes a decision with its plate "
-            "sighting (one transaction); `identity_for_labels` asks for 20 labels; `identify` is "
-            "Gallery.identify (flat index, top 5) with its label lookup. Wall time of a write is "
-            "mostly the fsync, which the other jobs' disk load stretches at random; CPU time "
-            "(the worker process's) leaves the wait out and shows the code's own cost. The "
-            "wall times of a write spread over an order of magnitude (an fsync is quick, or "
-            "queues behind the other jobs' writes; deciles in results.json), so whole-run "
-            "medians move with the disk load; the paired ratio (the median, over calls, of "
-            "new / old for two calls made a moment apart) and the per-round ratios do less. "
-            "PostgreSQL: the same operations through PostgresStore against the server above, "
-            "for reference (a round trip per statement, fsync on). "
-            f"Load before {load.get('store_before')}, after {load.get('store_after')}."
-        )
-        for n in results["store"]["notes"]:
-            rep.p(f"- {n}")
-        rep.table(
-            ["operation", f"{BASE_COMMIT} wall ms", "now wall ms", "paired new / old wall",
-             "per-round new / old wall", f"{BASE_COMMIT} CPU ms", "now CPU ms",
-             "new / old CPU", "PostgreSQL wall ms"],
-            [[r.op, r.old_ms, r.new_ms, r.paired_ratio,
-              " ".join(f"{x:.2f}" for x in r.round_ratios), r.old_cpu_ms, r.new_cpu_ms,
-              r.cpu_ratio, r.postgres_ms] for r in srows],
-        )  # fmt: skip
-        worst_wall = max(srows, key=lambda r: r.paired_ratio)
-        worst_cpu = max(srows, key=lambda r: r.cpu_ratio)
-        rep.p(
-            "Goal: within 10% (new / old ≤ 1.10). Largest paired wall ratio: "
-            f"{worst_wall.op} {worst_wall.paired_ratio:.3f}; largest CPU ratio: "
-            f"{worst_cpu.op} {worst_cpu.cpu_ratio:.3f}."
-        )
-    if "lag" in results:
-        lrows: list[LagResult] = results["lag"]
-        rep.h("Replica lag under an enrolment load")
-        rep.p(
-            "The follower measures its lag right after each replay, so the figure reads 0 "
-            "unless a change was committed but not yet settled (an older transaction still "
-            "open) at that moment; the visible time is the end-to-end figure. "
-            "Nodes A and B on one PostgreSQL with the default follower settings (NOTIFY, "
-            "replica_poll_s 0.5). Callers enrol real faces on A (CreateIdentity then "
-            "EnrollFace of one photo) while B is sampled every 50 ms. Lag is the follower's "
-            "own figure (changes not applied, age of the oldest, as GetMetrics.replica and "
-            "/metrics report it) over the samples during the load. Visible is, per "
-            "enrolment, the time from A's answer to the first sample in which B's index holds "
-            "it (B applies whole transactions in writer order, so its index size says which "
-            "enrolments it holds); the resolution is the 50-ms sampling. Two runs: sampling "
-            "B's /metrics page, which reads the follower without side effects, and sampling "
-            "GetMetrics, whose gallery check also replays pending changes on B (so it "
-            "shortens what it measures). "
-            f"Load before {load.get('lag_before')}, after {load.get('lag_after')}."
-        )
-        rep.table(
-            ["sampled through", "seconds", "enrollers", "enrolments", "errors", "samples",
-             "lag s p50", "lag s p99", "lag s max", "changes p50", "changes p99",
-             "changes max", "visible ms p50", "visible ms p99", "visible ms max",
-             "on B before A's answer", "never seen"],
-            [[r.probe, r.seconds, r.enrollers, r.enrolments, r.errors, r.samples, r.lag_s_p50,
-              r.lag_s_p99, r.lag_s_max, r.changes_p50, r.changes_p99, r.changes_max,
-              r.visible_ms_p50, r.visible_ms_p99, r.visible_ms_max, r.seen_before_ack,
-              r.never_seen] for r in lrows],
-        )  # fmt: skip
-    if "catchup" in results:
-        crows: list[CatchupRow] = results["catchup"]
-        rep.h("Catch-up of a new node from an empty index")
-        rep.p(
-            "A database filled by COPY (one identity and one plaintext 128-d template each, "
-            "and their change rows), then in a fresh process: `Gallery(PostgresStore(url), "
-            "dim=128, index_path=<empty dir>).open()`, what a new node does at start (above "
-            "flat_max = 100,000 it trains an IVF index); then another store instance writes "
-            "1,000 more templates (100 identities of 10, create_identity and add_templates a "
-            "transaction each) and `gallery.sync()` applies them; "
-            "then one checkpoint of the index file. Peak RSS is the process's (ru_maxrss). "
-            f"Load before {load.get('catchup_before')}, after {load.get('catchup_after')}."
-        )
-        rep.table(
-            ["templates", "fill s", "open s", "index", "RSS before MB", "peak RSS after open MB",
-             "write 1,000 s", "sync s", "applied", "index after", "checkpoint s", "file MB",
-             "peak RSS MB"],
-            [[f"{r.templates:,}", r.fill_s, r.open_s, r.kind, r.rss_before_mb,
-              r.peak_rss_open_mb, r.write_s, r.sync_s, r.sync_applied, r.ntotal_after,
-              r.checkpoint_s, r.file_mb, r.peak_rss_mb] for r in crows],
-        )  # fmt: skip
-    rep.results = results
+    if "service" in tree:
+        _service_section(rep, tree)
+    if "store" in tree:
+        _store_section(rep, tree)
+    if "lag" in tree:
+        _lag_section(rep, tree)
+    if "catchup" in tree:
+        _catchup_section(rep, tree)
+    rep.results = dict(results)
+    return rep
+
+
+def _loads(tree: Mapping[str, Any], part: str) -> str:
+    load = tree["load"]
+    return f"Load before {load.get(f'{part}_before')}, after {load.get(f'{part}_after')}."
+
+
+def _service_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    settings, inputs = tree["settings"], tree["inputs"]
+    rows = typed(ServiceRow, tree["service"]["rows"])
+    rep.h("Service: one SQLite node against two nodes on one PostgreSQL")
+    rep.p(
+        f"{settings['concurrency']} callers in total; on two nodes the calls go round-robin "
+        f"over both. {settings['service_rounds']} interleaved rounds of "
+        f"{settings['requests']} requests per method and set-up (the set-up that goes first "
+        f"alternates); percentiles over every round. Faces from `{inputs['faces']}`, frames "
+        f"from `{inputs['plates']}`. Both nodes share the same 2 cores, so two nodes cannot "
+        "double the QPS here: the point is the cost of PostgreSQL against SQLite per call. "
+        "`PostgreSQL, 1 node` sends every call to the first of the two nodes: one server "
+        "process against one, since two processes also take a larger share of cores "
+        "that other jobs are using. " + _loads(tree, "service")
+    )
+    for n in tree["service"]["notes"]:
+        rep.p(f"- {n}")
+    by = {(r.setup, r.method): r for r in rows}
+    setups = list(dict.fromkeys(r.setup for r in rows))
+    table = []
+    for r in rows:
+        first = by[(setups[0], r.method)]
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "–"
+        table.append([
+            r.method, r.setup, r.concurrency, r.ok, r.qps, r.p50_ms, r.p99_ms, errs,
+            ratio(r.qps, first.qps), ratio(r.p50_ms, first.p50_ms),
+        ])  # fmt: skip
+    rep.table(
+        ["method", "set-up", "callers", "ok", "QPS", "p50 ms", "p99 ms", "errors",
+         "QPS / SQLite", "p50 / SQLite"],
+        sorted(table, key=lambda t: (METHODS.index(t[0]), setups.index(t[1]))),
+    )  # fmt: skip
+
+
+def _store_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    rows = typed(StoreRow, tree["store"]["rows"])
+    rep.h("Store operations: SQLite before and after the refactoring")
+    rep.p(
+        "The SQLite store of this checkout against the previous release's, each in its own "
+        f"process with a new file prefilled with {tree['settings']['store_prefill']} "
+        "identities. Medians in ms. `enrol` is create_identity and add_templates of one "
+        "template (two transactions, each fsynced); `put_decision` writes a decision with its "
+        "plate sighting (one transaction); `identity_for_labels` asks for 20 labels; "
+        "`identify` is Gallery.identify (flat index, top 5) with its label lookup. Wall time "
+        "of a write is mostly the fsync, which the other jobs' disk load stretches at random; "
+        "CPU time (the worker process's) leaves the wait out and shows the code's own cost. "
+        "The wall times of a write spread over an order of magnitude (an fsync is quick, or "
+        "queues behind the other jobs' writes; deciles in results.json), so whole-run "
+        "medians move with the disk load; the paired ratio (the median, over calls, of "
+        "new / old for two calls made a moment apart) and the per-round ratios do less. "
+        "PostgreSQL: the same operations through PostgresStore against the server above, "
+        "for reference (a round trip per statement, fsync on). " + _loads(tree, "store")
+    )
+    for n in tree["store"]["notes"]:
+        rep.p(f"- {n}")
+    rep.table(
+        ["operation", f"{BASE_COMMIT} wall ms", "now wall ms", "paired new / old wall",
+         "per-round new / old wall", f"{BASE_COMMIT} CPU ms", "now CPU ms",
+         "new / old CPU", "PostgreSQL wall ms"],
+        [[r.op, r.old_ms, r.new_ms, r.paired_ratio,
+          " ".join(num(x, ".2f") for x in r.round_ratios), r.old_cpu_ms, r.new_cpu_ms,
+          r.cpu_ratio, r.postgres_ms] for r in rows],
+    )  # fmt: skip
+    worst_wall = max(rows, key=lambda r: _sortable(r.paired_ratio))
+    worst_cpu = max(rows, key=lambda r: _sortable(r.cpu_ratio))
+    rep.p(
+        "Goal: within 10% (new / old ≤ 1.10). Largest paired wall ratio: "
+        f"{worst_wall.op} {num(worst_wall.paired_ratio, '.3f')}; largest CPU ratio: "
+        f"{worst_cpu.op} {num(worst_cpu.cpu_ratio, '.3f')}."
+    )
+
+
+def _sortable(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
+def _lag_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    rep.h("Replica lag under an enrolment load")
+    rep.p(
+        "The follower measures its lag right after each replay, so the figure reads 0 "
+        "unless a change was committed but not yet settled (an older transaction still "
+        "open) at that moment; the visible time is the end-to-end figure. "
+        "Nodes A and B on one PostgreSQL with the default follower settings (NOTIFY, "
+        "replica_poll_s 0.5). Callers enrol real faces on A (CreateIdentity then "
+        "EnrollFace of one photo) while B is sampled every 50 ms. Lag is the follower's "
+        "own figure (changes not applied, age of the oldest, as GetMetrics.replica and "
+        "/metrics report it) over the samples during the load. Visible is, per "
+        "enrolment, the time from A's answer to the first sample in which B's index holds "
+        "it (B applies whole transactions in writer order, so its index size says which "
+        "enrolments it holds); the resolution is the 50-ms sampling. Two runs: sampling "
+        "B's /metrics page, which reads the follower without side effects, and sampling "
+        "GetMetrics, whose gallery check also replays pending changes on B (so it "
+        "shortens what it measures). " + _loads(tree, "lag")
+    )
+    rep.table(
+        ["sampled through", "seconds", "enrollers", "enrolments", "errors", "samples",
+         "lag s p50", "lag s p99", "lag s max", "changes p50", "changes p99",
+         "changes max", "visible ms p50", "visible ms p99", "visible ms max",
+         "on B before A's answer", "never seen"],
+        [list(r.values()) for r in tree["lag"]],  # a LagResult's fields, in order
+    )  # fmt: skip
+
+
+def _catchup_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    rep.h("Catch-up of a new node from an empty index")
+    rep.p(
+        "A database filled by COPY (one identity and one plaintext 128-d template each, "
+        "and their change rows), then in a fresh process: `Gallery(PostgresStore(url), "
+        "dim=128, index_path=<empty dir>).open()`, what a new node does at start (above "
+        "flat_max = 100,000 it trains an IVF index); then another store instance writes "
+        "1,000 more templates (100 identities of 10, create_identity and add_templates a "
+        "transaction each) and `gallery.sync()` applies them; "
+        "then one checkpoint of the index file. Peak RSS is the process's (ru_maxrss). "
+        + _loads(tree, "catchup")
+    )
+    rep.table(
+        ["templates", "fill s", "open s", "index", "RSS before MB", "peak RSS after open MB",
+         "write 1,000 s", "sync s", "applied", "index after", "checkpoint s", "file MB",
+         "peak RSS MB"],
+        [[f"{r.templates:,}", r.fill_s, r.open_s, r.kind, r.rss_before_mb,
+          r.peak_rss_open_mb, r.write_s, r.sync_s, r.sync_applied, r.ntotal_after,
+          r.checkpoint_s, r.file_mb, r.peak_rss_mb]
+         for r in typed(CatchupRow, tree["catchup"])],
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str]) -> int:

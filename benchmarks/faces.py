@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import Report, pct, plot_det, progress, shown
+from benchmarks.report import Report, num, pct, plot_det, progress, shown, to_jsonable, typed
 from devtools.datasets import FaceImage, FaceSet, decode_file, discover_face_sets
 from devtools.metrics import (
     bootstrap_ci,
@@ -374,7 +374,9 @@ def verification(
 def _ci(ci: tuple[float, float] | None, as_pct: bool = True) -> str:
     if ci is None:
         return "–"
-    return f"{pct(ci[0], 2)}–{pct(ci[1], 2)}" if as_pct else f"{ci[0]:.4f}–{ci[1]:.4f}"
+    return (
+        f"{pct(ci[0], 2)}–{pct(ci[1], 2)}" if as_pct else f"{num(ci[0], '.4f')}–{num(ci[1], '.4f')}"
+    )
 
 
 def _rate(v: float | None, n_imp: int) -> str:
@@ -510,6 +512,29 @@ def _enroll(client: Any, person: str, images: Sequence[FaceImage]) -> tuple[str,
     return ident.identity_id, -1
 
 
+@dataclass(frozen=True, slots=True)
+class _Gallery:
+    """One identification server's gallery and first answers."""
+
+    ids: dict[str, str]  # name -> identity id
+    paths: set[Path]  # the images enrolled
+    retries: int
+    answers: list[ProbeAnswer]
+    default_threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Checks:
+    """Restart and delete checks on the same data dir."""
+
+    restart_same: bool | None = None
+    mismatches: int = 0
+    deleted: str = ""
+    probes: int = 0
+    unknown: int = 0
+    absent: bool | None = None
+
+
 def identification(
     profile: str,
     group: str,
@@ -519,73 +544,97 @@ def identification(
     checks: bool = True,
     seed: int = 0,
 ) -> tuple[Identification, list[ProbeAnswer]]:
-    from benchmarks.service import inprocess_server
-    from recognizer.client import Client
-    from recognizer.v1 import identity_pb2
-
     by_id: dict[str, list[FaceImage]] = defaultdict(list)
     for im in images:
         by_id[im.identity].append(im)
     multi = sorted(k for k, v in by_id.items() if len(v) >= 2)
     held = tuple(sorted(random.Random(seed).sample(multi, min(heldout, max(0, len(multi) - 2)))))
     with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
-        data_dir = Path(tmp)
-        ids: dict[str, str] = {}  # name -> identity id
-        gallery_paths: set[Path] = set()
-        retries = 0
-        with inprocess_server(profile, data_dir) as (port, key):
-            client = Client.connect(f"127.0.0.1:{port}", key)
-            for person in progress(sorted(by_id), f"enrol {profile}"):
-                if person in held:
-                    continue
-                iid, k = _enroll(client, person, by_id[person])
-                ids[person] = iid
-                if k > 0:
-                    retries += 1
-                if k >= 0:
-                    gallery_paths.add(by_id[person][k].path)
-            names = {v: k for k, v in ids.items()}
-            probes = [im for im in images if im.path not in gallery_paths]
-            answers = [
-                _probe(client, im.path, "" if im.identity in held else im.identity, names)
-                for im in progress(probes, f"identify {profile}")
-            ]
-            default_t = _default_threshold(client, probes)
+        gallery = _enrol_and_probe(profile, Path(tmp), by_id, held, images)
+        done = _restart_and_delete(profile, Path(tmp), gallery) if checks else _Checks()
+    return _identification_result(profile, group, held, gallery, done), gallery.answers
+
+
+def _enrol_and_probe(
+    profile: str,
+    data_dir: Path,
+    by_id: Mapping[str, Sequence[FaceImage]],
+    held: Sequence[str],
+    images: Sequence[FaceImage],
+) -> _Gallery:
+    """Each identity but the held-out ones enrolled, then every other image identified."""
+    from benchmarks.service import inprocess_server
+    from recognizer.client import Client
+
+    ids: dict[str, str] = {}
+    paths: set[Path] = set()
+    retries = 0
+    with inprocess_server(profile, data_dir) as (port, key):
+        client = Client.connect(f"127.0.0.1:{port}", key)
+        for person in progress(sorted(by_id), f"enrol {profile}"):
+            if person in held:
+                continue
+            iid, k = _enroll(client, person, by_id[person])
+            ids[person] = iid
+            retries += k > 0
+            if k >= 0:
+                paths.add(by_id[person][k].path)
+        names = {v: k for k, v in ids.items()}
+        probes = [im for im in images if im.path not in paths]
+        answers = [
+            _probe(client, im.path, "" if im.identity in held else im.identity, names)
+            for im in progress(probes, f"identify {profile}")
+        ]
+        default_t = _default_threshold(client, probes)
+        client.close()
+    return _Gallery(ids, paths, retries, answers, default_t)
+
+
+def _restart_and_delete(profile: str, data_dir: Path, gallery: _Gallery) -> _Checks:
+    """A new server on the same data dir must answer every probe alike; then the enrolled
+    person with the most probes is deleted and must come back unknown."""
+    from benchmarks.service import inprocess_server
+    from recognizer.client import Client
+    from recognizer.v1 import identity_pb2
+
+    answers, names = gallery.answers, {v: k for k, v in gallery.ids.items()}
+    with inprocess_server(profile, data_dir) as (port, key):
+        client = Client.connect(f"127.0.0.1:{port}", key)
+        again = [
+            _probe(client, Path(a.path), a.truth, names)
+            for a in progress(answers, f"restart {profile}")
+        ]
+        mismatches = sum(
+            (a.default_top, a.ranked[:1], a.error) != (b.default_top, b.ranked[:1], b.error)
+            or abs(a.best_score - b.best_score) > 1e-4
+            for a, b in zip(answers, again, strict=True)
+            if not a.error or not b.error
+        )
+        counts = Counter(a.truth for a in answers if a.truth)
+        if not counts:
             client.close()
-        restart_same: bool | None = None
-        mismatches = 0
-        del_name, del_probes, del_unknown, del_absent = "", 0, 0, None
-        if checks:
-            with inprocess_server(profile, data_dir) as (port, key):
-                client = Client.connect(f"127.0.0.1:{port}", key)
-                again = [
-                    _probe(client, Path(a.path), a.truth, names)
-                    for a in progress(answers, f"restart {profile}")
-                ]
-                mismatches = sum(
-                    (a.default_top, a.ranked[:1], a.error) != (b.default_top, b.ranked[:1], b.error)
-                    or abs(a.best_score - b.best_score) > 1e-4
-                    for a, b in zip(answers, again, strict=True)
-                    if not a.error or not b.error
-                )
-                restart_same = mismatches == 0
-                # Delete the enrolled person with the most probes; they must come back unknown.
-                counts = Counter(a.truth for a in answers if a.truth)
-                if counts:
-                    del_name = counts.most_common(1)[0][0]
-                    client.identity.DeleteIdentity(
-                        identity_pb2.DeleteIdentityRequest(identity_id=ids[del_name]),
-                        metadata=client.metadata,
-                    )
-                    after = [
-                        _probe(client, Path(a.path), a.truth, names)
-                        for a in answers
-                        if a.truth == del_name
-                    ]
-                    del_probes = len(after)
-                    del_unknown = sum(not a.default_top for a in after)
-                    del_absent = all(del_name not in a.ranked for a in after)
-                client.close()
+            return _Checks(mismatches == 0, mismatches)
+        name = counts.most_common(1)[0][0]
+        client.identity.DeleteIdentity(
+            identity_pb2.DeleteIdentityRequest(identity_id=gallery.ids[name]),
+            metadata=client.metadata,
+        )
+        after = [_probe(client, Path(a.path), a.truth, names) for a in answers if a.truth == name]
+        client.close()
+    return _Checks(
+        mismatches == 0,
+        mismatches,
+        name,
+        len(after),
+        sum(not a.default_top for a in after),
+        all(name not in a.ranked for a in after),
+    )
+
+
+def _identification_result(
+    profile: str, group: str, held: tuple[str, ...], gallery: _Gallery, checks: _Checks
+) -> Identification:
+    answers = gallery.answers
     mated = [a for a in answers if a.truth]
     nonmated = [a for a in answers if not a.truth]
     hits = [bool(a.ranked) and a.ranked[0] == a.truth for a in mated]
@@ -599,36 +648,31 @@ def identification(
         else None
         for f in FPIRS
     }
-    wrong = sum(bool(a.default_top) and a.default_top != a.truth for a in answers)
-    result = Identification(
+    nan = float("nan")
+    return Identification(
         profile=profile,
         group=group,
-        enrolled=len(gallery_paths),
-        enrol_retries=retries,
+        enrolled=len(gallery.paths),
+        enrol_retries=gallery.retries,
         heldout_identities=held,
         mated_probes=len(mated),
         nonmated_probes=len(nonmated),
         probe_errors=sum(bool(a.error) for a in answers),
-        default_threshold=default_t,
+        default_threshold=gallery.default_threshold,
         rank1=rank1([a.truth for a in mated], [a.ranked[0] if a.ranked else "" for a in mated])
         if mated
-        else float("nan"),
-        wrong_at_default=wrong,
-        unknown_heldout=float(np.mean([not a.default_top for a in nonmated]))
-        if nonmated
-        else float("nan"),
-        fnir_at_default=float(np.mean([a.default_top != a.truth for a in mated]))
-        if mated
-        else float("nan"),
+        else nan,
+        wrong_at_default=sum(bool(a.default_top) and a.default_top != a.truth for a in answers),
+        unknown_heldout=float(np.mean([not a.default_top for a in nonmated])) if nonmated else nan,
+        fnir_at_default=float(np.mean([a.default_top != a.truth for a in mated])) if mated else nan,
         fnir_at_fpir=fnir,
-        restart_same=restart_same,
-        restart_mismatches=mismatches,
-        delete_identity=del_name,
-        delete_probes=del_probes,
-        delete_unknown=del_unknown,
-        delete_absent_from_topk=del_absent,
+        restart_same=checks.restart_same,
+        restart_mismatches=checks.mismatches,
+        delete_identity=checks.deleted,
+        delete_probes=checks.probes,
+        delete_unknown=checks.unknown,
+        delete_absent_from_topk=checks.absent,
     )
-    return result, answers
 
 
 def _default_threshold(client: Any, probes: Sequence[FaceImage]) -> float:
@@ -675,8 +719,6 @@ def run(
 ) -> Report:
     import cv2
 
-    from recognizer.face.pipeline import build_face_pipeline
-
     cv2.setNumThreads(1)  # single-threaded: onnx sessions already are; keep cv2 the same
     sets = discover_face_sets(root, max_identities=8 if quick else None)
     if not sets:
@@ -684,61 +726,206 @@ def run(
     profiles = available_profiles()
     if not profiles:
         raise SystemExit("no face profile has its models; run `recognizer models fetch`")
+    if latency_only:
+        results = measure_latency_only(sets, profiles, quick)
+    else:
+        results = measure(sets, profiles, out, quick=quick, peer=peer, identify=identify)
+    results["inputs"] = {
+        "root": shown(root),
+        "sets": [
+            {"name": s.name, "identities": len(s.identities), "images": len(s.images),
+             "grayscale": s.grayscale}
+            for s in sets
+        ],
+        "quick": quick,
+        "latency_only": latency_only,
+        **results.pop("inputs", {}),
+    }  # fmt: skip
+    rep = render(results)
+    rep.write(out)
+    return rep
+
+
+def measure_latency_only(
+    sets: Sequence[FaceSet], profiles: list[str], quick: bool
+) -> dict[str, Any]:
+    from recognizer.face.pipeline import build_face_pipeline
+
+    results: dict[str, Any] = {"profiles": profiles, "verification": [], "latency": {}}
+    pipelines = {prof: build_face_pipeline(prof) for prof in profiles}
+    images = [im for s in sets for im in s.images]
+    results.update(_vga_results(pipelines, images, quick))
+    return results
+
+
+def measure(
+    sets: Sequence[FaceSet],
+    profiles: list[str],
+    out: Path,
+    *,
+    quick: bool,
+    peer: bool,
+    identify: bool,
+) -> dict[str, Any]:
+    """Every result of the bench; the DET plots are drawn into `out` as the scores come."""
+    from recognizer.face.pipeline import build_face_pipeline
+
     reps = 50 if quick else 200
     groups = groups_of(sets)
     accept = acceptance_group(sets)
     if len(accept) > 1:  # the issue-4 acceptance pool is reported as a group of its own
         groups["+".join(s.name for s in accept)] = accept
     all_images = [im for s in sets for im in s.images]
+    pipelines = {prof: build_face_pipeline(prof) for prof in profiles}
+    runs = {prof: embed_ours(pipelines[prof], prof, all_images) for prof in profiles}
+    peer_note = f"{PEER} not run (--no-peer)."
+    if peer:
+        got = embed_peer(all_images)
+        peer_note = got if isinstance(got, str) else ""
+        if not isinstance(got, str):
+            runs[PEER] = got
+    results: dict[str, Any] = {"profiles": profiles, "verification": [], "latency": {}}
+    for gname, gsets in groups.items():
+        imgs = [im for s in gsets for im in s.images]
+        det = out / f"det_{gname}.png"
+        results["verification"] += _verify(runs, gname, imgs, reps, det, f"DET — {gname}")
+    results["fte_reasons"] = {p: runs[p].quality_reasons for p in profiles}
+    results["latency"] = {
+        name: {k: percentiles(v, (50, 95, 99)) for k, v in r.latency_ms.items()}
+        for name, r in runs.items()
+    }
+    results.update(_vga_results(pipelines, all_images, quick))
+    results["degraded"], degraded = _degraded(sets, groups, runs, pipelines, reps, out, quick)
+    if identify:
+        results["identification"] = _identify(sets, profiles, quick)
+    results["inputs"] = {
+        "groups": list(groups),
+        "peer_note": peer_note,
+        "stage_n": {n: {k: len(v) for k, v in r.latency_ms.items()} for n, r in runs.items()},
+        **degraded,
+    }
+    return results
+
+
+def _verify(
+    runs: Mapping[str, EmbedRun],
+    group: str,
+    images: Sequence[FaceImage],
+    reps: int,
+    det: Path,
+    title: str,
+) -> list[Verification]:
+    """Every system's verification of one group, with their DET curves plotted to `det`."""
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for sysname, r in runs.items():
+        v, gen, imp = verification(sysname, group, images, r, reps)
+        curves[sysname] = (gen, imp)
+        out.append(v)
+    plot_det(det, curves, title)
+    return out
+
+
+def _degraded(
+    sets: Sequence[FaceSet],
+    groups: Mapping[str, Sequence[FaceSet]],
+    runs: Mapping[str, EmbedRun],
+    pipelines: Mapping[str, Any],
+    reps: int,
+    out: Path,
+    quick: bool,
+) -> tuple[list[Verification], dict[str, Any]]:
+    """Degraded variants on the colour group (or the first set)."""
+    colour = groups.get("colour") or [s for s in sets if not s.grayscale] or sets[:1]
+    cimgs = [im for s in colour for im in s.images]
+    cname = "colour" if "colour" in groups else colour[0].name
+    base_iod = runs[next(iter(pipelines))].iod  # one geometry for every system: same pixels
+    variants: dict[str, Transform] = {
+        "iod32": shrink_to_iod(32, base_iod),
+        "iod24": shrink_to_iod(24, base_iod),
+        "jpeg_q40": jpeg(40),
+    }
+    with_peer = PEER in runs and not quick
+    found: list[Verification] = []
+    for vname, tf in variants.items():
+        degraded = {p: embed_ours(pipe, f"{p} {vname}", cimgs, tf) for p, pipe in pipelines.items()}
+        if with_peer and not isinstance(pr := embed_peer(cimgs, tf), str):
+            degraded[PEER] = pr
+        det = out / f"det_{cname}_{vname}.png"
+        found += _verify(degraded, f"{cname}:{vname}", cimgs, reps, det, f"DET — {cname}, {vname}")
+    return found, {
+        "degraded_group": cname,
+        "variants": list(variants),
+        "peer_on_variants": with_peer,
+    }
+
+
+def _identify(sets: Sequence[FaceSet], profiles: list[str], quick: bool) -> list[dict[str, Any]]:
+    """1:N through gRPC per profile: the acceptance pool with restart and delete checks,
+    then (not quick) every other set alone."""
+    accept = acceptance_group(sets)
+    plan: list[tuple[str, list[FaceImage], bool]] = [
+        ("+".join(s.name for s in accept), [im for s in accept for im in s.images], True)
+    ]
+    if not quick:
+        plan += [(s.name, list(s.images), False) for s in sets if s not in accept]
+    found = []
+    for prof in profiles:
+        for gname, imgs, with_checks in plan:
+            r, answers = identification(prof, gname, imgs, checks=with_checks)
+            found.append({"result": r, "answers": answers})
+    return found
+
+
+def _vga_results(
+    pipelines: Mapping[str, Any], all_images: Sequence[FaceImage], quick: bool
+) -> dict[str, Any]:
+    """640x480 detect + embed per pipeline (and the default before the CPU graph), and the
+    flip embedding as a batch of 2."""
+    timed = dict(pipelines)
+    if "default" in pipelines:
+        timed[BEFORE] = before_pipeline(pipelines["default"])
+    found: dict[str, Any] = {"latency_640x480": vga_latency(timed, all_images, 10 if quick else 40)}
+    if BEFORE in found["latency_640x480"]:
+        found["flip_batch2_cpu_ms"] = batch2_cost(10 if quick else 30)
+    return found
+
+
+# --- the report: from the results alone -------------------------------------------------------
+
+
+def render(results: Mapping[str, Any]) -> Report:
+    """The report of a results tree (a run's, or an earlier run's rows.json)."""
+    tree = to_jsonable(results)
+    inputs = tree["inputs"]
     rep = Report("Face benchmark")
     rep.p(
-        f"Data: `{shown(root)}`: "
+        f"Data: `{inputs['root']}`: "
         + ", ".join(
-            f"{s.name} ({len(s.identities)} identities, {len(s.images)} images"
-            f"{', grayscale' if s.grayscale else ''})"
-            for s in sets
+            f"{s['name']} ({s['identities']} identities, {s['images']} images"
+            f"{', grayscale' if s['grayscale'] else ''})"
+            for s in inputs["sets"]
         )
-        + ". Profiles: " + ", ".join(profiles)
-        + (". QUICK mode: first 8 identities per set." if quick else ".")
+        + ". Profiles: " + ", ".join(tree["profiles"])
+        + (". QUICK mode: first 8 identities per set." if inputs["quick"] else ".")
         + " Embeddings come from the same FacePipeline the server runs, in process. "
         "Timings are single-threaded and were taken with other jobs running on the machine."
     )  # fmt: skip
-    results: dict[str, Any] = {"profiles": profiles, "verification": [], "latency": {}}
-    runs: dict[str, EmbedRun] = {}
-    pipelines: dict[str, Any] = {}
-    if latency_only:
-        all_pipelines = {prof: build_face_pipeline(prof) for prof in profiles}
+    if inputs["latency_only"]:
         rep.h("640x480 detect + embed latency (--latency-only)")
-        _vga_section(rep, results, all_pipelines, all_images, quick)
-        rep.results = results
-        rep.write(out)
-        return rep
-    for prof in profiles:
-        pipelines[prof] = build_face_pipeline(prof)
-        runs[prof] = embed_ours(pipelines[prof], prof, all_images)
-    peer_note = ""
-    if peer:
-        got = embed_peer(all_images)
-        if isinstance(got, str):
-            peer_note = got
-        else:
-            runs[PEER] = got
+        _vga_section(rep, tree)
     else:
-        peer_note = f"{PEER} not run (--no-peer)."
+        _verification_section(rep, tree)
+        _latency_section(rep, tree)
+        _degraded_section(rep, tree)
+        if "identification" in tree:
+            _identification_section(rep, tree)
+    rep.results = dict(results)
+    return rep
 
-    # Verification per group and system.
-    ver_rows: list[list[Any]] = []
-    fte_rows: list[list[Any]] = []
-    for gname, gsets in groups.items():
-        imgs = [im for s in gsets for im in s.images]
-        curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for sysname, r in runs.items():
-            v, gen, imp = verification(sysname, gname, imgs, r, reps)
-            curves[sysname] = (gen, imp)
-            results["verification"].append(v)
-            ver_rows.append(_ver_row(v))
-            fte_rows.append([gname, sysname, v.images, v.no_face, v.low_quality, pct(v.fte)])
-        plot_det(out / f"det_{gname}.png", curves, f"DET — {gname}")
+
+def _verification_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    inputs, found = tree["inputs"], typed(Verification, tree["verification"])
     rep.h("Verification (all pairs)")
     rep.p(
         "FNMR at a fixed FMR uses the threshold that lets at most that fraction of impostor "
@@ -746,116 +933,82 @@ def run(
         "is marked so. CIs are 95% bootstrap (resampling pairs). Images without a face are "
         f"left out of the pairs and counted in FTE. {PEER} scores are 1 − Euclidean distance."
     )
-    rep.table(_VER_HEAD, ver_rows)
-    for gname in groups:
-        rep.image(out / f"det_{gname}.png", f"DET {gname}")
-    if peer_note:
-        rep.p(f"**{peer_note}**")
+    rep.table(_VER_HEAD, [_ver_row(v) for v in found])
+    for gname in inputs["groups"]:
+        rep.image(Path(f"det_{gname}.png"), f"DET {gname}")
+    if inputs["peer_note"]:
+        rep.p(f"**{inputs['peer_note']}**")
     rep.h("Failure to enrol")
-    rep.table(["group", "system", "images", "no face", "quality below gate", "FTE"], fte_rows)
-    reasons = {p: runs[p].quality_reasons for p in profiles}
-    rep.p("Quality-gate reasons: " + "; ".join(f"{p}: {r or 'none'}" for p, r in reasons.items()))
-    results["fte_reasons"] = reasons
+    rep.table(
+        ["group", "system", "images", "no face", "quality below gate", "FTE"],
+        [[v.group, v.system, v.images, v.no_face, v.low_quality, pct(v.fte)] for v in found],
+    )
+    rep.p(
+        "Quality-gate reasons: "
+        + "; ".join(f"{p}: {r or 'none'}" for p, r in tree["fte_reasons"].items())
+    )
 
+
+def _latency_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    n = tree["inputs"]["stage_n"]
     rep.h("Per-stage latency (ms per image, single-threaded)")
-    lat_rows = []
-    for sysname, r in runs.items():
-        for stage, vals in r.latency_ms.items():
-            q = percentiles(vals, (50, 99))
-            lat_rows.append([sysname, stage, len(vals), q["p50"], q["p99"]])
-        results["latency"][sysname] = {
-            k: percentiles(v, (50, 95, 99)) for k, v in r.latency_ms.items()
-        }
-    rep.table(["system", "stage", "n", "p50", "p99"], lat_rows)
-    _vga_section(rep, results, pipelines, all_images, quick)
+    rep.table(
+        ["system", "stage", "n", "p50", "p99"],
+        [
+            [name, stage, n[name][stage], q["p50"], q["p99"]]
+            for name, stages in tree["latency"].items()
+            for stage, q in stages.items()
+        ],
+    )
+    _vga_section(rep, tree)
     rep.p(
         "`analyze` is the whole in-process call (detect, quality, align, embed); `detect` and "
         f"`align+embed` are timed separately on the same image. {PEER}: dlib HOG detection "
         "(1 upsample) and its 5-point alignment + ResNet encoding."
     )
 
-    # Degraded variants on the colour group (or the first set).
-    colour = groups.get("colour") or [s for s in sets if not s.grayscale] or sets[:1]
-    cimgs = [im for s in colour for im in s.images]
-    cname = "colour" if "colour" in groups else colour[0].name
-    base_iod = runs[profiles[0]].iod  # one geometry for every system: the same pixels
-    variants: dict[str, Transform] = {
-        "iod32": shrink_to_iod(32, base_iod),
-        "iod24": shrink_to_iod(24, base_iod),
-        "jpeg_q40": jpeg(40),
-    }
-    deg_rows: list[list[Any]] = []
-    results["degraded"] = []
-    for vname, tf in variants.items():
-        curves = {}
-        for prof in profiles:
-            r = embed_ours(pipelines[prof], f"{prof} {vname}", cimgs, tf)
-            v, gen, imp = verification(prof, f"{cname}:{vname}", cimgs, r, reps)
-            curves[prof] = (gen, imp)
-            deg_rows.append(_ver_row(v))
-            results["degraded"].append(v)
-        if PEER in runs and not quick:
-            pr = embed_peer(cimgs, tf)
-            if not isinstance(pr, str):
-                v, gen, imp = verification(PEER, f"{cname}:{vname}", cimgs, pr, reps)
-                curves[PEER] = (gen, imp)
-                deg_rows.append(_ver_row(v))
-                results["degraded"].append(v)
-        plot_det(out / f"det_{cname}_{vname}.png", curves, f"DET — {cname}, {vname}")
-    rep.h(f"Degraded variants ({cname})")
-    rep.p(
-        "iodN: the whole image downscaled so the eyes are N px apart (from the "
-        f"{profiles[0]} landmarks on the original; smaller faces are left as they are); "
-        "jpeg_q40: re-encoded at JPEG quality 40."
-        + ("" if PEER in runs and not quick else f" {PEER} not run on variants here.")
-    )
-    rep.table(_VER_HEAD, deg_rows)
-    for vname in variants:
-        rep.image(out / f"det_{cname}_{vname}.png", f"DET {vname}")
 
-    if identify:
-        _identification_section(rep, results, sets, profiles, quick)
-    rep.results = results
-    rep.write(out)
-    return rep
-
-
-def _vga_section(
-    rep: Report,
-    results: dict[str, Any],
-    pipelines: Mapping[str, Any],
-    all_images: Sequence[FaceImage],
-    quick: bool,
-) -> None:
-    timed = dict(pipelines)
-    if "default" in pipelines:
-        timed[BEFORE] = before_pipeline(pipelines["default"])
-    vga = vga_latency(timed, all_images, repeats=10 if quick else 40)
-    results["latency_640x480"] = vga
+def _vga_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    vga = tree["latency_640x480"]
     rep.p(
         "640x480 frame (a real photo resized to VGA), DetectFaces + embed of the largest face, "
         "median / p99 wall ms (median CPU ms), the pipelines taking turns in one run: "
         + "; ".join(
-            f"{p}: {q['p50']:.1f} / {q['p99']:.1f} ({q['cpu_p50']:.1f})" for p, q in vga.items()
+            f"{p}: {num(q['p50'], '.1f')} / {num(q['p99'], '.1f')} ({num(q['cpu_p50'], '.1f')})"
+            for p, q in vga.items()
         )
     )
-    if BEFORE in vga:
-        old, new = vga[BEFORE], vga["default"]
-        rep.p(
-            f"Default profile, derived sface_cpu graph against SFace as fetched: median wall "
-            f"{old['p50']:.1f} -> {new['p50']:.1f} ms ({1 - new['p50'] / old['p50']:.0%} less), "
-            f"median CPU {old['cpu_p50']:.1f} -> {new['cpu_p50']:.1f} ms "
-            f"({1 - new['cpu_p50'] / old['cpu_p50']:.0%} less). Same embeddings to float "
-            "rounding (tests/test_models.py)."
-        )
-        b2 = batch2_cost(10 if quick else 30)
-        results["flip_batch2_cpu_ms"] = b2
-        rep.p(
-            "The flip embedding as one batch of 2 instead of two runs of 1 (median CPU ms, one "
-            "thread): " + "; ".join(f"{k} {v:.1f}" for k, v in b2.items()) + ". A batch of 2 "
-            "costs what two runs cost, so the server keeps batch 1 (no gain to pay for a "
-            "graph rewrite)."
-        )
+    if BEFORE not in vga:
+        return
+    old, new = vga[BEFORE], vga["default"]
+    rep.p(
+        f"Default profile, derived sface_cpu graph against SFace as fetched: median wall "
+        f"{old['p50']:.1f} -> {new['p50']:.1f} ms ({1 - new['p50'] / old['p50']:.0%} less), "
+        f"median CPU {old['cpu_p50']:.1f} -> {new['cpu_p50']:.1f} ms "
+        f"({1 - new['cpu_p50'] / old['cpu_p50']:.0%} less). Same embeddings to float "
+        "rounding (tests/test_models.py)."
+    )
+    rep.p(
+        "The flip embedding as one batch of 2 instead of two runs of 1 (median CPU ms, one "
+        "thread): "
+        + "; ".join(f"{k} {v:.1f}" for k, v in tree["flip_batch2_cpu_ms"].items())
+        + ". A batch of 2 costs what two runs cost, so the server keeps batch 1 (no gain to "
+        "pay for a graph rewrite)."
+    )
+
+
+def _degraded_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    inputs, cname = tree["inputs"], tree["inputs"]["degraded_group"]
+    rep.h(f"Degraded variants ({cname})")
+    rep.p(
+        "iodN: the whole image downscaled so the eyes are N px apart (from the "
+        f"{tree['profiles'][0]} landmarks on the original; smaller faces are left as they are); "
+        "jpeg_q40: re-encoded at JPEG quality 40."
+        + ("" if inputs["peer_on_variants"] else f" {PEER} not run on variants here.")
+    )
+    rep.table(_VER_HEAD, [_ver_row(v) for v in typed(Verification, tree["degraded"])])
+    for vname in inputs["variants"]:
+        rep.image(Path(f"det_{cname}_{vname}.png"), f"DET {vname}")
 
 
 _VER_HEAD = [
@@ -869,51 +1022,13 @@ def _ver_row(v: Verification) -> list[Any]:
         v.group, v.system, v.images, pct(v.fte), v.genuine, v.impostor,
         _rate(v.fnmr[str(1e-2)], v.impostor), _rate(v.fnmr[str(1e-3)], v.impostor),
         _ci(v.fnmr_1e3_ci), _rate(v.fnmr[str(1e-4)], v.impostor),
-        _rate(v.tar_at_far_1e3, v.impostor), f"{v.auc:.4f}", _ci(v.auc_ci, False),
+        _rate(v.tar_at_far_1e3, v.impostor), num(v.auc, ".4f"), _ci(v.auc_ci, False),
         pct(v.eer, 2), _ci(v.eer_ci),
     ]  # fmt: skip
 
 
-def _identification_section(
-    rep: Report, results: dict[str, Any], sets: Sequence[FaceSet], profiles: list[str], quick: bool
-) -> None:
-    accept = acceptance_group(sets)
-    aname = "+".join(s.name for s in accept)
-    plan: list[tuple[str, list[FaceImage], bool]] = [
-        (aname, [im for s in accept for im in s.images], True)
-    ]
-    if not quick:
-        plan += [(s.name, list(s.images), False) for s in sets if s not in accept]
-    rows: list[list[Any]] = []
-    checks: list[list[Any]] = []
-    goal_rows: list[list[Any]] = []
-    results["identification"] = []
-    for prof in profiles:
-        for gname, imgs, with_checks in plan:
-            r, answers = identification(prof, gname, imgs, checks=with_checks)
-            results["identification"].append({"result": r, "answers": answers})
-            rows.append([
-                gname, prof, r.enrolled, r.mated_probes, r.nonmated_probes, r.probe_errors,
-                f"{r.default_threshold:.3f}", pct(r.rank1), r.wrong_at_default,
-                pct(r.unknown_heldout), pct(r.fnir_at_default),
-                *(pct(x) if x is not None else f"not supported by {r.nonmated_probes} non-mated"
-                  for x in r.fnir_at_fpir.values()),
-            ])  # fmt: skip
-            if with_checks:
-                checks.append([
-                    gname, prof, r.restart_same, r.restart_mismatches, r.delete_identity,
-                    f"{r.delete_unknown}/{r.delete_probes}", r.delete_absent_from_topk,
-                ])  # fmt: skip
-                # Issue-4 acceptance: TAR from the in-process verification of the same sets.
-                tar = _acceptance_tar(accept, prof, results)
-                v_goals = [
-                    ("rank-1 ≥ 0.98", pct(r.rank1), r.rank1 >= 0.98),
-                    ("no wrong identification at the default threshold",
-                     str(r.wrong_at_default), r.wrong_at_default == 0),
-                    ("held-out unknown ≥ 95%", pct(r.unknown_heldout), r.unknown_heldout >= 0.95),
-                    ("TAR@FAR=1e-3 ≥ 0.99", tar[0], tar[1]),
-                ]  # fmt: skip
-                goal_rows += [[gname, prof, g, m, ok] for g, m, ok in v_goals]
+def _identification_section(rep: Report, tree: Mapping[str, Any]) -> None:
+    found = typed(Identification, [x["result"] for x in tree["identification"]])
     rep.h("Identification through the gRPC API (1:N)")
     rep.p(
         "Per profile, a fresh server (create_server, port 0, temp data dir): CreateIdentity + "
@@ -927,10 +1042,18 @@ def _identification_section(
         ["group", "profile", "enrolled", "mated", "non-mated", "no face", "default t",
          "rank-1", "wrong @ default", "held-out unknown", "FNIR @ default",
          *(f"FNIR@FPIR={f:g}" for f in FPIRS)],
-        rows,
+        [[r.group, r.profile, r.enrolled, r.mated_probes, r.nonmated_probes, r.probe_errors,
+          num(r.default_threshold, ".3f"), pct(r.rank1), r.wrong_at_default,
+          pct(r.unknown_heldout), pct(r.fnir_at_default),
+          *(pct(x) if x is not None else f"not supported by {r.nonmated_probes} non-mated"
+            for x in r.fnir_at_fpir.values())] for r in found],
     )  # fmt: skip
+    checked = [r for r in found if r.restart_same is not None]  # the acceptance pool
     rep.h("Issue-4 acceptance (lfw10 + misc)")
-    rep.table(["group", "profile", "goal", "measured", "met"], goal_rows)
+    rep.table(
+        ["group", "profile", "goal", "measured", "met"],
+        [row for r in checked for row in _goal_rows(r, tree["verification"])],
+    )
     rep.h("Restart and delete checks")
     rep.p(
         "Restart: the server is stopped and a new one started on the same data dir; every "
@@ -941,16 +1064,30 @@ def _identification_section(
     rep.table(
         ["group", "profile", "restart same", "mismatches", "deleted", "unknown after delete",
          "absent from top-k"],
-        checks,
+        [[r.group, r.profile, r.restart_same, r.restart_mismatches, r.delete_identity,
+          f"{r.delete_unknown}/{r.delete_probes}", r.delete_absent_from_topk] for r in checked],
     )  # fmt: skip
 
 
-def _acceptance_tar(
-    accept: Sequence[FaceSet], profile: str, results: dict[str, Any]
-) -> tuple[str, bool]:
+def _goal_rows(r: Identification, verification: Sequence[Any]) -> list[list[Any]]:
+    """Issue-4 acceptance: the 1:N figures, and TAR from the in-process verification of the
+    same sets."""
+    tar = _acceptance_tar(r.group, r.profile, typed(Verification, verification))
+    goals = [
+        ("rank-1 ≥ 0.98", pct(r.rank1), r.rank1 is not None and r.rank1 >= 0.98),
+        ("no wrong identification at the default threshold",
+         str(r.wrong_at_default), r.wrong_at_default == 0),
+        ("held-out unknown ≥ 95%", pct(r.unknown_heldout),
+         r.unknown_heldout is not None and r.unknown_heldout >= 0.95),
+        ("TAR@FAR=1e-3 ≥ 0.99", *tar),
+    ]  # fmt: skip
+    return [[r.group, r.profile, g, m, ok] for g, m, ok in goals]
+
+
+def _acceptance_tar(group: str, profile: str, found: Sequence[Verification]) -> tuple[str, bool]:
     """TAR@FAR=1e-3 over the acceptance sets pooled, from the in-process embeddings."""
-    for v in results["verification"]:
-        if v.system == profile and v.group == "+".join(s.name for s in accept):
+    for v in found:
+        if v.system == profile and v.group == group:
             t = v.tar_at_far_1e3
             return (pct(t, 2), t >= 0.99) if t is not None else (
                 NOT_SUPPORTED.format(n=v.impostor), False)  # fmt: skip

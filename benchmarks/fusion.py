@@ -32,15 +32,23 @@ import json
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from benchmarks.report import ROWS_NAME, Report, event_key, pct, plot_det, progress
+from benchmarks.report import (
+    ROWS_NAME,
+    Report,
+    event_key,
+    pct,
+    plot_det,
+    progress,
+    to_jsonable,
+)
 from devtools.datasets import decode_file, discover_face_sets, discover_plate_sets
 from devtools.metrics import wilson_ci
 from recognizer.policy import FACE_FLOOR_FMR
@@ -241,24 +249,71 @@ def events_for(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """One fusion run's choices (see :func:`run`)."""
+
+    quick: bool = False
+    profile: str = "default"
+    enrol_photos: int = 1
+    probe_from: int | None = None
+    require_liveness: bool = False
+    burst: int = 1
+    large: bool = False
+    face_floor_fmr: float | None = FACE_FLOOR_FMR
+    worst_case: bool = True
+    liveness_models: dict[str, Path] | None = None
+
+    @property
+    def start(self) -> int:
+        """Genuine probes are each payer's photos from this index on."""
+        return (
+            self.enrol_photos
+            if self.probe_from is None
+            else max(self.probe_from, self.enrol_photos)
+        )
+
+    def title(self) -> str:
+        variant = [f"enrolment photos: {self.enrol_photos}"]
+        variant = variant if self.enrol_photos > 1 or self.probe_from else []
+        variant += ["liveness required"] if self.require_liveness else []
+        variant += [f"bursts of {self.burst}"] if self.burst > 1 else []
+        variant += ["every face set, grayscale too"] if self.large else []
+        # RESULTS.md shows several fusion runs: each title says which it is.
+        extra = f", {', '.join(variant)}" if variant else ""
+        return f"Fusion benchmark ({self.profile} profile{extra})"
+
+
+@dataclass(frozen=True, slots=True)
+class Payers:
+    """The enrolled payers: identity ids, payment refs and the plates bound to each."""
+
+    ids: dict[str, str] = field(default_factory=dict)  # person -> identity id
+    refs: dict[str, str] = field(default_factory=dict)  # payment_ref -> factors
+    plates_of: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    templates: dict[str, list[str]] = field(default_factory=dict)  # person -> template ids
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What one run measured: every event's outcome (worst-case events last), the bursts'
+    outcomes by event index, and the worst-case probes that had nobody to resemble."""
+
+    outcomes: list[Outcome]
+    bursts: dict[str, dict[int, Outcome]] | None
+    untargeted: int
+
+
 def run(
     faces_root: Path,
     plates_root: Path,
     out: Path,
     *,
-    quick: bool = False,
-    profile: str = "default",
     baseline: Path | None = None,
-    enrol_photos: int = 1,
-    probe_from: int | None = None,
-    require_liveness: bool = False,
-    burst: int = 1,
-    large: bool = False,
-    face_floor_fmr: float | None = FACE_FLOOR_FMR,
-    worst_case: bool = True,
-    liveness_models: dict[str, Path] | None = None,
+    **settings: Any,
 ) -> Report:
-    """`enrol_photos`: photos per payer given to EnrollFace (at most all but one, so every
+    """Measure, then write report.md and results.json. `settings` are :class:`Settings`:
+    `enrol_photos`: photos per payer given to EnrollFace (at most all but one, so every
     payer keeps a genuine probe); genuine probes are the photos from `probe_from` on (default
     `enrol_photos`; set it to compare several counts on the same probes).
     `require_liveness`: the bench gate's policy requires a live face (the presentation-attack
@@ -274,133 +329,187 @@ def run(
     `liveness_models`: {face set: liveness model file}; every Authorize of a face of that set
     is scored with that model (benchmarks/pad_folds.py: the fold model that never saw the
     set), other sets (grayscale ones) with the shipped model."""
+    s = Settings(**settings)
+    measured = measure(faces_root, plates_root, s)
+    res = results(measured, s, faces_root, baseline)
+    rep = render(res, s.title(), out)
+    rep.write(out)
+    return rep
+
+
+def measure(faces_root: Path, plates_root: Path, s: Settings) -> Measured:
+    """Every event through the real Authorize RPC of an in-process server."""
     from benchmarks.service import inprocess_running
     from recognizer.client import Client
     from recognizer.policy import PolicySet
-    from recognizer.v1 import identity_pb2, recognition_pb2
 
-    people = _people(faces_root, grayscale=large)
-    vehicles = _vehicles(plates_root)
+    people = _people(faces_root, grayscale=s.large)
     owned, held, unbound = plan(
         people,
-        vehicles,
-        max_people=24 if quick else None,
-        hold_fewest=LARGE_HELD if large else None,
+        _vehicles(plates_root),
+        max_people=24 if s.quick else None,
+        hold_fewest=LARGE_HELD if s.large else None,
     )
-    if quick:
+    if s.quick:
         unbound = unbound[:12]
-    policy = {**POLICY, "require_liveness": require_liveness, "face_floor_fmr": face_floor_fmr}
+    policy = {**POLICY, "require_liveness": s.require_liveness, "face_floor_fmr": s.face_floor_fmr}
     with inprocess_running(
-        profile, face_threshold_min=0.2, policies=PolicySet.from_config([policy])
+        s.profile, face_threshold_min=0.2, policies=PolicySet.from_config([policy])
     ) as (running, key):
         c = Client.connect(f"127.0.0.1:{running.port}", key)
-        md = c.metadata
-        ids: dict[str, str] = {}
-        refs: dict[str, str] = {}  # payment_ref -> factors
-        plates_of: dict[str, set[str]] = defaultdict(set)
-        templates: dict[str, list[str]] = {}
-        for person, (_, plate) in progress(list(owned.items()), "enrol"):
-            ident = c.identity.CreateIdentity(
-                identity_pb2.CreateIdentityRequest(display_name=person), metadata=md
-            )
-            try:
-                enrolled = c.identity.EnrollFace(
-                    identity_pb2.EnrollFaceRequest(
-                        identity_id=ident.identity_id,
-                        images=[
-                            p.read_bytes()
-                            for p in people[person][: min(enrol_photos, len(people[person]) - 1)]
-                        ],
-                        force=True,
-                    ),
-                    metadata=md,
-                )
-                c.identity.BindPlate(
-                    identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=plate),
-                    metadata=md,
-                )
-            except Exception:  # no usable face, or a plate two sample frames share
-                c.identity.DeleteIdentity(
-                    identity_pb2.DeleteIdentityRequest(identity_id=ident.identity_id),
-                    metadata=md,
-                )
-                continue
-            bindings = [("plate_and_face", identity_pb2.FACTOR_PLATE_AND_FACE)]
-            if len(ids) % FACE_BINDING_EVERY == 0:
-                bindings.append(("face", identity_pb2.FACTOR_FACE))
-            for name, factors in bindings:
-                ref = f"{name}-{uuid.uuid4().hex[:8]}"
-                c.identity.BindPayment(
-                    identity_pb2.BindPaymentRequest(
-                        identity_id=ident.identity_id, payment_ref=ref, factors=factors
-                    ),
-                    metadata=md,
-                )
-                refs[ref] = name
-            ids[person] = ident.identity_id
-            plates_of[ident.identity_id].add(plate)
-            templates[person] = [f.template_id for f in enrolled.faces]
-        owned = {p: v for p, v in owned.items() if p in ids}
-        # Misreads that map to another bound plate: bind an unbound car's alternative
-        # reading to a payer, so that car's read lands on that payer as a candidate.
-        misread: dict[Path, str] = {}
-        payers = sorted(ids)
-        for k, (car, _) in enumerate(progress(unbound[: len(unbound) // 2], "misread")):
-            r = c.recognition.ReadPlates(
-                recognition_pb2.ReadPlatesRequest(image=car.read_bytes()), metadata=md
-            )
-            alts = [x.text for p in r.plates for x in p.candidates[1:]]
-            if not alts:
-                continue
-            owner = payers[k % len(payers)]
-            try:
-                c.identity.BindPlate(
-                    identity_pb2.BindPlateRequest(identity_id=ids[owner], plate=alts[0]),
-                    metadata=md,
-                )
-            except Exception:
-                continue
-            misread[car] = owner
-            plates_of[ids[owner]].add(alts[0])
-        start = enrol_photos if probe_from is None else max(probe_from, enrol_photos)
-        per_payer = {"wrong_faces": LARGE_WRONG_FACES, "clones": LARGE_CLONES} if large else {}
-        events = events_for(people, owned, held, unbound, misread, probe_from=start, **per_payer)
-        decide: Any = _Decider(c, ids, refs, plates_of)
-        if liveness_models:
-            decide = _FoldLiveness(decide, running.runtime.engines.faces, liveness_models)
+        payers = _enrol(c, people, owned, s.enrol_photos)
+        owned = {p: v for p, v in owned.items() if p in payers.ids}
+        misread = _bind_misreads(c, unbound, payers)
+        per_payer = {"wrong_faces": LARGE_WRONG_FACES, "clones": LARGE_CLONES} if s.large else {}
+        events = events_for(people, owned, held, unbound, misread, probe_from=s.start, **per_payer)
+        decide: Any = _Decider(c, payers.ids, payers.refs, payers.plates_of)
+        if s.liveness_models:
+            decide = _FoldLiveness(decide, running.runtime.engines.faces, s.liveness_models)
         outcomes = [decide(ev) for ev in progress(events, "authorize")]
-        bursts = _burst_runs(decide, events, people, start, burst) if burst > 1 else None
-        if worst_case:
-            photos = {p: people[p][: min(enrol_photos, len(people[p]) - 1)] for p in ids}
-            targeted, untargeted = _worst_case_events(c, people, owned, ids, start)
-            outcomes += _worst_case_runs(c, decide, targeted, ids, templates, photos)
+        bursts = _burst_runs(decide, events, people, s.start, s.burst) if s.burst > 1 else None
+        untargeted = 0
+        if s.worst_case:
+            photos = {p: people[p][: min(s.enrol_photos, len(people[p]) - 1)] for p in payers.ids}
+            targeted, untargeted = _worst_case_events(c, people, owned, payers.ids, s.start)
+            outcomes += _worst_case_runs(c, decide, targeted, payers.ids, payers.templates, photos)
         c.close()
-    rep = report(outcomes, out, profile, baseline=baseline, write=False)
-    variant = [f"enrolment photos: {enrol_photos}"] if enrol_photos > 1 or probe_from else []
-    variant += ["liveness required"] if require_liveness else []
-    variant += [f"bursts of {burst}"] if burst > 1 else []
-    variant += ["every face set, grayscale too"] if large else []
-    if variant:  # RESULTS.md shows several fusion runs: each title says which it is
-        rep.title = f"Fusion benchmark ({profile} profile, {', '.join(variant)})"
-    rep.sections.insert(
-        0,
-        f"Enrolment: up to {enrol_photos} photo(s) per payer; genuine probes from photo "
-        f"index {start} on. Liveness required by the gate policy: "
-        f"{'yes' if require_liveness else 'no (as shipped)'}.",
+    return Measured(outcomes, bursts, untargeted)
+
+
+def _enrol_one(c: Any, person: str, photos: Sequence[Path], plate: str) -> tuple[str, list[str]]:
+    """CreateIdentity, EnrollFace and BindPlate: (identity id, template ids), or ("", [])
+    when refused (no usable face, or a plate two sample frames share)."""
+    from recognizer.v1 import identity_pb2
+
+    md = c.metadata
+    ident = c.identity.CreateIdentity(
+        identity_pb2.CreateIdentityRequest(display_name=person), metadata=md
     )
-    rep.results["enrolment"] = {"photos": enrol_photos, "probe_from": start}
-    rep.results["require_liveness"] = require_liveness
-    if require_liveness:
-        rep.results["liveness"] = _liveness_section(rep, outcomes, liveness_models, faces_root)
-    if bursts is not None:
-        rep.results["bursts"] = _burst_section(rep, outcomes, bursts, burst)
-    if worst_case:
-        rep.results["worst_case"] = _worst_case_section(
-            rep, outcomes, profile, face_floor_fmr, untargeted
+    try:
+        enrolled = c.identity.EnrollFace(
+            identity_pb2.EnrollFaceRequest(
+                identity_id=ident.identity_id, images=[p.read_bytes() for p in photos], force=True
+            ),
+            metadata=md,
         )
-    rep.results["face_floor_fmr"] = face_floor_fmr
-    rep.write(out)
-    return rep
+        c.identity.BindPlate(
+            identity_pb2.BindPlateRequest(identity_id=ident.identity_id, plate=plate),
+            metadata=md,
+        )
+    except Exception:
+        c.identity.DeleteIdentity(
+            identity_pb2.DeleteIdentityRequest(identity_id=ident.identity_id), metadata=md
+        )
+        return "", []
+    return ident.identity_id, [f.template_id for f in enrolled.faces]
+
+
+def _enrol(
+    c: Any, people: dict[str, list[Path]], owned: dict[str, tuple[Path, str]], enrol_photos: int
+) -> Payers:
+    """Every owner enrolled with its plate and a PLATE_AND_FACE binding (every
+    FACE_BINDING_EVERY-th payer a FACE binding too)."""
+    from recognizer.v1 import identity_pb2
+
+    payers = Payers()
+    for person, (_, plate) in progress(list(owned.items()), "enrol"):
+        photos = people[person][: min(enrol_photos, len(people[person]) - 1)]
+        iid, templates = _enrol_one(c, person, photos, plate)
+        if not iid:
+            continue
+        bindings = [("plate_and_face", identity_pb2.FACTOR_PLATE_AND_FACE)]
+        if len(payers.ids) % FACE_BINDING_EVERY == 0:
+            bindings.append(("face", identity_pb2.FACTOR_FACE))
+        for name, factors in bindings:
+            ref = f"{name}-{uuid.uuid4().hex[:8]}"
+            c.identity.BindPayment(
+                identity_pb2.BindPaymentRequest(identity_id=iid, payment_ref=ref, factors=factors),
+                metadata=c.metadata,
+            )
+            payers.refs[ref] = name
+        payers.ids[person] = iid
+        payers.plates_of[iid].add(plate)
+        payers.templates[person] = templates
+    return payers
+
+
+def _bind_misreads(c: Any, unbound: Sequence[tuple[Path, str]], payers: Payers) -> dict[Path, str]:
+    """Misreads that map to another bound plate: bind an unbound car's alternative reading
+    to a payer, so that car's read lands on that payer as a candidate. {car: owner}."""
+    from recognizer.v1 import identity_pb2, recognition_pb2
+
+    misread: dict[Path, str] = {}
+    names = sorted(payers.ids)
+    for k, (car, _) in enumerate(progress(unbound[: len(unbound) // 2], "misread")):
+        r = c.recognition.ReadPlates(
+            recognition_pb2.ReadPlatesRequest(image=car.read_bytes()), metadata=c.metadata
+        )
+        alts = [x.text for p in r.plates for x in p.candidates[1:]]
+        if not alts:
+            continue
+        owner = names[k % len(names)]
+        try:
+            c.identity.BindPlate(
+                identity_pb2.BindPlateRequest(identity_id=payers.ids[owner], plate=alts[0]),
+                metadata=c.metadata,
+            )
+        except Exception:
+            continue
+        misread[car] = owner
+        payers.plates_of[payers.ids[owner]].add(alts[0])
+    return misread
+
+
+# --- results: the tree results.json holds --------------------------------------------------
+
+
+def results(
+    measured: Measured, s: Settings, faces_root: Path, baseline: Path | None
+) -> dict[str, Any]:
+    """The run's results tree, typed (Outcome, Rate): what `render` reads and results.json
+    holds."""
+    outcomes = measured.outcomes
+    res = summary(outcomes, baseline)
+    res["enrolment"] = {"photos": s.enrol_photos, "probe_from": s.start}
+    res["require_liveness"] = s.require_liveness
+    if s.require_liveness:
+        res["liveness"] = liveness_results(outcomes, s.liveness_models, faces_root)
+    if measured.bursts is not None:
+        res["bursts"] = burst_results(outcomes, measured.bursts, s.burst)
+    if s.worst_case:
+        res["worst_case"] = worst_case_results(
+            outcomes, s.profile, s.face_floor_fmr, measured.untargeted
+        )
+    res["face_floor_fmr"] = s.face_floor_fmr
+    return res
+
+
+def summary(outcomes: Sequence[Outcome], baseline: Path | None = None) -> dict[str, Any]:
+    """FAR and FRR per system, the model-based FAR, the 1:N path, the events that moved
+    against a baseline run, and every event."""
+    gen = [o for o in outcomes if o.event.kind == "genuine"]
+    imp = [o for o in outcomes if o.event.kind in IMPOSTOR_KINDS]
+    # An event charged through a factor it lacked is a false accept, not a success.
+    claimed_gen = sum(o.claims_missing_plate for o in gen)
+    systems: dict[str, Any] = {}
+    for system in SYSTEMS:
+        fused = system == "fused"
+        wrong = sum(_accepts(o, system) or (fused and o.claims_missing_plate) for o in imp)
+        extra = claimed_gen if fused else 0
+        systems[system] = {
+            "far": rate(wrong + extra, len(imp) + extra),
+            "frr": rate(sum(not _accepts(o, system) for o in gen), len(gen)),
+        }
+    allowed = [o.estimated_far for o in gen if o.outcome == "ALLOW"]
+    systems["model"] = {
+        "max_estimated_far_of_allowed_genuine": max(allowed) if allowed else None,
+        "median_estimated_far_of_allowed_genuine": float(np.median(allowed)) if allowed else None,
+    }
+    res: dict[str, Any] = {"systems": systems, "one_to_n": one_to_n(outcomes)}
+    if baseline is not None:
+        res["moved"] = moved_events(outcomes, baseline)
+    res["events"] = list(outcomes)
+    return res
 
 
 def _worst_case_events(
@@ -497,56 +606,6 @@ def _allowed_with_floor(o: Outcome, floor: float | None) -> bool:
     return floor is None or o.binding != "plate_and_face" or o.gate_face_score >= floor
 
 
-def _worst_case_section(
-    rep: Report,
-    outcomes: Sequence[Outcome],
-    profile: str,
-    run_floor_fmr: float | None,
-    untargeted: int,
-) -> dict[str, object]:
-    worst = [o for o in outcomes if o.event.kind == "worst_case"]
-    gen = [o for o in outcomes if o.event.kind == "genuine"]
-    floors = _floor_scores(profile)
-    run_floor = None if run_floor_fmr is None else _run_floor(profile, run_floor_fmr)
-    rows, table = [], {}
-    for name, floor in floors.items():
-        # A floor weaker than the run's own cannot be computed from it (its ALLOWs are gone).
-        exact = run_floor is None or (floor is not None and floor >= run_floor - 1e-9)
-        allows = [o for o in worst if _allowed_with_floor(o, floor)]
-        rejects = sum(not _allowed_with_floor(o, floor) for o in gen)
-        table[name] = {
-            "score": floor,
-            "worst_case_allows": len(allows) if exact else None,
-            "fused_false_rejects": rejects if exact else None,
-            "allowed": [o.event.key() for o in allows] if exact else [],
-        }
-        rows.append(
-            [
-                name,
-                "-" if floor is None else f"{floor:.3f}",
-                f"{len(allows)}/{len(worst)}" if exact else "n/a",
-                f"{rejects}/{len(gen)}" if exact else "n/a",
-            ]
-        )
-    rep.h("Worst-case impostors: the payer each probe resembles most, with the payer's plate", 3)
-    rep.p(
-        f"{len(worst)} events, one per genuine probe image with another identity above the "
-        f"server's lowest threshold ({untargeted} probes had none). Each shows the payer's own "
-        "vehicle frame (a cloned plate, read exactly) and the probe's face; the prober's own "
-        "faces are removed for these events. This run's face floor: "
-        f"{'none' if run_floor_fmr is None else f'FMR {run_floor_fmr:.0e}'}; rows below the "
-        "run's floor are n/a (rerun with --face-floor-fmr none)."
-    )
-    rep.table(["face floor", "score", "worst-case ALLOWs", "fused false rejects"], rows)
-    for o in worst:
-        if o.outcome == "ALLOW":
-            rep.p(
-                f"ALLOWed: `{o.event.key()}` face {o.gate_face_score:.3f}, "
-                f"est. FAR {o.estimated_far:.2e}, {', '.join(o.reasons)}"
-            )
-    return {"events": len(worst), "untargeted": untargeted, "floors": table}
-
-
 def _run_floor(profile: str, fmr: float) -> float:
     from recognizer.fusion import FusionModel
     from recognizer.models import DEFAULT_MODELS_DIR
@@ -580,86 +639,6 @@ class _FoldLiveness:
 def face_set(face: Path) -> str:
     """The sample set a face photo belongs to (`<set>/<identity>/<file>`)."""
     return face.parent.parent.name
-
-
-def _liveness_section(
-    rep: Report,
-    outcomes: Sequence[Outcome],
-    models: dict[str, Path] | None,
-    faces_root: Path,
-) -> dict[str, Any]:
-    """Which liveness model scored each face set, and the genuine events per set: colour
-    sets count in the FRR budget; grayscale ones (no colour: UNCERTAIN) are reported apart."""
-    from recognizer.onnx import OnnxModel
-
-    grey = {s.name for s in discover_face_sets(faces_root) if s.grayscale}
-    rows, per_set = [], {}
-    for name in sorted({face_set(o.event.face) for o in outcomes}):
-        gen = [o for o in outcomes if o.event.kind == "genuine" and face_set(o.event.face) == name]
-        if models and name in models:
-            meta = OnnxModel(models[name], name=f"pad-without-{name}").metadata
-            model = f"fold model without {name} (live from {float(meta['live_threshold']):.3f})"
-        else:
-            model = "shipped" + (" (no colour: UNCERTAIN)" if name in grey else "")
-        counts = {k: sum(o.outcome == k for o in gen) for k in ("ALLOW", "STEP_UP", "DENY")}
-        uncertain = sum("LIVENESS_UNCERTAIN" in o.reasons for o in gen)
-        attack = sum("PRESENTATION_ATTACK_SUSPECTED" in o.reasons for o in gen)
-        per_set[name] = {
-            "grayscale": name in grey,
-            "model": model,
-            "genuine": len(gen),
-            **counts,
-            "liveness_uncertain": uncertain,
-            "attack_suspected": attack,
-        }
-        rows.append(
-            [
-                name,
-                "grey" if name in grey else "colour",
-                model,
-                len(gen),
-                counts["ALLOW"],
-                counts["STEP_UP"],
-                counts["DENY"],
-                uncertain,
-                attack,
-            ]
-        )
-    rep.h("Liveness by face set", 3)
-    rep.p(
-        "Genuine events per face set, liveness required. "
-        + (
-            "Each colour set's faces are scored by the liveness fold model trained without "
-            "that set (benchmarks/pad_folds.py, the shipped recipe), so no face was seen in "
-            "training. "
-            if models
-            else "Every face is scored by the shipped model, which saw the colour sets in "
-            "training (flattering). "
-        )
-        + "Grayscale sets carry no colour: liveness is UNCERTAIN and the gate STEP_UPs them; "
-        "they are reported here, apart from the colour sets."
-    )
-    rep.table(
-        [
-            "set",
-            "camera",
-            "liveness model",
-            "genuine",
-            "ALLOW",
-            "STEP_UP",
-            "DENY",
-            "LIVENESS_UNCERTAIN",
-            "attack suspected",
-        ],
-        rows,
-    )
-    colour = [v for v in per_set.values() if not v["grayscale"]]
-    return {
-        "fold_models": bool(models),
-        "per_set": per_set,
-        "colour_genuine_not_allowed": sum(v["genuine"] - v["ALLOW"] for v in colour),
-        "colour_genuine": sum(v["genuine"] for v in colour),
-    }
 
 
 class _Decider:
@@ -761,67 +740,6 @@ def _fused_rates(outcomes: Sequence[Outcome]) -> tuple[Rate, Rate]:
     return far, frr
 
 
-def _burst_section(
-    rep: Report,
-    single: Sequence[Outcome],
-    bursts: dict[str, dict[int, Outcome]],
-    n: int,
-) -> dict[str, object]:
-    rep.h(f"Bursts of {n} frames")
-    rep.p(
-        f"Every event again as a burst of {n} vehicle and {n} face frames through Authorize's "
-        "repeated fields. Perturbed: the event's photo and frame, then seeded perturbed copies "
-        "(blur, a shift and crop of up to 4% a side, brightness, JPEG at quality 60-90); this "
-        "understates video frames, whose flaws differ more. Photos: the face frames are the "
-        "person's distinct photos (the probe, then the next ones, enrolled photos left out), "
-        "only for people with enough; this overstates video frames. The vehicle frames are "
-        "perturbed copies in both (one frame per car). One frame is shown on the same events."
-    )
-    rows, results = [], {}
-    for way in BURST_WAYS:
-        got = bursts[way]
-        for label, subset in (
-            ("1 frame", [single[i] for i in sorted(got)]),
-            (f"{n} frames, {way}", [got[i] for i in sorted(got)]),
-        ):
-            far, frr = _fused_rates(subset)
-            results[f"{way}: {label}"] = {"far": far, "frr": frr}
-            rows.append(
-                [
-                    f"{way} events: {label}",
-                    f"{frr.errors}/{frr.n}",
-                    pct(frr.value, 2),
-                    f"[{pct(frr.lo, 2)}, {pct(frr.hi, 2)}]",
-                    f"{far.errors}/{far.n}",
-                    pct(far.value, 2),
-                ]
-            )
-    rep.table(["events", "false rejects", "FRR", "95% CI", "false accepts", "FAR"], rows)
-    disagree = {
-        way: sum("FACE_FRAMES_DISAGREE" in o.reasons for o in bursts[way].values())
-        for way in BURST_WAYS
-    }
-    genuine_disagree = {
-        way: sum(
-            "FACE_FRAMES_DISAGREE" in o.reasons and o.event.kind == "genuine"
-            for o in bursts[way].values()
-        )
-        for way in BURST_WAYS
-    }
-    rep.p(
-        "Bursts whose face frames disagreed (FACE_FRAMES_DISAGREE, never ALLOW): "
-        + ", ".join(f"{w} {disagree[w]} ({genuine_disagree[w]} genuine)" for w in BURST_WAYS)
-        + "."
-    )
-    return {
-        "frames": n,
-        "rates": results,
-        "events": {w: {str(i): o for i, o in bursts[w].items()} for w in BURST_WAYS},
-        "face_frames_disagree": disagree,
-        "face_frames_disagree_genuine": genuine_disagree,
-    }
-
-
 def _accepts(o: Outcome, system: str) -> bool:
     """Genuine: the payer present is charged, on evidence the binding really had. Impostor:
     someone else is charged."""
@@ -840,160 +758,13 @@ def _score(o: Outcome, system: str) -> float:
 SYSTEMS = ("plate-only", "face-only", "fused")
 
 
-def report(
-    outcomes: Sequence[Outcome],
-    out: Path,
-    profile: str,
-    baseline: Path | None = None,
-    write: bool = True,
-) -> Report:
-    rep = Report(f"Fusion benchmark ({profile} profile)")
-    gen = [o for o in outcomes if o.event.kind == "genuine"]
-    imp = [o for o in outcomes if o.event.kind in IMPOSTOR_KINDS]
-    aside = [o for o in outcomes if o.event.kind == "payer_no_plate"]
-    # Charged through a factor it lacked: a false accept whoever was charged.
-    claimed = [o for o in (*gen, *imp) if o.claims_missing_plate]
-    claimed_gen = [o for o in claimed if o.event.kind == "genuine"]
-    claimed_ids = {id(o) for o in claimed}
-    rep.p(
-        f"{len(gen)} genuine and {len(imp)} impostor gate events through the real Authorize "
-        f"RPC ({', '.join(f'{k}: {sum(o.event.kind == k for o in outcomes)}' for k in KINDS)}). "
-        "Rates are with 95% Wilson intervals; with zero errors in n events the upper limit is "
-        "about 3.84/n, the most n events can show."
-    )
-    rows, results = [], {}
-    for system in SYSTEMS:
-        # An event charged through a factor it lacked is a false accept, not a success.
-        extra = claimed if system == "fused" else []
-        wrong = sum(_accepts(o, system) or (bool(extra) and id(o) in claimed_ids) for o in imp)
-        gen_extra = claimed_gen if system == "fused" else []
-        fa = rate(wrong + len(gen_extra), len(imp) + len(gen_extra))
-        fr = rate(sum(not _accepts(o, system) for o in gen), len(gen))
-        results[system] = {"far": fa, "frr": fr}
-        rows.append(
-            [
-                system,
-                f"{fa.errors}/{fa.n}",
-                pct(fa.value, 2),
-                f"[{pct(fa.lo, 2)}, {pct(fa.hi, 2)}]",
-                f"{fr.errors}/{fr.n}",
-                pct(fr.value, 2),
-                f"[{pct(fr.lo, 2)}, {pct(fr.hi, 2)}]",
-            ]
-        )
-    rep.h("FAR and FRR at the operating point")
-    rep.table(
-        ["decision", "false accepts", "FAR", "95% CI", "false rejects", "FRR", "95% CI"], rows
-    )
-    rep.p(
-        f"Events ALLOWed through a PLATE_AND_FACE binding whose bound plate was not read: "
-        f"{len(claimed)} ({len(claimed_gen)} genuine, {len(claimed) - len(claimed_gen)} "
-        "impostor). The fused row counts each as a false accept, whoever was charged (a genuine "
-        "one is also not a correct accept)."
-    )
-    by_kind = []
-    for kind in IMPOSTOR_KINDS:
-        sub = [o for o in imp if o.event.kind == kind]
-        by_kind.append(
-            [kind, len(sub)]
-            + [
-                sum(_accepts(o, s) or (s == "fused" and id(o) in claimed_ids) for o in sub)
-                for s in SYSTEMS
-            ]
-        )
-    rep.h("Impostor accepts by attack", 3)
-    rep.table(["attack", "events", *SYSTEMS], by_kind)
-    outcomes_tbl = defaultdict(int)
-    for o in outcomes:
-        outcomes_tbl[(o.event.kind, o.outcome)] += 1
-    rep.h("Authorize outcomes by event kind", 3)
-    rep.table(
-        ["kind", "ALLOW", "STEP_UP", "DENY"],
-        [
-            [k, outcomes_tbl[(k, "ALLOW")], outcomes_tbl[(k, "STEP_UP")], outcomes_tbl[(k, "DENY")]]
-            for k in (*KINDS, *ASIDE_KINDS)
-        ],
-    )
-    extra: dict[str, object] = {"one_to_n": _one_to_n_section(rep, outcomes, aside)}
-    if baseline is not None:
-        extra["moved"] = _moved_section(rep, outcomes, baseline)
-    allowed = [o.estimated_far for o in gen if o.outcome == "ALLOW"]
-    results["model"] = {
-        "max_estimated_far_of_allowed_genuine": max(allowed) if allowed else None,
-        "median_estimated_far_of_allowed_genuine": float(np.median(allowed)) if allowed else None,
-    }
-    rep.h("Model-based FAR")
-    rep.p(
-        "Authorize ALLOWs only when the fused LLR gives an estimated false-accept probability "
-        "at or below the policy target (1e-5). That estimate combines the calibrated plate "
-        "impostor rates (clone prior x the reader's genuine rate + the measured misread rate, "
-        "per category) with the face impostor tail: per population group, empirical while "
-        "at least 25 impostor scores lie above, beyond a conservative exponential upper tail, "
-        "the heaviest group's rate times the margin chosen by leaving each group out (`bench "
-        "calibration`); k enrolled faces give an impostor k tries; for a payer identified "
-        "1:N, the best of N impostors, with no comparison rarer than 1/(n+1). "
-        f"Allowed genuine events had estimated FAR median "
-        f"{results['model']['median_estimated_far_of_allowed_genuine']} and max "
-        f"{results['model']['max_estimated_far_of_allowed_genuine']}."
-    )
-    curves = {}
-    for system in SYSTEMS:
-        g = np.array([_score(o, system) for o in gen], np.float64)
-        i = np.array([_score(o, system) for o in imp], np.float64)
-        lo = np.nanmin(np.concatenate([g[np.isfinite(g)], i[np.isfinite(i)], [0.0]])) - 1
-        curves[system] = (np.where(np.isfinite(g), g, lo), np.where(np.isfinite(i), i, lo))
-    out.mkdir(parents=True, exist_ok=True)
-    rep.image(plot_det(out / "fusion_det.png", curves, "Gate decisions: DET"), "DET")
-    rep.results = {"systems": results, **extra, "events": list(outcomes)}
-    if write:
-        rep.write(out)
-    return rep
-
-
-def outcomes_from_json(path: Path) -> list[Outcome]:
-    """The events of an earlier run's rows.json (or a results.json from before results were
-    summaries), to report them again."""
-    out = []
-    for e in json.loads(path.read_text(encoding="utf-8"))["results"]["events"]:
-        ev = e.pop("event")
-        if not isinstance(ev, dict):
-            raise click.ClickException(
-                f"{path} is a summary (events by id only): report again from the run's "
-                f"{ROWS_NAME}, beside it"
-            )
-        event = Event(
-            ev["kind"],
-            ev["person"],
-            Path(ev["vehicle"]) if ev["vehicle"] else None,
-            Path(ev["face"]),
-        )
-        out.append(Outcome(event=event, **{**e, "reasons": tuple(e["reasons"])}))
-    return out
-
-
-def _one_to_n_section(
-    rep: Report, outcomes: Sequence[Outcome], aside: Sequence[Outcome]
-) -> dict[str, object]:
+def one_to_n(outcomes: Sequence[Outcome]) -> dict[str, object]:
     """Decisions where the plate named no payer and the face identified one 1:N."""
-    via = [o for o in outcomes if o.via_1n]
-    allowed = [o for o in via if o.outcome == "ALLOW"]
+    allowed = [o for o in outcomes if o.via_1n and o.outcome == "ALLOW"]
     strangers = [o for o in outcomes if o.event.kind == "stranger_no_plate"]
-    rep.h("The 1:N path", 3)
-    rep.p(
-        f"{len(via)} decisions identified the payer 1:N (the plate named nobody); "
-        f"{len(allowed)} of them were ALLOWed"
-        + (
-            f", with estimated FAR {', '.join(f'{o.estimated_far:.2e}' for o in allowed)}"
-            if allowed
-            else ""
-        )
-        + f". Strangers' faces with no plate against the whole gallery: {len(strangers)} events, "
-        f"{sum(o.outcome == 'ALLOW' for o in strangers)} ALLOWed. Payers' own faces with no "
-        f"plate: {len(aside)} events, {sum(o.outcome == 'ALLOW' for o in aside)} ALLOWed, "
-        f"{sum(o.outcome == 'STEP_UP' for o in aside)} STEP_UP."
-    )
+    aside = [o for o in outcomes if o.event.kind == "payer_no_plate"]
     return {
-        "decisions": len(via),
+        "decisions": sum(o.via_1n for o in outcomes),
         "allowed": [{"event": o.event.key(), "estimated_far": o.estimated_far} for o in allowed],
         "stranger_events": len(strangers),
         "stranger_allowed": sum(o.outcome == "ALLOW" for o in strangers),
@@ -1002,7 +773,7 @@ def _one_to_n_section(
     }
 
 
-def _moved_section(rep: Report, outcomes: Sequence[Outcome], baseline: Path) -> list[dict]:
+def moved_events(outcomes: Sequence[Outcome], baseline: Path) -> list[dict[str, Any]]:
     """Events whose Authorize outcome differs from a baseline run's (results.json)."""
     events = json.loads(baseline.read_text(encoding="utf-8"))["results"]["events"]
     before = {event_key(e["event"]): (e["outcome"], e.get("reasons") or []) for e in events}
@@ -1019,6 +790,214 @@ def _moved_section(rep: Report, outcomes: Sequence[Outcome], baseline: Path) -> 
                     "reasons_after": list(o.reasons),
                 }
             )
+    return moved
+
+
+def liveness_results(
+    outcomes: Sequence[Outcome], models: dict[str, Path] | None, faces_root: Path
+) -> dict[str, Any]:
+    """Which liveness model scored each face set, and the genuine events' outcomes per set:
+    colour sets count in the FRR budget; grayscale ones (no colour: UNCERTAIN) apart."""
+    from recognizer.onnx import OnnxModel
+
+    grey = {s.name for s in discover_face_sets(faces_root) if s.grayscale}
+    per_set = {}
+    for name in sorted({face_set(o.event.face) for o in outcomes}):
+        gen = [o for o in outcomes if o.event.kind == "genuine" and face_set(o.event.face) == name]
+        if models and name in models:
+            meta = OnnxModel(models[name], name=f"pad-without-{name}").metadata
+            model = f"fold model without {name} (live from {float(meta['live_threshold']):.3f})"
+        else:
+            model = "shipped" + (" (no colour: UNCERTAIN)" if name in grey else "")
+        per_set[name] = {
+            "grayscale": name in grey,
+            "model": model,
+            "genuine": len(gen),
+            **{k: sum(o.outcome == k for o in gen) for k in ("ALLOW", "STEP_UP", "DENY")},
+            "liveness_uncertain": sum("LIVENESS_UNCERTAIN" in o.reasons for o in gen),
+            "attack_suspected": sum("PRESENTATION_ATTACK_SUSPECTED" in o.reasons for o in gen),
+        }
+    colour = [v for v in per_set.values() if not v["grayscale"]]
+    return {
+        "fold_models": bool(models),
+        "per_set": per_set,
+        "colour_genuine_not_allowed": sum(v["genuine"] - v["ALLOW"] for v in colour),
+        "colour_genuine": sum(v["genuine"] for v in colour),
+    }
+
+
+def burst_results(
+    single: Sequence[Outcome], bursts: dict[str, dict[int, Outcome]], n: int
+) -> dict[str, object]:
+    """FAR and FRR of one frame and of n-frame bursts on the same events, per way."""
+    rates = {}
+    for way in BURST_WAYS:
+        got = bursts[way]
+        for label, subset in (
+            ("1 frame", [single[i] for i in sorted(got)]),
+            (f"{n} frames, {way}", [got[i] for i in sorted(got)]),
+        ):
+            far, frr = _fused_rates(subset)
+            rates[f"{way}: {label}"] = {"far": far, "frr": frr}
+
+    def disagree(o: Outcome, genuine: bool) -> bool:
+        return "FACE_FRAMES_DISAGREE" in o.reasons and (not genuine or o.event.kind == "genuine")
+
+    return {
+        "frames": n,
+        "rates": rates,
+        "events": {w: {str(i): o for i, o in bursts[w].items()} for w in BURST_WAYS},
+        "face_frames_disagree": {
+            w: sum(disagree(o, False) for o in bursts[w].values()) for w in BURST_WAYS
+        },
+        "face_frames_disagree_genuine": {
+            w: sum(disagree(o, True) for o in bursts[w].values()) for w in BURST_WAYS
+        },
+    }
+
+
+def worst_case_results(
+    outcomes: Sequence[Outcome], profile: str, run_floor_fmr: float | None, untargeted: int
+) -> dict[str, object]:
+    """Worst-case ALLOWs and fused false rejects under each face floor, from this run's
+    own face scores (a floor weaker than the run's own is n/a: its ALLOWs are gone)."""
+    worst = [o for o in outcomes if o.event.kind == "worst_case"]
+    gen = [o for o in outcomes if o.event.kind == "genuine"]
+    run_floor = None if run_floor_fmr is None else _run_floor(profile, run_floor_fmr)
+    table = {}
+    for name, floor in _floor_scores(profile).items():
+        exact = run_floor is None or (floor is not None and floor >= run_floor - 1e-9)
+        allows = [o for o in worst if _allowed_with_floor(o, floor)]
+        rejects = sum(not _allowed_with_floor(o, floor) for o in gen)
+        table[name] = {
+            "score": floor,
+            "worst_case_allows": len(allows) if exact else None,
+            "fused_false_rejects": rejects if exact else None,
+            "allowed": [o.event.key() for o in allows] if exact else [],
+        }
+    return {"events": len(worst), "untargeted": untargeted, "floors": table}
+
+
+# --- report: Markdown from the results tree alone ------------------------------------------
+
+
+def render(res: Mapping[str, Any], title: str, out: Path) -> Report:
+    """The report of a results tree: a run's own, or an earlier run's rows.json (events as
+    Outcome or as their JSON rows); plots are written to `out`."""
+    tree = to_jsonable({k: v for k, v in res.items() if k != "events"})
+    outcomes = [o if isinstance(o, Outcome) else outcome_from_row(o) for o in res["events"]]
+    rep = Report(title)
+    if "enrolment" in tree:
+        rep.p(
+            f"Enrolment: up to {tree['enrolment']['photos']} photo(s) per payer; genuine probes "
+            f"from photo index {tree['enrolment']['probe_from']} on. Liveness required by the "
+            f"gate policy: {'yes' if tree['require_liveness'] else 'no (as shipped)'}."
+        )
+    _rates_section(rep, tree["systems"], outcomes)
+    _kinds_section(rep, outcomes)
+    _one_to_n_section(rep, tree["one_to_n"], outcomes)
+    if "moved" in tree:
+        _moved_section(rep, tree["moved"])
+    _model_section(rep, tree["systems"]["model"])
+    _det_section(rep, outcomes, out)
+    if "liveness" in tree:
+        _liveness_section(rep, tree["liveness"])
+    if "bursts" in tree:
+        _burst_section(rep, tree["bursts"])
+    if "worst_case" in tree:
+        _worst_case_section(rep, tree["worst_case"], tree.get("face_floor_fmr"), outcomes)
+    rep.results = dict(res)
+    return rep
+
+
+def report_from_rows(path: Path, out: Path, baseline: Path | None = None) -> Report:
+    """Report again an earlier run's rows.json, without measuring (`--from-results`)."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    res = dict(payload["results"])
+    outcomes = outcomes_from_json(path)
+    res["events"] = outcomes
+    if baseline is not None:
+        events = res.pop("events")
+        res["moved"] = moved_events(outcomes, baseline)
+        res["events"] = events
+    rep = render(res, payload["title"], out)
+    rep.write(out)
+    return rep
+
+
+def _rate_cells(r: Mapping[str, Any], ci: bool = True) -> list[str]:
+    """errors/n, the rate and (with `ci`) its 95% interval, from a Rate's JSON form."""
+    value = r["errors"] / r["n"] if r["n"] else None
+    cells = [f"{r['errors']}/{r['n']}", pct(value, 2)]
+    return cells + ([f"[{pct(r['lo'], 2)}, {pct(r['hi'], 2)}]"] if ci else [])
+
+
+def _rates_section(rep: Report, systems: Mapping[str, Any], outcomes: Sequence[Outcome]) -> None:
+    gen = [o for o in outcomes if o.event.kind == "genuine"]
+    imp = [o for o in outcomes if o.event.kind in IMPOSTOR_KINDS]
+    claimed = [o for o in (*gen, *imp) if o.claims_missing_plate]
+    claimed_gen = sum(o.event.kind == "genuine" for o in claimed)
+    rep.p(
+        f"{len(gen)} genuine and {len(imp)} impostor gate events through the real Authorize "
+        f"RPC ({', '.join(f'{k}: {sum(o.event.kind == k for o in outcomes)}' for k in KINDS)}). "
+        "Rates are with 95% Wilson intervals; with zero errors in n events the upper limit is "
+        "about 3.84/n, the most n events can show."
+    )
+    rep.h("FAR and FRR at the operating point")
+    rep.table(
+        ["decision", "false accepts", "FAR", "95% CI", "false rejects", "FRR", "95% CI"],
+        [[s, *_rate_cells(systems[s]["far"]), *_rate_cells(systems[s]["frr"])] for s in SYSTEMS],
+    )
+    rep.p(
+        f"Events ALLOWed through a PLATE_AND_FACE binding whose bound plate was not read: "
+        f"{len(claimed)} ({claimed_gen} genuine, {len(claimed) - claimed_gen} "
+        "impostor). The fused row counts each as a false accept, whoever was charged (a genuine "
+        "one is also not a correct accept)."
+    )
+
+
+def _kinds_section(rep: Report, outcomes: Sequence[Outcome]) -> None:
+    def accepted(o: Outcome, system: str) -> bool:
+        return _accepts(o, system) or (system == "fused" and o.claims_missing_plate)
+
+    rep.h("Impostor accepts by attack", 3)
+    rows = []
+    for kind in IMPOSTOR_KINDS:
+        sub = [o for o in outcomes if o.event.kind == kind]
+        rows.append([kind, len(sub), *(sum(accepted(o, s) for o in sub) for s in SYSTEMS)])
+    rep.table(["attack", "events", *SYSTEMS], rows)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for o in outcomes:
+        counts[(o.event.kind, o.outcome)] += 1
+    rep.h("Authorize outcomes by event kind", 3)
+    rep.table(
+        ["kind", "ALLOW", "STEP_UP", "DENY"],
+        [
+            [k, counts[(k, "ALLOW")], counts[(k, "STEP_UP")], counts[(k, "DENY")]]
+            for k in (*KINDS, *ASIDE_KINDS)
+        ],
+    )
+
+
+def _one_to_n_section(rep: Report, res: Mapping[str, Any], outcomes: Sequence[Outcome]) -> None:
+    allowed = res["allowed"]
+    fars = [a["estimated_far"] for a in allowed]
+    aside_step_up = sum(
+        o.event.kind == "payer_no_plate" and o.outcome == "STEP_UP" for o in outcomes
+    )
+    rep.h("The 1:N path", 3)
+    rep.p(
+        f"{res['decisions']} decisions identified the payer 1:N (the plate named nobody); "
+        f"{len(allowed)} of them were ALLOWed"
+        + (f", with estimated FAR {', '.join(f'{far:.2e}' for far in fars)}" if allowed else "")
+        + f". Strangers' faces with no plate against the whole gallery: "
+        f"{res['stranger_events']} events, {res['stranger_allowed']} ALLOWed. Payers' own faces "
+        f"with no plate: {res['payer_no_plate_events']} events, "
+        f"{res['payer_no_plate_allowed']} ALLOWed, {aside_step_up} STEP_UP."
+    )
+
+
+def _moved_section(rep: Report, moved: Sequence[Mapping[str, Any]]) -> None:
     rep.h("Events that moved against the baseline run", 3)
     counts: dict[tuple[str, str, str], int] = defaultdict(int)
     for m in moved:
@@ -1028,4 +1007,140 @@ def _moved_section(rep: Report, outcomes: Sequence[Outcome], baseline: Path) -> 
         [[k, b, a, n] for (k, b, a), n in sorted(counts.items())],
     )
     rep.p(f"{len(moved)} events moved; each with its reasons is in results.json (`moved`).")
-    return moved
+
+
+def _model_section(rep: Report, model: Mapping[str, Any]) -> None:
+    rep.h("Model-based FAR")
+    rep.p(
+        "Authorize ALLOWs only when the fused LLR gives an estimated false-accept probability "
+        "at or below the policy target (1e-5). That estimate combines the calibrated plate "
+        "impostor rates (clone prior x the reader's genuine rate + the measured misread rate, "
+        "per category) with the face impostor tail: per population group, empirical while "
+        "at least 25 impostor scores lie above, beyond a conservative exponential upper tail, "
+        "the heaviest group's rate times the margin chosen by leaving each group out (`bench "
+        "calibration`); k enrolled faces give an impostor k tries; for a payer identified "
+        "1:N, the best of N impostors, with no comparison rarer than 1/(n+1). "
+        f"Allowed genuine events had estimated FAR median "
+        f"{model['median_estimated_far_of_allowed_genuine']} and max "
+        f"{model['max_estimated_far_of_allowed_genuine']}."
+    )
+
+
+def _det_section(rep: Report, outcomes: Sequence[Outcome], out: Path) -> None:
+    gen = [o for o in outcomes if o.event.kind == "genuine"]
+    imp = [o for o in outcomes if o.event.kind in IMPOSTOR_KINDS]
+    curves = {}
+    for system in SYSTEMS:
+        g = np.array([_score(o, system) for o in gen], np.float64)
+        i = np.array([_score(o, system) for o in imp], np.float64)
+        lo = np.nanmin(np.concatenate([g[np.isfinite(g)], i[np.isfinite(i)], [0.0]])) - 1
+        curves[system] = (np.where(np.isfinite(g), g, lo), np.where(np.isfinite(i), i, lo))
+    out.mkdir(parents=True, exist_ok=True)
+    rep.image(plot_det(out / "fusion_det.png", curves, "Gate decisions: DET"), "DET")
+
+
+def _liveness_section(rep: Report, res: Mapping[str, Any]) -> None:
+    rep.h("Liveness by face set", 3)
+    rep.p(
+        "Genuine events per face set, liveness required. "
+        + (
+            "Each colour set's faces are scored by the liveness fold model trained without "
+            "that set (benchmarks/pad_folds.py, the shipped recipe), so no face was seen in "
+            "training. "
+            if res["fold_models"]
+            else "Every face is scored by the shipped model, which saw the colour sets in "
+            "training (flattering). "
+        )
+        + "Grayscale sets carry no colour: liveness is UNCERTAIN and the gate STEP_UPs them; "
+        "they are reported here, apart from the colour sets."
+    )
+    rep.table(
+        ["set", "camera", "liveness model", "genuine", "ALLOW", "STEP_UP", "DENY",
+         "LIVENESS_UNCERTAIN", "attack suspected"],
+        [
+            [name, "grey" if v["grayscale"] else "colour", v["model"], v["genuine"], v["ALLOW"],
+             v["STEP_UP"], v["DENY"], v["liveness_uncertain"], v["attack_suspected"]]
+            for name, v in res["per_set"].items()
+        ],
+    )  # fmt: skip
+
+
+def _burst_section(rep: Report, res: Mapping[str, Any]) -> None:
+    n = res["frames"]
+    rep.h(f"Bursts of {n} frames")
+    rep.p(
+        f"Every event again as a burst of {n} vehicle and {n} face frames through Authorize's "
+        "repeated fields. Perturbed: the event's photo and frame, then seeded perturbed copies "
+        "(blur, a shift and crop of up to 4% a side, brightness, JPEG at quality 60-90); this "
+        "understates video frames, whose flaws differ more. Photos: the face frames are the "
+        "person's distinct photos (the probe, then the next ones, enrolled photos left out), "
+        "only for people with enough; this overstates video frames. The vehicle frames are "
+        "perturbed copies in both (one frame per car). One frame is shown on the same events."
+    )
+    rep.table(
+        ["events", "false rejects", "FRR", "95% CI", "false accepts", "FAR"],
+        [
+            [f"{label.replace(': ', ' events: ', 1)}",
+             *_rate_cells(r["frr"]), *_rate_cells(r["far"], ci=False)]
+            for label, r in res["rates"].items()
+        ],
+    )  # fmt: skip
+    disagree, genuine = res["face_frames_disagree"], res["face_frames_disagree_genuine"]
+    rep.p(
+        "Bursts whose face frames disagreed (FACE_FRAMES_DISAGREE, never ALLOW): "
+        + ", ".join(f"{w} {disagree[w]} ({genuine[w]} genuine)" for w in BURST_WAYS)
+        + "."
+    )
+
+
+def _worst_case_section(
+    rep: Report, res: Mapping[str, Any], run_floor_fmr: float | None, outcomes: Sequence[Outcome]
+) -> None:
+    worst, gen = res["events"], sum(o.event.kind == "genuine" for o in outcomes)
+    rep.h("Worst-case impostors: the payer each probe resembles most, with the payer's plate", 3)
+    rep.p(
+        f"{worst} events, one per genuine probe image with another identity above the "
+        f"server's lowest threshold ({res['untargeted']} probes had none). Each shows the "
+        "payer's own vehicle frame (a cloned plate, read exactly) and the probe's face; the "
+        "prober's own faces are removed for these events. This run's face floor: "
+        f"{'none' if run_floor_fmr is None else f'FMR {run_floor_fmr:.0e}'}; rows below the "
+        "run's floor are n/a (rerun with --face-floor-fmr none)."
+    )
+    rep.table(
+        ["face floor", "score", "worst-case ALLOWs", "fused false rejects"],
+        [
+            [name, "-" if f["score"] is None else f"{f['score']:.3f}",
+             "n/a" if f["worst_case_allows"] is None else f"{f['worst_case_allows']}/{worst}",
+             "n/a" if f["fused_false_rejects"] is None else f"{f['fused_false_rejects']}/{gen}"]
+            for name, f in res["floors"].items()
+        ],
+    )  # fmt: skip
+    for o in outcomes:
+        if o.event.kind == "worst_case" and o.outcome == "ALLOW":
+            rep.p(
+                f"ALLOWed: `{o.event.key()}` face {o.gate_face_score:.3f}, "
+                f"est. FAR {o.estimated_far:.2e}, {', '.join(o.reasons)}"
+            )
+
+
+def outcome_from_row(row: Mapping[str, Any]) -> Outcome:
+    """One event's Outcome from its JSON row (rows.json)."""
+    e = dict(row)
+    ev = e.pop("event")
+    if not isinstance(ev, dict):
+        raise click.ClickException(
+            f"a summary (events by id only): report again from the run's {ROWS_NAME}"
+        )
+    vehicle = Path(ev["vehicle"]) if ev["vehicle"] else None
+    event = Event(ev["kind"], ev["person"], vehicle, Path(ev["face"]))
+    return Outcome(event=event, **{**e, "reasons": tuple(e["reasons"])})
+
+
+def outcomes_from_json(path: Path) -> list[Outcome]:
+    """The events of an earlier run's rows.json (or a results.json from before results were
+    summaries), to report them again."""
+    events = json.loads(path.read_text(encoding="utf-8"))["results"]["events"]
+    try:
+        return [outcome_from_row(e) for e in events]
+    except click.ClickException as exc:
+        raise click.ClickException(f"{path}: {exc.message}, beside it") from None

@@ -140,6 +140,92 @@ def _delete_check(
     return bool(ok), took
 
 
+def _flat_row(
+    n: int, dim: int, labels: np.ndarray, x: np.ndarray, q: np.ndarray, seed: int, b1_queries: int
+) -> tuple[Row, np.ndarray]:
+    """The exact reference (and the gallery's kind up to flat_max): its row, and every
+    probe's true nearest label."""
+    rss0 = _rss_bytes()
+    t0 = time.perf_counter()
+    flat = VectorIndex(dim, flat_max=n)
+    flat.rebuild(labels, x, kind=FLAT)
+    build = time.perf_counter() - t0
+    rss = _rss_bytes() - rss0
+    _, truth = flat.search(q, 1)
+    b1 = _latency(flat, q[:b1_queries], 1)
+    b64 = _latency(flat, q, 64)
+    ok, rm = _delete_check(flat, labels, x, q, seed)
+    row = Row(n, FLAT, "IndexIDMap2(IndexFlatIP)", build, flat.serialized_size(), rss,
+              1.0, 1.0, *b1, *b64, ok, rm)  # fmt: skip
+    return row, truth[:, 0]
+
+
+def _approx_rows(
+    n: int,
+    dim: int,
+    kind: str,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+    truth: np.ndarray,
+    nprobes: tuple[int, ...],
+    seed: int,
+) -> list[Row]:
+    """An approximate kind the gallery can pick above flat_max, swept over nprobe."""
+    labels, x, q = data
+    rss0 = _rss_bytes()
+    t0 = time.perf_counter()
+    ivf = VectorIndex(dim, flat_max=0, approx=kind)
+    ivf.rebuild(labels, x)
+    build = time.perf_counter() - t0
+    gc.collect()
+    rss = _rss_bytes() - rss0
+    size = ivf.serialized_size()
+    default_nprobe = ivf.nprobe
+    rows = []
+    for nprobe in progress(sorted({*nprobes, default_nprobe}), f"{kind} n={n}"):
+        if nprobe > ivf.nlist:
+            continue
+        ivf.nprobe = nprobe
+        rec = _recall(ivf, q, truth, max(1, n // TEMPLATES_PER_IDENTITY))
+        b1 = _latency(ivf, q, 1)
+        b64 = _latency(ivf, q, 64)
+        params = _ivf_params(ivf.nlist, nprobe, default_nprobe)
+        rows.append(Row(n, kind, params, build, size, rss, *rec, *b1, *b64))
+    ok, rm = _delete_check(ivf, labels, x, q, seed)
+    for r in rows:
+        r.delete_ok, r.remove_s = ok, rm
+    del ivf
+    gc.collect()
+    return rows
+
+
+def measure(
+    sizes: tuple[int, ...],
+    dim: int,
+    queries: int,
+    seed: int,
+    nprobes: tuple[int, ...],
+    flat_b1_queries: int,
+    kinds: tuple[str, ...],
+) -> list[Row]:
+    """Every size: the flat reference, then each approximate kind over the nprobe sweep."""
+    rows: list[Row] = []
+    for n in sizes:
+        labels, x, q = synth(n, queries, dim, seed)
+        gc.collect()
+        flat, truth = _flat_row(n, dim, labels, x, q, seed, flat_b1_queries)
+        rows.append(flat)
+        gc.collect()
+        for kind in kinds:
+            rows += _approx_rows(n, dim, kind, (labels, x, q), truth, nprobes, seed)
+        del x
+        gc.collect()
+    for r in rows:
+        fast = r.b1_p50_ms <= TARGET_MS
+        r.meets_target = fast and r.recall_at_1 >= TARGET_RECALL
+        r.meets_target_identity = fast and r.identity_recall_at_1 >= TARGET_RECALL
+    return rows
+
+
 def run_index_bench(
     sizes: tuple[int, ...] = (100_000, 1_000_000),
     dim: int = 128,
@@ -151,65 +237,10 @@ def run_index_bench(
     flat_b1_queries: int = 200,
     kinds: tuple[str, ...] = APPROXIMATE,
 ) -> dict:
+    """Measure, then write index_bench.json (the results) and index_bench.md (their table)."""
     faiss.omp_set_num_threads(threads)
     load_before = os.getloadavg()[0]  # latencies on a shared box are only as good as this
-    rows: list[Row] = []
-    for n in sizes:
-        labels, x, q = synth(n, queries, dim, seed)
-        gc.collect()
-
-        # Exact reference (and the gallery's kind up to flat_max).
-        rss0 = _rss_bytes()
-        t0 = time.perf_counter()
-        flat = VectorIndex(dim, flat_max=n)
-        flat.rebuild(labels, x, kind=FLAT)
-        build = time.perf_counter() - t0
-        rss = _rss_bytes() - rss0
-        _, truth = flat.search(q, 1)
-        truth = truth[:, 0]
-        b1 = _latency(flat, q[:flat_b1_queries], 1)
-        b64 = _latency(flat, q, 64)
-        ok, rm = _delete_check(flat, labels, x, q, seed)
-        rows.append(
-            Row(n, FLAT, "IndexIDMap2(IndexFlatIP)", build, flat.serialized_size(), rss,
-                1.0, 1.0, *b1, *b64, ok, rm)
-        )  # fmt: skip
-        del flat
-        gc.collect()
-
-        # The approximate kinds the gallery can pick above flat_max, swept over nprobe.
-        for kind in kinds:
-            rss0 = _rss_bytes()
-            t0 = time.perf_counter()
-            ivf = VectorIndex(dim, flat_max=0, approx=kind)
-            ivf.rebuild(labels, x)
-            build = time.perf_counter() - t0
-            gc.collect()
-            rss = _rss_bytes() - rss0
-            size = ivf.serialized_size()
-            default_nprobe = ivf.nprobe
-            sweep = sorted({*nprobes, default_nprobe})
-            for nprobe in progress(sweep, f"{kind} n={n}"):
-                if nprobe > ivf.nlist:
-                    continue
-                ivf.nprobe = nprobe
-                rec = _recall(ivf, q, truth, max(1, n // TEMPLATES_PER_IDENTITY))
-                b1 = _latency(ivf, q, 1)
-                b64 = _latency(ivf, q, 64)
-                params = _ivf_params(ivf.nlist, nprobe, default_nprobe)
-                rows.append(Row(n, kind, params, build, size, rss, *rec, *b1, *b64))
-            ok, rm = _delete_check(ivf, labels, x, q, seed)
-            for r in rows:
-                if r.size == n and r.kind == kind:
-                    r.delete_ok, r.remove_s = ok, rm
-            del ivf
-            gc.collect()
-        del x
-        gc.collect()
-    for r in rows:
-        fast = r.b1_p50_ms <= TARGET_MS
-        r.meets_target = fast and r.recall_at_1 >= TARGET_RECALL
-        r.meets_target_identity = fast and r.identity_recall_at_1 >= TARGET_RECALL
+    rows = measure(sizes, dim, queries, seed, nprobes, flat_b1_queries, kinds)
     result = {
         "machine": {
             "cpus": os.cpu_count(),

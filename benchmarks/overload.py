@@ -65,6 +65,58 @@ def measure_capacity(
     return len(latencies) / elapsed, statistics.median(latencies), len(latencies)
 
 
+class _OpenLoop:
+    """Calls sent on schedule, whatever earlier ones did: their codes and latencies, and a
+    hard cap (MAX_OUTSTANDING) on calls in the air."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.codes: Counter[str] = Counter()
+        self.admitted: list[float] = []
+        self.rejected: list[float] = []
+        self.outstanding = threading.Semaphore(MAX_OUTSTANDING)
+        self.done = threading.Condition(self.lock)
+        self.pending = 0
+        self.sent = 0
+        self.skipped = 0
+
+    def finished(self, sent_at: float, fut: grpc.Future) -> None:
+        took = time.perf_counter() - sent_at
+        code = fut.code()
+        with self.lock:
+            self.codes[code.name] += 1
+            if code is grpc.StatusCode.OK:
+                self.admitted.append(took)
+            elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.rejected.append(took)
+            self.pending -= 1
+            self.done.notify_all()
+        self.outstanding.release()
+
+    def offer(self, call: Any, request: bytes, metadata: Any, rate: float, seconds: float) -> float:
+        """Send at `rate` for `seconds`: the seconds it took."""
+        t0 = time.perf_counter()
+        end = t0 + seconds
+        while (due := t0 + self.sent / rate) < end:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.sent += 1
+            if not self.outstanding.acquire(blocking=False):
+                self.skipped += 1  # the client itself is saturated; count, do not queue
+                continue
+            with self.lock:
+                self.pending += 1
+            sent_at = time.perf_counter()
+            fut = call.future(request, metadata=metadata, timeout=60)
+            fut.add_done_callback(lambda f, s=sent_at: self.finished(s, f))
+        return time.perf_counter() - t0
+
+    def drain(self, timeout: float = 120) -> bool:
+        with self.lock:
+            return self.done.wait_for(lambda: self.pending == 0, timeout=timeout)
+
+
 def run_overload(
     target: str,
     api_key: str,
@@ -79,7 +131,6 @@ def run_overload(
         raise ValueError(f"method must be one of {sorted(METHODS)}")
     if not 0 < seconds <= 600 or not 0 < factor <= 20:
         raise ValueError("seconds must be in (0, 600] and factor in (0, 20]")
-    service = "RecognitionService"
     request = METHODS[method](image=image).SerializeToString()
     metadata = ((API_KEY_HEADER, api_key),)
     channel = grpc.insecure_channel(
@@ -91,81 +142,37 @@ def run_overload(
     )
     try:
         call = channel.unary_unary(
-            f"/recognizer.v1.{service}/{method}",
+            f"/recognizer.v1.RecognitionService/{method}",
             request_serializer=lambda b: b,
             response_deserializer=lambda b: b,
         )
         capacity, unloaded_median, probe_calls = measure_capacity(call, request, metadata)
-        rate = capacity * factor
-
-        lock = threading.Lock()
-        codes: Counter[str] = Counter()
-        admitted: list[float] = []
-        rejected: list[float] = []
-        outstanding = threading.Semaphore(MAX_OUTSTANDING)
-        done = threading.Condition(lock)
-        pending = [0]
-
-        def finished(sent_at: float, fut: grpc.Future) -> None:
-            took = time.perf_counter() - sent_at
-            code = fut.code()
-            with lock:
-                codes[code.name] += 1
-                if code is grpc.StatusCode.OK:
-                    admitted.append(took)
-                elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    rejected.append(took)
-                pending[0] -= 1
-                done.notify_all()
-            outstanding.release()
-
-        sent = 0
-        skipped = 0
-        t0 = time.perf_counter()
-        end = t0 + seconds
-        while True:
-            due = t0 + sent / rate
-            if due >= end:
-                break
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            if not outstanding.acquire(blocking=False):
-                skipped += 1  # the client itself is saturated; count, do not queue
-                sent += 1
-                continue
-            with lock:
-                pending[0] += 1
-            sent_at = time.perf_counter()
-            fut = call.future(request, metadata=metadata, timeout=60)
-            fut.add_done_callback(lambda f, s=sent_at: finished(s, f))
-            sent += 1
-        offered_s = time.perf_counter() - t0
-        with lock:
-            done.wait_for(lambda: pending[0] == 0, timeout=120)
-            drained = pending[0] == 0
-        return {
-            "method": method,
-            "capacity_rps": capacity,
-            "unloaded_median_ms": unloaded_median * 1000,
-            "probe_calls": probe_calls,
-            "factor": factor,
-            "offered_rps": rate,
-            "seconds": offered_s,
-            "sent": sent - skipped,
-            "client_skipped": skipped,
-            "admitted": len(admitted),
-            "rejected": len(rejected),
-            "codes": dict(codes),
-            "admitted_rps": len(admitted) / offered_s,
-            "p50_admitted_ms": percentiles(admitted, (50,))["p50"] * 1000,
-            "p99_admitted_ms": percentiles(admitted, (99,))["p99"] * 1000,
-            "max_admitted_ms": max(admitted, default=float("nan")) * 1000,
-            "p99_rejected_ms": percentiles(rejected, (99,))["p99"] * 1000,
-            "drained": drained,
-        }
+        loop = _OpenLoop()
+        offered_s = loop.offer(call, request, metadata, capacity * factor, seconds)
+        drained = loop.drain()
     finally:
         channel.close()
+    admitted, rejected = loop.admitted, loop.rejected
+    return {
+        "method": method,
+        "capacity_rps": capacity,
+        "unloaded_median_ms": unloaded_median * 1000,
+        "probe_calls": probe_calls,
+        "factor": factor,
+        "offered_rps": capacity * factor,
+        "seconds": offered_s,
+        "sent": loop.sent - loop.skipped,
+        "client_skipped": loop.skipped,
+        "admitted": len(admitted),
+        "rejected": len(rejected),
+        "codes": dict(loop.codes),
+        "admitted_rps": len(admitted) / offered_s,
+        "p50_admitted_ms": percentiles(admitted, (50,))["p50"] * 1000,
+        "p99_admitted_ms": percentiles(admitted, (99,))["p99"] * 1000,
+        "max_admitted_ms": max(admitted, default=float("nan")) * 1000,
+        "p99_rejected_ms": percentiles(rejected, (99,))["p99"] * 1000,
+        "drained": drained,
+    }
 
 
 # --- gate callers with deadlines: goodput, stored decisions, retry hints, memory -----------

@@ -105,6 +105,12 @@ def pct(value: float | None, digits: int = 1) -> str:
     return f"{100.0 * value:.{digits}f}%"
 
 
+def num(value: Any, spec: str) -> str:
+    """A number in a format spec, or a dash where a results tree holds none (JSON keeps NaN
+    and infinities as null, so a report written from results.json meets None)."""
+    return "–" if value is None else format(value, spec)
+
+
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub Markdown table; cells go through :func:`fmt` unless already strings."""
 
@@ -135,6 +141,18 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return shown(obj)
     return obj
+
+
+def typed(cls: type[T], items: Iterable[Any]) -> list[T]:
+    """Records as `cls` (a flat dataclass), whether measured just now or read back from a
+    results tree's JSON rows: a report reads both alike."""
+    return [x if isinstance(x, cls) else cls(**x) for x in items]
+
+
+def load_results(path: Path) -> tuple[str, dict[str, Any]]:
+    """(title, results tree) of an earlier run's rows.json, to write its report again."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    return payload["title"], payload["results"]
 
 
 # --- report ------------------------------------------------------------------------------

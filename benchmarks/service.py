@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import math
 import os
 import secrets
 import signal
@@ -29,12 +30,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import DATASETS, Report, plot_lines, progress, shown
+from benchmarks.report import DATASETS, Report, num, plot_lines, progress, shown, to_jsonable
 from devtools.metrics import percentiles
 from devtools.stats import median, ratio
 
@@ -418,54 +419,34 @@ def rpc_name(method: str) -> str:
     return method.split(" ", 1)[0]
 
 
-def run_load(
-    target: str,
-    api_key: str,
-    faces_dir: Path,
-    plates_dir: Path,
-    *,
-    requests: int,
-    max_seconds: float,
-    levels: Sequence[int] = CONCURRENCY,
-    identities: int = 6,
-) -> tuple[list[LevelResult], list[str]]:
+def _ramp_methods(
+    client: Any, faces_dir: Path, plates_dir: Path, identities: int
+) -> tuple[list[tuple[str, Callable[[int], None]]], list[str]]:
+    """The methods of the ramp, each warmed up once, and notes on what was set up (the
+    gallery: payers bound to plates, for Authorize; every other photo of every identity is
+    an IdentifyFace probe) or skipped."""
     import grpc
 
-    from recognizer.client import Client
     from recognizer.v1 import recognition_pb2
 
-    check_target(target)
-    notes: list[str] = []
-    client = Client.connect(target, api_key)
-    if not client.wait_serving(120):
-        raise RuntimeError(f"{target} is not SERVING")
-    # The gallery: payers bound to plates (the Authorize cases); every other photo of every
-    # identity is an IdentifyFace probe.
     events = gate_events(client, faces_dir, plates_dir, identities)
     people = sorted(d for d in faces_dir.iterdir() if d.is_dir())
     probes = [p.read_bytes() for d in people for p in _files(d, 50)[1:]]
-    notes.append(
+    scenes = [p.read_bytes() for p in _files(plates_dir, 64)]
+    notes = [
         f"gallery: {len(events.payer)} payers enrolled, each bound to a scene's plate "
         f"(PLATE_AND_FACE); {len(probes)} face probe images; strangers' cars: "
         f"{len(events.stranger)} unbound scenes with photos of people not enrolled"
-    )
-    scenes = [p.read_bytes() for p in _files(plates_dir, 64)]
-    md = client.metadata
-    rec = client.recognition
+    ]
+    md, rec = client.metadata, client.recognition
 
     def identify(i: int) -> None:
-        rec.IdentifyFace(
-            recognition_pb2.IdentifyFaceRequest(image=probes[i % len(probes)], top_k=5),
-            metadata=md,
-            timeout=60,
-        )
+        req = recognition_pb2.IdentifyFaceRequest(image=probes[i % len(probes)], top_k=5)
+        rec.IdentifyFace(req, metadata=md, timeout=60)
 
     def read_plates(i: int) -> None:
-        rec.ReadPlates(
-            recognition_pb2.ReadPlatesRequest(image=scenes[i % len(scenes)]),
-            metadata=md,
-            timeout=60,
-        )
+        req = recognition_pb2.ReadPlatesRequest(image=scenes[i % len(scenes)])
+        rec.ReadPlates(req, metadata=md, timeout=60)
 
     methods: list[tuple[str, Callable[[int], None]]] = []
     if probes:
@@ -477,36 +458,60 @@ def run_load(
     else:
         notes.append(f"ReadPlates skipped: no images in {plates_dir}")
     if probes and scenes:
-        calls = authorize_calls(client, events)
         try:
-            for name, call in calls.items():
+            for name, call in authorize_calls(client, events).items():
                 call(0)
                 methods.append((name, call))
         except grpc.RpcError as exc:
             notes.append(f"Authorize skipped: {exc.code().name} ({exc.details()})")
+    return methods, notes
+
+
+def _level(
+    client: Any, name: str, call: Callable[[int], None], c: int, n: int, max_seconds: float
+) -> LevelResult:
+    """One method at one concurrency, with the server's side from GetMetrics deltas."""
+    import grpc
+
+    try:
+        before = _metrics(client)
+    except grpc.RpcError:
+        before = None
+    lat, statuses, wall = run_level(call, c, n, max_seconds)
+    server = _delta(client, rpc_name(name), before) if before is not None else None
+    p = percentiles(lat, (50, 95, 99))
     nan = float("nan")
+    return LevelResult(
+        name, c, sum(statuses.values()), wall, statuses.get("OK", 0) / wall if wall else 0.0,
+        p["p50"], p["p95"], p["p99"], dict(statuses), server,
+        ratio(server.cpu_seconds, server.inference_seconds) if server else nan,
+        ratio(server.process_cpu_seconds, server.inference_seconds) if server else nan,
+    )  # fmt: skip
+
+
+def run_load(
+    target: str,
+    api_key: str,
+    faces_dir: Path,
+    plates_dir: Path,
+    *,
+    requests: int,
+    max_seconds: float,
+    levels: Sequence[int] = CONCURRENCY,
+    identities: int = 6,
+) -> tuple[list[LevelResult], list[str]]:
+    from recognizer.client import Client
+
+    check_target(target)
+    client = Client.connect(target, api_key)
+    if not client.wait_serving(120):
+        raise RuntimeError(f"{target} is not SERVING")
+    methods, notes = _ramp_methods(client, faces_dir, plates_dir, identities)
     results: list[LevelResult] = []
     for name, call in methods:
         call(0)  # warm-up, outside the measurement
         for c in progress(levels, f"ramp {name}"):
-            n = max(requests, c)
-            try:
-                before = _metrics(client)
-            except grpc.RpcError:
-                before = None
-            lat, statuses, wall = run_level(call, c, n, max_seconds)
-            server = _delta(client, rpc_name(name), before) if before is not None else None
-            p = percentiles(lat, (50, 95, 99))
-            done = sum(statuses.values())
-            results.append(
-                LevelResult(
-                    name, c, done, wall, statuses.get("OK", 0) / wall if wall else 0.0,
-                    p["p50"], p["p95"], p["p99"], dict(statuses), server,
-                    ratio(server.cpu_seconds, server.inference_seconds) if server else nan,
-                    ratio(server.process_cpu_seconds, server.inference_seconds)
-                    if server else nan,
-                )
-            )  # fmt: skip
+            results.append(_level(client, name, call, c, max(requests, c), max_seconds))
     client.close()
     return results, notes
 
@@ -525,7 +530,6 @@ def run(
     faces_dir = faces_dir or DATASETS / "faces" / "lfw10"
     plates_dir = plates_dir or DATASETS / "plates" / "scenes"
     max_seconds = 30.0 if quick else 120.0
-    rep = Report("Service benchmark (gRPC load, separate process)")
     scraped: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
         metrics_url = ""
@@ -540,35 +544,43 @@ def run(
             where = f"external server at {target}"
         if metrics_url:
             scraped["before"] = scrape(metrics_url)
-        results, notes = run_load(
+        levels, notes = run_load(
             target, api_key, faces_dir, plates_dir, requests=requests, max_seconds=max_seconds
         )
         if metrics_url:
             scraped["after"] = scrape(metrics_url)
+    results = {"target": target, "notes": notes, "levels": levels, "prometheus": scraped}
+    results["inputs"] = {
+        "where": where,
+        "requests": requests,
+        "max_seconds": max_seconds,
+        "faces": shown(faces_dir),
+        "plates": shown(plates_dir),
+    }
+    rep = render(results, out)
+    rep.write(out)
+    return rep
+
+
+def render(results: Mapping[str, Any], out: Path) -> Report:
+    """The ramp's report from its results tree (plots drawn into `out`)."""
+    tree = to_jsonable(results)
+    inputs = tree["inputs"]
+    rep = Report("Service benchmark (gRPC load, separate process)")
     rep.p(
-        f"Server: {where}. Load generator: this process, one thread per concurrent caller, "
-        f"{requests} requests per level (at least one per caller), at most {max_seconds:.0f} s "
-        f"per level. Faces from `{shown(faces_dir)}`, frames from `{shown(plates_dir)}`. "
-        "Measured while other jobs ran on the machine: the ratios matter more than the "
-        "absolute numbers."
+        f"Server: {inputs['where']}. Load generator: this process, one thread per concurrent "
+        f"caller, {inputs['requests']} requests per level (at least one per caller), at most "
+        f"{inputs['max_seconds']:.0f} s per level. Faces from `{inputs['faces']}`, frames "
+        f"from `{inputs['plates']}`. Measured while other jobs ran on the machine: the ratios "
+        "matter more than the absolute numbers."
     )
-    for n in notes:
+    for n in tree["notes"]:
         rep.p(f"- {n}")
     rep.h("Ramp")
-    rows = []
-    for r in results:
-        s = r.server
-        errs = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()) if k != "OK") or "–"
-        rows.append([
-            r.method, r.concurrency, r.requests, r.qps, r.p50_ms, r.p95_ms, r.p99_ms, errs,
-            1000 * s.cpu_seconds / s.calls if s and s.calls else float("nan"),
-            1000 * s.inference_seconds / s.calls if s and s.calls else float("nan"),
-            r.cpu_over_inference, r.process_cpu_over_inference,
-        ])  # fmt: skip
     rep.table(
         ["method", "conc.", "requests", "QPS", "p50 ms", "p95 ms", "p99 ms", "errors",
          "handler CPU ms/req", "inference ms/req", "CPU / inference", "process CPU / inference"],
-        rows,
+        [_ramp_row(r) for r in tree["levels"]],
     )  # fmt: skip
     rep.p(
         "Handler CPU is the thread CPU of the handlers; inference is the onnxruntime time "
@@ -579,8 +591,9 @@ def run(
     )
     for metric, label in (("qps", "QPS"), ("p99_ms", "p99 latency (ms)")):
         series: dict[str, list[float]] = {}
-        for r in results:
-            series.setdefault(r.method, []).append(float(getattr(r, metric)))
+        for r in tree["levels"]:
+            value = r[metric]
+            series.setdefault(r["method"], []).append(float("nan") if value is None else value)
         path = plot_lines(
             out / f"service_{metric}.png",
             list(CONCURRENCY),
@@ -591,11 +604,23 @@ def run(
             logx=True,
         )
         rep.image(path, label)
-    if scraped:
-        _metrics_section(rep, scraped)
-    rep.results = {"target": target, "notes": notes, "levels": results, "prometheus": scraped}
-    rep.write(out)
+    if tree["prometheus"]:
+        _metrics_section(rep, tree["prometheus"])
+    rep.results = dict(results)
     return rep
+
+
+def _ramp_row(r: Mapping[str, Any]) -> list[Any]:
+    s = r["server"]
+    errs = ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items()) if k != "OK") or "–"
+    per_call = s is not None and s["calls"]
+    return [
+        r["method"], r["concurrency"], r["requests"], r["qps"], r["p50_ms"], r["p95_ms"],
+        r["p99_ms"], errs,
+        1000 * s["cpu_seconds"] / s["calls"] if per_call else float("nan"),
+        1000 * s["inference_seconds"] / s["calls"] if per_call else float("nan"),
+        r["cpu_over_inference"], r["process_cpu_over_inference"],
+    ]  # fmt: skip
 
 
 # --- the Prometheus endpoint ----------------------------------------------------------------
@@ -683,71 +708,99 @@ def run_compare(
     process, measured case by case in interleaved rounds (the servers' order alternating),
     so whatever else loads the machine loads both alike: read medians over rounds and the
     ratios between the servers."""
+    load_before = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        clients, calls = _compare_servers(stack, base_src, profile, faces_dir, plates_dir)
+        levels = _compare_rounds(clients, calls, rounds, requests, max_seconds)
+    load_after = os.getloadavg()
+    results = {
+        "base_src": str(base_src),
+        "rounds": rounds,
+        "requests": requests,
+        "load_before": load_before,
+        "load_after": load_after,
+        "summary": compare_summary(levels),
+        "levels": levels,
+        "inputs": {
+            "profile": profile,
+            "base": shown(base_src),
+            "max_seconds": max_seconds,
+            "faces": shown(faces_dir),
+            "plates": shown(plates_dir),
+            "cores": os.cpu_count(),
+        },
+    }
+    rep = render_compare(results)
+    rep.write(out)
+    return rep
+
+
+def _compare_servers(
+    stack: contextlib.ExitStack, base_src: Path, profile: str, faces_dir: Path, plates_dir: Path
+) -> tuple[dict[str, Any], dict[str, dict[str, Callable[[int], None]]]]:
+    """Both servers started, each with its client and its calls (warmed up once)."""
     from recognizer.client import Client
     from recognizer.v1 import recognition_pb2
 
-    load_before = os.getloadavg()
+    servers = {
+        "branch": stack.enter_context(subprocess_server(profile)),
+        "base": stack.enter_context(
+            subprocess_server(profile, env={"PYTHONPATH": str(base_src)}, cwd=base_src)
+        ),
+    }
+    calls: dict[str, dict[str, Callable[[int], None]]] = {}
+    clients: dict[str, Any] = {}
+    scenes = [p.read_bytes() for p in _files(plates_dir, 64)]
+    for name, (target, key) in servers.items():
+        client = stack.enter_context(contextlib.closing(Client.connect(target, key)))
+        clients[name] = client
+
+        def read_plates(i: int, client: Any = client) -> None:
+            client.recognition.ReadPlates(
+                recognition_pb2.ReadPlatesRequest(image=scenes[i % len(scenes)]),
+                metadata=client.metadata,
+                timeout=60,
+            )
+
+        events = gate_events(client, faces_dir, plates_dir)
+        calls[name] = {"ReadPlates": read_plates, **authorize_calls(client, events)}
+        for call in calls[name].values():  # warm-up, outside the measurement
+            call(0)
+    return clients, calls
+
+
+def _compare_rounds(
+    clients: dict[str, Any],
+    calls: dict[str, dict[str, Callable[[int], None]]],
+    rounds: int,
+    requests: int,
+    max_seconds: float,
+) -> list[CompareLevel]:
     levels: list[CompareLevel] = []
-    with contextlib.ExitStack() as stack:
-        servers = {
-            "branch": stack.enter_context(subprocess_server(profile)),
-            "base": stack.enter_context(
-                subprocess_server(profile, env={"PYTHONPATH": str(base_src)}, cwd=base_src)
-            ),
-        }
-        calls: dict[str, dict[str, Callable[[int], None]]] = {}
-        clients: dict[str, Any] = {}
-        scenes = [p.read_bytes() for p in _files(plates_dir, 64)]
-        for name, (target, key) in servers.items():
-            client = stack.enter_context(contextlib.closing(Client.connect(target, key)))
-            clients[name] = client
+    for r in progress(range(rounds), "interleaved rounds"):
+        order = ("base", "branch") if r % 2 == 0 else ("branch", "base")
+        for case, c in COMPARE_CASES:
+            for name in order:
+                call = calls[name].get(case)
+                if call is None:
+                    continue
+                client = clients[name]
+                try:
+                    before = _metrics(client)
+                except Exception:  # no GetMetrics: no server side
+                    before = None
+                lat, statuses, wall = run_level(call, c, max(requests, c), max_seconds)
+                delta = _delta(client, rpc_name(case), before) if before else None
+                cpu = 1000 * delta.cpu_seconds / delta.calls if delta and delta.calls else math.nan
+                qps = statuses.get("OK", 0) / wall if wall else 0.0
+                p50 = percentiles(lat, (50,))["p50"]
+                levels.append(CompareLevel(name, case, c, r, qps, p50, cpu, dict(statuses)))
+    return levels
 
-            def read_plates(i: int, client: Any = client) -> None:
-                client.recognition.ReadPlates(
-                    recognition_pb2.ReadPlatesRequest(image=scenes[i % len(scenes)]),
-                    metadata=client.metadata,
-                    timeout=60,
-                )
 
-            events = gate_events(client, faces_dir, plates_dir)
-            calls[name] = {"ReadPlates": read_plates, **authorize_calls(client, events)}
-            for call in calls[name].values():  # warm-up, outside the measurement
-                call(0)
-        for r in progress(range(rounds), "interleaved rounds"):
-            order = ("base", "branch") if r % 2 == 0 else ("branch", "base")
-            for case, c in COMPARE_CASES:
-                for name in order:
-                    call = calls[name].get(case)
-                    if call is None:
-                        continue
-                    client = clients[name]
-                    try:
-                        before = _metrics(client)
-                    except Exception:  # no GetMetrics: no server side
-                        before = None
-                    lat, statuses, wall = run_level(call, c, max(requests, c), max_seconds)
-                    delta = _delta(client, rpc_name(case), before) if before else None
-                    cpu = (
-                        1000 * delta.cpu_seconds / delta.calls
-                        if delta and delta.calls
-                        else float("nan")
-                    )
-                    qps = statuses.get("OK", 0) / wall if wall else 0.0
-                    p50 = percentiles(lat, (50,))["p50"]
-                    levels.append(CompareLevel(name, case, c, r, qps, p50, cpu, dict(statuses)))
-    load_after = os.getloadavg()
-    rep = Report("Service against an earlier release (interleaved rounds)")
-    rep.p(
-        f"Servers: `recognizer serve --profile {profile}` subprocesses on loopback, this "
-        f"checkout and `{shown(base_src)}` (same interpreter and models). {rounds} rounds; in "
-        "each, every case runs on both servers back to back, their order alternating between "
-        f"rounds; {requests} calls per case and server (at most {max_seconds:.0f} s). Faces "
-        f"from `{shown(faces_dir)}`, frames from `{shown(plates_dir)}`. Load average (1, 5, 15 "
-        f"min) before {tuple(round(x, 2) for x in load_before)}, after "
-        f"{tuple(round(x, 2) for x in load_after)} on {os.cpu_count()} cores: other jobs ran "
-        "on the machine, so read the ratios of one run."
-    )
-    rows, summary = [], {}
+def compare_summary(levels: Sequence[CompareLevel]) -> dict[str, dict[str, float]]:
+    """Per case, each server's medians over rounds and the branch / base ratios."""
+    summary = {}
     for case, c in COMPARE_CASES:
         med: dict[str, dict[str, float]] = {}
         for name in ("base", "branch"):
@@ -763,58 +816,70 @@ def run_compare(
         if len(med) < 2:
             continue
         b, n = med["base"], med["branch"]
-        key = f"{case} @ {c}"
-        summary[key] = {
+        summary[f"{case} @ {c}"] = {
             **{f"base_{k}": v for k, v in b.items()},
             **{f"branch_{k}": v for k, v in n.items()},
             "qps_ratio": ratio(n["qps"], b["qps"]),
             "p50_ratio": ratio(n["p50_ms"], b["p50_ms"]),
         }
-        rows.append(
-            [case, c, b["qps"], n["qps"], ratio(n["qps"], b["qps"]), b["p50_ms"], n["p50_ms"],
-             ratio(n["p50_ms"], b["p50_ms"]), b["handler_cpu_ms"], n["handler_cpu_ms"],
-             f"{b['errors']:.0f} / {n['errors']:.0f}"]
-        )  # fmt: skip
+    return summary
+
+
+def render_compare(results: Mapping[str, Any]) -> Report:
+    """The comparison's report from its results tree."""
+    tree = to_jsonable(results)
+    inputs, summary = tree["inputs"], tree["summary"]
+    rep = Report("Service against an earlier release (interleaved rounds)")
+    rep.p(
+        f"Servers: `recognizer serve --profile {inputs['profile']}` subprocesses on loopback, "
+        f"this checkout and `{inputs['base']}` (same interpreter and models). "
+        f"{tree['rounds']} rounds; in each, every case runs on both servers back to back, "
+        f"their order alternating between rounds; {tree['requests']} calls per case and "
+        f"server (at most {inputs['max_seconds']:.0f} s). Faces from `{inputs['faces']}`, "
+        f"frames from `{inputs['plates']}`. Load average (1, 5, 15 min) before "
+        f"{tuple(round(x, 2) for x in tree['load_before'])}, after "
+        f"{tuple(round(x, 2) for x in tree['load_after'])} on {inputs['cores']} cores: other "
+        "jobs ran on the machine, so read the ratios of one run."
+    )
     rep.h("Medians over rounds")
     rep.table(
         ["case", "callers", "base QPS", "branch QPS", "QPS ratio", "base p50 ms",
          "branch p50 ms", "p50 ratio", "base handler CPU ms", "branch handler CPU ms",
          "errors base / branch"],
-        rows,
+        [[*key.rsplit(" @ ", 1), s["base_qps"], s["branch_qps"], s["qps_ratio"],
+          s["base_p50_ms"], s["branch_p50_ms"], s["p50_ratio"], s["base_handler_cpu_ms"],
+          s["branch_handler_cpu_ms"], f"{s['base_errors']:.0f} / {s['branch_errors']:.0f}"]
+         for key, s in summary.items()],
     )  # fmt: skip
-    goals = []
-    rp = summary.get("ReadPlates @ 1")
-    if rp:
-        goals.append(["ReadPlates p50, 1 caller ≤ 1.0x", f"{rp['p50_ratio']:.2f}x",
-                      rp["p50_ratio"] <= 1.0])  # fmt: skip
-    st = summary.get(f"{AUTH_STRANGER} @ 4")
-    if st:
-        goals.append(["Authorize stranger's car QPS, 4 callers ≥ 1.3x",
-                      f"{st['qps_ratio']:.2f}x", st["qps_ratio"] >= 1.3])  # fmt: skip
-    mx = summary.get(f"{AUTH_MIX} @ 4")
-    if mx:
-        goals.append(["70/30 mix ≥ 20 decisions/s, 4 callers", f"{mx['branch_qps']:.1f}/s",
-                      mx["branch_qps"] >= 20])  # fmt: skip
+    goals = _compare_goals(summary)
     if goals:
         rep.h("Goals")
         rep.table(["goal", "measured (branch / base)", "met"], goals)
     rep.h("Every round")
     rep.table(
         ["round", "server", "case", "callers", "QPS", "p50 ms", "handler CPU ms", "statuses"],
-        [[lv.round, lv.server, lv.case, lv.concurrency, lv.qps, lv.p50_ms, lv.handler_cpu_ms,
-          ", ".join(f"{k} {v}" for k, v in sorted(lv.statuses.items()))] for lv in levels],
+        [[lv["round"], lv["server"], lv["case"], lv["concurrency"], lv["qps"], lv["p50_ms"],
+          lv["handler_cpu_ms"], ", ".join(f"{k} {v}" for k, v in sorted(lv["statuses"].items()))]
+         for lv in tree["levels"]],
     )  # fmt: skip
-    rep.results = {
-        "base_src": str(base_src),
-        "rounds": rounds,
-        "requests": requests,
-        "load_before": load_before,
-        "load_after": load_after,
-        "summary": summary,
-        "levels": levels,
-    }
-    rep.write(out)
+    rep.results = dict(results)
     return rep
+
+
+def _compare_goals(summary: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
+    goals = []
+    if rp := summary.get("ReadPlates @ 1"):
+        goals.append(["ReadPlates p50, 1 caller ≤ 1.0x", f"{num(rp['p50_ratio'], '.2f')}x",
+                      rp["p50_ratio"] is not None and rp["p50_ratio"] <= 1.0])  # fmt: skip
+    if st := summary.get(f"{AUTH_STRANGER} @ 4"):
+        goals.append(["Authorize stranger's car QPS, 4 callers ≥ 1.3x",
+                      f"{num(st['qps_ratio'], '.2f')}x",
+                      st["qps_ratio"] is not None and st["qps_ratio"] >= 1.3])  # fmt: skip
+    if mx := summary.get(f"{AUTH_MIX} @ 4"):
+        goals.append(["70/30 mix ≥ 20 decisions/s, 4 callers",
+                      f"{num(mx['branch_qps'], '.1f')}/s",
+                      mx["branch_qps"] is not None and mx["branch_qps"] >= 20])  # fmt: skip
+    return goals
 
 
 def _median(values: Sequence[float]) -> float:

@@ -194,7 +194,7 @@ def test_committed_results_are_summaries_that_a_baseline_still_compares(tmp_path
     }
     # A later run where one event moved: the summary, as a baseline, lists it with reasons.
     now = [dataclasses.replace(outcomes[7], outcome="STEP_UP", reasons=("FACE_REQUIRED",))]
-    moved = fusion._moved_section(Report("again", machine=machine), now, tmp_path / "results.json")
+    moved = fusion.moved_events(now, tmp_path / "results.json")
     assert moved == [
         {
             "event": outcomes[7].event.key(),
@@ -206,3 +206,106 @@ def test_committed_results_are_summaries_that_a_baseline_still_compares(tmp_path
     ]
     with pytest.raises(click.ClickException):
         fusion.outcomes_from_json(tmp_path / "results.json")  # a summary cannot be re-reported
+
+
+def _written_again(tmp_path: Path, render, results: dict) -> str:  # type: ignore[no-untyped-def]
+    """A report from a run's results, and again from its rows.json alone: the same
+    sections (nothing but the results shapes it). Returns the Markdown."""
+    from benchmarks.report import load_results
+
+    first = render(results)
+    first.write(tmp_path / "run")
+    title, tree = load_results(tmp_path / "run" / "rows.json")
+    again = render(tree)
+    assert again.title == title == first.title
+    assert again.sections == first.sections
+    return first.markdown()
+
+
+def test_service_ramp_and_comparison_reports_come_back_from_rows_json(tmp_path: Path) -> None:
+    from benchmarks import service
+    from benchmarks.service import AUTH_STRANGER, CompareLevel, LevelResult, ServerDelta
+
+    nan = float("nan")
+    ramp = {
+        "target": "127.0.0.1:1",
+        "notes": ["gallery: 6 payers"],
+        "levels": [
+            LevelResult("ReadPlates", 1, 16, 2.0, 8.0, 120.0, 130.0, 140.0, {"OK": 16},
+                        ServerDelta(16, 1.6, 1.28, 2.0), 1.25, 1.5625),
+            LevelResult("ReadPlates", 2, 16, 2.0, 8.0, 240.0, 250.0, 260.0,
+                        {"OK": 15, "UNAVAILABLE": 1}, None, nan, nan),
+        ],
+        "prometheus": {"before": {"x": 1.0}, "after": {"x": 17.0}},
+        "inputs": {"where": "here", "requests": 16, "max_seconds": 30.0, "faces": "f",
+                   "plates": "p"},
+    }  # fmt: skip
+    text = _written_again(tmp_path / "ramp", lambda r: service.render(r, tmp_path), ramp)
+    # Handler CPU 1.6 s and inference 1.28 s over 16 calls: 100 and 80 ms a call.
+    assert "| ReadPlates | 1 | 16 | 8 | 120 | 130 | 140 | – | 100 | 80 | 1.25 | 1.562 |" in text
+    assert "UNAVAILABLE 1" in text and "| x | 1 | 17 | 16 |" in text
+    from benchmarks.rewrite import rewrite  # into a folder that does not exist yet: plots too
+
+    fresh = tmp_path / "fresh" / "dir"
+    assert rewrite(tmp_path / "ramp" / "run", fresh).read_text().endswith(text.split("\n", 4)[-1])
+    assert (fresh / "service_qps.png").is_file() and (fresh / "service_p99_ms.png").is_file()
+
+    levels = [
+        CompareLevel(server, AUTH_STRANGER, 4, r, qps, 100.0 / qps, 50.0, {"OK": 16})
+        for r in range(3)
+        for server, qps in (("base", 10.0 + r), ("branch", 13.0 + r))
+    ]
+    summary = service.compare_summary(levels)
+    got = summary[f"{AUTH_STRANGER} @ 4"]
+    assert got["base_qps"] == 11.0 and got["branch_qps"] == 14.0
+    assert got["qps_ratio"] == pytest.approx(14 / 11)
+    compare = {"base_src": "/x", "rounds": 3, "requests": 16, "load_before": (1.0, 1.0, 1.0),
+               "load_after": (2.0, 2.0, 2.0), "summary": summary, "levels": levels,
+               "inputs": {"profile": "default", "base": ".../x", "max_seconds": 60.0,
+                          "faces": "f", "plates": "p", "cores": 2}}  # fmt: skip
+    text = _written_again(tmp_path / "compare", service.render_compare, compare)
+    assert "| Authorize stranger's car QPS, 4 callers ≥ 1.3x | 1.27x | no |" in text
+
+
+def test_burst_latency_report_comes_back_from_rows_json(tmp_path: Path) -> None:
+    from benchmarks import burst_latency as bl
+
+    times = {bl.ONE: [10.0, 12.0, 14.0], bl.BURST.format(n=3): [20.0, 24.0, 28.0]}
+    results = {
+        "profile": "default", "frames": 3, "load_before": (1.0, 1.0, 1.0),
+        "load_after": (1.0, 1.0, 1.0), "p50_ms": {k: v[1] for k, v in times.items()},
+        "p95_ms": {k: v[2] for k, v in times.items()}, "times_ms": times,
+        "inputs": {"base": "-", "requests": 3, "payers": 6, "faces": "f", "plates": "p",
+                   "cores": 2},
+    }  # fmt: skip
+    text = _written_again(tmp_path, bl.render, results)
+    assert "| 3 frames, plate bound | 3 | 24 | 28 | 2 |" in text
+
+
+def test_bench_report_writes_a_run_again_from_its_rows_json(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from benchmarks import burst_latency as bl
+    from benchmarks.cli import bench
+
+    times = {bl.ONE: [10.0, 12.0, 14.0]}
+    results = {
+        "profile": "default", "frames": 3, "load_before": (1.0, 1.0, 1.0),
+        "load_after": (1.0, 1.0, 1.0), "p50_ms": {bl.ONE: 12.0}, "p95_ms": {bl.ONE: 14.0},
+        "times_ms": times,
+        "inputs": {"base": "-", "requests": 3, "payers": 6, "faces": "f", "plates": "p",
+                   "cores": 2},
+    }  # fmt: skip
+    bl.render(results).write(tmp_path / "run")
+    done = CliRunner().invoke(
+        bench, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "again")]
+    )
+    assert done.exit_code == 0, done.output
+    for name in ("report.md", "results.json"):  # the run's machine line and figures, as they were
+        assert (tmp_path / "again" / name).read_text() == (tmp_path / "run" / name).read_text()
+    # A run from before reports were written from results alone is refused, clearly.
+    rows = json.loads((tmp_path / "run" / "rows.json").read_text())
+    del rows["results"]["inputs"]
+    (tmp_path / "run" / "rows.json").write_text(json.dumps(rows))
+    done = CliRunner().invoke(bench, ["report", str(tmp_path / "run")])
+    assert done.exit_code != 0 and "measure it again" in done.output
