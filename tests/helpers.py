@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,15 @@ def simultaneous_entries(clients: list[Client], gate: str, name: str, **car: obj
 
     with ThreadPoolExecutor(CARS_AT_ONCE) as pool:
         return list(pool.map(one, range(CARS_AT_ONCE)))
+
+
+def eventually(cond: Callable[[], object], seconds: float = 30.0, what: str = "") -> None:
+    """Wait until `cond()` is true: a wait on a condition, never a sleep that hopes it is long
+    enough; `seconds` only bounds a wait that would never end (a loaded machine is slow)."""
+    end = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < end, f"not reached within {seconds} s: {what or cond}"
+        time.sleep(0.005)
 
 
 def wait_until_joined(thread: threading.Thread, timeout: float = 10.0) -> None:

@@ -22,6 +22,7 @@ from tests.helpers import (
     DENY,
     STEP_UP,
     codes,
+    eventually,
     scene,
     scene_with_province_painted,
     scene_without_province,
@@ -439,13 +440,16 @@ def test_a_gate_key_acts_only_for_its_gates(
 
 
 def test_a_call_whose_deadline_ran_out_stores_nothing_and_its_retry_decides(
-    c: Client, jiang: tuple[str, str]
+    c: Client, jiang: tuple[str, str], server: RunningServer
 ) -> None:
     frame, _ = scene(OWN)
     req = request("I-late", vehicle_image=frame, face_image=face(JIANG, 3))
     err = refused(lambda: c.gate.Authorize(req, metadata=c.metadata, timeout=0.02))
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(0.5)  # anything the server still did for the call has finished by now
+    # Anything the server still does for the call has finished: a later call on the same
+    # channel has been answered (so the late one has arrived) and no call runs or waits.
+    c.health("", timeout=30)
+    eventually(server.idle, what="the late call's work to finish")
     records = c.admin.ListDecisions(
         gate_pb2.ListDecisionsRequest(gate_id="I-late"), metadata=c.metadata
     ).decisions
