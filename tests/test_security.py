@@ -214,6 +214,8 @@ class Capture(logging.Handler):
             self.lines.append(text + "\n" + extra)
 
 
+# Its own server: the captured log must hold this module's calls only, and the root logger
+# is at DEBUG while it runs.
 @pytest.fixture(scope="module")
 def logged_server(
     tmp_path_factory: pytest.TempPathFactory,
