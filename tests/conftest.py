@@ -102,6 +102,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(f"real-model servers started in-process: {REAL_MODEL_SERVERS[0]}")
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller adds them up
+        workeroutput["real_model_servers"] = REAL_MODEL_SERVERS[0]
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on its controller
+def pytest_testnodedown(node: Any, error: object) -> None:
+    REAL_MODEL_SERVERS[0] += getattr(node, "workeroutput", {}).get("real_model_servers", 0)
+
+
 def start_server(
     tmp: Path, runtime_factory=None, extra_keys: str = "", *, auth_window=None, **overrides
 ) -> RunningServer:  # type: ignore[no-untyped-def]
