@@ -86,11 +86,22 @@ container-deps:
 	   (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(CONTAINER_PKGS) >/dev/null)) || \
 	   echo "$(CONTAINER_PKGS) not installed: the container test will skip")
 
+# The tests run in PYTEST_WORKERS processes (pytest-xdist; 0: in this one). `loadfile` keeps
+# each test file in one worker, so a module's own server and fixtures start once; each worker
+# has its own session server and PostgreSQL. The static checks (ruff, import contracts, mypy:
+# under a minute on one core, most of it a cold mypy) run beside the tests and are printed and
+# counted after them.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+CHECKS_LOG := $(VENV)/checks.log
+
 test: install models-all protos fonts postgres
-	$(BIN)/ruff check recognizer devtools scripts benchmarks tests
-	$(BIN)/lint-imports
-	$(BIN)/mypy
-	$(BIN)/python -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
+	@( $(BIN)/ruff check recognizer devtools scripts benchmarks tests && $(BIN)/lint-imports && \
+	   $(BIN)/mypy ) > $(CHECKS_LOG) 2>&1 & checks=$$!; \
+	$(BIN)/python -m pytest -m "not slow" --durations=25 $(PYTEST_PARALLEL) $(PYTEST_ARGS); \
+	tests=$$?; wait $$checks; rc=$$?; \
+	echo "--- static checks (ruff, lint-imports, mypy): exit $$rc"; cat $(CHECKS_LOG); \
+	test $$rc -eq 0 || exit $$rc; exit $$tests
 
 test-slow: install models-all protos fonts postgres container-deps test-mutants
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

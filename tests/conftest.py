@@ -102,6 +102,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(f"real-model servers started in-process: {REAL_MODEL_SERVERS[0]}")
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller adds them up
+        workeroutput["real_model_servers"] = REAL_MODEL_SERVERS[0]
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on its controller
+def pytest_testnodedown(node: Any, error: object) -> None:
+    REAL_MODEL_SERVERS[0] += getattr(node, "workeroutput", {}).get("real_model_servers", 0)
+
+
 def start_server(
     tmp: Path, runtime_factory=None, extra_keys: str = "", *, auth_window=None, **overrides
 ) -> RunningServer:  # type: ignore[no-untyped-def]
@@ -160,7 +171,43 @@ TEST_POLICIES: list[dict[str, Any]] = [
         **_PLATE_ONLY,
         **_TRUSTED,
     },
+    # tests/test_gate_e2e.py: G-
+    {
+        "policy_id": "test-gates",
+        "gates": ["G-*"],
+        "plate_only_max_minor": 500,
+        "target_far": 1e-5,
+        "min_travel_seconds": 120,
+        "track_presence": True,
+        **_TRUSTED,
+    },
+    # tests/test_gate_integrity_e2e.py: I- (untrusted text and the camera against the text
+    # are test_plate_attacks_e2e's); SCOPED_GATE_KEY acts for I-north* and I-east only
+    {
+        "policy_id": "integrity",
+        "gates": ["I-*"],
+        **_PLATE_ONLY,
+        "target_far": 1e-5,
+        "min_travel_seconds": 120,
+        "track_presence": False,
+        **_TRUSTED,
+    },
+    # tests/test_bursts_e2e.py: B- (no plate-only tier: every ALLOW there needs the face)
+    {
+        "policy_id": "bursts",
+        "gates": ["B-*"],
+        "plate_only_max_minor": 0,
+        "target_far": 1e-5,
+        "min_travel_seconds": 0,
+        "track_presence": False,
+    },
 ]
+SCOPED_GATE_KEY = "scoped-gate-key"
+
+
+def policy_named(policy_id: str) -> dict[str, Any]:
+    """The entry of `TEST_POLICIES` named `policy_id` (a test that checks against its limits)."""
+    return next(p for p in TEST_POLICIES if p["policy_id"] == policy_id)
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +217,9 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     from recognizer.policy import PolicySet
 
     with loaded_server(
-        tmp_path_factory.mktemp("server"), policies=PolicySet.from_config(TEST_POLICIES)
+        tmp_path_factory.mktemp("server"),
+        extra_keys=f"gate@I-north*|I-east:{SCOPED_GATE_KEY}",
+        policies=PolicySet.from_config(TEST_POLICIES),
     ) as running:
         yield running
 

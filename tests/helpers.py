@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,15 @@ from recognizer.plate.grammar import is_valid
 from recognizer.plate.types import PlateCandidate, PlateResult, PlateType
 from recognizer.service.runtime import Engines
 from recognizer.v1 import gate_pb2, identity_pb2
-from tests.conftest import dataset
+from tests.conftest import DATASETS, dataset
 
 
 def lfw_face(name: str, k: int) -> bytes:
-    """The k-th photo of an lfw10 identity."""
-    return sorted(dataset("faces", "lfw10", name).iterdir())[k].read_bytes()
+    """The k-th photo of an LFW identity: one of lfw10's ten, else of lfw_subset's (grey
+    photos of people no lfw10 test enrols, for a module whose 1:N search on the session server
+    must find only its own payers)."""
+    folder = "lfw10" if (DATASETS / "faces" / "lfw10" / name).is_dir() else "lfw_subset"
+    return sorted(dataset("faces", folder, name).iterdir())[k].read_bytes()
 
 
 def _scene_path(k: int) -> tuple[Path, str]:
@@ -106,7 +109,7 @@ def make_payer(
     factors: int = identity_pb2.FACTOR_PLATE_AND_FACE,
     payment_ref: str = "",
 ) -> str:
-    """An identity with the first lfw10 photo of `name` enrolled (none for name=None), the
+    """An identity with the first photo of `name` (`lfw_face`) enrolled (none for name=None), the
     plates bound, and one payment binding; returns its id."""
     md = c.metadata
     ident = c.identity.CreateIdentity(
@@ -189,6 +192,15 @@ def simultaneous_entries(clients: list[Client], gate: str, name: str, **car: obj
 
     with ThreadPoolExecutor(CARS_AT_ONCE) as pool:
         return list(pool.map(one, range(CARS_AT_ONCE)))
+
+
+def eventually(cond: Callable[[], object], seconds: float = 30.0, what: str = "") -> None:
+    """Wait until `cond()` is true: a wait on a condition, never a sleep that hopes it is long
+    enough; `seconds` only bounds a wait that would never end (a loaded machine is slow)."""
+    end = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < end, f"not reached within {seconds} s: {what or cond}"
+        time.sleep(0.005)
 
 
 def wait_until_joined(thread: threading.Thread, timeout: float = 10.0) -> None:

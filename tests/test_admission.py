@@ -21,11 +21,11 @@ from recognizer.deadline import Budget, RecentCosts
 from recognizer.errors import DeadlineExceeded
 from recognizer.service.admission import MethodQueue, QueueOutcome
 from recognizer.service.interceptors import QUEUE_WAIT_HEADER, AdmissionInterceptor
-from tests.helpers import Clock
+from tests.helpers import Clock, eventually
 
 M = "/recognizer.v1.RecognitionService/DetectFaces"
 OTHER = "/recognizer.v1.RecognitionService/ReadPlates"
-WAIT_S = 10.0  # generous bound for "eventually" on a loaded machine
+WAIT_S = 10.0  # generous bound for a join on a loaded machine
 
 
 class Aborted(Exception):
@@ -117,13 +117,6 @@ def call_in_thread(fn: Callable, request: str, ctx: FakeContext) -> dict[str, An
     out["thread"] = threading.Thread(target=run, daemon=True)
     out["thread"].start()
     return out
-
-
-def eventually(cond: Callable[[], bool]) -> None:
-    end = time.monotonic() + WAIT_S
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.005)
 
 
 def fixed_jitter() -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -15,35 +14,27 @@ import pytest
 
 from recognizer.client import Client
 from recognizer.fusion import FusionModel
-from recognizer.policy import PolicySet
 from recognizer.service.runtime import fusion_path
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2
-from tests.conftest import KEYS, dataset, loaded_server
+from tests.conftest import KEYS, dataset
 from tests.helpers import ALLOW, DENY, STEP_UP, blurred, codes, scene, violation
 from tests.helpers import error_reason as reason
 from tests.helpers import lfw_face as face
 from tests.helpers import make_payer as payer
 
-POLICY = {
-    "policy_id": "bursts",
-    "gates": ["B-*"],
-    "plate_only_max_minor": 0,
-    "target_far": 1e-5,
-    "min_travel_seconds": 0,
-    "track_presence": False,
-}
 RANK = {DENY: 0, STEP_UP: 1, ALLOW: 2}
 MiB = 1024 * 1024
 
 
-# Its own server: it binds scene 0's plate, which test_plate_attacks_e2e binds on real_server.
+# On the session server (`real_server`, B- gates, `TEST_POLICIES`) this module binds a scene
+# of its own; its payer's plate is always sent, so its face is judged 1:1 against them.
+OWN, OTHER = 9, 10
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with loaded_server(
-        tmp_path_factory.mktemp("bursts"), policies=PolicySet.from_config([POLICY])
-    ) as running:
-        yield running
+def server(real_server: RunningServer) -> RunningServer:
+    return real_server
 
 
 def scene_path(k: int) -> Path:
@@ -97,8 +88,8 @@ def stored(c: Client, gate: str) -> list[gate_pb2.DecisionRecord]:
 
 @pytest.fixture(scope="module")
 def powell(c: Client) -> tuple[str, str]:
-    """A payer (one enrolled photo) whose PLATE_AND_FACE binding is on scene 0's plate."""
-    _, truth = scene(0)
+    """A payer (one enrolled photo) whose PLATE_AND_FACE binding is on scene OWN's plate."""
+    _, truth = scene(OWN)
     return payer(c, "Colin_Powell", [truth], identity_pb2.FACTOR_PLATE_AND_FACE), truth
 
 
@@ -110,8 +101,8 @@ def test_a_later_vehicle_frame_with_a_readable_plate_allows(
     c: Client, powell: tuple[str, str]
 ) -> None:
     identity_id, truth = powell
-    frame, _ = scene(0)
-    hidden = occluded(0)
+    frame, _ = scene(OWN)
+    hidden = occluded(OWN)
     # One frame with the plate covered: no plate, so a PLATE_AND_FACE payer is not allowed.
     alone = call(c, request(vehicle_image=hidden, face_image=face("Colin_Powell", 3)))
     assert alone.outcome != ALLOW and "PLATE_NOT_FOUND" in codes(alone), codes(alone)
@@ -134,8 +125,8 @@ def test_a_later_vehicle_frame_with_a_readable_plate_allows(
 def test_another_cars_frame_does_not_make_a_burst_stronger(
     c: Client, powell: tuple[str, str]
 ) -> None:
-    frame, truth = scene(0)
-    other, other_truth = scene(1)
+    frame, truth = scene(OWN)
+    other, other_truth = scene(OTHER)
     assert other_truth != truth
     faces = powell_faces()
     right = call(c, request(vehicle_images=[frame, reencoded(frame)], face_images=faces))
@@ -157,7 +148,7 @@ def padded(data: bytes, size: int) -> bytes:
 def test_too_many_frames_or_bytes_are_refused_and_store_nothing(
     server: RunningServer, c: Client, powell: tuple[str, str]
 ) -> None:
-    frame, _ = scene(0)
+    frame, _ = scene(OWN)
     cfg = server.runtime.config
     gate = "B-limits"
     event = uuid.uuid4().hex
@@ -195,8 +186,8 @@ def test_too_many_frames_or_bytes_are_refused_and_store_nothing(
 def test_a_burst_replays_and_another_frame_set_is_a_reused_event(
     c: Client, powell: tuple[str, str]
 ) -> None:
-    frame, _ = scene(0)
-    vehicle = [occluded(0), frame, reencoded(frame)]
+    frame, _ = scene(OWN)
+    vehicle = [occluded(OWN), frame, reencoded(frame)]
     faces = powell_faces()
     req = request("B-replay", vehicle_images=vehicle, face_images=faces)
     first = call(c, req)
@@ -227,7 +218,7 @@ def test_a_burst_replays_and_another_frame_set_is_a_reused_event(
 def test_a_single_field_request_and_a_one_frame_burst_are_the_same_event(
     c: Client, powell: tuple[str, str]
 ) -> None:
-    frame, _ = scene(0)
+    frame, _ = scene(OWN)
     single = request("B-single", vehicle_image=frame, face_image=face("Colin_Powell", 3))
     first = call(c, single)
     as_burst = gate_pb2.AuthorizeRequest()
@@ -247,7 +238,7 @@ def test_a_payer_photo_mixed_into_a_strangers_burst_never_allows(
 ) -> None:
     """An attacker holds up one real photo of the payer among their own frames, at the payer's
     car (the plate is read exactly): whichever frame has the best quality, no ALLOW."""
-    frame, _ = scene(0)
+    frame, _ = scene(OWN)
     payer_photo = face("Colin_Powell", 3)
     for name in STRANGERS[:2]:
         own = [face(name, k) for k in (1, 2)]
@@ -266,7 +257,7 @@ def test_a_strangers_burst_counts_every_frame_as_a_try(
     estimate counts four tries, so the burst's estimated FAR is never below its best frame's
     sent alone, and nothing is allowed."""
     fusion = FusionModel.load(fusion_path(server.runtime.config))
-    frame, _ = scene(0)
+    frame, _ = scene(OWN)
     for name in STRANGERS:
         frames = [face(name, k) for k in range(1, 5)]
         r = call(c, request(vehicle_image=frame, face_images=frames))
@@ -289,7 +280,7 @@ def test_a_burst_stops_at_a_first_frame_that_allows_and_goes_on_when_it_does_not
 ) -> None:
     """Exit early: later frames are only glimpsed, and the better one is analysed in full
     only when the first frame does not already allow (the decision cannot get better)."""
-    frame, _ = scene(0)
+    frame, _ = scene(OWN)
     good, better = face("Colin_Powell", 2), face("Colin_Powell", 6)
     weak = blurred(face("Colin_Powell", 1), 5.0)
     alone = {

@@ -112,7 +112,7 @@ def test_real_server_enrolment_leaves_no_template_bytes(
     monkeypatch.setenv(KEY_ENV, b64(KEY))
     monkeypatch.delenv(NEW_KEY_ENV, raising=False)
     data = tmp_path / "data"
-    running = start_server(data)
+    running = start_server(data)  # its own: the key from the environment, its files searched
     try:
         assert running.runtime.wait(180)
         c = client_for(running, "admin")

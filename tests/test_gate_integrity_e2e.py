@@ -7,22 +7,22 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
 from recognizer.client import Client
-from recognizer.policy import PolicySet
 from recognizer.service.server import RunningServer
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
-from tests.conftest import loaded_server
+from tests.conftest import SCOPED_GATE_KEY, policy_named
 from tests.helpers import (
     ALLOW,
     DENY,
     STEP_UP,
     codes,
+    eventually,
     scene,
     scene_with_province_painted,
     scene_without_province,
@@ -31,19 +31,6 @@ from tests.helpers import error_reason as reason
 from tests.helpers import lfw_face as face
 from tests.helpers import make_payer as payer
 
-POLICY = {
-    "policy_id": "integrity",
-    "gates": ["I-*"],
-    "plate_only_max_minor": 1000,
-    "target_far": 1e-5,
-    "plate_only_target_far": 0.05,
-    "min_travel_seconds": 120,
-    "track_presence": False,
-    # The plate_text these tests send is the gate's own reader's (a trusted gate); the text
-    # against the camera, and untrusted text, are tests/test_plate_attacks_e2e.py.
-    "trust_plate_text": True,
-}
-SCOPED_KEY = "scoped-gate-key"
 PLATE_AND_FACE, PLATE, FACE = (
     identity_pb2.FACTOR_PLATE_AND_FACE,
     identity_pb2.FACTOR_PLATE,
@@ -52,15 +39,18 @@ PLATE_AND_FACE, PLATE, FACE = (
 _plates = (f"京D{n:05d}" for n in itertools.count(20000))
 
 
-# Its own server: it binds scene 0's plate, which test_plate_attacks_e2e binds on real_server.
+# On the session server (`real_server`, I- gates, `TEST_POLICIES`) this module binds scenes of
+# its own, and its people are lfw_subset's, whom no other module there enrols: its 1:N
+# searches (a face alone, a deleted payer's plate) must find its own payers or no one.
+OWN, OTHER, PLATE_ONLY_SCENE = 6, 7, 8
+JIANG, TANG, MAHATHIR, ROH = "Jiang_Zemin", "Tang_Jiaxuan", "Mahathir_Mohamad", "Roh_Moo-hyun"
+STRANGER = "Ariel_Sharon"  # enrolled by no module on the session server
+POLICY = policy_named("integrity")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with loaded_server(
-        tmp_path_factory.mktemp("integrity"),
-        extra_keys=f"gate@I-north*|I-east:{SCOPED_KEY}",
-        policies=PolicySet.from_config([POLICY]),
-    ) as running:
-        yield running
+def server(real_server: RunningServer) -> RunningServer:
+    return real_server
 
 
 def request(gate: str = "I-1", **fields: object) -> gate_pb2.AuthorizeRequest:
@@ -86,22 +76,22 @@ def ts(epoch_s: float) -> timestamp_pb2.Timestamp:
 
 
 @pytest.fixture(scope="module")
-def powell(c: Client) -> tuple[str, str]:
-    """A payer whose PLATE_AND_FACE binding is on the plate of scene 0."""
-    _, truth = scene(0)
-    return payer(c, "Colin_Powell", [truth], PLATE_AND_FACE), truth
+def jiang(c: Client) -> tuple[str, str]:
+    """A payer whose PLATE_AND_FACE binding is on the plate of scene OWN."""
+    _, truth = scene(OWN)
+    return payer(c, JIANG, [truth], PLATE_AND_FACE), truth
 
 
 # --- 1. replay is bound to the inputs ----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def decided(c: Client, powell: tuple[str, str]) -> tuple[gate_pb2.AuthorizeRequest, bytes]:
-    frame, _ = scene(0)
+def decided(c: Client, jiang: tuple[str, str]) -> tuple[gate_pb2.AuthorizeRequest, bytes]:
+    frame, _ = scene(OWN)
     req = request(
         "I-replay",
         vehicle_image=frame,
-        face_image=face("Colin_Powell", 3),
+        face_image=face(JIANG, 3),
         direction=gate_pb2.DIRECTION_ENTRY,
     )
     first = call(c, req)
@@ -111,14 +101,14 @@ def decided(c: Client, powell: tuple[str, str]) -> tuple[gate_pb2.AuthorizeReque
 
 REPLAY_VARIANTS: dict[str, Callable[[gate_pb2.AuthorizeRequest], None]] = {
     "another face": lambda r: setattr(r, "face_image", face("Jacques_Chirac", 1)),
-    "another car's frame": lambda r: setattr(r, "vehicle_image", scene(1)[0]),
+    "another car's frame": lambda r: setattr(r, "vehicle_image", scene(OTHER)[0]),
     "no face": lambda r: r.ClearField("face_image"),
     "no vehicle frame": lambda r: r.ClearField("vehicle_image"),
     "amount 99,999,999": lambda r: setattr(r, "amount_minor", 99_999_999),
     "amount -100": lambda r: setattr(r, "amount_minor", -100),
     "another direction": lambda r: setattr(r, "direction", gate_pb2.DIRECTION_EXIT),
     "another currency": lambda r: setattr(r, "currency", "USD"),
-    "plate text added": lambda r: setattr(r, "plate_text", scene(0)[1]),
+    "plate text added": lambda r: setattr(r, "plate_text", scene(OWN)[1]),
     "an observed_at": lambda r: r.observed_at.CopyFrom(ts(time.time())),
     "the frame re-encoded": lambda r: setattr(r, "vehicle_image", r.vehicle_image + b"\0"),
 }
@@ -147,8 +137,8 @@ def test_the_same_event_with_other_inputs_is_refused(
 
 def test_a_replay_is_the_record_even_after_unbind_and_delete(c: Client) -> None:
     plate = next(_plates)
-    identity_id = payer(c, "Tony_Blair", [plate], PLATE_AND_FACE)
-    req = request(plate_text=plate, face_image=face("Tony_Blair", 2))
+    identity_id = payer(c, TANG, [plate], PLATE_AND_FACE)
+    req = request(plate_text=plate, face_image=face(TANG, 2))
     first = call(c, req)
     assert first.outcome == ALLOW and first.payment_ref, codes(first)
     binding = c.identity.GetIdentity(
@@ -170,7 +160,7 @@ def test_a_replay_is_the_record_even_after_unbind_and_delete(c: Client) -> None:
     changed.CopyFrom(req)
     changed.amount_minor += 1
     assert reason(refused(lambda: call(c, changed))) == "EVENT_ID_REUSED"
-    fresh = call(c, request(plate_text=plate, face_image=face("Tony_Blair", 2)))
+    fresh = call(c, request(plate_text=plate, face_image=face(TANG, 2)))
     assert fresh.outcome == DENY and not fresh.payment_ref  # a new event sees the deletion
 
 
@@ -182,23 +172,23 @@ def test_a_replay_is_the_record_even_after_unbind_and_delete(c: Client) -> None:
     ["none", "unbound plate text", "another car's frame"],
 )
 def test_the_face_alone_never_satisfies_a_plate_and_face_binding(
-    c: Client, powell: tuple[str, str], plate: str
+    c: Client, jiang: tuple[str, str], plate: str
 ) -> None:
-    fields: dict[str, object] = {"face_image": face("Colin_Powell", 4)}
+    fields: dict[str, object] = {"face_image": face(JIANG, 4)}
     if plate == "unbound plate text":
         fields["plate_text"] = next(_plates)
     elif plate == "another car's frame":
-        fields["vehicle_image"] = scene(1)[0]
+        fields["vehicle_image"] = scene(OTHER)[0]
     r = call(c, request(**fields))
     assert r.outcome == STEP_UP, codes(r)
-    assert r.identity_id == powell[0]
+    assert r.identity_id == jiang[0]
     assert {"BINDING_FACTORS_MISSING", "FACE_IDENTIFIED_AMONG_PAYERS"} <= codes(r)
     assert ("PLATE_NO_MATCH" in codes(r)) == (plate != "none")
 
 
 @pytest.mark.parametrize("text", ["x", "😀", "京A1234/", "\u200b"])
-def test_junk_plate_text_is_refused(c: Client, powell: tuple[str, str], text: str) -> None:
-    err = refused(lambda: call(c, request(plate_text=text, face_image=face("Colin_Powell", 4))))
+def test_junk_plate_text_is_refused(c: Client, jiang: tuple[str, str], text: str) -> None:
+    err = refused(lambda: call(c, request(plate_text=text, face_image=face(JIANG, 4))))
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "plate_text" in err.details()
 
 
@@ -206,8 +196,8 @@ def test_junk_plate_text_is_refused(c: Client, powell: tuple[str, str], text: st
 
 
 def test_a_face_found_1n_is_judged_by_the_1n_rate(c: Client) -> None:
-    identity_id = payer(c, "Hugo_Chavez", [], FACE)
-    r = call(c, request(face_image=face("Hugo_Chavez", 3)))
+    identity_id = payer(c, MAHATHIR, [], FACE)
+    r = call(c, request(face_image=face(MAHATHIR, 3)))
     assert r.identity_id == identity_id
     assert {"FACE_IDENTIFIED_AMONG_PAYERS", "FACE_1N_ESTIMATE", "FACE_MATCH"} <= codes(r)
     n = int(next(x.message for x in r.reasons if x.code == "FACE_1N_ESTIMATE").split()[-3])
@@ -219,7 +209,7 @@ def test_a_face_found_1n_is_judged_by_the_1n_rate(c: Client) -> None:
     # above 1e-5, so a face alone found 1:N never pays without a tap here.
     assert r.outcome == STEP_UP and "FAR_ABOVE_TARGET" in codes(r)
     ident = c.recognition.IdentifyFace(
-        recognition_pb2.IdentifyFaceRequest(image=face("Hugo_Chavez", 3)), metadata=c.metadata
+        recognition_pb2.IdentifyFaceRequest(image=face(MAHATHIR, 3)), metadata=c.metadata
     )
     top = ident.candidates[0]
     assert top.identity_id == identity_id and top.gallery_size == n
@@ -228,13 +218,13 @@ def test_a_face_found_1n_is_judged_by_the_1n_rate(c: Client) -> None:
 
 
 def test_a_stranger_without_a_plate_is_never_allowed(c: Client) -> None:
-    identity_id = payer(c, "Gerhard_Schroeder", [], FACE)
+    identity_id = payer(c, ROH, [], FACE)
     # The counterfactual: the payer's own face without a plate is found 1:N (so the 1:N path
     # is live and the payer is in the gallery), and the stranger's below is not.
-    own = call(c, request(face_image=face("Gerhard_Schroeder", 2)))
+    own = call(c, request(face_image=face(ROH, 2)))
     assert own.identity_id == identity_id and "FACE_IDENTIFIED_AMONG_PAYERS" in codes(own)
     for k in range(3):
-        r = call(c, request(face_image=face("Ariel_Sharon", k)))
+        r = call(c, request(face_image=face(STRANGER, k)))
         assert r.outcome == DENY and not r.identity_id and not r.payment_ref, codes(r)
         assert "UNKNOWN_VEHICLE" in codes(r), codes(r)
 
@@ -404,7 +394,7 @@ def test_every_field_has_a_limit(c: Client, make: Callable[[Client], object]) ->
 
 @pytest.fixture(scope="module")
 def plate_payer(c: Client) -> tuple[str, bytes, str]:
-    frame, truth = scene(2)
+    frame, truth = scene(PLATE_ONLY_SCENE)
     return payer(c, None, [truth], PLATE), frame, truth
 
 
@@ -428,7 +418,7 @@ def test_plate_only_tier_allows_an_exact_read_of_a_bound_plate(
 def test_a_gate_key_acts_only_for_its_gates(
     server: RunningServer, decided: tuple[gate_pb2.AuthorizeRequest, bytes]
 ) -> None:
-    scoped = Client.connect(f"127.0.0.1:{server.port}", SCOPED_KEY)
+    scoped = Client.connect(f"127.0.0.1:{server.port}", SCOPED_GATE_KEY)
     try:
         ok = scoped.gate.Authorize(
             request("I-north-7", plate_text=next(_plates)), metadata=scoped.metadata
@@ -450,19 +440,22 @@ def test_a_gate_key_acts_only_for_its_gates(
 
 
 def test_a_call_whose_deadline_ran_out_stores_nothing_and_its_retry_decides(
-    c: Client, powell: tuple[str, str]
+    c: Client, jiang: tuple[str, str], server: RunningServer
 ) -> None:
-    frame, _ = scene(0)
-    req = request("I-late", vehicle_image=frame, face_image=face("Colin_Powell", 3))
+    frame, _ = scene(OWN)
+    req = request("I-late", vehicle_image=frame, face_image=face(JIANG, 3))
     err = refused(lambda: c.gate.Authorize(req, metadata=c.metadata, timeout=0.02))
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(0.5)  # anything the server still did for the call has finished by now
+    # Anything the server still does for the call has finished: a later call on the same
+    # channel has been answered (so the late one has arrived) and no call runs or waits.
+    c.health("", timeout=30)
+    eventually(server.idle, what="the late call's work to finish")
     records = c.admin.ListDecisions(
         gate_pb2.ListDecisionsRequest(gate_id="I-late"), metadata=c.metadata
     ).decisions
     assert records == []
     retry = c.gate.Authorize(req, metadata=c.metadata, timeout=60)
-    assert not retry.replayed and retry.identity_id == powell[0], codes(retry)
+    assert not retry.replayed and retry.identity_id == jiang[0], codes(retry)
     stored = c.admin.ListDecisions(
         gate_pb2.ListDecisionsRequest(gate_id="I-late"), metadata=c.metadata
     ).decisions

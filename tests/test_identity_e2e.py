@@ -35,6 +35,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("identity-e2e")
 
 
+# Its own server: a test restarts it on the same data directory (`again`).
 @pytest.fixture(scope="module")
 def server(data_dir: Path) -> Iterator[RunningServer]:
     require_models("default")

@@ -30,7 +30,7 @@ from recognizer.service.server import RunningServer, create_server
 from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import gate_pb2, identity_pb2, recognition_pb2
 from tests.conftest import KEYS, REPO, client_for, dataset, require_models, start_server
-from tests.helpers import fake_engines
+from tests.helpers import eventually, fake_engines
 
 KEY_ENV = "RECOGNIZER_TEMPLATE_KEY"
 
@@ -214,6 +214,8 @@ class Capture(logging.Handler):
             self.lines.append(text + "\n" + extra)
 
 
+# Its own server: the captured log must hold this module's calls only, and the root logger
+# is at DEBUG while it runs.
 @pytest.fixture(scope="module")
 def logged_server(
     tmp_path_factory: pytest.TempPathFactory,
@@ -311,7 +313,13 @@ def test_logs_hold_no_images_templates_or_keys(
             recognition_pb2.DetectFacesRequest(image=image[: len(image) // 3]), metadata=md
         )
     c.close()
-    time.sleep(0.2)
+    # The access line of the last call (the corrupt image's refusal) is written.
+    eventually(
+        lambda: any(
+            "DetectFaces" in line and "INVALID_ARGUMENT" in line for line in capture.lines[start:]
+        ),
+        what="the corrupt image's access log line",
+    )
     text = "\n".join(capture.lines[start:])
     assert '"rpc"' in text, "the capture saw no access log lines; the check would prove nothing"
 
@@ -403,7 +411,9 @@ def test_backup_under_load_restores_every_identity(tmp_path: Path) -> None:
         started = time.monotonic()
         before = [(i, img) for i, img, at in list(acked) if at < started]
         done = cli("backup", str(dest), "--data-dir", str(src))
-        time.sleep(0.5)  # writes continue after the backup too
+        after_backup = len(acked)
+        # Writes continue after the backup too: three more acknowledged (or the writer failed).
+        eventually(lambda: len(acked) >= after_backup + 3 or errors, what="writes after backup")
         stop.set()
         t.join(60)
         assert done.returncode == 0, done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import sqlite3
 import subprocess
 import sys
@@ -30,10 +31,11 @@ from tests.conftest import (
     client_for,
     loaded_server,
     local_postgres,
+    missing,
     require_models,
     start_server,
 )
-from tests.helpers import error_reason, lfw_face
+from tests.helpers import error_reason, eventually, lfw_face
 
 GATE = "G-faults"
 WRITE_TABLES = ("identities", "templates", "plates", "decisions", "audit")
@@ -97,6 +99,31 @@ def _wait_for_a_lock_wait(url: str, seconds: float = 30.0) -> None:
         ).fetchone()[0]:  # type: ignore[index]
             assert time.monotonic() < end, "no session ever waited on the lock"
             time.sleep(0.02)
+
+
+# nanosleep and clock_nanosleep by machine: SQLite's busy handler sleeps between its tries for
+# the write lock; an idle server's threads wait on futexes and epoll instead.
+_SLEEP_SYSCALLS = {"x86_64": {"35", "230"}, "aarch64": {"101", "115"}}
+
+
+def _sleeping_threads(pid: int) -> int:
+    """Threads of process `pid` inside a sleep system call now (Linux /proc)."""
+    calls = _SLEEP_SYSCALLS.get(platform.machine())
+    if calls is None or not Path(f"/proc/{pid}/task").is_dir():
+        missing(f"no known sleep system call numbers on {platform.machine()} or no /proc")
+    sleeping = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            sleeping += (task / "syscall").read_text().split()[0] in calls
+        except (OSError, IndexError):  # the thread ended meanwhile
+            continue
+    return sleeping
+
+
+def _wait_for_a_busy_wait(pid: int) -> None:
+    """Until a thread of the server sleeps in SQLite's busy handler: the call waits for the
+    write lock (nothing outside the process shows it, unlike PostgreSQL's pg_stat_activity)."""
+    eventually(lambda: _sleeping_threads(pid) > 0, what="a thread in SQLite's busy wait")
 
 
 def sqlite_counts(db: Path) -> dict[str, int]:
@@ -521,8 +548,11 @@ def _stuck_stop(tmp_path: Path, runs: int, timed: bool = False) -> None:
             db = data / "recognizer.db"
             before = sqlite_counts(db)
             with sqlite_locked(db):
-                # The call is waiting for the lock after half a second.
-                code, took, outcome = _stop_with_a_stuck_create(server, c, lambda: time.sleep(0.5))
+                # Idle, no thread of the server sleeps so: the wait below sees the call's.
+                assert _sleeping_threads(server.proc.pid) == 0
+                code, took, outcome = _stop_with_a_stuck_create(
+                    server, c, functools.partial(_wait_for_a_busy_wait, server.proc.pid)
+                )
             assert code == 0, (run, code, "".join(server.log[-20:]))
             assert took < 15 or not timed, took  # a clock bound: the slow tier only
             assert outcome and isinstance(outcome[0], grpc.StatusCode), outcome
@@ -609,7 +639,11 @@ def test_sigterm_under_load_drains_before_the_port_closes(tmp_path: Path) -> Non
         threads = [threading.Thread(target=watch), threading.Thread(target=load)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        # Both loops are under way: health seen SERVING and calls answered.
+        eventually(
+            lambda: ("SERVING" in {s for _, s in seen}) and len(results) >= 3,
+            what="health SERVING and three answered calls",
+        )
         server.proc.send_signal(15)
         code = server.proc.wait(30)
         stop.set()
@@ -624,7 +658,10 @@ def test_sigterm_under_load_drains_before_the_port_closes(tmp_path: Path) -> Non
         # Calls during the drain were served; none failed but by finding the port closed.
         during = [r for t0, _, r in results if first_not <= t0 < first_not + 1.5]
         assert during and all(r == "OK" for r in during), during
-        assert all(r in ("OK", grpc.StatusCode.UNAVAILABLE) for _, _, r in results), results
+        other = [
+            (t0, t1, r) for t0, t1, r in results if r not in ("OK", grpc.StatusCode.UNAVAILABLE)
+        ]
+        assert not other, (first_not, gone[0], other)
         watcher.close()
         worker.close()
     finally:
