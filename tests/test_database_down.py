@@ -32,12 +32,12 @@ def test_calls_are_unavailable_while_the_database_is_down_and_recover(tmp_path: 
         create = identity_pb2.CreateIdentityRequest(display_name="before")
         admin.identity.CreateIdentity(create, metadata=admin.metadata, timeout=10)
         db.stop()
-        t0 = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
             admin.identity.CreateIdentity(create, metadata=admin.metadata, timeout=30)
+        # The pool's own wait ended the call: had it waited out the caller's deadline, the
+        # code would be DEADLINE_EXCEEDED (no clock bound needed to tell them apart).
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert error_reason(err.value) == "DATABASE_UNAVAILABLE"
-        assert time.monotonic() - t0 < 15  # the pool's wait, not the caller's whole deadline
         deadline = time.monotonic() + 10
         while admin.health(RECOGNITION) != "NOT_SERVING":
             assert time.monotonic() < deadline, "health did not follow the database down"
