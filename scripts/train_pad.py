@@ -157,6 +157,7 @@ def _metadata(
         "max_outside": "0.3",
         "min_face_px": "40",
         "l2": str(trained.l2),
+        "real_attack_weight": str(pm.REAL_ATTACK_WEIGHT),
         "sources": ",".join(sources),
         "subjects": str(len(groups)),
         "held_out": ",".join(sorted(held)),
