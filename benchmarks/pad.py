@@ -139,6 +139,25 @@ def _fold_json(f: pe.FoldReport) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """Everything `bench pad` measured, before any figure is derived or written."""
+
+    corpus: pc.Corpus
+    leave_set_out: list[pe.FoldReport]
+    leave_subjects_out: list[pe.FoldReport]
+    cross_attack: list[pe.FoldReport]
+    cv_s: float
+    latency: dict[str, dict[str, float]]
+    held_out: dict[str, Any] | None
+    face_sets: list[FaceSetResult]
+    stage: Any  # the shipped liveness stage
+
+    @property
+    def folds(self) -> tuple[pe.FoldReport, ...]:
+        return (*self.leave_set_out, *self.leave_subjects_out, *self.cross_attack)
+
+
 def run(
     dataset: Path,
     out: Path,
@@ -147,6 +166,23 @@ def run(
     folds: int = 0,
     quick: bool = False,
 ) -> Path:
+    m = measure(dataset, faces_root=faces_root, folds=folds, quick=quick)
+    acc = acceptance(m)
+    ok = met(acc, m.face_sets)
+    rep = Report("Presentation-attack detection (liveness)")
+    _report_corpus(rep, m, dataset, faces_root)
+    _report_acceptance(rep, acc, ok, m.face_sets)
+    _report_folds_and_latency(rep, m)
+    _report_shipped(rep, m)
+    rep.results = _results(m, acc, ok, dataset, faces_root, quick)
+    return rep.write(out)
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def measure(dataset: Path, *, faces_root: Path | None, folds: int, quick: bool) -> Measured:
+    """The folds on the corpus, then the shipped stage: latency, held-out subjects, face sets."""
     from recognizer.face.pipeline import build_face_pipeline
 
     pipeline = build_face_pipeline()  # YuNet + SFace + the shipped liveness stage
@@ -168,12 +204,20 @@ def run(
     lsu = pe.leave_subjects_out(corpus, x, folds)
     xa = pe.cross_attack(corpus, x)
     cv_s = time.perf_counter() - t0
+    latency, held_out = _shipped_stage(pipeline, stage, dataset, quick)
+    face_sets = face_sets_decisions(faces_root, pipeline, quick) if faces_root else []
+    return Measured(corpus, lso, lsu, xa, cv_s, latency, held_out, face_sets, stage)
 
-    # Latency of the shipped stage per face, measured in the same run as detection.
+
+def _shipped_stage(
+    pipeline: Any, stage: Any, dataset: Path, quick: bool
+) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    """Latency of the shipped stage per face, measured in the same run as detection, and its
+    decisions on the dataset's held-out subjects."""
     det_ms, live_ms = [], []
     frames = pm.load_pad_folder(dataset)[:: 8 if quick else 4]
     held = {h for h in stage.model.metadata.get("held_out", "").split(",") if h}
-    ho_live, ho_score, ho_dec = [], [], []
+    ho_live, ho_dec = [], []
     for smp in progress(frames, desc="latency"):
         img = decode_file(smp.path)
         if img is None:
@@ -190,29 +234,36 @@ def run(
         live_ms.append((t3 - t2) * 1e3)
         if smp.subject in held:
             ho_live.append(smp.live)
-            ho_score.append(lv.score)
             ho_dec.append(lv.decision)
     latency = {"detect_ms": percentiles(det_ms), "liveness_ms_per_face": percentiles(live_ms)}
-    held_out = None
-    if ho_live:
-        hl = np.array(ho_live)
-        dec = np.array([d.value for d in ho_dec])
-        held_out = {
-            "subjects": sorted(held),
-            "n_bona": int(hl.sum()),
-            "n_attack": int((~hl).sum()),
-            "apcer": float(np.mean(dec[~hl] == "live")) if (~hl).any() else None,
-            "bpcer": float(np.mean(dec[hl] != "live")) if hl.any() else None,
-            "bona_called_attack": float(np.mean(dec[hl] == "attack")) if hl.any() else None,
-            "every_4th_frame": True,
-        }
-    face_sets = face_sets_decisions(faces_root, pipeline, quick) if faces_root else []
+    return latency, _held_out(held, ho_live, ho_dec)
 
-    # Acceptance, each figure from folds that never saw those people or that set.
-    nuaa_folds = list(lsu)
+
+def _held_out(held: set[str], live: list[bool], decisions: list[Any]) -> dict[str, Any] | None:
+    if not live:
+        return None
+    hl = np.array(live)
+    dec = np.array([d.value for d in decisions])
+    return {
+        "subjects": sorted(held),
+        "n_bona": int(hl.sum()),
+        "n_attack": int((~hl).sum()),
+        "apcer": float(np.mean(dec[~hl] == "live")) if (~hl).any() else None,
+        "bpcer": float(np.mean(dec[hl] != "live")) if hl.any() else None,
+        "bona_called_attack": float(np.mean(dec[hl] == "attack")) if hl.any() else None,
+        "every_4th_frame": True,
+    }
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def acceptance(m: Measured) -> dict[str, float | None]:
+    """The acceptance figures, each from folds that never saw those people or that set."""
+    nuaa_folds, lso, xa = m.leave_subjects_out, m.leave_set_out, m.cross_attack
     prints_only = [f for f in xa if f.protocol == "prints only"]
     replays_only = [f for f in xa if f.protocol == "replays only"]
-    acc = {
+    return {
         "nuaa_apcer_worst_fold": max((f.apcer_print.rate for f in nuaa_folds), default=None),
         "nuaa_bpcer_worst_fold": max(
             (f.bpcer.rate for f in nuaa_folds if f.bpcer.total), default=None
@@ -228,7 +279,10 @@ def run(
         ),
         "sets_live_worst": min((1 - f.bpcer.rate for f in lso if f.bpcer.total), default=None),
     }
-    ok = {
+
+
+def met(acc: dict[str, Any], face_sets: list[FaceSetResult]) -> dict[str, bool]:
+    return {
         "nuaa": (acc["nuaa_apcer_worst_fold"] or 0) <= TARGETS["nuaa_apcer"]
         and (acc["nuaa_bpcer_worst_fold"] or 0) <= TARGETS["nuaa_bpcer"],
         "cross": max(acc["replays_for_prints_only_model"], acc["prints_for_replays_only_model"])
@@ -239,8 +293,58 @@ def run(
         "grey_never_attack": all(r.attack == 0 for r in face_sets if r.grayscale),
     }
 
-    rep = Report("Presentation-attack detection (liveness)")
-    kinds = {k: int((corpus.kind == k).sum()) for k in pc.KINDS}
+
+def _results(
+    m: Measured,
+    acc: dict[str, Any],
+    ok: dict[str, bool],
+    dataset: Path,
+    faces_root: Path | None,
+    quick: bool,
+) -> dict[str, Any]:
+    th = m.stage.thresholds
+    return {
+        "dataset": shown(dataset),
+        "faces": shown(faces_root) if faces_root else None,
+        "corpus": {
+            **_kinds(m.corpus),
+            "synthetic": int(m.corpus.synthetic.sum()),
+            "dropped": m.corpus.dropped,
+        },
+        "acceptance": acc,
+        "met": ok,
+        "folds": [_fold_json(f) for f in m.folds],
+        "latency": m.latency,
+        "shipped": {
+            "attack_threshold": th.attack,
+            "live_threshold": th.live,
+            "context": m.stage.context,
+            "held_out": m.held_out,
+        },
+        "face_sets": [
+            {
+                "name": r.name,
+                "grayscale": r.grayscale,
+                "faces": r.faces,
+                "live": r.rate(r.live),
+                "uncertain": r.rate(r.uncertain),
+                "attack": r.rate(r.attack),
+            }
+            for r in m.face_sets
+        ],
+        "quick": quick,
+    }
+
+
+def _kinds(corpus: pc.Corpus) -> dict[str, int]:
+    return {k: int((corpus.kind == k).sum()) for k in pc.KINDS}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _report_corpus(rep: Report, m: Measured, dataset: Path, faces_root: Path | None) -> None:
+    corpus, kinds = m.corpus, _kinds(m.corpus)
     rep.p(
         f"Corpus: real frames of `{shown(dataset)}` and the colour face sets of "
         f"`{shown(faces_root) if faces_root else '-'}` with synthetic attacks "
@@ -252,6 +356,12 @@ def run(
         "one room) and this project's synthetic prints and replays; no real screen replays, "
         "masks or cut-outs were measured."
     )
+
+
+def _report_acceptance(
+    rep: Report, acc: dict[str, Any], ok: dict[str, bool], face_sets: list[FaceSetResult]
+) -> None:
+    grey = ", ".join(f"{r.name} {r.attack}" for r in face_sets if r.grayscale) or "-"
     rep.h("Acceptance (issue 27)")
     rep.table(
         ["figure", "measured", "target", "met"],
@@ -294,20 +404,23 @@ def run(
             ],
             [
                 "grayscale sets through the shipped stage: called ATTACK",
-                ", ".join(f"{r.name} {r.attack}" for r in face_sets if r.grayscale) or "-",
+                grey,
                 "0",
                 ok["grey_never_attack"],
             ],
         ],
     )
+
+
+def _report_folds_and_latency(rep: Report, m: Measured) -> None:
     rep.h("Folds")
     rep.p(
         "Each row's model, L2 strength, calibration and thresholds come from its training "
         "part only (inner folds: each face set one fold, NUAA subjects in three), never from "
         "the left-out part it is reported on. `BPCER (synthetic camera)`: the same bona fide "
-        f"photos through another synthetic camera. Cross-validation took {cv_s:.0f} s."
+        f"photos through another synthetic camera. Cross-validation took {m.cv_s:.0f} s."
     )
-    rep.table(_HEAD, [_fold_row(f) for f in (*lso, *lsu, *xa)])
+    rep.table(_HEAD, [_fold_row(f) for f in m.folds])
     rep.h("Latency (same run as detection, one core)")
     rep.p(
         f"Load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
@@ -316,13 +429,16 @@ def run(
     rep.table(
         ["stage", "p50 ms", "p95 ms", "p99 ms"],
         [
-            ["face detection (YuNet, 640x480 frame)", *_ms(latency["detect_ms"])],
-            ["liveness per face (crop + model)", *_ms(latency["liveness_ms_per_face"])],
+            ["face detection (YuNet, 640x480 frame)", *_ms(m.latency["detect_ms"])],
+            ["liveness per face (crop + model)", *_ms(m.latency["liveness_ms_per_face"])],
         ],
     )
-    th = stage.thresholds
+
+
+def _report_shipped(rep: Report, m: Measured) -> None:
+    stage, held_out = m.stage, m.held_out
+    th, meta = stage.thresholds, stage.model.metadata
     rep.h("The shipped model")
-    meta = stage.model.metadata
     rep.p(
         f"`{shown(stage.model.path)}` (trained by `scripts/train_pad.py` on "
         f"{meta.get('sources', '?')}, {meta.get('samples', '?')}): attack below "
@@ -336,55 +452,28 @@ def run(
             f"{pct(held_out['apcer'])}, BPCER {pct(held_out['bpcer'])}, bona fide called "
             f"ATTACK {pct(held_out['bona_called_attack'])}."
         )
-    if face_sets:
-        rep.h("Face sample sets through the shipped stage (seen in training, except grey)")
-        rep.p(
-            "The colour sets' photos were in the shipped model's training data: the figures "
-            "that count for them are the leave-set-out rows above. Grayscale sets carry no "
-            "colour: UNCERTAIN, never ATTACK."
-        )
-        rep.table(
-            ["set", "kind", "faces", "LIVE", "UNCERTAIN", "ATTACK"],
+    if not m.face_sets:
+        return
+    rep.h("Face sample sets through the shipped stage (seen in training, except grey)")
+    rep.p(
+        "The colour sets' photos were in the shipped model's training data: the figures "
+        "that count for them are the leave-set-out rows above. Grayscale sets carry no "
+        "colour: UNCERTAIN, never ATTACK."
+    )
+    rep.table(
+        ["set", "kind", "faces", "LIVE", "UNCERTAIN", "ATTACK"],
+        [
             [
-                [
-                    r.name,
-                    "grayscale" if r.grayscale else "colour",
-                    r.faces,
-                    pct(r.rate(r.live)),
-                    pct(r.rate(r.uncertain)),
-                    pct(r.rate(r.attack)),
-                ]
-                for r in face_sets
-            ],
-        )
-    rep.results = {
-        "dataset": shown(dataset),
-        "faces": shown(faces_root) if faces_root else None,
-        "corpus": {**kinds, "synthetic": int(corpus.synthetic.sum()), "dropped": corpus.dropped},
-        "acceptance": acc,
-        "met": ok,
-        "folds": [_fold_json(f) for f in (*lso, *lsu, *xa)],
-        "latency": latency,
-        "shipped": {
-            "attack_threshold": th.attack,
-            "live_threshold": th.live,
-            "context": stage.context,
-            "held_out": held_out,
-        },
-        "face_sets": [
-            {
-                "name": r.name,
-                "grayscale": r.grayscale,
-                "faces": r.faces,
-                "live": r.rate(r.live),
-                "uncertain": r.rate(r.uncertain),
-                "attack": r.rate(r.attack),
-            }
-            for r in face_sets
+                r.name,
+                "grayscale" if r.grayscale else "colour",
+                r.faces,
+                pct(r.rate(r.live)),
+                pct(r.rate(r.uncertain)),
+                pct(r.rate(r.attack)),
+            ]
+            for r in m.face_sets
         ],
-        "quick": quick,
-    }
-    return rep.write(out)
+    )
 
 
 def _ms(p: dict[str, float]) -> list[str]:

@@ -87,6 +87,38 @@ def folder_frames(root: Path, source: str) -> list[tuple[str, str, Path]]:
     ]
 
 
+class _Collector:
+    """The samples of a corpus being built, each cropped as the service crops it."""
+
+    __slots__ = ("context", "crops", "detect", "dropped", "rows")
+
+    def __init__(self, detect: Callable, context: float) -> None:
+        self.detect, self.context = detect, context
+        self.rows: list[tuple[str, str, str, bool]] = []  # source, group, kind, synthetic
+        self.crops: list[np.ndarray] = []
+        self.dropped = 0
+
+    def add(self, source: str, group: str, kind: str, synthetic: bool, frame: np.ndarray) -> None:
+        c = _crop(frame, self.detect, self.context)
+        if c is None:
+            self.dropped += 1
+            return
+        self.rows.append((source, group, kind, synthetic))
+        self.crops.append(c)
+
+    def corpus(self) -> Corpus:
+        arr = np.stack(self.crops) if self.crops else np.zeros((0, 3, pm.SIZE, pm.SIZE), np.uint8)
+        src, grp, knd, syn = list(zip(*self.rows, strict=True)) or [(), (), (), ()]
+        return Corpus(
+            np.array(src),
+            np.array(grp),
+            np.array(knd),
+            np.array(syn, bool),
+            arr.astype(np.uint8),
+            self.dropped,
+        )
+
+
 def build(
     detect: Callable,
     *,
@@ -101,56 +133,58 @@ def build(
 ) -> Corpus:
     """The corpus from a PAD folder (`live/`, `print/`, ...: real frames) and a root of face
     sets (colour sets: bona fide photos and the synthetic attacks made from them)."""
-    src, grp, knd, syn, crops = [], [], [], [], []
-    dropped = 0
-
-    def add(source: str, group: str, kind: str, synthetic: bool, frame: np.ndarray) -> None:
-        nonlocal dropped
-        c = _crop(frame, detect, context)
-        if c is None:
-            dropped += 1
-            return
-        src.append(source)
-        grp.append(group)
-        knd.append(kind)
-        syn.append(synthetic)
-        crops.append(c)
-
+    out = _Collector(detect, context)
     if pad_root is not None:
-        name = pad_root.name
-        for group, kind, path in progress(folder_frames(pad_root, name), desc=name):
-            img = decode_file(path)
-            if img is None:
-                dropped += 1
-                continue
-            add(name, group, kind, False, img)
+        _add_real_frames(out, pad_root, progress)
     sets = [fs for fs in discover_face_sets(faces_root) if not fs.grayscale] if faces_root else []
     for fs in sets:
         for im in progress(fs.images, desc=f"{fs.name} + attacks"):
             photo = decode_file(im.path)
             if photo is None:
-                dropped += 1
+                out.dropped += 1
                 continue
             key = int.from_bytes(hashlib.sha256(f"{fs.name}/{im.path.name}".encode()).digest()[:4])
-            group = f"{fs.name}/{im.identity}"
-            add(fs.name, group, "live", False, photo)
-            for k in range(variants):
-                frame = ps.bona_fide_variant(photo, _rng(seed, key, 50 * k))
-                add(fs.name, group, "live", True, frame)
-            for k in range(prints):
-                add(fs.name, group, "print", True, ps.make_print(photo, _rng(seed, key, 1 + k)))
-            for k in range(replays):
-                frame = ps.make_replay(photo, _rng(seed, key, 100 + k))
-                add(fs.name, group, "replay", True, frame)
-    arr = np.stack(crops) if crops else np.zeros((0, 3, pm.SIZE, pm.SIZE), np.uint8)
-    return Corpus(
-        np.array(src),
-        np.array(grp),
-        np.array(knd),
-        np.array(syn, bool),
-        arr.astype(np.uint8),
-        dropped,
-    )
+            counts = (variants, prints, replays)
+            _add_photo(out, fs.name, f"{fs.name}/{im.identity}", photo, _Seeds(seed, key), counts)
+    return out.corpus()
+
+
+def _add_real_frames(out: _Collector, pad_root: Path, progress: Callable) -> None:
+    name = pad_root.name
+    for group, kind, path in progress(folder_frames(pad_root, name), desc=name):
+        img = decode_file(path)
+        if img is None:
+            out.dropped += 1
+            continue
+        out.add(name, group, kind, False, img)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seeds:
+    seed: int
+    key: int  # the photo's: from its set and file name
+
+    def rng(self, k: int) -> np.random.Generator:
+        return _rng(self.seed, self.key, k)
+
+
+def _add_photo(
+    out: _Collector,
+    source: str,
+    group: str,
+    photo: np.ndarray,
+    seeds: _Seeds,
+    counts: tuple[int, int, int],
+) -> None:
+    """A bona fide photo, its camera variants, prints and replays (`counts`, in that order)."""
+    variants, prints, replays = counts
+    out.add(source, group, "live", False, photo)
+    for k in range(variants):
+        out.add(source, group, "live", True, ps.bona_fide_variant(photo, seeds.rng(50 * k)))
+    for k in range(prints):
+        out.add(source, group, "print", True, ps.make_print(photo, seeds.rng(1 + k)))
+    for k in range(replays):
+        out.add(source, group, "replay", True, ps.make_replay(photo, seeds.rng(100 + k)))
 
 
 def _rng(seed: int, key: int, k: int) -> np.random.Generator:

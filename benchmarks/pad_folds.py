@@ -38,7 +38,16 @@ def leave_set_out_models(
     )
     blank = pm.build_graph(None)
     key = hashlib.sha256(
-        repr((str(pad_root), str(faces_root), len(corpus), pm.L2_GRID, pc.ps.VERSION)).encode()
+        repr(
+            (
+                str(pad_root),
+                str(faces_root),
+                len(corpus),
+                pm.L2_GRID,
+                pm.REAL_ATTACK_WEIGHT,
+                pc.ps.VERSION,
+            )
+        ).encode()
         + blank
     ).hexdigest()[:16]
     x: np.ndarray | None = None

@@ -58,7 +58,7 @@ DEFAULT_CACHE = ROOT / ".cache" / "pad"
 HOLD_OUT = "0001"  # NUAA subject never trained on by default: the tests' subject
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="a site's own frames (only these)")
     ap.add_argument("--pad-data", type=Path, default=DEFAULT_PAD, help="real PAD frames")
@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prints", type=int, default=2, help="synthetic prints per photo")
     ap.add_argument("--replays", type=int, default=2, help="synthetic replays per photo")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="corpus cache folder")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     t0 = time.perf_counter()
     np.random.seed(pm.SEED)
 
@@ -116,12 +120,44 @@ def main(argv: list[str] | None = None) -> int:
     bpcer = float(np.mean(oof[live] < th.live))
     counts = {k: int((corpus.kind == k).sum()) for k in sorted(set(corpus.kind.tolist()))}
     sources = sorted(set(corpus.source.tolist()))
-    meta = {
+    meta = _metadata(trained, corpus, counts, sources, held, args, reference, pad_root)
+    data = pm.build_graph(trained.classifier, meta)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(data)
+    print(f"samples: {len(corpus)} ({counts}); sources {sources}; {len(groups)} subjects")
+    print(f"held out: {sorted(held)}; {corpus.dropped} frames dropped (no face or no evidence)")
+    print(f"inner folds: {', '.join(trained.folds)}; l2 {trained.l2}")
+    print(f"out of fold at live_threshold {th.live:.4f}: APCER {apcer:.2%}  BPCER {bpcer:.2%}")
+    print(f"attack_threshold {th.attack:.4f}")
+    print(f"wrote {args.out} ({len(data)} bytes) in {time.perf_counter() - t0:.0f} s")
+    print(f'sha256 = "{sha256_file(args.out)}"')
+    return 0
+
+
+def _metadata(
+    trained: pm.Trained,
+    corpus: pc.Corpus,
+    counts: dict[str, int],
+    sources: list[str],
+    held: set[str],
+    args: argparse.Namespace,
+    reference: bool,
+    pad_root: Path,
+) -> dict[str, str]:
+    """What the model says about itself: thresholds, evidence limits and what it was
+    trained on."""
+    th, oof, live = trained.thresholds, trained.oof_scores, corpus.live
+    apcer = float(np.mean(oof[~live] >= th.live))
+    bpcer = float(np.mean(oof[live] < th.live))
+    groups = sorted(set(corpus.group.tolist()))
+    syn = corpus.synthetic.any()
+    return {
         "attack_threshold": f"{th.attack:.6f}",
         "live_threshold": f"{th.live:.6f}",
         "max_outside": "0.3",
         "min_face_px": "40",
         "l2": str(trained.l2),
+        "real_attack_weight": str(pm.REAL_ATTACK_WEIGHT),
         "sources": ",".join(sources),
         "subjects": str(len(groups)),
         "held_out": ",".join(sorted(held)),
@@ -144,17 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         else f"site data: {pad_root.name}",
         "training": "python scripts/train_pad.py" + ("" if reference else " --data DIR"),
     }
-    data = pm.build_graph(trained.classifier, meta)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(data)
-    print(f"samples: {len(corpus)} ({counts}); sources {sources}; {len(groups)} subjects")
-    print(f"held out: {sorted(held)}; {corpus.dropped} frames dropped (no face or no evidence)")
-    print(f"inner folds: {', '.join(trained.folds)}; l2 {trained.l2}")
-    print(f"out of fold at live_threshold {th.live:.4f}: APCER {apcer:.2%}  BPCER {bpcer:.2%}")
-    print(f"attack_threshold {th.attack:.4f}")
-    print(f"wrote {args.out} ({len(data)} bytes) in {time.perf_counter() - t0:.0f} s")
-    print(f'sha256 = "{sha256_file(args.out)}"')
-    return 0
 
 
 if __name__ == "__main__":

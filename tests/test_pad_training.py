@@ -95,6 +95,20 @@ def test_the_live_threshold_protects_the_worst_source() -> None:
     assert th.attack <= th.live
 
 
+def test_real_attacks_outweigh_a_synthetic_set_only_beside_synthetic_ones() -> None:
+    live = np.array([True, True, False, False, True, False, False])
+    source = np.array(["nuaa", "nuaa", "nuaa", "nuaa", "s1", "s1", "s1"])
+    w = pm.sample_weights(live, source, {"s1"})
+    assert np.isclose(w.mean(), 1.0)
+    real, synthetic = w[~live & (source == "nuaa")].sum(), w[~live & (source == "s1")].sum()
+    assert np.isclose(real / synthetic, pm.REAL_ATTACK_WEIGHT)
+    assert np.isclose(w[live & (source == "nuaa")].sum(), w[live & (source == "s1")].sum())
+    # A site's own frames only (no synthetic set): every source weighs the same, classes half.
+    site = pm.sample_weights(live, source)
+    assert np.isclose(site[live].sum(), site[~live].sum())
+    assert np.isclose(site[~live & (source == "nuaa")].sum(), site[~live & (source == "s1")].sum())
+
+
 def _site_folder(root: Path) -> Path:
     """A site's frames: live, print and replay folders per subject, generated from sample
     photos (three identities of lfw10)."""
