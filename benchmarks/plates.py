@@ -728,8 +728,9 @@ def stage_section(
 
 def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[PlateSet]) -> None:
     """The frame stages of issue 28's second round, each taken out in turn: the burned-in
-    text erase (recognizer/plate/overlay.py) and the far pass keeping a first-size sure read
-    (a plate the far pass finds again is otherwise read again). ReadPlates' path (`read`),
+    text erase (recognizer/plate/overlay.py), the far pass keeping a first-size sure read
+    (a plate the far pass finds again is otherwise read again) and the reader's wider view
+    of an unsure province (pipeline.READER_VIEW_MARGIN). ReadPlates' path (`read`),
     every labelled plate of the frame sets: exact = the plate among the frame's reads."""
     from recognizer.plate.pipeline import build_plate_recognizer
 
@@ -741,6 +742,7 @@ def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[Pla
         "production": {},
         "no stamp erase": {"erase_stamps": False},
         "far pass re-reads sure plates": {"settle_sure": False},
+        "province from the line alone (no wider view)": {"reader_view_margin": 0.0},
     }
     rows, res = [], {}
     for name, change in variants.items():
