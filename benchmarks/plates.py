@@ -15,7 +15,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -311,93 +311,313 @@ def _lat_row(name: str, lat: dict[str, tuple[float, ...]]) -> list[list[Any]]:
     return rows
 
 
-def base_comparison(
-    rep: Report, results: dict[str, Any], sets: Sequence[PlateSet], base_src: Path
-) -> None:
+def _base_servers(stack: contextlib.ExitStack, base_src: Path) -> dict[str, Any]:
+    """Clients of two `recognizer serve` subprocesses: this checkout and `base_src`."""
+    from benchmarks.service import subprocess_server
+    from recognizer.client import Client
+
+    servers = {
+        "branch": stack.enter_context(subprocess_server()),
+        "base": stack.enter_context(
+            subprocess_server(env={"PYTHONPATH": str(base_src)}, cwd=base_src)
+        ),
+    }
+    return {
+        name: stack.enter_context(contextlib.closing(Client.connect(target, key)))
+        for name, (target, key) in servers.items()
+    }
+
+
+def _read_plates(client: Any, data: bytes) -> list[str]:
+    from recognizer.v1 import recognition_pb2
+
+    resp = client.recognition.ReadPlates(
+        recognition_pb2.ReadPlatesRequest(image=data), metadata=client.metadata, timeout=60
+    )
+    return [p.text for p in resp.plates]
+
+
+def _alternating(clients: dict[str, Any], pset: PlateSet) -> dict[str, dict[str, Any]]:
+    """Every frame of a set sent to both servers, the order alternating: per server the
+    plates, exact reads, median frame latency and RPC errors."""
+    import grpc
+
+    lat: dict[str, list[float]] = {n: [] for n in clients}
+    hits: dict[str, list[bool]] = {n: [] for n in clients}
+    errors: Counter[str] = Counter()
+    for i, smp in enumerate(progress(pset.samples, f"vs base {pset.name}")):
+        data = smp.path.read_bytes()
+        for name in ("base", "branch") if i % 2 == 0 else ("branch", "base"):
+            t0 = time.perf_counter()
+            try:
+                reads = _read_plates(clients[name], data)
+            except grpc.RpcError:
+                reads = []
+                errors[name] += 1
+            lat[name].append(1000 * (time.perf_counter() - t0))
+            matched = match_reads(smp.plates, reads)
+            hits[name] += [t == m for t, m in zip(smp.plates, matched, strict=True)]
+    return {
+        name: {
+            "plates": len(hits[name]),
+            "exact": sum(hits[name]),
+            "p50_ms": median(lat[name]),
+            "rpc_errors": errors[name],
+        }
+        for name in ("base", "branch")
+    }
+
+
+def measure_base(frames: Sequence[PlateSet], base_src: Path) -> dict[str, Any]:
     """ReadPlates of every frame through two real servers, this checkout and the release in
     `base_src`, frame by frame with the servers' order alternating: exact rate and frame
-    latency of both, from the same run."""
+    latency of both, from the same run (the `base_comparison` results)."""
     import os
 
     import grpc
 
-    from benchmarks.service import subprocess_server
-    from recognizer.client import Client
-    from recognizer.v1 import recognition_pb2
-
-    frames = [s for s in sets if not s.is_crops]
-    if not frames:
-        return
     load_before = os.getloadavg()
-    rows, res = [], {}
+    res: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        servers = {
-            "branch": stack.enter_context(subprocess_server()),
-            "base": stack.enter_context(
-                subprocess_server(env={"PYTHONPATH": str(base_src)}, cwd=base_src)
-            ),
-        }
-        clients = {
-            name: stack.enter_context(contextlib.closing(Client.connect(target, key)))
-            for name, (target, key) in servers.items()
-        }
-
-        def read(name: str, data: bytes) -> list[str]:
-            c = clients[name]
-            resp = c.recognition.ReadPlates(
-                recognition_pb2.ReadPlatesRequest(image=data), metadata=c.metadata, timeout=60
-            )
-            return [p.text for p in resp.plates]
-
+        clients = _base_servers(stack, base_src)
         for name in clients:  # warm-up, outside the measurement
             with contextlib.suppress(grpc.RpcError):
-                read(name, frames[0].samples[0].path.read_bytes())
+                _read_plates(clients[name], frames[0].samples[0].path.read_bytes())
         for pset in frames:
-            lat: dict[str, list[float]] = {n: [] for n in clients}
-            hits: dict[str, list[bool]] = {n: [] for n in clients}
-            errors: Counter[str] = Counter()
-            for i, smp in enumerate(progress(pset.samples, f"vs base {pset.name}")):
-                data = smp.path.read_bytes()
-                for name in ("base", "branch") if i % 2 == 0 else ("branch", "base"):
-                    t0 = time.perf_counter()
-                    try:
-                        reads = read(name, data)
-                    except grpc.RpcError:
-                        reads = []
-                        errors[name] += 1
-                    lat[name].append(1000 * (time.perf_counter() - t0))
-                    matched = match_reads(smp.plates, reads)
-                    hits[name] += [t == m for t, m in zip(smp.plates, matched, strict=True)]
-            med = {n: median(v) for n, v in lat.items()}
-            for name in ("base", "branch"):
-                k, n = sum(hits[name]), len(hits[name])
-                rows.append(
-                    [pset.name, name, n, f"{k}/{n}", pct(k / n if n else float("nan")),
-                     med[name], ratio(med[name], med["base"]), errors[name]]
-                )  # fmt: skip
-                res.setdefault(pset.name, {})[name] = {
-                    "plates": n,
-                    "exact": k,
-                    "p50_ms": med[name],
-                    "rpc_errors": errors[name],
-                }
-    load_after = os.getloadavg()
-    results["base_comparison"] = {
+            res[pset.name] = _alternating(clients, pset)
+    return {
         "base_src": str(base_src),
         "load_before": load_before,
-        "load_after": load_after,
+        "load_after": os.getloadavg(),
         "sets": res,
     }
+
+
+def report_base(rep: Report, base: dict[str, Any]) -> None:
+    rows = []
+    for set_name, servers in base["sets"].items():
+        for name in ("base", "branch"):
+            r = servers[name]
+            k, n = r["exact"], r["plates"]
+            rows.append(
+                [set_name, name, n, f"{k}/{n}", pct(k / n if n else float("nan")),
+                 r["p50_ms"], ratio(r["p50_ms"], servers["base"]["p50_ms"]), r["rpc_errors"]]
+            )  # fmt: skip
+    before, after = (tuple(round(x, 2) for x in base[k]) for k in ("load_before", "load_after"))
     rep.h("ReadPlates against an earlier release")
     rep.p(
-        f"Two `recognizer serve` subprocesses: this checkout and `{shown(base_src)}`, every "
-        "frame sent to both one after the other (order alternating), through the gRPC API "
-        f"(decoding included). Load average before {tuple(round(x, 2) for x in load_before)}, "
-        f"after {tuple(round(x, 2) for x in load_after)}: read the ratios."
+        f"Two `recognizer serve` subprocesses: this checkout and `{shown(base['base_src'])}`, "
+        "every frame sent to both one after the other (order alternating), through the gRPC "
+        f"API (decoding included). Load average before {before}, after {after}: read the "
+        "ratios."
     )
     rep.table(
         ["set", "server", "plates", "exact", "exact %", "p50 ms", "p50 / base", "RPC errors"],
         rows,
+    )
+
+
+def base_comparison(
+    rep: Report, results: dict[str, Any], sets: Sequence[PlateSet], base_src: Path
+) -> None:
+    """`measure_base` over the frame sets, into `results` and the report."""
+    frames = [s for s in sets if not s.is_crops]
+    if not frames:
+        return
+    results["base_comparison"] = measure_base(frames, base_src)
+    report_base(rep, results["base_comparison"])
+
+
+# --- the bench: measure every set, then results, then the report -----------------------------
+
+
+def measure_set(pset: PlateSet, recognizer: Any, peer: Any | str) -> tuple[SystemRun, ...]:
+    """Ours, RapidOCR (when installed) and, on frames, the gate's read of a stranger's car
+    (see ours_reader), in that order."""
+    runs = [run_system("ours", pset, ours_reader(recognizer, pset.is_crops))]
+    if not isinstance(peer, str):
+        runs.append(run_system("RapidOCR", pset, rapidocr_reader(peer, pset.is_crops)))
+    if not pset.is_crops:
+        runs.append(run_system(GATE_PATH, pset, ours_reader(recognizer, False, gate=True)))
+    return tuple(runs)
+
+
+def _peer(runs: Sequence[SystemRun]) -> SystemRun | None:
+    return runs[1] if len(runs) > 1 and runs[1].system == "RapidOCR" else None
+
+
+def _median_read(r: SystemRun) -> float:
+    return median(list(r.latency_ms.get("read", ())))
+
+
+def set_result(pset: PlateSet, runs: Sequence[SystemRun]) -> dict[str, Any]:
+    """One set's entry of results.json."""
+    res: dict[str, Any] = {"kind": pset.kind, "systems": {}}
+    for r in runs:
+        res["systems"][r.system] = {
+            "accuracy": accuracy(r.outcomes),
+            "by_type": by_type(r.outcomes),
+            "latency_ms": {k: percentiles(v, (50, 95, 99)) for k, v in r.latency_ms.items()},
+            "extra_reads": r.extra_reads,
+            "decode_failures": r.failures,
+            "outcomes": [o for o in r.outcomes if not o.exact],
+            "text_checks": text_checks(r),
+        }
+    peer = _peer(runs)
+    if peer is not None:
+        res["latency_ratio_ours_over_rapidocr"] = ratio(_median_read(runs[0]), _median_read(peer))
+    return res
+
+
+def set_goals(pset: PlateSet, runs: Sequence[SystemRun]) -> list[list[Any]]:
+    a_ours = accuracy(runs[0].outcomes)
+    goals: list[list[Any]] = []
+    peer = _peer(runs)
+    if peer is not None:
+        a_peer = accuracy(peer.outcomes)
+        lat_ratio = ratio(_median_read(runs[0]), _median_read(peer))
+        goals.append(
+            [pset.name, "median latency ours / RapidOCR ≤ 0.5", f"{lat_ratio:.2f}",
+             lat_ratio <= 0.5]
+        )  # fmt: skip
+        goals.append(
+            [pset.name, "exact accuracy above RapidOCR", f"{pct(a_ours.exact)} vs "
+             f"{pct(a_peer.exact)}", a_ours.exact > a_peer.exact]
+        )  # fmt: skip
+    target = {"ccpd": 0.97, "crops": 0.98}.get(pset.kind)
+    if target is not None:
+        goals.append(
+            [pset.name, f"exact ≥ {pct(target, 0)}", pct(a_ours.exact), a_ours.exact >= target]
+        )
+    return goals
+
+
+@dataclass(slots=True)
+class Tables:
+    """The report's rows, gathered set by set."""
+
+    accuracy: list[list[Any]] = field(default_factory=list)
+    types: list[list[Any]] = field(default_factory=list)
+    latency: list[list[Any]] = field(default_factory=list)
+    checks: list[list[Any]] = field(default_factory=list)
+    goals: list[list[Any]] = field(default_factory=list)
+    confusions: list[tuple[str, list[tuple[str, str, int]]]] = field(default_factory=list)
+    bars: dict[str, list[float]] = field(default_factory=lambda: {"ours": [], "RapidOCR": []})
+    grpc: list[list[Any]] = field(default_factory=list)
+
+    def add(self, pset: PlateSet, runs: Sequence[SystemRun]) -> None:
+        for r in runs:
+            a = accuracy(r.outcomes)
+            self.accuracy.append(
+                [pset.name, r.system, a.n, pct(a.exact),
+                 f"{pct(a.exact_ci[0])}–{pct(a.exact_ci[1])}", pct(a.char), r.extra_reads,
+                 r.failures, _median_read(r)]
+            )  # fmt: skip
+            for t, ta in by_type(r.outcomes).items():
+                self.types.append([pset.name, r.system, t, ta.n, pct(ta.exact), pct(ta.char)])
+            self.latency += _lat_row(f"{pset.name} / {r.system}", r.latency_ms)
+            if r.system != "RapidOCR":  # ours, then the gate path on frames
+                self.checks.append([pset.name, r.system, *astuple_checks(text_checks(r))])
+        self.confusions.append((f"{pset.name} / ours", top_confusions(runs[0].outcomes)))
+        self.bars["ours"].append(accuracy(runs[0].outcomes).exact)
+        peer = _peer(runs)
+        if peer is not None:
+            self.bars["RapidOCR"].append(accuracy(peer.outcomes).exact)
+        self.goals += set_goals(pset, runs)
+
+
+def measure_grpc(scenes: Sequence[PlateSet], results: dict[str, Any], tables: Tables) -> None:
+    """ReadPlates over the CCPD sets through an in-process server, against the in-process
+    exact rate already measured."""
+    from benchmarks.service import inprocess_server
+
+    with inprocess_server() as (port, key):
+        for pset in scenes:
+            texts, errors = grpc_exact(pset, port, key)
+            truths = [t for s in pset.samples for t in s.plates]
+            inproc = results["sets"][pset.name]["systems"]["ours"]["accuracy"]
+            g_exact = float(np.mean([a == b for a, b in zip(truths, texts, strict=True)]))
+            same = g_exact == inproc.exact
+            tables.grpc.append([pset.name, pct(g_exact), pct(inproc.exact), errors, same])
+            results["sets"][pset.name]["grpc"] = {
+                "exact": g_exact,
+                "errors": errors,
+                "equals_inprocess": same,
+            }
+
+
+def report_accuracy(rep: Report, out: Path, tables: Tables, labels: list[str]) -> None:
+    rep.h("Accuracy")
+    rep.p(
+        "Exact = the whole plate right; char = 1 − edit distance / length, averaged over "
+        "plates. Frames: each true plate is paired with the closest read; reads left over "
+        "are 'extra'. 95% Wilson interval on exact accuracy."
+    )
+    rep.table(
+        ["set", "system", "plates", "exact", "exact 95% CI", "char", "extra reads",
+         "undecodable", "median ms"],
+        tables.accuracy,
+    )  # fmt: skip
+    bars = {k: v for k, v in tables.bars.items() if v}
+    plot = plot_bars(
+        out / "plates_exact.png", labels, bars, "exact plate accuracy", "Exact plate accuracy"
+    )
+    rep.image(plot, "exact accuracy")
+    if tables.goals:
+        rep.h("Plate-issue goals")
+        rep.table(["set", "goal", "measured", "met"], tables.goals)
+    rep.h("Returned texts (cn mode)")
+    rep.p(
+        "Every text our pipeline returned: a plate of the cn grammar, a text of the generic "
+        "pattern alone (allowed, counted here), or neither (never allowed: 0 is the goal). "
+        "Truncated: a read shorter than the plate it was paired with, of 8-character plates "
+        "and of plates read as two-row. `gate path`: the read the gate makes of a stranger's "
+        "car (the far-plate pass skipped after a sure read at the first size)."
+    )
+    rep.table(
+        ["set", "system", "texts", "cn grammar", "generic only", "neither",
+         "truncated 8-char", "truncated two-row"],
+        tables.checks,
+    )  # fmt: skip
+
+
+def report_details(rep: Report, tables: Tables) -> None:
+    rep.h("By plate type (ground truth)")
+    rep.table(["set", "system", "type", "plates", "exact", "char"], tables.types)
+    rep.h("Latency (ms per image)")
+    rep.p(
+        "`detect` times the detector alone; `read` the whole call; `rectify+classify` is "
+        "read − detect per image (rectification, reading and grammar). Crops have no detector."
+    )
+    rep.table(["set / system", "stage", "n", "p50", "p99"], tables.latency)
+    rep.h("Top character confusions (ours)")
+    for name, conf in tables.confusions:
+        rep.p(f"**{name}** ({GAP} = missing or extra character)")
+        rep.table(["truth", "read", "count"], conf or [["–", "–", 0]])
+    if tables.grpc:
+        rep.h("Through the gRPC API (ReadPlates)")
+        rep.table(["set", "exact via gRPC", "exact in-process", "RPC errors", "equal"], tables.grpc)
+
+
+def load_sets(root: Path, quick: bool) -> list[PlateSet]:
+    sets = discover_plate_sets(root)
+    if not sets:
+        raise SystemExit(f"no plate dataset found under {root}")
+    if quick:
+        sets = [
+            PlateSet(s.name, s.kind, s.samples[: 16 if s.kind != "crops" else 100]) for s in sets
+        ]
+    return sets
+
+
+def _intro(root: Path, sets: Sequence[PlateSet], quick: bool) -> str:
+    return (
+        f"Data: `{shown(root)}`; sets: "
+        + ", ".join(f"{s.name} ({s.kind}, {len(s.samples)} images)" for s in sets)
+        + (" — QUICK mode (subsets)." if quick else ".")
+        + " Latency is single-threaded (onnxruntime intra/inter-op 1, cv2 1 thread), "
+        "measured while other jobs ran on the machine: compare medians and ratios from the "
+        "same run, not absolute numbers across runs."
     )
 
 
@@ -415,165 +635,24 @@ def run(
     from recognizer.plate.pipeline import build_plate_recognizer
 
     cv2.setNumThreads(1)  # single-threaded for both systems: a fair per-core comparison
-    sets = discover_plate_sets(root)
-    if not sets:
-        raise SystemExit(f"no plate dataset found under {root}")
-    if quick:
-        sets = [
-            PlateSet(s.name, s.kind, s.samples[: 16 if s.kind != "crops" else 100]) for s in sets
-        ]
+    sets = load_sets(root, quick)
     rep = Report("Plate benchmark")
-    rep.p(
-        f"Data: `{shown(root)}`; sets: "
-        + ", ".join(f"{s.name} ({s.kind}, {len(s.samples)} images)" for s in sets)
-        + (" — QUICK mode (subsets)." if quick else ".")
-        + " Latency is single-threaded (onnxruntime intra/inter-op 1, cv2 1 thread), "
-        "measured while other jobs ran on the machine: compare medians and ratios from the "
-        "same run, not absolute numbers across runs."
-    )
+    rep.p(_intro(root, sets, quick))
     recognizer = build_plate_recognizer()
     peer = rapidocr_engine()
     if isinstance(peer, str):
         rep.p(f"**{peer}**")
     results: dict[str, Any] = {"sets": {}}
-    acc_rows: list[list[Any]] = []
-    type_rows: list[list[Any]] = []
-    lat_rows: list[list[Any]] = []
-    conf_sections: list[tuple[str, list[tuple[str, str, int]]]] = []
-    bar_labels: list[str] = []
-    bar_ours: list[float] = []
-    bar_peer: list[float] = []
-    goals: list[list[Any]] = []
-    check_rows: list[list[Any]] = []
+    tables = Tables()
     for pset in sets:
-        ours = run_system("ours", pset, ours_reader(recognizer, pset.is_crops))
-        runs = [ours]
-        if not isinstance(peer, str):
-            runs.append(run_system("RapidOCR", pset, rapidocr_reader(peer, pset.is_crops)))
-        if not pset.is_crops:  # the gate's read of a stranger's car (see ours_reader)
-            gate_run = run_system(GATE_PATH, pset, ours_reader(recognizer, False, gate=True))
-            runs.append(gate_run)
-            check_rows.append([pset.name, GATE_PATH, *astuple_checks(text_checks(gate_run))])
-        check_rows.insert(
-            len(check_rows) - (0 if pset.is_crops else 1),
-            [pset.name, "ours", *astuple_checks(text_checks(ours))],
-        )
-        set_res: dict[str, Any] = {"kind": pset.kind, "systems": {}}
-        for r in runs:
-            a = accuracy(r.outcomes)
-            med = median(list(r.latency_ms.get("read", ())))
-            acc_rows.append(
-                [pset.name, r.system, a.n, pct(a.exact),
-                 f"{pct(a.exact_ci[0])}–{pct(a.exact_ci[1])}", pct(a.char), r.extra_reads,
-                 r.failures, med]
-            )  # fmt: skip
-            for t, ta in by_type(r.outcomes).items():
-                type_rows.append([pset.name, r.system, t, ta.n, pct(ta.exact), pct(ta.char)])
-            lat_rows += _lat_row(f"{pset.name} / {r.system}", r.latency_ms)
-            set_res["systems"][r.system] = {
-                "accuracy": a,
-                "by_type": by_type(r.outcomes),
-                "latency_ms": {k: percentiles(v, (50, 95, 99)) for k, v in r.latency_ms.items()},
-                "extra_reads": r.extra_reads,
-                "decode_failures": r.failures,
-                "outcomes": [o for o in r.outcomes if not o.exact],
-                "text_checks": text_checks(r),
-            }
-        conf_sections.append((f"{pset.name} / ours", top_confusions(ours.outcomes)))
-        a_ours = accuracy(ours.outcomes)
-        bar_labels.append(pset.name)
-        bar_ours.append(a_ours.exact)
-        med_ours = median(list(ours.latency_ms.get("read", ())))
-        if len(runs) > 1 and runs[1].system == "RapidOCR":
-            a_peer = accuracy(runs[1].outcomes)
-            bar_peer.append(a_peer.exact)
-            med_peer = median(list(runs[1].latency_ms.get("read", ())))
-            lat_ratio = ratio(med_ours, med_peer)
-            set_res["latency_ratio_ours_over_rapidocr"] = lat_ratio
-            goals.append(
-                [pset.name, "median latency ours / RapidOCR ≤ 0.5", f"{lat_ratio:.2f}",
-                 lat_ratio <= 0.5]
-            )  # fmt: skip
-            goals.append(
-                [pset.name, "exact accuracy above RapidOCR", f"{pct(a_ours.exact)} vs "
-                 f"{pct(a_peer.exact)}", a_ours.exact > a_peer.exact]
-            )  # fmt: skip
-        target = {"ccpd": 0.97, "crops": 0.98}.get(pset.kind)
-        if target is not None:
-            goals.append(
-                [pset.name, f"exact ≥ {pct(target, 0)}", pct(a_ours.exact), a_ours.exact >= target]
-            )
-        results["sets"][pset.name] = set_res
-
-    grpc_rows: list[list[Any]] = []
+        runs = measure_set(pset, recognizer, peer)
+        results["sets"][pset.name] = set_result(pset, runs)
+        tables.add(pset, runs)
     scenes = [s for s in sets if s.kind == "ccpd"]
     if grpc_check and scenes:
-        from benchmarks.service import inprocess_server
-
-        with inprocess_server() as (port, key):
-            for pset in scenes:
-                texts, errors = grpc_exact(pset, port, key)
-                truths = [t for s in pset.samples for t in s.plates]
-                inproc = results["sets"][pset.name]["systems"]["ours"]["accuracy"]
-                g_exact = float(np.mean([a == b for a, b in zip(truths, texts, strict=True)]))
-                same = g_exact == inproc.exact
-                grpc_rows.append([pset.name, pct(g_exact), pct(inproc.exact), errors, same])
-                results["sets"][pset.name]["grpc"] = {
-                    "exact": g_exact,
-                    "errors": errors,
-                    "equals_inprocess": same,
-                }
-
-    rep.h("Accuracy")
-    rep.p(
-        "Exact = the whole plate right; char = 1 − edit distance / length, averaged over "
-        "plates. Frames: each true plate is paired with the closest read; reads left over "
-        "are 'extra'. 95% Wilson interval on exact accuracy."
-    )
-    rep.table(
-        ["set", "system", "plates", "exact", "exact 95% CI", "char", "extra reads",
-         "undecodable", "median ms"],
-        acc_rows,
-    )  # fmt: skip
-    plot = plot_bars(
-        out / "plates_exact.png",
-        bar_labels,
-        {"ours": bar_ours, **({"RapidOCR": bar_peer} if bar_peer else {})},
-        "exact plate accuracy",
-        "Exact plate accuracy",
-    )
-    rep.image(plot, "exact accuracy")
-    if goals:
-        rep.h("Plate-issue goals")
-        rep.table(["set", "goal", "measured", "met"], goals)
-    rep.h("Returned texts (cn mode)")
-    rep.p(
-        "Every text our pipeline returned: a plate of the cn grammar, a text of the generic "
-        "pattern alone (allowed, counted here), or neither (never allowed: 0 is the goal). "
-        "Truncated: a read shorter than the plate it was paired with, of 8-character plates "
-        "and of plates read as two-row. `gate path`: the read the gate makes of a stranger's "
-        "car (the far-plate pass skipped after a sure read at the first size)."
-    )
-    rep.table(
-        ["set", "system", "texts", "cn grammar", "generic only", "neither",
-         "truncated 8-char", "truncated two-row"],
-        check_rows,
-    )  # fmt: skip
-    rep.h("By plate type (ground truth)")
-    rep.table(["set", "system", "type", "plates", "exact", "char"], type_rows)
-    rep.h("Latency (ms per image)")
-    rep.p(
-        "`detect` times the detector alone; `read` the whole call; `rectify+classify` is "
-        "read − detect per image (rectification, reading and grammar). Crops have no detector."
-    )
-    rep.table(["set / system", "stage", "n", "p50", "p99"], lat_rows)
-    rep.h("Top character confusions (ours)")
-    for name, conf in conf_sections:
-        rep.p(f"**{name}** ({GAP} = missing or extra character)")
-        rep.table(["truth", "read", "count"], conf or [["–", "–", 0]])
-    if grpc_rows:
-        rep.h("Through the gRPC API (ReadPlates)")
-        rep.table(["set", "exact via gRPC", "exact in-process", "RPC errors", "equal"], grpc_rows)
+        measure_grpc(scenes, results, tables)
+    report_accuracy(rep, out, tables, [s.name for s in sets])
+    report_details(rep, tables)
     if base_src is not None:
         base_comparison(rep, results, sets, base_src)
     if stages:
@@ -649,8 +728,9 @@ def stage_section(
 
 def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[PlateSet]) -> None:
     """The frame stages of issue 28's second round, each taken out in turn: the burned-in
-    text erase (recognizer/plate/overlay.py) and the far pass keeping a first-size sure read
-    (a plate the far pass finds again is otherwise read again). ReadPlates' path (`read`),
+    text erase (recognizer/plate/overlay.py), the far pass keeping a first-size sure read
+    (a plate the far pass finds again is otherwise read again) and the reader's wider view
+    of an unsure province (pipeline.READER_VIEW_MARGIN). ReadPlates' path (`read`),
     every labelled plate of the frame sets: exact = the plate among the frame's reads."""
     from recognizer.plate.pipeline import build_plate_recognizer
 
@@ -662,6 +742,7 @@ def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[Pla
         "production": {},
         "no stamp erase": {"erase_stamps": False},
         "far pass re-reads sure plates": {"settle_sure": False},
+        "province from the line alone (no wider view)": {"reader_view_margin": 0.0},
     }
     rows, res = [], {}
     for name, change in variants.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -837,3 +838,69 @@ def test_a_two_row_read_that_lost_its_top_row_reads_the_top_row_alone() -> None:
         _blue_frame()
     )
     assert (r2.text, r2.pattern_valid) == ("25829", False)
+
+
+def test_the_province_patch_reaches_past_corners_cut_into_the_glyph() -> None:
+    from recognizer.plate.province import VIEW_MARGIN, province_patch, province_view
+
+    # A plate 440 px wide whose "province glyph" (a bright bar) spans 4-13% of its width.
+    frame = np.zeros((300, 800, 3), np.uint8)
+    frame[100:240, 180:620] = (160, 70, 15)
+    frame[120:220, 198:237] = 255
+    true = np.array([[180, 100], [620, 100], [620, 240], [180, 240]], np.float32)
+    cut = true + np.array([[48, 0], [0, 0], [0, 0], [48, 0]], np.float32)  # 11% cut off
+    glyph = province_patch(province_view(frame, true, False), False, margin=VIEW_MARGIN)
+    seen = province_patch(province_view(frame, cut, False), False, margin=VIEW_MARGIN)
+    bright = (glyph > 0.9).sum()
+    assert bright > 0.1 * glyph.size
+    assert (seen > 0.9).sum() > 0.5 * bright  # most of the glyph is still in the window
+
+    # The line the reader reads from the cut corners keeps a sliver of the glyph.
+    def bright_columns(line: np.ndarray) -> int:
+        return int((line[20:28].min(axis=(0, 2)) > 240).sum())
+
+    assert bright_columns(warp_plate(frame, cut)) < 0.35 * bright_columns(warp_plate(frame, true))
+
+
+class _WideReader(_FakeReader):
+    """Reads 皖 on the plate's line, 湘 (surer) on a line wider than the warp."""
+
+    def __init__(self) -> None:
+        super().__init__("main", ["皖A12345"], first=0.5)
+        self.widths: list[int] = []
+
+    def read_batch(self, crops: Sequence[np.ndarray]) -> list[Reading]:
+        self.widths += [c.shape[1] for c in crops]
+        out = super().read_batch(crops)
+        return [
+            r if c.shape[1] <= 176 else replace(r, text="湘A12345")
+            for c, r in zip(crops, out, strict=True)
+        ]
+
+    def log_likelihoods(self, reading: Reading, texts: Sequence[str]) -> np.ndarray:
+        own, other = (0.95, 0.001) if reading.text[0] == "湘" else (0.6, 0.01)
+        return np.log([own if t == reading.text else other for t in texts])
+
+
+def test_a_frame_plates_province_is_read_again_on_a_wider_line() -> None:
+    uniform = _FakeProvince("皖", p=1 / len(PROVINCES))  # no opinion
+    for margin, text in ((0.0, "皖A12345"), (0.08, "湘A12345")):
+        reader = _WideReader()
+        rec = PlateRecognizer(
+            _FakeDetector([_det(10)]), reader, None, province=uniform,  # type: ignore[arg-type]
+            reader_view_margin=margin, province_weight=1.0,
+        )  # fmt: skip
+        assert rec.read(_blue_frame())[0].text == text
+        # The wider line: the warp's width with the margin either side, read only when asked.
+        assert reader.widths[1:] == ([round(176 * (1 + 2 * margin))] if margin else [])
+    # A sure province asks for no second line; nor does a crop (its margin is its own).
+    sure = _FakeReader("main", ["皖A12345"], first=0.99)
+    rec = PlateRecognizer(_FakeDetector([_det(10)]), sure, None, province=uniform)  # type: ignore[arg-type]
+    assert rec.read(_blue_frame())[0].text == "皖A12345" and sure.calls == 1
+    widths = []
+    for margin in (0.0, 0.08):
+        crop_reader = _WideReader()
+        rec = PlateRecognizer(None, crop_reader, None, province=uniform, reader_view_margin=margin)  # type: ignore[arg-type]
+        rec.read_crop(_blue_frame())
+        widths.append(crop_reader.widths)
+    assert widths[0] == widths[1]

@@ -27,7 +27,13 @@ from recognizer.plate.grammar import (
     rank_plates,
 )
 from recognizer.plate.overlay import erase_overlay
-from recognizer.plate.province import CLASSES, ProvinceClassifier, province_patch
+from recognizer.plate.province import (
+    CLASSES,
+    VIEW_MARGIN,
+    ProvinceClassifier,
+    province_patch,
+    province_view,
+)
 from recognizer.plate.reader import CtcReader, Reading, load_charset_lines
 from recognizer.plate.rectify import (
     SINGLE_ROW_SIZE,
@@ -75,6 +81,25 @@ class _Choice:
     clean: bool  # the reader's own greedy text is a valid plate (no grammar repair)
     ranked: tuple[RankedPlate, ...] = ()  # every valid plate the grammar found, best first
     guessed: bool = False  # the province was put in, not read (PlateResult.province_guessed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sight:
+    """A plate as the province decision may look at it again: the frame and the detector's
+    corners (None for a crop, which is its own view), the plate as read, its layout."""
+
+    image: np.ndarray
+    corners: np.ndarray | None
+    plate: np.ndarray
+    two_row: bool
+
+    def patch(self) -> np.ndarray:
+        """The classifier's patch: a frame's plate warped again with a margin (its corners
+        may cut into the province glyph); a crop as it is."""
+        if self.corners is None:
+            return province_patch(self.plate, self.two_row)
+        view = province_view(self.image, self.corners, self.two_row)
+        return province_patch(view, self.two_row, margin=VIEW_MARGIN)
 
 
 def _bottom_row_only(text: str) -> bool:
@@ -134,24 +159,26 @@ def _letter_fix(main: _Choice, alt: _Choice, mode: Mode) -> _Choice:
 
 
 # Weight of the province classifier's log-probability against the reader's log-likelihood,
-# chosen on validation data only (never the street or scene frames), per path:
-# - read_crop (`scripts/train_province.py --validate`): first character right on held-out
-#   crops 199/199 at every weight from 0 to 2 (197 at 3); on synthetic crops 518/560 at 0
-#   (PP-OCRv4 alone), 529-530 from 0.5 to 1.5. 1.0, a plain product, is mid-plateau.
-# - frames (synthetic scenes through the detector, seeds 4242 + 4343, 830 plates): PP-OCRv4
-#   reads the warped line well, the classifier less so (83-85% alone): 813 right at 0, 817 at
-#   0.25, 816 at 0.5, 794 at 1.0. Hence a light touch there.
+# chosen on validation data only (never the street or scene frames), per path. Re-chosen for
+# classifier v2 with the reader's wider view (READER_VIEW_MARGIN) by
+# `scripts/train_province.py --validate-only`; counts are the decisions the classifier is
+# asked about (provinces the reader saw below PROVINCE_SURE):
+# - read_crop: synthetic crops 112/152 right at 0 (PP-OCRv4 alone), 119/152 from 0.5 to 1.5
+#   (held-out real crops: 4 such decisions, 4/4 up to 0.25, 3/4 above). 1.0, a plain
+#   product, stays mid-plateau.
+# - frames (synthetic scenes seed 4242, far frames 4444, both with the detector's corners cut
+#   on the left 4545 + 4646): 261 of 315 right at 0, 261 at 0.1, 260 at 0.25, 262 at 0.5,
+#   253 at 0.75, 244 at 1.0: flat to 0.5, so the light touch stays.
 PROVINCE_WEIGHT = 0.25
 PROVINCE_CROP_WEIGHT = 1.0
-# Reads that had lost their province (see _province_repair) get one by the plain product, as
-# in read_crop: the reader missed the glyph, so its view of it is weak. Validation
-# (`train_province.py --validate-only`): such reads are rare and come from small, far plates
-# (13 in 2,450 validation plates and frames, with the second detector look), whose province
-# the two beliefs got right once at weights from 0.5 to 3 (1/13; 0/13 below): a repair makes
-# the read a valid plate whose rest is right and whose province is often a guess, with its
-# probability as confidence and the next provinces as candidates, marked as guessed
-# (PlateResult.province_guessed) so that the gate never takes it for an exact read.
-PROVINCE_REPAIR_WEIGHT = 1.0
+# Reads that had lost their province (see _province_repair) get the likeliest one. With the
+# reader's wider view the reader sees the glyph the cut line missed, and its belief is the
+# better one: on the same validation 32 of 40 such reads got the right province at weights
+# 0 and 0.1, 29 at 0.25, 26 at 0.5, 22 at 1.0 (the weight before the wider view). A repair
+# makes the read a valid plate whose rest is right and whose province is often a guess,
+# with its probability as confidence and the next provinces as candidates, marked as
+# guessed (PlateResult.province_guessed) so that the gate never takes it for an exact read.
+PROVINCE_REPAIR_WEIGHT = 0.1
 # A province glyph painted over or under a sticker is not dropped by the readers: PP-OCRv4 reads
 # a faint character into the blank space (or the grammar takes one from the first position's
 # alternatives), and the read comes out as another province's plate. What tells it from a read
@@ -173,6 +200,17 @@ PROVINCE_SEEN_MIN = 0.02
 # from one wrong province to another), every one read below 0.78, so at 0.9 no read changes
 # and a sure province costs neither the classifier nor 31 CTC likelihoods.
 PROVINCE_SURE = 0.9
+# The margin (fraction of the plate width, each side) of the wider line the reader reads
+# again when it decides a frame plate's province (below PROVINCE_SURE, or a repair): its
+# log-likelihood is averaged with the line's. Real detector corners often cut into the
+# province glyph (on the street frames' far plates a third to all of it), and the reader's
+# belief in half a glyph is weak. Chosen on validation only (`train_province.py
+# --validate-only`, weight 0.25; synthetic frames and far frames 98/136 right with the
+# line alone, 102 at 0.05, 104 at 0.08 and 0.12, 106 at 0.15; with the corners cut on the
+# left 120/179 alone, 149 at 0.05, 155 at 0.08 and 0.12, 154 at 0.15; repairs at their
+# weight 0.1: 8, 14, 25, 32, 32 of 40). 0.15, the largest tried, is also the classifier's
+# view margin (province.VIEW_MARGIN).
+READER_VIEW_MARGIN = VIEW_MARGIN
 
 
 # The issuing-authority letter O is a special code (GA 36: public-security and other official
@@ -262,6 +300,7 @@ class PlateRecognizer:
         province_sure: float = PROVINCE_SURE,
         erase_stamps: bool = True,
         settle_sure: bool = True,
+        reader_view_margin: float = READER_VIEW_MARGIN,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -277,6 +316,7 @@ class PlateRecognizer:
         self.province_sure = province_sure  # the classifier is asked below this only
         self.erase_stamps = erase_stamps  # burned-in camera text off warped plates (overlay.py)
         self.settle_sure = settle_sure  # the far pass does not re-read a plate read for sure
+        self.reader_view_margin = reader_view_margin  # 0: the province from the line alone
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -396,20 +436,30 @@ class PlateRecognizer:
 
     # -- province ----------------------------------------------------------------------------
     def _province_scores(
-        self, reading: Reading, texts: Sequence[str], plate: np.ndarray, two_row: bool
+        self, reading: Reading, texts: Sequence[str], sight: _Sight
     ) -> tuple[np.ndarray, np.ndarray]:
         """For texts that differ in their province only (the k-th text has ``CLASSES[k %
         len(CLASSES)]`` first): the main reader's log-likelihood of each text, and the
-        classifier's log-probability of its province."""
+        classifier's log-probability of its province.
+
+        On a frame's single-row plate the reader's belief is the mean log-likelihood of its
+        line and of a wider line (``province_view`` at ``reader_view_margin``): detector
+        corners that cut into the province glyph leave the reader half of it (see
+        READER_VIEW_MARGIN)."""
         ocr = np.asarray(self.reader.log_likelihoods(reading, texts), np.float64)
+        if sight.corners is not None and not sight.two_row and self.reader_view_margin > 0:
+            line = province_view(sight.image, sight.corners, False, self.reader_view_margin)
+            with deadline.stage("plate.read"):
+                wide = self.reader.read_batch([line])[0]
+            ocr = (ocr + np.asarray(self.reader.log_likelihoods(wide, texts), np.float64)) / 2
         if self.province is None:
             return ocr, np.zeros(len(texts))
-        cls = self.province.predict([province_patch(plate, two_row)])[0].astype(np.float64)
+        cls = self.province.predict([sight.patch()])[0].astype(np.float64)
         cls = np.log(np.maximum(cls, 1e-9))
         return ocr, np.tile(cls, len(texts) // len(CLASSES))
 
     def _province_fix(
-        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int, weight: float
+        self, ch: _Choice, reading: Reading, sight: _Sight, n: int, weight: float
     ) -> _Choice:
         """Decide the first character from the reader's and the classifier's beliefs.
 
@@ -422,19 +472,19 @@ class PlateRecognizer:
         if not ch.text:
             return ch
         if not ch.valid:
-            return self._province_repair(ch, reading, plate, two_row, n)
+            return self._province_repair(ch, reading, sight, n)
         if ch.text[0] not in PROVINCES:
             return ch
         seen = province_seen(ch)
         if self.province is not None and weight > 0 and seen < self.province_sure:
-            ch = self._province_redecide(ch, reading, plate, two_row, n, weight)
+            ch = self._province_redecide(ch, reading, sight, n, weight)
         return ch if seen >= PROVINCE_SEEN_MIN else replace(ch, guessed=True)
 
     def _province_redecide(
-        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int, weight: float
+        self, ch: _Choice, reading: Reading, sight: _Sight, n: int, weight: float
     ) -> _Choice:
         texts = [p + ch.text[1:] for p in CLASSES]
-        ocr, cls = self._province_scores(reading, texts, plate, two_row)
+        ocr, cls = self._province_scores(reading, texts, sight)
         post = combine_province(ocr, cls, weight)
         k = int(np.argmax(post))
         text = texts[k]
@@ -442,9 +492,7 @@ class PlateRecognizer:
             return ch
         return _one_char_changed(ch, text, 0, float(post[k]), n)
 
-    def _province_repair(
-        self, ch: _Choice, reading: Reading, plate: np.ndarray, two_row: bool, n: int
-    ) -> _Choice:
+    def _province_repair(self, ch: _Choice, reading: Reading, sight: _Sight, n: int) -> _Choice:
         # Tails: the read with a province put in front, or with its first character replaced.
         tails: list[tuple[str, tuple[float, ...]]] = []
         if ch.text[0] not in PROVINCES:
@@ -455,7 +503,7 @@ class PlateRecognizer:
         if not tails:
             return ch
         texts = [p + tail for tail, _ in tails for p in CLASSES]
-        ocr, cls = self._province_scores(reading, texts, plate, two_row)
+        ocr, cls = self._province_scores(reading, texts, sight)
         post = combine_province(ocr, cls, PROVINCE_REPAIR_WEIGHT)
         order = np.argsort(-post, kind="stable")[:n]
         cands = []
@@ -526,7 +574,8 @@ class PlateRecognizer:
             if self.mode == "cn":
                 ch = self._issuer_fix(ch, rd, n)
                 weight = self.province_weight if warp else self.province_crop_weight
-                ch = self._province_fix(ch, rd, plate, two_row, n, weight)
+                sight = _Sight(images[i], corners[i] if warp else None, plate, two_row)
+                ch = self._province_fix(ch, rd, sight, n, weight)
             ptype = (
                 classify(plate, ch.text, two_row=two_row)
                 if self.mode == "cn"
