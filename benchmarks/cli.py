@@ -505,7 +505,8 @@ def store(base_src: Path, people: int, rounds: int, calls: int, out: Path | None
 @click.option(
     "--startup",
     is_flag=True,
-    help="Instead: gallery open time with a plaintext vs a sealed index file (startup.md).",
+    help="Instead: gallery open time with a plaintext vs a sealed index file (default "
+    "output benchmarks/out/index-startup).",
 )
 @click.option("--repeats", type=int, default=5, show_default=True, help="Opens per variant.")
 def index(
@@ -515,26 +516,23 @@ def index(
     from benchmarks import index_bench
     from recognizer.gallery.index import IVF_PQFS
 
-    dest = _out(out, "index")
     counts = (100_000,) if quick else tuple(int(s) for s in sizes.split(","))
     if startup:
         from benchmarks import startup_bench
 
         work = REPO_ROOT / "benchmarks" / "out" / "startup-work"
-        result = startup_bench.run_startup_bench(counts, dim, repeats, work, dest)
+        result = startup_bench.run_startup_bench(counts, dim, repeats, work)
         click.echo(startup_bench.markdown(result))
-        _done(dest / "startup.md")
+        _done(startup_bench.report(result).write(_out(out, "index-startup")))
         return
     result = index_bench.run_index_bench(
         sizes=counts,
         dim=dim,
         queries=200 if quick else queries,
-        out_dir=dest,
         nprobes=(128, 256) if quick else index_bench.NPROBES,
         kinds=(IVF_PQFS,) if quick else index_bench.APPROXIMATE,
     )
-    (dest / "report.md").write_text("# Index benchmark\n\n" + index_bench.markdown(result))
-    _done(dest / "report.md")
+    _done(index_bench.report(result).write(_out(out, "index")))
 
 
 @bench.command()
@@ -560,10 +558,7 @@ def overload(
     stored for callers who had gone, RetryInfo against the waits observed, p99, RSS.
 
     DATASET is the datasets root holding faces/ and plates/ (default ../shared/datasets)."""
-    import json
-
     from benchmarks import overload as bench_overload
-    from benchmarks.report import to_jsonable
 
     root = dataset or DATASETS
     faces_dir = root / "faces" / "lfw10"
@@ -581,10 +576,8 @@ def overload(
 
         with subprocess_server() as (t, key):
             result = run(t, key)
-    dest = _out(out, "overload")
-    (dest / "results.json").write_text(json.dumps(to_jsonable(result), indent=1))
     click.echo(bench_overload.format_gate_result(result))
-    _done(dest / "results.json")
+    _done(bench_overload.gate_report(result).write(_out(out, "overload")))
 
 
 @bench.command("report")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from benchmarks.report import progress
+from benchmarks.report import Report, progress
 from recognizer.gallery.index import APPROXIMATE, FLAT, VectorIndex
 
 TARGET_MS = 3.0
@@ -231,13 +230,12 @@ def run_index_bench(
     dim: int = 128,
     queries: int = 1000,
     seed: int = 0,
-    out_dir: Path = Path("var/bench/index"),
     threads: int = 1,
     nprobes: tuple[int, ...] = NPROBES,
     flat_b1_queries: int = 200,
     kinds: tuple[str, ...] = APPROXIMATE,
 ) -> dict:
-    """Measure, then write index_bench.json (the results) and index_bench.md (their table)."""
+    """Measure: the results tree (`report` writes it with the shared writer)."""
     faiss.omp_set_num_threads(threads)
     load_before = os.getloadavg()[0]  # latencies on a shared box are only as good as this
     rows = measure(sizes, dim, queries, seed, nprobes, flat_b1_queries, kinds)
@@ -255,10 +253,14 @@ def run_index_bench(
         "target": {"recall_at_1": TARGET_RECALL, "ms_per_query": TARGET_MS},
         "rows": [asdict(r) for r in rows],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "index_bench.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "index_bench.md").write_text(markdown(result))
     return result
+
+
+def report(result: dict) -> Report:
+    """The results with their table, for the shared writer (report.md, results.json)."""
+    rep = Report("Index benchmark", results=result)
+    rep.p(markdown(result))
+    return rep
 
 
 def _yes(flag: bool) -> str:
@@ -300,19 +302,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nprobes", type=int, nargs="+", default=list(NPROBES))
     ap.add_argument("--kinds", nargs="+", default=list(APPROXIMATE), choices=list(APPROXIMATE))
-    ap.add_argument("--out", type=Path, default=Path("var/bench/index"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/index"))
     args = ap.parse_args(argv)
     result = run_index_bench(
         sizes=tuple(args.sizes),
         dim=args.dim,
         queries=args.queries,
         seed=args.seed,
-        out_dir=args.out,
         threads=args.threads,
         nprobes=tuple(args.nprobes),
         kinds=tuple(args.kinds),
     )
     print(markdown(result))
+    report(result).write(args.out)
 
 
 if __name__ == "__main__":

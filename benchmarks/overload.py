@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from benchmarks.report import Report
 from benchmarks.service import check_target
 from devtools.metrics import percentiles
 from recognizer.service.interceptors import API_KEY_HEADER, QUEUE_WAIT_HEADER
@@ -471,6 +472,13 @@ def run_gate_overload(
         "rss_after_over_baseline": after / baseline if baseline else float("nan"),
         "settle_s": settle_s,
     }
+
+
+def gate_report(r: dict[str, Any]) -> Report:
+    """The gate overload results with their summary, for the shared writer."""
+    rep = Report("Gate overload: 30-s and 1-s deadlines", results=r)
+    rep.p("```\n" + format_gate_result(r) + "\n```")
+    return rep
 
 
 def format_gate_result(r: dict[str, Any]) -> str:

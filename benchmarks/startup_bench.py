@@ -13,7 +13,6 @@ were just written), so the figures are CPU cost (read, decrypt, deserialise), no
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import Report
 from recognizer.gallery.gallery import Gallery
 from recognizer.gallery.index import reseal_files
 from recognizer.store.crypto import AesGcmCipher, NullCipher, TemplateCipher
@@ -103,7 +103,7 @@ def open_once(data: Path, cipher: TemplateCipher, dim: int) -> float:
 
 
 def run_startup_bench(
-    sizes: tuple[int, ...], dim: int, repeats: int, work: Path, out_dir: Path, seed: int = 0
+    sizes: tuple[int, ...], dim: int, repeats: int, work: Path, seed: int = 0
 ) -> dict:
     rows = []
     for n in sizes:
@@ -142,11 +142,14 @@ def run_startup_bench(
         )
         for d in (plain, sealed):
             shutil.rmtree(d, ignore_errors=True)
-    result = {"machine": machine(), "dim": dim, "rows": [asdict(r) for r in rows]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "startup.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "startup.md").write_text(markdown(result))
-    return result
+    return {"machine": machine(), "dim": dim, "rows": [asdict(r) for r in rows]}
+
+
+def report(result: dict) -> Report:
+    """The results with their table, for the shared writer (report.md, results.json)."""
+    rep = Report("Gallery start-up: plaintext against sealed index files", results=result)
+    rep.p(markdown(result))
+    return rep
 
 
 def markdown(result: dict) -> str:
