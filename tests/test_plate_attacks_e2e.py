@@ -68,8 +68,8 @@ def test_a_look_alike_plate_never_pays_on_the_plate_only_tier(c: Client) -> None
         tried += 1
         r = authorize(c, vehicle_image=frame)
         # Other modules on the session server bind some scenes' true plates: their owner's
-        # ALLOW is no look-alike paying.
-        if r.outcome == ALLOW and r.payment_ref == f"look-alike-{k}":
+        # ALLOW is no look-alike paying; any look-alike payer charged is.
+        if r.outcome == ALLOW and r.payment_ref.startswith("look-alike-"):
             allowed.append((seen.text, alternatives[0], r.plate.text, sorted(codes(r))))
     assert tried >= 50, tried
     assert allowed == [], f"{len(allowed)} of {tried} look-alikes paid: {allowed[:5]}"
