@@ -329,7 +329,7 @@ def sha256(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--synthetic", type=int, default=40000, help="synthetic training plates")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--validate", action="store_true", help="choose the pipeline weight")
     ap.add_argument(
