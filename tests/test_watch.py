@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
@@ -70,6 +71,41 @@ def decide(running: RunningServer, gate_id: str) -> str:
         payload=response.SerializeToString(),
     )
     return decision_id
+
+
+class SlowHead:
+    """The store, with a slow read of where a watch starts (a busy database)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def decision_head(self) -> Any:
+        time.sleep(0.5)  # the work of a slow read, inside the fake
+        return self._store.decision_head()
+
+
+def test_a_decision_stored_once_the_headers_arrive_is_streamed(tmp_path: Path) -> None:
+    """The stream's start is fixed before its response headers go out: a client that has the
+    headers and then causes a decision sees it, however slowly the start was read."""
+
+    def slow_store(config: Config) -> Engines:
+        return Engines(
+            faces=None, plates=None, gallery=StoreOnly(SlowHead(open_store(config, NullCipher())))
+        )
+
+    running = start_server(tmp_path, runtime_factory=slow_store)
+    try:
+        assert running.runtime.wait(WAIT_S)
+        with closing(client_for(running, "admin")) as c:
+            watch = Watch(c)  # returns once the headers are in
+            decided = decide(running, "G-1")
+            assert watch.next().decision_id == decided
+            watch.close()
+    finally:
+        running.stop(grace=1.0)
 
 
 def test_decisions_stream_as_stored_and_only_the_gate_asked_for(server: RunningServer) -> None:

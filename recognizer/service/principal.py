@@ -45,18 +45,24 @@ def bind_stream(
     bound = bind(behavior, key, method)
 
     def as_principal(request: Any, context: Any) -> Iterator[Any]:
-        stream = iter(bound(request, context))
-        while True:
-            token = _current.set((key, method))
-            try:
-                item = next(stream)
-            except StopIteration:
-                return
-            finally:
-                _current.reset(token)
-            yield item
+        # Called now, not when first read: the handler sets its stream up in the call (a
+        # watch fixes where it starts before the response headers go out).
+        return _steps(iter(bound(request, context)), key, method)
 
     return as_principal
+
+
+def _steps(stream: Iterator[Any], key: ApiKey, method: str) -> Iterator[Any]:
+    """The stream's items, each produced with `key` as the current principal."""
+    while True:
+        token = _current.set((key, method))
+        try:
+            item = next(stream)
+        except StopIteration:
+            return
+        finally:
+            _current.reset(token)
+        yield item
 
 
 def actor() -> str:
