@@ -307,25 +307,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
         allowed = roles_for(details.method)
         if key is not None and role in allowed:
 
-            def as_key(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
-                bound = principal.bind(behavior, key, d.method)
+            def as_key(binder: Callable[..., Behavior]) -> Wrapper:
+                """A unary (principal.bind) or streaming (bind_stream) handler, run as `key`
+                and noted in the access log."""
 
-                def named(request: Any, context: grpc.ServicerContext) -> Any:
-                    note(key=principal.key_name(key))
-                    return bound(request, context)
+                def wrap(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
+                    bound = binder(behavior, key, d.method)
 
-                return named
+                    def named(request: Any, context: grpc.ServicerContext) -> Any:
+                        note(key=principal.key_name(key))
+                        return bound(request, context)
 
-            def stream_as_key(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
-                bound = principal.bind_stream(behavior, key, d.method)
+                    return named
 
-                def named(request: Any, context: grpc.ServicerContext) -> Any:
-                    note(key=principal.key_name(key))
-                    return bound(request, context)
+                return wrap
 
-                return named
-
-            return _wrap(continuation, details, as_key, stream_as_key)
+            return _wrap(
+                continuation, details, as_key(principal.bind), as_key(principal.bind_stream)
+            )
 
         if role is None:
             reason = "API_KEY_INVALID" if presented else "API_KEY_MISSING"
