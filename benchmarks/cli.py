@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from benchmarks.report import DATASETS, REPO_ROOT
+from benchmarks.report import REPO_ROOT
+from devtools.datasets import DATASETS
 
 
 def _default_dir(sub: str) -> Path | None:

@@ -32,6 +32,7 @@ import grpc
 
 from benchmarks.report import Report
 from benchmarks.service import check_target
+from devtools.datasets import DATASETS
 from devtools.metrics import percentiles
 from recognizer.service.interceptors import API_KEY_HEADER, QUEUE_WAIT_HEADER
 from recognizer.v1 import recognition_pb2
@@ -518,7 +519,7 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def _default_image() -> Path:
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "faces" / "lfw10"
+    root = DATASETS / "faces" / "lfw10"
     return sorted(sorted(root.iterdir())[0].iterdir())[0]
 
 

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 
 def shown(path: Path | str) -> str:

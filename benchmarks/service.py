@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import DATASETS, Report, num, plot_lines, progress, shown, to_jsonable
+from benchmarks.report import Report, num, plot_lines, progress, shown, to_jsonable
+from devtools.datasets import DATASETS
 from devtools.metrics import percentiles
 from devtools.stats import median, ratio
 

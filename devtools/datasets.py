@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The shared sample data beside the checkout (README "Data"): every command's default.
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
 FACE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp")
 PLATE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from benchmarks.calibration import GROUPS
+from devtools.datasets import DATASETS
 from recognizer.face.calibration import SCORE_FLOOR_NOTE, compact
 from recognizer.face.pipeline import FacePipeline, build_face_pipeline
 from recognizer.face.types import Selection
@@ -260,9 +261,7 @@ def calibrate(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--datasets", type=Path, default=REPO.parent / "shared" / "datasets" / "faces"
-    )
+    parser.add_argument("--datasets", type=Path, default=DATASETS / "faces")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--profiles", nargs="+", default=["default", "insightface"])
     parser.add_argument(

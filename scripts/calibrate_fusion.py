@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from devtools.datasets import parse_crop_name
+from devtools.datasets import DATASETS, parse_crop_name
 from devtools.synth_plates import SynthConfig, generate_dataset
 from recognizer.face.calibration import FaceCalibration
 from recognizer.fusion import FusionModel, PlateModel, fit_linear_llr
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every character a plate can hold: provinces, letters and digits (look-alikes).
 ALPHABET = sorted(set(PROVINCES) | set("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"))
 SURE_QUANTILE = 0.005  # at most this share of correct reads may fall below the sure bar
-DEFAULT_CROPS = ROOT.parent / "shared" / "datasets" / "plates" / "crops"
+DEFAULT_CROPS = DATASETS / "plates" / "crops"
 
 
 @dataclass(frozen=True, slots=True)

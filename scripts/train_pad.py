@@ -46,11 +46,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from benchmarks import pad_corpus as pc  # noqa: E402
 from benchmarks import pad_model as pm  # noqa: E402
+from devtools.datasets import DATASETS  # noqa: E402
 from recognizer import models as model_store  # noqa: E402
 from recognizer.face.detector import YuNetDetector  # noqa: E402
 from recognizer.onnx import sha256_file  # noqa: E402
 
-SAMPLES = ROOT.parent / "shared" / "datasets"
+SAMPLES = DATASETS
 DEFAULT_PAD = SAMPLES / "pad" / "nuaa"
 DEFAULT_FACES = SAMPLES / "faces"
 DEFAULT_OUT = ROOT / "models" / "trained" / "pad_ref.onnx"

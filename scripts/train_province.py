@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from devtools.datasets import DATASETS
 from devtools.synth_plates import (
     DEFAULT_PROPORTIONS,
     SynthConfig,
@@ -56,7 +57,7 @@ from recognizer.plate.types import PlateType
 
 REPO = Path(__file__).resolve().parents[1]
 
-CROPS = REPO.parent / "shared" / "datasets" / "plates" / "crops"
+CROPS = DATASETS / "plates" / "crops"
 OUT = REPO / "models" / "trained" / "province_cls.onnx"
 SEED = 17
 N_ORIENT = 8

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from devtools.datasets import decode_file, discover_face_sets
+from devtools.datasets import DATASETS, decode_file, discover_face_sets
 from recognizer.face.calibration import FaceCalibration
 from recognizer.face.pipeline import FacePipeline, build_face_pipeline
 from recognizer.models import DEFAULT_MODELS_DIR
-
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def _views(paths: list[Path], faces: FacePipeline) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from devtools.datasets import DATASETS
 from recognizer import models as model_store
 from recognizer.client import Client
 from recognizer.config import load_config
@@ -17,7 +18,6 @@ from recognizer.service.runtime import Runtime
 from recognizer.service.server import RunningServer, create_server
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 KEYS = {"admin": "test-admin-key", "verifier": "test-verifier-key", "gate": "test-gate-key"}
 ENV_KEYS = ",".join(f"{role}:{key}" for role, key in KEYS.items())
 

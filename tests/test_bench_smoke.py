@@ -125,7 +125,7 @@ def test_report_writing(tmp_path: Path) -> None:
     assert fmt(1.23456e-5) == "1.23e-05" and fmt(None) == "n/a" and fmt(True) == "yes"
     # Reports never print a machine's absolute paths: the shared data relative to the checkout,
     # anything else by its own name.
-    from benchmarks.report import DATASETS
+    from devtools.datasets import DATASETS
 
     assert to_jsonable([Path("/elsewhere/my-faces"), DATASETS / "faces"]) == [
         ".../my-faces",
