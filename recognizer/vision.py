@@ -64,6 +64,28 @@ def letterbox(
     return Letterbox(canvas, scale)
 
 
+def blob(
+    image: np.ndarray,
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    scale: float = 1.0,
+    swap_rb: bool = False,
+) -> np.ndarray:
+    """A network input (1, 3, H, W) float32, C-contiguous: `(image - mean) * scale` per channel
+    (`mean` in the output's channel order; `swap_rb`: BGR in, RGB out). One pass per plane:
+    numpy's astype, subtract and transpose with the copy onnxruntime then needs cost about 10 ms
+    on a 960x608 plate-detector input; contiguous planes written in place take under 1 ms."""
+    h, w = image.shape[:2]
+    out = np.empty((1, 3, h, w), np.float32)
+    planes = cv2.split(image)
+    if swap_rb:
+        planes = planes[::-1]
+    for c, plane in enumerate(planes):
+        np.subtract(plane, np.float32(mean[c]), out=out[0, c])
+    if scale != 1.0:
+        out *= np.float32(scale)
+    return out
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int = 0) -> np.ndarray:
     """Greedy non-maximum suppression over x1y1x2y2 boxes: indices kept, best score first.
     A box is dropped when its IoU with a kept one exceeds `iou_threshold`; `top_k` > 0 keeps

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from recognizer.vision import letterbox, nms, to_bgr3
+from recognizer.vision import blob, letterbox, nms, to_bgr3
 
 
 def test_to_bgr3_converts_once_and_passes_bgr_through() -> None:
@@ -43,3 +43,18 @@ def test_nms_matches_opencv() -> None:
     np.testing.assert_array_equal(ours, theirs)
     assert len(nms(boxes, scores, 0.4, top_k=3)) == 3
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).size == 0
+
+
+@pytest.mark.parametrize("shape", [(608, 960, 3), (37, 53, 3), (2, 3, 3), (1, 1, 3)])
+def test_blob_is_the_normalised_image_channels_first(shape: tuple[int, int, int]) -> None:
+    # The detectors' inputs before blob() wrote the planes in place: the values must not move.
+    img = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    mean = np.array((104, 117, 123), np.float32)
+    want = (img.astype(np.float32) - mean).transpose(2, 0, 1)[None]
+    got = blob(img, (104, 117, 123))
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+    assert np.array_equal(got, want)
+    rgb = img[:, :, ::-1].astype(np.float32)
+    scrfd = ((rgb - 127.5) / 128.0).transpose(2, 0, 1)[None]
+    assert np.array_equal(blob(img, (127.5, 127.5, 127.5), 1 / 128.0, swap_rb=True), scrfd)
+    assert np.array_equal(blob(img), img.transpose(2, 0, 1)[None].astype(np.float32))

@@ -14,7 +14,7 @@ import numpy as np
 
 from recognizer.face.types import Face
 from recognizer.onnx import OnnxModel
-from recognizer.vision import letterbox, nms, to_bgr3
+from recognizer.vision import blob, letterbox, nms, to_bgr3
 
 # A face that fills the frame is seen again with this much border on every side (fraction
 # of the longer image side); 0.5 makes the face about half the padded frame.
@@ -114,8 +114,7 @@ class YuNetDetector(_Detector):
 
     def _candidates(self, image_bgr: np.ndarray) -> tuple[_Raw, float]:
         lb = letterbox(image_bgr, self.height, self.width)
-        blob = lb.canvas.transpose(2, 0, 1)[None].astype(np.float32)  # BGR, 0..255
-        out = self.model.run(blob)
+        out = self.model.run(blob(lb.canvas))  # BGR, 0..255
         boxes, lms, scores = [], [], []
         for s in _STRIDES:
             cols = self.width // s
@@ -164,9 +163,7 @@ class ScrfdDetector(_Detector):
     def _candidates(self, image_bgr: np.ndarray) -> tuple[_Raw, float]:
         ih, iw = self._input_size(*image_bgr.shape[:2])
         lb = letterbox(image_bgr, ih, iw)
-        rgb = lb.canvas[:, :, ::-1].astype(np.float32)
-        blob = ((rgb - 127.5) / 128.0).transpose(2, 0, 1)[None]
-        out = self.model.run(blob)
+        out = self.model.run(blob(lb.canvas, (127.5, 127.5, 127.5), 1 / 128.0, swap_rb=True))
         boxes, lms, scores = [], [], []
         for s in _STRIDES:
             cols = iw // s

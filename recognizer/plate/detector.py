@@ -16,10 +16,9 @@ from functools import lru_cache
 import numpy as np
 
 from recognizer.onnx import OnnxModel
-from recognizer.vision import letterbox, nms, to_bgr3
+from recognizer.vision import blob, letterbox, nms, to_bgr3
 
 _MEAN_FILL = (104, 117, 123)
-_MEAN = np.array(_MEAN_FILL, np.float32)
 _LEVELS = ((8, (24.0, 48.0)), (16, (96.0, 192.0)), (32, (384.0, 768.0)))
 _VARIANCE = (0.1, 0.2)
 _CORNER_ORDER = (2, 3, 0, 1)  # model BR, BL, TL, TR -> TL, TR, BR, BL
@@ -111,8 +110,7 @@ class PlateDetector:
         ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
         # Padding is the mean colour, i.e. zero after normalisation.
         lb = letterbox(to_bgr3(image_bgr), ph, pw, scale=scale, fill=_MEAN_FILL)
-        x = lb.canvas.astype(np.float32) - _MEAN
-        return x.transpose(2, 0, 1)[None], scale
+        return blob(lb.canvas, _MEAN_FILL), scale
 
     def _candidates(
         self, image_bgr: np.ndarray, size: int, threshold: float
