@@ -433,3 +433,21 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         text=True,
         timeout=120,
     )
+
+
+@dataclasses.dataclass
+class StoreOnly:
+    """A gallery double: the servicers reach the store through it (a server with no models)."""
+
+    store: Any
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def store_only(config: Config) -> Engines:
+    """A runtime factory: the configured store alone, no models (`start_server`)."""
+    from recognizer.store.crypto import NullCipher
+    from recognizer.store.open import open_store
+
+    return Engines(faces=None, plates=None, gallery=StoreOnly(open_store(config, NullCipher())))

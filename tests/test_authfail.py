@@ -1,10 +1,16 @@
 """Failed authentication is audited at most once per peer (and key) per minute, with a
-count (issue 32): the limiter on an injected clock, no sleeps."""
+count (issue 32): the limiter on an injected clock, no sleeps; and, through a server with
+no models, what it still held is written when it stops."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
+
+from recognizer.client import Client
 from recognizer.service.authfail import (
     OVERFLOW,
     FailedAuthAudit,
@@ -12,7 +18,9 @@ from recognizer.service.authfail import (
     FailureWindow,
     peer_host,
 )
-from tests.helpers import Clock
+from recognizer.v1 import gate_pb2, identity_pb2
+from tests.conftest import client_for, start_server
+from tests.helpers import Clock, store_only
 
 
 def test_a_peer_is_reported_at_once_then_at_most_once_per_window_with_the_count() -> None:
@@ -88,3 +96,62 @@ def test_a_row_that_cannot_be_written_is_counted_again() -> None:
     assert rows == [
         ("", "auth_failed", "ipv4:10.0.0.9", {"count": 2, "reasons": {"API_KEY_MISSING": 2}})
     ]
+
+
+def test_at_shutdown_every_count_still_inside_its_window_is_written() -> None:
+    clock = Clock()
+    rows: list[tuple[Any, ...]] = []
+
+    def write(actor: str, action: str, target: str, detail: dict[str, object]) -> None:
+        rows.append((actor, action, target, detail))
+
+    window = FailureWindow(60.0, clock=clock)
+    audit = FailedAuthAudit(write, window)
+    for _ in range(3):
+        audit.failed("ipv4:10.0.0.7:4000", "", "API_KEY_INVALID")
+    audit.failed("ipv4:10.0.0.8:4000", "env-gate-1", "GATE_OUT_OF_SCOPE")
+    assert len(rows) == 2  # each peer's first at once; two more held for the minute
+    clock.now += 1.0
+    audit.flush()
+    assert len(rows) == 2  # not due yet
+    audit.close()
+    assert rows[2:] == [
+        ("", "auth_failed", "ipv4:10.0.0.7", {"count": 2, "reasons": {"API_KEY_INVALID": 2}})
+    ]
+    assert len(window) == 0
+    audit.close()  # nothing left: nothing written twice
+    assert len(rows) == 3
+
+
+def test_a_stopping_server_writes_the_failures_it_still_held(tmp_path: Path) -> None:
+    running = start_server(
+        tmp_path, runtime_factory=store_only, auth_window=FailureWindow(60.0, clock=Clock())
+    )
+    try:
+        assert running.runtime.wait(30)
+        for key in ("wrong-key", "wrong-key", "", "wrong-key"):
+            stranger = Client.connect(f"127.0.0.1:{running.port}", key, retry=False)
+            with pytest.raises(grpc.RpcError):
+                stranger.identity.ListIdentities(
+                    identity_pb2.ListIdentitiesRequest(), metadata=stranger.metadata
+                )
+            stranger.close()
+    finally:
+        running.stop(grace=1.0)
+    # The data directory again, as the next server opens it.
+    again = start_server(tmp_path, runtime_factory=store_only)
+    try:
+        assert again.runtime.wait(30)
+        admin = client_for(again, "admin")
+        rows = [
+            r
+            for r in admin.admin.ListAudit(
+                gate_pb2.ListAuditRequest(page_size=100), metadata=admin.metadata
+            ).records
+            if r.action == "auth_failed"
+        ]
+        admin.close()
+    finally:
+        again.stop(grace=1.0)
+    counts = sorted(int(r.detail["count"]) for r in rows)
+    assert counts == [1, 3], "the first at once, the three after it at the stop"

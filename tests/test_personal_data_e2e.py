@@ -45,6 +45,7 @@ def key_name(role: str) -> str:
     return f"env-{role}-{hash_key(KEYS[role])[:8]}"
 
 
+SCOPED_KEY = "roles-gate-1-key"  # a gate key that may act for gate G-1 alone
 # The failed-authentication window's clock: only the test that needs a minute to pass moves it.
 AUTH_CLOCK = Clock()
 
@@ -54,6 +55,7 @@ AUTH_CLOCK = Clock()
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with loaded_server(
         tmp_path_factory.mktemp("roles"),
+        extra_keys=f"gate@G-1:{SCOPED_KEY}",
         policies=PolicySet.from_config([POLICY]),
         auth_window=FailureWindow(60.0, clock=AUTH_CLOCK),
     ) as running:
@@ -304,6 +306,37 @@ def test_failed_authentication_is_audited_once_per_peer_a_minute_with_a_count(
     assert len(later) == 2, "the second failure after the minute is counted, not written"
     assert later[1].detail["count"] == 4  # three from the first minute, one after it
     assert dict(later[1].detail["reasons"]) == {"API_KEY_INVALID": 2, "API_KEY_MISSING": 2}
+
+
+def test_a_gate_key_used_at_another_gate_is_audited_as_a_failed_authentication(
+    server: RunningServer, c: Client
+) -> None:
+    # A stolen gate key tried at other gates: refused, and the refusal is in the audit
+    # with the key's name, as an unknown key's would be.
+    scoped = Client.connect(f"127.0.0.1:{server.port}", SCOPED_KEY, retry=False)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            scoped.gate.Authorize(
+                gate_pb2.AuthorizeRequest(
+                    gate_id="G-2",
+                    event_id=uuid.uuid4().hex,
+                    plate_text=PLATE,
+                    amount_minor=100,
+                    currency="CNY",
+                ),
+                metadata=scoped.metadata,
+            )
+    finally:
+        scoped.close()
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    name = f"env-gate-{hash_key(SCOPED_KEY)[:8]}"
+    rows = [
+        r
+        for r in audit(c, identity_id="ipv4:127.0.0.1")
+        if r.action == "auth_failed" and r.key_name == name
+    ]
+    assert len(rows) == 1, [(r.key_name, dict(r.detail)) for r in rows]
+    assert dict(rows[0].detail["reasons"]) == {"GATE_OUT_OF_SCOPE": 1}
 
 
 def test_the_audit_lists_by_time_key_and_identity_in_pages(c: Client, payer: str) -> None:

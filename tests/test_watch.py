@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +27,9 @@ from recognizer.store.crypto import NullCipher
 from recognizer.store.open import open_store
 from recognizer.v1 import gate_pb2
 from tests.conftest import KEYS, client_for, start_server
-from tests.helpers import Watch, authorize_scene, error_reason
+from tests.helpers import StoreOnly, Watch, authorize_scene, error_reason, store_only
 
 WAIT_S = 30.0  # generous: a bound on a hang, not a latency target (that is test-slow's)
-
-
-@dataclass
-class StoreOnly:
-    """A gallery double: the servicers reach the store through it."""
-
-    store: Any
-
-    def close(self) -> None:
-        self.store.close()
-
-
-def store_only(config: Config) -> Engines:
-    return Engines(faces=None, plates=None, gallery=StoreOnly(open_store(config, NullCipher())))
 
 
 @pytest.fixture()

@@ -86,16 +86,26 @@ class FailureWindow:
             self._prune(now)
         return out
 
+    def drain(self) -> list[Failures]:
+        """Every count still held, whatever its window (the server is stopping)."""
+        with self._lock:
+            out = [f for slot, s in self._peers.items() if (f := self._report(slot, s, None))]
+            self._peers.clear()
+        return out
+
     def giveback(self, failures: Failures) -> None:
         """A report that could not be written: count it again with the next one."""
         with self._lock:
             state = self._peers.setdefault((failures.peer, failures.key_name), _Peer())
             state.reasons.update(dict(failures.reasons))
 
-    def _report(self, slot: tuple[str, str], state: _Peer, now: float) -> Failures | None:
+    def _report(self, slot: tuple[str, str], state: _Peer, now: float | None) -> Failures | None:
+        """The counts to write (`now` None: whether due or not), or None."""
         if not state.reasons:
             return None
-        if state.reported_at is not None and now - state.reported_at < self.window_s:
+        if now is None:
+            now = self._clock()
+        elif state.reported_at is not None and now - state.reported_at < self.window_s:
             return None
         state.reported_at = now
         reasons = tuple(sorted(state.reasons.items()))
@@ -131,6 +141,11 @@ class FailedAuthAudit:
 
     def flush(self) -> None:
         for found in self.window.due():
+            self._record(found)
+
+    def close(self) -> None:
+        """Write every count still held (the server stops; nothing is carried over)."""
+        for found in self.window.drain():
             self._record(found)
 
     def _record(self, f: Failures) -> None:

@@ -26,6 +26,7 @@ from recognizer import accounting, deadline, telemetry, tracing
 from recognizer.api import API_KEY_HEADER
 from recognizer.config import ApiKey, Role, hash_key
 from recognizer.deadline import RecentCosts
+from recognizer.errors import PermissionDenied
 from recognizer.service import limits, principal
 from recognizer.service.admission import MethodQueue, QueueOutcome, QueueVerdict, uniform_jitter
 from recognizer.service.errors import build_status, status_for_exception
@@ -560,7 +561,13 @@ def _mapped_stream(stream: Iterator[Any], context: grpc.ServicerContext) -> Iter
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Domain exceptions -> rich status; unexpected ones -> INTERNAL without a trace."""
+    """Domain exceptions -> rich status; unexpected ones -> INTERNAL without a trace. A
+    known key refused a resource (a gate outside its scope) goes to `on_denied`, the
+    failed-authentication audit, as an unknown key does: a stolen gate key tried at other
+    gates is an attack on the payment path."""
+
+    def __init__(self, on_denied: OnFailure | None = None) -> None:
+        self._on_denied = on_denied
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         def wrapper(behavior: Behavior, d: grpc.HandlerCallDetails) -> Behavior:
@@ -571,6 +578,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 except Exception as exc:
                     if _aborted(context):
                         raise  # the servicer already chose a status
+                    if isinstance(exc, PermissionDenied) and self._on_denied is not None:
+                        self._on_denied(context.peer(), principal.actor(), exc.reason)
                     abort(context, status_for_exception(exc))
 
             return mapped

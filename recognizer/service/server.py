@@ -134,6 +134,7 @@ class RunningServer:
     metrics_port: int = 0
     feed: DecisionFeed | None = None
     idle: Callable[[], bool] = _no_admission  # True: no call of any method runs or waits
+    failed_auth: FailedAuthAudit | None = None
 
     def stop(self, grace: float | None = 5.0, drain_s: float = 0.0) -> None:
         """Drain (health NOT_SERVING for `drain_s` while calls are still served, so load
@@ -146,6 +147,8 @@ class RunningServer:
         if self.feed is not None:  # watch streams end now, not at the end of the grace
             self.feed.close()
         self.server.stop(grace).wait()
+        if self.failed_auth is not None:  # counts held for their minute, while the store is open
+            self.failed_auth.close()
         self.runtime.interrupt_store()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
@@ -192,7 +195,7 @@ def create_server(
             ObserveInterceptor(metrics),
             AuthInterceptor(config.api_keys, failed_auth.failed),
             admission,
-            ErrorInterceptor(),
+            ErrorInterceptor(failed_auth.failed),
         ],
         options=[
             ("grpc.max_receive_message_length", config.max_receive_bytes),
@@ -296,6 +299,7 @@ def create_server(
         metrics_port,
         feed,
         admission.idle,
+        failed_auth,
     )
 
 
