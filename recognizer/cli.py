@@ -67,7 +67,7 @@ def serve(
     """Run the gRPC server until SIGTERM."""
     from recognizer.config import ConfigError, load_config
     from recognizer.service import logs
-    from recognizer.service.server import PortBusy
+    from recognizer.service.server import LoadFailed, PortBusy
     from recognizer.service.server import serve as run
 
     logs.configure(log_level)
@@ -109,7 +109,7 @@ def serve(
         sys.exit(2)
     try:
         run(config)
-    except PortBusy as exc:
+    except (PortBusy, LoadFailed) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     finally:

@@ -77,6 +77,25 @@ def test_a_second_server_names_the_busy_port_and_exits_2(tmp_path: Path) -> None
         assert first.terminate() == 0
 
 
+def test_a_node_whose_models_do_not_load_exits_2_naming_them(tmp_path: Path) -> None:
+    # A node that can never serve stops, so its supervisor restarts it and alerts; before,
+    # it stayed up NOT_SERVING for good.
+    models = tmp_path / "models"
+    models.mkdir()
+    proc = serve_once(
+        tmp_path / "data",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        env={"RECOGNIZER_MODELS_DIR": str(models)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert str(models) in line and "recognizer models fetch" in line
+
+
 def test_with_metrics_off_and_another_data_dir_both_serve(tmp_path: Path) -> None:
     metrics = {"RECOGNIZER_METRICS_PORT": str(free_port())}
     first = procserver.start(tmp_path / "a", extra_env=metrics)

@@ -63,6 +63,12 @@ class PortBusy(RuntimeError):
         self.setting = setting
 
 
+class LoadFailed(RuntimeError):
+    """The node's models or store could not be loaded: a node that can never serve stops
+    (`recognizer serve` exits 2 with this line), so its supervisor restarts it and alerts,
+    rather than leaving it NOT_SERVING for good."""
+
+
 def _serving(ok: bool) -> Any:
     return (
         health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -338,12 +344,12 @@ def serve(config: Config) -> None:
     runtime = Runtime(config)
 
     def on_loaded(ok: bool) -> None:
-        # A template key that does not fit the store stops the process (nothing was written),
-        # and so does a database still unreachable after database_wait_s.
+        # Whatever failed to load stops the process: a template key that does not fit the
+        # store (nothing was written), a database still unreachable after database_wait_s, a
+        # model file missing or not the one the manifest pins.
         if not ok and isinstance(runtime.error, TemplateKeyError):
             log.error("template key refused: %s", runtime.error)
-            done.set()
-        if not ok and isinstance(runtime.error, DatabaseUnreachable):
+        if not ok:
             done.set()
 
     runtime.on_change(on_loaded)
@@ -356,8 +362,13 @@ def serve(config: Config) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     done.wait()
-    failed = isinstance(runtime.error, TemplateKeyError | DatabaseUnreachable)
-    running.stop(grace=config.stop_grace_s, drain_s=0.0 if failed else config.drain_s)
+    error = runtime.error
+    running.stop(grace=config.stop_grace_s, drain_s=0.0 if error else config.drain_s)
     log.info("stopped")
-    if failed:
+    if isinstance(error, TemplateKeyError | DatabaseUnreachable):
         raise SystemExit(2)
+    if error is not None:
+        raise LoadFailed(
+            f"the node could not load its engines: {error} (models from {config.models_dir}, "
+            f"profile {config.profile}; `recognizer models fetch` fetches and checks them)"
+        )
