@@ -122,16 +122,22 @@ def text_checks(run: SystemRun) -> TextChecks:
 
 
 def match_reads(truths: Sequence[str], reads: Sequence[str]) -> list[str]:
-    """Pair each true plate with the closest unused read ('' when none is left)."""
-    left = list(reads)
-    out = []
-    for t in truths:
-        if not left:
-            out.append("")
-            continue
-        best = min(left, key=lambda r: edit_distance(t, r))
-        left.remove(best)
-        out.append(best)
+    """Pair true plates with reads ('' when none is left), the closest pair of the frame first.
+
+    Pairing each plate in label order with its closest read let an earlier plate that was not
+    read take a later plate's exact read (津KNG518.jpg: the unread 津AHP676 took 津AD9823, and
+    the 津AD9823 plate counted as missed); the closest pairs over the whole frame go first."""
+    pairs = sorted(
+        (edit_distance(t, r), i, j) for i, t in enumerate(truths) for j, r in enumerate(reads)
+    )
+    out = [""] * len(truths)
+    used_t: set[int] = set()
+    used_r: set[int] = set()
+    for _, i, j in pairs:
+        if i not in used_t and j not in used_r:
+            out[i] = reads[j]
+            used_t.add(i)
+            used_r.add(j)
     return out
 
 
