@@ -736,7 +736,8 @@ def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[Pla
     """The frame stages of issue 28's second round, each taken out in turn: the burned-in
     text erase (recognizer/plate/overlay.py), the far pass keeping a first-size sure read
     (a plate the far pass finds again is otherwise read again) and the reader's wider view
-    of an unsure province (pipeline.READER_VIEW_MARGIN). ReadPlates' path (`read`),
+    of an unsure province (pipeline.READER_VIEW_MARGIN); and the readers' vote on a doubtful
+    character (pipeline.VOTE_BELOW). ReadPlates' path (`read`),
     every labelled plate of the frame sets: exact = the plate among the frame's reads."""
     from recognizer.plate.pipeline import build_plate_recognizer
 
@@ -749,6 +750,7 @@ def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[Pla
         "no stamp erase": {"erase_stamps": False},
         "far pass re-reads sure plates": {"settle_sure": False},
         "province from the line alone (no wider view)": {"reader_view_margin": 0.0},
+        "no vote of the readers on doubtful characters": {"vote_below": 0.0},
     }
     rows, res = [], {}
     for name, change in variants.items():
