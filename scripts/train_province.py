@@ -536,7 +536,7 @@ def validate(path: Path, val_files: list[Path]) -> None:
 
 
 # --- the readers' vote -----------------------------------------------------------------------
-VOTE_GRID = (0.0, 0.5, 0.7, 0.9)  # pipeline.VOTE_BELOW; 0: no vote
+VOTE_GRID = (0.0, 0.7, 0.5, 0.9)  # pipeline.VOTE_BELOW; 0: no vote (0 and 0.7 first)
 FAR = SynthConfig(scene=True, frame_size=(1280, 960), scene_plate_width=(70, 160))
 
 

@@ -443,6 +443,10 @@ def test_a_sure_character_is_not_voted_on() -> None:
     alt = _FakeReader("alt", ["苏F71648"], probs=(0.99, 0.99, 1, 1, 1, 1, 0.99))
     r = PlateRecognizer(None, main, alt).read_crop(_blue_frame())
     assert r.text == "皖E71648"
+    # A faint suffix read as a digit by the alternative reader stays the suffix.
+    learner = _FakeReader("main", ["陕Y9797学"], probs=(0.9, 1, 1, 1, 1, 1, 0.5))
+    digit = _FakeReader("alt", ["陕Y97979"], probs=(0.9, 1, 1, 1, 1, 1, 0.99))
+    assert PlateRecognizer(None, learner, digit).read_crop(_blue_frame()).text == "陕Y9797学"
 
 
 def test_pipeline_main_likelihood_settles_unclean_reads() -> None:

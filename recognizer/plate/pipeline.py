@@ -183,15 +183,18 @@ def doubtful(ch: _Choice, below: float = VOTE_BELOW) -> bool:
 
 
 def _position_vote(main: _Choice, alt: _Choice, mode: Mode, n: int, below: float) -> _Choice:
-    """Per position after the province: the alternative reader's character where the main
-    reader was below `below` and the alternative reader at or above it (PP-OCRv4 reads a
-    worn F as E at 0.44, F second; clp_v2_c reads F at 0.97)."""
+    """Per position after the province: the alternative reader's letter or digit where the
+    main reader's letter or digit was below `below` and the alternative reader at or above it
+    (PP-OCRv4 reads a worn F as E at 0.44, F second; clp_v2_c reads F at 0.97). A suffix (学,
+    警, ...) is never voted away: clp_v2_c reads a faint one as a digit with high confidence
+    (synthetic frames seed 7: 陕Y9797学 -> 陕Y97979)."""
     k = len(main.text)
     if len(alt.text) != k or len(main.char_probs) != k or len(alt.char_probs) != k:
         return main
     chars, probs = list(main.text), list(main.char_probs)
     for i in range(1, k):
-        if chars[i] != alt.text[i] and probs[i] < below <= alt.char_probs[i]:
+        swap = chars[i] in ALNUM and alt.text[i] in ALNUM and chars[i] != alt.text[i]
+        if swap and probs[i] < below <= alt.char_probs[i]:
             chars[i], probs[i] = alt.text[i], alt.char_probs[i]
     return _with_chars(main, chars, probs, mode, n)
 
