@@ -447,6 +447,15 @@ def test_a_sure_character_is_not_voted_on() -> None:
     learner = _FakeReader("main", ["陕Y9797学"], probs=(0.9, 1, 1, 1, 1, 1, 0.5))
     digit = _FakeReader("alt", ["陕Y97979"], probs=(0.9, 1, 1, 1, 1, 1, 0.99))
     assert PlateRecognizer(None, learner, digit).read_crop(_blue_frame()).text == "陕Y9797学"
+    # The main reader's letter is not given up for a digit; its digit is for a letter.
+    letter = _FakeReader("main", ["苏FK547Q"], probs=(0.9, 1, 1, 1, 1, 1, 0.5))
+    zero = _FakeReader("alt", ["苏FK5470"], probs=(0.9, 1, 1, 1, 1, 1, 0.99))
+    assert PlateRecognizer(None, letter, zero).read_crop(_blue_frame()).text == "苏FK547Q"
+    digit_main = _FakeReader("main", ["辽F90JD0"], probs=(0.9, 1, 1, 0.5, 1, 1, 1))
+    letter_alt = _FakeReader("alt", ["辽F9QJD0"], probs=(0.9, 1, 1, 0.99, 1, 1, 1))
+    assert PlateRecognizer(None, digit_main, letter_alt).read_crop(_blue_frame()).text == (
+        "辽F9QJD0"
+    )
 
 
 def test_pipeline_main_likelihood_settles_unclean_reads() -> None:

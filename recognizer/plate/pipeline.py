@@ -17,7 +17,9 @@ from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_co
 from recognizer.plate.detector import PlateDetection, PlateDetector
 from recognizer.plate.grammar import (
     ALNUM,
+    DIGITS,
     ISSUER,
+    LETTERS_NO_IO,
     PLATE_ALPHABET,
     PROVINCES,
     Mode,
@@ -187,14 +189,18 @@ def _position_vote(main: _Choice, alt: _Choice, mode: Mode, n: int, below: float
     main reader's letter or digit was below `below` and the alternative reader at or above it
     (PP-OCRv4 reads a worn F as E at 0.44, F second; clp_v2_c reads F at 0.97). A suffix (学,
     警, ...) is never voted away: clp_v2_c reads a faint one as a digit with high confidence
-    (synthetic frames seed 7: 陕Y9797学 -> 陕Y97979)."""
+    (synthetic frames seed 7: 陕Y9797学 -> 陕Y97979). Nor is the main reader's letter given up
+    for a digit: both readers lean towards digits (see _DIGIT_TO_LETTERS; synthetic crops
+    seed 1: 3 Q read by PP-OCRv4 turned into clp_v2_c's 0, every one wrong)."""
     k = len(main.text)
     if len(alt.text) != k or len(main.char_probs) != k or len(alt.char_probs) != k:
         return main
     chars, probs = list(main.text), list(main.char_probs)
     for i in range(1, k):
-        swap = chars[i] in ALNUM and alt.text[i] in ALNUM and chars[i] != alt.text[i]
-        if swap and probs[i] < below <= alt.char_probs[i]:
+        main_c, alt_c = chars[i], alt.text[i]
+        swap = main_c in ALNUM and alt_c in ALNUM and main_c != alt_c
+        to_digit = main_c in LETTERS_NO_IO and alt_c in DIGITS
+        if swap and not to_digit and probs[i] < below <= alt.char_probs[i]:
             chars[i], probs[i] = alt.text[i], alt.char_probs[i]
     return _with_chars(main, chars, probs, mode, n)
 
