@@ -122,16 +122,22 @@ def text_checks(run: SystemRun) -> TextChecks:
 
 
 def match_reads(truths: Sequence[str], reads: Sequence[str]) -> list[str]:
-    """Pair each true plate with the closest unused read ('' when none is left)."""
-    left = list(reads)
-    out = []
-    for t in truths:
-        if not left:
-            out.append("")
-            continue
-        best = min(left, key=lambda r: edit_distance(t, r))
-        left.remove(best)
-        out.append(best)
+    """Pair true plates with reads ('' when none is left), the closest pair of the frame first.
+
+    Pairing each plate in label order with its closest read let an earlier plate that was not
+    read take a later plate's exact read (津KNG518.jpg: the unread 津AHP676 took 津AD9823, and
+    the 津AD9823 plate counted as missed); the closest pairs over the whole frame go first."""
+    pairs = sorted(
+        (edit_distance(t, r), i, j) for i, t in enumerate(truths) for j, r in enumerate(reads)
+    )
+    out = [""] * len(truths)
+    used_t: set[int] = set()
+    used_r: set[int] = set()
+    for _, i, j in pairs:
+        if i not in used_t and j not in used_r:
+            out[i] = reads[j]
+            used_t.add(i)
+            used_r.add(j)
     return out
 
 
@@ -730,7 +736,8 @@ def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[Pla
     """The frame stages of issue 28's second round, each taken out in turn: the burned-in
     text erase (recognizer/plate/overlay.py), the far pass keeping a first-size sure read
     (a plate the far pass finds again is otherwise read again) and the reader's wider view
-    of an unsure province (pipeline.READER_VIEW_MARGIN). ReadPlates' path (`read`),
+    of an unsure province (pipeline.READER_VIEW_MARGIN); and the readers' vote on a doubtful
+    character (pipeline.VOTE_BELOW). ReadPlates' path (`read`),
     every labelled plate of the frame sets: exact = the plate among the frame's reads."""
     from recognizer.plate.pipeline import build_plate_recognizer
 
@@ -743,6 +750,7 @@ def frame_stage_section(rep: Report, results: dict[str, Any], sets: Sequence[Pla
         "no stamp erase": {"erase_stamps": False},
         "far pass re-reads sure plates": {"settle_sure": False},
         "province from the line alone (no wider view)": {"reader_view_margin": 0.0},
+        "no vote of the readers on doubtful characters": {"vote_below": 0.0},
     }
     rows, res = [], {}
     for name, change in variants.items():

@@ -267,8 +267,10 @@ class _FakeReader:
         trailing: Sequence[tuple[str, float]] = (),
         likelihoods: Mapping[str, float] | None = None,
         first: float | None = None,  # the first character's probability, when not p
+        probs: Sequence[float] | None = None,  # every character's probability, when given
     ) -> None:
         self.name, self.texts, self.p, self.calls = name, list(texts), p, 0
+        self.probs = None if probs is None else tuple(probs)
         self.trailing = tuple(trailing)
         self.likelihoods = dict(likelihoods or {})
         self.first = p if first is None else first
@@ -283,6 +285,8 @@ class _FakeReader:
             text = self.texts[self.calls % len(self.texts)]
             self.calls += 1
             probs = (self.first, *(self.p,) * (len(text) - 1)) if text else ()
+            if self.probs is not None:
+                probs = self.probs
             alts = tuple(((c, q),) for c, q in zip(text, probs, strict=True))
             out.append(
                 Reading(
@@ -414,6 +418,44 @@ def test_pipeline_cross_check_prefers_letters() -> None:
     alt2 = _FakeReader("alt", ["皖A05031"])  # the main reader's letter is kept
     rec2 = PlateRecognizer(None, main2, alt2, cross_check=True)
     assert rec2.read_crop(_blue_frame()).text == "皖AU5031"
+
+
+def test_a_doubtful_character_is_voted_on_by_the_alternative_reader() -> None:
+    # PP-OCRv4 reads a worn F as E at 0.44; clp_v2_c is sure of the F.
+    main = _FakeReader("main", ["皖E71646"], probs=(0.6, 0.44, 1, 1, 1, 1, 1))
+    alt = _FakeReader("alt", ["皖F71646"], probs=(0.7, 0.97, 1, 1, 1, 1, 1))
+    r = PlateRecognizer(None, main, alt).read_crop(_blue_frame())
+    assert (r.text, alt.calls) == ("皖F71646", 1)
+    assert [c.text for c in r.candidates[:2]] == ["皖F71646", "皖E71646"]
+    assert r.char_confidences[1] == 0.97
+    # The alternative reader unsure there too: the main read stands.
+    unsure = _FakeReader("alt", ["皖F71646"], probs=(0.7, 0.5, 1, 1, 1, 1, 1))
+    assert PlateRecognizer(None, main, unsure).read_crop(_blue_frame()).text == "皖E71646"
+    # Off (vote_below 0): the alternative reader is not run on the clean line.
+    off = _FakeReader("alt", ["皖F71646"], probs=(0.7, 0.97, 1, 1, 1, 1, 1))
+    rec = PlateRecognizer(None, main, off, vote_below=0.0)
+    assert (rec.read_crop(_blue_frame()).text, off.calls) == ("皖E71646", 0)
+
+
+def test_a_sure_character_is_not_voted_on() -> None:
+    # Only positions after the province, and only where the main reader is doubtful, change.
+    main = _FakeReader("main", ["皖E71646"], probs=(0.3, 0.95, 1, 1, 1, 1, 0.5))
+    alt = _FakeReader("alt", ["苏F71648"], probs=(0.99, 0.99, 1, 1, 1, 1, 0.99))
+    r = PlateRecognizer(None, main, alt).read_crop(_blue_frame())
+    assert r.text == "皖E71648"
+    # A faint suffix read as a digit by the alternative reader stays the suffix.
+    learner = _FakeReader("main", ["陕Y9797学"], probs=(0.9, 1, 1, 1, 1, 1, 0.5))
+    digit = _FakeReader("alt", ["陕Y97979"], probs=(0.9, 1, 1, 1, 1, 1, 0.99))
+    assert PlateRecognizer(None, learner, digit).read_crop(_blue_frame()).text == "陕Y9797学"
+    # The main reader's letter is not given up for a digit; its digit is for a letter.
+    letter = _FakeReader("main", ["苏FK547Q"], probs=(0.9, 1, 1, 1, 1, 1, 0.5))
+    zero = _FakeReader("alt", ["苏FK5470"], probs=(0.9, 1, 1, 1, 1, 1, 0.99))
+    assert PlateRecognizer(None, letter, zero).read_crop(_blue_frame()).text == "苏FK547Q"
+    digit_main = _FakeReader("main", ["辽F90JD0"], probs=(0.9, 1, 1, 0.5, 1, 1, 1))
+    letter_alt = _FakeReader("alt", ["辽F9QJD0"], probs=(0.9, 1, 1, 0.99, 1, 1, 1))
+    assert PlateRecognizer(None, digit_main, letter_alt).read_crop(_blue_frame()).text == (
+        "辽F9QJD0"
+    )
 
 
 def test_pipeline_main_likelihood_settles_unclean_reads() -> None:
