@@ -97,6 +97,13 @@ def test_truth_type_and_matching() -> None:
         "京A11112",
     ]
     assert match_reads(["粤B12345"], []) == [""]
+    # An unread plate listed first must not take a later plate's exact read (津KNG518.jpg of
+    # the street set: label order gave 津AHP676 the read of 津AD9823).
+    assert match_reads(["津KNG518", "津AHP676", "津AD9823"], ["津AD9823", "津KNG518"]) == [
+        "津KNG518",
+        "",
+        "津AD9823",
+    ]
 
 
 def test_pair_scores_known_answer() -> None:
