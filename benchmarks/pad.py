@@ -319,6 +319,7 @@ def _results(
             "attack_threshold": th.attack,
             "live_threshold": th.live,
             "context": m.stage.context,
+            "min_context": m.stage.min_context,
             "held_out": m.held_out,
         },
         "face_sets": [
@@ -443,7 +444,8 @@ def _report_shipped(rep: Report, m: Measured) -> None:
         f"`{shown(stage.model.path)}` (trained by `scripts/train_pad.py` on "
         f"{meta.get('sources', '?')}, {meta.get('samples', '?')}): attack below "
         f"{th.attack:.3f}, live from {th.live:.3f}, uncertain between; context "
-        f"{stage.context:g}x the face box."
+        f"{stage.context:g}x the face box (down to {stage.min_context:g}x where the frame "
+        "holds no more)."
     )
     if held_out:
         rep.p(

@@ -43,6 +43,7 @@ def leave_set_out_models(
                 str(pad_root),
                 str(faces_root),
                 len(corpus),
+                int(corpus.trainable.sum()),
                 pm.L2_GRID,
                 pm.REAL_ATTACK_WEIGHT,
                 pc.ps.VERSION,

@@ -22,7 +22,9 @@ result loads by its sha256 like any user model (config `liveness_model` and
 
 Each frame's largest YuNet face is cropped with context exactly as the service crops it
 (recognizer/face/liveness.py; faces without the evidence, e.g. crop mostly outside the
-frame, are left out as the service never scores them), the fixed features come from the
+frame, are left out as the service never scores them, and so are tight photos the service
+crops with a context shrunk to the frame: they are validated, not trained on), the fixed
+features come from the
 feature part of the very graph that is shipped (benchmarks/pad_model.py), and a logistic
 regression is fitted in numpy. Its L2 strength, calibration and both thresholds come from
 out-of-fold scores over folds disjoint by subject and by set (benchmarks/pad_model.py
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     held = {h for h in hold.split(",") if h}
     subject = np.array([g.split("/", 1)[1] for g in corpus.group])
-    keep = ~np.isin(subject, sorted(held))
+    # Faces cropped with a context shrunk to the frame are scored by the service but never
+    # trained on (benchmarks/pad_corpus.py).
+    keep = ~np.isin(subject, sorted(held)) & corpus.trainable
     corpus = corpus.subset(keep)
     live = corpus.live
     if live.all() or not live.any():

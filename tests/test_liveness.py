@@ -17,6 +17,8 @@ from recognizer.face.liveness import (
     build_liveness,
     context_box,
     context_crop,
+    fitted_context,
+    outside_fraction,
 )
 from recognizer.face.pipeline import build_face_pipeline
 from recognizer.face.types import LivenessDecision, Selection
@@ -143,7 +145,7 @@ def test_without_the_evidence_a_face_is_uncertain_never_an_attack(stage: Livenes
     grey = np.repeat(colour[..., :1], 3, axis=2)
     middle, corner, tiny = (
         _face(270, 190, 370, 290),
-        _face(0, 0, 100, 100),
+        _face(-30, -30, 70, 70),  # cut by the frame: even a tight crop is half outside
         _face(300, 200, 330, 230),
     )
     decided, in_corner, small = strict.assess(colour, [middle, corner, tiny])
@@ -170,3 +172,38 @@ def test_grayscale_sample_faces_are_uncertain_never_attack(stage: LivenessStage,
                 assert f.liveness.decision is LivenessDecision.UNCERTAIN, (path, f.liveness)
                 seen += 1
     assert seen >= 6
+
+
+def test_a_face_near_the_frame_edge_is_cropped_with_the_context_the_frame_holds() -> None:
+    shape = (250, 250, 3)
+    edge = np.array([25, 20, 225, 220], np.float32)  # a tight web photo: 1.6x leaves it
+    assert outside_fraction(shape, edge, 1.6) > 0.3
+    c = fitted_context(shape, edge, 1.6, 1.2)
+    assert 1.2 <= c < 1.6 and outside_fraction(shape, edge, c) <= 0.3
+    # The largest that fits: one step more context would leave the frame by too much.
+    assert outside_fraction(shape, edge, c + 0.05) > 0.3
+    middle = np.array([100, 100, 150, 150], np.float32)
+    assert fitted_context(shape, middle, 1.6, 1.2) == 1.6  # room: never shrunk
+    assert fitted_context(shape, edge, 1.6, 1.6) == 1.6  # a model without min_context
+    cut = np.array([-60, -60, 60, 60], np.float32)
+    assert fitted_context(shape, cut, 1.6, 1.2) == 1.2  # nothing fits: the smallest
+
+
+def test_a_tight_photo_is_judged_where_a_model_without_min_context_says_uncertain(
+    stage: LivenessStage,
+) -> None:
+    # Thresholds at 1: every face the model decides on is ATTACK, so the decision shows
+    # whether the evidence was judged missing.
+    strict = LivenessThresholds(1.0, 1.0)
+    fitted = LivenessStage(stage.model, strict, context=1.6, min_context=1.2)
+    fixed = LivenessStage(stage.model, strict, context=1.6, min_context=1.6)
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 255, (250, 250, 3), dtype=np.uint8)
+    edge, cut = _face(25, 20, 225, 220), _face(-60, -60, 60, 60)
+    judged, still_cut = fitted.assess(photo, [edge, cut])
+    assert judged.decision is LivenessDecision.ATTACK and not judged.missing
+    assert still_cut.decision is LivenessDecision.UNCERTAIN and "outside" in still_cut.missing
+    (unjudged,) = fixed.assess(photo, [edge])
+    assert unjudged.decision is LivenessDecision.UNCERTAIN and "outside" in unjudged.missing
+    # The crop is the fitted one: what the model sees differs from the fixed 1.6x crop.
+    assert not np.array_equal(fitted.crops(photo, [edge]), fixed.crops(photo, [edge]))

@@ -210,3 +210,28 @@ def test_with_the_switch_off_the_same_print_enrols(admin: Client) -> None:
         metadata=md,
     )
     assert len(resp.faces) == 1 and resp.faces[0].face.liveness == common_pb2.LIVENESS_ATTACK
+
+
+def test_a_tight_photo_is_judged_and_a_face_the_frame_cuts_is_uncertain(c: Client) -> None:
+    """A web photo whose 1.6x context crop would leave the frame is cropped with the context
+    the frame holds and judged (the model never trained on it: scripts/train_pad.py leaves
+    such faces out); the same photo cut through the face lacks the evidence: UNCERTAIN,
+    never ATTACK."""
+    path = files_in(dataset("faces", "misc", "Barack_Obama"), "*.jpg")[4]  # _0005: 330 px wide
+    md = c.metadata
+    det = c.recognition.DetectFaces(
+        recognition_pb2.DetectFacesRequest(image=path.read_bytes()), metadata=md
+    )
+    face = det.faces[0]
+    img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    side = max(face.box.x2 - face.box.x1, face.box.y2 - face.box.y1)
+    assert 1.6 * side > img.shape[1], "the full context crop does not fit this photo"
+    assert face.liveness == common_pb2.LIVENESS_LIVE, face.liveness_score
+    cut = img[:, round((face.box.x1 + face.box.x2) / 2) :]  # the frame's edge through the face
+    ok, buf = cv2.imencode(".png", cut)
+    assert ok
+    det = c.recognition.DetectFaces(
+        recognition_pb2.DetectFacesRequest(image=buf.tobytes()), metadata=md
+    )
+    assert det.faces, "the half face is still detected"
+    assert det.faces[0].liveness == common_pb2.LIVENESS_UNCERTAIN, det.faces[0].liveness_score

@@ -232,3 +232,41 @@ def test_fold_models_leave_their_set_out_and_the_bench_scores_each_set_with_its_
         assert faces.liveness == "shipped", "restored after every event"
     assert seen[0] is fold.stages["s1"] and seen[2] is fold.stages["s2"]
     assert seen[1] == "shipped", "a set without a fold model (grey) keeps the shipped model"
+
+
+def test_faces_cropped_with_a_shrunk_context_are_scored_but_never_trained_on() -> None:
+    from benchmarks import pad_eval as pe
+    from benchmarks.pad_corpus import Corpus
+
+    rng = np.random.default_rng(2)
+    kinds, sources, groups = [], [], []
+    for src in ("s1", "s2", "s3"):
+        for person in range(3):
+            for kind in ("live", "live", "print", "replay"):
+                kinds.append(kind)
+                sources.append(src)
+                groups.append(f"{src}/{person}")
+    n = len(kinds)
+    kind = np.array(kinds)
+    x = np.stack([(kind == "live") + 0.1 * rng.standard_normal(n), rng.standard_normal(n)], 1)
+    fitted = np.arange(n) % 4 == 1  # one bona fide photo per person is a tight one
+    corpus = Corpus(
+        np.array(sources),
+        np.array(groups),
+        kind,
+        kind != "live",
+        np.zeros((n, 3, 1, 1), np.uint8),
+        0,
+        fitted,
+    )
+    assert np.array_equal(corpus.trainable, ~fitted)
+    assert np.array_equal(corpus.subset(np.arange(n) < 8).trainable, ~fitted[:8])
+    train = corpus.source != "s1"
+    trained = pe.fit(corpus, x, train)
+    assert len(trained.oof_scores) == int((train & ~fitted).sum()), "never trained on"
+    test = ~train
+    fold, _ = pe.report("leave set out", "s1", corpus, x, trained, test)
+    # ...but scored where left out: every real bona fide face of s1, tight ones included.
+    assert fold.bpcer.total == int((test & (kind == "live")).sum())
+    older = Corpus(corpus.source, corpus.group, kind, corpus.synthetic, corpus.crops, 0)
+    assert older.trainable.all(), "a corpus without the flag trains on every sample"

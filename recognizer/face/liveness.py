@@ -12,12 +12,17 @@ Model input spec (the shipped model and any user model, see README "Liveness"):
 - output 0: [N] or [N, 1], the probability that the face is live, 0..1;
 - optional metadata "attack_threshold" and "live_threshold" (config values override them):
   score < attack_threshold is ATTACK, score >= live_threshold is LIVE, between is UNCERTAIN;
-- optional metadata "max_outside" (default 0.3) and "min_face_px" (default 40): see below.
+- optional metadata "max_outside" (default 0.3) and "min_face_px" (default 40): see below;
+- optional metadata "min_context" (default: `context`, no shrinking): for a face whose
+  `context` crop would leave the image by more than `max_outside` (a tight photo), the
+  largest context down to `min_context` that keeps within it (:func:`fitted_context`); the
+  model must have been trained on crops made the same way (scripts/train_pad.py does).
 
 A face without the evidence the model needs is UNCERTAIN, never ATTACK, whatever its score
 (:func:`evidence_missing`): a frame with no colour (grayscale or IR: identical channels), a
-face smaller than `min_face_px`, or a context crop more than `max_outside` of whose area lies
-outside the image (the crop would be mostly grey padding, which the model never learned from).
+face smaller than `min_face_px`, or a crop more than `max_outside` of whose area lies outside
+the image even at `min_context` (it would be mostly grey padding, which the model never
+learned from).
 
 Pure numpy + OpenCV: no gRPC types; results are frozen slotted dataclasses.
 """
@@ -43,6 +48,7 @@ DEFAULT_SIZE = 128
 PAD_VALUE = 127
 MAX_OUTSIDE = 0.3  # fraction of the context crop outside the image: more is UNCERTAIN
 MIN_FACE_PX = 40.0  # a face box side below this is UNCERTAIN (QualityConfig.min_size_px)
+CONTEXT_STEP = 0.05  # fitted_context tries contexts this far apart
 GREY_TOLERANCE = 2.0  # mean |B-G|, |G-R| at or below this (grey levels): a frame without colour
 
 
@@ -82,6 +88,26 @@ def outside_fraction(shape: tuple[int, ...], box: np.ndarray, context: float) ->
     return 1.0 - iw * ih / float(side * side)
 
 
+def fitted_context(
+    shape: tuple[int, ...],
+    box: np.ndarray,
+    context: float,
+    min_context: float,
+    max_outside: float = MAX_OUTSIDE,
+) -> float:
+    """The context to crop this face with: `context`, or, where more than `max_outside` of
+    that crop lies outside the image (a tight web photo, a face near the frame's edge), the
+    largest context down to `min_context` whose crop keeps within it. When none does, it is
+    `min_context` (and :func:`evidence_missing` says so). Never above `context`."""
+    min_context = min(context, min_context)
+    steps = max(0, int(np.ceil((context - min_context) / CONTEXT_STEP - 1e-9)))
+    for k in range(steps + 1):  # bounded: one crop geometry per step
+        c = max(min_context, context - k * CONTEXT_STEP)
+        if outside_fraction(shape, box, c) <= max_outside:
+            return c
+    return min_context
+
+
 def is_colourless(image_bgr: np.ndarray, box: np.ndarray | None = None) -> bool:
     """True for a grey or IR frame: one channel, or channels equal (around the face when a
     box is given; JPEG chroma noise is tolerated)."""
@@ -109,7 +135,7 @@ def evidence_missing(
     min_face_px: float = MIN_FACE_PX,
 ) -> str | None:
     """Why this face cannot be judged live or attack (None when it can): the decision is
-    UNCERTAIN, never ATTACK, for these."""
+    UNCERTAIN, never ATTACK, for these. `context`: the one the crop uses (fitted)."""
     if is_colourless(image_bgr, box):
         return "no colour in the frame (grayscale or IR)"
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -148,6 +174,7 @@ class LivenessStage:
         thresholds: LivenessThresholds | None = None,
         *,
         context: float | None = None,
+        min_context: float | None = None,
         info: ModelInfo | None = None,
     ) -> None:
         self.model = model
@@ -169,12 +196,19 @@ class LivenessStage:
         )
         self.max_outside = float(meta.get("max_outside", MAX_OUTSIDE))
         self.min_face_px = float(meta.get("min_face_px", MIN_FACE_PX))
+        if min_context is None:
+            min_context = float(meta.get("min_context", 0) or self.context)
+        self.min_context = min(self.context, min_context)
         self.info = info
+
+    def context_for(self, shape: tuple[int, ...], face: Face) -> float:
+        """This face's crop context (:func:`fitted_context`)."""
+        return fitted_context(shape, face.box, self.context, self.min_context, self.max_outside)
 
     def crops(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """The model input for these faces: float32 [N, 3, H, W], BGR 0..255."""
         img = to_bgr3(image_bgr)
-        batch = [context_crop(img, f.box, self.size, self.context) for f in faces]
+        batch = [context_crop(img, f.box, self.size, self.context_for(img.shape, f)) for f in faces]
         return np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32)
 
     def scores(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
@@ -188,7 +222,7 @@ class LivenessStage:
         return evidence_missing(
             image_bgr,
             face.box,
-            self.context,
+            self.context_for(image_bgr.shape, face),
             max_outside=self.max_outside,
             min_face_px=self.min_face_px,
         )
