@@ -7,6 +7,7 @@ import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -33,13 +34,15 @@ def copy_of(name: str, tmp_path: Path) -> Path:
 
 
 def user_version(db: Path) -> int:
-    with sqlite3.connect(db) as c:
+    with closing(sqlite3.connect(db)) as c:
         return int(c.execute("PRAGMA user_version").fetchone()[0])
 
 
-def test_the_fixture_is_the_previous_release() -> None:
-    assert user_version(RELEASE / "plain" / "recognizer.db") == 1
-    assert user_version(RELEASE / "encrypted" / "recognizer.db") == 1
+def test_the_fixture_is_the_previous_release(tmp_path: Path) -> None:
+    # Copies, never the committed files: opening those in place makes -shm/-wal beside them,
+    # and another xdist worker copying the same directory saw them vanish mid-copy.
+    assert user_version(copy_of("plain", tmp_path) / "recognizer.db") == 1
+    assert user_version(copy_of("encrypted", tmp_path) / "recognizer.db") == 1
     assert SCHEMA_VERSION == max(MIGRATIONS) >= 2
 
 

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -293,8 +294,12 @@ def release_pats() -> dict[bytes, str]:
     return needles(p["names"], p["plates"], p["payment_refs"])
 
 
-def test_the_fixture_is_the_previous_release_with_plaintext_fields() -> None:
-    with sqlite3.connect(RELEASE / "encrypted" / "recognizer.db") as c:
+def test_the_fixture_is_the_previous_release_with_plaintext_fields(tmp_path: Path) -> None:
+    # A copy, never the committed files: opening those in place leaves -shm/-wal beside them
+    # until the connection is collected, and a copy or scan of the directory then (here or in
+    # another xdist worker) saw them vanish mid-read.
+    data, _ = release_copy("encrypted", tmp_path / "data")
+    with closing(sqlite3.connect(data / "recognizer.db")) as c:
         assert int(c.execute("PRAGMA user_version").fetchone()[0]) == 3 == SCHEMA_VERSION - 1
     assert scan([RELEASE / "encrypted"], release_pats())  # what the upgrade must remove
 
