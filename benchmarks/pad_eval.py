@@ -13,7 +13,8 @@ of the same shape), and it is reported on the left-out part at those thresholds.
   of left-out subjects.
 
 APCER: attacks at or above the fold's live threshold (accepted as LIVE). BPCER: bona fide
-below it (not LIVE). "called ATTACK": bona fide below the fold's attack threshold.
+below it (not LIVE). "called ATTACK": bona fide below the fold's attack threshold, but for
+faces cropped with a shrunk context, which the service never calls ATTACK.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def report(
     kind, syn = c.kind[test], c.synthetic[test]
     bona = (kind == "live") & ~syn
     var = (kind == "live") & syn
+    # A face cropped with a shrunk context is never called ATTACK (liveness.SHRUNK).
+    attack = (s < th.attack) & c.trainable[test]
     return (
         FoldReport(
             protocol,
@@ -87,7 +90,7 @@ def report(
             th.attack,
             th.live,
             _rate(s[bona] < th.live),
-            _rate(s[bona] < th.attack),
+            _rate(attack[bona]),
             _rate(s[var] < th.live),
             _rate(s[kind == "print"] >= th.live),
             _rate(s[kind == "replay"] >= th.live),

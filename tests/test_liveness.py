@@ -12,6 +12,7 @@ from recognizer import models as model_store
 from recognizer.face.liveness import (
     PAD_VALUE,
     SHIPPED_MODEL,
+    SHRUNK,
     LivenessStage,
     LivenessThresholds,
     build_liveness,
@@ -192,18 +193,30 @@ def test_a_face_near_the_frame_edge_is_cropped_with_the_context_the_frame_holds(
 def test_a_tight_photo_is_judged_where_a_model_without_min_context_says_uncertain(
     stage: LivenessStage,
 ) -> None:
-    # Thresholds at 1: every face the model decides on is ATTACK, so the decision shows
+    # Thresholds at 0: every face the model decides on is LIVE, so the decision shows
     # whether the evidence was judged missing.
-    strict = LivenessThresholds(1.0, 1.0)
-    fitted = LivenessStage(stage.model, strict, context=1.6, min_context=1.2)
-    fixed = LivenessStage(stage.model, strict, context=1.6, min_context=1.6)
+    lenient = LivenessThresholds(0.0, 0.0)
+    fitted = LivenessStage(stage.model, lenient, context=1.6, min_context=1.2)
+    fixed = LivenessStage(stage.model, lenient, context=1.6, min_context=1.6)
     rng = np.random.default_rng(1)
     photo = rng.integers(0, 255, (250, 250, 3), dtype=np.uint8)
     edge, cut = _face(25, 20, 225, 220), _face(-60, -60, 60, 60)
     judged, still_cut = fitted.assess(photo, [edge, cut])
-    assert judged.decision is LivenessDecision.ATTACK and not judged.missing
+    assert judged.decision is LivenessDecision.LIVE and not judged.missing
     assert still_cut.decision is LivenessDecision.UNCERTAIN and "outside" in still_cut.missing
     (unjudged,) = fixed.assess(photo, [edge])
     assert unjudged.decision is LivenessDecision.UNCERTAIN and "outside" in unjudged.missing
+    # Thresholds at 1 (every score an attack's): a face judged on a shrunk context is
+    # UNCERTAIN, never ATTACK; the same face with the model's own context is an ATTACK.
+    strict = LivenessThresholds(1.0, 1.0)
+    (tight,) = LivenessStage(stage.model, strict, context=1.6, min_context=1.2).assess(
+        photo, [edge]
+    )
+    assert tight.decision is LivenessDecision.UNCERTAIN and tight.missing == SHRUNK
+    middle = _face(100, 100, 150, 150)
+    (roomy,) = LivenessStage(stage.model, strict, context=1.6, min_context=1.2).assess(
+        photo, [middle]
+    )
+    assert roomy.decision is LivenessDecision.ATTACK
     # The crop is the fitted one: what the model sees differs from the fixed 1.6x crop.
     assert not np.array_equal(fitted.crops(photo, [edge]), fixed.crops(photo, [edge]))

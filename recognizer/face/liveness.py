@@ -22,7 +22,7 @@ A face without the evidence the model needs is UNCERTAIN, never ATTACK, whatever
 (:func:`evidence_missing`): a frame with no colour (grayscale or IR: identical channels), a
 face smaller than `min_face_px`, or a crop more than `max_outside` of whose area lies outside
 the image even at `min_context` (it would be mostly grey padding, which the model never
-learned from).
+learned from). A face judged on a shrunk context is LIVE or UNCERTAIN, never ATTACK (SHRUNK).
 
 Pure numpy + OpenCV: no gRPC types; results are frozen slotted dataclasses.
 """
@@ -49,6 +49,11 @@ PAD_VALUE = 127
 MAX_OUTSIDE = 0.3  # fraction of the context crop outside the image: more is UNCERTAIN
 MIN_FACE_PX = 40.0  # a face box side below this is UNCERTAIN (QualityConfig.min_size_px)
 CONTEXT_STEP = 0.05  # fitted_context tries contexts this far apart
+# A face judged on a shrunk context (a tight photo) is LIVE or UNCERTAIN, never ATTACK: a live
+# score there is evidence, an attack score is not (a print's edge or a screen's bezel, and the
+# face's surroundings, are outside the crop; tight crops of live NUAA webcam faces scored as
+# attacks 9 times in 32). What the issue asks of tight crops: UNCERTAIN, never ATTACK.
+SHRUNK = "judged on a context shrunk to the frame: too little of it to call an attack"
 GREY_TOLERANCE = 2.0  # mean |B-G|, |G-R| at or below this (grey levels): a frame without colour
 
 
@@ -232,12 +237,19 @@ class LivenessStage:
         whose evidence is missing is UNCERTAIN with the reason, its score still reported."""
         out = []
         for face, s in zip(faces, self.scores(image_bgr, faces), strict=True):
+            decision = self.thresholds.decide(float(s))
             why = self.missing(image_bgr, face)
+            if why is None and decision is LivenessDecision.ATTACK and self.shrunk(image_bgr, face):
+                why = SHRUNK
             if why is not None:
                 out.append(Liveness(float(s), LivenessDecision.UNCERTAIN, why))
             else:
-                out.append(Liveness(float(s), self.thresholds.decide(float(s))))
+                out.append(Liveness(float(s), decision))
         return out
+
+    def shrunk(self, image_bgr: np.ndarray, face: Face) -> bool:
+        """Whether this face is cropped with less context than the model's own."""
+        return self.context_for(image_bgr.shape, face) < self.context
 
 
 def build_liveness(
