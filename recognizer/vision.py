@@ -73,7 +73,7 @@ def blob(
     """A network input (1, 3, H, W) float32, C-contiguous: `(image - mean) * scale` per channel
     (`mean` in the output's channel order; `swap_rb`: BGR in, RGB out). One pass per plane:
     numpy's astype, subtract and transpose with the copy onnxruntime then needs cost about 10 ms
-    on a 960x608 plate-detector input; contiguous planes written in place take under 1 ms."""
+    on a 960x608 plate-detector input; contiguous planes written in place take 1-2 ms."""
     h, w = image.shape[:2]
     out = np.empty((1, 3, h, w), np.float32)
     planes = cv2.split(image)
