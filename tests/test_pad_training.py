@@ -3,6 +3,7 @@ and `scripts/train_pad.py --data DIR` on a site's own (here: generated) frames."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -147,30 +148,30 @@ def test_train_pad_retrains_on_a_sites_own_folder(tmp_path: Path) -> None:
     assert float(meta["context"]) == pm.CONTEXT
 
 
-def test_cross_attack_models_are_scored_on_the_attack_they_never_saw() -> None:
-    from benchmarks import pad_eval as pe
+def _toy_corpus(fitted: np.ndarray | None = None):  # type: ignore[no-untyped-def]
+    """A toy corpus (no pixels): three sources of three people, each with two bona fide
+    photos, a print and a replay; the attacks are the synthetic ones."""
     from benchmarks.pad_corpus import Corpus
 
+    rows = [
+        (src, f"{src}/{person}", kind)
+        for src in ("s1", "s2", "s3")
+        for person in range(3)
+        for kind in ("live", "live", "print", "replay")
+    ]
+    source, group, kind = (np.array(col) for col in zip(*rows, strict=True))
+    n = len(rows)
+    return Corpus(source, group, kind, kind != "live", np.zeros((n, 3, 1, 1), np.uint8), 0, fitted)
+
+
+def test_cross_attack_models_are_scored_on_the_attack_they_never_saw() -> None:
+    from benchmarks import pad_eval as pe
+
     rng = np.random.default_rng(0)
-    kinds, sources, groups = [], [], []
-    for src in ("s1", "s2", "s3"):
-        for person in range(3):
-            for kind in ("live", "live", "print", "replay"):
-                kinds.append(kind)
-                sources.append(src)
-                groups.append(f"{src}/{person}")
-    n = len(kinds)
-    kind = np.array(kinds)
+    corpus = _toy_corpus()
+    kind, n = corpus.kind, len(corpus)
     # One feature says "attack"; a second separates prints from replays.
     x = np.stack([(kind == "live") + 0.1 * rng.standard_normal(n), (kind == "print") * 1.0], 1)
-    corpus = Corpus(
-        np.array(sources),
-        np.array(groups),
-        kind,
-        kind != "live",
-        np.zeros((n, 3, 1, 1), np.uint8),
-        0,
-    )
     folds = pe.cross_attack(corpus, x, k=0)
     prints_only = [f for f in folds if f.protocol == "prints only"]
     replays_only = [f for f in folds if f.protocol == "replays only"]
@@ -236,29 +237,13 @@ def test_fold_models_leave_their_set_out_and_the_bench_scores_each_set_with_its_
 
 def test_faces_cropped_with_a_shrunk_context_are_scored_but_never_trained_on() -> None:
     from benchmarks import pad_eval as pe
-    from benchmarks.pad_corpus import Corpus
 
     rng = np.random.default_rng(2)
-    kinds, sources, groups = [], [], []
-    for src in ("s1", "s2", "s3"):
-        for person in range(3):
-            for kind in ("live", "live", "print", "replay"):
-                kinds.append(kind)
-                sources.append(src)
-                groups.append(f"{src}/{person}")
-    n = len(kinds)
-    kind = np.array(kinds)
-    x = np.stack([(kind == "live") + 0.1 * rng.standard_normal(n), rng.standard_normal(n)], 1)
+    n = len(_toy_corpus())
     fitted = np.arange(n) % 4 == 1  # one bona fide photo per person is a tight one
-    corpus = Corpus(
-        np.array(sources),
-        np.array(groups),
-        kind,
-        kind != "live",
-        np.zeros((n, 3, 1, 1), np.uint8),
-        0,
-        fitted,
-    )
+    corpus = _toy_corpus(fitted)
+    kind = corpus.kind
+    x = np.stack([(kind == "live") + 0.1 * rng.standard_normal(n), rng.standard_normal(n)], 1)
     assert np.array_equal(corpus.trainable, ~fitted)
     assert np.array_equal(corpus.subset(np.arange(n) < 8).trainable, ~fitted[:8])
     train = corpus.source != "s1"
@@ -268,5 +253,5 @@ def test_faces_cropped_with_a_shrunk_context_are_scored_but_never_trained_on() -
     fold, _ = pe.report("leave set out", "s1", corpus, x, trained, test)
     # ...but scored where left out: every real bona fide face of s1, tight ones included.
     assert fold.bpcer.total == int((test & (kind == "live")).sum())
-    older = Corpus(corpus.source, corpus.group, kind, corpus.synthetic, corpus.crops, 0)
+    older = dataclasses.replace(corpus, fitted=None)
     assert older.trainable.all(), "a corpus without the flag trains on every sample"
