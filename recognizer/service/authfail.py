@@ -88,8 +88,13 @@ class FailureWindow:
 
     def drain(self) -> list[Failures]:
         """Every count still held, whatever its window (the server is stopping)."""
+        now = self._clock()
         with self._lock:
-            out = [f for slot, s in self._peers.items() if (f := self._report(slot, s, None))]
+            out = [
+                f
+                for slot, s in self._peers.items()
+                if (f := self._report(slot, s, now, due_only=False))
+            ]
             self._peers.clear()
         return out
 
@@ -99,13 +104,13 @@ class FailureWindow:
             state = self._peers.setdefault((failures.peer, failures.key_name), _Peer())
             state.reasons.update(dict(failures.reasons))
 
-    def _report(self, slot: tuple[str, str], state: _Peer, now: float | None) -> Failures | None:
-        """The counts to write (`now` None: whether due or not), or None."""
+    def _report(
+        self, slot: tuple[str, str], state: _Peer, now: float, *, due_only: bool = True
+    ) -> Failures | None:
+        """The counts to write, or None (none held, or, with `due_only`, its window not past)."""
         if not state.reasons:
             return None
-        if now is None:
-            now = self._clock()
-        elif state.reported_at is not None and now - state.reported_at < self.window_s:
+        if due_only and state.reported_at is not None and now - state.reported_at < self.window_s:
             return None
         state.reported_at = now
         reasons = tuple(sorted(state.reasons.items()))
