@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -332,9 +334,20 @@ class _TwoPassDetector(_FakeDetector):
     def __init__(self) -> None:
         super().__init__([])
         self.passes: list[tuple[int, ...]] = []
+        self.threads: list[str] = []  # where each pass's model ran
 
     def sizes_for(self, image_bgr: np.ndarray) -> tuple[int, ...]:
         return (576, 960)
+
+    def candidates(
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        self.passes.append(sizes or self.sizes_for(image_bgr))
+        self.threads.append(threading.current_thread().name)
+        return []
 
     def detect(
         self,
@@ -343,9 +356,11 @@ class _TwoPassDetector(_FakeDetector):
         score_threshold: float | None = None,
         keep: Sequence[PlateDetection] = (),
         settled: Sequence[PlateDetection] = (),
+        found: object = None,
     ) -> list[PlateDetection]:
         sizes = sizes or self.sizes_for(image_bgr)
-        self.passes.append(sizes)
+        if found is None:  # else the pass ran ahead, in candidates
+            self.candidates(image_bgr, sizes)
         # The second pass finds the near plate again, with a box that outranks the first
         # pass's in the NMS unless that one is settled (read for sure).
         near = list(settled) or [_det(10)]
@@ -362,16 +377,24 @@ class _TwoPassDetector(_FakeDetector):
         (lambda reads: False, 0.995, [(576,)], 1, 1),  # ... unless the first read is sure
     ],
 )
+@pytest.mark.parametrize("pool", [False, True])
 def test_the_far_plate_pass_runs_only_when_the_first_is_not_enough(
-    enough: object, p: float, passes: list[tuple[int, ...]], plates: int, reads: int
+    enough: object, p: float, passes: list[tuple[int, ...]], plates: int, reads: int, pool: bool
 ) -> None:
     det = _TwoPassDetector()
     reader = _FakeReader("main", ["皖A12345", "京A54321", "皖A12345"], p=p)
-    rec = PlateRecognizer(det, reader, None)
-    res = rec.read(_blue_frame(), enough=enough)  # type: ignore[arg-type]
-    assert det.passes == passes and len(res) == plates
+    with ThreadPoolExecutor(1, thread_name_prefix="far") as executor:
+        rec = PlateRecognizer(det, reader, None, pool=executor if pool else None)
+        res = rec.read(_blue_frame(), enough=enough)  # type: ignore[arg-type]
+    assert sorted(det.passes) == passes and len(res) == plates
     assert sorted(r.text for r in res) == sorted(["皖A12345", "京A54321"][:plates])
     assert reader.calls == reads  # a plate read for sure is not read again by the far pass
+    # Given a pool, ReadPlates (every plate) runs the far pass there, beside the first; the
+    # gate's far pass depends on the first pass's reads, so it never runs ahead.
+    ran = dict(zip(det.passes, det.threads, strict=True))
+    assert ran[(576,)] == "MainThread"
+    if (960,) in ran:
+        assert ran[(960,)].startswith("far") == (pool and enough is None)
 
 
 def test_a_text_of_no_pattern_is_no_read() -> None:

@@ -57,6 +57,10 @@ def _priors(height: int, width: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
+# One detector pass: boxes (K, 4), corners (K, 4, 2) in frame pixels and scores (K,).
+Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 class PlateDetector:
     """Plates in a frame. A frame much larger than ``input_size`` is also searched at
     ``large_size``: shrunk to 576, a far plate in a 1400-pixel frame falls below the
@@ -112,9 +116,19 @@ class PlateDetector:
         lb = letterbox(to_bgr3(image_bgr), ph, pw, scale=scale, fill=_MEAN_FILL)
         return blob(lb.canvas, _MEAN_FILL), scale
 
-    def _candidates(
-        self, image_bgr: np.ndarray, size: int, threshold: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidates(
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Candidates]:
+        """The model's boxes at each size, before any NMS: what `detect` merges. A caller
+        may run a pass ahead of time (in another thread) and hand it to `detect`."""
+        sizes = sizes or self.sizes_for(image_bgr)
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        return [self._candidates(image_bgr, size, threshold) for size in sizes]
+
+    def _candidates(self, image_bgr: np.ndarray, size: int, threshold: float) -> Candidates:
         """Boxes (K, 4), corners (K, 4, 2) in frame pixels and scores (K,) above threshold."""
         x, scale = self.preprocess(image_bgr, size)
         loc, conf, landms = self.model.run(x)
@@ -137,6 +151,7 @@ class PlateDetector:
         score_threshold: float | None = None,
         keep: Sequence[PlateDetection] = (),
         settled: Sequence[PlateDetection] = (),
+        found: Sequence[Candidates] | None = None,
     ) -> list[PlateDetection]:
         """Plates at each input size (default `sizes_for`), through one NMS; boxes scoring
         at least `score_threshold` (default: the detector's own). `keep`: detections of an
@@ -144,10 +159,10 @@ class PlateDetector:
         another size adds the plates it alone finds); the ones that survive are returned as
         the same objects, so a caller knows which plates it has already read. `settled`: such
         detections whose plates were read for sure; they outrank every other box (a new box
-        of the same plate would only be read again)."""
-        sizes = sizes or self.sizes_for(image_bgr)
-        threshold = self.score_threshold if score_threshold is None else score_threshold
-        found = [self._candidates(image_bgr, size, threshold) for size in sizes]
+        of the same plate would only be read again). `found`: `candidates` of these sizes,
+        already computed."""
+        if found is None:
+            found = self.candidates(image_bgr, sizes, score_threshold)
         old = [*settled, *keep]
         boxes = np.concatenate([*(d.box[None] for d in old), *(f[0] for f in found)])
         corners = np.concatenate([*(d.corners[None] for d in old), *(f[1] for f in found)])

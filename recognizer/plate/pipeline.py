@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -10,11 +12,12 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from recognizer import deadline
+from recognizer import accounting, deadline
 from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo, find_entry, require
 from recognizer.models import load as load_model
+from recognizer.onnx import cores_taken, idle_parallel
 from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
-from recognizer.plate.detector import PlateDetection, PlateDetector
+from recognizer.plate.detector import Candidates, PlateDetection, PlateDetector
 from recognizer.plate.grammar import (
     ALNUM,
     DIGITS,
@@ -60,7 +63,14 @@ class Detector(Protocol):
         score_threshold: float | None = None,
         keep: Sequence[PlateDetection] = (),
         settled: Sequence[PlateDetection] = (),
+        found: Sequence[Candidates] | None = None,
     ) -> list[PlateDetection]: ...
+    def candidates(
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Candidates]: ...
     def detect_again(self, image_bgr: np.ndarray) -> list[PlateDetection]: ...
 
 
@@ -350,6 +360,7 @@ class PlateRecognizer:
         settle_sure: bool = True,
         reader_view_margin: float = READER_VIEW_MARGIN,
         vote_below: float = VOTE_BELOW,
+        pool: Executor | None = None,
     ) -> None:
         self.detector = detector
         self.reader = reader
@@ -367,6 +378,9 @@ class PlateRecognizer:
         self.settle_sure = settle_sure  # the far pass does not re-read a plate read for sure
         self.reader_view_margin = reader_view_margin  # 0: the province from the line alone
         self.vote_below = vote_below  # 0: no vote between the readers on clean lines
+        # Where `read` without `enough` runs the far pass's detector, beside the first pass
+        # and its reads (they do not depend on each other); None: one after the other.
+        self.pool = pool
 
     # -- reading -------------------------------------------------------------------------
     def _choose(self, reading: Reading, n: int) -> _Choice:
@@ -692,6 +706,47 @@ class PlateRecognizer:
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
         sizes = self.detector.sizes_for(image_bgr)
+        far = sizes[1:] if enough is None and self.pool is not None else ()
+        with cores_taken() if far else contextlib.nullcontext():
+            ahead = self._far_pass_ahead(image_bgr, far)
+            try:
+                found = self._read_sizes(image_bgr, sizes, max_candidates, enough, ahead)
+            finally:
+                if ahead is not None:
+                    ahead.cancel()  # the first pass failed (a deadline) before it was needed
+        if found or not self.retry:
+            return found
+        # Nothing read: a second look (larger, lower threshold; see detect_again). Its weaker
+        # boxes count only when they read as a valid plate.
+        with deadline.stage("plate.detect"):
+            dets = self.detector.detect_again(image_bgr)
+        return [r for r in self._kept(self._read_detections(image_bgr, dets, max_candidates))
+                if r.pattern_valid]  # fmt: skip
+
+    def _far_pass_ahead(
+        self, image_bgr: np.ndarray, far: tuple[int, ...]
+    ) -> Future[list[Candidates]] | None:
+        """The far pass's detector, started in the pool, when it will run whatever the first
+        pass reads (`far`: its sizes, or none). The two passes take one core each."""
+        if not far or self.pool is None or self.detector is None:
+            return None
+        detector = self.detector
+
+        def run() -> list[Candidates]:
+            with deadline.stage("plate.detect"):
+                return detector.candidates(image_bgr, far)
+
+        return accounting.submit(self.pool, run)
+
+    def _read_sizes(
+        self,
+        image_bgr: np.ndarray,
+        sizes: tuple[int, ...],
+        max_candidates: int,
+        enough: Callable[[list[PlateResult]], bool] | None,
+        ahead: Future[list[Candidates]] | None,
+    ) -> list[PlateResult]:
+        assert self.detector is not None
         with deadline.stage("plate.detect"):
             dets = self.detector.detect(image_bgr, sizes[:1])
         reads = self._read_detections(image_bgr, dets, max_candidates)
@@ -704,21 +759,21 @@ class PlateRecognizer:
             sure = [self.settle_sure and self.sure_read(r) for r in reads]
             settled = [d for d, s in zip(dets, sure, strict=True) if s]
             unsure = [d for d, s in zip(dets, sure, strict=True) if not s]
-            with deadline.stage("plate.detect"):
-                merged = self.detector.detect(image_bgr, sizes[1:], keep=unsure, settled=settled)
+            if ahead is not None:
+                merged = self.detector.detect(
+                    image_bgr, sizes[1:], keep=unsure, settled=settled, found=ahead.result()
+                )
+            else:
+                with deadline.stage("plate.detect"):
+                    merged = self.detector.detect(
+                        image_bgr, sizes[1:], keep=unsure, settled=settled
+                    )
             known = {id(d): r for d, r in zip(dets, reads, strict=True)}
             new = [d for d in merged if id(d) not in known]
             more = self._read_detections(image_bgr, new, max_candidates)
             fresh = dict(zip(map(id, new), more, strict=True))
             found = self._kept([known.get(id(d)) or fresh[id(d)] for d in merged])
-        if found or not self.retry:
-            return found
-        # Nothing read: a second look (larger, lower threshold; see detect_again). Its weaker
-        # boxes count only when they read as a valid plate.
-        with deadline.stage("plate.detect"):
-            dets = self.detector.detect_again(image_bgr)
-        return [r for r in self._kept(self._read_detections(image_bgr, dets, max_candidates))
-                if r.pattern_valid]  # fmt: skip
+        return found
 
     def sure_read(self, read: PlateResult) -> bool:
         """A read that more detector passes cannot improve: a valid plate of the mode whose
@@ -770,11 +825,13 @@ def build_plate_recognizer(
     detector_size: int = 576,
     detector_large_size: int | None = DETECTOR_LARGE_SIZE,
     province: bool = True,
+    pool: Executor | None = None,
 ) -> PlateRecognizer:
     """The production configuration: clp_det (at two sizes on large frames) + PP-OCRv4 rec,
-    clp_v2_c as the fallback, the project's province classifier on the first character."""
+    clp_v2_c as the fallback, the project's province classifier on the first character.
+    `pool`: see PlateRecognizer.pool."""
     models_dir = Path(models_dir)
-    det, det_info = load_model("plate_det", models_dir)
+    det, det_info = load_model("plate_det", models_dir, idle_parallel())
     ppocr, ppocr_info = load_model("ppocr_rec", models_dir)
     clp, clp_info = load_model("clp_rec", models_dir)
     clp_dict = require(find_entry("clp_dict", models_dir), models_dir)
@@ -796,5 +853,13 @@ def build_plate_recognizer(
         det, input_size=detector_size, score_threshold=0.2, large_size=detector_large_size
     )
     return PlateRecognizer(
-        detector, main, alt, mode, versions, cross_check=False, province=classifier, retry=True
+        detector,
+        main,
+        alt,
+        mode,
+        versions,
+        cross_check=False,
+        province=classifier,
+        retry=True,
+        pool=pool,
     )

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class Engines:
     follower: Any = None  # recognizer.gallery.follower.Follower, on a shared store only
     normalize_plate: Callable[[str], str] = str.upper  # lenient: readers' output, unbinding
     parse_plate: Callable[[str, str], str] = lambda text, field: text.upper()  # (text, field)
+    pools: tuple[Executor, ...] = ()  # threads the engines were given; shut down at close
 
     @property
     def model_versions(self) -> tuple[Any, ...]:
@@ -96,7 +98,9 @@ def default_engines(config: Config, clock: Callable[[], float] = time.time) -> E
         return parse_plate(text, config.plate_mode, field)
 
     faces = build_face_pipeline(config.profile, config.models_dir, liveness=liveness_stage(config))
-    plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode)
+    # ReadPlates runs a large frame's far pass here, beside its first pass.
+    far_pass = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plate-far")
+    plates = build_plate_recognizer(config.models_dir, mode=config.plate_mode, pool=far_pass)
     private_dir(config.data_dir)  # the index file lives here whatever the store
     store = open_store(config, cipher_from_env(warn=True))
     found = store.schema_upgraded_from
@@ -151,7 +155,15 @@ def default_engines(config: Config, clock: Callable[[], float] = time.time) -> E
             clock=clock,
         )
     return Engines(
-        faces, plates, gallery, identity, gate, follower, normalize_plate, parse_client_plate
+        faces,
+        plates,
+        gallery,
+        identity,
+        gate,
+        follower,
+        normalize_plate,
+        parse_client_plate,
+        pools=(far_pass,),
     )
 
 
@@ -275,6 +287,8 @@ class Runtime:
             eng.follower.stop()
         if eng.gate is not None:
             eng.gate.close()
+        for pool in eng.pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         if eng.gallery is not None:
             try:
                 eng.gallery.close()
