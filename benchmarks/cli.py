@@ -165,6 +165,13 @@ def plates(
     "ReadPlates and Authorize (payer's car, stranger's car, 70/30 mix) in interleaved rounds.",
 )
 @click.option("--rounds", type=click.IntRange(1, 50), default=5, help="Rounds with --base-src.")
+@click.option(
+    "--base-env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A RECOGNIZER_* setting of the --base-src server only (repeatable); with --base-src . "
+    "the same code with one setting changed, e.g. RECOGNIZER_IDLE_MODEL_THREADS=1.",
+)
 @out_option("service")
 @quick_option
 def service(
@@ -175,6 +182,7 @@ def service(
     profile: str,
     base_src: Path | None,
     rounds: int,
+    base_env: tuple[str, ...],
     out: Path | None,
     quick: bool,
 ) -> None:
@@ -187,6 +195,14 @@ def service(
 
     root = dataset or DATASETS
     faces_dir = root / "faces" / "lfw10" if (root / "faces" / "lfw10").is_dir() else root / "faces"
+    settings: dict[str, str] = {}
+    for item in base_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("RECOGNIZER_"):
+            raise click.BadParameter(
+                f"{item!r}: entries look like RECOGNIZER_NAME=VALUE", param_hint="--base-env"
+            )
+        settings[name] = value
     if base_src is not None:
         dest = _out(out, "service-vs-base")
         bench_service.run_compare(
@@ -197,6 +213,7 @@ def service(
             requests=n_requests or (16 if quick else 40),
             rounds=rounds,
             profile=profile,
+            base_env=settings,
         )
         _done(dest / "report.md")
         return

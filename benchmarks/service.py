@@ -704,14 +704,17 @@ def run_compare(
     rounds: int = 5,
     max_seconds: float = 60.0,
     profile: str = "default",
+    base_env: Mapping[str, str] | None = None,
 ) -> Report:
     """This checkout and the release in `base_src`, each served by `recognizer serve` in its own
     process, measured case by case in interleaved rounds (the servers' order alternating),
     so whatever else loads the machine loads both alike: read medians over rounds and the
-    ratios between the servers."""
+    ratios between the servers. `base_env`: settings (RECOGNIZER_* variables) of the base
+    server only; with `base_src` this checkout, the same code with a setting changed."""
     load_before = os.getloadavg()
+    base_env = dict(base_env or {})
     with contextlib.ExitStack() as stack:
-        clients, calls = _compare_servers(stack, base_src, profile, faces_dir, plates_dir)
+        clients, calls = _compare_servers(stack, base_src, profile, faces_dir, plates_dir, base_env)
         levels = _compare_rounds(clients, calls, rounds, requests, max_seconds)
     load_after = os.getloadavg()
     results = {
@@ -725,6 +728,7 @@ def run_compare(
         "inputs": {
             "profile": profile,
             "base": shown(base_src),
+            "base_env": base_env,
             "max_seconds": max_seconds,
             "faces": shown(faces_dir),
             "plates": shown(plates_dir),
@@ -737,7 +741,12 @@ def run_compare(
 
 
 def _compare_servers(
-    stack: contextlib.ExitStack, base_src: Path, profile: str, faces_dir: Path, plates_dir: Path
+    stack: contextlib.ExitStack,
+    base_src: Path,
+    profile: str,
+    faces_dir: Path,
+    plates_dir: Path,
+    base_env: Mapping[str, str],
 ) -> tuple[dict[str, Any], dict[str, dict[str, Callable[[int], None]]]]:
     """Both servers started, each with its client and its calls (warmed up once)."""
     from recognizer.client import Client
@@ -746,7 +755,7 @@ def _compare_servers(
     servers = {
         "branch": stack.enter_context(subprocess_server(profile)),
         "base": stack.enter_context(
-            subprocess_server(profile, env={"PYTHONPATH": str(base_src)}, cwd=base_src)
+            subprocess_server(profile, env={**base_env, "PYTHONPATH": str(base_src)}, cwd=base_src)
         ),
     }
     calls: dict[str, dict[str, Callable[[int], None]]] = {}
@@ -833,7 +842,9 @@ def render_compare(results: Mapping[str, Any]) -> Report:
     rep = Report("Service against an earlier release (interleaved rounds)")
     rep.p(
         f"Servers: `recognizer serve --profile {inputs['profile']}` subprocesses on loopback, "
-        f"this checkout and `{inputs['base']}` (same interpreter and models). "
+        f"this checkout and `{inputs['base']}` (same interpreter and models"
+        + "".join(f"; base: `{k}={v}`" for k, v in inputs.get("base_env", {}).items())
+        + "). "
         f"{tree['rounds']} rounds; in each, every case runs on both servers back to back, "
         f"their order alternating between rounds; {tree['requests']} calls per case and "
         f"server (at most {inputs['max_seconds']:.0f} s). Faces from `{inputs['faces']}`, "

@@ -43,12 +43,10 @@ def end(token: contextvars.Token[Usage | None]) -> None:
     _current.reset(token)
 
 
-def add_inference(seconds: float, helper_cpu: float = 0.0) -> None:
-    """`seconds` of inference CPU, of which `helper_cpu` ran in onnxruntime's own threads
-    (the calling thread's CPU time does not include it)."""
+def add_inference(seconds: float) -> None:
     usage = _current.get()
     if usage is not None:
-        usage.add(cpu=helper_cpu, inference=seconds)
+        usage.add(inference=seconds)
 
 
 def submit(pool: Executor, fn: Callable[[], T]) -> Future[T]:

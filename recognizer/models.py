@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from recognizer.onnx import ModelError as ModelError  # raised here; callers catch it here
-from recognizer.onnx import OnnxModel, SessionOptions, sha256_file
+from recognizer.onnx import OnnxModel, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGED_DATA = PACKAGE_DIR / "_data"  # in a wheel: manifest, calibration, trained models
@@ -306,17 +306,9 @@ def info(entry: ModelEntry) -> ModelInfo:
     return ModelInfo(entry.role, entry.name, entry.version, entry.sha256)
 
 
-def load(
-    name: str, models_dir: Path = DEFAULT_MODELS_DIR, options: SessionOptions | None = None
-) -> tuple[OnnxModel, ModelInfo]:
+def load(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> tuple[OnnxModel, ModelInfo]:
     """A verified model by manifest name, as a session plus what responses report of it."""
     entry = find_entry(name, models_dir)
     path = require(entry, models_dir)
-    model = OnnxModel(
-        path,
-        sha256=entry.sha256,
-        name=entry.name,
-        version=entry.version,
-        options=options or SessionOptions(),
-    )
+    model = OnnxModel(path, sha256=entry.sha256, name=entry.name, version=entry.version)
     return model, info(entry)

@@ -272,6 +272,19 @@ def test_service_ramp_and_comparison_reports_come_back_from_rows_json(tmp_path: 
                           "faces": "f", "plates": "p", "cores": 2}}  # fmt: skip
     text = _written_again(tmp_path / "compare", service.render_compare, compare)
     assert "| Authorize stranger's car QPS, 4 callers ≥ 1.3x | 1.27x | no |" in text
+    # The same code with one setting changed on the base server says which.
+    compare["inputs"] = {**compare["inputs"], "base_env": {"RECOGNIZER_MAX_IN_FLIGHT": "2"}}
+    text = _written_again(tmp_path / "compare-env", service.render_compare, compare)
+    assert "`.../x` (same interpreter and models; base: `RECOGNIZER_MAX_IN_FLIGHT=2`)" in text
+
+
+def test_bench_service_refuses_a_base_setting_that_is_not_one() -> None:
+    from click.testing import CliRunner
+
+    from benchmarks.cli import bench
+
+    done = CliRunner().invoke(bench, ["service", "--base-src", ".", "--base-env", "MAX=2"])
+    assert done.exit_code == 2 and "RECOGNIZER_NAME=VALUE" in done.output
 
 
 def test_burst_latency_report_comes_back_from_rows_json(tmp_path: Path) -> None:

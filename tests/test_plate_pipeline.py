@@ -397,6 +397,16 @@ def test_the_far_plate_pass_runs_only_when_the_first_is_not_enough(
         assert ran[(960,)].startswith("far") == (pool and enough is None)
 
 
+def test_a_stopped_pool_leaves_the_far_pass_to_the_calling_thread() -> None:
+    executor = ThreadPoolExecutor(1, thread_name_prefix="far")
+    executor.shutdown()  # the server stops while a call is still reading
+    det = _TwoPassDetector()
+    rec = PlateRecognizer(det, _FakeReader("main", ["皖A12345", "京A54321"], p=0.995), None,
+                          pool=executor)  # fmt: skip
+    assert sorted(r.text for r in rec.read(_blue_frame())) == ["京A54321", "皖A12345"]
+    assert det.threads == ["MainThread", "MainThread"]
+
+
 def test_a_text_of_no_pattern_is_no_read() -> None:
     # A line read twice (a single-row plate split as two rows) is no plate of any pattern.
     main = _FakeReader("main", ["AO0U0A82M83"])

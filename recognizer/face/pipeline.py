@@ -29,7 +29,6 @@ from recognizer.face.types import (
     Selection,
 )
 from recognizer.models import DEFAULT_MODELS_DIR
-from recognizer.onnx import idle_parallel
 from recognizer.vision import to_bgr3
 
 # profile -> (detector model, embedder model) names in models/manifest.toml
@@ -180,8 +179,8 @@ def build_face_pipeline(
     if profile not in PROFILE_MODELS:
         raise ValueError(f"unknown face profile {profile!r}; choose from {sorted(PROFILE_MODELS)}")
     det_name, emb_name = PROFILE_MODELS[profile]
-    det_model, det_info = model_store.load(det_name, models_dir, idle_parallel())
-    emb_model, emb_info = model_store.load(emb_name, models_dir, idle_parallel())
+    det_model, det_info = model_store.load(det_name, models_dir)
+    emb_model, emb_info = model_store.load(emb_name, models_dir)
     detector: Detector
     embedder: SFaceEmbedder | ArcFaceEmbedder
     # A derived model computes its base's function: templates keep the base's tag.

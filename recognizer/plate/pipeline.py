@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
@@ -15,7 +14,6 @@ import numpy as np
 from recognizer import accounting, deadline
 from recognizer.models import DEFAULT_MODELS_DIR, ModelInfo, find_entry, require
 from recognizer.models import load as load_model
-from recognizer.onnx import cores_taken, idle_parallel
 from recognizer.plate.classify import TWO_ROW_CROP_ASPECT, classify, dominant_colour
 from recognizer.plate.detector import Candidates, PlateDetection, PlateDetector
 from recognizer.plate.grammar import (
@@ -706,14 +704,13 @@ class PlateRecognizer:
         if self.detector is None:
             raise RuntimeError("this PlateRecognizer has no detector; use read_crop")
         sizes = self.detector.sizes_for(image_bgr)
-        far = sizes[1:] if enough is None and self.pool is not None else ()
-        with cores_taken() if far else contextlib.nullcontext():
-            ahead = self._far_pass_ahead(image_bgr, far)
-            try:
-                found = self._read_sizes(image_bgr, sizes, max_candidates, enough, ahead)
-            finally:
-                if ahead is not None:
-                    ahead.cancel()  # the first pass failed (a deadline) before it was needed
+        # Without `enough` the far pass runs whatever the first pass reads: it may start now.
+        ahead = self._far_pass_ahead(image_bgr, sizes[1:]) if enough is None else None
+        try:
+            found = self._read_sizes(self.detector, image_bgr, sizes, max_candidates, enough, ahead)
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # the first pass failed (a deadline) before it was needed
         if found or not self.retry:
             return found
         # Nothing read: a second look (larger, lower threshold; see detect_again). Its weaker
@@ -726,8 +723,8 @@ class PlateRecognizer:
     def _far_pass_ahead(
         self, image_bgr: np.ndarray, far: tuple[int, ...]
     ) -> Future[list[Candidates]] | None:
-        """The far pass's detector, started in the pool, when it will run whatever the first
-        pass reads (`far`: its sizes, or none). The two passes take one core each."""
+        """The far pass's detector (`far`: its sizes, if any) started in the pool, beside the
+        first pass: on a quiet server the two take a core each."""
         if not far or self.pool is None or self.detector is None:
             return None
         detector = self.detector
@@ -736,19 +733,22 @@ class PlateRecognizer:
             with deadline.stage("plate.detect"):
                 return detector.candidates(image_bgr, far)
 
-        return accounting.submit(self.pool, run)
+        try:
+            return accounting.submit(self.pool, run)
+        except RuntimeError:  # the pool was shut down (the server stops): one after the other
+            return None
 
     def _read_sizes(
         self,
+        detector: Detector,
         image_bgr: np.ndarray,
         sizes: tuple[int, ...],
         max_candidates: int,
         enough: Callable[[list[PlateResult]], bool] | None,
         ahead: Future[list[Candidates]] | None,
     ) -> list[PlateResult]:
-        assert self.detector is not None
         with deadline.stage("plate.detect"):
-            dets = self.detector.detect(image_bgr, sizes[:1])
+            dets = detector.detect(image_bgr, sizes[:1])
         reads = self._read_detections(image_bgr, dets, max_candidates)
         found = self._kept(reads)
         if len(sizes) > 1 and not (
@@ -760,14 +760,12 @@ class PlateRecognizer:
             settled = [d for d, s in zip(dets, sure, strict=True) if s]
             unsure = [d for d, s in zip(dets, sure, strict=True) if not s]
             if ahead is not None:
-                merged = self.detector.detect(
+                merged = detector.detect(
                     image_bgr, sizes[1:], keep=unsure, settled=settled, found=ahead.result()
                 )
             else:
                 with deadline.stage("plate.detect"):
-                    merged = self.detector.detect(
-                        image_bgr, sizes[1:], keep=unsure, settled=settled
-                    )
+                    merged = detector.detect(image_bgr, sizes[1:], keep=unsure, settled=settled)
             known = {id(d): r for d, r in zip(dets, reads, strict=True)}
             new = [d for d in merged if id(d) not in known]
             more = self._read_detections(image_bgr, new, max_candidates)
@@ -831,7 +829,7 @@ def build_plate_recognizer(
     clp_v2_c as the fallback, the project's province classifier on the first character.
     `pool`: see PlateRecognizer.pool."""
     models_dir = Path(models_dir)
-    det, det_info = load_model("plate_det", models_dir, idle_parallel())
+    det, det_info = load_model("plate_det", models_dir)
     ppocr, ppocr_info = load_model("ppocr_rec", models_dir)
     clp, clp_info = load_model("clp_rec", models_dir)
     clp_dict = require(find_entry("clp_dict", models_dir), models_dir)
