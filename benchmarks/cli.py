@@ -137,6 +137,20 @@ def plates(
     _done(dest / "report.md")
 
 
+def _base_settings(base_env: tuple[str, ...]) -> dict[str, str]:
+    """--base-env NAME=VALUE entries as a mapping; anything but a RECOGNIZER_ setting is
+    refused."""
+    settings: dict[str, str] = {}
+    for item in base_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("RECOGNIZER_"):
+            raise click.BadParameter(
+                f"{item!r}: entries look like RECOGNIZER_NAME=VALUE", param_hint="--base-env"
+            )
+        settings[name] = value
+    return settings
+
+
 @bench.command()
 @click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True))
 @click.option(
@@ -195,14 +209,7 @@ def service(
 
     root = dataset or DATASETS
     faces_dir = root / "faces" / "lfw10" if (root / "faces" / "lfw10").is_dir() else root / "faces"
-    settings: dict[str, str] = {}
-    for item in base_env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("RECOGNIZER_"):
-            raise click.BadParameter(
-                f"{item!r}: entries look like RECOGNIZER_NAME=VALUE", param_hint="--base-env"
-            )
-        settings[name] = value
+    settings = _base_settings(base_env)
     if base_src is not None:
         dest = _out(out, "service-vs-base")
         bench_service.run_compare(
