@@ -138,16 +138,33 @@ def start(
         )
     if cluster.running():
         cluster.stop()  # a leftover of a run that died; its port may be taken now
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c port={cluster.port} -c unix_socket_directories="
-        f"{data} -c max_connections={max_connections} -c fsync={'on' if durable else 'off'}"
-    )
-    cluster._run(
-        "pg_ctl", "start", "-D", str(db), "-w", "-t", "60", "-l", str(data / "log"), "-o", options
-    )
-    _wait_ready(cluster)
+    # A free port can be taken by another process before the server binds it (parallel test
+    # workers): with no port asked for, a failed start tries a fresh one.
+    for attempt in range(1 if port else PORT_ATTEMPTS):
+        try:
+            _start_server(cluster, max_connections, durable)
+            break
+        except subprocess.CalledProcessError:
+            if port or attempt == PORT_ATTEMPTS - 1:
+                raise
+            cluster = Cluster(data, _free_port(), cluster.bin)
     _ensure_database(cluster)
     return cluster
+
+
+PORT_ATTEMPTS = 3
+
+
+def _start_server(cluster: Cluster, max_connections: int, durable: bool) -> None:
+    db = cluster.data / "db"
+    options = (
+        f"-c listen_addresses=127.0.0.1 -c port={cluster.port} -c unix_socket_directories="
+        f"{cluster.data} -c max_connections={max_connections} "
+        f"-c fsync={'on' if durable else 'off'}"
+    )
+    log = str(cluster.data / "log")
+    cluster._run("pg_ctl", "start", "-D", str(db), "-w", "-t", "60", "-l", log, "-o", options)
+    _wait_ready(cluster)
 
 
 @contextlib.contextmanager

@@ -269,3 +269,25 @@ def test_backup_and_restore_commands_on_postgres(pg_url: str, tmp_path: Path) ->
     assert "pg_dump" in done.stdout and "@" in done.stdout  # the location, no password
     refused = _cli("restore", str(dest), "--data-dir", str(tmp_path / "data"), env=env)
     assert refused.returncode != 0 and "pg_restore" in refused.stderr
+
+
+def test_a_local_cluster_whose_free_port_was_taken_starts_on_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """devtools/pg_local: the port it picked is taken (another test worker) before the server
+    binds it; the start tries a fresh port instead of failing the test session."""
+    import socket
+
+    from devtools import pg_local
+    from tests.conftest import local_postgres
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = [int(taken.getsockname()[1])]
+        real = pg_local._free_port
+        monkeypatch.setattr(pg_local, "_free_port", lambda: ports.pop() if ports else real())
+        with local_postgres("recognizer-pg-port-") as cluster:
+            assert cluster.port != taken.getsockname()[1] and not ports
+            with psycopg.connect(cluster.url) as c:
+                assert c.execute("SELECT 1").fetchone() == (1,)
