@@ -80,6 +80,7 @@ def same_kcv(a: str, b: str) -> bool:
 class TemplateCipher(Protocol):
     encrypted: bool
     primary_id: str  # the key new seals use; "" without a key
+    plaintext_ok: bool  # rows not yet sealed read as they are (a store being encrypted)
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes: ...
 
@@ -91,6 +92,7 @@ class NullCipher:
 
     encrypted = False
     primary_id = ""
+    plaintext_ok = False  # nothing is sealed: there is no unsealed row to excuse
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         return bytes(plaintext)

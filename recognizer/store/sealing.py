@@ -67,7 +67,7 @@ class FieldSealer:
     def __init__(self, cipher: TemplateCipher, lenient: bool = False) -> None:
         self.sealed = isinstance(cipher, AesGcmCipher)
         self._cipher = cipher
-        self.lenient = lenient or not self.sealed or bool(getattr(cipher, "plaintext_ok", False))
+        self.lenient = lenient or not self.sealed or cipher.plaintext_ok
         if isinstance(cipher, AesGcmCipher):
             self.primary_id = cipher.primary_id
             self.prefix = text_prefix(cipher.primary_id)

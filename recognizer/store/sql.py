@@ -937,8 +937,7 @@ class SqlStore:
         with self._conn() as c:
             state = (self._read_meta(c) or {}).get("personal_fields", "plain")
         self.sealer = FieldSealer(self.cipher, lenient=state != "sealed")
-        plaintext_ok = bool(getattr(self.cipher, "plaintext_ok", False))
-        if not self.sealer.sealed or plaintext_ok or state == "sealed":
+        if not self.sealer.sealed or self.cipher.plaintext_ok or state == "sealed":
             return  # plaintext mode, `keys encrypt` (it seals them), or done already
         sealed = self.reseal_personal()
         with self._tx() as c:
