@@ -16,12 +16,13 @@ import pytest
 
 from recognizer.gate.inputs import legacy_digest
 from recognizer.service.server import RunningServer
-from recognizer.store.crypto import AesGcmCipher
+from recognizer.store.crypto import AesGcmCipher, NullCipher, TemplateCipher
 from recognizer.store.schema import SCHEMA_VERSION
 from recognizer.store.schema import SQLITE_MIGRATIONS as MIGRATIONS
 from recognizer.store.sqlite import SqliteStore
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests.conftest import client_for, require_models, start_server
+from tests.helpers import StoreOnly, Watch
 
 RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
 MODEL = "sface-2021dec+flip"
@@ -153,4 +154,73 @@ def test_the_previous_release_upgrades_and_its_index_file_still_loads(
     gallery.open()
     assert gallery.index.ntotal == 5 and gallery.check().consistent
     gallery.close()
-    assert user_version(data / "recognizer.db") == SCHEMA_VERSION == 4
+    assert user_version(data / "recognizer.db") == SCHEMA_VERSION
+
+
+# The last landed release (git 62e9015, schema 4, personal fields sealed; made by
+# tests/data/make_release_62e9015.py): schema 5 indexes decisions by decision_id.
+LANDED = Path(__file__).parent / "data" / "release-62e9015"
+
+
+def _landed(name: str, tmp_path: Path) -> tuple[Path, TemplateCipher]:
+    data = tmp_path / name
+    shutil.copytree(LANDED / name, data)
+    assert user_version(data / "recognizer.db") == 4
+    return data, AesGcmCipher(bytes(range(32))) if name == "encrypted" else NullCipher()
+
+
+@pytest.mark.parametrize("name", ["plain", "encrypted"])
+def test_a_schema_4_store_finds_a_decision_by_its_id_through_an_index(
+    name: str, tmp_path: Path
+) -> None:
+    data, cipher = _landed(name, tmp_path)
+    store = SqliteStore(data / "recognizer.db", cipher=cipher)
+    try:
+        assert store.schema_upgraded_from == 4
+        marks = [store.decision_mark(f"d{k}") for k in range(3)]
+        assert all(marks) and [m.position for m in marks] == sorted(m.position for m in marks)
+        later = store.decisions_after(marks[0], 10)
+        assert [row.decision_id for _, row in later] == ["d1", "d2"]
+        ids = json.loads((LANDED / f"{name}-ids.json").read_text())
+        assert [store.get_identity(i).external_ref for i in ids] == ["ext-0", "ext-1", "ext-2"]
+    finally:
+        store.close()
+    assert user_version(data / "recognizer.db") == SCHEMA_VERSION == 5
+    with closing(sqlite3.connect(data / "recognizer.db")) as c:
+        plan = c.execute(
+            "EXPLAIN QUERY PLAN SELECT rowid, created_at FROM decisions WHERE decision_id = ?",
+            ("d1",),
+        ).fetchall()
+    assert any("decisions_decision" in str(step) for step in plan), plan
+
+
+@pytest.mark.parametrize("name", ["plain", "encrypted"])
+def test_a_watch_resumes_after_a_decision_the_landed_release_stored(
+    name: str, tmp_path: Path
+) -> None:
+    """Through the real WatchDecisions RPC, on the landed release's data directory after its
+    upgrade: a reconnect after d0 gets d1 and d2; an id never stored is NOT_FOUND."""
+    from recognizer.service.runtime import Engines
+    from recognizer.store.open import open_store
+
+    data, cipher = _landed(name, tmp_path)
+    running = start_server(
+        data,
+        runtime_factory=lambda config: Engines(
+            faces=None, plates=None, gallery=StoreOnly(open_store(config, cipher))
+        ),
+    )
+    try:
+        assert running.runtime.wait(30)
+        with closing(client_for(running, "admin")) as c:
+            watch = Watch(c, gate_id="G-1", after="d0")
+            try:
+                assert watch.ids(2) == ["d1", "d2"]
+            finally:
+                watch.close()
+            unknown = Watch(c, after="d9")
+            err = unknown.next()
+            unknown.close()
+            assert isinstance(err, grpc.RpcError) and err.code() is grpc.StatusCode.NOT_FOUND
+    finally:
+        running.stop(grace=1.0)

@@ -499,7 +499,7 @@ class PostgresStore(SqlStore):
         return self._decisions.wait(timeout_s)
 
     def decision_mark(self, decision_id: str) -> DecisionMark | None:
-        """Where a decision stands (no index on decision_id: a scan, once per watch)."""
+        """Where a decision stands (indexed by decision_id since schema 5)."""
         with self._conn() as c:
             r = c.execute(
                 f"{self._SNAP} SELECT {self._POS}, d.created_at FROM decisions d, s"

@@ -17,7 +17,7 @@ from typing import Any
 
 from recognizer.store.sql import PUT_META, Connection
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 POSTGRES_BASELINE_VERSION = 2
 
 # Version 1 as release 0.1.0 created it; later versions are the steps below, applied in order
@@ -241,14 +241,22 @@ def v4_sealed_fields(c: Connection) -> None:
     c.execute(PUT_META, ("personal_fields", "plain"))
 
 
+def v5_decision_lookup(c: Connection) -> None:
+    """Schema 5: decisions are indexed by decision_id. A WatchDecisions stream that resumes
+    after a decision looks it up by id; without the index that read every decision row."""
+    c.execute("CREATE INDEX decisions_decision ON decisions(decision_id)")
+
+
 # version -> the step that brings version-1 to it, per adapter. Append only.
 SQLITE_MIGRATIONS: dict[int, Migration] = {
     2: v2_decision_digest,
     3: v3_template_counts,
     4: v4_sealed_fields,
+    5: v5_decision_lookup,
 }
 POSTGRES_MIGRATIONS: dict[int, Migration] = {
     3: v3_template_counts,
     4: v4_sealed_fields,
+    5: v5_decision_lookup,
 }
 assert max(SQLITE_MIGRATIONS) == max(POSTGRES_MIGRATIONS) == SCHEMA_VERSION

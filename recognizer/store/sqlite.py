@@ -404,7 +404,7 @@ class SqliteStore(SqlStore):
         return woke
 
     def decision_mark(self, decision_id: str) -> DecisionMark | None:
-        """Where a decision stands (no index on decision_id: a scan, once per watch)."""
+        """Where a decision stands (indexed by decision_id since schema 5)."""
         with self._conn() as c:
             r = c.execute(
                 "SELECT rowid, created_at FROM decisions WHERE decision_id = ?", (decision_id,)
