@@ -291,3 +291,21 @@ def test_a_local_cluster_whose_free_port_was_taken_starts_on_another(
             assert cluster.port != taken.getsockname()[1] and not ports
             with psycopg.connect(cluster.url) as c:
                 assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_database_not_in_utf8_is_refused_untouched(pg_cluster) -> None:  # type: ignore[no-untyped-def]
+    """A SQL_ASCII database hands text back as bytes (no encoding to decode it by): names,
+    plates and sealed fields would be misread. The store refuses it, saying how to make one,
+    and creates nothing in it."""
+    name = f"ascii_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url, autocommit=True) as c:
+        c.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    url = pg_cluster.url_for(name)
+    with pytest.raises(RuntimeError, match=r"encoding is SQL_ASCII.*UTF8"):
+        PostgresStore(url)
+    with psycopg.connect(url) as c:
+        tables = c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchone() == (0,)

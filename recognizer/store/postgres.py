@@ -195,6 +195,18 @@ def wait_for_database(url: str, wait_s: float, retry_max_s: float) -> None:
             delay = min(delay * 2, retry_max_s)
 
 
+def _require_utf8(c: Any) -> None:
+    """Refuse a database whose text is not UTF-8: SQL_ASCII hands text back as bytes, and
+    names, plates and sealed fields would be misread (a LATIN1 one cannot hold them)."""
+    row = c.execute("SHOW server_encoding").fetchone()
+    encoding = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
+    if encoding.upper().replace("-", "") != "UTF8":
+        raise RuntimeError(
+            f"the database's encoding is {encoding}; recognizer stores UTF-8 text: create the "
+            "database with ENCODING 'UTF8' (createdb -E UTF8 -T template0 NAME)"
+        )
+
+
 class PostgresStore(SqlStore):
     shared = True  # other nodes write too: a gallery on it must follow the change log
 
@@ -237,6 +249,7 @@ class PostgresStore(SqlStore):
         self._pool.open(wait=True, timeout=connect_timeout_s)
         try:
             with self._conn() as c:
+                _require_utf8(c)
                 unlocked = keys.unlock(
                     keys.state_of(self._read_meta(c)), ring(cipher or NullCipher())
                 )
