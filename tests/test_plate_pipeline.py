@@ -6,7 +6,7 @@ import itertools
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -404,6 +404,24 @@ def test_a_stopped_pool_leaves_the_far_pass_to_the_calling_thread() -> None:
     rec = PlateRecognizer(det, _FakeReader("main", ["皖A12345", "京A54321"], p=0.995), None,
                           pool=executor)  # fmt: skip
     assert sorted(r.text for r in rec.read(_blue_frame())) == ["京A54321", "皖A12345"]
+    assert det.threads == ["MainThread", "MainThread"]
+
+
+class _StoppingPool(ThreadPoolExecutor):
+    """A pool the server stops after the far pass was queued, before it ran."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future = Future()  # type: ignore[var-annotated]
+        future.cancel()
+        return future
+
+
+def test_a_far_pass_cancelled_by_a_stopping_pool_runs_in_the_calling_thread() -> None:
+    det = _TwoPassDetector()
+    with _StoppingPool(1) as executor:
+        rec = PlateRecognizer(det, _FakeReader("main", ["皖A12345", "京A54321"], p=0.995), None,
+                              pool=executor)  # fmt: skip
+        assert sorted(r.text for r in rec.read(_blue_frame())) == ["京A54321", "皖A12345"]
     assert det.threads == ["MainThread", "MainThread"]
 
 

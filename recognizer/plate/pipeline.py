@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -759,9 +759,13 @@ class PlateRecognizer:
             sure = [self.settle_sure and self.sure_read(r) for r in reads]
             settled = [d for d, s in zip(dets, sure, strict=True) if s]
             unsure = [d for d, s in zip(dets, sure, strict=True) if not s]
-            if ahead is not None:
+            try:
+                done = ahead.result() if ahead is not None else None
+            except CancelledError:  # the server stopped the pool: the pass runs here
+                done = None
+            if done is not None:
                 merged = detector.detect(
-                    image_bgr, sizes[1:], keep=unsure, settled=settled, found=ahead.result()
+                    image_bgr, sizes[1:], keep=unsure, settled=settled, found=done
                 )
             else:
                 with deadline.stage("plate.detect"):
