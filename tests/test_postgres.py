@@ -309,3 +309,35 @@ def test_a_database_not_in_utf8_is_refused_untouched(pg_cluster) -> None:  # typ
     with psycopg.connect(url) as c:
         tables = c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert tables.fetchone() == (0,)
+
+
+def test_a_transaction_open_in_another_database_holds_back_neither_log_nor_watch(
+    pg_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    """Transaction ids are cluster-wide: an application's write transaction left open in
+    another database of the same server must not stall this database's followers and
+    watchers (the replica would lag and stop answering 1:N). One open in this database still
+    holds them, as the out-of-order test above shows."""
+    ours = pg_cluster.create_database(f"ours_{uuid.uuid4().hex[:12]}")
+    theirs = pg_cluster.create_database(f"theirs_{uuid.uuid4().hex[:12]}")
+    store = PostgresStore(ours)
+    other = psycopg.connect(theirs)
+    try:
+        other.execute("CREATE TABLE t (x int)")
+        other.commit()
+        who = store.create_identity("p").id
+        position, head = store.current_seq(), store.decision_head()
+        other.execute("INSERT INTO t VALUES (1)")  # an xid, left open
+        other.execute("SELECT pg_current_xact_id()")
+        label = store.add_templates(who, unit(1, 3), MODEL)[0].label
+        store.put_decision(
+            gate_id="G-1", event_id="e-1", decision_id="d-1", identity_id=who,
+            outcome="allow", payload=b"", inputs={}, input_digest="0" * 64,
+        )  # fmt: skip
+        assert [c.label for c in store.changes_since(position, MODEL)] == [label]
+        assert [row.decision_id for _, row in store.decisions_after(head, 10)] == ["d-1"]
+        assert store.current_seq() > position
+    finally:
+        other.rollback()
+        other.close()
+        store.close()

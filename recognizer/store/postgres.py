@@ -6,11 +6,12 @@ the change log's read side that every node's FAISS replica follows.
 
 The change log is gap-free although transactions commit out of order. Each change row
 carries the id of the transaction that wrote it (`xid8 DEFAULT pg_current_xact_id()`), and a
-follower reads only rows whose transaction is older than its snapshot's xmin: every such
-transaction has finished, so no row can still appear below that line. A follower's position
+follower reads only rows whose transaction is older than the oldest transaction of this
+database its snapshot sees open (`_LINE`): every such transaction has finished, so no row can
+still appear below that line. A follower's position
 is the highest transaction id it has applied, and it reads `xid > position` next time.
-(Serial writers, which hold an advisory lock, commit in xid order anyway; the xmin line
-also covers any writer that does not.) Commits send NOTIFY to wake followers at once; the
+(Serial writers, which hold an advisory lock, commit in xid order anyway; the line also
+covers any writer that does not.) Commits send NOTIFY to wake followers at once; the
 followers poll as well, because a notification is lost while a listener is disconnected.
 """
 
@@ -447,12 +448,29 @@ class PostgresStore(SqlStore):
 
     # --- change log ---------------------------------------------------------------------------
 
+    # The settled line: the oldest transaction still open in this database by the statement's
+    # snapshot (else the snapshot's next id). Below it no row of this database can still
+    # appear. Transaction ids are cluster-wide, so the snapshot's own xmin would also wait for
+    # transactions open in other databases of the server (another application's, left open):
+    # an open id is passed over only when a session of another database holds it now (its
+    # lock); one that has ended since the snapshot, or a prepared one, still counts.
+    _LINE = (
+        "(SELECT COALESCE(MIN(x::text::bigint), MIN(pg_snapshot_xmax(snap.s)::text::bigint))"
+        " FROM (SELECT pg_current_snapshot() AS s) snap"
+        " LEFT JOIN LATERAL pg_snapshot_xip(snap.s) AS x"
+        " ON x::text::bigint % 4294967296 NOT IN ("
+        "SELECT l.transactionid::text::bigint FROM pg_locks l"
+        " JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted"
+        " AND a.datname IS NOT NULL AND a.datname <> current_database()))"
+    )
+
     def changes_since(self, seq: int, model: str, settled_only: bool = True) -> list[Change]:
         """Changes of transactions after position `seq`, in commit order; `Change.seq` is the
         writer's transaction id (the follower's position). With `settled_only` (following),
-        only transactions older than the snapshot's xmin, which can no longer gain rows
+        only transactions below the settled line (`_LINE`), which can no longer gain rows
         below them; without it (consistency checks), everything this snapshot sees."""
-        settled = " AND xid < pg_snapshot_xmin(pg_current_snapshot())" if settled_only else ""
+        settled = f" AND xid::text::bigint < {self._LINE}" if settled_only else ""
         with self._conn() as c:
             rows = c.execute(
                 "SELECT xid::text::bigint, op, label, model FROM changes"
@@ -462,9 +480,9 @@ class PostgresStore(SqlStore):
         return [Change(int(r[0]), r[1], int(r[2]), r[3]) for r in rows]
 
     def current_seq(self) -> int:
-        """The position up to which the log is settled (the snapshot's xmin − 1)."""
+        """The position up to which the log is settled (the settled line − 1)."""
         with self._conn() as c:
-            r = c.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1")
+            r = c.execute(f"SELECT {self._LINE} - 1")
             row = r.fetchone()
             assert row is not None  # a SELECT of one value
             return int(row[0])
@@ -489,7 +507,7 @@ class PostgresStore(SqlStore):
     # --- watching decisions (WatchDecisions) ----------------------------------------------------
     #
     # A decision's position is the id of the transaction that wrote it, as for the change log:
-    # watchers read only rows older than their snapshot's xmin, below which no row can still
+    # watchers read only rows below the settled line (`_LINE`), below which no row can still
     # appear, so a watch neither skips a late commit nor sends one twice. The decisions table
     # has no column for it (the schema is not this code's to change), so the position is the
     # row's system column xmin, widened to 64 bits against the snapshot's next id; that holds
@@ -500,7 +518,7 @@ class PostgresStore(SqlStore):
     WATCH_SCAN_SLACK_S = 900.0
     _SNAP = (
         "WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nx,"
-        " pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS line)"
+        f" {_LINE} AS line)"
     )
     _POS = "s.nx - ((s.nx - d.xmin::text::bigint) % 4294967296)"
 
