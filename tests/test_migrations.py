@@ -185,7 +185,7 @@ def test_a_schema_4_store_finds_a_decision_by_its_id_through_an_index(
         assert [store.get_identity(i).external_ref for i in ids] == ["ext-0", "ext-1", "ext-2"]
     finally:
         store.close()
-    assert user_version(data / "recognizer.db") == SCHEMA_VERSION == 5
+    assert user_version(data / "recognizer.db") == SCHEMA_VERSION
     with closing(sqlite3.connect(data / "recognizer.db")) as c:
         plan = c.execute(
             "EXPLAIN QUERY PLAN SELECT rowid, created_at FROM decisions WHERE decision_id = ?",
@@ -224,3 +224,48 @@ def test_a_watch_resumes_after_a_decision_the_landed_release_stored(
             assert isinstance(err, grpc.RpcError) and err.code() is grpc.StatusCode.NOT_FOUND
     finally:
         running.stop(grace=1.0)
+
+
+@pytest.mark.parametrize("name", ["plain", "encrypted"])
+def test_template_sources_are_sealed_on_the_first_start_with_the_key(
+    name: str, tmp_path: Path
+) -> None:
+    """Schema 6: the landed release kept a template's `source` (client free text, here
+    naming the person) in plaintext even under a key. Its first start with the key seals
+    them (and VACUUMs: no old page keeps them); without a key they stay as they were."""
+    data, cipher = _landed(name, tmp_path)
+    db = data / "recognizer.db"
+    assert db.read_bytes().count(b"kiosk photo of") == 6  # two templates each
+    store = SqliteStore(db, cipher=cipher)
+    try:
+        ids = json.loads((LANDED / f"{name}-ids.json").read_text())
+        names = [store.get_identity(i).display_name for i in ids]
+        for identity_id, person in zip(ids, names, strict=True):
+            sources = {r.source for r in store.templates(identity_id, MODEL)}
+            assert sources == {f"kiosk photo of {person}"}
+        new = store.add_templates(ids[0], np.eye(1, 128, dtype=np.float32), MODEL, "new photo")
+        assert store.templates(ids[0], MODEL)[-1].source == "new photo" == new[0].source
+    finally:
+        store.close()
+    at_rest = b"".join(p.read_bytes() for p in data.iterdir() if p.is_file())
+    sealed = name == "encrypted"
+    assert (b"kiosk photo of" in at_rest, b"new photo" in at_rest) == (not sealed, not sealed)
+
+
+def test_a_sealed_source_moved_to_another_template_is_refused(tmp_path: Path) -> None:
+    from recognizer.store.sealing import SealedFieldError
+
+    store = SqliteStore(tmp_path / "s.db", cipher=AesGcmCipher(bytes(range(32))))
+    try:
+        who = store.create_identity("p").id
+        a, b = store.add_templates(who, np.eye(2, 128, dtype=np.float32), MODEL, "kiosk 1")
+        with store._tx() as c:  # an attacker with the file swaps one row's source in
+            sealed = c.execute("SELECT source FROM templates WHERE label = ?", (a.label,))
+            c.execute(
+                "UPDATE templates SET source = ? WHERE label = ?",
+                (sealed.fetchone()[0], b.label),
+            )
+        with pytest.raises(SealedFieldError, match=r"templates\.source"):
+            store.templates(who, MODEL)
+    finally:
+        store.close()

@@ -1,6 +1,7 @@
 """Personal data at rest, end to end (issue #32's acceptance): `recognizer serve` with a
-template key; people enrolled with names, plates and payment references through the API;
-Authorize events at a gate; an online backup (and, on PostgreSQL, its pg_dump). No name,
+template key; people enrolled with names, plates, payment references and face sources (free
+text naming them) through the API; Authorize events at a gate; an online backup (and, on
+PostgreSQL, its pg_dump). No name,
 plate (with or without its province character) or payment reference appears, in UTF-8,
 UTF-16 or JSON escapes, anywhere under the data directory, in the backup or in the dump. The
 same store with the wrong key, or with no key, is refused at boot and left byte for byte as
@@ -25,12 +26,14 @@ from recognizer.store.crypto import KEY_ENV, NEW_KEY_ENV
 from recognizer.v1 import gate_pb2, identity_pb2
 from tests import procserver
 from tests.conftest import ENV_KEYS, require_models
+from tests.helpers import lfw_face
 from tests.keyfixtures import snapshot
 from tests.personal import hits_in, needles, scan
 
 KEY = base64.b64encode(bytes(range(7, 39))).decode()
 WRONG = base64.b64encode(bytes(range(9, 41))).decode()
 PROVINCES = "京沪粤苏浙川鲁豫鄂湘"
+LFW = ["George_W_Bush", "Colin_Powell"]
 SURNAMES = ["王", "李", "张", "刘", "陈", "Müller", "O'Neil", "Sørensen", "García", "Nguyễn"]
 POLICY = """
 [[policies]]
@@ -90,6 +93,14 @@ def enrol_and_drive(
                 metadata=admin.metadata,
             )
             ids.append(ident.identity_id)
+        # A face for two of them, with a `source` that names the person (client free text).
+        for k, person in enumerate(LFW[:2]):
+            admin.identity.EnrollFace(
+                identity_pb2.EnrollFaceRequest(
+                    identity_id=ids[k], images=[lfw_face(person, 0)], source=f"photo of {who[k][0]}"
+                ),
+                metadata=admin.metadata,
+            )
         # Read back through the API: the fields open, plates are found by their index.
         got = admin.identity.GetIdentity(
             identity_pb2.GetIdentityRequest(identity_id=ids[-1]), metadata=admin.metadata

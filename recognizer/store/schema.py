@@ -17,7 +17,7 @@ from typing import Any
 
 from recognizer.store.sql import PUT_META, Connection
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 POSTGRES_BASELINE_VERSION = 2
 
 # Version 1 as release 0.1.0 created it; later versions are the steps below, applied in order
@@ -247,16 +247,26 @@ def v5_decision_lookup(c: Connection) -> None:
     c.execute("CREATE INDEX decisions_decision ON decisions(decision_id)")
 
 
+def v6_sealed_sources(c: Connection) -> None:
+    """Schema 6: a template's `source` (free text the enrolling client sends, which may name
+    the person) is sealed with the other personal fields. A store whose fields were sealed
+    already is marked as not yet sealed again, so the next start with its key seals the
+    sources (the rows sealed before are skipped: the sealing is resumable)."""
+    c.execute("UPDATE meta SET value = 'plain' WHERE key = 'personal_fields'")
+
+
 # version -> the step that brings version-1 to it, per adapter. Append only.
 SQLITE_MIGRATIONS: dict[int, Migration] = {
     2: v2_decision_digest,
     3: v3_template_counts,
     4: v4_sealed_fields,
     5: v5_decision_lookup,
+    6: v6_sealed_sources,
 }
 POSTGRES_MIGRATIONS: dict[int, Migration] = {
     3: v3_template_counts,
     4: v4_sealed_fields,
     5: v5_decision_lookup,
+    6: v6_sealed_sources,
 }
 assert max(SQLITE_MIGRATIONS) == max(POSTGRES_MIGRATIONS) == SCHEMA_VERSION

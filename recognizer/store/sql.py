@@ -319,16 +319,21 @@ class SqlStore:
         with self._tx() as c:
             self._require_identity(c, identity_id)
             for v in x:
-                # Insert first: the label (never reused) is part of the cipher's AAD.
+                # Insert first: the label (never reused) is part of the cipher's AAD, and the
+                # row identity of the sealed source (client free text: it may name someone).
                 label = int(
                     c.execute(
                         "INSERT INTO templates (identity_id, model, dim, vector, source, quality,"
-                        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING label",
-                        (identity_id, model, x.shape[1], b"", source, float(quality), now),
+                        " created_at) VALUES (?, ?, ?, ?, '', ?, ?) RETURNING label",
+                        (identity_id, model, x.shape[1], b"", float(quality), now),
                     ).fetchone()[0]
                 )
                 blob = self.cipher.encrypt(v.tobytes(), template_aad(label, identity_id, model))
-                c.execute("UPDATE templates SET vector = ? WHERE label = ?", (blob, label))
+                sealed = self.sealer.seal(source, "templates.source", (label,))
+                c.execute(
+                    "UPDATE templates SET vector = ?, source = ? WHERE label = ?",
+                    (blob, sealed, label),
+                )
                 c.execute(
                     "INSERT INTO changes (op, label, model) VALUES ('add', ?, ?)", (label, model)
                 )
@@ -412,7 +417,8 @@ class SqlStore:
     def _template_row(self, r: Any) -> TemplateRow:
         """A row of (label, identity_id, model, dim, source, quality, created_at, vector)."""
         vector = self._decrypt(r[0], r[1], r[2], r[3], r[7])
-        return TemplateRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], vector=vector)
+        source = self.sealer.open(r[4], "templates.source", (r[0],))
+        return TemplateRow(r[0], r[1], r[2], r[3], source, r[5], r[6], vector=vector)
 
     def template_labels(self, identity_id: str) -> list[int]:
         with self._conn() as c:
@@ -958,6 +964,7 @@ class SqlStore:
         "audit": (("id",), ("detail",), ()),
         "plates": (("plate", "identity_id"), ("plate_text",), ()),
         "sightings": (("plate", "at"), ("gate_id", "direction", "plate_text"), ()),
+        "templates": (("label",), ("source",), ()),
     }
 
     def _unsealed(self, table: str) -> str:

@@ -7,7 +7,8 @@ venv:
 
 Two data directories as that release wrote them: one under the test key bytes(range(32))
 (templates and personal fields sealed), one in plaintext (a development store). Each holds
-three identities with a name, a plate, a payment binding and two templates, and three
+three identities with a name, a plate, a payment binding and two templates (their `source`
+naming the person, which that release kept in plaintext even under a key), and three
 decisions `d0`..`d2` of gate G-1 (AuthorizeResponse payloads) with their sightings: what a
 WatchDecisions resume looks up. Kept only to document the fixture; the tests never run it.
 """
@@ -49,7 +50,7 @@ def main(out: Path) -> None:
         ids = []
         for k, (person, plate, ref) in enumerate(PEOPLE):
             row = store.create_identity(person, external_ref=f"ext-{k}")
-            g.enroll(row.id, vecs[2 * k : 2 * k + 2])
+            g.enroll(row.id, vecs[2 * k : 2 * k + 2], source=f"kiosk photo of {person}")
             store.bind_plate(
                 row.id, plate, audit=AuditEntry("admin", "bind_plate", row.id, {"plate": plate})
             )
