@@ -4,6 +4,10 @@ The dimensions are read from the container header *before* any pixel is decoded,
 file that declares 60000x60000 pixels (a decompression bomb) is refused without allocating.
 A JPEG's EXIF orientation is read from the header too and applied here, after the decoder
 has checked the stored size against the header (phones store portraits rotated).
+
+A JPEG that a camera or its network cut short by a few bytes (the end-of-image marker and the
+tail of the last scan) is decoded as far as it goes, as most image viewers do; one that lost
+more than a few rows stays CORRUPT_IMAGE, so the client sends the frame again.
 """
 
 from __future__ import annotations
@@ -158,6 +162,29 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(view)
 
 
+_EOI = b"\xff\xd9"  # a JPEG's end-of-image marker
+# A JPEG cut short decodes its lost blocks flat (the last block's colour repeated): at most this
+# share of the rows may be lost that way, about one block row of 16 px on a 480-px frame.
+MAX_LOST_ROWS = 0.03
+_FLAT = 2  # a lost row's range per channel (the decoder's upsampling blurs its edge)
+_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _cut_short_jpeg(data: bytes) -> np.ndarray | None:
+    """The picture a JPEG cut short still holds, or None when it is not cut short (it ends
+    with its end-of-image marker) or it lost more than MAX_LOST_ROWS of its rows."""
+    if data.endswith(_EOI):
+        return None
+    image = cv2.imdecode(np.frombuffer(data + _EOI, np.uint8), _FLAGS)
+    if image is None:
+        return None
+    tail = image[-(int(MAX_LOST_ROWS * image.shape[0]) + 1) :]
+    lost = (tail.max(axis=1).astype(np.int16) - tail.min(axis=1)).max(axis=1) <= _FLAT
+    # Every row of the tail flat: more than the allowed rows are lost (or the picture's bottom
+    # is flat, and then what was lost cannot be told: refused as before).
+    return None if lost.all() else image
+
+
 def decode(data: bytes, limits: ImageLimits = ImageLimits(), field: str = "image") -> np.ndarray:
     """Bytes -> upright HxWx3 BGR uint8. Raises InvalidArgument with a reason for anything
     else, and DeadlineExceeded when the call's budget has no time left for decoding."""
@@ -188,8 +215,9 @@ def _decode(data: bytes, limits: ImageLimits, field: str) -> np.ndarray:
     # IMREAD_COLOR folds grayscale, 16-bit and alpha images into 8-bit BGR. The decoder
     # must not rotate: its output is checked against the stored size in the header, and
     # the orientation is applied below, the same way whatever the OpenCV build does.
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
+    if image is None and header.format == "jpeg":
+        image = _cut_short_jpeg(data)
     if image is None:
         raise _bad(
             f"{field}: the {header.format} data is corrupt or truncated", field, "CORRUPT_IMAGE"

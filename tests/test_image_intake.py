@@ -215,3 +215,27 @@ def test_rotated_portraits_find_the_face_in_every_orientation(real_server: Runni
     spread = np.linalg.norm(np.array(centres) - centres[0], axis=1)
     assert spread.max() < 0.05 * w, spread
     c.close()
+
+
+def test_a_camera_frame_cut_short_is_read_and_one_cut_in_half_is_refused(
+    real_server: RunningServer,
+) -> None:
+    # A real street camera's JPEG that lost its last 15 bytes (the sample set keeps it so).
+    frame = dataset("plates", "street") / "豫U00000.jpg"
+    data = frame.read_bytes()
+    assert not data.endswith(b"\xff\xd9"), "the sample is no longer cut short"
+    c = client_for(real_server, "admin")
+    read = c.recognition.ReadPlates(
+        recognition_pb2.ReadPlatesRequest(image=data), metadata=c.metadata, timeout=60
+    )
+    assert (read.image_width, read.image_height) == (1920, 1080)
+    assert "豫U00000" in [p.text for p in read.plates]
+    with pytest.raises(grpc.RpcError) as err:
+        c.recognition.ReadPlates(
+            recognition_pb2.ReadPlatesRequest(image=data[: len(data) // 2]),
+            metadata=c.metadata,
+            timeout=60,
+        )
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert violation(err.value) == ("CORRUPT_IMAGE", "image")
+    c.close()

@@ -67,6 +67,31 @@ def test_truncated_jpeg_is_refused() -> None:
     assert err.value.reason == "CORRUPT_IMAGE"
 
 
+def textured(h: int = 480, w: int = 640) -> np.ndarray:
+    """Smooth colour noise: no flat rows, and a JPEG of it has many bytes per block row."""
+    small = RNG.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def test_a_jpeg_cut_short_by_a_few_bytes_decodes_as_far_as_it_goes() -> None:
+    image = textured()
+    data = encode(".jpg", image)
+    whole = decode(data)
+    for lost in (2, 15, 200):  # the end-of-image marker, and part of the last block row
+        cut = decode(data[:-lost])
+        assert cut.shape == whole.shape
+        # What arrived decodes exactly as in the whole file: all but the last block rows.
+        assert np.array_equal(cut[: -2 * 16], whole[: -2 * 16]), lost
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.9])
+def test_a_jpeg_that_lost_more_than_a_few_rows_is_refused(kept: float) -> None:
+    data = encode(".jpg", textured())
+    with pytest.raises(InvalidArgument) as err:
+        decode(data[: int(len(data) * kept)])
+    assert err.value.reason == "CORRUPT_IMAGE"
+
+
 def test_byte_limit_checked_before_decode() -> None:
     data = encode(".png", IMAGE)
     with pytest.raises(InvalidArgument) as err:
