@@ -997,3 +997,25 @@ def test_a_frame_plates_province_is_read_again_on_a_wider_line() -> None:
         rec.read_crop(_blue_frame())
         widths.append(crop_reader.widths)
     assert widths[0] == widths[1]
+
+
+@needs_models
+@needs_data
+def test_a_line_reads_the_same_beside_a_wider_one(recognizer: PlateRecognizer) -> None:
+    # PP-OCRv4 mixes the whole padded line: padded to a wider companion's width, 7 of 200
+    # real crops stretched to 270 px read another text than alone.
+    reader = recognizer.reader
+    changed = []
+    for path in files_in(DATA / "crops", "*.jpg")[:60]:
+        crop = _imread(path)
+        h = crop.shape[0]
+        line = cv2.resize(crop, (270 * h // 48, h))
+        wider = cv2.resize(crop, (330 * h // 48, h))
+        narrow = crop  # 94x24: padded to the reader's 256 px
+        alone = [reader.read(x) for x in (line, narrow)]
+        together = reader.read_batch([line, wider, narrow])
+        for a, b in zip(alone, (together[0], together[2]), strict=True):
+            same = a.text == b.text and np.allclose(a.char_probs, b.char_probs, atol=1e-4)
+            if not same:
+                changed.append((path.name, a.text, b.text))
+    assert not changed, changed
