@@ -658,8 +658,15 @@ def test_sigterm_under_load_drains_before_the_port_closes(tmp_path: Path) -> Non
         # Calls during the drain were served; none failed but by finding the port closed.
         during = [r for t0, _, r in results if first_not <= t0 < first_not + 1.5]
         assert during and all(r == "OK" for r in during), during
+        # Except one that reached the server as its drain ended and the port began to close:
+        # gRPC core ends a call no handler has taken yet with CANCELLED, not UNAVAILABLE
+        # (grpc/grpc#41785; seen once in CI, 20 ms before the port was seen closed).
+        closing = first_not + 1.5
         other = [
-            (t0, t1, r) for t0, t1, r in results if r not in ("OK", grpc.StatusCode.UNAVAILABLE)
+            (t0, t1, r)
+            for t0, t1, r in results
+            if r not in ("OK", grpc.StatusCode.UNAVAILABLE)
+            and not (r == grpc.StatusCode.CANCELLED and t0 >= closing)
         ]
         assert not other, (first_not, gone[0], other)
         watcher.close()
