@@ -11,7 +11,7 @@ lazily) and everything else is numpy/OpenCV.
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -49,14 +49,33 @@ def find_cjk_font() -> Path:
     )
 
 
-@lru_cache(maxsize=512)
+# Sans-serif (hei) faces of Simplified Chinese that look like the plate lettering, to train on
+# more than one font: "path#index" names a face of a collection (the SC face of Noto's).
+# Debian packages: fonts-wqy-zenhei fonts-wqy-microhei fonts-noto-cjk fonts-noto-cjk-extra.
+TRAINING_FONT_PACKAGES = "fonts-wqy-zenhei fonts-wqy-microhei fonts-noto-cjk fonts-noto-cjk-extra"
+_NOTO = "/usr/share/fonts/opentype/noto/NotoSansCJK-{}.ttc#2"
+TRAINING_FONTS = (
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    *(_NOTO.format(w) for w in ("DemiLight", "Regular", "Medium", "Bold", "Black")),
+)
+
+
+def training_fonts() -> list[str]:
+    """The TRAINING_FONTS installed here (the default font first when it is among them)."""
+    return [f for f in TRAINING_FONTS if Path(f.split("#")[0]).exists()]
+
+
+@lru_cache(maxsize=4096)
 def _glyph(ch: str, font_path: str) -> np.ndarray:
-    """Tight uint8 ink mask of one character (rendered large, cropped to its ink)."""
+    """Tight uint8 ink mask of one character (rendered large, cropped to its ink).
+    `font_path` may name a face of a collection: "path#index"."""
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError as exc:  # pragma: no cover - depends on the dev extra
         raise RuntimeError("synthetic plates need Pillow (the dev extra) for CJK glyphs") from exc
-    font = ImageFont.truetype(font_path, 120)
+    path, _, index = font_path.partition("#")
+    font = ImageFont.truetype(path, 120, index=int(index or 0))
     canvas = Image.new("L", (180, 180), 0)
     ImageDraw.Draw(canvas).text((20, 10), ch, fill=255, font=font)
     mask = np.asarray(canvas)
@@ -373,10 +392,11 @@ def type_schedule(n: int, proportions: Mapping[PlateType, float]) -> list[PlateT
 
 
 def generate_dataset(
-    n: int, seed: int = 0, config: SynthConfig = SynthConfig()
+    n: int, seed: int = 0, config: SynthConfig = SynthConfig(), fonts: Sequence[str] = ()
 ) -> Iterator[SynthPlate]:
-    """n plates in the config's fixed type proportions; the same seed gives the same set."""
-    font = str(find_cjk_font())
+    """n plates in the config's fixed type proportions; the same seed gives the same set.
+    Plate i is drawn in fonts[i % len(fonts)], or in the default font."""
+    fonts = fonts or (str(find_cjk_font()),)
     for i, ptype in enumerate(type_schedule(n, config.proportions)):
         # One generator per sample: item i does not depend on how many came before.
-        yield generate(np.random.default_rng([seed, i]), ptype, config, font)
+        yield generate(np.random.default_rng([seed, i]), ptype, config, fonts[i % len(fonts)])

@@ -241,6 +241,25 @@ def test_synth_plates_classified() -> None:
     assert grammar.is_valid(s.text) and s.image.ndim == 3
 
 
+def test_synth_plates_drawn_in_each_font_given() -> None:
+    """Plate i of a dataset is drawn in fonts[i % len(fonts)]; "path#index" names a face of
+    a collection (the training script draws its plates in several)."""
+    synth = pytest.importorskip("devtools.synth_plates")
+    try:
+        font = str(synth.find_cjk_font())
+    except synth.FontNotFoundError as exc:
+        missing(str(exc))
+    if Path(font).name != "wqy-zenhei.ttc":  # make's font (Makefile: fonts)
+        pytest.skip(f"needs wqy-zenhei, whose second face draws Latin letters narrower: {font}")
+    fonts = (font, font + "#1")
+    plates = list(synth.generate_dataset(4, seed=3, fonts=fonts))
+    for i, p in enumerate(plates):
+        each = [synth.generate(np.random.default_rng([3, i]), p.plate_type, font=f) for f in fonts]
+        assert [np.array_equal(p.image, e.image) for e in each] == [i % 2 == 0, i % 2 == 1]
+    with pytest.raises(OSError):  # a face the collection does not have
+        synth.render_plate("皖A12345", PlateType.BLUE, font + "#99")
+
+
 # -- orchestration with fakes -------------------------------------------------------------
 class _FakeDetector:
     def __init__(self, dets: list[PlateDetection]) -> None:
