@@ -42,7 +42,7 @@ class Rate:
 class FoldReport:
     protocol: str  # "leave set out", "leave NUAA subjects out", "prints only", ...
     left_out: str  # the set or subjects
-    l2: float
+    l2: str  # each head's L2 strength
     attack_threshold: float
     live_threshold: float
     bpcer: Rate  # real (non-synthetic) bona fide of the left-out part, not LIVE

@@ -45,7 +45,8 @@ def leave_set_out_models(
                 len(corpus),
                 int(corpus.trainable.sum()),
                 pm.L2_GRID,
-                pm.REAL_ATTACK_WEIGHT,
+                pm.BONA_FIDE_SHARES,
+                "two heads",
                 pc.ps.VERSION,
             )
         ).encode()
@@ -64,7 +65,8 @@ def leave_set_out_models(
             meta = {
                 "attack_threshold": f"{th.attack:.6f}",
                 "live_threshold": f"{th.live:.6f}",
-                "l2": str(trained.l2),
+                "l2": trained.l2,
+                "bona_fide_shares": trained.shares,
                 "left_out": name,
                 "sources": ",".join(sorted(set(corpus.source[train].tolist()))),
                 "claims": "bench fold model: never saw the face set it is named after",

@@ -20,8 +20,9 @@ ONNX ops:
   HSV saturation and value over the crop and its centre, the share of specular pixels, the
   power spectrum of Y in radial bands with its high-band peak (a DFT as matrix products),
   and Laplacian-variance blur at two scales;
-its last part is a logistic regression (standardisation and Platt calibration baked in)
-trained in numpy. Training
+its last part is two logistic regressions (standardisation and Platt calibration baked in)
+trained in numpy, one on the synthetic face sets and one on real frames, whose smaller
+probability is the output (:func:`train`; a site's own frames alone: one). Training
 features come from running the feature part of the very same graph with onnxruntime, so the
 pre-processing is written once.
 """
@@ -120,6 +121,15 @@ class Classifier:
     bias: float
 
 
+@dataclass(frozen=True, slots=True)
+class TwoHeads:
+    """Two calibrated logistic heads on the same features; the probability live is the
+    smaller of theirs (an attack if either head says attack): :func:`train`."""
+
+    synthetic: Classifier  # head S: the face sets' bona fide vs their synthetic attacks
+    real: Classifier  # head N: real frames' bona fide vs their real attacks (NUAA's prints)
+
+
 class _Graph:
     """The nodes and initialisers of the ONNX graph being built, in the order they are added
     (the order is part of the serialized bytes, so of the model's sha256)."""
@@ -157,7 +167,9 @@ class _Graph:
         return self.node(op, [t], output, kernel_shape=[cell, cell], strides=[cell, cell])
 
 
-def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None = None) -> bytes:
+def build_graph(
+    classifier: Classifier | TwoHeads | None, metadata: dict[str, str] | None = None
+) -> bytes:
     """The serialized ONNX model. Without a classifier: zero weights (the features output
     is the same either way; used to compute training features)."""
     import onnx
@@ -174,7 +186,10 @@ def build_graph(classifier: Classifier | None, metadata: dict[str, str] | None =
     feats += _medium_features(g)
     features = g.node("Concat", feats, "features", axis=1)
     n_feat = _n_features()
-    _head(g, features, classifier if classifier is not None else _blank(n_feat))
+    if isinstance(classifier, TwoHeads):
+        _two_heads(g, features, classifier)
+    else:
+        _head(g, features, classifier if classifier is not None else _blank(n_feat))
     graph = helper.make_graph(
         g.nodes,
         "pad_ref",
@@ -212,6 +227,22 @@ def _head(g: _Graph, features: str, c: Classifier) -> None:
     logit = g.node("MatMul", [z, w], "logit0")
     logit = g.node("Add", [logit, g.const("b", np.array([c.bias], np.float32))], "logit")
     g.node("Sigmoid", [logit], "liveness")
+
+
+def _two_heads(g: _Graph, features: str, c: TwoHeads) -> None:
+    """Each head standardises and takes its logit; `liveness` is the sigmoid of the smaller
+    logit (the smaller probability: sigmoid is increasing)."""
+    logits = []
+    for tag, h in (("s", c.synthetic), ("n", c.real)):
+        z = g.node("Sub", [features, g.const(f"mu_{tag}", h.mean.astype(np.float32))], f"z0_{tag}")
+        z = g.node("Div", [z, g.const(f"sd_{tag}", h.std.astype(np.float32))], f"z_{tag}")
+        w = g.const(f"w_{tag}", h.weights.astype(np.float32).reshape(-1, 1))
+        logit = g.node("MatMul", [z, w], f"logit0_{tag}")
+        bias = g.const(f"b_{tag}", np.array([h.bias], np.float32))
+        logits.append(g.node("Add", [logit, bias], f"logit_{tag}"))
+    both = g.node("Concat", logits, "logits", axis=1)
+    low = g.node("ReduceMin", [both], "logit", axes=[1], keepdims=1)
+    g.node("Sigmoid", [low], "liveness")
 
 
 def _colour_layout(g: _Graph, chans: str) -> list[str]:
@@ -513,9 +544,12 @@ def fit_logistic(
     return Classifier(mean, std, w[:-1], float(w[-1]))
 
 
-def predict(c: Classifier, x: np.ndarray) -> np.ndarray:
-    z = (x - c.mean) / c.std
-    return 1 / (1 + np.exp(-np.clip(z @ c.weights + c.bias, -30, 30)))
+def predict(c: Classifier | TwoHeads, x: np.ndarray) -> np.ndarray:
+    if isinstance(c, TwoHeads):
+        logit = np.minimum(_logit(c.synthetic, x), _logit(c.real, x))
+    else:
+        logit = _logit(c, x)
+    return 1 / (1 + np.exp(-np.clip(logit, -30, 30)))
 
 
 # --- thresholds ----------------------------------------------------------------------------
@@ -593,45 +627,49 @@ def inner_folds(source: np.ndarray, group: np.ndarray, synthetic_sources: set[st
     return fold.astype(str)
 
 
-# Where real attacks (NUAA's prints, a site's own) train beside synthetic ones, each real
-# source's attacks weigh this many times a synthetic set's within the attack class: they are
-# the only attacks the generator did not make, and left-out NUAA subjects' prints are what
-# the synthetic ones failed to teach (issue 27; screening on bench pad's three worst NUAA
-# folds: 34.5% worst APCER at 1, about 8% at 6, 4.4% at 15).
-REAL_ATTACK_WEIGHT = 15.0
+# Two heads (issue 27): one logistic regression over NUAA-like real frames and synthetic face
+# sets together learned the camera as evidence. NUAA (one webcam) held most of the attack
+# class but a third of the bona fide, so "looks like that webcam" itself said attack, and
+# every re-balancing that removed it starved NUAA's real prints. Head S learns the face
+# sets' bona fide against their synthetic attacks (each set weighs the same: the camera is
+# balanced inside it), head N the real sources' bona fide against their real attacks (one
+# camera: no camera confound inside it either); the probability live is the smaller of the
+# two. Each head also sees the other side's bona fide in its live class at a small share
+# (of 1 for each of its own sources), chosen by the inner folds from BONA_FIDE_SHARES, so
+# that neither takes a camera it never saw for an attack (without them head N called web
+# photos attacks: left-out sets LIVE 72% worst).
+BONA_FIDE_SHARES = (0.0, 0.1, 0.25)
 
 
-def sample_weights(
+def head_weights(
     live: np.ndarray,
     source: np.ndarray,
-    synthetic_sources: set[str] | frozenset[str] = frozenset(),
+    mask: np.ndarray,
+    live_shares: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """Each class weighs half; within a class each source that has it weighs the same,
-    except that where synthetic and real attacks are mixed a real source's attacks weigh
-    REAL_ATTACK_WEIGHT times a synthetic source's. Mean 1."""
-    synthetic = np.isin(source, sorted(synthetic_sources))
-    mixed = (~live & synthetic).any() and (~live & ~synthetic).any()
+    """Training weights of one head's samples (`mask`; others 0): each class weighs half,
+    within a class each source the same, except that a source in `live_shares` has that
+    share of the bona fide class (each other source 1). Mean 1 over the mask."""
     w = np.zeros(len(live))
     for cls in (True, False):
-        srcs = np.unique(source[live == cls])
-        share = {
-            s: REAL_ATTACK_WEIGHT if mixed and not cls and s not in synthetic_sources else 1.0
-            for s in srcs.tolist()
-        }
+        srcs = sorted(set(source[mask & (live == cls)].tolist()))
+        share = {s: (live_shares or {}).get(s, 1.0) if cls else 1.0 for s in srcs}
         total = sum(share.values())
-        for src in srcs.tolist():
-            m = (live == cls) & (source == src)
-            w[m] = 0.5 * share[src] / (total * m.sum())
-    return w * len(live)
+        for src in srcs:
+            m = mask & (live == cls) & (source == src)
+            if share[src] > 0:
+                w[m] = 0.5 * share[src] / (total * m.sum())
+    return w * mask.sum() / max(float(w.sum()), 1e-12)
 
 
 @dataclass(frozen=True, slots=True)
 class Trained:
-    classifier: Classifier
+    classifier: Classifier | TwoHeads
     thresholds: Thresholds
-    l2: float
+    l2: str  # each head's L2 strength ("S 300.0, N 3.0"; one head: "30.0")
     oof_scores: np.ndarray  # out-of-fold (inner folds) scores of the training samples
     folds: tuple[str, ...]  # the inner folds
+    shares: str = ""  # each head's share of the other side's bona fide ("S 0.1, N 0.25")
 
 
 def balanced_log_loss(scores: np.ndarray, live: np.ndarray, w: np.ndarray | None = None) -> float:
@@ -642,10 +680,6 @@ def balanced_log_loss(scores: np.ndarray, live: np.ndarray, w: np.ndarray | None
     lb = np.sum(w[live] * np.log(p[live])) / np.sum(w[live])
     la = np.sum(w[~live] * np.log(1 - p[~live])) / np.sum(w[~live])
     return float(-0.5 * lb - 0.5 * la)
-
-
-def _fit_w(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float) -> Classifier:
-    return fit_logistic(x, y, l2, weights=w)
 
 
 def _calibrate(logit: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
@@ -668,6 +702,106 @@ def _logit(c: Classifier, x: np.ndarray) -> np.ndarray:
     return ((x - c.mean) / c.std) @ c.weights + c.bias
 
 
+@dataclass(frozen=True, slots=True)
+class _Head:
+    classifier: Classifier  # calibrated
+    oof_logit: np.ndarray  # calibrated out-of-fold logits of every training sample
+    l2: float
+    share: float  # of the other side's bona fide
+
+
+def _fit_head(
+    x: np.ndarray,
+    live: np.ndarray,
+    w: np.ndarray,
+    mask: np.ndarray,
+    folds: np.ndarray,
+    share: float,
+) -> _Head:
+    """One head on the `mask` samples: L2 from L2_GRID by the weighted balanced log-loss of
+    its out-of-fold scores over `folds` (each fold's model trained on the mask less that
+    fold, scoring every sample of it), Platt calibration on them, then fitted on the mask."""
+    y = live.astype(np.float64)
+    best: tuple[float, float, np.ndarray] | None = None
+    for l2 in L2_GRID:  # ascending: a tie keeps the weaker regularisation
+        oof = np.zeros(len(y))
+        for f in np.unique(folds):
+            test = folds == f
+            fit = mask & ~test
+            oof[test] = _logit(fit_logistic(x[fit], y[fit], l2, weights=w[fit]), x[test])
+        loss = balanced_log_loss(
+            1 / (1 + np.exp(-np.clip(oof[mask], -30, 30))), live[mask], w[mask]
+        )
+        if best is None or loss < best[0]:
+            best = (loss, l2, oof)
+    assert best is not None
+    _, l2, oof_logit = best
+    a, c = _calibrate(oof_logit[mask], y[mask], w[mask])
+    raw = fit_logistic(x[mask], y[mask], l2, weights=w[mask])
+    cal = Classifier(raw.mean, raw.std, raw.weights * a, raw.bias * a + c)
+    return _Head(cal, a * oof_logit + c, l2, share)
+
+
+def _heads(
+    x: np.ndarray,
+    live: np.ndarray,
+    source: np.ndarray,
+    groups: np.ndarray,
+    own: np.ndarray,
+    other_bona: np.ndarray,
+    folds: np.ndarray,
+) -> list[_Head]:
+    """One head per share of BONA_FIDE_SHARES: the `own` samples and, at that share, the
+    bona fide of the `other_bona` sources. None without both classes among `own`."""
+    if not ((own & live).any() and (own & ~live).any()):
+        return []
+    others = sorted(set(source[other_bona & live].tolist()))
+    folds = _head_folds(folds, groups, own, live)
+    out = []
+    for share in BONA_FIDE_SHARES if others else (0.0,):
+        mask = own | (other_bona & live) if share > 0 else own
+        w = head_weights(live, source, mask, {s: share for s in others} if share > 0 else None)
+        out.append(_fit_head(x, live, w, mask, folds, share))
+    return out
+
+
+def _head_folds(
+    folds: np.ndarray, groups: np.ndarray, own: np.ndarray, live: np.ndarray
+) -> np.ndarray:
+    """The inner folds, unless a fold would leave the head none of one class of its own
+    samples to train on (its samples all in one face set, say): then its people spread over
+    up to 5 folds (as :func:`inner_folds` does with too few folds)."""
+    if all(
+        (own & ~(folds == f) & live).any() and (own & ~(folds == f) & ~live).any()
+        for f in np.unique(folds)
+    ):
+        return folds
+    subs = sorted(set(groups.tolist()))
+    k = min(5, len(subs))
+    out = np.empty(len(groups), object)
+    for i, g in enumerate(subs):
+        out[groups == g] = f"g:{i % k}"
+    return out.astype(str)
+
+
+def _combine(logits: Sequence[np.ndarray]) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(np.min(np.stack(logits), 0), -30, 30)))
+
+
+def _worst_source_error(scores: np.ndarray, live: np.ndarray, source: np.ndarray) -> float:
+    """The worst source's APCER or BPCER at the live threshold :func:`pick_thresholds`
+    picks on these scores."""
+    t = pick_thresholds(scores, live, source).live
+    worst = 0.0
+    for src in np.unique(source):
+        m = source == src
+        if (m & live).any():
+            worst = max(worst, float(np.mean(scores[m & live] < t)))
+        if (m & ~live).any():
+            worst = max(worst, float(np.mean(scores[m & ~live] >= t)))
+    return worst
+
+
 def train(
     x: np.ndarray,
     live: np.ndarray,
@@ -675,27 +809,38 @@ def train(
     source: np.ndarray | None = None,
     synthetic_sources: set[str] | frozenset[str] = frozenset(),
 ) -> Trained:
-    """L2 strength (by the weighted balanced log-loss), a Platt calibration and both
-    thresholds, all from out-of-fold scores over :func:`inner_folds` of these samples only;
-    then one model fitted on all of them, calibrated."""
+    """Head S on the synthetic sources (face sets), head N on the others (real frames), each
+    where its samples hold both classes: each head's L2 and calibration from its out-of-fold
+    scores over :func:`inner_folds` of these samples; each head's share of the other side's
+    bona fide (BONA_FIDE_SHARES) by the smallest worst-source error of the combined
+    out-of-fold scores at their live threshold (a tie keeps the smaller shares); both
+    thresholds from those scores. With one head (a site's own frames only, or no real
+    attacks) it is that head alone."""
     source = np.full(len(live), "all") if source is None else source
-    y = live.astype(np.float64)
-    w = sample_weights(live, source, synthetic_sources)
     folds = inner_folds(source, groups, set(synthetic_sources))
-    best: tuple[float, float, np.ndarray] | None = None
-    for l2 in L2_GRID:  # ascending: a tie keeps the weaker regularisation
-        oof = np.zeros(len(y))
-        for f in np.unique(folds):
-            test = folds == f
-            oof[test] = _logit(_fit_w(x[~test], y[~test], w[~test], l2), x[test])
-        loss = balanced_log_loss(1 / (1 + np.exp(-np.clip(oof, -30, 30))), live, w)
-        if best is None or loss < best[0]:
-            best = (loss, l2, oof)
-    assert best is not None
-    _, l2, oof_logit = best
-    a, c = _calibrate(oof_logit, y, w)
-    oof = 1 / (1 + np.exp(-np.clip(a * oof_logit + c, -30, 30)))
+    synthetic = np.isin(source, sorted(synthetic_sources))
+    cands_s = _heads(x, live, source, groups, synthetic, ~synthetic, folds)
+    cands_n = _heads(x, live, source, groups, ~synthetic, synthetic, folds)
+    pairs = [(s, n) for s in cands_s or [None] for n in cands_n or [None]]
+    best: tuple[float, _Head | None, _Head | None] | None = None
+    for hs, hn in pairs:
+        heads = [h for h in (hs, hn) if h is not None]
+        if len(pairs) == 1:
+            best = (0.0, hs, hn)
+            break
+        err = _worst_source_error(_combine([h.oof_logit for h in heads]), live, source)
+        if best is None or err < best[0] - 1e-12:
+            best = (err, hs, hn)
+    if best is None:
+        raise ValueError("need bona fide and attack samples")
+    _, hs, hn = best
+    heads = [h for h in (hs, hn) if h is not None]
+    oof = _combine([h.oof_logit for h in heads])
     th = pick_thresholds(oof, live, source)
-    raw = _fit_w(x, y, w, l2)
-    cal = Classifier(raw.mean, raw.std, raw.weights * a, raw.bias * a + c)
-    return Trained(cal, th, l2, oof, tuple(sorted(set(folds.tolist()))))
+    clf: Classifier | TwoHeads
+    if hs is not None and hn is not None:
+        clf = TwoHeads(hs.classifier, hn.classifier)
+        l2, shares = f"S {hs.l2}, N {hn.l2}", f"S {hs.share}, N {hn.share}"
+    else:
+        clf, l2, shares = heads[0].classifier, str(heads[0].l2), str(heads[0].share)
+    return Trained(clf, th, l2, oof, tuple(sorted(set(folds.tolist()))), shares)

@@ -25,10 +25,13 @@ Each frame's largest YuNet face is cropped with context exactly as the service c
 frame, are left out as the service never scores them, and so are tight photos the service
 crops with a context shrunk to the frame: they are validated, not trained on), the fixed
 features come from the
-feature part of the very graph that is shipped (benchmarks/pad_model.py), and a logistic
-regression is fitted in numpy. Its L2 strength, calibration and both thresholds come from
-out-of-fold scores over folds disjoint by subject and by set (benchmarks/pad_model.py
-`inner_folds`). The script prints the sha256 for models/manifest.toml.
+feature part of the very graph that is shipped (benchmarks/pad_model.py), and logistic
+regressions are fitted in numpy: with synthetic face sets beside real frames, one head on
+each, the output the smaller of their probabilities (a site's own frames alone: one). L2
+strengths, calibrations, each head's share of the other side's bona fide and both thresholds
+come from out-of-fold scores over folds disjoint by subject and by set
+(benchmarks/pad_model.py `inner_folds`, `train`). The script prints the sha256 for
+models/manifest.toml.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_bytes(data)
     print(f"samples: {len(corpus)} ({counts}); sources {sources}; {len(groups)} subjects")
     print(f"held out: {sorted(held)}; {corpus.dropped} frames dropped (no face or no evidence)")
-    print(f"inner folds: {', '.join(trained.folds)}; l2 {trained.l2}")
+    print(f"inner folds: {', '.join(trained.folds)}; l2 {trained.l2}; shares {trained.shares}")
     print(f"out of fold at live_threshold {th.live:.4f}: APCER {apcer:.2%}  BPCER {bpcer:.2%}")
     print(f"attack_threshold {th.attack:.4f}")
     print(f"wrote {args.out} ({len(data)} bytes) in {time.perf_counter() - t0:.0f} s")
@@ -161,8 +164,8 @@ def _metadata(
         "live_threshold": f"{th.live:.6f}",
         "max_outside": "0.3",
         "min_face_px": "40",
-        "l2": str(trained.l2),
-        "real_attack_weight": str(pm.REAL_ATTACK_WEIGHT),
+        "l2": trained.l2,
+        "bona_fide_shares": trained.shares,
         "sources": ",".join(sources),
         "subjects": str(len(groups)),
         "held_out": ",".join(sorted(held)),

@@ -96,18 +96,42 @@ def test_the_live_threshold_protects_the_worst_source() -> None:
     assert th.attack <= th.live
 
 
-def test_real_attacks_outweigh_a_synthetic_set_only_beside_synthetic_ones() -> None:
-    live = np.array([True, True, False, False, True, False, False])
-    source = np.array(["nuaa", "nuaa", "nuaa", "nuaa", "s1", "s1", "s1"])
-    w = pm.sample_weights(live, source, {"s1"})
-    assert np.isclose(w.mean(), 1.0)
-    real, synthetic = w[~live & (source == "nuaa")].sum(), w[~live & (source == "s1")].sum()
-    assert np.isclose(real / synthetic, pm.REAL_ATTACK_WEIGHT)
-    assert np.isclose(w[live & (source == "nuaa")].sum(), w[live & (source == "s1")].sum())
-    # A site's own frames only (no synthetic set): every source weighs the same, classes half.
-    site = pm.sample_weights(live, source)
+def test_head_weights_balance_classes_and_sources_within_the_head() -> None:
+    live = np.array([True, True, False, False, True, True, False, False, True])
+    source = np.array(["nuaa"] * 4 + ["s1"] * 3 + ["s2"] * 2)
+    # Head S: the face sets' samples and, at a share of 0.25, NUAA's bona fide.
+    mask = (source != "nuaa") | live
+    w = pm.head_weights(live, source, mask, {"nuaa": 0.25})
+    assert np.isclose(w[mask].mean(), 1.0) and (w[~mask] == 0).all()
+    assert np.isclose(w[live].sum(), w[~live].sum()), "each class half"
+    s1, s2, nuaa = (w[live & (source == s)].sum() for s in ("s1", "s2", "nuaa"))
+    assert np.isclose(s1, s2) and np.isclose(nuaa / s1, 0.25)
+    assert np.isclose(w[~live & (source == "s1")].sum(), w[~live & (source == "s2")].sum())
+    # Without shares every source of a class weighs the same.
+    site = pm.head_weights(live, source, np.ones(len(live), bool))
     assert np.isclose(site[live].sum(), site[~live].sum())
     assert np.isclose(site[~live & (source == "nuaa")].sum(), site[~live & (source == "s1")].sum())
+
+
+def test_two_heads_export_to_one_graph_that_scores_as_predict() -> None:
+    rng = np.random.default_rng(3)
+    n = pm._n_features()
+
+    def head(scale: float) -> pm.Classifier:
+        return pm.Classifier(
+            rng.standard_normal(n), 1 + rng.random(n), scale * rng.standard_normal(n), 0.3
+        )
+
+    clf = pm.TwoHeads(head(0.05), head(0.08))
+    model = pm.session(pm.build_graph(clf, {"live_threshold": "0.5"}))
+    assert model.output_names[:2] == ["liveness", "features"]
+    crops = rng.integers(0, 255, (4, 3, pm.SIZE, pm.SIZE)).astype(np.float32)
+    live, feats = model.run(crops)[:2]
+    assert live.shape == (4, 1)
+    expected = pm.predict(clf, feats.astype(np.float64))
+    assert np.allclose(live[:, 0], expected, atol=1e-4)
+    both = np.stack([pm.predict(clf.synthetic, feats), pm.predict(clf.real, feats)])
+    assert np.allclose(expected, both.min(0)), "attack if either head says attack"
 
 
 def _site_folder(root: Path) -> Path:
