@@ -821,6 +821,8 @@ def train(
     synthetic = np.isin(source, sorted(synthetic_sources))
     cands_s = _heads(x, live, source, groups, synthetic, ~synthetic, folds)
     cands_n = _heads(x, live, source, groups, ~synthetic, synthetic, folds)
+    if not cands_s and not cands_n:
+        raise ValueError("need bona fide and attack samples of one kind of source")
     pairs = [(s, n) for s in cands_s or [None] for n in cands_n or [None]]
     best: tuple[float, _Head | None, _Head | None] | None = None
     for hs, hn in pairs:
@@ -831,8 +833,7 @@ def train(
         err = _worst_source_error(_combine([h.oof_logit for h in heads]), live, source)
         if best is None or err < best[0] - 1e-12:
             best = (err, hs, hn)
-    if best is None:
-        raise ValueError("need bona fide and attack samples")
+    assert best is not None
     _, hs, hn = best
     heads = [h for h in (hs, hn) if h is not None]
     oof = _combine([h.oof_logit for h in heads])
