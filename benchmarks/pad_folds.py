@@ -7,8 +7,8 @@ calibration and thresholds) on the same corpus without that set, and writes it a
 file a server loads like any user model. `bench fusion --require-liveness` scores every face
 of a set with the model that left that set out.
 
-Models are cached in `cache_dir/folds/` under a key of the corpus and of the feature graph
-(a change to either trains them again).
+Models are cached in `cache_dir/folds/` under a key of the corpus, the feature graph and the
+training recipe's source (a change to any of them trains them again).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ import numpy as np
 from benchmarks import pad_corpus as pc
 from benchmarks import pad_eval as pe
 from benchmarks import pad_model as pm
+
+
+def _recipe() -> bytes:
+    """The training recipe as written: an edit to it trains the fold models again."""
+    return Path(pm.__file__).read_bytes()
 
 
 def leave_set_out_models(
@@ -44,13 +49,11 @@ def leave_set_out_models(
                 str(faces_root),
                 len(corpus),
                 int(corpus.trainable.sum()),
-                pm.L2_GRID,
-                pm.BONA_FIDE_SHARES,
-                "two heads",
                 pc.ps.VERSION,
             )
         ).encode()
         + blank
+        + _recipe()
     ).hexdigest()[:16]
     x: np.ndarray | None = None
     out = {}

@@ -240,6 +240,13 @@ def test_fold_models_leave_their_set_out_and_the_bench_scores_each_set_with_its_
         tmp_path, lambda img: [], pad_root=None, faces_root=tmp_path
     )
     assert again == models, "cached"
+    monkeypatch.setattr(pad_folds, "_recipe", lambda: b"an edited recipe")
+    edited = pad_folds.leave_set_out_models(
+        tmp_path, lambda img: [], pad_root=None, faces_root=tmp_path
+    )
+    assert set(edited) == set(models) and not set(edited.values()) & set(models.values()), (
+        "a changed recipe trains the fold models again"
+    )
 
     class Faces:
         liveness = "shipped"
