@@ -167,10 +167,14 @@ class CtcReader:
         width = round(self.input_height * w / max(h, 1) * self.width_ratio)
         return int(np.clip(width, self.input_height, self.max_width))
 
+    def _padded_width(self, width: int) -> int:
+        """The width of the line a crop of this target width is read in, alone."""
+        return max(width, self.pad_to)
+
     def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Resize every crop to the model height and pad them on the right to one width."""
         widths = [self._target_width(c) for c in crops]
-        batch_w = max(*widths, self.pad_to)
+        batch_w = max(self._padded_width(w) for w in widths)
         # Zero after normalisation == mid-grey, which the models saw as padding in training.
         out = np.zeros((len(crops), 3, self.input_height, batch_w), np.float32)
         for i, (crop, w) in enumerate(zip(crops, widths, strict=True)):
@@ -239,7 +243,7 @@ class CtcReader:
         270 px did beside a 330-px one). Crops are batched by the width they pad to."""
         groups: dict[int, list[int]] = {}
         for i, crop in enumerate(crops):
-            groups.setdefault(max(self._target_width(crop), self.pad_to), []).append(i)
+            groups.setdefault(self._padded_width(self._target_width(crop)), []).append(i)
         readings: dict[int, Reading] = {}
         for idx in groups.values():
             (out,) = self.model.run(self.preprocess([crops[i] for i in idx]))
