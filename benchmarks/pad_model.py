@@ -534,7 +534,7 @@ def fit_logistic(
     reg[-1] = 0.0
     w = np.zeros(d + 1)
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(zb @ w, -30, 30)))
+        p = _sigmoid(zb @ w)
         grad = zb.T @ (sw * (p - y)) + reg * w
         hess = (zb * (sw * p * (1 - p))[:, None]).T @ zb + np.diag(reg + 1e-9)
         step = np.linalg.solve(hess, grad)
@@ -544,12 +544,13 @@ def fit_logistic(
     return Classifier(mean, std, w[:-1], float(w[-1]))
 
 
-def predict(c: Classifier | TwoHeads, x: np.ndarray) -> np.ndarray:
-    if isinstance(c, TwoHeads):
-        logit = np.minimum(_logit(c.synthetic, x), _logit(c.real, x))
-    else:
-        logit = _logit(c, x)
+def _sigmoid(logit: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.clip(logit, -30, 30)))
+
+
+def predict(c: Classifier | TwoHeads, x: np.ndarray) -> np.ndarray:
+    heads = (c.synthetic, c.real) if isinstance(c, TwoHeads) else (c,)
+    return _combine([_logit(h, x) for h in heads])
 
 
 # --- thresholds ----------------------------------------------------------------------------
@@ -620,10 +621,17 @@ def inner_folds(source: np.ndarray, group: np.ndarray, synthetic_sources: set[st
         for i, g in enumerate(subs):
             fold[m & (group == g)] = f"{src}:{i % k}"
     if len(set(fold.tolist())) < 3:
-        subs = sorted(set(group.tolist()))
-        k = min(5, len(subs))
-        for i, g in enumerate(subs):
-            fold[group == g] = f"g:{i % k}"
+        return _spread_subjects(group)
+    return fold.astype(str)
+
+
+def _spread_subjects(group: np.ndarray) -> np.ndarray:
+    """Folds that deal the subjects over up to 5 folds, whatever their source."""
+    subs = sorted(set(group.tolist()))
+    k = min(5, len(subs))
+    fold = np.empty(len(group), object)
+    for i, g in enumerate(subs):
+        fold[group == g] = f"g:{i % k}"
     return fold.astype(str)
 
 
@@ -729,9 +737,7 @@ def _fit_head(
             test = folds == f
             fit = mask & ~test
             oof[test] = _logit(fit_logistic(x[fit], y[fit], l2, weights=w[fit]), x[test])
-        loss = balanced_log_loss(
-            1 / (1 + np.exp(-np.clip(oof[mask], -30, 30))), live[mask], w[mask]
-        )
+        loss = balanced_log_loss(_sigmoid(oof[mask]), live[mask], w[mask])
         if best is None or loss < best[0]:
             best = (loss, l2, oof)
     assert best is not None
@@ -776,16 +782,13 @@ def _head_folds(
         for f in np.unique(folds)
     ):
         return folds
-    subs = sorted(set(groups.tolist()))
-    k = min(5, len(subs))
-    out = np.empty(len(groups), object)
-    for i, g in enumerate(subs):
-        out[groups == g] = f"g:{i % k}"
-    return out.astype(str)
+    return _spread_subjects(groups)
 
 
 def _combine(logits: Sequence[np.ndarray]) -> np.ndarray:
-    return 1 / (1 + np.exp(-np.clip(np.min(np.stack(logits), 0), -30, 30)))
+    """The probability live of heads with these logits: the smallest (an attack if either
+    head says attack)."""
+    return _sigmoid(np.min(np.stack(logits), 0))
 
 
 def _worst_source_error(scores: np.ndarray, live: np.ndarray, source: np.ndarray) -> float:
@@ -824,24 +827,19 @@ def train(
     if not cands_s and not cands_n:
         raise ValueError("need bona fide and attack samples of one kind of source")
     pairs = [(s, n) for s in cands_s or [None] for n in cands_n or [None]]
-    best: tuple[float, _Head | None, _Head | None] | None = None
-    for hs, hn in pairs:
-        heads = [h for h in (hs, hn) if h is not None]
-        if len(pairs) == 1:
-            best = (0.0, hs, hn)
-            break
-        err = _worst_source_error(_combine([h.oof_logit for h in heads]), live, source)
-        if best is None or err < best[0] - 1e-12:
-            best = (err, hs, hn)
-    assert best is not None
-    _, hs, hn = best
-    heads = [h for h in (hs, hn) if h is not None]
-    oof = _combine([h.oof_logit for h in heads])
+
+    def oof_of(pair: tuple[_Head | None, _Head | None]) -> np.ndarray:
+        return _combine([h.oof_logit for h in pair if h is not None])
+
+    # min keeps the first of equal errors: the smaller shares.
+    hs, hn = min(pairs, key=lambda p: _worst_source_error(oof_of(p), live, source))
+    oof = oof_of((hs, hn))
     th = pick_thresholds(oof, live, source)
     clf: Classifier | TwoHeads
     if hs is not None and hn is not None:
         clf = TwoHeads(hs.classifier, hn.classifier)
         l2, shares = f"S {hs.l2}, N {hn.l2}", f"S {hs.share}, N {hn.share}"
     else:
-        clf, l2, shares = heads[0].classifier, str(heads[0].l2), str(heads[0].share)
+        (one,) = (h for h in (hs, hn) if h is not None)
+        clf, l2, shares = one.classifier, str(one.l2), str(one.share)
     return Trained(clf, th, l2, oof, tuple(sorted(set(folds.tolist()))), shares)
