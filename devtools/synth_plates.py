@@ -61,9 +61,14 @@ TRAINING_FONTS = (
 )
 
 
+def font_installed(font: str) -> bool:
+    """The file of `font` ("path" or "path#index") is on this machine."""
+    return Path(font.partition("#")[0]).exists()
+
+
 def training_fonts() -> list[str]:
     """The TRAINING_FONTS installed here (the default font first when it is among them)."""
-    return [f for f in TRAINING_FONTS if Path(f.split("#")[0]).exists()]
+    return [f for f in TRAINING_FONTS if font_installed(f)]
 
 
 @lru_cache(maxsize=4096)

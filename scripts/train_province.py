@@ -54,6 +54,7 @@ from devtools.synth_plates import (
     TRAINING_FONT_PACKAGES,
     SynthConfig,
     find_cjk_font,
+    font_installed,
     generate,
     generate_dataset,
     training_fonts,
@@ -271,7 +272,7 @@ def chosen_fonts(spec: str) -> list[str]:
     if spec == "default":
         return [str(find_cjk_font())]
     fonts = training_fonts() if spec == "all" else spec.split(",")
-    missing = [f for f in fonts if not Path(f.split("#")[0]).exists()]
+    missing = [f for f in fonts if not font_installed(f)]
     if (spec == "all" and len(fonts) < 2) or missing:
         raise SystemExit(
             f"fonts missing ({', '.join(missing) or 'fewer than two training fonts'}): "
@@ -286,7 +287,7 @@ _EXTRA_FONTS = ("/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc#2",)
 
 
 def evaluation_fonts() -> list[str]:
-    return [*training_fonts(), *(f for f in _EXTRA_FONTS if Path(f.split("#")[0]).exists())]
+    return [*training_fonts(), *(f for f in _EXTRA_FONTS if font_installed(f))]
 
 
 def crop_items(files: list[Path]) -> list[Item]:
