@@ -22,8 +22,9 @@ context, as the service crops it, and marked `fitted`: such faces are scored in 
 validation fold but never trained on (issue 27: with them in training the NUAA folds'
 thresholds moved, worst left-out APCER 4.4% -> 7.9% and BPCER 2.1% -> 5.8%).
 
-Everything is seeded: photo i's k-th synthetic frame uses `np.random.default_rng((seed, i,
-k))`, so a sample does not depend on which others were generated.
+Everything is seeded: photo i's k-th synthetic frame of a kind uses
+`np.random.default_rng((seed, i, stream(kind, k)))`, so a sample does not depend on which
+others were generated, and no two frames of a photo share a stream.
 """
 
 from __future__ import annotations
@@ -179,8 +180,26 @@ class _Seeds:
     seed: int
     key: int  # the photo's: from its set and file name
 
-    def rng(self, k: int) -> np.random.Generator:
-        return _rng(self.seed, self.key, k)
+    def rng(self, kind: str, k: int) -> np.random.Generator:
+        return _rng(self.seed, self.key, stream(kind, k))
+
+
+# The k-th synthetic frame of a kind draws from stream `first + step * k` while that stays
+# below `end` (the streams every corpus so far used: the shipped model's sha256 depends on
+# them), beyond it from the kind's own block. Before the blocks, a third bona fide variant
+# drew from the first replay's stream.
+_STREAMS = {"variant": (0, 50, 100), "print": (1, 1, 50), "replay": (100, 1, 1_000_000)}
+_BLOCK = 1_000_000
+
+
+def stream(kind: str, k: int) -> int:
+    """The random stream of a photo's k-th synthetic frame of `kind` (variant, print,
+    replay): distinct for every (kind, k)."""
+    first, step, end = _STREAMS[kind]
+    legacy = first + step * k
+    if legacy < end:
+        return legacy
+    return (1 + list(_STREAMS).index(kind)) * _BLOCK + k
 
 
 def _add_photo(
@@ -195,11 +214,11 @@ def _add_photo(
     variants, prints, replays = counts
     out.add(source, group, "live", False, photo)
     for k in range(variants):
-        out.add(source, group, "live", True, ps.bona_fide_variant(photo, seeds.rng(50 * k)))
+        out.add(source, group, "live", True, ps.bona_fide_variant(photo, seeds.rng("variant", k)))
     for k in range(prints):
-        out.add(source, group, "print", True, ps.make_print(photo, seeds.rng(1 + k)))
+        out.add(source, group, "print", True, ps.make_print(photo, seeds.rng("print", k)))
     for k in range(replays):
-        out.add(source, group, "replay", True, ps.make_replay(photo, seeds.rng(100 + k)))
+        out.add(source, group, "replay", True, ps.make_replay(photo, seeds.rng("replay", k)))
 
 
 def _rng(seed: int, key: int, k: int) -> np.random.Generator:
@@ -257,7 +276,12 @@ def cached(
     """:func:`build`, kept in `cache_dir` under a key of the generator's code and the
     arguments (the detector is YuNet as shipped; delete the folder after changing it)."""
     args = (str(pad_root), str(faces_root), prints, replays, variants, seed, context)
-    key = cache_key((*args, pm.SIZE, pm.MIN_CONTEXT, "fitted flag"))
+    counts = (variants, prints, replays)
+    # Counts that reach a kind's own block of streams drew other frames before the blocks.
+    blocks = any(
+        n and stream(kind, n - 1) >= _BLOCK for kind, n in zip(_STREAMS, counts, strict=True)
+    )
+    key = cache_key((*args, pm.SIZE, pm.MIN_CONTEXT, "fitted flag", *(["blocks"] * blocks)))
     path = cache_dir / f"pad-corpus-{key}.npz"
     if path.is_file():
         return load(path)

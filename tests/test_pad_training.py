@@ -60,6 +60,19 @@ def test_bona_fide_variants_keep_the_photo() -> None:
     assert np.mean(np.abs(back.astype(float) - photo)) < 25
 
 
+def test_no_two_synthetic_frames_of_a_photo_share_a_random_stream() -> None:
+    from benchmarks.pad_corpus import stream
+
+    # The streams the shipped corpus drew (two variants, two prints, two replays) stay put:
+    # the reference model's sha256 depends on them.
+    assert [stream("variant", k) for k in range(2)] == [0, 50]
+    assert [stream("print", k) for k in range(2)] == [1, 2]
+    assert [stream("replay", k) for k in range(2)] == [100, 101]
+    # Larger counts (a third variant met the first replay's stream before) stay distinct.
+    drawn = [(kind, k) for kind in ("variant", "print", "replay") for k in range(120)]
+    assert len({stream(kind, k) for kind, k in drawn}) == len(drawn)
+
+
 def test_inner_folds_are_disjoint_by_set_and_by_subject() -> None:
     source = np.array(["nuaa"] * 6 + ["lfw10"] * 4 + ["misc"] * 2)
     group = np.array(
