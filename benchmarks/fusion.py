@@ -895,6 +895,7 @@ def render(res: Mapping[str, Any], title: str, out: Path) -> Report:
         )
     _rates_section(rep, tree["systems"], outcomes)
     _kinds_section(rep, outcomes)
+    _refusals_section(rep, outcomes)
     _one_to_n_section(rep, tree["one_to_n"], outcomes)
     if "moved" in tree:
         _moved_section(rep, tree["moved"])
@@ -977,6 +978,56 @@ def _kinds_section(rep: Report, outcomes: Sequence[Outcome]) -> None:
             for k in (*KINDS, *ASIDE_KINDS)
         ],
     )
+
+
+# Why a genuine event was refused, first match wins: which factor an engineer must improve
+# (the reader, the liveness model, the face model) to turn it into a correct ALLOW.
+REFUSAL_CAUSES = {
+    "charged wrongly": "ALLOW, but not to the payer present or not on its bound plate",
+    "plate": "the payer's plate not read exactly (misread, a candidate, a guessed province)",
+    "liveness": "the liveness the policy requires was not LIVE",
+    "face floor": "the face below the policy's face floor (FACE_BELOW_FLOOR)",
+    "face": "the face otherwise short of the fused target (threshold, FAR, no face)",
+}
+
+
+def refusal_cause(o: Outcome) -> str:
+    """The :data:`REFUSAL_CAUSES` key of a genuine event the fused decision refused."""
+    reasons = set(o.reasons)
+    if o.outcome == "ALLOW":
+        return "charged wrongly"
+    if "PLATE_EXACT_MATCH" not in reasons:
+        return "plate"
+    if reasons & {"LIVENESS_UNCERTAIN", "PRESENTATION_ATTACK_SUSPECTED"}:
+        return "liveness"
+    return "face floor" if "FACE_BELOW_FLOOR" in reasons else "face"
+
+
+def _refusals_section(rep: Report, outcomes: Sequence[Outcome]) -> None:
+    refused = [o for o in outcomes if o.event.kind == "genuine" and not _accepts(o, "fused")]
+    by_cause: dict[str, list[Outcome]] = defaultdict(list)
+    for o in refused:
+        by_cause[refusal_cause(o)].append(o)
+    rep.h("Genuine events refused, by cause", 3)
+    rep.table(
+        ["cause", "events", "vehicle frames", "people", "what it means"],
+        [
+            [cause, len(sub), len({o.event.vehicle for o in sub}),
+             len({o.event.person for o in sub}), meaning]
+            for cause, meaning in REFUSAL_CAUSES.items()
+            if (sub := by_cause.get(cause))
+        ] or [["-", 0, 0, 0, "no genuine event refused"]],
+    )  # fmt: skip
+    plates: dict[str, int] = defaultdict(int)
+    for o in by_cause.get("plate", []):
+        plates[o.event.vehicle.name if o.event.vehicle else "-"] += 1
+    if plates:
+        rep.p(
+            "Vehicle frames behind the plate refusals (events each): "
+            + ", ".join(f"`{name}` {n}" for name, n in sorted(plates.items()))
+            + ". A frame serves every probe of its payer, so one misread frame refuses several "
+            "events."
+        )
 
 
 def _one_to_n_section(rep: Report, res: Mapping[str, Any], outcomes: Sequence[Outcome]) -> None:

@@ -329,3 +329,38 @@ def test_bench_report_writes_a_run_again_from_its_rows_json(tmp_path: Path) -> N
     (tmp_path / "run" / "rows.json").write_text(json.dumps(rows))
     done = CliRunner().invoke(bench, ["report", str(tmp_path / "run")])
     assert done.exit_code != 0 and "measure it again" in done.output
+
+
+def test_refused_genuine_events_are_counted_by_the_factor_that_failed() -> None:
+    from benchmarks import fusion
+
+    def genuine(i: int, outcome: str, reasons: list[str], charged: str = "") -> fusion.Outcome:
+        person = f"p{i}"
+        return fusion.outcome_from_row({
+            "event": {"kind": "genuine", "person": person,
+                      "vehicle": f"plates/street/car{i % 2}.jpg",
+                      "face": f"faces/set/{person}/{person}_0002.jpg"},
+            "present": person, "outcome": outcome, "identity_id": charged or person,
+            "plate_exact": True, "plate_llr": 3.0, "face_llr": 1.0, "fused_llr": 4.0,
+            "estimated_far": 1e-3, "face_top1": "", "face_score": 0.4, "reasons": reasons,
+        })  # fmt: skip
+
+    exact = "PLATE_EXACT_MATCH"
+    outcomes = [
+        genuine(0, "ALLOW", [exact, "FACE_MATCH"]),  # a correct accept: not refused
+        genuine(1, "STEP_UP", ["PLATE_NO_MATCH", "LIVENESS_UNCERTAIN"]),  # the plate comes first
+        genuine(2, "STEP_UP", ["PLATE_CANDIDATE_MATCH", "FACE_MATCH"]),
+        genuine(3, "STEP_UP", [exact, "LIVENESS_UNCERTAIN", "FACE_BELOW_FLOOR"]),
+        genuine(4, "STEP_UP", [exact, "FACE_BELOW_THRESHOLD", "FACE_BELOW_FLOOR"]),
+        genuine(5, "STEP_UP", [exact, "FAR_ABOVE_TARGET"]),
+        genuine(6, "ALLOW", [exact, "FACE_MATCH"], charged="p0"),  # someone else charged
+    ]
+    causes = [fusion.refusal_cause(o) for o in outcomes[1:]]
+    assert causes == ["plate", "plate", "liveness", "face floor", "face", "charged wrongly"]
+    rep = Report("fusion")
+    fusion._refusals_section(rep, outcomes)
+    text = rep.markdown()
+    # Two plate refusals on two frames of two people; the correct accept is in no row.
+    assert "| plate | 2 | 2 | 2 |" in text and "| face floor | 1 | 1 | 1 |" in text
+    assert "`car0.jpg` 1, `car1.jpg` 1" in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 5
