@@ -922,6 +922,7 @@ def report_from_rows(path: Path, out: Path, baseline: Path | None = None) -> Rep
         res["moved"] = moved_events(outcomes, baseline)
         res["events"] = events
     rep = render(res, payload["title"], out)
+    rep.machine = payload.get("machine") or rep.machine  # where and when it was measured
     rep.write(out)
     return rep
 
@@ -984,10 +985,10 @@ def _kinds_section(rep: Report, outcomes: Sequence[Outcome]) -> None:
 # (the reader, the liveness model, the face model) to turn it into a correct ALLOW.
 REFUSAL_CAUSES = {
     "charged wrongly": "ALLOW, but not to the payer present or not on its bound plate",
-    "plate": "the payer's plate not read exactly (misread, a candidate, a guessed province)",
+    "plate": "the plate read names the payer neither exactly nor as a candidate (a misread)",
     "liveness": "the liveness the policy requires was not LIVE",
     "face floor": "the face below the policy's face floor (FACE_BELOW_FLOOR)",
-    "face": "the face otherwise short of the fused target (threshold, FAR, no face)",
+    "face": "the face, with what the plate gave, short of the fused target (threshold, FAR)",
 }
 
 
@@ -996,7 +997,7 @@ def refusal_cause(o: Outcome) -> str:
     reasons = set(o.reasons)
     if o.outcome == "ALLOW":
         return "charged wrongly"
-    if "PLATE_EXACT_MATCH" not in reasons:
+    if not reasons & {"PLATE_EXACT_MATCH", "PLATE_CANDIDATE_MATCH"}:
         return "plate"
     if reasons & {"LIVENESS_UNCERTAIN", "PRESENTATION_ATTACK_SUSPECTED"}:
         return "liveness"

@@ -349,18 +349,47 @@ def test_refused_genuine_events_are_counted_by_the_factor_that_failed() -> None:
     outcomes = [
         genuine(0, "ALLOW", [exact, "FACE_MATCH"]),  # a correct accept: not refused
         genuine(1, "STEP_UP", ["PLATE_NO_MATCH", "LIVENESS_UNCERTAIN"]),  # the plate comes first
-        genuine(2, "STEP_UP", ["PLATE_CANDIDATE_MATCH", "FACE_MATCH"]),
+        genuine(2, "STEP_UP", ["PLATE_CANDIDATE_MATCH", "FAR_ABOVE_TARGET"]),  # it named the payer
         genuine(3, "STEP_UP", [exact, "LIVENESS_UNCERTAIN", "FACE_BELOW_FLOOR"]),
         genuine(4, "STEP_UP", [exact, "FACE_BELOW_THRESHOLD", "FACE_BELOW_FLOOR"]),
         genuine(5, "STEP_UP", [exact, "FAR_ABOVE_TARGET"]),
         genuine(6, "ALLOW", [exact, "FACE_MATCH"], charged="p0"),  # someone else charged
     ]
     causes = [fusion.refusal_cause(o) for o in outcomes[1:]]
-    assert causes == ["plate", "plate", "liveness", "face floor", "face", "charged wrongly"]
+    assert causes == ["plate", "face", "liveness", "face floor", "face", "charged wrongly"]
     rep = Report("fusion")
     fusion._refusals_section(rep, outcomes)
     text = rep.markdown()
-    # Two plate refusals on two frames of two people; the correct accept is in no row.
-    assert "| plate | 2 | 2 | 2 |" in text and "| face floor | 1 | 1 | 1 |" in text
-    assert "`car0.jpg` 1, `car1.jpg` 1" in text
+    # Two face refusals on two frames of two people; the correct accept is in no row.
+    assert "| face | 2 | 2 | 2 |" in text and "| plate | 1 | 1 | 1 |" in text
+    assert "frames behind the plate refusals (events each): `car1.jpg` 1." in text
     assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 5
+
+
+def test_a_fusion_report_written_again_names_the_machine_and_time_of_its_run(
+    tmp_path: Path,
+) -> None:
+    from benchmarks import fusion
+    from benchmarks.report import ROWS_NAME
+
+    person = "p0"
+    row = {
+        "event": {"kind": "genuine", "person": person, "vehicle": "plates/street/car.jpg",
+                  "face": f"faces/set/{person}/{person}_0002.jpg"},
+        "present": person, "outcome": "ALLOW", "identity_id": person, "plate_exact": True,
+        "plate_llr": 3.0, "face_llr": 14.0, "fused_llr": 17.0, "estimated_far": 1e-9,
+        "face_top1": person, "face_score": 0.75, "reasons": ["PLATE_EXACT_MATCH", "FACE_MATCH"],
+    }  # fmt: skip
+    measured = {k: "-" for k in ("python", "onnxruntime", "numpy", "faiss", "opencv")}
+    measured |= {"cpu": "the bench machine", "cores": 2, "date": "2026-01-02T03:04:05+00:00"}
+    run = Report("Fusion benchmark", machine=measured)
+    run.results = {
+        "systems": fusion.summary([fusion.outcome_from_row(row)])["systems"],
+        "one_to_n": fusion.one_to_n([]),
+        "events": [row],
+    }
+    run.write(tmp_path / "run")
+    again = fusion.report_from_rows(tmp_path / "run" / ROWS_NAME, tmp_path / "again")
+    assert again.machine == measured
+    written = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert written["machine"]["date"] == measured["date"]
