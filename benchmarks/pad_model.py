@@ -219,27 +219,28 @@ def _blank(n_feat: int) -> Classifier:
     )
 
 
+def _logit_node(g: _Graph, features: str, c: Classifier, tag: str = "") -> str:
+    """Standardise and take a logistic regression's logit; node and initialiser names end
+    in `tag` (one head: none, so the graph and its sha256 are as before two heads)."""
+    z = g.node("Sub", [features, g.const(f"mu{tag}", c.mean.astype(np.float32))], f"z0{tag}")
+    z = g.node("Div", [z, g.const(f"sd{tag}", c.std.astype(np.float32))], f"z{tag}")
+    w = g.const(f"w{tag}", c.weights.astype(np.float32).reshape(-1, 1))
+    logit = g.node("MatMul", [z, w], f"logit0{tag}")
+    bias = g.const(f"b{tag}", np.array([c.bias], np.float32))
+    return g.node("Add", [logit, bias], f"logit{tag}")
+
+
 def _head(g: _Graph, features: str, c: Classifier) -> None:
-    """Standardise, the logistic regression's logit, sigmoid: output `liveness`."""
-    z = g.node("Sub", [features, g.const("mu", c.mean.astype(np.float32))], "z0")
-    z = g.node("Div", [z, g.const("sd", c.std.astype(np.float32))], "z")
-    w = g.const("w", c.weights.astype(np.float32).reshape(-1, 1))
-    logit = g.node("MatMul", [z, w], "logit0")
-    logit = g.node("Add", [logit, g.const("b", np.array([c.bias], np.float32))], "logit")
-    g.node("Sigmoid", [logit], "liveness")
+    """The logistic regression's logit, sigmoid: output `liveness`."""
+    g.node("Sigmoid", [_logit_node(g, features, c)], "liveness")
 
 
 def _two_heads(g: _Graph, features: str, c: TwoHeads) -> None:
-    """Each head standardises and takes its logit; `liveness` is the sigmoid of the smaller
-    logit (the smaller probability: sigmoid is increasing)."""
-    logits = []
-    for tag, h in (("s", c.synthetic), ("n", c.real)):
-        z = g.node("Sub", [features, g.const(f"mu_{tag}", h.mean.astype(np.float32))], f"z0_{tag}")
-        z = g.node("Div", [z, g.const(f"sd_{tag}", h.std.astype(np.float32))], f"z_{tag}")
-        w = g.const(f"w_{tag}", h.weights.astype(np.float32).reshape(-1, 1))
-        logit = g.node("MatMul", [z, w], f"logit0_{tag}")
-        bias = g.const(f"b_{tag}", np.array([h.bias], np.float32))
-        logits.append(g.node("Add", [logit, bias], f"logit_{tag}"))
+    """Each head's logit; `liveness` is the sigmoid of the smaller logit (the smaller
+    probability: sigmoid is increasing)."""
+    logits = [
+        _logit_node(g, features, h, f"_{tag}") for tag, h in (("s", c.synthetic), ("n", c.real))
+    ]
     both = g.node("Concat", logits, "logits", axis=1)
     low = g.node("ReduceMin", [both], "logit", axes=[1], keepdims=1)
     g.node("Sigmoid", [low], "liveness")
@@ -794,14 +795,12 @@ def _combine(logits: Sequence[np.ndarray]) -> np.ndarray:
 def _worst_source_error(scores: np.ndarray, live: np.ndarray, source: np.ndarray) -> float:
     """The worst source's APCER or BPCER at the live threshold :func:`pick_thresholds`
     picks on these scores."""
-    t = pick_thresholds(scores, live, source).live
+    t = np.array([pick_thresholds(scores, live, source).live])
     worst = 0.0
     for src in np.unique(source):
         m = source == src
-        if (m & live).any():
-            worst = max(worst, float(np.mean(scores[m & live] < t)))
-        if (m & ~live).any():
-            worst = max(worst, float(np.mean(scores[m & ~live] >= t)))
+        apcer, bpcer = _rates(scores[m], live[m], t)  # 0 for a class the source lacks
+        worst = max(worst, float(apcer[0]), float(bpcer[0]))
     return worst
 
 
